@@ -1,0 +1,26 @@
+# The README's two commands are `make demo` and `make test`; .ci/run calls `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: the CPU wheel lies on this machine's disk; a bare `torch` pulls a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[torch,test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m nncodec_rd demo --output out/demo
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider --hypothesis-profile=ci
+
+clean:
+	rm -rf $(VENV) out .hypothesis .pytest_cache

@@ -1,0 +1,70 @@
+"""The file API, in the shape of ``safetensors``: save_file, load_file, safe_open."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .decoder.reader import NrdFile
+from .encoder.quantize import quantize_rtn
+from .encoder.writer import NrdWriter
+from .format.grids import EntropySettings
+
+
+def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: str = "auto",
+              step: float | None = None, relative_step: float | None = None,
+              bins: int | None = None, per_row: bool = False,
+              settings: EntropySettings | None = None, min_quantized_elements: int = 1024) -> int:
+    """Write ``tensors`` (name -> NumPy array) to an .nrd file.
+
+    Floating-point tensors are rounded to a uniform grid and entropy-coded (the data-free ``rtn``
+    method); everything else is stored raw. To store already-quantized indices with a grid of
+    your choosing, use :class:`nncodec_rd.encoder.NrdWriter` directly.
+
+    Parameters
+    ----------
+    tensors:
+        Name -> array. float32, float16 and bfloat16 arrays are coded; they decode to the same dtype.
+    path:
+        Output file; written atomically (nothing is left behind on failure).
+    metadata:
+        File metadata: str, int, float, bool or bytes values.
+    quantize:
+        ``"auto"`` codes floating tensors with at least ``min_quantized_elements`` elements;
+        ``"all"`` codes every floating tensor; ``"none"`` stores everything raw.
+    step, relative_step, bins, per_row:
+        Grid choice, see :func:`nncodec_rd.encoder.quantize.quantize_rtn`.
+    settings:
+        Entropy-coding settings (:class:`nncodec_rd.EntropySettings`).
+
+    Returns
+    -------
+    The size of the written file in bytes.
+    """
+    if quantize not in ("auto", "all", "none"):
+        raise ValueError(f"quantize must be 'auto', 'all' or 'none', not {quantize!r}")
+    writer = NrdWriter(path, metadata=metadata)
+    for name, array in tensors.items():
+        array = np.asarray(array)
+        floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+        coded = floating and array.dtype.itemsize <= 4 and (
+            quantize == "all" or (quantize == "auto" and array.size >= min_quantized_elements))
+        if coded:
+            indices, grid = quantize_rtn(array.astype(np.float32), step=step,
+                                         relative_step=relative_step, bins=bins, per_row=per_row)
+            dtype = "bfloat16" if array.dtype.name == "bfloat16" else array.dtype.name
+            writer.add_indices(name, indices, grid, dtype, settings=settings)
+        else:
+            writer.add_raw(name, array)
+    return writer.close()
+
+
+def load_file(path, threads: int | None = None) -> dict:
+    """Decode every tensor of an .nrd file: name -> NumPy array (bfloat16 via ``ml_dtypes``)."""
+    with NrdFile(path, threads=threads) as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}
+
+
+def safe_open(path, threads: int | None = None) -> NrdFile:
+    """Open an .nrd file lazily: ``keys()``, ``info(name)``, ``get_tensor(name)``,
+    ``get_rows(name, start, stop)``, ``metadata()``. Use it as a context manager."""
+    return NrdFile(path, threads=threads)

@@ -1,0 +1,386 @@
+"""Open .nrd files lazily and decode tensors, row ranges or indices (spec §4.8, §6, §7).
+
+:class:`NrdFile` memory-maps the file, parses and validates the container once, and decodes on
+demand with the Numba kernels; only the output and small per-chunk state are allocated.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..format.checksum import crc32c
+from ..format.constants import (
+    DTYPE_SIZE_BYTES,
+    FORMAT_MAJOR_VERSION,
+    FORMAT_MINOR_VERSION,
+    PREAMBLE_SIZE_BYTES,
+    Coding,
+    ContextModel,
+    EscapeMode,
+    GridKind,
+    TensorDtype,
+    TransformKind,
+)
+from ..format.container import read_container, to_plain
+from ..format.errors import ErrorCode, FormatError, NrdError, error_for_code
+from ..format.layout import RowGeometry, align_up, chunk_extents
+from ..format.validate import payload_refs
+from . import kernels
+
+_NUMPY_DTYPES = {
+    TensorDtype.FLOAT32: "<f4", TensorDtype.FLOAT16: "<f2", TensorDtype.FLOAT64: "<f8",
+    TensorDtype.INT8: "i1", TensorDtype.UINT8: "u1", TensorDtype.INT16: "<i2",
+    TensorDtype.INT32: "<i4", TensorDtype.INT64: "<i8", TensorDtype.BOOL: "u1",
+    TensorDtype.UINT16: "<u2", TensorDtype.UINT32: "<u4", TensorDtype.UINT64: "<u8",
+}
+_OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
+                TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
+                TensorDtype.BFLOAT16: kernels.OUTPUT_BFLOAT16}
+
+
+def numpy_dtype(dtype: TensorDtype) -> np.dtype:
+    """The NumPy dtype of decoded tensors of ``dtype`` (bfloat16 from ``ml_dtypes``)."""
+    if dtype == TensorDtype.BFLOAT16:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    if dtype == TensorDtype.BOOL:
+        return np.dtype(bool)
+    return np.dtype(_NUMPY_DTYPES[dtype])
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What ``nncodec-rd info`` shows of one tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple
+    coding: str
+    grid: str
+    payload_bytes: int
+    bits_per_weight: float
+    chunk_count: int
+    context_model: str
+    metadata: dict
+
+    @property
+    def element_count(self) -> int:
+        count = 1
+        for dimension in self.shape:
+            count *= dimension
+        return count
+
+
+def _metadata_dict(metadata) -> dict:
+    return {entry.key: (bool(entry.value) if entry.value_type == 4 else entry.value)
+            for entry in metadata.entries}
+
+
+class NrdFile:
+    """A lazily decoded .nrd file (use :func:`nncodec_rd.safe_open`).
+
+    Parameters
+    ----------
+    path:
+        The file to open. It is memory-mapped and validated (container, layout, padding); payload
+        checksums are verified when their chunks are decoded (or by :meth:`verify`).
+    threads:
+        Threads for parallel chunk decoding; ``None`` keeps Numba's setting (all cores).
+    """
+
+    def __init__(self, path, threads: int | None = None):
+        self.path = os.fspath(path)
+        self.threads = threads
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as error:
+            raise NrdError(f"cannot open {self.path}: {error.strerror}", code=ErrorCode.IO) from None
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            self._buffer = np.frombuffer(self._map, dtype=np.uint8) if size else np.empty(0, np.uint8)
+            self.preamble, self.header, _ = read_container(self._map)
+            self._check_padding()
+        except BaseException:
+            self.close()
+            raise
+        self._index = {record.name: position for position, record in enumerate(self.header.tensors)}
+        self._verified_chunks: set = set()
+
+    # -- file-level --------------------------------------------------------------------------
+
+    @property
+    def size_bytes(self) -> int:
+        """Size of the file in bytes."""
+        return len(self._buffer)
+
+    @property
+    def format_version(self) -> str:
+        """``major.minor`` of the file."""
+        return f"{self.preamble.major_version}.{self.preamble.minor_version}"
+
+    def metadata(self) -> dict:
+        """File metadata as a dict."""
+        return _metadata_dict(self.header.metadata)
+
+    def keys(self) -> list[str]:
+        """Tensor names in file order."""
+        return [record.name for record in self.header.tensors]
+
+    def __contains__(self, name) -> bool:
+        return name in self._index
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.header.tensors)
+
+    def _check_padding(self) -> None:
+        """spec §4.7: padding between header and payloads, and between payloads, is zero."""
+        position = PREAMBLE_SIZE_BYTES + self.preamble.header_size
+        for field, ref in payload_refs(self.header):
+            if ref.offset > position and np.any(self._buffer[position:ref.offset]):
+                bad = position + int(np.flatnonzero(self._buffer[position:ref.offset])[0])
+                raise FormatError("padding byte is not zero", field=field, offset=bad,
+                                  code=ErrorCode.NONZERO_PADDING)
+            position = ref.offset + ref.size
+
+    def _record(self, name):
+        try:
+            return self.header.tensors[self._index[name]]
+        except KeyError:
+            raise KeyError(f"no tensor named {name!r} in {self.path}") from None
+
+    def info(self, name) -> TensorInfo:
+        """Shape, dtype, grid and size of one tensor."""
+        record = self._record(name)
+        if record.coding == Coding.RAW:
+            payload = record.body.payload.size
+            grid, chunks, context = "raw", 1, "-"
+        else:
+            body = record.body
+            payload = sum(chunk.size for chunk in body.chunks)
+            chunks = body.chunk_count
+            context = ContextModel(body.context_model).name.lower()
+            if body.grid_kind == GridKind.UNIFORM:
+                grid = "uniform" + (f"/{body.grid.group_count} steps" if body.grid.group_count > 1
+                                    else f" step={body.grid.steps[0]:.4g}")
+                if body.grid.has_zero_point:
+                    grid += "+zp"
+            else:
+                grid = f"codebook/{body.grid.codebook_size}"
+            if body.transform_kind == TransformKind.RIGHT_MATRIX:
+                grid += f" x {self.header.tensors[body.transform_tensor].name}"
+        count = 1
+        for dimension in record.shape:
+            count *= dimension
+        return TensorInfo(name=record.name, dtype=TensorDtype(record.dtype).name.lower(),
+                          shape=tuple(int(d) for d in record.shape),
+                          coding=Coding(record.coding).name.lower(), grid=grid,
+                          payload_bytes=int(payload),
+                          bits_per_weight=8.0 * payload / count if count else 0.0,
+                          chunk_count=chunks, context_model=context,
+                          metadata=_metadata_dict(record.metadata))
+
+    def header_dict(self) -> dict:
+        """The parsed header as plain dicts and lists (for inspection and JSON)."""
+        return to_plain(self.header)
+
+    # -- checksums ---------------------------------------------------------------------------
+
+    def _verify_payload(self, field: str, ref) -> None:
+        key = (ref.offset, ref.size)
+        if key in self._verified_chunks:
+            return
+        actual = crc32c(memoryview(self._map)[ref.offset:ref.offset + ref.size]) if ref.size else 0
+        if actual != ref.crc32c:
+            from ..format.errors import ChecksumMismatchError
+
+            raise ChecksumMismatchError(
+                f"payload CRC-32C is 0x{actual:08x}, the header says 0x{ref.crc32c:08x}: the file "
+                "is corrupt", field=field + ".crc32c", offset=ref.offset, expected=ref.crc32c,
+                actual=actual, code=ErrorCode.CHECKSUM_PAYLOAD)
+        self._verified_chunks.add(key)
+
+    def verify(self) -> None:
+        """Check every payload checksum and decode every tensor (raises on the first fault)."""
+        for field, ref in payload_refs(self.header):
+            self._verify_payload(field, ref)
+        for name in self.keys():
+            self.get_tensor(name)
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def get_tensor(self, name) -> np.ndarray:
+        """Decode one whole tensor into a new array of its reconstruction dtype."""
+        record = self._record(name)
+        rows = RowGeometry.of_shape(record.shape).rows
+        return self._decode_rows(record, 0, rows).reshape(tuple(record.shape))
+
+    def get_rows(self, name, start: int, stop: int) -> np.ndarray:
+        """Decode rows ``start:stop`` (first dimension) of a tensor of rank >= 1, decoding only
+        the chunks that hold them."""
+        record = self._record(name)
+        if len(record.shape) == 0:
+            raise ValueError(f"{name!r} is 0-d: it has no rows")
+        rows = record.shape[0]
+        start, stop, _ = slice(start, stop).indices(rows)
+        stop = max(start, stop)
+        flat = self._decode_rows(record, start, stop)
+        return flat.reshape((stop - start, *record.shape[1:]))
+
+    def get_indices(self, name) -> np.ndarray:
+        """The integer grid indices of a coded tensor (before dequantization and transform)."""
+        record = self._record(name)
+        if record.coding != Coding.RANS:
+            raise ValueError(f"{name!r} is stored raw: it has no indices")
+        geometry = RowGeometry.of_shape(record.shape)
+        out = self._decode_chunks(record, 0, geometry.rows, kernels.OUTPUT_INDEX)
+        return out.reshape(geometry.rows, record.body.coded_row_length) \
+            if record.body.transform_kind == TransformKind.RIGHT_MATRIX else out.reshape(tuple(record.shape))
+
+    def _decode_rows(self, record, start: int, stop: int) -> np.ndarray:
+        if record.coding == Coding.RAW:
+            return self._read_raw(record, start, stop)
+        body = record.body
+        dtype = TensorDtype(record.dtype)
+        if body.transform_kind == TransformKind.NONE:
+            out = self._decode_chunks(record, start, stop, _OUTPUT_KIND[dtype])
+            return out.view(numpy_dtype(dtype)) if dtype != TensorDtype.FLOAT32 else out
+        # spec §6.4: dequantize the coefficients to float32, then multiply by the matrix.
+        coefficients = self._decode_chunks(record, start, stop, kernels.OUTPUT_FLOAT32)
+        coefficients = coefficients.reshape(stop - start, body.coded_row_length)
+        matrix_record = self.header.tensors[body.transform_tensor]
+        matrix = self._decode_rows(matrix_record, 0, matrix_record.shape[0]).reshape(
+            tuple(matrix_record.shape))
+        columns = matrix.shape[1]
+        kind = _OUTPUT_KIND[dtype]
+        out_f32 = np.empty((stop - start) * columns if kind == kernels.OUTPUT_FLOAT32 else 0,
+                           np.float32)
+        out_u16 = np.empty((stop - start) * columns if kind != kernels.OUTPUT_FLOAT32 else 0,
+                           np.uint16)
+        self._apply_threads()
+        kernels.right_matrix_product(coefficients, np.ascontiguousarray(matrix, np.float32), kind,
+                                     out_f32, out_u16)
+        return out_f32 if kind == kernels.OUTPUT_FLOAT32 else out_u16.view(numpy_dtype(dtype))
+
+    def _read_raw(self, record, start: int, stop: int) -> np.ndarray:
+        payload = record.body.payload
+        self._verify_payload(f"header.tensors[{self._index[record.name]}].body.payload", payload)
+        dtype = TensorDtype(record.dtype)
+        row_bytes = RowGeometry.of_shape(record.shape).row_length * DTYPE_SIZE_BYTES[dtype]
+        data = self._buffer[payload.offset + start * row_bytes:payload.offset + stop * row_bytes]
+        if dtype == TensorDtype.BFLOAT16:
+            return data.view("<u2").astype(np.uint16).view(numpy_dtype(dtype))
+        values = data.view(_NUMPY_DTYPES[dtype]).astype(numpy_dtype(dtype).newbyteorder("="))
+        if dtype == TensorDtype.BOOL:
+            if np.any(values > 1):
+                bad = int(np.flatnonzero(values > 1)[0])
+                raise FormatError("a bool element is neither 0 nor 1", field=record.name,
+                                  offset=payload.offset + start * row_bytes + bad,
+                                  code=ErrorCode.INVALID_VALUE)
+            return values.astype(bool)
+        return values
+
+    def _apply_threads(self) -> None:
+        if self.threads is not None:
+            import numba
+
+            numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
+
+    def _decode_chunks(self, record, start_row: int, stop_row: int, output_kind: int) -> np.ndarray:
+        """Decode the chunks covering rows [start_row, stop_row) and return exactly those rows."""
+        body = record.body
+        position = self._index[record.name]
+        rows = RowGeometry.of_shape(record.shape).rows
+        row_length = body.coded_row_length
+        extents = chunk_extents(rows, row_length, body.rows_per_chunk)
+        selected = [k for k, extent in enumerate(extents)
+                    if extent.first_row < stop_row and extent.first_row + extent.row_count > start_row]
+        for k in selected:
+            self._verify_payload(f"header.tensors[{position}].body.chunks[{k}]", body.chunks[k])
+        first_row = extents[selected[0]].first_row if selected else start_row
+        base_symbol = first_row * row_length
+        total = sum(extents[k].symbol_count for k in selected)
+        offsets = np.array([body.chunks[k].offset for k in selected], dtype=np.int64)
+        sizes = np.array([body.chunks[k].size for k in selected], dtype=np.int64)
+        first_rows = np.array([extents[k].first_row for k in selected], dtype=np.int64)
+        counts = np.array([extents[k].symbol_count for k in selected], dtype=np.int64)
+        out_starts = np.array([extents[k].first_symbol - base_symbol for k in selected], np.int64)
+        frequencies = np.array([table.frequencies for table in body.tables], dtype=np.int64)
+        frequencies = frequencies.reshape(body.context_count, body.alphabet_size)
+        slot_symbol, starts = kernels.build_slot_tables(frequencies, body.precision_bits)
+        if body.grid_kind == GridKind.UNIFORM:
+            grid = body.grid
+            steps = np.array(grid.steps, dtype=np.float32)
+            zero_points = (np.array(grid.zero_points, dtype=np.int64) if grid.has_zero_point
+                           else np.zeros(grid.group_count, dtype=np.int64))
+            codebook, codebook_first, rows_per_group = np.zeros(0, np.float32), 0, grid.rows_per_group
+        else:
+            steps, zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
+            codebook = np.array(body.grid.values, dtype=np.float32)
+            codebook_first, rows_per_group = body.grid.first_index, 0
+        escape_symbol = body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL else -1
+        out_index = np.empty(total if output_kind == kernels.OUTPUT_INDEX else 0, np.int32)
+        out_f32 = np.empty(total if output_kind == kernels.OUTPUT_FLOAT32 else 0, np.float32)
+        out_u16 = np.empty(total if output_kind >= kernels.OUTPUT_FLOAT16 else 0, np.uint16)
+        errors = np.zeros((len(selected), 2), dtype=np.int64)
+        self._apply_threads()
+        kernels.decode_chunks(self._buffer, offsets, sizes, first_rows, counts, out_starts,
+                              row_length, body.lane_count, body.precision_bits,
+                              int(body.context_model), body.context_count, body.context_center,
+                              escape_symbol, body.index_offset, frequencies, slot_symbol, starts,
+                              int(body.grid_kind), rows_per_group, steps, zero_points, codebook,
+                              codebook_first, output_kind, out_index, out_f32, out_u16, errors)
+        failed = np.flatnonzero(errors[:, 0])
+        if len(failed):
+            k = int(failed[0])
+            code = ErrorCode(int(errors[k, 0]))
+            raise error_for_code(code, _KERNEL_MESSAGES[code],
+                                 field=f"header.tensors[{position}].body.chunks[{selected[k]}]",
+                                 offset=int(errors[k, 1]))
+        out = {kernels.OUTPUT_INDEX: out_index, kernels.OUTPUT_FLOAT32: out_f32}.get(output_kind,
+                                                                                       out_u16)
+        lo = (start_row - first_row) * row_length
+        hi = (stop_row - first_row) * row_length
+        return out[lo:hi] if (lo, hi) != (0, total) else out
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the memory map and the file."""
+        self._buffer = np.empty(0, np.uint8)
+        mapping = getattr(self, "_map", None)
+        if isinstance(mapping, mmap.mmap):
+            try:
+                mapping.close()
+            except BufferError:
+                pass  # an array returned to the caller still views the map; the OS frees it later
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+_KERNEL_MESSAGES = {
+    ErrorCode.STREAM_TRUNCATED: "the rANS stream ends before all symbols are decoded",
+    ErrorCode.STREAM_TRAILING_DATA: "bytes are left in the rANS stream after the last symbol",
+    ErrorCode.RANS_STATE_OUT_OF_RANGE: "an initial lane state is below 2^16",
+    ErrorCode.RANS_FINAL_STATE: "a lane does not end in the state 2^16",
+    ErrorCode.ESCAPE_MISMATCH: "escaped indices do not match the escape symbols decoded",
+    ErrorCode.INDEX_OUT_OF_RANGE: "an index falls outside the codebook",
+}
+
+READ_VERSIONS = f"{FORMAT_MAJOR_VERSION}.0-{FORMAT_MAJOR_VERSION}.{FORMAT_MINOR_VERSION}"
+__all__ = ["NrdFile", "TensorInfo", "numpy_dtype", "align_up", "READ_VERSIONS"]

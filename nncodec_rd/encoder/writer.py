@@ -1,0 +1,433 @@
+"""Write .nrd files: tensor records, rANS chunks, canonical layout, atomic output (spec §4-§7).
+
+:class:`NrdWriter` is an explicit state machine (open -> tensors and metadata -> closed) that
+refuses out-of-order calls. Output goes to a temporary file in the target's folder and is renamed
+into place only when complete, so a failure never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..format.checksum import crc32c
+from ..format.constants import (
+    RECONSTRUCTION_DTYPES,
+    Coding,
+    ContextModel,
+    EscapeMode,
+    GridKind,
+    Limits,
+    MetadataType,
+    TensorDtype,
+    TransformKind,
+)
+from ..format.container import build_container_head
+from ..format.errors import EncoderError
+from ..format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
+from ..format.layout import RowGeometry, canonical_offsets, chunk_extents, group_count_for
+from .rans import build_frequency_table, context_of_previous, encode_chunk
+
+NUMPY_DTYPE_OF = {
+    TensorDtype.FLOAT32: np.dtype("<f4"),
+    TensorDtype.FLOAT16: np.dtype("<f2"),
+    TensorDtype.FLOAT64: np.dtype("<f8"),
+    TensorDtype.INT8: np.dtype("i1"),
+    TensorDtype.UINT8: np.dtype("u1"),
+    TensorDtype.INT16: np.dtype("<i2"),
+    TensorDtype.INT32: np.dtype("<i4"),
+    TensorDtype.INT64: np.dtype("<i8"),
+    TensorDtype.BOOL: np.dtype("?"),
+    TensorDtype.UINT16: np.dtype("<u2"),
+    TensorDtype.UINT32: np.dtype("<u4"),
+    TensorDtype.UINT64: np.dtype("<u8"),
+}
+
+
+def tensor_dtype_of(array: np.ndarray) -> TensorDtype:
+    """The format's dtype for a NumPy array (bfloat16 via ``ml_dtypes``)."""
+    if array.dtype.name == "bfloat16":
+        return TensorDtype.BFLOAT16
+    for tensor_dtype, numpy_dtype in NUMPY_DTYPE_OF.items():
+        if array.dtype == numpy_dtype or array.dtype == numpy_dtype.newbyteorder("="):
+            return tensor_dtype
+    raise EncoderError(f"dtype {array.dtype} has no .nrd equivalent; convert it to one of "
+                       f"{', '.join(d.name.lower() for d in TensorDtype)}")
+
+
+def parse_dtype(value) -> TensorDtype:
+    """Accept a TensorDtype, its name (``"float16"``) or a NumPy dtype."""
+    if isinstance(value, TensorDtype):
+        return value
+    if isinstance(value, str):
+        try:
+            return TensorDtype[value.upper()]
+        except KeyError:
+            raise EncoderError(f"unknown dtype {value!r}") from None
+    return tensor_dtype_of(np.empty(0, dtype=value))
+
+
+def metadata_entries(metadata: dict | None) -> dict:
+    """Typed metadata (spec §5.5) from a plain dict of str/int/float/bool/bytes values."""
+    entries = []
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str):
+            raise EncoderError(f"metadata keys must be strings, not {type(key).__name__}")
+        if isinstance(value, bool):
+            entries.append(dict(key=key, value_type=MetadataType.BOOL, value=int(value)))
+        elif isinstance(value, (int, np.integer)):
+            if not -(1 << 63) <= int(value) < (1 << 63):
+                raise EncoderError(f"metadata {key!r}: integer {value} does not fit in int64")
+            entries.append(dict(key=key, value_type=MetadataType.INT64, value=int(value)))
+        elif isinstance(value, (float, np.floating)):
+            entries.append(dict(key=key, value_type=MetadataType.FLOAT64, value=float(value)))
+        elif isinstance(value, str):
+            entries.append(dict(key=key, value_type=MetadataType.STRING, value=value))
+        elif isinstance(value, (bytes, bytearray)):
+            entries.append(dict(key=key, value_type=MetadataType.BYTES, value=bytes(value)))
+        else:
+            raise EncoderError(f"metadata {key!r}: values must be str, int, float, bool or bytes, "
+                               f"not {type(value).__name__} (serialize it to a string first)")
+    return dict(entry_count=len(entries), entries=entries)
+
+
+NO_EXTENSIONS = dict(extension_count=0, extensions=[])
+
+
+@dataclass
+class PendingTensor:
+    """A tensor record waiting for its payload offsets, with its payloads."""
+
+    record: dict
+    payloads: list[bytes]
+    transform_target: str | None = None
+
+
+def _grid_record(grid, rows: int) -> tuple[int, dict]:
+    if isinstance(grid, UniformGrid):
+        group_count = group_count_for(rows, grid.rows_per_group)
+        if len(grid.steps) != group_count:
+            raise EncoderError(f"the grid has {len(grid.steps)} steps; {rows} rows with "
+                               f"rows_per_group={grid.rows_per_group} need {group_count}")
+        if not np.all(np.isfinite(grid.steps) & (grid.steps > 0)):
+            raise EncoderError("grid steps must be finite and > 0")
+        zero_points = [] if grid.zero_points is None else [int(z) for z in grid.zero_points]
+        if zero_points and len(zero_points) != group_count:
+            raise EncoderError(f"{len(zero_points)} zero points for {group_count} groups")
+        return GridKind.UNIFORM, dict(rows_per_group=grid.rows_per_group, group_count=group_count,
+                                      has_zero_point=1 if zero_points else 0,
+                                      steps=[float(s) for s in grid.steps], zero_points=zero_points)
+    if isinstance(grid, CodebookGrid):
+        if len(grid.values) == 0 or not np.all(np.isfinite(grid.values)):
+            raise EncoderError("a codebook needs at least one value, all finite")
+        return GridKind.CODEBOOK, dict(codebook_size=len(grid.values),
+                                       first_index=int(grid.first_index),
+                                       values=[float(v) for v in grid.values])
+    raise EncoderError(f"unknown grid {grid!r}; use UniformGrid or CodebookGrid")
+
+
+def _choose_alphabet(flat: np.ndarray, max_alphabet_size: int) -> tuple[int, int, bool]:
+    """(index_offset, alphabet_size, escape) covering the most indices with at most
+    ``max_alphabet_size`` symbols; indices outside the window are escaped."""
+    if flat.size == 0:
+        return 0, 1, False
+    low, high = int(flat.min()), int(flat.max())
+    if high - low + 1 <= max_alphabet_size:
+        return low, high - low + 1, False
+    values, counts = np.unique(flat, return_counts=True)
+    direct = max_alphabet_size - 1
+    cumulative = np.concatenate([[0], np.cumsum(counts)])
+    # For each start value, the last value within the window; maximize the covered count.
+    ends = np.searchsorted(values, values + direct - 1, side="right")
+    covered = cumulative[ends] - cumulative[np.arange(len(values))]
+    best = int(np.argmax(covered))
+    return int(values[best]), max_alphabet_size, True
+
+
+def _symbols_of(flat: np.ndarray, index_offset: int, alphabet_size: int, escape: bool):
+    symbols = flat - index_offset
+    if escape:
+        outside = (symbols < 0) | (symbols >= alphabet_size - 1)
+        symbols = np.where(outside, alphabet_size - 1, symbols)
+    return symbols.astype(np.int32)
+
+
+def _table_bytes(frequencies: np.ndarray) -> int:
+    """Size of the tables as VarUInt fields (1 byte below 128, 2 below 16384, else 3)."""
+    return int(np.sum(np.where(frequencies < 128, 1, np.where(frequencies < 16384, 2, 3))))
+
+
+def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset):
+    """Contexts and tables for both context models; pick the cheaper if ``auto``."""
+    models = {"iid": [ContextModel.IID], "previous": [ContextModel.PREVIOUS_INDEX],
+              "auto": [ContextModel.IID, ContextModel.PREVIOUS_INDEX]}
+    if settings.context_model not in models:
+        raise EncoderError(f"context_model must be iid, previous or auto, not "
+                           f"{settings.context_model!r}")
+    center = 0 if index_offset <= 0 <= index_offset + (symbols.max() if symbols.size else 0) \
+        else int(index_offset)
+    best = None
+    alphabet = int(symbols.max()) + 1 if symbols.size else 1
+    for model in models[settings.context_model]:
+        context_count = 1 if model == ContextModel.IID else settings.context_count
+        contexts = np.zeros(len(flat), dtype=np.int32)
+        for extent in extents:
+            part = slice(extent.first_symbol, extent.first_symbol + extent.symbol_count)
+            contexts[part] = context_of_previous(flat[part], model, context_count, center)
+        counts = np.zeros((context_count, max(alphabet, 1)), dtype=np.int64)
+        np.add.at(counts, (contexts, symbols), 1)
+        frequencies = np.stack([build_frequency_table(row, settings.precision_bits)
+                                for row in counts])
+        chosen = frequencies[contexts, symbols].astype(np.float64)
+        cost_bits = float(np.sum(settings.precision_bits - np.log2(chosen))) \
+            + 8 * _table_bytes(frequencies)
+        if best is None or cost_bits < best[0]:
+            best = (cost_bits, model, context_count, contexts, frequencies)
+    _, model, context_count, contexts, frequencies = best
+    return model, context_count, center, contexts, frequencies
+
+
+def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
+                       settings: EntropySettings | None = None, transformed: bool = False,
+                       metadata: dict | None = None) -> PendingTensor:
+    """Entropy-code integer ``indices`` (any shape) with ``grid``: a tensor record and its chunks.
+
+    With ``transformed``, ``indices`` is the ``(rows, k)`` matrix of coefficients; the writer later
+    fills in the transform matrix's index and the final shape ``(rows, columns of the matrix)``.
+    """
+    settings = settings or EntropySettings()
+    dtype = parse_dtype(dtype)
+    if dtype not in RECONSTRUCTION_DTYPES:
+        raise EncoderError(f"a coded tensor reconstructs to float32, float16 or bfloat16, not "
+                           f"{dtype.name.lower()}")
+    if not 1 <= settings.precision_bits <= Limits.MAX_PRECISION_BITS:
+        raise EncoderError(f"precision_bits must be 1 ... {Limits.MAX_PRECISION_BITS}")
+    if not 1 <= settings.lane_count <= Limits.MAX_LANE_COUNT:
+        raise EncoderError(f"lane_count must be 1 ... {Limits.MAX_LANE_COUNT}")
+    if not 2 <= settings.context_count <= Limits.MAX_CONTEXT_COUNT:
+        raise EncoderError(f"context_count must be 2 ... {Limits.MAX_CONTEXT_COUNT}")
+    if not 2 <= settings.max_alphabet_size <= Limits.MAX_ALPHABET_SIZE:
+        raise EncoderError(f"max_alphabet_size must be 2 ... {Limits.MAX_ALPHABET_SIZE}")
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise EncoderError(f"indices must be integers, not {indices.dtype}")
+    shape = tuple(int(d) for d in indices.shape)
+    geometry = RowGeometry.of_shape(shape)
+    coded_row_length = geometry.row_length
+    if transformed and len(shape) != 2:
+        raise EncoderError("transformed indices must be a (rows, k) matrix")
+    flat = indices.reshape(-1).astype(np.int64)
+    if flat.size and (np.abs(flat).max() > Limits.MAX_ABS_INDEX):
+        raise EncoderError(f"indices must lie within +-{Limits.MAX_ABS_INDEX}")
+    grid_kind, grid_record = _grid_record(grid, geometry.rows)
+    if grid_kind == GridKind.CODEBOOK and flat.size:
+        first, size = grid_record["first_index"], grid_record["codebook_size"]
+        if flat.min() < first or flat.max() >= first + size:
+            raise EncoderError(f"indices {flat.min()} ... {flat.max()} fall outside the codebook "
+                               f"{first} ... {first + size - 1}")
+    index_offset, alphabet_size, escape = _choose_alphabet(flat, settings.max_alphabet_size)
+    symbols = _symbols_of(flat, index_offset, alphabet_size, escape)
+    rows_per_chunk = max(1, settings.symbols_per_chunk // max(coded_row_length, 1))
+    extents = chunk_extents(geometry.rows, coded_row_length, rows_per_chunk)
+    model, context_count, center, contexts, frequencies = _plan_contexts(
+        flat, symbols, extents, coded_row_length, settings, index_offset)
+    if frequencies.shape[1] < alphabet_size:
+        pad = np.zeros((context_count, alphabet_size - frequencies.shape[1]), dtype=np.int64)
+        frequencies = np.concatenate([frequencies, pad], axis=1)
+    payloads = []
+    for extent in extents:
+        part = slice(extent.first_symbol, extent.first_symbol + extent.symbol_count)
+        states, words = encode_chunk(symbols[part], contexts[part], frequencies,
+                                     settings.precision_bits, settings.lane_count)
+        escapes = flat[part][symbols[part] == alphabet_size - 1] if escape else np.empty(0, np.int64)
+        payloads.append(struct.pack("<I", len(escapes)) + escapes.astype("<i4").tobytes()
+                        + states.astype("<u4").tobytes() + words.astype("<u2").tobytes())
+    body = dict(
+        grid_kind=grid_kind, grid=grid_record,
+        transform_kind=TransformKind.RIGHT_MATRIX if transformed else TransformKind.NONE,
+        transform_tensor=0,
+        coded_row_length=coded_row_length,
+        precision_bits=settings.precision_bits, lane_count=settings.lane_count,
+        context_model=model, context_count=context_count,
+        escape_mode=EscapeMode.LAST_SYMBOL if escape else EscapeMode.NONE, _reserved0=0,
+        context_center=center, index_offset=index_offset, alphabet_size=alphabet_size,
+        tables=[dict(frequencies=[int(f) for f in row]) for row in frequencies],
+        rows_per_chunk=rows_per_chunk, chunk_count=len(extents), chunks=[],
+    )
+    record = dict(name=name, dtype=dtype, rank=len(shape), shape=list(shape), coding=Coding.RANS,
+                  body=body, metadata=metadata_entries(metadata), extensions=NO_EXTENSIONS)
+    return PendingTensor(record, payloads)
+
+
+def encode_raw_tensor(name: str, array: np.ndarray, metadata: dict | None = None) -> PendingTensor:
+    """A tensor stored as is: little-endian, row-major (spec §5.3)."""
+    array = np.asarray(array)
+    dtype = tensor_dtype_of(array)
+    if dtype == TensorDtype.BFLOAT16:
+        data = np.ascontiguousarray(array).view(np.uint16).astype("<u2").tobytes()
+    else:
+        data = np.ascontiguousarray(array).astype(NUMPY_DTYPE_OF[dtype]).tobytes()
+    record = dict(name=name, dtype=dtype, rank=array.ndim, shape=list(array.shape), coding=Coding.RAW,
+                  body=dict(payload=dict(offset=0, size=len(data), crc32c=0)),
+                  metadata=metadata_entries(metadata), extensions=NO_EXTENSIONS)
+    return PendingTensor(record, [data])
+
+
+class NrdWriter:
+    """Builds one .nrd file: add tensors and metadata, then :meth:`close` writes it atomically.
+
+    Use as a context manager; on an exception inside the ``with`` block nothing is written.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.nrd")
+    >>> with NrdWriter(path, metadata={"model_name": "tiny"}) as writer:
+    ...     writer.add_raw("bias", np.zeros(3, np.float32))
+    >>> os.path.getsize(path)
+    140
+    """
+
+    def __init__(self, path, metadata: dict | None = None):
+        self.path = os.fspath(path)
+        self.metadata = dict(metadata or {})
+        self._pending: list[PendingTensor] = []
+        self._names: dict[str, int] = {}
+        self._state = "open"
+
+    def _require_open(self, action: str) -> None:
+        if self._state != "open":
+            raise EncoderError(f"cannot {action}: the writer is {self._state}")
+
+    def _add(self, pending: PendingTensor) -> None:
+        name = pending.record["name"]
+        if not isinstance(name, str) or not name:
+            raise EncoderError("tensor names must be non-empty strings")
+        if len(name.encode("utf-8")) > Limits.MAX_NAME_LENGTH_BYTES:
+            raise EncoderError(f"tensor name {name[:40]!r}... exceeds "
+                               f"{Limits.MAX_NAME_LENGTH_BYTES} bytes of UTF-8")
+        if name in self._names:
+            raise EncoderError(f"a tensor named {name!r} was already added")
+        self._names[name] = len(self._pending)
+        self._pending.append(pending)
+
+    def add_metadata(self, **entries) -> None:
+        """Add or replace file metadata entries (str, int, float, bool or bytes values)."""
+        self._require_open("add metadata")
+        self.metadata.update(entries)
+
+    def add_raw(self, name: str, array: np.ndarray, metadata: dict | None = None) -> None:
+        """Store ``array`` uncompressed."""
+        self._require_open("add a tensor")
+        self._add(encode_raw_tensor(name, array, metadata))
+
+    def add_indices(self, name: str, indices: np.ndarray, grid, dtype="float32", *,
+                    settings: EntropySettings | None = None, transform: RightMatrixTransform | None = None,
+                    metadata: dict | None = None) -> None:
+        """Store already-quantized integer ``indices`` with the ``grid`` that dequantizes them.
+
+        With ``transform``, the named float32 matrix (added before or after) multiplies the
+        dequantized ``(rows, k)`` indices on the right; the decoded tensor is ``(rows, columns)``.
+        """
+        self._require_open("add a tensor")
+        pending = encode_rans_tensor(name, indices, grid, dtype, settings=settings,
+                                     transformed=transform is not None, metadata=metadata)
+        pending.transform_target = transform.tensor if transform is not None else None
+        self._add(pending)
+
+    def close(self) -> int:
+        """Lay the payloads out canonically and write the file. Returns its size in bytes."""
+        self._require_open("close")
+        self._state = "closing"
+        try:
+            size = self._write()
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._state = "closed"
+        return size
+
+    def _resolve_transforms(self) -> None:
+        for pending in self._pending:
+            name = pending.transform_target
+            if name is None:
+                continue
+            if name not in self._names:
+                raise EncoderError(f"transform tensor {name!r} was never added")
+            matrix = self._pending[self._names[name]].record
+            if matrix["dtype"] != TensorDtype.FLOAT32 or matrix["rank"] != 2:
+                raise EncoderError(f"transform tensor {name!r} must be a float32 matrix")
+            body = pending.record["body"]
+            if matrix["shape"][0] != body["coded_row_length"]:
+                raise EncoderError(f"transform {name!r} has {matrix['shape'][0]} rows; the indices "
+                                   f"have {body['coded_row_length']} columns")
+            body["transform_tensor"] = self._names[name]
+            rows = pending.record["shape"][0]
+            pending.record["shape"] = [rows, matrix["shape"][1]]
+
+    def _write(self) -> int:
+        self._resolve_transforms()
+        records = [pending.record for pending in self._pending]
+        payloads = [payload for pending in self._pending for payload in pending.payloads]
+        header = dict(metadata=metadata_entries(self.metadata), tensor_count=len(records),
+                      tensors=records, extensions=NO_EXTENSIONS)
+        # Offsets depend on the header size, which does not depend on the offsets' values
+        # (they are fixed-width), so one provisional build fixes the layout.
+        self._assign_offsets(header, payloads, provisional_header_size=0)
+        head = build_container_head(header)
+        self._assign_offsets(header, payloads, provisional_header_size=len(head) - 32)
+        head = build_container_head(header)
+        offsets, end = canonical_offsets(len(head) - 32, [len(p) for p in payloads])
+        folder = os.path.dirname(os.path.abspath(self.path))
+        handle, temporary = tempfile.mkstemp(prefix=".nrd-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(head)
+                position = len(head)
+                for offset, payload in zip(offsets, payloads):
+                    stream.write(b"\0" * (offset - position))
+                    stream.write(payload)
+                    position = offset + len(payload)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
+        return end
+
+    def _assign_offsets(self, header, payloads, provisional_header_size: int) -> None:
+        offsets, _ = canonical_offsets(provisional_header_size, [len(p) for p in payloads])
+        position = 0
+        for record in header["tensors"]:
+            if record["coding"] == Coding.RAW:
+                payload = payloads[position]
+                record["body"]["payload"] = dict(offset=offsets[position], size=len(payload),
+                                                 crc32c=crc32c(payload))
+                position += 1
+            else:
+                chunks = []
+                for _ in range(record["body"]["chunk_count"]):
+                    payload = payloads[position]
+                    chunks.append(dict(offset=offsets[position], size=len(payload),
+                                       crc32c=crc32c(payload)))
+                    position += 1
+                record["body"]["chunks"] = chunks
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None and self._state == "open":
+            self.close()
+        elif self._state == "open":
+            self._state = "abandoned"
+        return False
+
+
+__all__ = ["NrdWriter", "encode_rans_tensor", "encode_raw_tensor", "tensor_dtype_of"]

@@ -1,0 +1,178 @@
+"""Parse and build the container: Preamble and Header (spec §4), with typed errors.
+
+Three explicit steps, as the spec orders them (§4.8): parse the preamble (magic, version, sizes),
+verify the header checksum, parse the header; then :func:`nncodec_rd.format.validate.validate_header`
+applies the semantic rules. No construct exception ever leaves this module: each becomes the
+library's own error with the field path and byte offset.
+"""
+
+from __future__ import annotations
+
+from construct import Container, ConstructError, ListContainer, StreamError
+from construct.core import BytesIOWithOffsets
+
+from .checksum import crc32c
+from .constants import (
+    FORMAT_MAJOR_VERSION,
+    FORMAT_MINOR_VERSION,
+    KNOWN_REQUIRED_FEATURES,
+    MAGIC,
+    PREAMBLE_SIZE_BYTES,
+    Limits,
+)
+from .errors import (
+    BadMagicError,
+    ChecksumMismatchError,
+    ErrorCode,
+    FormatError,
+    LimitExceededError,
+    ReservedValueError,
+    TruncatedError,
+    UnsupportedFeatureError,
+    UnsupportedVersionError,
+)
+from .syntax import Header, LimitViolation, Preamble
+from .validate import Report, validate_header
+
+# The preamble bytes the header checksum covers: everything before header_crc32c.
+CHECKSUMMED_PREAMBLE_BYTES = 24
+
+
+def _construct_path(error: ConstructError) -> str:
+    path = getattr(error, "path", None) or ""
+    path = path.replace("(parsing)", "").replace("(building)", "").strip()
+    parts = [part.strip() for part in path.split("->") if part.strip()]
+    return ".".join(["header", *parts]) if parts else "header"
+
+
+def _raise_parse_error(error: Exception, stream) -> None:
+    """Re-raise a construct failure while parsing the header as the library's own error."""
+    offset = stream.tell()
+    if isinstance(error, LimitViolation):
+        raise LimitExceededError(str(error).splitlines()[-1], field=_construct_path(error),
+                                 offset=offset) from None
+    if isinstance(error, StreamError):
+        raise TruncatedError("the header ends inside this field", field=_construct_path(error),
+                             offset=offset) from None
+    message = str(error).splitlines()[-1]
+    raise FormatError(message, field=_construct_path(error), offset=offset,
+                      code=ErrorCode.INVALID_VALUE) from None
+
+
+def parse_preamble(buffer, file_size: int | None = None) -> Container:
+    """Parse and check the 32-byte Preamble (spec §4.1-§4.3).
+
+    Parameters
+    ----------
+    buffer:
+        The file's bytes (or at least its first 32), any bytes-like object.
+    file_size:
+        The whole file's size, to check that the header fits; defaults to ``len(buffer)``.
+
+    Raises
+    ------
+    BadMagicError, TruncatedError, UnsupportedVersionError, UnsupportedFeatureError,
+    ReservedValueError, LimitExceededError
+    """
+    data = bytes(buffer[:PREAMBLE_SIZE_BYTES])
+    file_size = len(buffer) if file_size is None else file_size
+    if data[: len(MAGIC)] != MAGIC[: len(data)] or len(data) == 0:
+        raise BadMagicError("not an .nrd file: the first 8 bytes are not 89 4E 52 44 0D 0A 1A 0A",
+                            field="preamble.magic", offset=0)
+    if len(data) < PREAMBLE_SIZE_BYTES:
+        raise TruncatedError(f"the file has {len(data)} bytes; the preamble alone needs "
+                             f"{PREAMBLE_SIZE_BYTES}", field="preamble", offset=len(data),
+                             needed=PREAMBLE_SIZE_BYTES)
+    preamble = Preamble.parse(data)
+    if preamble.major_version != FORMAT_MAJOR_VERSION:
+        raise UnsupportedVersionError(
+            f"format_version {preamble.major_version}.{preamble.minor_version}; this decoder "
+            f"reads {FORMAT_MAJOR_VERSION}.x; upgrade nncodec-rd", field="preamble.major_version",
+            offset=8)
+    unknown_features = preamble.required_features & ~KNOWN_REQUIRED_FEATURES
+    if unknown_features:
+        raise UnsupportedFeatureError(
+            f"required feature bits 0x{unknown_features:08x} are unknown to this decoder "
+            f"(format {FORMAT_MAJOR_VERSION}.{FORMAT_MINOR_VERSION}); upgrade nncodec-rd",
+            field="preamble.required_features", offset=12)
+    if preamble._reserved0 != 0:
+        raise ReservedValueError(f"reserved field is {preamble._reserved0}, must be 0",
+                                 field="preamble._reserved0", offset=28)
+    if preamble.header_size > Limits.MAX_HEADER_SIZE_BYTES:
+        raise LimitExceededError(f"header_size {preamble.header_size} exceeds the limit "
+                                 f"{Limits.MAX_HEADER_SIZE_BYTES}", field="preamble.header_size",
+                                 offset=16)
+    header_end = PREAMBLE_SIZE_BYTES + preamble.header_size
+    if header_end > file_size:
+        raise TruncatedError(f"the header needs bytes up to {header_end}; the file has {file_size}",
+                             field="header", offset=file_size, needed=header_end)
+    return preamble
+
+
+def check_header_checksum(buffer, preamble: Container) -> None:
+    """spec §8.1: CRC-32C over preamble bytes 0-23 followed by the header bytes."""
+    header_end = PREAMBLE_SIZE_BYTES + preamble.header_size
+    actual = crc32c(buffer[PREAMBLE_SIZE_BYTES:header_end],
+                    crc32c(buffer[:CHECKSUMMED_PREAMBLE_BYTES]))
+    if actual != preamble.header_crc32c:
+        raise ChecksumMismatchError(
+            f"header CRC-32C is 0x{actual:08x}, the preamble says 0x{preamble.header_crc32c:08x}: "
+            "the file is corrupt", field="preamble.header_crc32c", offset=24,
+            expected=preamble.header_crc32c, actual=actual, code=ErrorCode.CHECKSUM_HEADER)
+
+
+def parse_header(buffer, preamble: Container) -> Container:
+    """Parse the Header's bytes (syntax only) and check that they are covered exactly (spec §4.4).
+
+    The returned records carry ``_start``: the absolute byte offset at which each began.
+    """
+    header_end = PREAMBLE_SIZE_BYTES + preamble.header_size
+    stream = BytesIOWithOffsets(bytes(buffer[PREAMBLE_SIZE_BYTES:header_end]), None,
+                                PREAMBLE_SIZE_BYTES)
+    try:
+        header = Header.parse_stream(stream)
+    except ConstructError as error:
+        _raise_parse_error(error, stream)
+    if stream.tell() != header_end:
+        raise FormatError(f"the header's structures end at byte {stream.tell()} but header_size "
+                          f"says {header_end}", field="preamble.header_size", offset=stream.tell(),
+                          code=ErrorCode.HEADER_SIZE_MISMATCH)
+    return header
+
+
+def read_container(buffer, *, collect: bool = False):
+    """Parse, checksum and validate the whole container (spec §4.8 steps 1-5).
+
+    Returns ``(preamble, header, errors)``: ``errors`` is empty unless ``collect`` is true, in which
+    case semantic violations are gathered instead of raised (syntax errors are always raised:
+    nothing after them can be read).
+    """
+    preamble = parse_preamble(buffer)
+    check_header_checksum(buffer, preamble)
+    header = parse_header(buffer, preamble)
+    report = Report(collect=collect)
+    validate_header(header, preamble.header_size, len(buffer), report)
+    return preamble, header, report.errors
+
+
+def build_container_head(header: dict, *, required_features: int = 0) -> bytes:
+    """Build the Preamble and Header bytes of a file whose header is ``header`` (a plain dict).
+
+    The header checksum and size are derived here, never set by the caller.
+    """
+    header_bytes = Header.build(header)
+    preamble = dict(major_version=FORMAT_MAJOR_VERSION, minor_version=FORMAT_MINOR_VERSION,
+                    required_features=required_features, header_size=len(header_bytes),
+                    header_crc32c=0, _reserved0=0)
+    head = Preamble.build(preamble)
+    preamble["header_crc32c"] = crc32c(header_bytes, crc32c(head[:CHECKSUMMED_PREAMBLE_BYTES]))
+    return Preamble.build(preamble) + header_bytes
+
+
+def to_plain(obj):
+    """A parsed construct Container as plain dicts and lists (private ``_`` keys dropped)."""
+    if isinstance(obj, Container):
+        return {key: to_plain(value) for key, value in obj.items() if not key.startswith("_")}
+    if isinstance(obj, ListContainer):
+        return [to_plain(value) for value in obj]
+    return obj

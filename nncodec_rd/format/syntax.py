@@ -1,0 +1,409 @@
+"""The syntax of the .nrd format, declared once with ``construct`` (spec §4–§7).
+
+Each structure here is the source of truth for the byte layout: the syntax tables in ``spec/`` are
+generated from these declarations (``python -m nncodec_rd.format.spec_tables --write``) and a test
+checks that they agree. The text after ``*`` on each field is the "meaning" column of the spec's
+table. Field names are the spec's field names.
+
+Semantic rules (limits, offsets, table sums, ...) are not checked here but in
+:mod:`nncodec_rd.format.validate`, one function per rule.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from construct import (
+    Adapter,
+    Array,
+    Const,
+    Construct,
+    ExplicitError,
+    Float32l,
+    Float64l,
+    GreedyBytes,
+    GreedyRange,
+    Int8ul,
+    Int16ul,
+    Int32sl,
+    Int32ul,
+    Int64sl,
+    Int64ul,
+    Prefixed,
+    Struct,
+    Switch,
+    Tell,
+    this,
+)
+from construct.core import BytesIOWithOffsets, stream_read, stream_write
+
+from .constants import (
+    MAGIC,
+    Limits,
+    Coding,
+    ContextModel,
+    EscapeMode,
+    GridKind,
+    MetadataType,
+    TensorDtype,
+    TransformKind,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Field types the spec names (spec §2.3)
+
+
+class EnumField(Adapter):
+    """An unsigned integer whose values are named by an :class:`enum.IntEnum`.
+
+    Known values parse to the enum member, unknown ones to a plain ``int`` so that the semantic
+    step (not the parser) decides whether they are an unsupported feature.
+    """
+
+    def __init__(self, subcon: Construct, enum_class: type[enum.IntEnum]):
+        super().__init__(subcon)
+        self.enum_class = enum_class
+
+    def _decode(self, obj, context, path):
+        try:
+            return self.enum_class(obj)
+        except ValueError:
+            return int(obj)
+
+    def _encode(self, obj, context, path):
+        return int(obj)
+
+
+class Utf8String(Adapter):
+    """UTF-8 text stored after a length prefix (``subcon`` is ``Prefixed(..., GreedyBytes)``)."""
+
+    def _decode(self, obj, context, path):
+        try:
+            return obj.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ExplicitError(f"invalid UTF-8 at byte {error.start} of the string", path=path)
+
+    def _encode(self, obj, context, path):
+        return obj.encode("utf-8")
+
+
+class VarUInt(Construct):
+    """Unsigned LEB128 integer in its minimal form, at most ``max_bytes`` bytes (spec §2.3).
+
+    Seven value bits per byte, least significant group first; the top bit of each byte is set when
+    another byte follows. A final byte of 0x00 after other bytes (a non-minimal form) is invalid.
+    """
+
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes = max_bytes
+
+    def _parse(self, stream, context, path):
+        value = 0
+        for position in range(self.max_bytes):
+            byte = stream_read(stream, 1, path)[0]
+            value |= (byte & 0x7F) << (7 * position)
+            if not byte & 0x80:
+                if position > 0 and byte == 0:
+                    raise ExplicitError("varint is not in its minimal form", path=path)
+                return value
+        raise ExplicitError(f"varint longer than {self.max_bytes} bytes", path=path)
+
+    def _build(self, obj, stream, context, path):
+        value = int(obj)
+        if value < 0 or value >= 1 << (7 * self.max_bytes):
+            raise ExplicitError(f"varint value {value} out of range", path=path)
+        out = bytearray()
+        while True:
+            low = value & 0x7F
+            value >>= 7
+            if value:
+                out.append(low | 0x80)
+            else:
+                out.append(low)
+                break
+        stream_write(stream, bytes(out), len(out), path)
+        return obj
+
+    def _sizeof(self, context, path):
+        from construct import SizeofError
+
+        raise SizeofError("varint has no fixed size", path=path)
+
+
+class LimitViolation(ExplicitError):
+    """Raised while parsing when a count or size field exceeds its normative limit (spec §9)."""
+
+    def __init__(self, field: str, value: int, limit: int, path=None):
+        self.field = field
+        self.value = value
+        self.limit = limit
+        super().__init__(f"{field} = {value} exceeds the limit {limit}", path=path)
+
+
+class LimitCheck(Construct):
+    """Zero-size check that the already-parsed ``field`` is at most ``limit`` (spec §9).
+
+    It stands right after the field it checks, so a decoder rejects an oversized count before it
+    reads (or allocates for) the array the count describes.
+    """
+
+    def __init__(self, field: str, limit: int, minimum: int = 0):
+        super().__init__()
+        self.flagbuildnone = True
+        self.field = field
+        self.limit = limit
+        self.minimum = minimum
+
+    def _check(self, context, path):
+        value = context[self.field]
+        if value > self.limit:
+            raise LimitViolation(self.field, value, self.limit, path=path)
+
+    def _parse(self, stream, context, path):
+        self._check(context, path)
+        return None
+
+    def _build(self, obj, stream, context, path):
+        self._check(context, path)
+        return None
+
+    def _sizeof(self, context, path):
+        return 0
+
+
+class ExactPrefixed(Prefixed):
+    """A ``Prefixed`` field whose content MUST fill its stated size exactly (no bytes left over)."""
+
+    def _parse(self, stream, context, path):
+        length = self.lengthfield._parsereport(stream, context, path)
+        substream = BytesIOWithOffsets.from_reading(stream, length, path)
+        obj = self.subcon._parsereport(substream, context, path)
+        left = length - (substream.tell() - substream.parent_stream_offset)
+        if left:
+            raise ExplicitError(f"{left} bytes left over inside a field of stated size {length}", path=path)
+        return obj
+
+
+def string16():
+    """A UTF-8 string with a u16 byte-length prefix."""
+    return Utf8String(Prefixed(Int16ul, GreedyBytes))
+
+
+# ---------------------------------------------------------------------------------------------
+# spec §4.1 Preamble
+
+Preamble = Struct(
+    "magic" / Const(MAGIC) * "File signature, the 8 bytes 89 4E 52 44 0D 0A 1A 0A.",
+    "major_version" / Int16ul * "Major format version; 1 for this specification.",
+    "minor_version" / Int16ul * "Minor format version; 0 for this specification.",
+    "required_features" / Int32ul
+    * "Bit set of features a decoder MUST implement to decode the file; none are defined in 1.0 (MUST be 0).",
+    "header_size" / Int64ul * "Size in bytes of the Header that follows the Preamble.",
+    "header_crc32c" / Int32ul
+    * "CRC-32C of the Preamble's first 24 bytes followed by the Header's `header_size` bytes.",
+    "_reserved0" / Int32ul * "Reserved; MUST be 0.",
+)
+
+# ---------------------------------------------------------------------------------------------
+# spec §5.5 Metadata
+
+MetadataValue = {
+    MetadataType.STRING: Utf8String(GreedyBytes),
+    MetadataType.INT64: Int64sl,
+    MetadataType.FLOAT64: Float64l,
+    MetadataType.BOOL: Int8ul,
+    MetadataType.BYTES: GreedyBytes,
+}
+
+MetadataEntry = Struct(
+    "_start" / Tell,
+    "key" / string16() * "UTF-8 key, unique within its Metadata block.",
+    "value_type" / EnumField(Int8ul, MetadataType) * "Type of `value` (MetadataType).",
+    "value"
+    / ExactPrefixed(Int32ul, Switch(this.value_type, MetadataValue, default=GreedyBytes))
+    * "Value, prefixed by its u32 size in bytes; layout by `value_type` (§5.5).",
+)
+
+Metadata = Struct(
+    "entry_count" / Int32ul * "Number of entries.",
+    "_limit_entry_count" / LimitCheck("entry_count", Limits.MAX_METADATA_ENTRIES),
+    "entries" / Array(this.entry_count, MetadataEntry) * "The entries, in any order.",
+)
+
+# ---------------------------------------------------------------------------------------------
+# spec §5.6 Extensions
+
+Extension = Struct(
+    "_start" / Tell,
+    "extension_type" / Int16ul * "Kind of extension; none are defined in 1.0.",
+    "extension_flags" / Int16ul
+    * "Bit 0: required (a decoder that does not know `extension_type` MUST reject the file); bits 1-15 reserved, MUST be 0.",
+    "body" / Prefixed(Int32ul, GreedyBytes) * "Extension data, prefixed by its u32 size in bytes.",
+)
+
+Extensions = Struct(
+    "extension_count" / Int16ul * "Number of extensions.",
+    "_limit_extension_count" / LimitCheck("extension_count", Limits.MAX_EXTENSIONS),
+    "extensions" / Array(this.extension_count, Extension) * "The extensions.",
+)
+
+# ---------------------------------------------------------------------------------------------
+# spec §5.4 Payload references
+
+PayloadRef = Struct(
+    "offset" / Int64ul * "Absolute byte offset of the payload in the file.",
+    "size" / Int64ul * "Size of the payload in bytes.",
+    "crc32c" / Int32ul * "CRC-32C of the payload's `size` bytes.",
+)
+
+# ---------------------------------------------------------------------------------------------
+# spec §6 Grids
+
+UniformGrid = Struct(
+    "rows_per_group" / Int64ul
+    * "Rows sharing one step (and zero point); 0 means one group for the whole tensor.",
+    "group_count" / Int32ul
+    * "Number of groups: 1 if `rows_per_group` is 0, else ceil(rows / `rows_per_group`) (at least 1).",
+    "_limit_group_count" / LimitCheck("group_count", Limits.MAX_GROUP_COUNT),
+    "has_zero_point" / Int8ul * "1 if `zero_points` is present, 0 if every zero point is 0.",
+    "steps" / Array(this.group_count, Float32l) * "Step of each group; finite and > 0.",
+    "zero_points"
+    / Array(lambda this: this.group_count if this.has_zero_point else 0, Int32sl)
+    * "Zero point (an index) of each group; present only if `has_zero_point` is 1.",
+)
+
+CodebookGrid = Struct(
+    "codebook_size" / Int32ul * "Number of reconstruction values.",
+    "_limit_codebook_size" / LimitCheck("codebook_size", Limits.MAX_CODEBOOK_SIZE),
+    "first_index" / Int32sl * "The index whose value is `values[0]`.",
+    "values" / Array(this.codebook_size, Float32l) * "Reconstruction value of indices `first_index`, `first_index`+1, ...; finite.",
+)
+
+GRIDS = {GridKind.UNIFORM: UniformGrid, GridKind.CODEBOOK: CodebookGrid}
+
+# ---------------------------------------------------------------------------------------------
+# spec §7 rANS-coded tensors
+
+FrequencyTable = Struct(
+    "frequencies"
+    / Array(this._.alphabet_size, VarUInt(3))
+    * "Frequency of each symbol 0 ... `alphabet_size`-1; they sum to 2^`precision_bits`.",
+)
+
+RansBody = Struct(
+    "_start" / Tell,
+    "grid_kind" / EnumField(Int8ul, GridKind) * "How indices become values (GridKind).",
+    "grid"
+    / ExactPrefixed(Int32ul, Switch(this.grid_kind, GRIDS, default=GreedyBytes))
+    * "Grid parameters, prefixed by their u32 size in bytes; layout by `grid_kind` (§6).",
+    "transform_kind" / EnumField(Int8ul, TransformKind) * "Linear map after dequantization (TransformKind).",
+    "transform_tensor"
+    / Int32ul
+    * "Index (in `tensors`) of the transform matrix if `transform_kind` is RIGHT_MATRIX; else MUST be 0.",
+    "coded_row_length" / Int64ul
+    * "Symbols per row as coded: the row length, or the transform's row count if a transform is used.",
+    "precision_bits" / Int8ul * "Probability precision n: frequencies sum to 2^n; 1 <= n <= 16.",
+    "lane_count" / Int8ul * "Number of interleaved rANS states per chunk; 1 <= lane_count <= 32.",
+    "_limit_lane_count" / LimitCheck("lane_count", Limits.MAX_LANE_COUNT),
+    "context_model" / EnumField(Int8ul, ContextModel) * "How a symbol's table is chosen (ContextModel).",
+    "context_count" / Int8ul * "Number of frequency tables: 1 for IID, 2 ... 16 for PREVIOUS_INDEX.",
+    "_limit_context_count" / LimitCheck("context_count", Limits.MAX_CONTEXT_COUNT),
+    "escape_mode" / EnumField(Int8ul, EscapeMode) * "Whether the last symbol is an escape (EscapeMode).",
+    "_reserved0" / Int8ul * "Reserved; MUST be 0.",
+    "context_center" / Int32sl * "Index from which PREVIOUS_INDEX measures distance; also the previous index at the start of a chunk.",
+    "index_offset" / Int32sl * "Index value of symbol 0: symbol s (not an escape) means index s + `index_offset`.",
+    "alphabet_size" / Int32ul * "Number of symbols per table, escape symbol included; 1 ... 65536.",
+    "_limit_alphabet_size" / LimitCheck("alphabet_size", Limits.MAX_ALPHABET_SIZE),
+    "tables" / Array(this.context_count, FrequencyTable) * "One frequency table per context, context 0 first.",
+    "rows_per_chunk" / Int64ul * "Rows per chunk (the last chunk may have fewer); >= 1.",
+    "chunk_count" / Int32ul * "Number of chunks: ceil(rows / `rows_per_chunk`), or 0 if the tensor has no elements.",
+    "_limit_chunk_count" / LimitCheck("chunk_count", Limits.MAX_CHUNK_COUNT),
+    "chunks" / Array(this.chunk_count, PayloadRef) * "Entry-point table: where each chunk's payload lies.",
+)
+
+RawBody = Struct(
+    "payload" / PayloadRef * "The tensor's elements, little-endian, row-major.",
+)
+
+BODIES = {Coding.RAW: RawBody, Coding.RANS: RansBody}
+
+TensorRecord = Struct(
+    "_start" / Tell,
+    "name" / string16() * "Tensor name, UTF-8, 1 ... 4096 bytes, unique in the file.",
+    "dtype" / EnumField(Int8ul, TensorDtype) * "Element type of the decoded tensor (TensorDtype).",
+    "rank" / Int8ul * "Number of dimensions; 0 ... 8.",
+    "_limit_rank" / LimitCheck("rank", Limits.MAX_RANK),
+    "shape" / Array(this.rank, Int64ul) * "Size of each dimension, outermost first.",
+    "coding" / EnumField(Int8ul, Coding) * "How the elements are stored (Coding).",
+    "body"
+    / ExactPrefixed(Int32ul, Switch(this.coding, BODIES, default=GreedyBytes))
+    * "Coding parameters, prefixed by their u32 size in bytes; layout by `coding` (§5.3).",
+    "metadata" / Metadata * "Per-tensor metadata.",
+    "extensions" / Extensions * "Per-tensor extensions.",
+)
+
+Header = Struct(
+    "metadata" / Metadata * "File metadata.",
+    "tensor_count" / Int32ul * "Number of tensor records.",
+    "_limit_tensor_count" / LimitCheck("tensor_count", Limits.MAX_TENSOR_COUNT),
+    "tensors" / Array(this.tensor_count, TensorRecord) * "The tensor records, in payload order.",
+    "extensions" / Extensions * "File-level extensions.",
+)
+
+# spec §7.2: the payload of one rANS chunk (not part of the header).
+RansChunk = Struct(
+    "escape_count" / Int32ul * "Number of escaped indices in this chunk.",
+    "escapes" / Array(this.escape_count, Int32sl) * "The escaped indices, in symbol order.",
+    "lane_states" / Array(this._.lane_count, Int32ul) * "Initial state of each lane, lane 0 first; each in [2^16, 2^32).",
+    "words" / GreedyRange(Int16ul) * "The rANS word stream, u16 words read in order, to the end of the chunk.",
+)
+
+# Structures in the order the spec presents them; used to generate and check its syntax tables.
+STRUCTURES: dict[str, Struct] = {
+    "Preamble": Preamble,
+    "Header": Header,
+    "Metadata": Metadata,
+    "MetadataEntry": MetadataEntry,
+    "Extensions": Extensions,
+    "Extension": Extension,
+    "TensorRecord": TensorRecord,
+    "PayloadRef": PayloadRef,
+    "RawBody": RawBody,
+    "RansBody": RansBody,
+    "FrequencyTable": FrequencyTable,
+    "UniformGrid": UniformGrid,
+    "CodebookGrid": CodebookGrid,
+    "RansChunk": RansChunk,
+}
+
+ENUMERATIONS: dict[str, type[enum.IntEnum]] = {
+    "TensorDtype": TensorDtype,
+    "Coding": Coding,
+    "GridKind": GridKind,
+    "TransformKind": TransformKind,
+    "ContextModel": ContextModel,
+    "EscapeMode": EscapeMode,
+    "MetadataType": MetadataType,
+}
+
+__all__ = [
+    "Preamble",
+    "Header",
+    "Metadata",
+    "MetadataEntry",
+    "Extensions",
+    "Extension",
+    "TensorRecord",
+    "PayloadRef",
+    "RawBody",
+    "RansBody",
+    "FrequencyTable",
+    "UniformGrid",
+    "CodebookGrid",
+    "RansChunk",
+    "STRUCTURES",
+    "ENUMERATIONS",
+    "VarUInt",
+    "EnumField",
+]

@@ -1,0 +1,387 @@
+"""Semantic rules of the format (spec §5–§9), one function per rule.
+
+Syntax (what bytes go where) is checked by the construct declarations while parsing; the rules here
+are everything else a conforming file must satisfy. Each ``check_*`` function reports violations
+through a :class:`Report`: in ``raise`` mode the first violation is raised, in ``collect`` mode all of
+them are gathered (the validator lists every fault of a file).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .constants import (
+    DTYPE_SIZE_BYTES,
+    EXTENSION_KNOWN_FLAGS,
+    EXTENSION_FLAG_REQUIRED,
+    RECONSTRUCTION_DTYPES,
+    Coding,
+    ContextModel,
+    EscapeMode,
+    GridKind,
+    Limits,
+    MetadataType,
+    TensorDtype,
+    TransformKind,
+)
+from .errors import (
+    ErrorCode,
+    FormatError,
+    LimitExceededError,
+    NrdError,
+    ReservedValueError,
+    UnsupportedFeatureError,
+)
+from .layout import RowGeometry, canonical_offsets, chunk_count_for, element_count, group_count_for
+
+
+class Report:
+    """Where rule functions send violations: raised at once, or collected."""
+
+    def __init__(self, collect: bool = False):
+        self.collect = collect
+        self.errors: list[NrdError] = []
+
+    def __call__(self, error: NrdError) -> None:
+        if not self.collect:
+            raise error
+        self.errors.append(error)
+
+
+def _invalid(message, field, offset, code=ErrorCode.INVALID_VALUE):
+    return FormatError(message, field=field, offset=offset, code=code)
+
+
+def _in_index_range(value: int) -> bool:
+    return -Limits.MAX_ABS_INDEX <= value <= Limits.MAX_ABS_INDEX
+
+
+# ---------------------------------------------------------------------------------------------
+# spec §5.5 metadata, §5.6 extensions
+
+
+def check_metadata(metadata, path: str, offset: int | None, report: Report) -> None:
+    """Keys are unique and short enough; value types are known; values have their type's size."""
+    seen = set()
+    fixed_sizes = {MetadataType.INT64: 8, MetadataType.FLOAT64: 8, MetadataType.BOOL: 1}
+    for position, entry in enumerate(metadata.entries):
+        field = f"{path}.entries[{position}]"
+        where = entry._start
+        key_bytes = len(entry.key.encode("utf-8"))
+        if key_bytes > Limits.MAX_METADATA_KEY_LENGTH_BYTES:
+            report(LimitExceededError(f"key is {key_bytes} bytes; the limit is "
+                                      f"{Limits.MAX_METADATA_KEY_LENGTH_BYTES}",
+                                      field=field + ".key", offset=where))
+        if entry.key in seen:
+            report(_invalid(f"duplicate metadata key {entry.key!r}", field + ".key", where,
+                            ErrorCode.DUPLICATE_KEY))
+        seen.add(entry.key)
+        if not isinstance(entry.value_type, MetadataType):
+            report(UnsupportedFeatureError(f"unknown metadata value_type {entry.value_type}",
+                                           field=field + ".value_type", offset=where))
+            continue
+        if entry.value_type == MetadataType.BOOL and entry.value not in (0, 1):
+            report(_invalid(f"BOOL value must be 0 or 1, not {entry.value}", field + ".value", where))
+
+
+def check_extensions(extensions, path: str, report: Report) -> None:
+    """Reserved flag bits are 0; an unknown required extension makes the file undecodable.
+
+    Version 1.0 defines no extension type, so every extension is unknown: optional ones are
+    skipped (spec §3.4), required ones rejected.
+    """
+    for position, extension in enumerate(extensions.extensions):
+        field = f"{path}.extensions[{position}]"
+        if extension.extension_flags & ~EXTENSION_KNOWN_FLAGS:
+            report(ReservedValueError(f"reserved extension_flags bits set "
+                                      f"(0x{extension.extension_flags:04x})",
+                                      field=field + ".extension_flags", offset=extension._start))
+        if extension.extension_flags & EXTENSION_FLAG_REQUIRED:
+            report(UnsupportedFeatureError(
+                f"required extension type {extension.extension_type} is unknown to this decoder "
+                "(format 1.0); upgrade nncodec-rd", field=field, offset=extension._start))
+
+
+# ---------------------------------------------------------------------------------------------
+# spec §5.2 tensor records
+
+
+def check_tensor_shape(record, path: str, report: Report) -> bool:
+    """Every dimension and the element count are within the limits. Returns False if not."""
+    ok = True
+    for axis, dimension in enumerate(record.shape):
+        if dimension > Limits.MAX_DIMENSION:
+            report(LimitExceededError(f"dimension {dimension} exceeds {Limits.MAX_DIMENSION}",
+                                      field=f"{path}.shape[{axis}]", offset=record._start))
+            ok = False
+    if ok and element_count(record.shape) > Limits.MAX_ELEMENT_COUNT:
+        report(LimitExceededError(f"{element_count(record.shape)} elements exceed "
+                                  f"{Limits.MAX_ELEMENT_COUNT}", field=f"{path}.shape",
+                                  offset=record._start))
+        ok = False
+    return ok
+
+
+def check_tensor_names(tensors, report: Report) -> None:
+    """Names are 1 ... 4096 bytes of UTF-8 and unique in the file."""
+    seen = set()
+    for position, record in enumerate(tensors):
+        field = f"header.tensors[{position}].name"
+        size = len(record.name.encode("utf-8"))
+        if size == 0:
+            report(_invalid("tensor name is empty", field, record._start))
+        elif size > Limits.MAX_NAME_LENGTH_BYTES:
+            report(LimitExceededError(f"name is {size} bytes; the limit is "
+                                      f"{Limits.MAX_NAME_LENGTH_BYTES}", field=field,
+                                      offset=record._start))
+        if record.name in seen:
+            report(_invalid(f"duplicate tensor name {record.name!r}", field, record._start,
+                            ErrorCode.DUPLICATE_NAME))
+        seen.add(record.name)
+
+
+def check_raw_body(record, path: str, report: Report) -> None:
+    """A raw payload holds exactly element_count x element size bytes."""
+    expected = element_count(record.shape) * DTYPE_SIZE_BYTES[record.dtype]
+    if record.body.payload.size != expected:
+        report(_invalid(f"raw payload size {record.body.payload.size} != {expected} "
+                        f"(elements x {DTYPE_SIZE_BYTES[record.dtype]} bytes)",
+                        path + ".body.payload.size", record._start))
+
+
+def check_uniform_grid(grid, rows: int, path: str, offset, report: Report) -> None:
+    """Group count matches the rows; steps finite and positive; zero points in index range."""
+    expected_groups = group_count_for(rows, grid.rows_per_group)
+    if grid.group_count != expected_groups:
+        report(_invalid(f"group_count {grid.group_count} != {expected_groups} for {rows} rows and "
+                        f"rows_per_group {grid.rows_per_group}", path + ".group_count", offset))
+    if grid.has_zero_point not in (0, 1):
+        report(_invalid(f"has_zero_point must be 0 or 1, not {grid.has_zero_point}",
+                        path + ".has_zero_point", offset))
+    for position, step in enumerate(grid.steps):
+        if not (math.isfinite(step) and step > 0):
+            report(_invalid(f"step {step} is not finite and positive", f"{path}.steps[{position}]",
+                            offset))
+    for position, zero_point in enumerate(grid.zero_points):
+        if not _in_index_range(zero_point):
+            report(_invalid(f"zero point {zero_point} outside +-{Limits.MAX_ABS_INDEX}",
+                            f"{path}.zero_points[{position}]", offset))
+
+
+def check_codebook_grid(grid, path: str, offset, report: Report) -> None:
+    """The codebook is non-empty, its values finite, and its indices in range."""
+    if grid.codebook_size == 0:
+        report(_invalid("codebook_size is 0", path + ".codebook_size", offset))
+        return
+    last = grid.first_index + grid.codebook_size - 1
+    if not (_in_index_range(grid.first_index) and _in_index_range(last)):
+        report(_invalid(f"codebook indices {grid.first_index} ... {last} outside "
+                        f"+-{Limits.MAX_ABS_INDEX}", path + ".first_index", offset))
+    for position, value in enumerate(grid.values):
+        if not math.isfinite(value):
+            report(_invalid(f"codebook value {value} is not finite", f"{path}.values[{position}]",
+                            offset))
+
+
+def check_transform(record, body, position: int, tensors, path: str, report: Report) -> None:
+    """A transform refers to an earlier-declared-or-later float32 matrix of matching shape."""
+    offset = body._start
+    geometry = RowGeometry.of_shape(record.shape)
+    if not isinstance(body.transform_kind, TransformKind):
+        report(UnsupportedFeatureError(f"unknown transform_kind {body.transform_kind}",
+                                       field=path + ".transform_kind", offset=offset))
+        return
+    if body.transform_kind == TransformKind.NONE:
+        if body.transform_tensor != 0:
+            report(ReservedValueError("transform_tensor must be 0 without a transform",
+                                      field=path + ".transform_tensor", offset=offset))
+        if body.coded_row_length != geometry.row_length:
+            report(_invalid(f"coded_row_length {body.coded_row_length} != row length "
+                            f"{geometry.row_length}", path + ".coded_row_length", offset))
+        return
+    target = body.transform_tensor
+    field = path + ".transform_tensor"
+    if target >= len(tensors) or target == position:
+        report(_invalid(f"transform_tensor {target} does not name another tensor", field, offset,
+                        ErrorCode.INVALID_REFERENCE))
+        return
+    matrix = tensors[target]
+    problems = []
+    if matrix.dtype != TensorDtype.FLOAT32:
+        problems.append("is not float32")
+    if len(matrix.shape) != 2:
+        problems.append("is not a matrix")
+    elif (matrix.shape[0] != body.coded_row_length or matrix.shape[1] != geometry.row_length):
+        problems.append(f"has shape {list(matrix.shape)}, needs "
+                        f"[{body.coded_row_length}, {geometry.row_length}]")
+    if matrix.coding == Coding.RANS and getattr(matrix.body, "transform_kind", 0) != TransformKind.NONE:
+        problems.append("has a transform itself")
+    if problems:
+        report(_invalid(f"transform tensor {matrix.name!r} " + "; ".join(problems), field, offset,
+                        ErrorCode.INVALID_REFERENCE))
+
+
+def check_entropy_parameters(body, path: str, report: Report) -> None:
+    """Precision, lanes, contexts, escape and index range (spec §7.3-§7.5)."""
+    offset = body._start
+    if not 1 <= body.precision_bits:
+        report(_invalid("precision_bits is 0", path + ".precision_bits", offset))
+    if body.precision_bits > Limits.MAX_PRECISION_BITS:
+        report(LimitExceededError(f"precision_bits {body.precision_bits} exceeds "
+                                  f"{Limits.MAX_PRECISION_BITS}", field=path + ".precision_bits",
+                                  offset=offset))
+    if body.lane_count == 0:
+        report(_invalid("lane_count is 0", path + ".lane_count", offset))
+    if not isinstance(body.context_model, ContextModel):
+        report(UnsupportedFeatureError(f"unknown context_model {body.context_model}",
+                                       field=path + ".context_model", offset=offset))
+    elif body.context_model == ContextModel.IID and body.context_count != 1:
+        report(_invalid(f"IID needs context_count 1, not {body.context_count}",
+                        path + ".context_count", offset))
+    elif body.context_model == ContextModel.PREVIOUS_INDEX and body.context_count < 2:
+        report(_invalid(f"PREVIOUS_INDEX needs context_count >= 2, not {body.context_count}",
+                        path + ".context_count", offset))
+    if not isinstance(body.escape_mode, EscapeMode):
+        report(UnsupportedFeatureError(f"unknown escape_mode {body.escape_mode}",
+                                       field=path + ".escape_mode", offset=offset))
+    if body._reserved0 != 0:
+        report(ReservedValueError(f"reserved byte is {body._reserved0}", field=path + "._reserved0",
+                                  offset=offset))
+    if body.alphabet_size == 0:
+        report(_invalid("alphabet_size is 0", path + ".alphabet_size", offset))
+    direct = body.alphabet_size - (1 if body.escape_mode == EscapeMode.LAST_SYMBOL else 0)
+    last = body.index_offset + max(direct, 1) - 1
+    if not (_in_index_range(body.index_offset) and _in_index_range(last)):
+        report(_invalid(f"direct indices {body.index_offset} ... {last} outside "
+                        f"+-{Limits.MAX_ABS_INDEX}", path + ".index_offset", offset))
+    if not _in_index_range(body.context_center):
+        report(_invalid(f"context_center {body.context_center} outside +-{Limits.MAX_ABS_INDEX}",
+                        path + ".context_center", offset))
+
+
+def check_frequency_tables(body, path: str, report: Report) -> None:
+    """Each table sums to exactly 2^precision_bits (spec §7.3)."""
+    if not 1 <= body.precision_bits <= Limits.MAX_PRECISION_BITS:
+        return
+    total = 1 << body.precision_bits
+    for position, table in enumerate(body.tables):
+        actual = sum(table.frequencies)
+        if actual != total:
+            report(_invalid(f"frequencies sum to {actual}, not 2^{body.precision_bits} = {total}",
+                            f"{path}.tables[{position}]", body._start, ErrorCode.TABLE_SUM))
+
+
+def check_chunking(body, rows: int, path: str, report: Report) -> None:
+    """rows_per_chunk, chunk_count, chunk sizes and symbol counts (spec §7.1)."""
+    offset = body._start
+    if body.rows_per_chunk == 0:
+        report(_invalid("rows_per_chunk is 0", path + ".rows_per_chunk", offset))
+        return
+    expected = chunk_count_for(rows, body.coded_row_length, body.rows_per_chunk)
+    if body.chunk_count != expected:
+        report(_invalid(f"chunk_count {body.chunk_count} != {expected}", path + ".chunk_count", offset))
+        return
+    symbols_per_full_chunk = min(body.rows_per_chunk, rows) * body.coded_row_length
+    if symbols_per_full_chunk > Limits.MAX_CHUNK_SYMBOLS:
+        report(LimitExceededError(f"{symbols_per_full_chunk} symbols per chunk exceed "
+                                  f"{Limits.MAX_CHUNK_SYMBOLS}", field=path + ".rows_per_chunk",
+                                  offset=offset))
+    for position, chunk in enumerate(body.chunks):
+        if chunk.size > Limits.MAX_CHUNK_SIZE_BYTES:
+            report(LimitExceededError(f"chunk of {chunk.size} bytes exceeds "
+                                      f"{Limits.MAX_CHUNK_SIZE_BYTES}",
+                                      field=f"{path}.chunks[{position}].size", offset=offset))
+
+
+def check_rans_body(record, position: int, tensors, path: str, report: Report) -> None:
+    """All rules for a rANS-coded tensor record."""
+    body = record.body
+    offset = body._start
+    if record.dtype not in RECONSTRUCTION_DTYPES:
+        report(_invalid(f"a coded tensor must reconstruct to float32, float16 or bfloat16, "
+                        f"not {record.dtype!r}", path + ".dtype", record._start))
+    geometry = RowGeometry.of_shape(record.shape)
+    body_path = path + ".body"
+    if not isinstance(body.grid_kind, GridKind):
+        report(UnsupportedFeatureError(f"unknown grid_kind {body.grid_kind}",
+                                       field=body_path + ".grid_kind", offset=offset))
+    elif body.grid_kind == GridKind.UNIFORM:
+        check_uniform_grid(body.grid, geometry.rows, body_path + ".grid", offset, report)
+    else:
+        check_codebook_grid(body.grid, body_path + ".grid", offset, report)
+    check_transform(record, body, position, tensors, body_path, report)
+    check_entropy_parameters(body, body_path, report)
+    check_frequency_tables(body, body_path, report)
+    check_chunking(body, geometry.rows, body_path, report)
+
+
+def check_tensor_record(record, position: int, tensors, report: Report) -> None:
+    """All rules for one tensor record (spec §5.2-§5.4)."""
+    path = f"header.tensors[{position}]"
+    if not isinstance(record.dtype, TensorDtype):
+        report(UnsupportedFeatureError(f"unknown dtype {record.dtype}", field=path + ".dtype",
+                                       offset=record._start))
+        return
+    if not check_tensor_shape(record, path, report):
+        return
+    if not isinstance(record.coding, Coding):
+        report(UnsupportedFeatureError(f"unknown coding {record.coding}", field=path + ".coding",
+                                       offset=record._start))
+        return
+    if record.coding == Coding.RAW:
+        check_raw_body(record, path, report)
+    else:
+        check_rans_body(record, position, tensors, path, report)
+    check_metadata(record.metadata, path + ".metadata", record._start, report)
+    check_extensions(record.extensions, path + ".extensions", report)
+
+
+# ---------------------------------------------------------------------------------------------
+# spec §4.7 payload layout
+
+
+def payload_refs(header):
+    """Every payload reference of the file, in canonical (declaration) order, with its field path."""
+    refs = []
+    for position, record in enumerate(header.tensors):
+        if record.coding == Coding.RAW:
+            refs.append((f"header.tensors[{position}].body.payload", record.body.payload))
+        elif record.coding == Coding.RANS:
+            for chunk_position, chunk in enumerate(record.body.chunks):
+                refs.append((f"header.tensors[{position}].body.chunks[{chunk_position}]", chunk))
+    return refs
+
+
+def check_layout(header, header_size: int, file_size: int, report: Report) -> None:
+    """Payloads lie inside the file, in declaration order, each at the first 64-byte-aligned offset
+    after the previous one, and the file ends exactly where the last payload ends."""
+    refs = payload_refs(header)
+    expected_offsets, expected_end = canonical_offsets(header_size, [ref.size for _, ref in refs])
+    for (field, ref), expected in zip(refs, expected_offsets):
+        if ref.offset + ref.size > file_size:
+            report(FormatError(f"payload [{ref.offset}, {ref.offset + ref.size}) extends past the "
+                               f"end of the file ({file_size} bytes)", field=field,
+                               offset=ref.offset, code=ErrorCode.PAYLOAD_OUT_OF_BOUNDS))
+            return
+        if ref.offset != expected:
+            report(FormatError(f"payload offset {ref.offset} != {expected}: payloads must follow "
+                               "each other in declaration order, each at the next multiple of 64",
+                               field=field + ".offset", offset=ref.offset,
+                               code=ErrorCode.PAYLOAD_LAYOUT))
+            return
+    if file_size > expected_end:
+        report(FormatError(f"{file_size - expected_end} bytes after the last payload",
+                           field="file", offset=expected_end, code=ErrorCode.TRAILING_BYTES))
+    elif file_size < expected_end:
+        report(FormatError("the file ends before its last payload", field="file",
+                           offset=file_size, code=ErrorCode.TRUNCATED))
+
+
+def validate_header(header, header_size: int, file_size: int, report: Report) -> None:
+    """Every semantic rule of the header and of the payload layout."""
+    check_metadata(header.metadata, "header.metadata", None, report)
+    check_tensor_names(header.tensors, report)
+    for position, record in enumerate(header.tensors):
+        check_tensor_record(record, position, header.tensors, report)
+    check_extensions(header.extensions, "header.extensions", report)
+    check_layout(header, header_size, file_size, report)
