@@ -29,6 +29,7 @@ ESCAPE_MISMATCH = 19
 INDEX_OUT_OF_RANGE = 20
 
 STATE_LOWER_BOUND = 1 << 16
+CANONICAL_NAN = np.array([0x7FC00000], dtype=np.uint32).view(np.float32)[0]
 MAX_ABS_INDEX = (1 << 23) - 1
 
 
@@ -47,7 +48,7 @@ def float32_bits_to_float16_bits(bits):
     mantissa = bits & np.uint32(0x007FFFFF)
     if exponent == np.uint32(0x7F800000):
         if mantissa != 0:
-            return np.uint16(sign | np.uint16(0x7E00))
+            return np.uint16(0x7E00)  # every NaN becomes the canonical quiet NaN (spec §6.5)
         return np.uint16(sign | np.uint16(0x7C00))
     if exponent >= np.uint32(0x47800000):
         return np.uint16(sign | np.uint16(0x7C00))
@@ -75,7 +76,7 @@ def float32_bits_to_float16_bits(bits):
 def float32_bits_to_bfloat16_bits(bits):
     """IEEE binary32 -> bfloat16, round to nearest, ties to even; NaN stays a quiet NaN."""
     if (bits & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (bits & np.uint32(0x007FFFFF)):
-        return np.uint16((bits >> np.uint32(16)) | np.uint32(0x0040))
+        return np.uint16(0x7FC0)  # every NaN becomes the canonical quiet NaN (spec §6.5)
     rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
     return np.uint16((np.uint64(bits) + np.uint64(rounding)) >> np.uint64(16))
 
@@ -256,7 +257,10 @@ def right_matrix_product(coefficients, matrix, output_kind, out_f32, out_u16):
             total = 0.0
             for k in range(inner):
                 total += np.float64(coefficients[r, k]) * np.float64(matrix[k, j])
-            row_bits[j] = np.float32(total)
+            if total != total:
+                row_bits[j] = CANONICAL_NAN  # spec §6.4: one NaN pattern for every decoder
+            else:
+                row_bits[j] = np.float32(total)
         if output_kind == OUTPUT_FLOAT32:
             for j in range(columns):
                 out_f32[r * columns + j] = row_bits[j]

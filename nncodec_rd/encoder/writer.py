@@ -231,7 +231,7 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
                                f"{first} ... {first + size - 1}")
     index_offset, alphabet_size, escape = _choose_alphabet(flat, settings.max_alphabet_size)
     symbols = _symbols_of(flat, index_offset, alphabet_size, escape)
-    rows_per_chunk = max(1, settings.symbols_per_chunk // max(coded_row_length, 1))
+    rows_per_chunk = max(1, min(geometry.rows, settings.symbols_per_chunk // max(coded_row_length, 1)))
     extents = chunk_extents(geometry.rows, coded_row_length, rows_per_chunk)
     model, context_count, center, contexts, frequencies = _plan_contexts(
         flat, symbols, extents, coded_row_length, settings, index_offset)

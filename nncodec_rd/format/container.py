@@ -45,18 +45,19 @@ def _construct_path(error: ConstructError) -> str:
     return ".".join(["header", *parts]) if parts else "header"
 
 
-def _raise_parse_error(error: Exception, stream) -> None:
-    """Re-raise a construct failure while parsing the header as the library's own error."""
+def _raise_parse_error(error: Exception, stream, header_end: int) -> None:
+    """Re-raise a construct failure while parsing the header as the library's own error (§4.8)."""
     offset = stream.tell()
-    if isinstance(error, LimitViolation):
-        raise LimitExceededError(str(error).splitlines()[-1], field=_construct_path(error),
-                                 offset=offset) from None
-    if isinstance(error, StreamError):
-        raise TruncatedError("the header ends inside this field", field=_construct_path(error),
-                             offset=offset) from None
+    field = _construct_path(error)
     message = str(error).splitlines()[-1]
-    raise FormatError(message, field=_construct_path(error), offset=offset,
-                      code=ErrorCode.INVALID_VALUE) from None
+    if isinstance(error, LimitViolation):
+        raise LimitExceededError(message, field=field, offset=offset) from None
+    if isinstance(error, StreamError) and offset >= header_end:
+        raise FormatError("the header's structures run past header_size", field=field,
+                          offset=offset, code=ErrorCode.HEADER_SIZE_MISMATCH) from None
+    if isinstance(error, StreamError):
+        message = "the field runs past the end of its enclosing size-prefixed field"
+    raise FormatError(message, field=field, offset=offset, code=ErrorCode.INVALID_VALUE) from None
 
 
 def parse_preamble(buffer, file_size: int | None = None) -> Container:
@@ -76,7 +77,7 @@ def parse_preamble(buffer, file_size: int | None = None) -> Container:
     """
     data = bytes(buffer[:PREAMBLE_SIZE_BYTES])
     file_size = len(buffer) if file_size is None else file_size
-    if data[: len(MAGIC)] != MAGIC[: len(data)] or len(data) == 0:
+    if data[: len(MAGIC)] != MAGIC[: len(data)]:
         raise BadMagicError("not an .nrd file: the first 8 bytes are not 89 4E 52 44 0D 0A 1A 0A",
                             field="preamble.magic", offset=0)
     if len(data) < PREAMBLE_SIZE_BYTES:
@@ -132,7 +133,7 @@ def parse_header(buffer, preamble: Container) -> Container:
     try:
         header = Header.parse_stream(stream)
     except ConstructError as error:
-        _raise_parse_error(error, stream)
+        _raise_parse_error(error, stream, header_end)
     if stream.tell() != header_end:
         raise FormatError(f"the header's structures end at byte {stream.tell()} but header_size "
                           f"says {header_end}", field="preamble.header_size", offset=stream.tell(),

@@ -30,6 +30,7 @@ from .errors import (
     LimitExceededError,
     NrdError,
     ReservedValueError,
+    TruncatedError,
     UnsupportedFeatureError,
 )
 from .layout import RowGeometry, canonical_offsets, chunk_count_for, element_count, group_count_for
@@ -358,23 +359,20 @@ def check_layout(header, header_size: int, file_size: int, report: Report) -> No
     refs = payload_refs(header)
     expected_offsets, expected_end = canonical_offsets(header_size, [ref.size for _, ref in refs])
     for (field, ref), expected in zip(refs, expected_offsets):
-        if ref.offset + ref.size > file_size:
-            report(FormatError(f"payload [{ref.offset}, {ref.offset + ref.size}) extends past the "
-                               f"end of the file ({file_size} bytes)", field=field,
-                               offset=ref.offset, code=ErrorCode.PAYLOAD_OUT_OF_BOUNDS))
-            return
         if ref.offset != expected:
             report(FormatError(f"payload offset {ref.offset} != {expected}: payloads must follow "
                                "each other in declaration order, each at the next multiple of 64",
                                field=field + ".offset", offset=ref.offset,
                                code=ErrorCode.PAYLOAD_LAYOUT))
             return
+        if ref.offset + ref.size > file_size:
+            report(TruncatedError(f"the payload needs bytes up to {ref.offset + ref.size}; the "
+                                  f"file has {file_size}", field=field, offset=file_size,
+                                  needed=ref.offset + ref.size))
+            return
     if file_size > expected_end:
         report(FormatError(f"{file_size - expected_end} bytes after the last payload",
                            field="file", offset=expected_end, code=ErrorCode.TRAILING_BYTES))
-    elif file_size < expected_end:
-        report(FormatError("the file ends before its last payload", field="file",
-                           offset=file_size, code=ErrorCode.TRUNCATED))
 
 
 def validate_header(header, header_size: int, file_size: int, report: Report) -> None:
