@@ -16,7 +16,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-demo: setup
+$(VENV)/.demo-installed: $(VENV)/.installed
+	$(PIP) install -q -e '.[torch,demo]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
 	$(PY) -m nncodec_rd demo --output out/demo
 
 test: setup

@@ -1,0 +1,161 @@
+"""Read and write plain tensor files: safetensors, .npz and PyTorch state dicts.
+
+safetensors is simple enough to read and write here directly (8-byte header size, JSON header,
+raw little-endian data), which also keeps bfloat16 exact without torch. PyTorch files are loaded
+by :mod:`nncodec_rd.torch` with ``weights_only=True`` (no pickle execution), and only when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+
+import numpy as np
+
+from ..format.errors import ErrorCode, NrdError
+
+_SAFETENSORS_DTYPES = {
+    "F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "i1", "U8": "u1", "I16": "<i2", "I32": "<i4",
+    "I64": "<i8", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?",
+}
+_MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class InputFileError(NrdError, ValueError):
+    """An input tensor file cannot be read."""
+
+    code = ErrorCode.IO
+
+
+def _bfloat16():
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def read_safetensors(path) -> tuple[dict, dict]:
+    """Tensors and ``__metadata__`` of a safetensors file (arrays are copies, native order)."""
+    with open(path, "rb") as stream:
+        prefix = stream.read(8)
+        if len(prefix) < 8:
+            raise InputFileError(f"{path}: too short for a safetensors file")
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > _MAX_SAFETENSORS_HEADER_BYTES:
+            raise InputFileError(f"{path}: safetensors header of {header_size} bytes is too large")
+        try:
+            header = json.loads(stream.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputFileError(f"{path}: safetensors header is not JSON ({error})") from None
+        data = stream.read()
+    metadata = header.pop("__metadata__", {}) or {}
+    tensors = {}
+    for name, entry in header.items():
+        dtype_name = entry.get("dtype")
+        start, end = entry.get("data_offsets", (0, -1))
+        if not 0 <= start <= end <= len(data):
+            raise InputFileError(f"{path}: tensor {name!r} has offsets outside the file")
+        if dtype_name == "BF16":
+            dtype = _bfloat16()
+            raw = np.frombuffer(data[start:end], dtype="<u2").astype(np.uint16).view(dtype)
+        elif dtype_name in _SAFETENSORS_DTYPES:
+            raw = np.frombuffer(data[start:end], dtype=_SAFETENSORS_DTYPES[dtype_name])
+            raw = raw.astype(raw.dtype.newbyteorder("="))
+        else:
+            raise InputFileError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
+        shape = tuple(entry.get("shape", ()))
+        if int(np.prod(shape, dtype=np.int64)) != raw.size:
+            raise InputFileError(f"{path}: tensor {name!r} size does not match its shape {shape}")
+        tensors[name] = raw.reshape(shape)
+    return tensors, metadata
+
+
+def _safetensors_dtype(array: np.ndarray) -> str:
+    if array.dtype.name == "bfloat16":
+        return "BF16"
+    for name, dtype in _SAFETENSORS_DTYPES.items():
+        if np.dtype(dtype) == array.dtype.newbyteorder("<") or np.dtype(dtype) == array.dtype:
+            return name
+    raise InputFileError(f"dtype {array.dtype} cannot be written to safetensors")
+
+
+def _atomic_write(path, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".nrd-out-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
+    """Write ``tensors`` as a safetensors file, atomically."""
+    header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, array in tensors.items():
+        array = np.ascontiguousarray(array)
+        dtype_name = _safetensors_dtype(array)
+        if dtype_name == "BF16":
+            blob = array.view(np.uint16).astype("<u2").tobytes()
+        else:
+            blob = array.astype(np.dtype(_SAFETENSORS_DTYPES[dtype_name])).tobytes()
+        header[name] = {"dtype": dtype_name, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+
+    def write(stream):
+        stream.write(struct.pack("<Q", len(encoded)))
+        stream.write(encoded)
+        for blob in blobs:
+            stream.write(blob)
+
+    _atomic_write(path, write)
+
+
+def write_npz(path, tensors: dict) -> None:
+    """Write ``tensors`` to an uncompressed .npz, atomically (bfloat16 as its uint16 bits)."""
+    arrays = {name: (np.asarray(a).view(np.uint16) if np.asarray(a).dtype.name == "bfloat16"
+                     else np.asarray(a)) for name, a in tensors.items()}
+    _atomic_write(path, lambda stream: np.savez(stream, **arrays))
+
+
+def read_tensors(path) -> tuple[dict, dict]:
+    """Tensors and metadata from a .safetensors, .npz, or PyTorch (.pt/.pth/.bin) file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputFileError(f"{path}: no such file")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".safetensors":
+        return read_safetensors(path)
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}, {}
+        except ValueError as error:
+            raise InputFileError(f"{path}: cannot read .npz ({error})") from None
+    if suffix in (".pt", ".pth", ".bin"):
+        from ..torch.state_dict import read_state_dict
+
+        return read_state_dict(path), {"framework": "pytorch"}
+    raise InputFileError(f"{path}: unknown input type {suffix!r}; use .safetensors, .npz or a "
+                         "PyTorch state dict (.pt, .pth, .bin)")
+
+
+def write_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
+    """Write decoded tensors to .safetensors or .npz, chosen by the suffix of ``path``."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix == ".safetensors":
+        write_safetensors(path, tensors, metadata)
+    elif suffix == ".npz":
+        write_npz(path, tensors)
+    else:
+        raise InputFileError(f"{path}: output must end in .safetensors or .npz")
