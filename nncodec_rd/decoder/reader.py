@@ -278,15 +278,14 @@ class NrdFile:
         data = self._buffer[payload.offset + start * row_bytes:payload.offset + stop * row_bytes]
         if dtype == TensorDtype.BFLOAT16:
             return data.view("<u2").astype(np.uint16).view(numpy_dtype(dtype))
-        values = data.view(_NUMPY_DTYPES[dtype]).astype(numpy_dtype(dtype).newbyteorder("="))
         if dtype == TensorDtype.BOOL:
-            if np.any(values > 1):
-                bad = int(np.flatnonzero(values > 1)[0])
+            if np.any(data > 1):
+                bad = int(np.flatnonzero(data > 1)[0])
                 raise FormatError("a bool element is neither 0 nor 1", field=record.name,
                                   offset=payload.offset + start * row_bytes + bad,
                                   code=ErrorCode.INVALID_VALUE)
-            return values.astype(bool)
-        return values
+            return data.astype(bool)
+        return data.view(_NUMPY_DTYPES[dtype]).astype(numpy_dtype(dtype).newbyteorder("="))
 
     def _apply_threads(self) -> None:
         if self.threads is not None:
@@ -324,7 +323,7 @@ class NrdFile:
             codebook, codebook_first, rows_per_group = np.zeros(0, np.float32), 0, grid.rows_per_group
         else:
             steps, zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
-            codebook = np.array(body.grid.values, dtype=np.float32)
+            codebook = np.array(body.grid.codebook_values, dtype=np.float32)
             codebook_first, rows_per_group = body.grid.first_index, 0
         escape_symbol = body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL else -1
         out_index = np.empty(total if output_kind == kernels.OUTPUT_INDEX else 0, np.int32)

@@ -126,7 +126,7 @@ def _grid_record(grid, rows: int) -> tuple[int, dict]:
             raise EncoderError("a codebook needs at least one value, all finite")
         return GridKind.CODEBOOK, dict(codebook_size=len(grid.values),
                                        first_index=int(grid.first_index),
-                                       values=[float(v) for v in grid.values])
+                                       codebook_values=[float(v) for v in grid.values])
     raise EncoderError(f"unknown grid {grid!r}; use UniformGrid or CodebookGrid")
 
 

@@ -171,9 +171,12 @@ def build_container_head(header: dict, *, required_features: int = 0) -> bytes:
 
 
 def to_plain(obj):
-    """A parsed construct Container as plain dicts and lists (private ``_`` keys dropped)."""
+    """A parsed construct Container as plain dicts and lists that :func:`build_container_head`
+    accepts again: parser bookkeeping (``_io``, ``_start``, ``_limit_*``) is dropped, reserved
+    fields are kept."""
     if isinstance(obj, Container):
-        return {key: to_plain(value) for key, value in obj.items() if not key.startswith("_")}
+        return {key: to_plain(value) for key, value in obj.items()
+                if not key.startswith("_") or key.startswith("_reserved")}
     if isinstance(obj, ListContainer):
         return [to_plain(value) for value in obj]
     return obj

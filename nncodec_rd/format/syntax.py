@@ -276,8 +276,8 @@ UniformGrid = Struct(
 CodebookGrid = Struct(
     "codebook_size" / Int32ul * "Number of reconstruction values.",
     "_limit_codebook_size" / LimitCheck("codebook_size", Limits.MAX_CODEBOOK_SIZE),
-    "first_index" / Int32sl * "The index whose value is `values[0]`.",
-    "values" / Array(this.codebook_size, Float32l) * "Reconstruction value of indices `first_index`, `first_index`+1, ...; finite.",
+    "first_index" / Int32sl * "The index whose value is `codebook_values[0]`.",
+    "codebook_values" / Array(this.codebook_size, Float32l) * "Reconstruction value of indices `first_index`, `first_index`+1, ...; finite.",
 )
 
 GRIDS = {GridKind.UNIFORM: UniformGrid, GridKind.CODEBOOK: CodebookGrid}

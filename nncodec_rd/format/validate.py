@@ -178,9 +178,9 @@ def check_codebook_grid(grid, path: str, offset, report: Report) -> None:
     if not (_in_index_range(grid.first_index) and _in_index_range(last)):
         report(_invalid(f"codebook indices {grid.first_index} ... {last} outside "
                         f"+-{Limits.MAX_ABS_INDEX}", path + ".first_index", offset))
-    for position, value in enumerate(grid.values):
+    for position, value in enumerate(grid.codebook_values):
         if not math.isfinite(value):
-            report(_invalid(f"codebook value {value} is not finite", f"{path}.values[{position}]",
+            report(_invalid(f"codebook value {value} is not finite", f"{path}.codebook_values[{position}]",
                             offset))
 
 

@@ -1,0 +1,66 @@
+"""Take valid .nrd files apart and put them back together, changed: the raw material of invalid
+test files. Fields are edited as plain dicts; offsets and checksums are recomputed unless the
+caller asks to keep them wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from nncodec_rd.format.checksum import crc32c
+from nncodec_rd.format.constants import PREAMBLE_SIZE_BYTES
+from nncodec_rd.format.container import build_container_head, parse_header, parse_preamble, to_plain
+from nncodec_rd.format.layout import canonical_offsets
+from nncodec_rd.format.validate import payload_refs
+
+
+def split_file(data: bytes) -> tuple[dict, list[bytes]]:
+    """The header of a valid file as a plain dict, and its payloads in canonical order."""
+    preamble = parse_preamble(data)
+    header = parse_header(data, preamble)
+    payloads = [bytes(data[ref.offset:ref.offset + ref.size]) for _, ref in payload_refs(header)]
+    return to_plain(header), payloads
+
+
+def _refs(header: dict):
+    for record in header["tensors"]:
+        if record["coding"] == 0:
+            yield record["body"]["payload"]
+        else:
+            yield from record["body"]["chunks"]
+
+
+def assemble(header: dict, payloads: list[bytes], *, fix_offsets: bool = True,
+             fix_checksums: bool = True, required_features: int = 0) -> bytes:
+    """A file from a header dict and payloads, laid out canonically.
+
+    With ``fix_offsets`` / ``fix_checksums`` the payload references are recomputed from the
+    payloads; without, whatever the dict says is written.
+    """
+    header = copy.deepcopy(header)
+    refs = list(_refs(header))
+    if len(refs) != len(payloads):
+        raise ValueError(f"{len(refs)} payload references for {len(payloads)} payloads")
+    for ref, payload in zip(refs, payloads):
+        if fix_offsets:
+            ref["size"] = len(payload)
+        if fix_checksums:
+            ref["crc32c"] = crc32c(payload)
+    head = build_container_head(header, required_features=required_features)
+    offsets, _ = canonical_offsets(len(head) - PREAMBLE_SIZE_BYTES, [len(p) for p in payloads])
+    if fix_offsets:
+        for ref, offset in zip(refs, offsets):
+            ref["offset"] = offset
+        head = build_container_head(header, required_features=required_features)
+    out = bytearray(head)
+    for offset, payload in zip(offsets, payloads):
+        out.extend(b"\0" * (offset - len(out)))
+        out.extend(payload)
+    return bytes(out)
+
+
+def mutate_header(data: bytes, change, **assemble_options) -> bytes:
+    """Apply ``change(header_dict, payloads)`` (in place) to a valid file and reassemble it."""
+    header, payloads = split_file(data)
+    change(header, payloads)
+    return assemble(header, payloads, **assemble_options)
