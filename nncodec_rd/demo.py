@@ -36,28 +36,6 @@ def bundled_model_folder() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
-def _embedding_cosine(folder: str, decoded: dict) -> float | None:
-    """Mean cosine between sentence embeddings of the original and the decoded model, or None
-    when sentence-transformers / torch are not installed."""
-    try:
-        import torch
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        return None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.manual_seed(0)
-    model = SentenceTransformer(folder, device="cpu")
-    reference = model.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
-    transformer = model[0].auto_model
-    state = transformer.state_dict()
-    with torch.no_grad():
-        for name, value in decoded.items():
-            if name in state:
-                state[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
-    compressed = model.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
-    return float((reference * compressed).sum(dim=1).mean())
-
-
 def run_demo(output_folder: str) -> int:
     """Compress, decode and measure the bundled model; print where the file went."""
     from .api import load_file, save_file
@@ -86,7 +64,12 @@ def run_demo(output_folder: str) -> int:
     print(f"compressed:   {size:,} bytes = {8 * size / count:.3f} bits per weight "
           f"({original / size:.1f}x smaller), method rtn (data-free), step = RMS/16 per tensor")
     print(f"weight SNR:   {10 * np.log10(signal / max(noise, 1e-30)):.1f} dB")
-    cosine = _embedding_cosine(folder, decoded)
+    try:
+        from .torch.sentence_embeddings import embedding_cosine
+
+        cosine = embedding_cosine(folder, decoded, SENTENCES)
+    except ImportError:  # torch / sentence-transformers not installed: weights-only report
+        cosine = None
     if cosine is not None:
         print(f"fidelity:     mean cosine of sentence embeddings vs the original = {cosine:.5f} "
               f"({len(SENTENCES)} sentences)")

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 
 # ci: fast and reproducible; thorough: many more examples (pytest --hypothesis-profile=thorough).
 settings.register_profile("ci", derandomize=True, deadline=None, database=None, print_blob=True,
-                          max_examples=60,
+                          max_examples=150,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("thorough", deadline=None, max_examples=2000,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -99,7 +99,7 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)  # not ascontiguousarray: it turns 0-d arrays into shape (1,)
         dtype_name = _safetensors_dtype(array)
         if dtype_name == "BF16":
             blob = array.view(np.uint16).astype("<u2").tobytes()

@@ -1,0 +1,2254 @@
+#!/usr/bin/env python3
+"""Educational, spec-literal decoder for the .nrd format, version 1.0.
+
+Written from spec/nrd-format.md alone, in the manner of zstd's educational
+decoder: clarity over speed, one section of this file per section of the
+specification, in the specification's order, and every step cites the clause
+it implements ("# spec §7.6").
+
+    decode_file(data)          -> {name: (dtype_name, shape, element_bytes)}
+    decode_indices(data, name) -> [index, ...]           (section 7)
+
+    python conformance/spec_literal_decoder.py INPUT.nrd OUTPUT.npz
+    python conformance/spec_literal_decoder.py --self-test
+
+All decoding arithmetic uses Python integers (exact, spec §2.4) and, where the
+spec asks for binary64 arithmetic (§6.4), Python floats, which are IEEE 754
+binary64 with round-to-nearest-even.  Rounding to binary32 / binary16 /
+bfloat16 is done here by explicit integer manipulation of bit patterns.
+NumPy is used only by the command line, to write the .npz file.
+
+Python resolves names when a function runs, so a section may call a function
+defined in a later section (e.g. every section raises SpecError, defined in
+the section for §10).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import math
+import os
+import struct
+import sys
+from dataclasses import dataclass, field
+
+
+# =============================================================================
+# spec §1  Scope and conformance
+# =============================================================================
+#
+# §1.3 A conforming decoder
+#   1. outputs exactly the bytes of section 6 for a conforming file;
+#   2. otherwise reports an error (one of section 10) and outputs no tensor
+#      that depends on the fault.  This decoder outputs nothing at all when it
+#      finds a fault: decode_file() raises SpecError before returning anything;
+#   3. checks every limit of section 9 before allocating memory sized by it;
+#   4. never reads outside the file.  Every read below goes through a Reader
+#      (section 2) whose window lies inside the file, or through a slice of a
+#      payload that §4.7 has already shown to lie inside the file.
+#
+# §1.3 also lets a decoder decode a subset of tensors (decode_indices does),
+# but "MUST check the whole preamble and header" -- so decode_indices runs
+# every header step of §4.8 (1 to 11) before decoding the chosen tensor.
+
+
+# =============================================================================
+# spec §2  Conventions
+# =============================================================================
+
+# spec §2.1 Byte order and integer types: "All multi-byte values are
+# little-endian."
+_FMT = {"u8": "<B", "u16": "<H", "u32": "<I", "u64": "<Q", "i32": "<i", "i64": "<q"}
+_SIZE = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "i32": 4, "i64": 8}
+
+
+class Reader:
+    """Reads fields from data[pos:end], little-endian (spec §2.1).
+
+    `end` is the end of the sized region being parsed: the Header (§4.3) or
+    a *sized field* (§2.1).  Needing bytes beyond `end` is the region's
+    `overrun_error`:
+
+      * the Header: "header_size_mismatch if they end earlier or would run
+        past it" (spec §4.3);
+      * a sized field: "a content that needs more bytes than stated, are
+        invalid_value" (spec §2.1).
+
+    Every field read is remembered in `fields` (path -> absolute byte offset)
+    so that later, semantic errors (§4.8 step 10) can name the field's offset.
+    """
+
+    def __init__(self, data, start, end, overrun_error, region_name, fields):
+        self.data = data
+        self.pos = start
+        self.end = end
+        self.overrun_error = overrun_error
+        self.region_name = region_name
+        self.fields = fields
+
+    def remaining(self):
+        return self.end - self.pos
+
+    def take(self, n, path):
+        """The next n bytes of the region, or the region's overrun error."""
+        if n > self.end - self.pos:
+            raise SpecError(
+                self.overrun_error, path, self.pos,
+                f"needs {n} bytes but only {self.end - self.pos} remain in {self.region_name}")
+        self.fields.setdefault(path, self.pos)
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def int(self, kind, path):
+        """One u8/u16/u32/u64/i32/i64 field (spec §2.1)."""
+        return struct.unpack(_FMT[kind], self.take(_SIZE[kind], path))[0]
+
+    def f32_bits(self, path):
+        """One f32 field, returned as its 32-bit pattern (kept bit-exact)."""
+        return self.int("u32", path)
+
+    def varint(self, path):
+        # spec §2.2 varint: "Unsigned LEB128: each byte carries seven value
+        # bits, least significant group first; bit 7 of a byte is 1 when
+        # another byte follows. In this format a varint has at most 3 bytes
+        # and MUST be in its minimal form (its last byte is not 0x00 unless it
+        # is the only byte). A longer or non-minimal varint is invalid_value."
+        start = self.pos
+        value = 0
+        for i in range(3):
+            byte = self.int("u8", path if i == 0 else f"{path}+{i}")
+            value |= (byte & 0x7F) << (7 * i)
+            if byte & 0x80 == 0:
+                if i > 0 and byte == 0x00:
+                    raise SpecError("invalid_value", path, start,
+                                    "varint is not in its minimal form")
+                return value
+        raise SpecError("invalid_value", path, start, "varint is longer than 3 bytes")
+
+    def string(self, path, limit):
+        """A `string (u16 size)` field (spec §2.1, §2.3); returns its bytes.
+
+        The size is a count and is checked against `limit` (section 9) as soon
+        as it is read, before the bytes (spec §4.8 step 9)."""
+        size = self.int("u16", f"{path} (size)")
+        if limit is not None and size > limit:
+            raise SpecError("limit_exceeded", f"{path} (size)", self.pos - 2,
+                            f"{size} bytes exceeds the limit of {limit} bytes (§9)")
+        at = self.pos
+        raw = self.take(size, path)
+        # spec §2.3 "Strings are UTF-8 without a terminator, and MUST be valid
+        # UTF-8 (invalid_value otherwise)."
+        check_utf8(raw, path, at)
+        return raw
+
+    def sized(self, path):
+        """A sized field: "a u32 byte count, then that many bytes holding
+        exactly one X" (spec §2.1).  Returns a Reader over the X."""
+        size = self.int("u32", f"{path} (size)")
+        at = self.pos
+        if size > self.end - self.pos:
+            # The stated size itself runs past the enclosing region.
+            raise SpecError(self.overrun_error, f"{path} (size)", at - 4,
+                            f"sized field of {size} bytes runs past the end of {self.region_name}")
+        self.fields.setdefault(path, at)
+        self.pos += size
+        return Reader(self.data, at, at + size, "invalid_value", path, self.fields)
+
+    def finish(self, path):
+        """spec §2.1: "A sized field's content MUST fill its stated size
+        exactly: bytes left over ... are invalid_value"; for the Header,
+        spec §4.3: header_size_mismatch."""
+        if self.pos != self.end:
+            raise SpecError(self.overrun_error, path, self.pos,
+                            f"{self.end - self.pos} bytes left over at the end of {self.region_name}")
+
+
+def check_utf8(raw, path, at):
+    # spec §2.3 Text.  Python's strict UTF-8 decoder rejects overlong forms,
+    # surrogates (U+D800..U+DFFF) and code points above U+10FFFF, i.e. it
+    # accepts exactly the UTF-8 of RFC 3629 / Unicode.
+    try:
+        raw.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise SpecError("invalid_value", path, at + exc.start, "not valid UTF-8") from None
+
+
+# spec §2.4 Notation: "ceil(a / b) is integer division rounding up".
+def ceil_div(a, b):
+    return -((-a) // b)
+
+
+# spec §2.4: "RN32(x) is IEEE 754 rounding of the real number x to binary32,
+# round to nearest, ties to even."  The rounding itself is generic; it is used
+# for binary32 (§6.1, §6.4) and binary16 (§6.5).
+
+@dataclass(frozen=True)
+class BinaryFormat:
+    bits: int        # total width
+    precision: int   # significand bits, the implicit leading bit included
+    emax: int        # largest exponent of a finite number (= bias)
+    emin: int        # exponent of the smallest normal number (= 1 - bias)
+
+
+BINARY16 = BinaryFormat(16, 11, 15, -14)
+BINARY32 = BinaryFormat(32, 24, 127, -126)
+BINARY64 = BinaryFormat(64, 53, 1023, -1022)
+
+
+def split_finite(bits, fmt):
+    """A finite IEEE pattern -> (sign, integer significand m, exponent e) with
+    value = (-1)^sign * m * 2^e exactly."""
+    frac_bits = fmt.precision - 1
+    exp_field = (bits >> frac_bits) & ((1 << (fmt.bits - fmt.precision)) - 1)
+    frac = bits & ((1 << frac_bits) - 1)
+    sign = bits >> (fmt.bits - 1)
+    if exp_field == 0:                       # zero or subnormal
+        return sign, frac, fmt.emin - frac_bits
+    return sign, frac | (1 << frac_bits), exp_field - fmt.emax - frac_bits
+
+
+def is_nan(bits, fmt):
+    frac_bits = fmt.precision - 1
+    exp_all_ones = (1 << (fmt.bits - fmt.precision)) - 1
+    return ((bits >> frac_bits) & exp_all_ones) == exp_all_ones and bits & ((1 << frac_bits) - 1) != 0
+
+
+def is_inf(bits, fmt):
+    frac_bits = fmt.precision - 1
+    exp_all_ones = (1 << (fmt.bits - fmt.precision)) - 1
+    return ((bits >> frac_bits) & exp_all_ones) == exp_all_ones and bits & ((1 << frac_bits) - 1) == 0
+
+
+def round_exact(sign, m, e, fmt):
+    """IEEE 754 round-to-nearest-ties-to-even of the exact real number
+    (-1)^sign * m * 2^e (m >= 0 an integer) to `fmt`, returned as a bit
+    pattern.  Subnormal results are produced; a result whose magnitude rounds
+    beyond the largest finite number is infinity (IEEE 754 §7.4); zero keeps
+    its sign."""
+    p = fmt.precision
+    sign_bit = sign << (fmt.bits - 1)
+    inf_bits = sign_bit | (((1 << (fmt.bits - p)) - 1) << (p - 1))
+    if m == 0:
+        return sign_bit
+    top = m.bit_length() - 1 + e             # floor(log2 |x|)
+    exp = max(top, fmt.emin)                  # binade of the result (subnormals: emin)
+    quantum = exp - (p - 1)                   # weight of the last significand bit
+    shift = quantum - e
+    if shift <= 0:
+        sig = m << (-shift)                   # exact
+    else:
+        sig = m >> shift
+        rest = m - (sig << shift)
+        half = 1 << (shift - 1)
+        if rest > half or (rest == half and sig & 1):   # ties to even
+            sig += 1
+    if sig == 1 << p:                         # carried into the next binade
+        sig >>= 1
+        exp += 1
+    if exp > fmt.emax:                        # overflow: rounds to infinity
+        return inf_bits
+    if sig < 1 << (p - 1):                    # subnormal (exp == emin)
+        return sign_bit | sig
+    biased = exp + fmt.emax
+    return sign_bit | (biased << (p - 1)) | (sig - (1 << (p - 1)))
+
+
+def f32_from_bits(bits):
+    """f64(): binary32 -> binary64 exactly (spec §6.4), as a Python float."""
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+def f64_bits(x):
+    return struct.unpack("<Q", struct.pack("<d", x))[0]
+
+
+def rn32_of_f64(x):
+    """RN32 of a binary64 number (spec §2.4), as a binary32 bit pattern.
+    (NaN is handled by the caller, spec §6.4.)"""
+    bits = f64_bits(x)
+    if is_inf(bits, BINARY64):
+        return ((bits >> 63) << 31) | 0x7F800000
+    sign, m, e = split_finite(bits, BINARY64)
+    return round_exact(sign, m, e, BINARY32)
+
+
+# spec §2.5 Reserved and unused: "A reserved field or bit MUST be written as 0,
+# and a decoder MUST reject a file in which it is not 0 (reserved_value)".
+def check_reserved(value, path, hdr):
+    if value != 0:
+        hdr.fail("reserved_value", path, f"reserved field is {value}, MUST be 0")
+
+
+# =============================================================================
+# spec §3  Versioning and extensions
+# =============================================================================
+
+# spec §3.1: "A decoder MUST reject a file whose major version it does not
+# implement (unsupported_version)."  "A 1.0 decoder MUST accept files of any
+# minor version 1.x" -- minor_version is therefore never checked.
+SUPPORTED_MAJOR_VERSION = 1
+
+# spec §3.3: "Version 1.0 defines no bit" of required_features.
+KNOWN_REQUIRED_FEATURES = 0
+
+# spec §3.4: "Version 1.0 defines no extension type."
+KNOWN_EXTENSION_TYPES = frozenset()
+
+
+def check_enum(value, enum, path, hdr):
+    # spec §3.2: "An enumerated field holding a value this version does not
+    # define means the file uses a feature of a later minor version: the
+    # decoder MUST reject the file with unsupported_feature".
+    if value not in enum:
+        hdr.fail("unsupported_feature", path, f"value {value} is not defined in version 1.0")
+
+
+def check_extensions(exts, hdr):
+    # spec §3.4 / §4.5: for each extension of a list.
+    for ext in exts:
+        # spec §4.5 extension_flags: "bits 1-15 reserved, MUST be 0"; §2.5.
+        check_reserved(ext.flags & 0xFFFE, f"{ext.path}.extension_flags", hdr)
+        if ext.type not in KNOWN_EXTENSION_TYPES:
+            # spec §3.4: unknown type with bit 0 (required) set: "MUST reject
+            # the file (unsupported_feature)"; "otherwise MUST skip it (its size
+            # is known) and decode the file as if it were absent."
+            if ext.flags & 1:
+                hdr.fail("unsupported_feature", f"{ext.path}.extension_type",
+                         f"unknown required extension type {ext.type}")
+
+
+# =============================================================================
+# spec §4  File structure
+# =============================================================================
+
+# spec §4.2 Preamble
+MAGIC = bytes([0x89, 0x4E, 0x52, 0x44, 0x0D, 0x0A, 0x1A, 0x0A])
+PREAMBLE_SIZE = 32
+
+
+@dataclass
+class Preamble:
+    major_version: int
+    minor_version: int
+    required_features: int
+    header_size: int
+    header_crc32c: int
+    reserved0: int
+
+
+@dataclass
+class Header:
+    """The parsed Header (spec §4.3) plus what is needed to report errors."""
+    data: bytes
+    preamble: Preamble
+    fields: dict                       # field path -> absolute byte offset
+    metadata: list = field(default_factory=list)
+    tensors: list = field(default_factory=list)
+    extensions: list = field(default_factory=list)
+
+    def fail(self, name, path, detail):
+        raise SpecError(name, path, self.fields.get(path), detail)
+
+
+def read_preamble(data):
+    """spec §4.8 steps 1 to 8."""
+    # spec §4.8 step 1: "If the file has fewer than 32 bytes: if its bytes
+    # equal the start of the magic (an empty file included), truncated; else
+    # bad_magic."  (Read here as: the bytes the file has of the magic's
+    # position agree with the magic -- see /tmp/spec_questions.md.)
+    if len(data) < PREAMBLE_SIZE:
+        n = min(len(data), len(MAGIC))
+        if data[:n] == MAGIC[:n]:
+            raise SpecError("truncated", "preamble", len(data),
+                            f"file of {len(data)} bytes ends inside the 32-byte preamble")
+        raise SpecError("bad_magic", "preamble.magic", 0, "file does not start with the signature")
+    # spec §4.8 step 2: "magic differs from the signature: bad_magic."
+    if data[0:8] != MAGIC:
+        raise SpecError("bad_magic", "preamble.magic", 0, "file does not start with the signature")
+    # spec §4.2 field layout.
+    major, minor, features, header_size, crc, reserved0 = struct.unpack_from("<HHIQII", data, 8)
+    pre = Preamble(major, minor, features, header_size, crc, reserved0)
+    # spec §4.8 step 3: "major_version != 1: unsupported_version."
+    if major != SUPPORTED_MAJOR_VERSION:
+        raise SpecError("unsupported_version", "preamble.major_version", 8,
+                        f"major version {major}, this decoder implements 1")
+    # spec §4.8 step 4: "required_features has a bit this decoder does not
+    # know: unsupported_feature."  (spec §3.3)
+    if features & ~KNOWN_REQUIRED_FEATURES:
+        raise SpecError("unsupported_feature", "preamble.required_features", 12,
+                        f"unknown required-feature bits 0x{features:08x}")
+    # spec §4.8 step 5: "_reserved0 != 0: reserved_value."
+    if reserved0 != 0:
+        raise SpecError("reserved_value", "preamble._reserved0", 28,
+                        f"reserved field is {reserved0}, MUST be 0")
+    # spec §4.8 step 6: "header_size > the limit of section 9: limit_exceeded."
+    if header_size > LIMIT_HEADER_SIZE:
+        raise SpecError("limit_exceeded", "preamble.header_size", 16,
+                        f"header_size {header_size} exceeds 2^28 (§9)")
+    # spec §4.8 step 7: "32 + header_size > file size: truncated."
+    if PREAMBLE_SIZE + header_size > len(data):
+        raise SpecError("truncated", "preamble.header_size", 16,
+                        f"header ends at byte {PREAMBLE_SIZE + header_size}, file has {len(data)} bytes")
+    # spec §4.8 step 8 / §8.2: "header_crc32c is the CRC-32C of the preamble's
+    # bytes 0 ... 23 followed by the header's header_size bytes".
+    computed = crc32c(data[0:24] + data[PREAMBLE_SIZE:PREAMBLE_SIZE + header_size])
+    if computed != crc:
+        raise SpecError("checksum_header", "preamble.header_crc32c", 24,
+                        f"stored 0x{crc:08x}, computed 0x{computed:08x}")
+    return pre
+
+
+def parse_header(data, pre):
+    """spec §4.8 step 9: parse the Header (sections 4.3 to 5.6).
+
+    Only syntax is checked here: region overruns and left-over bytes
+    (header_size_mismatch / invalid_value), varint and UTF-8 form (§2), the
+    limits of section 9 (checked as soon as each count is read, before the
+    array it counts), and has_zero_point (it decides the grid's layout).
+    Everything else is a semantic rule, applied in step 10."""
+    fields = {}
+    hdr = Header(data, pre, fields)
+    r = Reader(data, PREAMBLE_SIZE, PREAMBLE_SIZE + pre.header_size,
+               "header_size_mismatch", "the Header", fields)
+    # spec §4.3 Header: metadata, tensor_count, tensors, extensions.
+    hdr.metadata = parse_metadata(r, "header.metadata")
+    tensor_count = r.int("u32", "header.tensor_count")
+    check_limit(tensor_count, LIMIT_TENSOR_COUNT, "header.tensor_count", r.pos - 4)
+    for i in range(tensor_count):
+        hdr.tensors.append(parse_tensor_record(r, i))
+    hdr.extensions = parse_extensions(r, "header.extensions")
+    # spec §4.3: "The Header's structures MUST fill exactly header_size bytes
+    # (header_size_mismatch if they end earlier or would run past it)."
+    r.finish("header (end)")
+    return hdr
+
+
+# spec §4.4 Metadata blocks
+def parse_metadata(r, path):
+    entry_count = r.int("u32", f"{path}.entry_count")
+    check_limit(entry_count, LIMIT_METADATA_ENTRIES, f"{path}.entry_count", r.pos - 4)
+    return [parse_metadata_entry(r, f"{path}.entries[{i}]") for i in range(entry_count)]
+
+
+# spec §4.5 Extension lists
+@dataclass
+class Extension:
+    path: str
+    type: int
+    flags: int
+    body_size: int
+
+
+def parse_extensions(r, path):
+    count = r.int("u16", f"{path}.extension_count")
+    check_limit(count, LIMIT_EXTENSION_COUNT, f"{path}.extension_count", r.pos - 2)
+    exts = []
+    for i in range(count):
+        p = f"{path}.extensions[{i}]"
+        ext_type = r.int("u16", f"{p}.extension_type")
+        flags = r.int("u16", f"{p}.extension_flags")
+        body = r.sized(f"{p}.body")           # "u32 size, then bytes"
+        body.pos = body.end                   # §5.6 "The body of an extension of unknown type is skipped."
+        exts.append(Extension(p, ext_type, flags, body.end - (body.end - (body.end - body.pos))))
+    return exts
+
+
+# spec §4.6 Payloads: "The file's payload list is the payloads in header
+# order: tensor 0's payloads (chunk 0, 1, ...), then tensor 1's, and so on."
+def payload_list(hdr):
+    refs = []
+    for rec in hdr.tensors:
+        refs.extend(rec.payloads())
+    return refs
+
+
+def check_layout(hdr):
+    """spec §4.7 Layout, alignment and padding (spec §4.8 step 11)."""
+    data = hdr.data
+    # 1. "Let end = 32 + header_size."
+    end = PREAMBLE_SIZE + hdr.preamble.header_size
+    for ref in payload_list(hdr):
+        # 1. "its offset MUST equal the smallest multiple of 64 that is >= end"
+        expected = ceil_div(end, 64) * 64
+        if ref.offset != expected:
+            hdr.fail("payload_layout", f"{ref.path}.offset",
+                     f"payload at offset {ref.offset}, canonical offset is {expected}")
+        # 2. "Every payload MUST lie within the file (truncated otherwise)."
+        if ref.offset + ref.size > len(data):
+            hdr.fail("truncated", f"{ref.path}.size",
+                     f"payload [{ref.offset}, {ref.offset + ref.size}) runs past the end of the "
+                     f"{len(data)}-byte file")
+        # 3. "The bytes between 32 + header_size and the first payload, and
+        #    between consecutive payloads, are padding and MUST be 0"
+        for pos in range(end, ref.offset):
+            if data[pos] != 0:
+                raise SpecError("nonzero_padding", "padding", pos, f"padding byte is 0x{data[pos]:02x}")
+        # 1. "then end = offset + size"
+        end = ref.offset + ref.size
+    # 4. "The file ends exactly at end after the last payload (or at
+    #    32 + header_size if there is no payload); bytes after it are
+    #    trailing_bytes."
+    if len(data) > end:
+        raise SpecError("trailing_bytes", "end of file", end,
+                        f"{len(data) - end} bytes follow the end of the last payload")
+
+
+def read_file_header(data):
+    """spec §4.8 Reading a file (procedure), steps 1 to 11: everything that
+    must be checked before any tensor is decoded."""
+    data = bytes(data)
+    pre = read_preamble(data)                 # steps 1-8
+    hdr = parse_header(data, pre)             # step 9
+    check_semantics(hdr)                      # step 10
+    check_layout(hdr)                         # step 11
+    return hdr
+
+
+def check_semantics(hdr):
+    """spec §4.8 step 10: "Apply the semantic rules of sections 5 to 7 to
+    every record (the errors each names)."  Records are checked in file
+    order: the file metadata, each tensor record, the file extensions.  The
+    transform references (§6.4) are checked in a second pass, once every
+    record is known to be one this decoder understands (so that a reference
+    to a tensor using an unknown feature reports unsupported_feature)."""
+    check_metadata_block(hdr.metadata, hdr)
+    seen_names = {}
+    for rec in hdr.tensors:
+        check_tensor_record(rec, hdr, seen_names)
+    check_extensions(hdr.extensions, hdr)
+    for rec in hdr.tensors:
+        if rec.rans is not None and rec.rans.transform_kind == TRANSFORM_RIGHT_MATRIX:
+            check_transform_reference(rec, hdr)
+
+
+# =============================================================================
+# spec §5  Tensor records
+# =============================================================================
+
+# spec §5.2 TensorDtype, with the element sizes of §5.2.
+DTYPES = {
+    1: ("FLOAT32", 4), 2: ("FLOAT16", 2), 3: ("BFLOAT16", 2), 4: ("FLOAT64", 8),
+    5: ("INT8", 1), 6: ("UINT8", 1), 7: ("INT16", 2), 8: ("INT32", 4),
+    9: ("INT64", 8), 10: ("BOOL", 1), 11: ("UINT16", 2), 12: ("UINT32", 4),
+    13: ("UINT64", 8),
+}
+DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_BOOL = 1, 2, 3, 10
+
+# spec §5.3 Coding
+CODING_RAW, CODING_RANS = 0, 1
+CODINGS = {CODING_RAW: "RAW", CODING_RANS: "RANS"}
+
+
+@dataclass
+class PayloadRef:
+    # spec §5.4 PayloadRef
+    path: str
+    offset: int
+    size: int
+    crc32c: int
+
+
+@dataclass
+class TensorRecord:
+    index: int
+    path: str
+    name: bytes
+    dtype: int
+    rank: int
+    shape: tuple
+    coding: int
+    element_count: int
+    raw_payload: PayloadRef | None = None     # coding RAW
+    rans: "RansBody | None" = None            # coding RANS
+    metadata: list = field(default_factory=list)
+    extensions: list = field(default_factory=list)
+
+    # spec §5.1 Geometry and scan order
+    @property
+    def rows(self):
+        # "rows = shape[0] if r >= 1, else 1"
+        return self.shape[0] if self.rank >= 1 else 1
+
+    @property
+    def row_length(self):
+        # "row_length = the product of shape[1] ... shape[r-1] (1 if r <= 1)"
+        return math.prod(self.shape[1:]) if self.rank >= 2 else 1
+
+    def payloads(self):
+        # spec §4.6: "a raw tensor has one, a rANS-coded tensor has one per chunk".
+        if self.coding == CODING_RAW:
+            return [self.raw_payload]
+        if self.coding == CODING_RANS:
+            return list(self.rans.chunks)
+        return []
+
+    @property
+    def display_name(self):
+        return self.name.decode("utf-8")
+
+
+def parse_tensor_record(r, index):
+    """spec §5.2 TensorRecord (syntax only)."""
+    p = f"header.tensors[{index}]"
+    # name: "string (u16 size)"; spec §9 "tensor name 4096 bytes".
+    name = r.string(f"{p}.name", LIMIT_NAME_BYTES)
+    dtype = r.int("u8", f"{p}.dtype")
+    rank = r.int("u8", f"{p}.rank")
+    # spec §9 rank <= 8; rank counts the shape array: checked before it.
+    check_limit(rank, LIMIT_RANK, f"{p}.rank", r.pos - 1)
+    shape = []
+    for d in range(rank):
+        dim = r.int("u64", f"{p}.shape[{d}]")
+        # spec §9 "each dimension 2^40".
+        check_limit(dim, LIMIT_DIMENSION, f"{p}.shape[{d}]", r.pos - 8)
+        shape.append(dim)
+    # spec §5.1: element_count = product of the dimensions (1 for rank 0).
+    element_count = math.prod(shape)
+    # spec §9 "element_count 2^40".
+    check_limit(element_count, LIMIT_ELEMENT_COUNT, f"{p}.shape", r.fields[f"{p}.rank"] + 1)
+    coding = r.int("u8", f"{p}.coding")
+    rec = TensorRecord(index, p, name, dtype, rank, tuple(shape), coding, element_count)
+    # body: "u32 size, then RawBody or RansBody, by coding".
+    body = r.sized(f"{p}.body")
+    if coding == CODING_RAW:
+        # spec §5.3 RawBody: payload, a PayloadRef (20 bytes).
+        rec.raw_payload = parse_payload_ref(body, f"{p}.body.payload")
+        body.finish(f"{p}.body")
+    elif coding == CODING_RANS:
+        rec.rans = parse_rans_body(body, f"{p}.body")
+        body.finish(f"{p}.body")
+    else:
+        # spec §5.3 "An unknown coding is unsupported_feature (its body is a
+        # sized field, so the record can still be parsed)."  Reported in step 10.
+        body.pos = body.end
+    rec.metadata = parse_metadata(r, f"{p}.metadata")
+    rec.extensions = parse_extensions(r, f"{p}.extensions")
+    return rec
+
+
+def check_tensor_record(rec, hdr, seen_names):
+    """spec §5.2 rules and the rules of the record's body (§5.3, §6, §7)."""
+    p = rec.path
+    # spec §5.2 "name is 1 to 4096 bytes (empty: invalid_value; longer:
+    # limit_exceeded [checked at parse time]) and unique in the file
+    # (duplicate_name)."  §2.3 "Names are compared byte for byte".
+    if len(rec.name) == 0:
+        hdr.fail("invalid_value", f"{p}.name", "tensor name is empty")
+    if rec.name in seen_names:
+        hdr.fail("duplicate_name", f"{p}.name",
+                 f"name {rec.name!r} already used by tensor {seen_names[rec.name]}")
+    seen_names[rec.name] = rec.index
+    # spec §5.2 "dtype is a TensorDtype (unsupported_feature otherwise)."
+    check_enum(rec.dtype, DTYPES, f"{p}.dtype", hdr)
+    # spec §5.3 "An unknown coding is unsupported_feature".
+    check_enum(rec.coding, CODINGS, f"{p}.coding", hdr)
+    if rec.coding == CODING_RAW:
+        # spec §5.3 "payload.size MUST equal element_count x the element size
+        # (invalid_value)."
+        expected = rec.element_count * DTYPES[rec.dtype][1]
+        if rec.raw_payload.size != expected:
+            hdr.fail("invalid_value", f"{p}.body.payload.size",
+                     f"raw payload of {rec.raw_payload.size} bytes, expected {expected}")
+    else:
+        check_rans_body(rec, hdr)
+    check_metadata_block(rec.metadata, hdr)
+    check_extensions(rec.extensions, hdr)
+
+
+def decode_raw(rec, data):
+    """spec §5.3 RAW: "Decoding a raw tensor outputs these bytes."  The payload
+    checksum has been verified by the caller (§8.3)."""
+    ref = rec.raw_payload
+    payload = data[ref.offset:ref.offset + ref.size]
+    if rec.dtype == DTYPE_BOOL:
+        # spec §5.3 "a BOOL byte other than 0 or 1 is invalid_value."
+        for i, byte in enumerate(payload):
+            if byte not in (0, 1):
+                raise SpecError("invalid_value", f"{rec.path} (BOOL element {i})", ref.offset + i,
+                                f"BOOL byte is {byte}, MUST be 0 or 1")
+    return payload
+
+
+# spec §5.4 PayloadRef
+def parse_payload_ref(r, path):
+    offset = r.int("u64", f"{path}.offset")
+    size = r.int("u64", f"{path}.size")
+    crc = r.int("u32", f"{path}.crc32c")
+    return PayloadRef(path, offset, size, crc)
+
+
+# spec §5.5 Metadata entries
+META_STRING, META_INT64, META_FLOAT64, META_BOOL, META_BYTES = 1, 2, 3, 4, 5
+METADATA_TYPES = {1: "STRING", 2: "INT64", 3: "FLOAT64", 4: "BOOL", 5: "BYTES"}
+
+
+@dataclass
+class MetadataEntry:
+    path: str
+    key: bytes
+    value_type: int
+    value: bytes
+    value_at: int
+
+
+def parse_metadata_entry(r, path):
+    # key: "string (u16 size)"; spec §5.5 "Keys are 0 to 256 bytes
+    # (limit_exceeded beyond)".
+    key = r.string(f"{path}.key", LIMIT_KEY_BYTES)
+    value_type = r.int("u8", f"{path}.value_type")
+    # value: "u32 size, then UTF-8 bytes or i64 or f64 or u8 or bytes, by
+    # value_type".  Read as bytes here; its layout is checked in step 10.
+    value = r.sized(f"{path}.value")
+    at = value.pos
+    raw = value.take(value.remaining(), f"{path}.value") if value.remaining() else b""
+    return MetadataEntry(path, key, value_type, raw, at)
+
+
+def check_metadata_block(entries, hdr):
+    seen_keys = set()
+    for ent in entries:
+        # spec §5.5 keys are "unique within their block (duplicate_key)".
+        if ent.key in seen_keys:
+            hdr.fail("duplicate_key", f"{ent.path}.key", f"key {ent.key!r} appears twice in its block")
+        seen_keys.add(ent.key)
+        # spec §3.2: unknown enumeration value "(for value_type of a metadata
+        # entry too)" is unsupported_feature.
+        check_enum(ent.value_type, METADATA_TYPES, f"{ent.path}.value_type", hdr)
+        vp = f"{ent.path}.value"
+        if ent.value_type == META_STRING:
+            check_utf8(ent.value, vp, ent.value_at)              # "UTF-8 text (any size, possibly 0)"
+        elif ent.value_type in (META_INT64, META_FLOAT64):
+            if len(ent.value) != 8:                               # "the size MUST be 8"
+                hdr.fail("invalid_value", vp, f"value of {len(ent.value)} bytes, MUST be 8")
+        elif ent.value_type == META_BOOL:
+            if len(ent.value) != 1:                               # "the size MUST be 1"
+                hdr.fail("invalid_value", vp, f"value of {len(ent.value)} bytes, MUST be 1")
+            if ent.value[0] not in (0, 1):                        # "another byte value is invalid_value"
+                hdr.fail("invalid_value", vp, f"BOOL value {ent.value[0]}, MUST be 0 or 1")
+        # BYTES: "arbitrary bytes".
+        # spec §5.5 "Metadata never changes how tensors decode."
+
+
+# spec §5.6 Extensions: see parse_extensions (§4.5) and check_extensions (§3.4).
+
+
+# =============================================================================
+# spec §6  Grids and reconstruction
+# =============================================================================
+
+# GridKind (spec §6, "unknown value: unsupported_feature")
+GRID_UNIFORM, GRID_CODEBOOK = 1, 2
+GRID_KINDS = {GRID_UNIFORM: "UNIFORM", GRID_CODEBOOK: "CODEBOOK"}
+
+MAX_INDEX = (1 << 23) - 1          # "+-(2^23 - 1)", spec §6.1, §6.2, §7.2, §9
+
+
+# spec §6.1 UNIFORM grid
+@dataclass
+class UniformGrid:
+    path: str
+    rows_per_group: int
+    group_count: int
+    has_zero_point: int
+    steps: list                    # binary32 bit patterns
+    zero_points: list              # i32
+
+
+def parse_uniform_grid(r, path):
+    rows_per_group = r.int("u64", f"{path}.rows_per_group")
+    group_count = r.int("u32", f"{path}.group_count")
+    # spec §9 "group_count 2^24", checked before the arrays it counts.
+    check_limit(group_count, LIMIT_GROUP_COUNT, f"{path}.group_count", r.pos - 4)
+    has_zero_point = r.int("u8", f"{path}.has_zero_point")
+    # spec §6.1 "has_zero_point MUST be 0 or 1" (invalid_value).  Checked
+    # here because it decides whether zero_points is present.
+    if has_zero_point not in (0, 1):
+        raise SpecError("invalid_value", f"{path}.has_zero_point", r.pos - 1,
+                        f"has_zero_point is {has_zero_point}, MUST be 0 or 1")
+    steps = [r.f32_bits(f"{path}.steps[{g}]") for g in range(group_count)]
+    zero_points = []
+    if has_zero_point == 1:
+        # "zero_points | i32[see meaning]": group_count values, present only
+        # if has_zero_point is 1.
+        zero_points = [r.int("i32", f"{path}.zero_points[{g}]") for g in range(group_count)]
+    return UniformGrid(path, rows_per_group, group_count, has_zero_point, steps, zero_points)
+
+
+def check_uniform_grid(grid, rec, hdr):
+    rows = rec.rows
+    # spec §6.1 "group_count MUST equal 1 if rows_per_group is 0, else
+    # max(1, ceil(rows / rows_per_group)) (invalid_value)."
+    if grid.rows_per_group == 0:
+        expected = 1
+    else:
+        expected = max(1, ceil_div(rows, grid.rows_per_group))
+    if grid.group_count != expected:
+        hdr.fail("invalid_value", f"{grid.path}.group_count",
+                 f"group_count is {grid.group_count}, expected {expected}")
+    # spec §6.1 "Every step MUST be finite and > 0" (invalid_value).
+    for g, bits in enumerate(grid.steps):
+        if is_nan(bits, BINARY32) or is_inf(bits, BINARY32) or bits >> 31 or bits == 0:
+            hdr.fail("invalid_value", f"{grid.path}.steps[{g}]",
+                     f"step 0x{bits:08x} is not finite and > 0")
+    # "every zero point MUST be within +-(2^23 - 1) (invalid_value)."
+    for g, zp in enumerate(grid.zero_points):
+        if abs(zp) > MAX_INDEX:
+            hdr.fail("invalid_value", f"{grid.path}.zero_points[{g}]", f"zero point {zp} out of range")
+
+
+def uniform_value(grid, q, row):
+    """spec §6.1: value = RN32( steps[g] x f32(q - zero_points[g]) ).
+
+    "compute the integer d = q - zero_points[g] exactly (|d| < 2^24, so it is
+    exact in binary32), convert it to binary32, and multiply by the binary32
+    step with one IEEE binary32 multiplication ... (Equivalently: the product
+    of the two numbers computed exactly, then rounded once to binary32.)"
+    The second form is what is computed: step = (-1)^s m 2^e exactly, so the
+    product is (-1)^s m d 2^e exactly, rounded once by round_exact()."""
+    # "if rows_per_group is 0 all rows form group 0; otherwise row r is in
+    # group floor(r / rows_per_group)."
+    g = 0 if grid.rows_per_group == 0 else row // grid.rows_per_group
+    zp = grid.zero_points[g] if grid.has_zero_point else 0
+    d = q - zp
+    sign, m, e = split_finite(grid.steps[g], BINARY32)      # sign is 0: step > 0
+    prod_sign = sign ^ (1 if d < 0 else 0)
+    # d = 0: +0.0 (f32(0) is +0, step is positive).
+    return round_exact(prod_sign, m * abs(d), e, BINARY32)
+
+
+# spec §6.2 CODEBOOK grid
+@dataclass
+class CodebookGrid:
+    path: str
+    codebook_size: int
+    first_index: int
+    values: list                   # binary32 bit patterns
+
+
+def parse_codebook_grid(r, path):
+    size = r.int("u32", f"{path}.codebook_size")
+    # spec §9 "codebook_size 65536", checked before the array.
+    check_limit(size, LIMIT_CODEBOOK_SIZE, f"{path}.codebook_size", r.pos - 4)
+    first_index = r.int("i32", f"{path}.first_index")
+    values = [r.f32_bits(f"{path}.values[{i}]") for i in range(size)]
+    return CodebookGrid(path, size, first_index, values)
+
+
+def check_codebook_grid(grid, hdr):
+    # spec §6.2 "codebook_size MUST be at least 1; first_index and
+    # first_index + codebook_size - 1 MUST be within +-(2^23 - 1); every value
+    # MUST be finite (invalid_value)."
+    if grid.codebook_size < 1:
+        hdr.fail("invalid_value", f"{grid.path}.codebook_size", "codebook_size is 0")
+    if abs(grid.first_index) > MAX_INDEX:
+        hdr.fail("invalid_value", f"{grid.path}.first_index", f"first_index {grid.first_index} out of range")
+    last = grid.first_index + grid.codebook_size - 1
+    if abs(last) > MAX_INDEX:
+        hdr.fail("invalid_value", f"{grid.path}.codebook_size", f"last index {last} out of range")
+    for i, bits in enumerate(grid.values):
+        if is_nan(bits, BINARY32) or is_inf(bits, BINARY32):
+            hdr.fail("invalid_value", f"{grid.path}.values[{i}]", f"value 0x{bits:08x} is not finite")
+
+
+def codebook_value(grid, q, rec, symbol_number):
+    """spec §6.2 "The value of index q is values[q - first_index], bit for bit
+    ... An index outside first_index ... first_index + codebook_size - 1 is
+    index_out_of_range." """
+    if not grid.first_index <= q <= grid.first_index + grid.codebook_size - 1:
+        raise SpecError("index_out_of_range", f"{rec.path} (coded symbol {symbol_number})", None,
+                        f"index {q} is outside the codebook "
+                        f"[{grid.first_index}, {grid.first_index + grid.codebook_size - 1}]")
+    return grid.values[q - grid.first_index]
+
+
+def grid_value(rec, q, row, symbol_number):
+    """The binary32 value (bit pattern) of index q in row `row` (spec §6)."""
+    grid = rec.rans.grid
+    if rec.rans.grid_kind == GRID_UNIFORM:
+        return uniform_value(grid, q, row)
+    return codebook_value(grid, q, rec, symbol_number)
+
+
+# spec §6.3 Values of a tensor without transform.
+def check_no_transform(rec, hdr):
+    body = rec.rans
+    # "With transform_kind NONE, coded_row_length MUST equal row_length
+    # (invalid_value) and transform_tensor MUST be 0 (reserved_value)."
+    if body.coded_row_length != rec.row_length:
+        hdr.fail("invalid_value", f"{rec.path}.body.coded_row_length",
+                 f"coded_row_length {body.coded_row_length} != row_length {rec.row_length}")
+    check_reserved(body.transform_tensor, f"{rec.path}.body.transform_tensor", hdr)
+
+
+# spec §6.4 Transform
+TRANSFORM_NONE, TRANSFORM_RIGHT_MATRIX = 0, 1
+TRANSFORM_KINDS = {TRANSFORM_NONE: "NONE", TRANSFORM_RIGHT_MATRIX: "RIGHT_MATRIX"}
+
+
+def check_transform_reference(rec, hdr):
+    """spec §6.4: "transform_tensor MUST name another tensor T of the file (its
+    position in tensors, not itself) that has dtype FLOAT32, rank 2, shape
+    [K, row_length], and no transform itself (invalid_reference otherwise)." """
+    body = rec.rans
+    path = f"{rec.path}.body.transform_tensor"
+    t = body.transform_tensor
+    if t >= len(hdr.tensors) or t == rec.index:
+        hdr.fail("invalid_reference", path, f"transform_tensor {t} is missing or the tensor itself")
+    T = hdr.tensors[t]
+    K = body.coded_row_length
+    if T.dtype != DTYPE_FLOAT32:
+        hdr.fail("invalid_reference", path, f"transform tensor {t} is not FLOAT32")
+    if T.rank != 2 or T.shape != (K, rec.row_length):
+        hdr.fail("invalid_reference", path,
+                 f"transform tensor {t} has shape {list(T.shape)}, expected [{K}, {rec.row_length}]")
+    if T.coding == CODING_RANS and T.rans.transform_kind != TRANSFORM_NONE:
+        hdr.fail("invalid_reference", path, f"transform tensor {t} has a transform itself")
+
+
+def right_matrix_values(rec, coeff_values, t_values):
+    """spec §6.4: element (r, j) of the tensor:
+
+        s = +0.0 (binary64)
+        for k = 0, 1, ..., K-1 in this order:
+            s = RN64( s + f64(c[r, k]) x f64(t[k, j]) )
+        value = RN32(s)   -- or, if s is NaN, the binary32 0x7FC00000
+
+    f64() is exact; the product of two binary32 numbers is exact in binary64
+    (24 + 24 significant bits, and no overflow or underflow is possible), so
+    Python's float `*` computes it exactly; Python's float `+` is the IEEE
+    binary64 addition, round to nearest, ties to even (RN64)."""
+    rows, n_cols, K = rec.rows, rec.row_length, rec.rans.coded_row_length
+    out = []
+    for r in range(rows):
+        for j in range(n_cols):
+            s = 0.0
+            for k in range(K):
+                c = f32_from_bits(coeff_values[r * K + k])
+                t = f32_from_bits(t_values[k * n_cols + j])
+                s = s + c * t
+            out.append(0x7FC00000 if math.isnan(s) else rn32_of_f64(s))
+    return out
+
+
+# spec §6.5 Output dtype
+def float16_bits(v):
+    """binary32 pattern v -> binary16 pattern: "round to nearest, ties to
+    even, including subnormal results; a magnitude that rounds above 65504
+    becomes +-infinity; +-0 and +-infinity keep their sign. A NaN becomes
+    0x7E00." """
+    if is_nan(v, BINARY32):
+        return 0x7E00
+    sign = v >> 31
+    if is_inf(v, BINARY32):
+        return (sign << 15) | 0x7C00
+    s, m, e = split_finite(v, BINARY32)
+    return round_exact(s, m, e, BINARY16)
+
+
+def bfloat16_bits(v):
+    """binary32 pattern b -> bfloat16: "If v is NaN the result is 0x7FC0;
+    otherwise floor((b + 0x7FFF + (floor(b / 2^16) mod 2)) / 2^16) computed
+    exactly" """
+    if is_nan(v, BINARY32):
+        return 0x7FC0
+    return (v + 0x7FFF + ((v >> 16) % 2)) >> 16
+
+
+def output_bytes(values, dtype):
+    """spec §6.5: "The output of a tensor is its elements in row-major order in
+    these encodings." """
+    if dtype == DTYPE_FLOAT32:
+        # "FLOAT32: the four bytes of v, little-endian."
+        return b"".join(struct.pack("<I", v) for v in values)
+    if dtype == DTYPE_FLOAT16:
+        return b"".join(struct.pack("<H", float16_bits(v)) for v in values)
+    if dtype == DTYPE_BFLOAT16:
+        return b"".join(struct.pack("<H", bfloat16_bits(v)) for v in values)
+    raise AssertionError("rANS dtype was checked in §5.3")
+
+
+def tensor_values(hdr, index, cache):
+    """The binary32 values (bit patterns) of a tensor, before dtype rounding
+    (spec §6).  For the transform matrix T of §6.4 these are "its decoded
+    binary32 values" (T is FLOAT32, so for a raw T they are its elements)."""
+    if index in cache:
+        return cache[index]
+    rec = hdr.tensors[index]
+    data = hdr.data
+    if rec.coding == CODING_RAW:
+        raw = decode_raw(rec, data)
+        values = list(struct.unpack(f"<{len(raw) // 4}I", raw))     # FLOAT32 only (§6.4)
+    else:
+        body = rec.rans
+        indices = decode_tensor_indices(hdr, rec)                   # section 7
+        K = body.coded_row_length
+        # Values of the coded symbols (the coefficients if there is a
+        # transform).  Symbol i is in row floor(i / coded_row_length) (§7.1).
+        coded = [grid_value(rec, q, i // K, i) for i, q in enumerate(indices)]
+        if body.transform_kind == TRANSFORM_NONE:
+            # spec §6.3 "The tensor's element e is the value of the e-th
+            # decoded index".
+            values = coded
+        else:
+            t_values = tensor_values(hdr, body.transform_tensor, cache)
+            values = right_matrix_values(rec, coded, t_values)
+    cache[index] = values
+    return values
+
+
+# =============================================================================
+# spec §7  Entropy coding
+# =============================================================================
+
+# spec §7.2 ContextModel and EscapeMode
+CONTEXT_IID, CONTEXT_PREVIOUS_INDEX = 0, 1
+CONTEXT_MODELS = {CONTEXT_IID: "IID", CONTEXT_PREVIOUS_INDEX: "PREVIOUS_INDEX"}
+ESCAPE_NONE, ESCAPE_LAST_SYMBOL = 0, 1
+ESCAPE_MODES = {ESCAPE_NONE: "NONE", ESCAPE_LAST_SYMBOL: "LAST_SYMBOL"}
+
+
+# spec §7.2 RansBody
+@dataclass
+class RansBody:
+    path: str
+    grid_kind: int
+    grid: object                  # UniformGrid, CodebookGrid, or None (unknown kind)
+    transform_kind: int
+    transform_tensor: int
+    coded_row_length: int
+    precision_bits: int
+    lane_count: int
+    context_model: int
+    context_count: int
+    escape_mode: int
+    reserved0: int
+    context_center: int
+    index_offset: int
+    alphabet_size: int
+    tables: list                  # context_count lists of alphabet_size frequencies
+    rows_per_chunk: int
+    chunk_count: int
+    chunks: list                  # PayloadRef[chunk_count]
+
+
+def parse_rans_body(r, p):
+    grid_kind = r.int("u8", f"{p}.grid_kind")
+    # grid: "u32 size, then UniformGrid or CodebookGrid, by grid_kind".
+    g = r.sized(f"{p}.grid")
+    if grid_kind == GRID_UNIFORM:
+        grid = parse_uniform_grid(g, f"{p}.grid")
+        g.finish(f"{p}.grid")
+    elif grid_kind == GRID_CODEBOOK:
+        grid = parse_codebook_grid(g, f"{p}.grid")
+        g.finish(f"{p}.grid")
+    else:
+        grid = None                # unknown: unsupported_feature in step 10
+        g.pos = g.end
+    transform_kind = r.int("u8", f"{p}.transform_kind")
+    transform_tensor = r.int("u32", f"{p}.transform_tensor")
+    coded_row_length = r.int("u64", f"{p}.coded_row_length")
+    precision_bits = r.int("u8", f"{p}.precision_bits")
+    # spec §7.2 "precision_bits ... above 16: limit_exceeded"; §9.
+    check_limit(precision_bits, LIMIT_PRECISION_BITS, f"{p}.precision_bits", r.pos - 1)
+    lane_count = r.int("u8", f"{p}.lane_count")
+    check_limit(lane_count, LIMIT_LANE_COUNT, f"{p}.lane_count", r.pos - 1)        # §9
+    context_model = r.int("u8", f"{p}.context_model")
+    context_count = r.int("u8", f"{p}.context_count")
+    # spec §9 "context_count 16", a count: checked before the tables.
+    check_limit(context_count, LIMIT_CONTEXT_COUNT, f"{p}.context_count", r.pos - 1)
+    escape_mode = r.int("u8", f"{p}.escape_mode")
+    reserved0 = r.int("u8", f"{p}._reserved0")
+    context_center = r.int("i32", f"{p}.context_center")
+    index_offset = r.int("i32", f"{p}.index_offset")
+    alphabet_size = r.int("u32", f"{p}.alphabet_size")
+    # spec §9 "alphabet_size 65536", a count: checked before the tables.
+    check_limit(alphabet_size, LIMIT_ALPHABET_SIZE, f"{p}.alphabet_size", r.pos - 4)
+    # tables: FrequencyTable[context_count]; frequencies: varint[alphabet_size].
+    tables = []
+    for c in range(context_count):
+        tables.append([r.varint(f"{p}.tables[{c}].frequencies[{s}]") for s in range(alphabet_size)])
+    rows_per_chunk = r.int("u64", f"{p}.rows_per_chunk")
+    chunk_count = r.int("u32", f"{p}.chunk_count")
+    # spec §9 "chunk_count 2^24", checked before the entry-point table.
+    check_limit(chunk_count, LIMIT_CHUNK_COUNT, f"{p}.chunk_count", r.pos - 4)
+    chunks = [parse_payload_ref(r, f"{p}.chunks[{k}]") for k in range(chunk_count)]
+    return RansBody(p, grid_kind, grid, transform_kind, transform_tensor, coded_row_length,
+                    precision_bits, lane_count, context_model, context_count, escape_mode,
+                    reserved0, context_center, index_offset, alphabet_size, tables,
+                    rows_per_chunk, chunk_count, chunks)
+
+
+def direct_count(body):
+    """spec §7.5: "D = alphabet_size (NONE) or alphabet_size - 1 (LAST_SYMBOL)"."""
+    return body.alphabet_size if body.escape_mode == ESCAPE_NONE else body.alphabet_size - 1
+
+
+def check_rans_body(rec, hdr):
+    """The rules of a RANS tensor record, in field order (spec §5.3, §6, §7)."""
+    body = rec.rans
+    p = body.path
+    # spec §5.3 "dtype MUST be FLOAT32, FLOAT16 or BFLOAT16 (invalid_value)."
+    if rec.dtype not in (DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16):
+        hdr.fail("invalid_value", f"{rec.path}.dtype",
+                 f"a RANS tensor cannot have dtype {DTYPES[rec.dtype][0]}")
+    # spec §6 "GridKind (unknown value: unsupported_feature)".
+    check_enum(body.grid_kind, GRID_KINDS, f"{p}.grid_kind", hdr)
+    if body.grid_kind == GRID_UNIFORM:
+        check_uniform_grid(body.grid, rec, hdr)                     # §6.1
+    else:
+        check_codebook_grid(body.grid, hdr)                         # §6.2
+    # spec §6.4 "TransformKind (unknown value: unsupported_feature)".
+    check_enum(body.transform_kind, TRANSFORM_KINDS, f"{p}.transform_kind", hdr)
+    if body.transform_kind == TRANSFORM_NONE:
+        check_no_transform(rec, hdr)                                # §6.3
+    # (RIGHT_MATRIX references are checked by check_transform_reference.)
+    # spec §7.2 Rules.
+    if body.precision_bits == 0:
+        hdr.fail("invalid_value", f"{p}.precision_bits", "precision_bits is 0")
+    if body.lane_count == 0:
+        hdr.fail("invalid_value", f"{p}.lane_count", "lane_count is 0")
+    # spec §7.2 ContextModel (unknown: unsupported_feature) and §7.4.
+    check_enum(body.context_model, CONTEXT_MODELS, f"{p}.context_model", hdr)
+    if body.context_model == CONTEXT_IID and body.context_count != 1:
+        # "IID: context_count MUST be 1 (invalid_value)"
+        hdr.fail("invalid_value", f"{p}.context_count",
+                 f"IID needs context_count 1, not {body.context_count}")
+    if body.context_model == CONTEXT_PREVIOUS_INDEX and not 2 <= body.context_count <= 16:
+        # "PREVIOUS_INDEX: context_count MUST be 2 ... 16 (invalid_value)"
+        hdr.fail("invalid_value", f"{p}.context_count",
+                 f"PREVIOUS_INDEX needs context_count 2 ... 16, not {body.context_count}")
+    check_enum(body.escape_mode, ESCAPE_MODES, f"{p}.escape_mode", hdr)
+    # "_reserved0 is 0 (reserved_value)"
+    check_reserved(body.reserved0, f"{p}._reserved0", hdr)
+    # "context_center is within +-(2^23 - 1) and so are index_offset and the
+    # largest direct index (section 7.5) (invalid_value)."
+    if abs(body.context_center) > MAX_INDEX:
+        hdr.fail("invalid_value", f"{p}.context_center", f"context_center {body.context_center} out of range")
+    if abs(body.index_offset) > MAX_INDEX:
+        hdr.fail("invalid_value", f"{p}.index_offset", f"index_offset {body.index_offset} out of range")
+    # "alphabet_size >= 1 (invalid_value)"
+    if body.alphabet_size < 1:
+        hdr.fail("invalid_value", f"{p}.alphabet_size", "alphabet_size is 0")
+    D = direct_count(body)
+    if D >= 1:
+        largest = body.index_offset + D - 1
+        if abs(largest) > MAX_INDEX:
+            hdr.fail("invalid_value", f"{p}.alphabet_size", f"largest direct index {largest} out of range")
+    # "Each frequency table MUST sum to exactly 2^precision_bits (table_sum)."
+    for c, freqs in enumerate(body.tables):
+        if sum(freqs) != 1 << body.precision_bits:
+            hdr.fail("table_sum", f"{p}.tables[{c}].frequencies[0]",
+                     f"table {c} sums to {sum(freqs)}, not 2^{body.precision_bits}")
+    # spec §7.1 "rows_per_chunk MUST be >= 1 and chunk_count MUST be
+    # ceil(rows / rows_per_chunk), or 0 when rows x coded_row_length is 0
+    # (invalid_value)."
+    if body.rows_per_chunk < 1:
+        hdr.fail("invalid_value", f"{p}.rows_per_chunk", "rows_per_chunk is 0")
+    rows = rec.rows
+    expected = 0 if rows * body.coded_row_length == 0 else ceil_div(rows, body.rows_per_chunk)
+    if body.chunk_count != expected:
+        hdr.fail("invalid_value", f"{p}.chunk_count",
+                 f"chunk_count is {body.chunk_count}, expected {expected}")
+    # spec §9 "symbols in one chunk 2^32" and "chunk size 2^32 bytes".
+    for k, ref in enumerate(body.chunks):
+        n_k = chunk_symbol_count(rec, k)
+        if n_k > LIMIT_CHUNK_SYMBOLS:
+            hdr.fail("limit_exceeded", f"{p}.chunks[{k}]", f"chunk of {n_k} symbols exceeds 2^32")
+        if ref.size > LIMIT_CHUNK_BYTES:
+            hdr.fail("limit_exceeded", f"{p}.chunks[{k}].size", f"chunk of {ref.size} bytes exceeds 2^32")
+
+
+# spec §7.1 Chunks
+def chunk_symbol_count(rec, k):
+    """"chunk k holds rows k x rows_per_chunk up to (not including)
+    min((k+1) x rows_per_chunk, rows), i.e. n_k = (number of its rows) x
+    coded_row_length symbols." """
+    body = rec.rans
+    first = k * body.rows_per_chunk
+    last = min((k + 1) * body.rows_per_chunk, rec.rows)
+    return (last - first) * body.coded_row_length
+
+
+# spec §7.4 Frequency tables and contexts
+class FrequencyTable:
+    def __init__(self, freqs):
+        self.freq = freqs
+        # start_c(s) = f_c(0) + ... + f_c(s-1), start_c(0) = 0
+        self.start = [0]
+        for f in freqs:
+            self.start.append(self.start[-1] + f)
+
+    def symbol_of_slot(self, slot):
+        """"Slot x belongs to the symbol s with start_c(s) <= x < start_c(s) +
+        f_c(s); symbols of frequency 0 own no slot"."""
+        # The last s with start(s) <= slot; it cannot have frequency 0, since
+        # start(s+1) > slot.
+        s = bisect.bisect_right(self.start, slot) - 1
+        assert self.start[s] <= slot < self.start[s] + self.freq[s]
+        return s
+
+
+def context_of(body, p):
+    """spec §7.4: IID: ctx = 0.  PREVIOUS_INDEX:
+    ctx = min(|p - context_center|, context_count - 1)."""
+    if body.context_model == CONTEXT_IID:
+        return 0
+    return min(abs(p - body.context_center), body.context_count - 1)
+
+
+# spec §7.3 Chunk payload and §7.6 Decoding a chunk (procedure)
+STATE_LOW = 1 << 16          # "rANS states are integers in [2^16, 2^32)"
+
+
+def decode_chunk(data, rec, k, trace=None):
+    """Decode chunk k of a RANS tensor; returns its indices.  The payload
+    checksum has been verified by the caller (§8.3, §4.8 step 12)."""
+    body = rec.rans
+    ref = body.chunks[k]
+    where = f"chunk {k} of tensor {rec.index}"
+    chunk = data[ref.offset:ref.offset + ref.size]      # inside the file (§4.7)
+    L = body.lane_count
+    n = body.precision_bits
+    M = 1 << n
+    n_k = chunk_symbol_count(rec, k)
+    tables = [FrequencyTable(f) for f in body.tables]
+    D = direct_count(body)
+    lo, hi = body.index_offset, body.index_offset + D - 1       # the direct indices (§7.5)
+    escape_symbol = body.alphabet_size - 1 if body.escape_mode == ESCAPE_LAST_SYMBOL else None
+
+    # spec §7.3 "The chunk MUST hold at least 4 + 4 x escape_count +
+    # 4 x lane_count bytes (stream_truncated)."
+    if len(chunk) < 4:
+        raise SpecError("stream_truncated", f"{where}.escape_count", ref.offset,
+                        f"chunk of {len(chunk)} bytes has no room for escape_count")
+    escape_count = struct.unpack_from("<I", chunk, 0)[0]
+    fixed = 4 + 4 * escape_count + 4 * L
+    if len(chunk) < fixed:
+        raise SpecError("stream_truncated", where, ref.offset,
+                        f"chunk of {len(chunk)} bytes is shorter than its fixed part of {fixed} bytes")
+    # "The word stream is the remaining bytes; their number MUST be even
+    # (stream_trailing_data)."
+    if (len(chunk) - fixed) % 2:
+        raise SpecError("stream_trailing_data", f"{where}.words", ref.offset + fixed,
+                        f"word area of {len(chunk) - fixed} bytes has odd size")
+    # spec §7.6 "read escape_count, escapes[], then lane_states[0 .. L-1]"
+    escapes = list(struct.unpack_from(f"<{escape_count}i", chunk, 4))
+    lane_states = list(struct.unpack_from(f"<{L}I", chunk, 4 + 4 * escape_count))
+    # "for each lane l: if lane_states[l] < 2^16: error rans_state_out_of_range"
+    for l, state in enumerate(lane_states):
+        if state < STATE_LOW:
+            raise SpecError("rans_state_out_of_range", f"{where}.lane_states[{l}]",
+                            ref.offset + 4 + 4 * escape_count + 4 * l,
+                            f"initial state 0x{state:08x} is below 2^16")
+    x = list(lane_states)                      # "x[l] = lane_states[l]"
+    w = fixed                                  # "w = position of the first word"
+    p = body.context_center                    # "p = context_center; e = 0"
+    e = 0
+    out = []
+    for i in range(n_k):
+        l = i % L                              # "l = i mod L"
+        ctx = context_of(body, p)              # "ctx = context of symbol i"
+        table = tables[ctx]
+        before = x[l]
+        slot = x[l] % M                        # "slot = x[l] mod 2^n"
+        s = table.symbol_of_slot(slot)         # "s = the symbol of table ctx that slot belongs to"
+        # "x[l] = f_ctx(s) * floor(x[l] / 2^n) + slot - start_ctx(s)"
+        x[l] = table.freq[s] * (x[l] // M) + slot - table.start[s]
+        after_step = x[l]
+        word = None
+        if x[l] < STATE_LOW:                   # "if x[l] < 2^16:"
+            if w + 2 > len(chunk):             # "if no word is left at w: error stream_truncated"
+                raise SpecError("stream_truncated", f"{where}.words", ref.offset + w,
+                                f"symbol {i} needs a word but the word stream is exhausted")
+            word = struct.unpack_from("<H", chunk, w)[0]
+            x[l] = x[l] * STATE_LOW + word     # "x[l] = x[l] * 2^16 + (the u16 word at w)"
+            w += 2                             # "w = w + 2"
+        if s == escape_symbol:                 # "if s is the escape symbol:"
+            if e == escape_count:              # "if e = escape_count: error escape_mismatch"
+                raise SpecError("escape_mismatch", f"{where}.escapes", ref.offset + 4,
+                                f"symbol {i} is an escape but no escape value is left")
+            q = escapes[e]                     # "q = escapes[e]; e = e + 1"
+            e += 1
+            # "if q is a direct index or |q| > 2^23 - 1: error escape_mismatch"
+            if lo <= q <= hi or abs(q) > MAX_INDEX:
+                raise SpecError("escape_mismatch", f"{where}.escapes[{e - 1}]", ref.offset + 4 * e,
+                                f"escaped index {q} is a direct index or out of range")
+        else:
+            q = s + body.index_offset          # "q = s + index_offset"
+        out.append(q)                          # "output index q; p = q"
+        p = q
+        if trace is not None:
+            trace.append((i, l, before, slot, s, after_step, word, x[l], q))
+    # spec §7.7 End of a chunk.
+    # "1. every word MUST have been read (stream_trailing_data if any is left);"
+    if w != len(chunk):
+        raise SpecError("stream_trailing_data", f"{where}.words", ref.offset + w,
+                        f"{(len(chunk) - w) // 2} words left after the last symbol")
+    # "2. every lane state MUST equal 2^16 (rans_final_state);"
+    for l in range(L):
+        if x[l] != STATE_LOW:
+            raise SpecError("rans_final_state", f"{where}.lane_states[{l}]",
+                            ref.offset + 4 + 4 * escape_count + 4 * l,
+                            f"lane {l} ends in state 0x{x[l]:08x}, not 2^16")
+    # "3. every escape value MUST have been used, e = escape_count (escape_mismatch)."
+    if e != escape_count:
+        raise SpecError("escape_mismatch", f"{where}.escapes", ref.offset + 4,
+                        f"{escape_count - e} escape values left unused")
+    return out
+
+
+def decode_tensor_indices(hdr, rec, trace=None):
+    """All indices of a RANS tensor, chunk after chunk (spec §7.1: the
+    symbols are in row-major order, split into chunks of whole rows)."""
+    verify_payload_checksums(hdr, rec.payloads())          # spec §8.3, §4.8 step 12
+    out = []
+    for k in range(rec.rans.chunk_count):
+        out.extend(decode_chunk(hdr.data, rec, k, trace))
+    return out
+
+
+# =============================================================================
+# spec §8  Integrity
+# =============================================================================
+
+# spec §8.1 CRC-32C: "polynomial 0x1EDC6F41 (bit-reflected 0x82F63B78),
+# initial value 0xFFFFFFFF, input and output reflected, final XOR 0xFFFFFFFF."
+def _make_crc32c_table():
+    table = []
+    for byte in range(256):
+        c = byte
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C_TABLE = _make_crc32c_table()
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+# spec §8.2 Header checksum: see read_preamble (§4.8 step 8).
+
+# spec §8.3 Payload checksums: "A decoder MUST verify the checksum of every
+# payload before using its contents (checksum_payload)."
+def verify_payload_checksums(hdr, refs):
+    for ref in refs:
+        computed = crc32c(hdr.data[ref.offset:ref.offset + ref.size])
+        if computed != ref.crc32c:
+            hdr.fail("checksum_payload", f"{ref.path}.crc32c",
+                     f"stored 0x{ref.crc32c:08x}, computed 0x{computed:08x}")
+
+
+# =============================================================================
+# spec §9  Limits
+# =============================================================================
+# "a decoder MUST reject a file beyond them with limit_exceeded, before
+# allocating memory sized by the offending value. Counts are checked as soon
+# as they are read."  A value equal to the limit is within it.
+
+LIMIT_HEADER_SIZE = 1 << 28
+LIMIT_TENSOR_COUNT = 1 << 20
+LIMIT_NAME_BYTES = 4096
+LIMIT_METADATA_ENTRIES = 65536
+LIMIT_KEY_BYTES = 256
+LIMIT_EXTENSION_COUNT = 256
+LIMIT_RANK = 8
+LIMIT_DIMENSION = 1 << 40
+LIMIT_ELEMENT_COUNT = 1 << 40
+LIMIT_PRECISION_BITS = 16
+LIMIT_LANE_COUNT = 32
+LIMIT_CONTEXT_COUNT = 16
+LIMIT_ALPHABET_SIZE = 65536
+LIMIT_GROUP_COUNT = 1 << 24
+LIMIT_CODEBOOK_SIZE = 65536
+LIMIT_CHUNK_COUNT = 1 << 24
+LIMIT_CHUNK_SYMBOLS = 1 << 32
+LIMIT_CHUNK_BYTES = 1 << 32
+# "absolute value of any index, zero point, context_center: 2^23 - 1
+# (invalid_value beyond)" -- MAX_INDEX, section 6.
+
+
+def check_limit(value, limit, path, offset):
+    if value > limit:
+        raise SpecError("limit_exceeded", path, offset, f"{value} exceeds the limit {limit} (§9)")
+
+
+# =============================================================================
+# spec §10  Errors
+# =============================================================================
+
+ERROR_CODES = {
+    "bad_magic": 1,
+    "unsupported_version": 2,
+    "unsupported_feature": 3,
+    "truncated": 4,
+    "reserved_value": 5,
+    "checksum_header": 6,
+    "checksum_payload": 7,
+    "invalid_value": 8,
+    "header_size_mismatch": 9,
+    # "Code 10 is unassigned."
+    "payload_layout": 11,
+    "nonzero_padding": 12,
+    "trailing_bytes": 13,
+    "table_sum": 14,
+    "rans_state_out_of_range": 15,
+    "stream_truncated": 16,
+    "stream_trailing_data": 17,
+    "rans_final_state": 18,
+    "escape_mismatch": 19,
+    "index_out_of_range": 20,
+    "duplicate_name": 21,
+    "duplicate_key": 22,
+    "invalid_reference": 23,
+    "limit_exceeded": 30,
+}
+
+
+class SpecError(Exception):
+    """A fault of section 10.  `code` and `name` are the spec's; the message
+    names the field and its absolute byte offset in the file (when the fault
+    has one)."""
+
+    def __init__(self, name, field_path, offset, detail):
+        self.name = name
+        self.code = ERROR_CODES[name]
+        self.field = field_path
+        self.offset = offset
+        where = f"at byte offset {offset}" if offset is not None else "(no single byte offset)"
+        super().__init__(f"{field_path} {where}: {detail}")
+
+
+# =============================================================================
+# Public interface
+# =============================================================================
+
+def decode_file(data):
+    """Decode every tensor of an .nrd file.
+
+    Returns an ordered dict: name -> (dtype_name, shape, element_bytes), in
+    header order; element_bytes are the little-endian elements of §5.3 / §6.5.
+    Raises SpecError on the first fault found."""
+    hdr = read_file_header(data)                 # spec §4.8 steps 1-11
+    cache = {}
+    out = collections.OrderedDict()
+    for rec in hdr.tensors:                      # spec §4.8 step 12
+        if rec.coding == CODING_RAW:
+            verify_payload_checksums(hdr, rec.payloads())
+            raw = decode_raw(rec, hdr.data)
+        else:
+            if rec.rans.transform_kind == TRANSFORM_RIGHT_MATRIX:
+                # "check the checksum of each payload it needs" -- T's too.
+                verify_payload_checksums(hdr, rec.payloads())
+                verify_payload_checksums(hdr, hdr.tensors[rec.rans.transform_tensor].payloads())
+            raw = output_bytes(tensor_values(hdr, rec.index, cache), rec.dtype)
+        out[rec.display_name] = (DTYPES[rec.dtype][0], rec.shape, bytes(raw))
+    return out
+
+
+def _find_tensor(hdr, name):
+    key = name.encode("utf-8") if isinstance(name, str) else bytes(name)
+    for rec in hdr.tensors:
+        if rec.name == key:
+            return rec
+    raise KeyError(f"no tensor named {name!r}")
+
+
+def decode_indices(data, name, trace=None):
+    """The decoded indices (section 7) of the rANS-coded tensor `name`, in
+    symbol order.  Checks the whole preamble, header and layout first (§1.3),
+    then the tensor's payload checksums.  (Section 6 is not applied, so a
+    codebook index_out_of_range is not reported here.)"""
+    hdr = read_file_header(data)
+    rec = _find_tensor(hdr, name)
+    if rec.coding != CODING_RANS:
+        raise ValueError(f"tensor {name!r} is not rANS-coded")
+    return decode_tensor_indices(hdr, rec, trace)
+
+
+# =============================================================================
+# Self test (and a small Annex B encoder used to build test files)
+# =============================================================================
+
+# Annex A, copied verbatim from spec/nrd-format.md.
+_ANNEX_A_HEX = """
+00000000  89 4e 52 44 0d 0a 1a 0a 01 00 00 00 00 00 00 00
+00000010  83 00 00 00 00 00 00 00 f0 1c cb b5 00 00 00 00
+00000020  00 00 00 00 01 00 00 00 01 00 77 01 02 03 00 00
+00000030  00 00 00 00 00 04 00 00 00 00 00 00 00 01 59 00
+00000040  00 00 01 11 00 00 00 00 00 00 00 00 00 00 00 01
+00000050  00 00 00 00 00 00 00 3f 00 00 00 00 00 04 00 00
+00000060  00 00 00 00 00 04 01 00 01 00 00 00 00 00 00 ff
+00000070  ff ff ff 04 00 00 00 03 09 03 01 03 00 00 00 00
+00000080  00 00 00 01 00 00 00 c0 00 00 00 00 00 00 00 0a
+00000090  00 00 00 00 00 00 00 c4 07 3a 5c 00 00 00 00 00
+000000a0  00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+000000b0  00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+000000c0  00 00 00 00 f9 15 0b 00 73 7f
+"""
+
+# Annex A decoding trace: i, lane, state before, slot, symbol, state after
+# step, word read, state after, index.
+_ANNEX_A_TRACE = """
+| 0 | 0 | 0x000b15f9 | 9 | 1 | 0x00063c5d | - | 0x00063c5d | 0 |
+| 1 | 0 | 0x00063c5d | 13 | 2 | 0x00012b50 | - | 0x00012b50 | 1 |
+| 2 | 0 | 0x00012b50 | 0 | 0 | 0x0000381f | 0x7f73 | 0x381f7f73 | -1 |
+| 3 | 0 | 0x381f7f73 | 3 | 1 | 0x1f91b7af | - | 0x1f91b7af | 0 |
+| 4 | 0 | 0x1f91b7af | 15 | 3 | 0x01f91b7a | - | 0x01f91b7a | 2 |
+| 5 | 0 | 0x01f91b7a | 10 | 1 | 0x011c1f76 | - | 0x011c1f76 | 0 |
+| 6 | 0 | 0x011c1f76 | 6 | 1 | 0x009fd1b2 | - | 0x009fd1b2 | 0 |
+| 7 | 0 | 0x009fd1b2 | 2 | 0 | 0x001df753 | - | 0x001df753 | -1 |
+| 8 | 0 | 0x001df753 | 3 | 1 | 0x0010db1d | - | 0x0010db1d | 0 |
+| 9 | 0 | 0x0010db1d | 13 | 2 | 0x00032914 | - | 0x00032914 | 1 |
+| 10 | 0 | 0x00032914 | 4 | 1 | 0x0001c71a | - | 0x0001c71a | 0 |
+| 11 | 0 | 0x0001c71a | 10 | 1 | 0x00010000 | - | 0x00010000 | 0 |
+"""
+
+_ANNEX_A_INDICES = [0, 1, -1, 0, 2, 0, 0, -1, 0, 1, 0, 0]
+_ANNEX_A_BITS = """
+00000000 3f000000 bf000000 00000000
+3f800000 00000000 00000000 bf000000
+00000000 3f000000 00000000 00000000
+"""
+
+
+def _parse_hexdump(text):
+    out = bytearray()
+    for line in text.strip().splitlines():
+        parts = line.split()
+        if not parts or not all(len(x) == 2 for x in parts[1:]):
+            continue
+        assert int(parts[0], 16) == len(out), "hex dump offsets must be contiguous"
+        out.extend(int(x, 16) for x in parts[1:])
+    return bytes(out)
+
+
+def _annex_from_spec_file():
+    """The Annex A hex dump as found in spec/nrd-format.md (if present)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, os.pardir, "spec", "nrd-format.md")
+    if not os.path.exists(path):
+        return None
+    text = open(path, encoding="utf-8").read()
+    start = text.index("## Annex A")
+    block = text[start:].split("```text", 1)[1].split("```", 1)[0]
+    return _parse_hexdump(block)
+
+
+# --- little builders for test files ------------------------------------------
+
+def _u8(v): return struct.pack("<B", v)
+def _u16(v): return struct.pack("<H", v)
+def _u32(v): return struct.pack("<I", v)
+def _u64(v): return struct.pack("<Q", v)
+def _i32(v): return struct.pack("<i", v)
+def _f32(x): return struct.pack("<f", x)
+def _str16(b): return _u16(len(b)) + b
+def _sized(b): return _u32(len(b)) + b
+
+
+def _varint(v):
+    out = bytearray()
+    while True:
+        byte = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_EMPTY_META = _u32(0)
+_EMPTY_EXT = _u16(0)
+
+
+def _meta(entries):
+    """entries: list of (key bytes, value_type, value bytes)."""
+    return _u32(len(entries)) + b"".join(_str16(k) + _u8(t) + _sized(v) for k, t, v in entries)
+
+
+def _exts(exts):
+    """exts: list of (type, flags, body bytes)."""
+    return _u16(len(exts)) + b"".join(_u16(t) + _u16(f) + _sized(b) for t, f, b in exts)
+
+
+class _T:
+    """A tensor to build: payloads plus a function from their PayloadRef bytes
+    to the record body."""
+
+    def __init__(self, name, dtype, shape, coding, payloads, body_fn, meta=_EMPTY_META, ext=_EMPTY_EXT):
+        self.name, self.dtype, self.shape, self.coding = name, dtype, shape, coding
+        self.payloads, self.body_fn, self.meta, self.ext = payloads, body_fn, meta, ext
+
+    def record(self, refs):
+        return (_str16(self.name) + _u8(self.dtype) + _u8(len(self.shape))
+                + b"".join(_u64(d) for d in self.shape) + _u8(self.coding)
+                + _sized(self.body_fn(refs)) + self.meta + self.ext)
+
+
+def _raw_tensor(name, dtype, shape, payload, **kw):
+    return _T(name, dtype, shape, CODING_RAW, [payload], lambda refs: refs[0], **kw)
+
+
+def _build(tensors, meta=_EMPTY_META, ext=_EMPTY_EXT, major=1, minor=0, features=0):
+    """A conforming file (canonical layout, spec §4.7) of these tensors."""
+    def header(refs_per_tensor):
+        return (meta + _u32(len(tensors))
+                + b"".join(t.record(r) for t, r in zip(tensors, refs_per_tensor)) + ext)
+    dummy = [[b"\0" * 20] * len(t.payloads) for t in tensors]
+    header_size = len(header(dummy))
+    end = 32 + header_size
+    refs, body = [], bytearray()
+    for t in tensors:
+        rs = []
+        for pl in t.payloads:
+            off = ceil_div(end, 64) * 64
+            body += b"\0" * (off - end) + pl
+            rs.append(_u64(off) + _u64(len(pl)) + _u32(crc32c(pl)))
+            end = off + len(pl)
+        refs.append(rs)
+    hbytes = header(refs)
+    assert len(hbytes) == header_size
+    pre = MAGIC + _u16(major) + _u16(minor) + _u32(features) + _u64(header_size)
+    return pre + _u32(crc32c(pre + hbytes)) + _u32(0) + hbytes + bytes(body)
+
+
+def _encode_chunk(indices, *, n, L, tables, context_model, center, offset, alphabet, escape_mode):
+    """Annex B: encode one chunk (the inverse of §7.6)."""
+    D = alphabet if escape_mode == ESCAPE_NONE else alphabet - 1
+    syms, ctxs, escapes = [], [], []
+    p = center
+    for q in indices:                                       # contexts forwards
+        ctxs.append(0 if context_model == CONTEXT_IID else min(abs(p - center), len(tables) - 1))
+        if offset <= q < offset + D:
+            syms.append(q - offset)
+        else:
+            syms.append(alphabet - 1)
+            escapes.append(q)
+        p = q
+    starts = []
+    for f in tables:
+        acc, st = 0, []
+        for v in f:
+            st.append(acc)
+            acc += v
+        starts.append(st)
+    x = [STATE_LOW] * L
+    words = []
+    for i in range(len(indices) - 1, -1, -1):              # encode backwards
+        l, s, c = i % L, syms[i], ctxs[i]
+        f = tables[c][s]
+        assert f > 0, "symbol with frequency 0"
+        if x[l] >= f << (32 - n):
+            words.append(x[l] & 0xFFFF)
+            x[l] >>= 16
+        x[l] = (x[l] // f << n) + x[l] % f + starts[c][s]
+    words.reverse()
+    return (_u32(len(escapes)) + b"".join(_i32(v) for v in escapes)
+            + b"".join(_u32(v) for v in x) + b"".join(_u16(v) for v in words))
+
+
+def _uniform_grid(steps, rows_per_group=0, zero_points=None):
+    g = _u64(rows_per_group) + _u32(len(steps)) + _u8(1 if zero_points is not None else 0)
+    g += b"".join(_f32(s) for s in steps)
+    if zero_points is not None:
+        g += b"".join(_i32(z) for z in zero_points)
+    return g
+
+
+def _codebook_grid(first_index, values):
+    return _u32(len(values)) + _i32(first_index) + b"".join(_f32(v) for v in values)
+
+
+def _flat_table(alphabet, n):
+    M = 1 << n
+    base = [M // alphabet] * alphabet
+    for i in range(M - sum(base)):
+        base[i] += 1
+    return base
+
+
+def _rans_tensor(name, dtype, shape, indices, *, grid_kind=GRID_UNIFORM, grid=None, n=12, L=1,
+                 context_model=CONTEXT_IID, tables=None, center=0, offset=-8, alphabet=17,
+                 escape_mode=ESCAPE_NONE, rows_per_chunk=None, transform_kind=0, transform_tensor=0,
+                 coded_row_length=None, reserved0=0, chunk_count=None, varint=_varint, **kw):
+    rows = shape[0] if shape else 1
+    row_length = math.prod(shape[1:]) if len(shape) >= 2 else 1
+    crl = row_length if coded_row_length is None else coded_row_length
+    assert len(indices) == rows * crl
+    if grid is None:
+        grid = _uniform_grid([0.5])
+    if tables is None:
+        ccount = 1 if context_model == CONTEXT_IID else 3
+        tables = [_flat_table(alphabet, n)] * ccount
+    rpc = rows if rows_per_chunk is None else rows_per_chunk
+    rpc = max(rpc, 1)
+    chunks = []
+    if rows * crl:
+        for k in range(ceil_div(rows, rpc)):
+            part = indices[k * rpc * crl:min((k + 1) * rpc, rows) * crl]
+            chunks.append(_encode_chunk(part, n=n, L=L, tables=tables, context_model=context_model,
+                                        center=center, offset=offset, alphabet=alphabet,
+                                        escape_mode=escape_mode))
+    ccount_field = len(chunks) if chunk_count is None else chunk_count
+
+    def body(refs):
+        return (_u8(grid_kind) + _sized(grid) + _u8(transform_kind) + _u32(transform_tensor)
+                + _u64(crl) + _u8(n) + _u8(L) + _u8(context_model) + _u8(len(tables))
+                + _u8(escape_mode) + _u8(reserved0) + _i32(center) + _i32(offset) + _u32(alphabet)
+                + b"".join(varint(f) for t in tables for f in t)
+                + _u64(rpc) + _u32(ccount_field) + b"".join(refs))
+    return _T(name, dtype, shape, CODING_RANS, chunks, body, **kw)
+
+
+def _fix_header_crc(b):
+    b = bytearray(b)
+    hs = struct.unpack_from("<Q", b, 16)[0]
+    struct.pack_into("<I", b, 24, crc32c(bytes(b[0:24]) + bytes(b[32:32 + hs])))
+    return bytes(b)
+
+
+def _patch(b, offset, new, fix_crc=True):
+    b = bytearray(b)
+    b[offset:offset + len(new)] = new
+    return _fix_header_crc(b) if fix_crc else bytes(b)
+
+
+def _expect_error(data, name, label, fn=None):
+    try:
+        (fn or decode_file)(data)
+    except SpecError as exc:
+        assert exc.name == name and exc.code == ERROR_CODES[name], \
+            f"{label}: expected {name}, got {exc.name} ({exc})"
+        return exc
+    raise AssertionError(f"{label}: expected {name}, decoded without error")
+
+
+def _bits_of_f32(x):
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+def _self_test():
+    import random
+    rng = random.Random(12345)
+    checks = 0
+
+    # ---- §8.1 CRC-32C ---------------------------------------------------
+    assert crc32c(b"123456789") == 0xE3069283
+    assert crc32c(b"") == 0x00000000
+    checks += 2
+
+    # ---- §2.4 / §6.5 rounding ---------------------------------------------
+    # RN32 against the platform's (float) cast, for in-range doubles.
+    for _ in range(20000):
+        kind = rng.random()
+        if kind < 0.4:
+            x = rng.uniform(-3.4e38, 3.4e38)
+        elif kind < 0.7:
+            x = rng.uniform(-1, 1) * 2.0 ** rng.randint(-160, 127)
+        else:
+            x = _bits_to_f64(rng.getrandbits(64))
+            if math.isnan(x) or math.isinf(x) or abs(x) >= 3.4e38:
+                continue
+        try:
+            ref = struct.unpack("<I", struct.pack("<f", x))[0]
+        except OverflowError:
+            continue
+        assert rn32_of_f64(x) == ref, (x, hex(rn32_of_f64(x)), hex(ref))
+        checks += 1
+    # Exact cases of RN32: the overflow threshold is 2^128 - 2^103 (ties to even).
+    assert rn32_of_f64(2.0 ** 128 - 2.0 ** 103) == 0x7F800000
+    assert rn32_of_f64(2.0 ** 128 - 2.0 ** 103 - 2.0 ** 80) == 0x7F7FFFFF
+    assert rn32_of_f64(-1e39) == 0xFF800000
+    assert rn32_of_f64(2.0 ** -150) == 0x00000000             # tie to even (0)
+    assert rn32_of_f64(2.0 ** -150 * 1.5) == 0x00000001
+    assert rn32_of_f64(-0.0) == 0x80000000
+    assert rn32_of_f64(float("inf")) == 0x7F800000
+    # FLOAT16 against struct's 'e' format (round-half-even) for in-range values.
+    for _ in range(20000):
+        v = rng.getrandbits(32)
+        if is_nan(v, BINARY32) or is_inf(v, BINARY32):
+            continue
+        x = f32_from_bits(v)
+        if abs(x) >= 65504.0:
+            continue
+        ref = struct.unpack("<H", struct.pack("<e", x))[0]
+        assert float16_bits(v) == ref, (hex(v), hex(float16_bits(v)), hex(ref))
+        checks += 1
+    for x, want in [(1.0, 0x3C00), (-0.0, 0x8000), (65504.0, 0x7BFF), (65519.0, 0x7BFF),
+                    (65520.0, 0x7C00), (-65520.0, 0xFC00), (1e10, 0x7C00), (2.0 ** -24, 0x0001),
+                    (2.0 ** -25, 0x0000), (1.5 * 2.0 ** -25, 0x0001), (2.0 ** -14, 0x0400),
+                    (float("inf"), 0x7C00), (float("-inf"), 0xFC00)]:
+        assert float16_bits(_bits_of_f32(x)) == want, (x, hex(float16_bits(_bits_of_f32(x))))
+    assert float16_bits(0x7FC00000) == 0x7E00 and float16_bits(0xFF800001) == 0x7E00
+    # BFLOAT16 (§6.5 formula).
+    for v, want in [(0x3F800000, 0x3F80), (0x3F808000, 0x3F80), (0x3F818000, 0x3F82),
+                    (0x3F808001, 0x3F81), (0x7F7FFFFF, 0x7F80), (0xFF7FFFFF, 0xFF80),
+                    (0x80000000, 0x8000), (0x7FC00000, 0x7FC0), (0xFFFFFFFF, 0x7FC0),
+                    (0x7F800000, 0x7F80), (0x00008000, 0x0000), (0x00018000, 0x0002)]:
+        assert bfloat16_bits(v) == want, (hex(v), hex(bfloat16_bits(v)))
+    # §6.1 uniform value: one binary32 multiplication.
+    grid = UniformGrid("g", 0, 1, 0, [_bits_of_f32(0.1)], [])
+    for d in (-(1 << 24) + 1, -3, -1, 0, 1, 7, 12345, (1 << 24) - 1):
+        want = _bits_of_f32(f32_from_bits(_bits_of_f32(0.1)) * d)   # exact in f64, one rounding
+        assert uniform_value(grid, d, 0) == want
+    big = UniformGrid("g", 0, 1, 0, [0x7F7FFFFF], [])
+    assert uniform_value(big, 2, 0) == 0x7F800000 and uniform_value(big, -2, 0) == 0xFF800000
+    assert uniform_value(big, 0, 0) == 0x00000000
+    checks += 40
+
+    # ---- Annex A ----------------------------------------------------------
+    annex = _parse_hexdump(_ANNEX_A_HEX)
+    assert len(annex) == 202
+    from_spec = _annex_from_spec_file()
+    if from_spec is not None:
+        assert from_spec == annex, "embedded Annex A differs from spec/nrd-format.md"
+    hdr = read_file_header(annex)
+    rec = hdr.tensors[0]
+    assert (rec.name, rec.dtype, rec.shape, rec.coding) == (b"w", 1, (3, 4), 1)
+    assert rec.rans.tables == [[3, 9, 3, 1]] and rec.rans.index_offset == -1
+    assert rec.rans.chunks[0].offset == 192 and rec.rans.chunks[0].size == 10
+    assert hdr.preamble.header_crc32c == 0xB5CB1CF0 == crc32c(annex[:24] + annex[32:163])
+    assert rec.rans.chunks[0].crc32c == 0x5C3A07C4 == crc32c(annex[192:202])
+    trace = []
+    assert decode_indices(annex, "w", trace) == _ANNEX_A_INDICES
+    want_trace = []
+    for line in _ANNEX_A_TRACE.strip().splitlines():
+        cells = [c.strip() for c in line.strip("| \n").split("|")]
+        want_trace.append(tuple(None if c == "-" else int(c, 0) for c in cells))
+    assert trace == want_trace, (trace, want_trace)
+    out = decode_file(annex)
+    assert list(out) == ["w"]
+    dtype_name, shape, raw = out["w"]
+    assert dtype_name == "FLOAT32" and shape == (3, 4)
+    want_bits = [int(x, 16) for x in _ANNEX_A_BITS.split()]
+    assert list(struct.unpack("<12I", raw)) == want_bits
+    checks += 10
+
+    # The Annex B encoder and the builder reproduce Annex A byte for byte.
+    rebuilt = _build([_rans_tensor(b"w", 1, (3, 4), _ANNEX_A_INDICES, n=4, L=1, tables=[[3, 9, 3, 1]],
+                                   offset=-1, alphabet=4, rows_per_chunk=3)])
+    assert rebuilt == annex, "rebuilt Annex A differs"
+    checks += 1
+
+    # ---- Mutations of Annex A: §4.8 steps 1-8 -------------------------------
+    E = _expect_error
+    E(b"", "truncated", "empty file")
+    E(annex[:5], "truncated", "5 bytes of magic")
+    E(annex[:8], "truncated", "magic only")
+    E(annex[:20], "truncated", "20-byte prefix")
+    E(b"\x89PNG\r\n", "bad_magic", "short non-magic")
+    E(annex[:31], "truncated", "31-byte prefix")
+    E(_patch(annex, 0, b"\x88", False), "bad_magic", "magic byte 0")
+    E(_patch(annex, 7, b"\x0b", False), "bad_magic", "magic byte 7")
+    E(_patch(annex, 8, _u16(2)), "unsupported_version", "major 2")
+    E(_patch(annex, 8, _u16(0)), "unsupported_version", "major 0")
+    E(_patch(annex, 8, _u16(2), False), "unsupported_version", "major 2, stale crc (step 3 before 8)")
+    assert decode_file(_patch(annex, 10, _u16(7)))["w"] == out["w"]      # §3.1 minor 1.x accepted
+    E(_patch(annex, 12, _u32(1)), "unsupported_feature", "required_features bit 0")
+    E(_patch(annex, 12, _u32(0x80000000)), "unsupported_feature", "required_features bit 31")
+    E(_patch(annex, 28, _u32(1), False), "reserved_value", "preamble _reserved0")
+    E(_patch(annex, 16, _u64((1 << 28) + 1), False), "limit_exceeded", "header_size > 2^28")
+    E(_patch(annex, 16, _u64(1 << 28), False), "truncated", "header_size = 2^28 (within limit)")
+    E(_patch(annex, 16, _u64(200), False), "truncated", "header past end of file")
+    E(_patch(annex, 24, b"\xf1", False), "checksum_header", "header crc byte")
+    E(_patch(annex, 44, b"\x02", False)[:-1] + b"", "checksum_header", "header byte, crc stale")
+    checks += 20
+
+    # ---- step 9: structure -----------------------------------------------
+    E(_patch(annex, 16, _u64(130)), "header_size_mismatch", "header one byte short")
+    E(_patch(annex, 16, _u64(132)), "header_size_mismatch", "header one byte long")
+    E(_patch(annex, 16, _u64(5)), "header_size_mismatch", "header of 5 bytes")
+    E(_patch(annex, 62, _u32(90)), "invalid_value", "body size one too large")
+    E(_patch(annex, 62, _u32(88)), "invalid_value", "body size one too small")
+    E(_patch(annex, 62, _u32(5000)), "header_size_mismatch", "body past the header")
+    E(_patch(annex, 67, _u32(18)), "invalid_value", "grid size one too large")
+    E(_patch(annex, 67, _u32(16)), "invalid_value", "grid size one too small")
+    E(_patch(annex, 44, _u8(9)), "limit_exceeded", "rank 9")
+    E(_patch(annex, 45, _u64((1 << 40) + 1)), "limit_exceeded", "dimension 2^40+1")
+    E(_patch(annex, 36, _u32((1 << 20) + 1)), "limit_exceeded", "tensor_count 2^20+1")
+    E(_patch(annex, 32, _u32(65537)), "limit_exceeded", "metadata entry_count 65537")
+    E(_patch(annex, 159, _u16(257)), "limit_exceeded", "extension_count 257")
+    E(_patch(annex, 101, _u8(17)), "limit_exceeded", "precision_bits 17")
+    E(_patch(annex, 102, _u8(33)), "limit_exceeded", "lane_count 33")
+    E(_patch(annex, 104, _u8(17)), "limit_exceeded", "context_count 17")
+    E(_patch(annex, 115, _u32(65537)), "limit_exceeded", "alphabet_size 65537")
+    E(_patch(annex, 131, _u32((1 << 24) + 1)), "limit_exceeded", "chunk_count 2^24+1")
+    E(_patch(annex, 79, _u32((1 << 24) + 1)), "limit_exceeded", "group_count 2^24+1")
+    E(_patch(annex, 83, _u8(2)), "invalid_value", "has_zero_point 2")
+    E(_patch(annex, 42, b"\xff"), "invalid_value", "name not UTF-8")
+    checks += 21
+
+    # ---- step 10: semantics ------------------------------------------------
+    E(_patch(annex, 43, _u8(14)), "unsupported_feature", "dtype 14")
+    E(_patch(annex, 43, _u8(5)), "invalid_value", "RANS tensor of dtype INT8")
+    E(_patch(annex, 61, _u8(2)), "unsupported_feature", "coding 2")
+    E(_patch(annex, 66, _u8(3)), "unsupported_feature", "grid_kind 3")
+    E(_patch(annex, 88, _u8(2)), "unsupported_feature", "transform_kind 2")
+    E(_patch(annex, 103, _u8(2)), "unsupported_feature", "context_model 2")
+    E(_patch(annex, 105, _u8(2)), "unsupported_feature", "escape_mode 2")
+    E(_patch(annex, 106, _u8(1)), "reserved_value", "RansBody _reserved0")
+    E(_patch(annex, 89, _u32(1)), "reserved_value", "transform_tensor with NONE")
+    E(_patch(annex, 88, _u8(1)), "invalid_reference", "RIGHT_MATRIX naming itself")
+    E(_patch(annex, 88, _u8(1) + _u32(1)), "invalid_reference", "RIGHT_MATRIX naming tensor 1 of 1")
+    E(_patch(annex, 93, _u64(5)), "invalid_value", "coded_row_length != row_length")
+    E(_patch(annex, 102, _u8(0)), "invalid_value", "lane_count 0")
+    E(_patch(annex, 104, _u8(1)), None if False else "invalid_value", "placeholder") \
+        if False else None
+    E(_patch(annex, 103, _u8(1)), "invalid_value", "PREVIOUS_INDEX with context_count 1")
+    E(_patch(annex, 107, _i32(1 << 23)), "invalid_value", "context_center 2^23")
+    E(_patch(annex, 107, _i32(-(1 << 23) + 1)), "rans_final_state", "context_center -(2^23-1) valid")
+    E(_patch(annex, 111, _i32(-(1 << 23))), "invalid_value", "index_offset -2^23")
+    E(_patch(annex, 111, _i32((1 << 23) - 3)), "invalid_value", "largest direct index 2^23")
+    assert decode_indices(_patch(annex, 111, _i32((1 << 23) - 4)), "w")[0] == (1 << 23) - 3
+    E(_patch(annex, 119, b"\x03\x09\x03\x02"), "table_sum", "table sums to 17")
+    E(_patch(annex, 119, b"\x03\x09\x03\x00"), "table_sum", "table sums to 15")
+    E(_patch(annex, 123, _u64(0)), "invalid_value", "rows_per_chunk 0")
+    E(_patch(annex, 123, _u64(2)), "invalid_value", "chunk_count != ceil(3/2)")
+    assert decode_file(_patch(annex, 123, _u64(7)))["w"] == out["w"]      # ceil(3/7) = 1
+    E(_patch(annex, 71, _u64(1)), "invalid_value", "group_count != ceil(3/1)")
+    assert decode_file(_patch(annex, 71, _u64(3)))["w"] == out["w"]       # ceil(3/3) = 1
+    E(_patch(annex, 84, _f32(0.0)), "invalid_value", "step 0")
+    E(_patch(annex, 84, _f32(-0.0)), "invalid_value", "step -0")
+    E(_patch(annex, 84, _f32(-0.5)), "invalid_value", "step -0.5")
+    E(_patch(annex, 84, _f32(float("inf"))), "invalid_value", "step inf")
+    E(_patch(annex, 84, _u32(0x7FC00000)), "invalid_value", "step NaN")
+    assert decode_file(_patch(annex, 84, _u32(1)))["w"][2][4:8] == _u32(1)   # subnormal step
+    checks += 30
+
+    # ---- step 11: layout ----------------------------------------------------
+    E(annex + b"\0", "trailing_bytes", "one byte appended")
+    E(annex[:201], "truncated", "payload cut short")
+    E(annex[:192], "truncated", "payload missing")
+    E(annex[:170], "truncated", "file ends in padding")
+    E(_patch(annex, 170, b"\x01", False), "nonzero_padding", "padding byte")
+    E(_patch(annex, 163, b"\x01", False), "nonzero_padding", "first padding byte")
+    moved = _patch(annex[:192] + b"\0" * 64 + annex[192:], 135, _u64(256))
+    E(moved, "payload_layout", "payload at 256 instead of 192")
+    E(_patch(annex, 135, _u64(1 << 62)), "payload_layout", "payload offset far away")
+    E(_patch(annex, 135, _u64(128)), "payload_layout", "payload inside the header")
+    checks += 9
+
+    # ---- step 12: payloads and §7 ------------------------------------------
+    def chunk_variant(chunk):
+        """Annex A with chunk 0 replaced (sizes and checksums fixed)."""
+        b = bytearray(annex[:192] + chunk)
+        struct.pack_into("<QI", b, 143, len(chunk), crc32c(chunk))
+        return _fix_header_crc(b)
+    E(_patch(annex, 201, b"\x7e", False), "checksum_payload", "payload byte")
+    E(_patch(annex, 151, b"\xc5"), "checksum_payload", "payload crc byte")
+    E(annex, None, "x", lambda d: None) if False else None
+    assert decode_file(chunk_variant(annex[192:])) == out
+    E(chunk_variant(b""), "stream_truncated", "empty chunk")
+    E(chunk_variant(annex[192:195]), "stream_truncated", "3-byte chunk")
+    E(chunk_variant(annex[192:199]), "stream_truncated", "lane state cut")
+    E(chunk_variant(annex[192:200]), "stream_truncated", "word stream missing")
+    E(chunk_variant(annex[192:202] + b"\0\0"), "stream_trailing_data", "one word too many")
+    E(chunk_variant(annex[192:202] + b"\0"), "stream_trailing_data", "odd word area")
+    E(chunk_variant(_u32(0) + _u32(0xFFFF) + annex[200:202]), "rans_state_out_of_range", "state 2^16-1")
+    E(chunk_variant(_u32(0) + _u32(726522) + annex[200:202]), "rans_final_state", "state + 1")
+    E(chunk_variant(_u32(1) + _i32(100) + annex[196:202]), "escape_mismatch", "unused escape value")
+    E(chunk_variant(_u32(0x40000000) + annex[196:202]), "stream_truncated", "huge escape_count")
+    checks += 12
+
+    # ---- built files: raw tensors of every dtype, metadata, extensions ---
+    raws = []
+    for code, (dname, size) in DTYPES.items():
+        payload = bytes(rng.getrandbits(8) for _ in range(6 * size))
+        if code == DTYPE_BOOL:
+            payload = bytes(rng.getrandbits(1) for _ in range(6))
+        raws.append((dname.lower().encode(), code, (2, 3), payload))
+    f = _build([_raw_tensor(n_, c, s, p) for n_, c, s, p in raws])
+    got = decode_file(f)
+    for n_, c, s, p in raws:
+        assert got[n_.decode()] == (DTYPES[c][0], s, p)
+    E(_build([_raw_tensor(b"b", DTYPE_BOOL, (2,), b"\x01\x02")]), "invalid_value", "BOOL byte 2")
+    E(_build([_raw_tensor(b"a", 1, (2,), b"\0" * 12)]), "invalid_value", "raw size mismatch")
+    E(_build([_raw_tensor(b"a", 1, (2,), b"\0" * 8), _raw_tensor(b"a", 1, (1,), b"\0" * 4)]),
+      "duplicate_name", "duplicate name")
+    E(_build([_raw_tensor(b"", 1, (1,), b"\0" * 4)]), "invalid_value", "empty name")
+    E(_build([_raw_tensor(b"x" * 4097, 1, (1,), b"\0" * 4)]), "limit_exceeded", "name of 4097 bytes")
+    assert "x" * 4096 in decode_file(_build([_raw_tensor(b"x" * 4096, 1, (1,), b"\0" * 4)]))
+    E(_build([_raw_tensor(b"\xed\xa0\x80", 1, (1,), b"\0" * 4)]), "invalid_value", "surrogate name")
+    # Zero-size payloads (and the canonical padding they imply); rank 0; ordering.
+    f = _build([_raw_tensor(b"s", 1, (), _f32(1.5)), _raw_tensor(b"e", 1, (0, 3), b""),
+                _raw_tensor(b"v", 5, (3,), b"\x01\x02\x03"), _raw_tensor(b"z", 9, (2, 0), b"")])
+    got = decode_file(f)
+    assert list(got) == ["s", "e", "v", "z"] and got["s"] == ("FLOAT32", (), _f32(1.5))
+    assert len(f) % 64 == 0  # the last (empty) payload sits on a multiple of 64
+    assert decode_file(_build([])) == {}
+    # Metadata (§5.5).
+    good_meta = _meta([(b"model_name", META_STRING, "m\u00e9".encode()), (b"", META_BYTES, b"\xff"),
+                       (b"n", META_INT64, struct.pack("<q", -5)), (b"f", META_FLOAT64, struct.pack("<d", 1.0)),
+                       (b"b", META_BOOL, b"\x01"), (b"k" * 256, META_STRING, b"")])
+    one = [_raw_tensor(b"a", 1, (1,), b"\0" * 4, meta=good_meta)]
+    assert "a" in decode_file(_build(one, meta=good_meta))
+    bad_metas = [
+        ([(b"k", 1, b""), (b"k", 2, b"\0" * 8)], "duplicate_key"),
+        ([(b"k", 6, b"")], "unsupported_feature"),
+        ([(b"k", 0, b"")], "unsupported_feature"),
+        ([(b"k", META_INT64, b"\0" * 7)], "invalid_value"),
+        ([(b"k", META_FLOAT64, b"\0" * 9)], "invalid_value"),
+        ([(b"k", META_BOOL, b"\x02")], "invalid_value"),
+        ([(b"k", META_BOOL, b"")], "invalid_value"),
+        ([(b"k", META_STRING, b"\xc0\x80")], "invalid_value"),
+        ([(b"k" * 257, META_STRING, b"")], "limit_exceeded"),
+        ([(b"\xff", META_STRING, b"")], "invalid_value"),
+    ]
+    for entries, code in bad_metas:
+        E(_build(one, meta=_meta(entries)), code, f"file metadata {entries!r}")
+        E(_build([_raw_tensor(b"a", 1, (1,), b"\0" * 4, meta=_meta(entries))]), code,
+          f"tensor metadata {entries!r}")
+    # Extensions (§3.4, §4.5).
+    assert "a" in decode_file(_build(one, ext=_exts([(7, 0, b"anything"), (0, 0, b"")])))
+    assert "a" in decode_file(_build([_raw_tensor(b"a", 1, (1,), b"\0" * 4, ext=_exts([(9, 0, b"x")]))]))
+    E(_build(one, ext=_exts([(7, 1, b"")])), "unsupported_feature", "required file extension")
+    E(_build([_raw_tensor(b"a", 1, (1,), b"\0" * 4, ext=_exts([(9, 1, b"")]))]),
+      "unsupported_feature", "required tensor extension")
+    E(_build(one, ext=_exts([(7, 2, b"")])), "reserved_value", "extension flag bit 1")
+    E(_build(one, ext=_exts([(7, 0x8000, b"")])), "reserved_value", "extension flag bit 15")
+    checks += 40
+
+    # ---- built files: rANS variants ----------------------------------------
+    def roundtrip(t_list, name, indices):
+        f = _build(t_list)
+        assert decode_indices(f, name) == indices, name
+        return f, decode_file(f)
+
+    # Several lanes and chunks, uniform grid with groups and zero points.
+    shape = (7, 5)
+    idx = [rng.randint(-8, 8) for _ in range(35)]
+    zps = [0, 3, -2, 5]
+    steps = [0.5, 0.1, 3.0, 1e-3]
+    for L in (1, 2, 3, 5, 32):
+        for rpc in (1, 2, 3, 7, 100):
+            t = _rans_tensor(b"t", 1, shape, idx, grid=_uniform_grid(steps, 2, zps), L=L, rows_per_chunk=rpc)
+            f, got = roundtrip([t], "t", idx)
+            vals = struct.unpack("<35I", got["t"][2])
+            for e_, q in enumerate(idx):
+                g = (e_ // 5) // 2
+                assert vals[e_] == _bits_of_f32(f32_from_bits(_bits_of_f32(steps[g])) * (q - zps[g]))
+    # PREVIOUS_INDEX with escapes; FLOAT16 and BFLOAT16 outputs.
+    idx = [rng.choice([0, 0, 1, -1, 2, 3, -3, 40, -1000, (1 << 23) - 1]) for _ in range(60)]
+    tables = [[200, 1000, 1000, 1000, 500, 300, 96], [1000] * 4 + [96, 500, 500],
+              [500, 500, 500, 500, 96, 1000, 1000]]
+    for dtype in (1, 2, 3):
+        t = _rans_tensor(b"p", dtype, (6, 10), idx, n=12, L=3, context_model=CONTEXT_PREVIOUS_INDEX,
+                         tables=tables, center=0, offset=-2, alphabet=7, escape_mode=ESCAPE_LAST_SYMBOL,
+                         rows_per_chunk=4, grid=_uniform_grid([0.25]))
+        f, got = roundtrip([t], "p", idx)
+        if dtype == 1:
+            want = b"".join(_f32(0.25 * q) for q in idx)
+        elif dtype == 2:
+            want = b"".join(_u16(float16_bits(_bits_of_f32(0.25 * q))) for q in idx)
+            assert want == b"".join(struct.pack("<e", 0.25 * q) if abs(0.25 * q) < 65504
+                                    else _u16(0x7C00 | (0x8000 if q < 0 else 0)) for q in idx)
+        else:
+            want = b"".join(_u16(bfloat16_bits(_bits_of_f32(0.25 * q))) for q in idx)
+        assert got["p"] == (DTYPES[dtype][0], (6, 10), want)
+    # Escape faults.
+    def esc_file(escapes_override):
+        t = _rans_tensor(b"p", 1, (1, 3), [0, 50, 1], n=4, offset=0, alphabet=3, escape_mode=ESCAPE_LAST_SYMBOL,
+                         tables=[[6, 6, 4]])
+        f = bytearray(_build([t]))
+        hdr_ = read_file_header(bytes(f))
+        ref = hdr_.tensors[0].rans.chunks[0]
+        chunk = bytearray(f[ref.offset:ref.offset + ref.size])
+        chunk[4:8] = _i32(escapes_override)
+        f[ref.offset:ref.offset + ref.size] = chunk
+        at = hdr_.fields[f"{ref.path}.crc32c"]
+        f[at:at + 4] = _u32(crc32c(bytes(chunk)))
+        return _fix_header_crc(f)
+    assert decode_indices(esc_file(50), "p") == [0, 50, 1]
+    assert decode_indices(esc_file(-(1 << 23) + 1), "p") == [0, -(1 << 23) + 1, 1]
+    E(esc_file(1), "escape_mismatch", "escape value is a direct index")
+    E(esc_file(1 << 23), "escape_mismatch", "escape value 2^23")
+    t = _rans_tensor(b"p", 1, (1, 3), [0, 1, 1], n=4, offset=0, alphabet=3, escape_mode=ESCAPE_LAST_SYMBOL,
+                     tables=[[6, 6, 4]])
+    f = _build([t])
+    # An escape symbol with no value left: use a stream whose symbol is the escape but escape_count 0.
+    t2 = _rans_tensor(b"p", 1, (1, 1), [2], n=4, offset=0, alphabet=3, escape_mode=ESCAPE_NONE,
+                      tables=[[6, 6, 4]])
+    f2 = bytearray(_build([t2]))
+    f2[_build([t2]).index(b"\x00" * 0 + _u8(0) + _u8(0) + _i32(0) + _i32(0) + _u32(3))] = 1  # escape_mode := 1
+    E(_fix_header_crc(f2), "escape_mismatch", "escape symbol without a value")
+    checks += 40
+
+    # Codebook grid, index_out_of_range, -0.0 stays -0.0.
+    cb = [-1.5, -0.0, 0.25, 7.0]
+    idx = [-2, -1, 0, 1, 1, 0, -2, -1]
+    t = _rans_tensor(b"c", 1, (2, 4), idx, grid_kind=GRID_CODEBOOK, grid=_codebook_grid(-2, cb),
+                     offset=-2, alphabet=4, n=8, L=2)
+    f, got = roundtrip([t], "c", idx)
+    assert got["c"][2] == b"".join(_f32(cb[q + 2]) for q in idx)
+    assert got["c"][2][4:8] == _u32(0x80000000)
+    t = _rans_tensor(b"c", 1, (2, 4), idx, grid_kind=GRID_CODEBOOK, grid=_codebook_grid(-1, cb),
+                     offset=-2, alphabet=4, n=8, L=2)
+    f = _build([t])
+    assert decode_indices(f, "c") == idx                       # §7 alone does not check the codebook
+    E(f, "index_out_of_range", "index below the codebook")
+    E(_build([_rans_tensor(b"c", 1, (1, 1), [0], grid_kind=GRID_CODEBOOK, grid=_codebook_grid(0, []),
+                           offset=0, alphabet=1, n=1)]), "invalid_value", "empty codebook")
+    E(_build([_rans_tensor(b"c", 1, (1, 1), [0], grid_kind=GRID_CODEBOOK,
+                           grid=_codebook_grid((1 << 23) - 2, [1.0, 2.0]), offset=0, alphabet=1, n=1)]),
+      "invalid_value", "codebook past 2^23-1")
+    E(_build([_rans_tensor(b"c", 1, (1, 1), [0], grid_kind=GRID_CODEBOOK, grid=_codebook_grid(0, [float("inf")]),
+                           offset=0, alphabet=1, n=1)]), "invalid_value", "infinite codebook value")
+    checks += 8
+
+    # RIGHT_MATRIX transform with a raw T and with a rANS-coded T.
+    rows, K, cols = 3, 2, 4
+    tvals = [rng.uniform(-2, 2) for _ in range(K * cols)]
+    traw = b"".join(_f32(v) for v in tvals)
+    cidx = [rng.randint(-5, 5) for _ in range(rows * K)]
+    for dtype in (1, 2, 3):
+        a = _rans_tensor(b"a", dtype, (rows, cols), cidx, coded_row_length=K, transform_kind=1,
+                         transform_tensor=1, grid=_uniform_grid([0.125]))
+        f, got = roundtrip([a, _raw_tensor(b"T", 1, (K, cols), traw)], "a", cidx)
+        tv = [f32_from_bits(v) for v in struct.unpack(f"<{K * cols}I", traw)]
+        want = []
+        for r in range(rows):
+            for j in range(cols):
+                s = 0.0
+                for k in range(K):
+                    s += (0.125 * cidx[r * K + k]) * tv[k * cols + j]
+                v = _bits_of_f32(s)
+                want.append({1: _u32(v), 2: _u16(float16_bits(v)), 3: _u16(bfloat16_bits(v))}[dtype])
+        assert got["a"][2] == b"".join(want)
+        assert got["T"][2] == traw
+    tidx = [rng.randint(-3, 3) for _ in range(K * cols)]
+    T = _rans_tensor(b"T", 1, (K, cols), tidx, grid=_uniform_grid([0.75]))
+    a = _rans_tensor(b"a", 1, (rows, cols), cidx, coded_row_length=K, transform_kind=1, transform_tensor=0)
+    f, got = roundtrip([T, a], "a", cidx)
+    want = []
+    for r in range(rows):
+        for j in range(cols):
+            s = 0.0
+            for k in range(K):
+                s += (0.5 * cidx[r * K + k]) * (0.75 * tidx[k * cols + j])
+            want.append(_f32(s))
+    assert got["a"][2] == b"".join(want)
+    # NaN from the transform becomes 0x7FC00000; inf*0 is NaN.
+    traw_nan = _f32(float("inf")) + _f32(1.0)
+    a = _rans_tensor(b"a", 1, (1, 1), [0, 1], coded_row_length=2, transform_kind=1, transform_tensor=1)
+    got = decode_file(_build([a, _raw_tensor(b"T", 1, (2, 1), traw_nan)]))
+    assert got["a"][2] == _u32(0x7FC00000)
+    # K = 0: no coded symbols, every element is +0.0.
+    a = _rans_tensor(b"a", 1, (2, 3), [], coded_row_length=0, transform_kind=1, transform_tensor=1)
+    got = decode_file(_build([a, _raw_tensor(b"T", 1, (0, 3), b"")]))
+    assert got["a"][2] == b"\0" * 24
+    # invalid_reference cases.
+    base = dict(coded_row_length=K, transform_kind=1, transform_tensor=1)
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
+              _raw_tensor(b"T", 8, (K, cols), traw)]), "invalid_reference", "T not FLOAT32")
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
+              _raw_tensor(b"T", 1, (cols, K), traw)]), "invalid_reference", "T transposed")
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
+              _raw_tensor(b"T", 1, (K * cols,), traw)]), "invalid_reference", "T rank 1")
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base)]), "invalid_reference", "T missing")
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
+              _rans_tensor(b"T", 1, (K, cols), [0] * K * cols, coded_row_length=1, transform_kind=1,
+                           transform_tensor=2),
+              _raw_tensor(b"U", 1, (1, cols), b"\0" * 4 * cols)]), "invalid_reference", "T has a transform")
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
+              _T(b"T", 1, (K, cols), 5, [], lambda refs: b"")]), "unsupported_feature", "T of unknown coding")
+    checks += 14
+
+    # Edge geometry: rank 0, vector, [5, 0], [0, 5].
+    f, got = roundtrip([_rans_tensor(b"s", 1, (), [3])], "s", [3])
+    assert got["s"] == ("FLOAT32", (), _f32(1.5))
+    f, got = roundtrip([_rans_tensor(b"v", 1, (4,), [1, 2, 3, 4], rows_per_chunk=3)], "v", [1, 2, 3, 4])
+    got = decode_file(_build([_rans_tensor(b"e", 1, (5, 0), [], rows_per_chunk=2)]))
+    assert got["e"] == ("FLOAT32", (5, 0), b"")
+    got = decode_file(_build([_rans_tensor(b"e", 1, (0, 5), [], rows_per_chunk=2)]))
+    assert got["e"] == ("FLOAT32", (0, 5), b"")
+    E(_build([_rans_tensor(b"e", 1, (5, 0), [], rows_per_chunk=2, chunk_count=3)]),
+      "invalid_value", "chunk_count 3 for an empty tensor")
+    checks += 5
+
+    # Varint form (§2.2).
+    def nonminimal(v):
+        return bytes([0x80 | (v & 0x7F), v >> 7]) if v < 128 else _varint(v)
+    t = _rans_tensor(b"t", 1, (1, 2), [0, 1], n=8, offset=0, alphabet=2, tables=[[128, 128]])
+    assert decode_indices(_build([t]), "t") == [0, 1]
+    t = _rans_tensor(b"t", 1, (1, 2), [0, 1], n=16, offset=0, alphabet=2, tables=[[32768, 32768]])
+    assert decode_indices(_build([t]), "t") == [0, 1]                   # 3-byte varints
+    E(_build([_rans_tensor(b"t", 1, (1, 2), [0, 1], n=8, offset=0, alphabet=2, tables=[[128, 128]],
+                           varint=nonminimal)]), "invalid_value", "non-minimal varint")
+    E(_build([_rans_tensor(b"t", 1, (1, 2), [0, 1], n=8, offset=0, alphabet=2, tables=[[128, 128]],
+                           varint=lambda v: b"\x80\x80\x80\x00" if v == 128 else _varint(v))]),
+      "invalid_value", "4-byte varint")
+    E(_build([_rans_tensor(b"t", 1, (1, 2), [0, 1], n=8, offset=0, alphabet=2, tables=[[128, 128]],
+                           varint=lambda v: b"\x80\x81\x00" if v == 128 else _varint(v))]),
+      "invalid_value", "3-byte varint ending in 0x00")
+    # PREVIOUS_INDEX needs 2 ... 16 contexts; IID needs 1.
+    E(_build([_rans_tensor(b"t", 1, (1, 2), [0, 1], n=4, offset=0, alphabet=2,
+                           tables=[[8, 8], [8, 8]])]), "invalid_value", "IID with 2 tables")
+    checks += 6
+
+    # Error reporting contract.
+    exc = E(_patch(annex, 119, b"\x03\x09\x03\x02"), "table_sum", "message")
+    assert exc.code == 14 and "119" in str(exc) and "frequencies" in str(exc)
+    checks += 1
+
+    print(f"self-test passed ({checks} checks)")
+
+
+def _bits_to_f64(bits):
+    return struct.unpack("<d", struct.pack("<Q", bits))[0]
+
+
+# =============================================================================
+# Command line
+# =============================================================================
+
+_NPY_DTYPES = {
+    "FLOAT32": "<f4", "FLOAT16": "<f2", "BFLOAT16": "<u2", "FLOAT64": "<f8",
+    "INT8": "i1", "UINT8": "u1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "BOOL": "?", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+}
+
+
+def _write_npz(tensors, path):
+    """Write the decoded tensors to an .npz (BFLOAT16 as uint16 bit patterns).
+    A zip of .npy members is written directly so that any tensor name works
+    as a key."""
+    import zipfile
+    import numpy as np
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, (dtype_name, shape, raw) in tensors.items():
+            arr = np.frombuffer(raw, dtype=np.dtype(_NPY_DTYPES[dtype_name])).reshape(shape)
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def main(argv):
+    if argv == ["--self-test"]:
+        _self_test()
+        return 0
+    if len(argv) != 2:
+        print("usage: spec_literal_decoder.py INPUT.nrd OUTPUT.npz | --self-test", file=sys.stderr)
+        return 2
+    src, dst = argv
+    with open(src, "rb") as fh:
+        data = fh.read()
+    try:
+        tensors = decode_file(data)
+    except SpecError as exc:
+        print(f"error {exc.code} {exc.name}: {exc}", file=sys.stderr)
+        return 1
+    _write_npz(tensors, dst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,100 @@
+"""The nncodec-rd command: info, decode, encode, validate; one-line errors, no partial outputs."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nncodec_rd.cli import main
+from nncodec_rd.io.tensorio import read_safetensors, write_safetensors
+
+
+@pytest.fixture
+def model_file(tmp_path, rng):
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, {"layer.weight": rng.standard_normal((64, 48)).astype(np.float32),
+                             "layer.bias": rng.standard_normal(64).astype(np.float32),
+                             "steps": np.array([3], dtype=np.int64)}, {"origin": "test"})
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_encode_info_decode_validate(tmp_path, model_file, capsys):
+    nrd = tmp_path / "model.nrd"
+    code, _, err = run(capsys, "encode", model_file, "-o", nrd, "--bins", "31", "--per-row")
+    assert code == 0 and "bits per element" in err
+    code, out, _ = run(capsys, "info", nrd)
+    assert code == 0 and "layer.weight" in out and "uniform/64 steps" in out
+    code, out, _ = run(capsys, "info", nrd, "--json")
+    listing = json.loads(out)
+    weight = next(t for t in listing["tensors"] if t["name"] == "layer.weight")
+    assert weight["shape"] == [64, 48] and weight["dtype"] == "float32"
+    assert weight["payload_bytes"] > 0 and 0 < weight["bits_per_weight"] < 6
+    assert set(weight) >= {"name", "shape", "dtype", "grid", "payload_bytes", "bits_per_weight"}
+    assert listing["metadata"]["origin"] == "test"
+    for suffix in (".safetensors", ".npz"):
+        out_path = tmp_path / f"decoded{suffix}"
+        code, _, _ = run(capsys, "decode", nrd, "-o", out_path)
+        assert code == 0 and out_path.exists()
+    decoded, _ = read_safetensors(tmp_path / "decoded.safetensors")
+    original, _ = read_safetensors(model_file)
+    assert decoded["steps"].tolist() == [3]
+    assert np.max(np.abs(decoded["layer.weight"] - original["layer.weight"])) < 0.2
+    code, out, _ = run(capsys, "validate", nrd)
+    assert code == 0 and "conforms" in out
+
+
+def test_bad_input_gives_one_line_and_no_output(tmp_path, capsys):
+    garbage = tmp_path / "garbage.nrd"
+    garbage.write_bytes(b"not an nrd file at all, just text" * 3)
+    out_path = tmp_path / "out.safetensors"
+    code, out, err = run(capsys, "decode", garbage, "-o", out_path)
+    assert code != 0 and not out_path.exists()
+    assert err.count("\n") == 1 and "bad_magic" in err and "Traceback" not in err
+    assert not list(tmp_path.glob(".nrd-*"))
+
+
+def test_validate_reports_every_fault_and_exits_nonzero(tmp_path, model_file, capsys):
+    nrd = tmp_path / "model.nrd"
+    run(capsys, "encode", model_file, "-o", nrd)
+    data = bytearray(nrd.read_bytes())
+    data[-1] ^= 0xFF
+    broken = tmp_path / "broken.nrd"
+    broken.write_bytes(bytes(data))
+    code, out, _ = run(capsys, "validate", nrd, broken, "--json")
+    report = json.loads(out)
+    assert code == 1 and report[0]["conforms"] and not report[1]["conforms"]
+    assert report[1]["errors"][0]["name"] == "checksum_payload"
+
+
+def test_missing_input_and_bad_options(tmp_path, capsys):
+    code, _, err = run(capsys, "encode", tmp_path / "none.safetensors", "-o", tmp_path / "x.nrd")
+    assert code == 1 and "no such file" in err
+    code, _, err = run(capsys, "encode", tmp_path / "none.txt", "-o", tmp_path / "x.nrd")
+    assert code == 1
+
+
+def test_even_bins_are_rejected_without_partial_output(tmp_path, model_file, capsys):
+    out_path = tmp_path / "x.nrd"
+    code, _, err = run(capsys, "encode", model_file, "-o", out_path, "--bins", "4")
+    assert code == 1 and "odd" in err and not out_path.exists()
+
+
+def test_python_dash_m_and_version():
+    result = subprocess.run([sys.executable, "-m", "nncodec_rd", "--version"], capture_output=True,
+                            text=True, check=True)
+    assert "format 1.0" in result.stdout
+
+
+def test_every_command_has_help_with_an_example():
+    for command in ("info", "decode", "encode", "validate", "demo"):
+        result = subprocess.run([sys.executable, "-m", "nncodec_rd", command, "--help"],
+                                capture_output=True, text=True, check=True)
+        assert "Example" in result.stdout, command

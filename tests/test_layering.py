@@ -1,0 +1,65 @@
+"""The import directions of DESIGN.md hold: format imports nothing else of the package, the decoder
+only format, torch only in encoder/ and torch/, nothing imports conformance or tests."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "nncodec_rd"
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute module names imported by a file (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = parts[:-1]  # the package a relative import of this file starts from
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module
+            found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names)
+    return found
+
+
+def files_in(subpackage: str):
+    return sorted((PACKAGE / subpackage).rglob("*.py"))
+
+
+def test_format_imports_nothing_else_of_the_package():
+    for path in files_in("format"):
+        for name in imports_of(path):
+            if name.startswith("nncodec_rd."):
+                assert name.startswith("nncodec_rd.format"), (path, name)
+
+
+def test_decoder_imports_only_format():
+    for path in files_in("decoder"):
+        for name in imports_of(path):
+            if name.startswith("nncodec_rd."):
+                assert name.startswith(("nncodec_rd.format", "nncodec_rd.decoder")), (path, name)
+
+
+def test_torch_only_in_encoder_and_torch():
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).parts
+        if relative[0] in ("encoder", "torch"):
+            continue
+        for name in imports_of(path):
+            assert name.split(".")[0] != "torch", (path, name)
+
+
+def test_nothing_imports_conformance_or_tests():
+    for path in PACKAGE.rglob("*.py"):
+        for name in imports_of(path):
+            assert name.split(".")[0] not in ("conformance", "tests"), (path, name)
+
+
+def test_the_checker_sees_relative_imports():
+    names = imports_of(PACKAGE / "decoder" / "reader.py")
+    assert "nncodec_rd.format.container" in names and "nncodec_rd.decoder.kernels" in names
