@@ -52,7 +52,8 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
             indices, grid = quantize_rtn(array.astype(np.float32), step=step,
                                          relative_step=relative_step, bins=bins, per_row=per_row)
             dtype = "bfloat16" if array.dtype.name == "bfloat16" else array.dtype.name
-            writer.add_indices(name, indices, grid, dtype, settings=settings)
+            writer.add_indices(name, indices, grid, dtype, settings=settings,
+                               metadata={"original_dtype": array.dtype.name})
         else:
             writer.add_raw(name, array)
     return writer.close()

@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..format.constants import RANS_STATE_LOWER_BOUND, Limits
+from ..format.errors import ErrorCode
+
 # Output kinds of decode_chunks (what the kernel writes per element).
 OUTPUT_INDEX = 0  # int32 index
 OUTPUT_FLOAT32 = 1  # float32 value
@@ -19,18 +22,17 @@ OUTPUT_BFLOAT16 = 3  # bfloat16 bits of the value
 GRID_UNIFORM = 1
 GRID_CODEBOOK = 2
 
-# Error codes; the same numbers as nncodec_rd.format.errors.ErrorCode.
-TRUNCATED = 4
-RANS_STATE_OUT_OF_RANGE = 15
-STREAM_TRUNCATED = 16
-STREAM_TRAILING_DATA = 17
-RANS_FINAL_STATE = 18
-ESCAPE_MISMATCH = 19
-INDEX_OUT_OF_RANGE = 20
+# Error codes the kernels report: the spec's numbers, as plain ints Numba can compile in.
+STREAM_TRUNCATED = int(ErrorCode.STREAM_TRUNCATED)
+RANS_STATE_OUT_OF_RANGE = int(ErrorCode.RANS_STATE_OUT_OF_RANGE)
+STREAM_TRAILING_DATA = int(ErrorCode.STREAM_TRAILING_DATA)
+RANS_FINAL_STATE = int(ErrorCode.RANS_FINAL_STATE)
+ESCAPE_MISMATCH = int(ErrorCode.ESCAPE_MISMATCH)
+INDEX_OUT_OF_RANGE = int(ErrorCode.INDEX_OUT_OF_RANGE)
 
-STATE_LOWER_BOUND = 1 << 16
+STATE_LOWER_BOUND = RANS_STATE_LOWER_BOUND
 CANONICAL_NAN = np.array([0x7FC00000], dtype=np.uint32).view(np.float32)[0]
-MAX_ABS_INDEX = (1 << 23) - 1
+MAX_ABS_INDEX = Limits.MAX_ABS_INDEX
 
 
 @njit(cache=True, inline="always")

@@ -6,7 +6,7 @@ each decoder, so that the decoders stay independent of the encoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -82,4 +82,3 @@ class EntropySettings:
     context_count: int = 3
     symbols_per_chunk: int = 1 << 18
     max_alphabet_size: int = 4096
-    extra: dict = field(default_factory=dict)
