@@ -510,18 +510,13 @@ def read_file_header(data):
 def check_semantics(hdr):
     """spec §4.8 step 10: "Apply the semantic rules of sections 5 to 7 to
     every record (the errors each names)."  Records are checked in file
-    order: the file metadata, each tensor record, the file extensions.  The
-    transform references (§6.4) are checked in a second pass, once every
-    record is known to be one this decoder understands (so that a reference
-    to a tensor using an unknown feature reports unsupported_feature)."""
+    order -- the file metadata, each tensor record, the file extensions --
+    and the rules of a record in the order of its fields."""
     check_metadata_block(hdr.metadata, hdr)
     seen_names = {}
     for rec in hdr.tensors:
         check_tensor_record(rec, hdr, seen_names)
     check_extensions(hdr.extensions, hdr)
-    for rec in hdr.tensors:
-        if rec.rans is not None and rec.rans.transform_kind == TRANSFORM_RIGHT_MATRIX:
-            check_transform_reference(rec, hdr)
 
 
 # =============================================================================
@@ -858,7 +853,10 @@ def codebook_value(grid, q, rec, symbol_number):
     ... An index outside first_index ... first_index + codebook_size - 1 is
     index_out_of_range." """
     if not grid.first_index <= q <= grid.first_index + grid.codebook_size - 1:
-        raise SpecError("index_out_of_range", f"{rec.path} (coded symbol {symbol_number})", None,
+        # The fault has no field of its own; report the chunk that coded it.
+        k = (symbol_number // rec.rans.coded_row_length) // rec.rans.rows_per_chunk
+        raise SpecError("index_out_of_range", f"chunk {k} of tensor {rec.index} (symbol {symbol_number})",
+                        rec.rans.chunks[k].offset,
                         f"index {q} is outside the codebook "
                         f"[{grid.first_index}, {grid.first_index + grid.codebook_size - 1}]")
     return grid.values[q - grid.first_index]
@@ -899,6 +897,13 @@ def check_transform_reference(rec, hdr):
         hdr.fail("invalid_reference", path, f"transform_tensor {t} is missing or the tensor itself")
     T = hdr.tensors[t]
     K = body.coded_row_length
+    # T's suitability can only be judged if this decoder understands T: an
+    # unknown dtype, coding or transform_kind of T is T's own fault (§3.2),
+    # reported first as unsupported_feature rather than invalid_reference.
+    check_enum(T.dtype, DTYPES, f"{T.path}.dtype", hdr)
+    check_enum(T.coding, CODINGS, f"{T.path}.coding", hdr)
+    if T.coding == CODING_RANS:
+        check_enum(T.rans.transform_kind, TRANSFORM_KINDS, f"{T.path}.body.transform_kind", hdr)
     if T.dtype != DTYPE_FLOAT32:
         hdr.fail("invalid_reference", path, f"transform tensor {t} is not FLOAT32")
     if T.rank != 2 or T.shape != (K, rec.row_length):
@@ -1105,7 +1110,8 @@ def check_rans_body(rec, hdr):
     check_enum(body.transform_kind, TRANSFORM_KINDS, f"{p}.transform_kind", hdr)
     if body.transform_kind == TRANSFORM_NONE:
         check_no_transform(rec, hdr)                                # §6.3
-    # (RIGHT_MATRIX references are checked by check_transform_reference.)
+    else:
+        check_transform_reference(rec, hdr)                         # §6.4
     # spec §7.2 Rules.
     if body.precision_bits == 0:
         hdr.fail("invalid_value", f"{p}.precision_bits", "precision_bits is 0")
@@ -1157,7 +1163,7 @@ def check_rans_body(rec, hdr):
     for k, ref in enumerate(body.chunks):
         n_k = chunk_symbol_count(rec, k)
         if n_k > LIMIT_CHUNK_SYMBOLS:
-            hdr.fail("limit_exceeded", f"{p}.chunks[{k}]", f"chunk of {n_k} symbols exceeds 2^32")
+            hdr.fail("limit_exceeded", f"{p}.chunks[{k}].offset", f"chunk of {n_k} symbols exceeds 2^32")
         if ref.size > LIMIT_CHUNK_BYTES:
             hdr.fail("limit_exceeded", f"{p}.chunks[{k}].size", f"chunk of {ref.size} bytes exceeds 2^32")
 
@@ -1725,7 +1731,11 @@ def _patch(b, offset, new, fix_crc=True):
     return _fix_header_crc(b) if fix_crc else bytes(b)
 
 
+_TALLY = [collections.Counter()]
+
+
 def _expect_error(data, name, label, fn=None):
+    _TALLY[0]["error cases"] += 1
     try:
         (fn or decode_file)(data)
     except SpecError as exc:
@@ -1742,12 +1752,12 @@ def _bits_of_f32(x):
 def _self_test():
     import random
     rng = random.Random(12345)
-    checks = 0
+    tally = collections.Counter()
+    _TALLY[0] = tally
 
     # ---- §8.1 CRC-32C ---------------------------------------------------
     assert crc32c(b"123456789") == 0xE3069283
     assert crc32c(b"") == 0x00000000
-    checks += 2
 
     # ---- §2.4 / §6.5 rounding ---------------------------------------------
     # RN32 against the platform's (float) cast, for in-range doubles.
@@ -1766,7 +1776,7 @@ def _self_test():
         except OverflowError:
             continue
         assert rn32_of_f64(x) == ref, (x, hex(rn32_of_f64(x)), hex(ref))
-        checks += 1
+        tally["RN32 comparisons"] += 1
     # Exact cases of RN32: the overflow threshold is 2^128 - 2^103 (ties to even).
     assert rn32_of_f64(2.0 ** 128 - 2.0 ** 103) == 0x7F800000
     assert rn32_of_f64(2.0 ** 128 - 2.0 ** 103 - 2.0 ** 80) == 0x7F7FFFFF
@@ -1785,7 +1795,7 @@ def _self_test():
             continue
         ref = struct.unpack("<H", struct.pack("<e", x))[0]
         assert float16_bits(v) == ref, (hex(v), hex(float16_bits(v)), hex(ref))
-        checks += 1
+        tally["binary16 comparisons"] += 1
     for x, want in [(1.0, 0x3C00), (-0.0, 0x8000), (65504.0, 0x7BFF), (65519.0, 0x7BFF),
                     (65520.0, 0x7C00), (-65520.0, 0xFC00), (1e10, 0x7C00), (2.0 ** -24, 0x0001),
                     (2.0 ** -25, 0x0000), (1.5 * 2.0 ** -25, 0x0001), (2.0 ** -14, 0x0400),
@@ -1806,7 +1816,6 @@ def _self_test():
     big = UniformGrid("g", 0, 1, 0, [0x7F7FFFFF], [])
     assert uniform_value(big, 2, 0) == 0x7F800000 and uniform_value(big, -2, 0) == 0xFF800000
     assert uniform_value(big, 0, 0) == 0x00000000
-    checks += 40
 
     # ---- Annex A ----------------------------------------------------------
     annex = _parse_hexdump(_ANNEX_A_HEX)
@@ -1834,13 +1843,11 @@ def _self_test():
     assert dtype_name == "FLOAT32" and shape == (3, 4)
     want_bits = [int(x, 16) for x in _ANNEX_A_BITS.split()]
     assert list(struct.unpack("<12I", raw)) == want_bits
-    checks += 10
 
     # The Annex B encoder and the builder reproduce Annex A byte for byte.
     rebuilt = _build([_rans_tensor(b"w", 1, (3, 4), _ANNEX_A_INDICES, n=4, L=1, tables=[[3, 9, 3, 1]],
                                    offset=-1, alphabet=4, rows_per_chunk=3)])
     assert rebuilt == annex, "rebuilt Annex A differs"
-    checks += 1
 
     # ---- Mutations of Annex A: §4.8 steps 1-8 -------------------------------
     E = _expect_error
@@ -1864,7 +1871,6 @@ def _self_test():
     E(_patch(annex, 16, _u64(200), False), "truncated", "header past end of file")
     E(_patch(annex, 24, b"\xf1", False), "checksum_header", "header crc byte")
     E(_patch(annex, 42, b"x", False), "checksum_header", "header byte changed, crc stale")
-    checks += 20
 
     # ---- step 9: structure -----------------------------------------------
     E(_patch(annex, 16, _u64(130)), "header_size_mismatch", "header one byte short")
@@ -1888,7 +1894,6 @@ def _self_test():
     E(_patch(annex, 79, _u32((1 << 24) + 1)), "limit_exceeded", "group_count 2^24+1")
     E(_patch(annex, 83, _u8(2)), "invalid_value", "has_zero_point 2")
     E(_patch(annex, 42, b"\xff"), "invalid_value", "name not UTF-8")
-    checks += 21
 
     # ---- step 10: semantics ------------------------------------------------
     E(_patch(annex, 43, _u8(14)), "unsupported_feature", "dtype 14")
@@ -1923,7 +1928,6 @@ def _self_test():
     E(_patch(annex, 84, _f32(float("inf"))), "invalid_value", "step inf")
     E(_patch(annex, 84, _u32(0x7FC00000)), "invalid_value", "step NaN")
     assert decode_file(_patch(annex, 84, _u32(1)))["w"][2][4:8] == _u32(1)   # subnormal step
-    checks += 30
 
     # ---- step 11: layout ----------------------------------------------------
     E(annex + b"\0", "trailing_bytes", "one byte appended")
@@ -1936,7 +1940,6 @@ def _self_test():
     E(moved, "payload_layout", "payload at 256 instead of 192")
     E(_patch(annex, 135, _u64(1 << 62)), "payload_layout", "payload offset far away")
     E(_patch(annex, 135, _u64(128)), "payload_layout", "payload inside the header")
-    checks += 9
 
     # ---- step 12: payloads and §7 ------------------------------------------
     def chunk_variant(chunk):
@@ -1957,7 +1960,6 @@ def _self_test():
     E(chunk_variant(_u32(0) + _u32(726522) + annex[200:202]), "rans_final_state", "state + 1")
     E(chunk_variant(_u32(1) + _i32(100) + annex[196:202]), "escape_mismatch", "unused escape value")
     E(chunk_variant(_u32(0x40000000) + annex[196:202]), "stream_truncated", "huge escape_count")
-    checks += 12
 
     # ---- built files: raw tensors of every dtype, metadata, extensions ---
     raws = []
@@ -2015,10 +2017,10 @@ def _self_test():
       "unsupported_feature", "required tensor extension")
     E(_build(one, ext=_exts([(7, 2, b"")])), "reserved_value", "extension flag bit 1")
     E(_build(one, ext=_exts([(7, 0x8000, b"")])), "reserved_value", "extension flag bit 15")
-    checks += 40
 
     # ---- built files: rANS variants ----------------------------------------
     def roundtrip(t_list, name, indices):
+        tally["encode/decode round trips"] += 1
         f = _build(t_list)
         assert decode_indices(f, name) == indices, name
         return f, decode_file(f)
@@ -2078,7 +2080,6 @@ def _self_test():
     f2 = _build([t2])
     at = read_file_header(f2).fields["header.tensors[0].body.escape_mode"]
     E(_patch(f2, at, _u8(ESCAPE_LAST_SYMBOL)), "escape_mismatch", "escape symbol without a value")
-    checks += 40
 
     # Codebook grid, index_out_of_range, -0.0 stays -0.0.
     cb = [-1.5, -0.0, 0.25, 7.0]
@@ -2100,7 +2101,6 @@ def _self_test():
       "invalid_value", "codebook past 2^23-1")
     E(_build([_rans_tensor(b"c", 1, (1, 1), [0], grid_kind=GRID_CODEBOOK, grid=_codebook_grid(0, [float("inf")]),
                            offset=0, alphabet=1, n=1)]), "invalid_value", "infinite codebook value")
-    checks += 8
 
     # RIGHT_MATRIX transform with a raw T and with a rANS-coded T.
     rows, K, cols = 3, 2, 4
@@ -2152,13 +2152,16 @@ def _self_test():
     E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
               _raw_tensor(b"T", 1, (K * cols,), traw)]), "invalid_reference", "T rank 1")
     E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base)]), "invalid_reference", "T missing")
+    f = _build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base), _raw_tensor(b"T", 1, (K, cols), traw)])
+    at = read_file_header(f).fields["header.tensors[0].body.coded_row_length"]
+    E(_patch(f, at, _u64(1 << 33)), "invalid_reference", "coded_row_length != T rows")
+    E(_patch(f, at, _u64(K + 1)), "invalid_reference", "coded_row_length K+1")
     E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
               _rans_tensor(b"T", 1, (K, cols), [0] * K, coded_row_length=1, transform_kind=1,
                            transform_tensor=2),
               _raw_tensor(b"U", 1, (1, cols), b"\0" * 4 * cols)]), "invalid_reference", "T has a transform")
     E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
               _T(b"T", 1, (K, cols), 5, [], lambda refs: b"")]), "unsupported_feature", "T of unknown coding")
-    checks += 14
 
     # Edge geometry: rank 0, vector, [5, 0], [0, 5].
     f, got = roundtrip([_rans_tensor(b"s", 1, (), [3])], "s", [3])
@@ -2170,7 +2173,6 @@ def _self_test():
     assert got["e"] == ("FLOAT32", (0, 5), b"")
     E(_build([_rans_tensor(b"e", 1, (5, 0), [], rows_per_chunk=2, chunk_count=3)]),
       "invalid_value", "chunk_count 3 for an empty tensor")
-    checks += 5
 
     # Varint form (§2.2).
     def nonminimal(v):                  # one extra, empty group: 128 -> 80 81 00
@@ -2192,14 +2194,12 @@ def _self_test():
     # PREVIOUS_INDEX needs 2 ... 16 contexts; IID needs 1.
     E(_build([_rans_tensor(b"t", 1, (1, 2), [0, 1], n=4, offset=0, alphabet=2,
                            tables=[[8, 8], [8, 8]])]), "invalid_value", "IID with 2 tables")
-    checks += 6
 
     # Error reporting contract.
     exc = E(_patch(annex, 119, b"\x03\x09\x03\x02"), "table_sum", "message")
     assert exc.code == 14 and "119" in str(exc) and "frequencies" in str(exc)
-    checks += 1
 
-    print(f"self-test passed ({checks} checks)")
+    print("self-test passed: " + ", ".join(f"{n} {what}" for what, n in tally.items()))
 
 
 def _bits_to_f64(bits):

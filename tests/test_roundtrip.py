@@ -11,6 +11,7 @@ from hypothesis import example, given, strategies as st
 
 from nncodec_rd import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid, load_file, safe_open
 from nncodec_rd.encoder.writer import NrdWriter
+from conformance.strategies import coded_tensors, shapes
 from nncodec_rd.format.layout import RowGeometry
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -29,47 +30,6 @@ def reference_values(indices, grid) -> np.ndarray:
     steps = grid.steps[groups][:, None]
     difference = (q - zero[groups][:, None]).astype(np.float32)
     return (steps * difference).astype(np.float32).reshape(shape)
-
-
-@st.composite
-def shapes(draw):
-    rank = draw(st.integers(0, 3))
-    dims = draw(st.lists(st.integers(0, 9), min_size=rank, max_size=rank))
-    if draw(st.booleans()):
-        dims = [max(d, 1) for d in dims]
-    return tuple(dims)
-
-
-@st.composite
-def coded_tensors(draw):
-    """(indices, grid, dtype name, settings) covering every coding option."""
-    shape = draw(shapes())
-    geometry = RowGeometry.of_shape(shape)
-    spread = draw(st.sampled_from([0, 1, 3, 20, 300]))
-    count = int(np.prod(shape, dtype=np.int64))
-    values = draw(st.lists(st.integers(-spread, spread), min_size=count, max_size=count))
-    indices = np.array(values, dtype=np.int64).reshape(shape)
-    if draw(st.booleans()):
-        rows_per_group = draw(st.integers(0, max(geometry.rows, 1)))
-        groups = 1 if rows_per_group == 0 else max(1, -(-geometry.rows // rows_per_group))
-        steps = draw(st.lists(st.floats(0.0009765625, 100.0, width=32), min_size=groups, max_size=groups))
-        zero_points = None
-        if draw(st.booleans()):
-            zero_points = draw(st.lists(st.integers(-5, 5), min_size=groups, max_size=groups))
-        grid = UniformGrid(steps, zero_points, rows_per_group)
-    else:
-        first = int(indices.min()) if count else 0
-        size = (int(indices.max()) - first + 1 if count else 1) + draw(st.integers(0, 3))
-        book = draw(st.lists(st.floats(-16384.0, 16384.0, width=32), min_size=size, max_size=size))
-        grid = CodebookGrid(book, first)
-    settings = EntropySettings(
-        precision_bits=draw(st.integers(10, 16)),
-        lane_count=draw(st.sampled_from([1, 2, 3, 4, 8, 32])),
-        context_model=draw(st.sampled_from(["iid", "previous", "auto"])),
-        context_count=draw(st.integers(2, 16)),
-        symbols_per_chunk=draw(st.sampled_from([1, 7, 64, 1 << 18])),
-        max_alphabet_size=draw(st.sampled_from([2, 5, 64, 4096])))
-    return indices, grid, draw(st.sampled_from(sorted(DTYPES))), settings
 
 
 @given(coded_tensors())
