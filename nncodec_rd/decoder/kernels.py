@@ -119,6 +119,11 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
         errors[chunk_number, 0] = STREAM_TRUNCATED
         errors[chunk_number, 1] = chunk_offset
         return
+    # spec §7.3 then §7.6: the word area's size is checked before the lane states.
+    if (end - position - 4 * lane_count) % 2 != 0:
+        errors[chunk_number, 0] = STREAM_TRAILING_DATA
+        errors[chunk_number, 1] = end - 1
+        return
     for lane in range(lane_count):
         state = np.uint64(_read_u32(buffer, position))
         if state < STATE_LOWER_BOUND:
@@ -127,10 +132,6 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
             return
         states[lane] = state
         position += 4
-    if (end - position) % 2 != 0:
-        errors[chunk_number, 0] = STREAM_TRAILING_DATA
-        errors[chunk_number, 1] = end - 1
-        return
     mask = np.uint64((1 << precision_bits) - 1)
     shift = np.uint64(precision_bits)
     previous = np.int64(context_center)

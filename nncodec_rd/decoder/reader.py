@@ -105,7 +105,6 @@ class NrdFile:
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
             self._buffer = np.frombuffer(self._map, dtype=np.uint8) if size else np.empty(0, np.uint8)
             self.preamble, self.header, _ = read_container(self._map)
-            self._check_padding()
         except BaseException:
             self.close()
             raise
@@ -140,16 +139,6 @@ class NrdFile:
 
     def __len__(self) -> int:
         return len(self.header.tensors)
-
-    def _check_padding(self) -> None:
-        """spec §4.7: padding between header and payloads, and between payloads, is zero."""
-        position = PREAMBLE_SIZE_BYTES + self.preamble.header_size
-        for field, ref in payload_refs(self.header):
-            if ref.offset > position and np.any(self._buffer[position:ref.offset]):
-                bad = position + int(np.flatnonzero(self._buffer[position:ref.offset])[0])
-                raise FormatError("padding byte is not zero", field=field, offset=bad,
-                                  code=ErrorCode.NONZERO_PADDING)
-            position = ref.offset + ref.size
 
     def _record(self, name):
         try:

@@ -142,7 +142,7 @@ def parse_header(buffer, preamble: Container) -> Container:
 
 
 def read_container(buffer, *, collect: bool = False):
-    """Parse, checksum and validate the whole container (spec §4.8 steps 1-5).
+    """Parse, checksum and validate the whole container (spec §4.9 steps 1-11).
 
     Returns ``(preamble, header, errors)``: ``errors`` is empty unless ``collect`` is true, in which
     case semantic violations are gathered instead of raised (syntax errors are always raised:
@@ -152,7 +152,7 @@ def read_container(buffer, *, collect: bool = False):
     check_header_checksum(buffer, preamble)
     header = parse_header(buffer, preamble)
     report = Report(collect=collect)
-    validate_header(header, preamble.header_size, len(buffer), report)
+    validate_header(header, preamble.header_size, buffer, report)
     return preamble, header, report.errors
 
 

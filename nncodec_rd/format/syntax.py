@@ -270,7 +270,7 @@ UniformGrid = Struct(
     "steps" / Array(this.group_count, Float32l) * "Step of each group; finite and > 0.",
     "zero_points"
     / Array(lambda this: this.group_count if this.has_zero_point else 0, Int32sl)
-    * "Zero point (an index) of each group; present only if `has_zero_point` is 1.",
+    * "Zero point (an index) of each group: `group_count` values if `has_zero_point` is not 0, else none.",
 )
 
 CodebookGrid = Struct(
@@ -317,7 +317,7 @@ RansBody = Struct(
     "_limit_alphabet_size" / LimitCheck("alphabet_size", Limits.MAX_ALPHABET_SIZE),
     "tables" / Array(this.context_count, FrequencyTable) * "One frequency table per context, context 0 first.",
     "rows_per_chunk" / Int64ul * "Rows per chunk (the last chunk may have fewer); >= 1.",
-    "chunk_count" / Int32ul * "Number of chunks: ceil(rows / `rows_per_chunk`), or 0 if the tensor has no elements.",
+    "chunk_count" / Int32ul * "Number of chunks: ceil(rows / `rows_per_chunk`), or 0 if rows x `coded_row_length` is 0.",
     "_limit_chunk_count" / LimitCheck("chunk_count", Limits.MAX_CHUNK_COUNT),
     "chunks" / Array(this.chunk_count, PayloadRef) * "Entry-point table: where each chunk's payload lies.",
 )

@@ -12,6 +12,7 @@ import math
 
 from .constants import (
     DTYPE_SIZE_BYTES,
+    PREAMBLE_SIZE_BYTES,
     EXTENSION_KNOWN_FLAGS,
     EXTENSION_FLAG_REQUIRED,
     RECONSTRUCTION_DTYPES,
@@ -123,22 +124,20 @@ def check_tensor_shape(record, path: str, report: Report) -> bool:
     return ok
 
 
-def check_tensor_names(tensors, report: Report) -> None:
-    """Names are 1 ... 4096 bytes of UTF-8 and unique in the file."""
-    seen = set()
-    for position, record in enumerate(tensors):
-        field = f"header.tensors[{position}].name"
-        size = len(record.name.encode("utf-8"))
-        if size == 0:
-            report(_invalid("tensor name is empty", field, record._start))
-        elif size > Limits.MAX_NAME_LENGTH_BYTES:
-            report(LimitExceededError(f"name is {size} bytes; the limit is "
-                                      f"{Limits.MAX_NAME_LENGTH_BYTES}", field=field,
-                                      offset=record._start))
-        if record.name in seen:
-            report(_invalid(f"duplicate tensor name {record.name!r}", field, record._start,
-                            ErrorCode.DUPLICATE_NAME))
-        seen.add(record.name)
+def check_tensor_name(record, path: str, earlier_names: set, report: Report) -> None:
+    """The name is 1 ... 4096 bytes of UTF-8 and differs from every earlier tensor's name."""
+    field = path + ".name"
+    size = len(record.name.encode("utf-8"))
+    if size == 0:
+        report(_invalid("tensor name is empty", field, record._start))
+    elif size > Limits.MAX_NAME_LENGTH_BYTES:
+        report(LimitExceededError(f"name is {size} bytes; the limit is "
+                                  f"{Limits.MAX_NAME_LENGTH_BYTES}", field=field,
+                                  offset=record._start))
+    if record.name in earlier_names:
+        report(_invalid(f"duplicate tensor name {record.name!r}", field, record._start,
+                        ErrorCode.DUPLICATE_NAME))
+    earlier_names.add(record.name)
 
 
 def check_raw_body(record, path: str, report: Report) -> None:
@@ -200,12 +199,19 @@ def check_transform(record, body, position: int, tensors, path: str, report: Rep
             report(_invalid(f"coded_row_length {body.coded_row_length} != row length "
                             f"{geometry.row_length}", path + ".coded_row_length", offset))
         return
+    if body.coded_row_length > Limits.MAX_DIMENSION:
+        report(LimitExceededError(f"coded_row_length {body.coded_row_length} exceeds "
+                                  f"{Limits.MAX_DIMENSION}", field=path + ".coded_row_length",
+                                  offset=offset))
+        return
     target = body.transform_tensor
     field = path + ".transform_tensor"
     if target >= len(tensors) or target == position:
         report(_invalid(f"transform_tensor {target} does not name another tensor", field, offset,
                         ErrorCode.INVALID_REFERENCE))
         return
+    # spec §6.4: judged on the referenced record's field values alone; the referenced tensor's
+    # own faults are reported when its record is checked.
     matrix = tensors[target]
     problems = []
     if matrix.dtype != TensorDtype.FLOAT32:
@@ -215,7 +221,9 @@ def check_transform(record, body, position: int, tensors, path: str, report: Rep
     elif (matrix.shape[0] != body.coded_row_length or matrix.shape[1] != geometry.row_length):
         problems.append(f"has shape {list(matrix.shape)}, needs "
                         f"[{body.coded_row_length}, {geometry.row_length}]")
-    if matrix.coding == Coding.RANS and getattr(matrix.body, "transform_kind", 0) != TransformKind.NONE:
+    if matrix.coding not in (Coding.RAW, Coding.RANS):
+        problems.append("has an unknown coding")
+    elif matrix.coding == Coding.RANS and matrix.body.transform_kind != TransformKind.NONE:
         problems.append("has a transform itself")
     if problems:
         report(_invalid(f"transform tensor {matrix.name!r} " + "; ".join(problems), field, offset,
@@ -250,14 +258,15 @@ def check_entropy_parameters(body, path: str, report: Report) -> None:
                                   offset=offset))
     if body.alphabet_size == 0:
         report(_invalid("alphabet_size is 0", path + ".alphabet_size", offset))
+    if not _in_index_range(body.context_center):
+        report(_invalid(f"context_center {body.context_center} outside +-{Limits.MAX_ABS_INDEX}",
+                        path + ".context_center", offset))
+    # The largest direct index; with no direct symbol only index_offset itself is checked.
     direct = body.alphabet_size - (1 if body.escape_mode == EscapeMode.LAST_SYMBOL else 0)
     last = body.index_offset + max(direct, 1) - 1
     if not (_in_index_range(body.index_offset) and _in_index_range(last)):
         report(_invalid(f"direct indices {body.index_offset} ... {last} outside "
                         f"+-{Limits.MAX_ABS_INDEX}", path + ".index_offset", offset))
-    if not _in_index_range(body.context_center):
-        report(_invalid(f"context_center {body.context_center} outside +-{Limits.MAX_ABS_INDEX}",
-                        path + ".context_center", offset))
 
 
 def check_frequency_tables(body, path: str, report: Report) -> None:
@@ -316,9 +325,11 @@ def check_rans_body(record, position: int, tensors, path: str, report: Report) -
     check_chunking(body, geometry.rows, body_path, report)
 
 
-def check_tensor_record(record, position: int, tensors, report: Report) -> None:
-    """All rules for one tensor record (spec §5.2-§5.4)."""
+def check_tensor_record(record, position: int, tensors, earlier_names: set,
+                        report: Report) -> None:
+    """All rules for one tensor record, in the order of spec §4.9."""
     path = f"header.tensors[{position}]"
+    check_tensor_name(record, path, earlier_names, report)
     if not isinstance(record.dtype, TensorDtype):
         report(UnsupportedFeatureError(f"unknown dtype {record.dtype}", field=path + ".dtype",
                                        offset=record._start))
@@ -353,11 +364,13 @@ def payload_refs(header):
     return refs
 
 
-def check_layout(header, header_size: int, file_size: int, report: Report) -> None:
-    """Payloads lie inside the file, in declaration order, each at the first 64-byte-aligned offset
-    after the previous one, and the file ends exactly where the last payload ends."""
+def check_layout(header, header_size: int, buffer, report: Report) -> None:
+    """spec §4.7, in the order of §4.9 step 11: for each payload in order, its offset is canonical,
+    it lies within the file, and the padding before it is zero; then nothing follows the last."""
+    file_size = len(buffer)
     refs = payload_refs(header)
     expected_offsets, expected_end = canonical_offsets(header_size, [ref.size for _, ref in refs])
+    previous_end = PREAMBLE_SIZE_BYTES + header_size
     for (field, ref), expected in zip(refs, expected_offsets):
         if ref.offset != expected:
             report(FormatError(f"payload offset {ref.offset} != {expected}: payloads must follow "
@@ -370,16 +383,22 @@ def check_layout(header, header_size: int, file_size: int, report: Report) -> No
                                   f"file has {file_size}", field=field, offset=file_size,
                                   needed=ref.offset + ref.size))
             return
+        padding = bytes(buffer[previous_end:ref.offset])
+        if padding.strip(b"\0"):
+            bad = previous_end + len(padding) - len(padding.lstrip(b"\0"))
+            report(FormatError("padding byte is not zero", field=field, offset=bad,
+                               code=ErrorCode.NONZERO_PADDING))
+        previous_end = ref.offset + ref.size
     if file_size > expected_end:
         report(FormatError(f"{file_size - expected_end} bytes after the last payload",
                            field="file", offset=expected_end, code=ErrorCode.TRAILING_BYTES))
 
 
-def validate_header(header, header_size: int, file_size: int, report: Report) -> None:
-    """Every semantic rule of the header and of the payload layout."""
+def validate_header(header, header_size: int, buffer, report: Report) -> None:
+    """spec §4.9 steps 10 and 11: every semantic rule of the header, then the payload layout."""
     check_metadata(header.metadata, "header.metadata", None, report)
-    check_tensor_names(header.tensors, report)
+    earlier_names: set = set()
     for position, record in enumerate(header.tensors):
-        check_tensor_record(record, position, header.tensors, report)
+        check_tensor_record(record, position, header.tensors, earlier_names, report)
     check_extensions(header.extensions, "header.extensions", report)
-    check_layout(header, header_size, file_size, report)
+    check_layout(header, header_size, buffer, report)
