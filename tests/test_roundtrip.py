@@ -112,3 +112,20 @@ def test_encoding_is_deterministic(tmp_path, rng):
     save_file(tensors, tmp_path / "a.nrd")
     save_file(tensors, tmp_path / "b.nrd")
     assert (tmp_path / "a.nrd").read_bytes() == (tmp_path / "b.nrd").read_bytes()
+
+
+def test_grids_too_large_for_a_value_table_decode_the_same(tmp_path, rng, monkeypatch):
+    """Per-row steps with a large alphabet skip the decoder's value table; same bytes either way."""
+    from nncodec_rd.decoder import kernels
+
+    indices = rng.integers(-3000, 3000, size=(600, 40))
+    indices[5, 5] = 20000  # escaped
+    grid = UniformGrid(rng.uniform(0.001, 1.0, size=600).astype(np.float32), rows_per_group=1)
+    path = tmp_path / "big.nrd"
+    with NrdWriter(path) as writer:
+        writer.add_indices("w", indices, grid, "bfloat16",
+                           settings=EntropySettings(max_alphabet_size=4096, symbols_per_chunk=5000))
+    expected = reference_values(indices, grid).astype(ml_dtypes.bfloat16)
+    assert 600 * 4096 > kernels.MAX_VALUE_TABLE_ENTRIES
+    with safe_open(path) as handle:
+        assert handle.get_tensor("w").tobytes() == expected.tobytes()

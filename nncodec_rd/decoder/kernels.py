@@ -83,31 +83,99 @@ def float32_bits_to_bfloat16_bits(bits):
     return np.uint16((np.uint64(bits) + np.uint64(rounding)) >> np.uint64(16))
 
 
+# A slot-table entry packs what one decoding step needs into one 64-bit load:
+# bits 0-16 the symbol's frequency, bits 17-33 the slot's offset from the symbol's start,
+# bits 34 and up the symbol.
+_FIELD_MASK = np.uint64(0x1FFFF)
+# Largest value table (groups x alphabet) built; beyond it values are computed per symbol.
+MAX_VALUE_TABLE_ENTRIES = 1 << 20
+_BIAS_SHIFT = np.uint64(17)
+_SYMBOL_SHIFT = np.uint64(34)
+
+
 @njit(cache=True)
-def build_slot_tables(frequencies, precision_bits):
-    """For each context: the symbol owning each of the 2^precision slots, and cumulative starts."""
+def build_slot_table(frequencies, precision_bits):
+    """The packed slot table of every context, contexts one after another (spec §7.4): entry
+    ``context * 2^n + slot`` describes the symbol that owns ``slot`` in that context."""
     context_count, alphabet_size = frequencies.shape
     slot_count = 1 << precision_bits
-    slot_symbol = np.zeros((context_count, slot_count), dtype=np.int32)
-    starts = np.zeros((context_count, alphabet_size), dtype=np.int64)
+    table = np.zeros(context_count * slot_count, dtype=np.uint64)
     for context in range(context_count):
         start = 0
         for symbol in range(alphabet_size):
-            starts[context, symbol] = start
-            for slot in range(start, start + frequencies[context, symbol]):
-                slot_symbol[context, slot] = symbol
-            start += frequencies[context, symbol]
-    return slot_symbol, starts
+            frequency = frequencies[context, symbol]
+            for slot in range(start, start + frequency):
+                table[context * slot_count + slot] = (np.uint64(frequency)
+                                                      | (np.uint64(slot - start) << _BIAS_SHIFT)
+                                                      | (np.uint64(symbol) << _SYMBOL_SHIFT))
+            start += frequency
+    return table
+
+
+@njit(cache=True)
+def uniform_value(step, index, zero_point):
+    """spec §6.1: RN32(step x f32(index - zero_point)); the difference is exact in binary32."""
+    return step * np.float32(index - zero_point)
+
+
+@njit(cache=True)
+def build_value_tables(alphabet_size, index_offset, grid_kind, group_count, steps, zero_points,
+                       codebook, codebook_first, output_kind):
+    """Reconstructed value of every direct symbol in every group, as float32 and as the output's
+    16-bit pattern, and which symbols fall outside a codebook. Each entry is computed exactly as
+    spec §6.1/§6.2 define it, so looking it up gives the same bits as computing it."""
+    invalid = np.zeros(alphabet_size, dtype=np.uint8)
+    if group_count * alphabet_size > MAX_VALUE_TABLE_ENTRIES:
+        # Too large to be worth it: the kernel computes each value from its index instead.
+        return np.zeros(0, np.float32), np.zeros(0, np.uint16), invalid
+    values = np.zeros(group_count * alphabet_size, dtype=np.float32)
+    for group in range(group_count):
+        for symbol in range(alphabet_size):
+            index = np.int64(symbol) + index_offset
+            if grid_kind == GRID_UNIFORM:
+                values[group * alphabet_size + symbol] = uniform_value(steps[group], index,
+                                                                       zero_points[group])
+            else:
+                entry = index - codebook_first
+                if entry < 0 or entry >= len(codebook):
+                    invalid[symbol] = 1
+                else:
+                    values[group * alphabet_size + symbol] = codebook[entry]
+    bits16 = np.zeros(len(values) if output_kind >= OUTPUT_FLOAT16 else 0, dtype=np.uint16)
+    if output_kind >= OUTPUT_FLOAT16:
+        bits = values.view(np.uint32)
+        for i in range(len(values)):
+            if output_kind == OUTPUT_FLOAT16:
+                bits16[i] = float32_bits_to_float16_bits(bits[i])
+            else:
+                bits16[i] = float32_bits_to_bfloat16_bits(bits[i])
+    return values, bits16, invalid
+
+
+@njit(cache=True)
+def contexts_of_symbols(alphabet_size, index_offset, context_model, context_count,
+                        context_center, escape_symbol):
+    """spec §7.4: the context that follows each direct symbol (the escape symbol's depends on
+    the escaped index and is computed when it occurs)."""
+    contexts = np.zeros(alphabet_size, dtype=np.int64)
+    if context_model == 1:
+        for symbol in range(alphabet_size):
+            if symbol == escape_symbol:
+                continue
+            distance = abs(np.int64(symbol) + index_offset - context_center)
+            contexts[symbol] = min(distance, context_count - 1)
+    return contexts
 
 
 @njit(cache=True)
 def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
                       lane_count, precision_bits, context_model, context_count, context_center,
-                      escape_symbol, index_offset, frequencies, slot_symbol, starts,
-                      grid_kind, rows_per_group, steps, zero_points, codebook, codebook_first,
-                      output_kind, out_index, out_f32, out_u16, out_start, scratch, states,
-                      errors, chunk_number):
+                      escape_symbol, index_offset, slot_table, symbol_contexts, grid_kind,
+                      rows_per_group, steps, zero_points, codebook, codebook_first, values32,
+                      values16, invalid_symbols, output_kind, out_index, out_f32, out_u16,
+                      out_start, states, errors, chunk_number):
     end = chunk_offset + chunk_size
+    # spec §7.3: the chunk's fixed part, in the order the spec gives.
     if chunk_size < 4:
         errors[chunk_number, 0] = STREAM_TRUNCATED
         errors[chunk_number, 1] = chunk_offset
@@ -119,7 +187,6 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
         errors[chunk_number, 0] = STREAM_TRUNCATED
         errors[chunk_number, 1] = chunk_offset
         return
-    # spec §7.3 then §7.6: the word area's size is checked before the lane states.
     if (end - position - 4 * lane_count) % 2 != 0:
         errors[chunk_number, 0] = STREAM_TRAILING_DATA
         errors[chunk_number, 1] = end - 1
@@ -132,78 +199,105 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
             return
         states[lane] = state
         position += 4
-    mask = np.uint64((1 << precision_bits) - 1)
+    alphabet_size = len(symbol_contexts)
+    one_value = np.zeros(1, dtype=np.float32)
+    one_bits = one_value.view(np.uint32)
+    slot_mask = np.uint64((1 << precision_bits) - 1)
     shift = np.uint64(precision_bits)
-    previous = np.int64(context_center)
+    check_codebook = grid_kind == GRID_CODEBOOK
+    use_value_table = len(values32) > 0 or alphabet_size == 0
     escapes_used = 0
     lane = 0
     row = first_row
-    column = 0
-    group = 0
-    if grid_kind == GRID_UNIFORM and rows_per_group > 0:
-        group = row // rows_per_group
-    for i in range(symbol_count):
-        context = 0
-        if context_model == 1:
-            distance = previous - context_center
-            if distance < 0:
-                distance = -distance
-            context = distance if distance < context_count - 1 else context_count - 1
-        state = states[lane]
-        slot = state & mask
-        symbol = slot_symbol[context, slot]
-        state = np.uint64(frequencies[context, symbol]) * (state >> shift) + slot \
-            - np.uint64(starts[context, symbol])
-        if state < STATE_LOWER_BOUND:
-            if position + 2 > end:
+    group = row // rows_per_group if rows_per_group > 0 else 0
+    value_base = group * alphabet_size
+    context_base = 0  # spec §7.4: the first symbol's previous index is context_center: context 0
+    last_word = end - 2  # reads are clamped here; a read past the end is caught just after
+    rows_in_chunk = symbol_count // row_length if row_length > 0 else 0
+    i = 0
+    for _ in range(rows_in_chunk):
+        for _ in range(row_length):
+            # spec §7.6: one decoding step of lane i mod lane_count.
+            state = states[lane]
+            entry = slot_table[context_base + (state & slot_mask)]
+            state = (entry & _FIELD_MASK) * (state >> shift) + ((entry >> _BIAS_SHIFT) & _FIELD_MASK)
+            symbol = np.int64(entry >> _SYMBOL_SHIFT)
+            # Renormalize without a branch: the word is read (from a clamped position) and used
+            # only if the state fell below 2^16.
+            need = state < STATE_LOWER_BOUND
+            read_at = min(position, last_word)
+            word = np.uint64(buffer[read_at]) | (np.uint64(buffer[read_at + 1]) << np.uint64(8))
+            if need:
+                state = (state << np.uint64(16)) | word
+            states[lane] = state
+            position += 2 * np.int64(need)
+            if position > end:
                 errors[chunk_number, 0] = STREAM_TRUNCATED
                 errors[chunk_number, 1] = end
                 return
-            state = (state << np.uint64(16)) | (np.uint64(buffer[position])
-                                                | (np.uint64(buffer[position + 1]) << np.uint64(8)))
-            position += 2
-        states[lane] = state
-        lane += 1
-        if lane == lane_count:
-            lane = 0
-        if symbol == escape_symbol:
-            if escapes_used >= escape_count:
-                errors[chunk_number, 0] = ESCAPE_MISMATCH
-                errors[chunk_number, 1] = chunk_offset
-                return
-            index = np.int64(np.int32(_read_u32(buffer, escape_position + 4 * escapes_used)))
-            escapes_used += 1
-            if (index >= index_offset and index < index_offset + escape_symbol) \
-                    or index > MAX_ABS_INDEX or index < -MAX_ABS_INDEX:
-                errors[chunk_number, 0] = ESCAPE_MISMATCH
-                errors[chunk_number, 1] = escape_position + 4 * (escapes_used - 1)
-                return
-        else:
-            index = np.int64(symbol) + index_offset
-        previous = index
-        if output_kind == OUTPUT_INDEX:
-            out_index[out_start + i] = index
-        else:
-            if grid_kind == GRID_UNIFORM:
-                difference = index - zero_points[group]
-                value = steps[group] * np.float32(difference)
+            lane += 1
+            if lane == lane_count:
+                lane = 0
+            target = out_start + i
+            i += 1
+            if symbol != escape_symbol:
+                if context_model == 1:
+                    context_base = symbol_contexts[symbol] << precision_bits
+                if use_value_table:
+                    if check_codebook and invalid_symbols[symbol]:
+                        errors[chunk_number, 0] = INDEX_OUT_OF_RANGE
+                        errors[chunk_number, 1] = chunk_offset
+                        return
+                    if output_kind == OUTPUT_FLOAT32:
+                        out_f32[target] = values32[value_base + symbol]
+                    elif output_kind == OUTPUT_INDEX:
+                        out_index[target] = symbol + index_offset
+                    else:
+                        out_u16[target] = values16[value_base + symbol]
+                    continue
+                index = symbol + index_offset
             else:
-                entry = index - codebook_first
-                if entry < 0 or entry >= len(codebook):
+                # spec §7.5: an escape takes the chunk's next escaped index.
+                if escapes_used >= escape_count:
+                    errors[chunk_number, 0] = ESCAPE_MISMATCH
+                    errors[chunk_number, 1] = chunk_offset
+                    return
+                index = np.int64(np.int32(_read_u32(buffer, escape_position + 4 * escapes_used)))
+                escapes_used += 1
+                if (index >= index_offset and index < index_offset + escape_symbol) \
+                        or index > MAX_ABS_INDEX or index < -MAX_ABS_INDEX:
+                    errors[chunk_number, 0] = ESCAPE_MISMATCH
+                    errors[chunk_number, 1] = escape_position + 4 * (escapes_used - 1)
+                    return
+                if context_model == 1:
+                    distance = abs(index - context_center)
+                    context_base = min(distance, context_count - 1) << precision_bits
+            # The value computed from the index (escapes, and grids too large for a table).
+            if output_kind == OUTPUT_INDEX:
+                out_index[target] = index
+                continue
+            if grid_kind == GRID_UNIFORM:
+                value = uniform_value(steps[group], index, zero_points[group])
+            else:
+                entry_index = index - codebook_first
+                if entry_index < 0 or entry_index >= len(codebook):
                     errors[chunk_number, 0] = INDEX_OUT_OF_RANGE
                     errors[chunk_number, 1] = chunk_offset
                     return
-                value = codebook[entry]
+                value = codebook[entry_index]
             if output_kind == OUTPUT_FLOAT32:
-                out_f32[out_start + i] = value
+                out_f32[target] = value
             else:
-                scratch[i] = value
-        column += 1
-        if column == row_length:
-            column = 0
-            row += 1
-            if grid_kind == GRID_UNIFORM and rows_per_group > 0:
-                group = row // rows_per_group
+                one_value[0] = value
+                if output_kind == OUTPUT_FLOAT16:
+                    out_u16[target] = float32_bits_to_float16_bits(one_bits[0])
+                else:
+                    out_u16[target] = float32_bits_to_bfloat16_bits(one_bits[0])
+        row += 1
+        if rows_per_group > 0 and row % rows_per_group == 0:
+            group += 1
+            value_base = group * alphabet_size
+    # spec §7.7: the end of the chunk.
     if position != end:
         errors[chunk_number, 0] = STREAM_TRAILING_DATA
         errors[chunk_number, 1] = position
@@ -216,36 +310,26 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
     if escapes_used != escape_count:
         errors[chunk_number, 0] = ESCAPE_MISMATCH
         errors[chunk_number, 1] = chunk_offset
-        return
-    if output_kind == OUTPUT_FLOAT16 or output_kind == OUTPUT_BFLOAT16:
-        bits = scratch[:symbol_count].view(np.uint32)
-        for i in range(symbol_count):
-            if output_kind == OUTPUT_FLOAT16:
-                out_u16[out_start + i] = float32_bits_to_float16_bits(bits[i])
-            else:
-                out_u16[out_start + i] = float32_bits_to_bfloat16_bits(bits[i])
 
 
 @njit(cache=True, parallel=True)
 def decode_chunks(buffer, chunk_offsets, chunk_sizes, chunk_first_rows, chunk_symbol_counts,
                   chunk_out_starts, row_length, lane_count, precision_bits, context_model,
-                  context_count, context_center, escape_symbol, index_offset, frequencies,
-                  slot_symbol, starts, grid_kind, rows_per_group, steps, zero_points, codebook,
-                  codebook_first, output_kind, out_index, out_f32, out_u16, errors):
-    """Decode independent chunks in parallel into the output arrays (one is used, per
-    ``output_kind``). ``errors[k] = (code, byte offset)`` for chunk k; code 0 means success."""
-    chunk_total = len(chunk_offsets)
-    for k in prange(chunk_total):
+                  context_count, context_center, escape_symbol, index_offset, slot_table,
+                  symbol_contexts, grid_kind, rows_per_group, steps, zero_points, codebook,
+                  codebook_first, values32, values16, invalid_symbols, output_kind, out_index,
+                  out_f32, out_u16, errors):
+    """Decode independent chunks in parallel into the output array that ``output_kind`` selects.
+    ``errors[k] = (code, byte offset)`` for chunk k; code 0 means success."""
+    for k in prange(len(chunk_offsets)):
         states = np.empty(lane_count, dtype=np.uint64)
-        scratch_size = chunk_symbol_counts[k] if output_kind >= OUTPUT_FLOAT16 else 0
-        scratch = np.empty(scratch_size, dtype=np.float32)
         _decode_one_chunk(buffer, chunk_offsets[k], chunk_sizes[k], chunk_symbol_counts[k],
                           chunk_first_rows[k], row_length, lane_count, precision_bits,
                           context_model, context_count, context_center, escape_symbol,
-                          index_offset, frequencies, slot_symbol, starts, grid_kind,
-                          rows_per_group, steps, zero_points, codebook, codebook_first,
-                          output_kind, out_index, out_f32, out_u16, chunk_out_starts[k], scratch,
-                          states, errors, k)
+                          index_offset, slot_table, symbol_contexts, grid_kind, rows_per_group,
+                          steps, zero_points, codebook, codebook_first, values32, values16,
+                          invalid_symbols, output_kind, out_index, out_f32, out_u16,
+                          chunk_out_starts[k], states, errors, k)
 
 
 @njit(cache=True, parallel=True)

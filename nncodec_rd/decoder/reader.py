@@ -303,18 +303,25 @@ class NrdFile:
         out_starts = np.array([extents[k].first_symbol - base_symbol for k in selected], np.int64)
         frequencies = np.array([table.frequencies for table in body.tables], dtype=np.int64)
         frequencies = frequencies.reshape(body.context_count, body.alphabet_size)
-        slot_symbol, starts = kernels.build_slot_tables(frequencies, body.precision_bits)
+        slot_table = kernels.build_slot_table(frequencies, body.precision_bits)
+        escape_symbol = body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL else -1
+        symbol_contexts = kernels.contexts_of_symbols(body.alphabet_size, body.index_offset,
+                                                      int(body.context_model), body.context_count,
+                                                      body.context_center, escape_symbol)
         if body.grid_kind == GridKind.UNIFORM:
             grid = body.grid
             steps = np.array(grid.steps, dtype=np.float32)
             zero_points = (np.array(grid.zero_points, dtype=np.int64) if grid.has_zero_point
                            else np.zeros(grid.group_count, dtype=np.int64))
-            codebook, codebook_first, rows_per_group = np.zeros(0, np.float32), 0, grid.rows_per_group
+            codebook, codebook_first = np.zeros(0, np.float32), 0
+            rows_per_group, group_count = grid.rows_per_group, grid.group_count
         else:
             steps, zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
             codebook = np.array(body.grid.codebook_values, dtype=np.float32)
-            codebook_first, rows_per_group = body.grid.first_index, 0
-        escape_symbol = body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL else -1
+            codebook_first, rows_per_group, group_count = body.grid.first_index, 0, 1
+        values32, values16, invalid_symbols = kernels.build_value_tables(
+            body.alphabet_size, body.index_offset, int(body.grid_kind), group_count, steps,
+            zero_points, codebook, codebook_first, output_kind)
         out_index = np.empty(total if output_kind == kernels.OUTPUT_INDEX else 0, np.int32)
         out_f32 = np.empty(total if output_kind == kernels.OUTPUT_FLOAT32 else 0, np.float32)
         out_u16 = np.empty(total if output_kind >= kernels.OUTPUT_FLOAT16 else 0, np.uint16)
@@ -323,9 +330,10 @@ class NrdFile:
         kernels.decode_chunks(self._buffer, offsets, sizes, first_rows, counts, out_starts,
                               row_length, body.lane_count, body.precision_bits,
                               int(body.context_model), body.context_count, body.context_center,
-                              escape_symbol, body.index_offset, frequencies, slot_symbol, starts,
+                              escape_symbol, body.index_offset, slot_table, symbol_contexts,
                               int(body.grid_kind), rows_per_group, steps, zero_points, codebook,
-                              codebook_first, output_kind, out_index, out_f32, out_u16, errors)
+                              codebook_first, values32, values16, invalid_symbols, output_kind,
+                              out_index, out_f32, out_u16, errors)
         failed = np.flatnonzero(errors[:, 0])
         if len(failed):
             k = int(failed[0])

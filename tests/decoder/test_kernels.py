@@ -49,9 +49,31 @@ def test_bfloat16_conversion_matches_ml_dtypes(rng):
     assert np.all(ours[~finite] == 0x7FC0)
 
 
-def test_slot_tables_give_each_symbol_its_frequency():
+def test_slot_table_entries_hold_frequency_offset_and_symbol():
     frequencies = np.array([[3, 0, 8, 5], [16, 0, 0, 0]], dtype=np.int64)
-    slot_symbol, starts = kernels.build_slot_tables(frequencies, 4)
-    assert slot_symbol[0].tolist() == [0] * 3 + [2] * 8 + [3] * 5
-    assert slot_symbol[1].tolist() == [0] * 16
-    assert starts[0].tolist() == [0, 3, 3, 11]
+    table = kernels.build_slot_table(frequencies, 4)
+    symbols = (table >> np.uint64(34)).astype(int)
+    assert symbols[:16].tolist() == [0] * 3 + [2] * 8 + [3] * 5
+    assert symbols[16:].tolist() == [0] * 16
+    assert (table[:16] & np.uint64(0x1FFFF)).astype(int).tolist() == [3] * 3 + [8] * 8 + [5] * 5
+    offsets = ((table[:16] >> np.uint64(17)) & np.uint64(0x1FFFF)).astype(int).tolist()
+    assert offsets == [0, 1, 2] + list(range(8)) + list(range(5))
+
+
+def test_value_tables_equal_the_spec_arithmetic():
+    steps = np.array([0.1, 3.0e38], dtype=np.float32)
+    zero_points = np.array([2, -1], dtype=np.int64)
+    values, bits16, invalid = kernels.build_value_tables(
+        5, -2, kernels.GRID_UNIFORM, 2, steps, zero_points, np.zeros(0, np.float32), 0,
+        kernels.OUTPUT_FLOAT16)
+    indices = np.arange(5) - 2
+    expected = np.concatenate([steps[0] * (indices - 2).astype(np.float32),
+                               steps[1] * (indices + 1).astype(np.float32)])
+    assert values.tobytes() == expected.astype(np.float32).tobytes()
+    with np.errstate(over="ignore"):
+        assert np.array_equal(bits16, expected.astype(np.float32).astype(np.float16).view(np.uint16))
+    assert not invalid.any()
+    _, _, invalid = kernels.build_value_tables(4, 0, kernels.GRID_CODEBOOK, 1, steps, zero_points,
+                                               np.array([1, 2], np.float32), 1,
+                                               kernels.OUTPUT_FLOAT32)
+    assert invalid.tolist() == [1, 0, 0, 1]
