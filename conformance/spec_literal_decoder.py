@@ -51,6 +51,12 @@ from dataclasses import dataclass, field
 # §1.3 also lets a decoder decode a subset of tensors (decode_indices does),
 # but "MUST check the whole preamble and header" -- so decode_indices runs
 # every header step of §4.8 (1 to 11) before decoding the chosen tensor.
+#
+# Which code is reported: §1.3 leaves it open for files with several faults,
+# but §4.9 fixes it where "one fault breaks several rules": "the first rule in
+# this order decides the code".  This decoder applies the rules in exactly
+# the order of §4.8 steps 1-12 and §4.9 and stops at the first that fails, so
+# it reports the first broken rule in that order for every file.
 
 
 # =============================================================================
@@ -127,19 +133,19 @@ class Reader:
                 return value
         raise SpecError("invalid_value", path, start, "varint is longer than 3 bytes")
 
-    def string(self, path, limit):
+    def string(self, path):
         """A `string (u16 size)` field (spec §2.1, §2.3); returns its bytes.
 
-        The size is a count and is checked against `limit` (section 9) as soon
-        as it is read, before the bytes (spec §4.8 step 9)."""
+        spec §4.8 step 9 checks ill-formed UTF-8 while parsing, but the
+        string lengths (tensor name, metadata key) are not among the counts
+        step 9 limits: their limits are step-10 rules (spec §4.9 items 1 and
+        2.1), checked by check_tensor_record / check_metadata_block."""
         size = self.int("u16", f"{path} (size)")
-        if limit is not None and size > limit:
-            raise SpecError("limit_exceeded", f"{path} (size)", self.pos - 2,
-                            f"{size} bytes exceeds the limit of {limit} bytes (§9)")
         at = self.pos
         raw = self.take(size, path)
-        # spec §2.3 "Strings are UTF-8 without a terminator, and MUST be valid
-        # UTF-8 (invalid_value otherwise)."
+        # spec §2.3 "Strings are UTF-8 without a terminator, and MUST be
+        # well-formed UTF-8 as defined by RFC 3629 ... (invalid_value
+        # otherwise). Any code point is allowed, U+0000 included."
         check_utf8(raw, path, at)
         return raw
 
@@ -149,7 +155,12 @@ class Reader:
         size = self.int("u32", f"{path} (size)")
         at = self.pos
         if size > self.end - self.pos:
-            # The stated size itself runs past the enclosing region.
+            # spec §2.1 "The stated size itself is read from the enclosing
+            # region: if the bytes it announces run past the end of the
+            # Header, the error is the Header's, header_size_mismatch
+            # (section 4.3); if they run past the end of an enclosing sized
+            # field, it is that field's, invalid_value."  That is this
+            # (enclosing) Reader's overrun_error.
             raise SpecError(self.overrun_error, f"{path} (size)", at - 4,
                             f"sized field of {size} bytes runs past the end of {self.region_name}")
         self.fields.setdefault(path, at)
@@ -166,9 +177,14 @@ class Reader:
 
 
 def check_utf8(raw, path, at):
-    # spec §2.3 Text.  Python's strict UTF-8 decoder rejects overlong forms,
-    # surrogates (U+D800..U+DFFF) and code points above U+10FFFF, i.e. it
-    # accepts exactly the UTF-8 of RFC 3629 / Unicode.
+    # spec §2.3 Text: "well-formed UTF-8 as defined by RFC 3629 (no overlong
+    # forms, no surrogate code points U+D800 to U+DFFF, nothing above
+    # U+10FFFF; invalid_value otherwise)".  Python's strict UTF-8 decoder
+    # rejects exactly these (and truncated / stray continuation bytes), i.e.
+    # it accepts exactly the UTF-8 of RFC 3629; it accepts U+0000 ("Any code
+    # point is allowed, U+0000 included").  The decoded text is not kept:
+    # "Tensor names and metadata keys are compared byte for byte; no
+    # normalization is applied" -- names and keys stay `bytes` throughout.
     try:
         raw.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
@@ -176,6 +192,11 @@ def check_utf8(raw, path, at):
 
 
 # spec §2.4 Notation: "ceil(a / b) is integer division rounding up".
+# "All integer arithmetic in this document is exact, on mathematical integers
+# (no wrap-around)."  Python integers are exact, so every product and sum
+# below is computed as the spec states it; where §2.4 prescribes a
+# fixed-width-safe form (element_count, offset + size) that form is written
+# out anyway, so that this file also shows how to do it in 64 bits.
 def ceil_div(a, b):
     return -((-a) // b)
 
@@ -306,9 +327,14 @@ def check_enum(value, enum, path, hdr):
 
 
 def check_extensions(exts, hdr):
-    # spec §3.4 / §4.5: for each extension of a list.
+    # spec §4.9 item 2.7 (and item 3 for the file's list): "the record's
+    # extensions, each: reserved flag bits (reserved_value), then required and
+    # unknown (unsupported_feature)" -- i.e. extension by extension, both
+    # rules for one extension before the next extension.
     for ext in exts:
-        # spec §4.5 extension_flags: "bits 1-15 reserved, MUST be 0"; §2.5.
+        # spec §3.4 "Bits 1 to 15 of extension_flags are reserved, and are
+        # checked (reserved_value) before the required bit, for every
+        # extension, skipped ones included."  (§4.5, §2.5.)
         check_reserved(ext.flags & 0xFFFE, f"{ext.path}.extension_flags", hdr)
         if ext.type not in KNOWN_EXTENSION_TYPES:
             # spec §3.4: unknown type with bit 0 (required) set: "MUST reject
@@ -354,10 +380,9 @@ class Header:
 
 def read_preamble(data):
     """spec §4.8 steps 1 to 8."""
-    # spec §4.8 step 1: "If the file has fewer than 32 bytes: if its bytes
-    # equal the start of the magic (an empty file included), truncated; else
-    # bad_magic."  (Read here as: the bytes the file has of the magic's
-    # position agree with the magic -- see /tmp/spec_questions.md.)
+    # spec §4.8 step 1: "If the file has fewer than 32 bytes: if its first
+    # min(length, 8) bytes equal the first min(length, 8) bytes of the magic
+    # (an empty file included), truncated; else bad_magic."
     if len(data) < PREAMBLE_SIZE:
         n = min(len(data), len(MAGIC))
         if data[:n] == MAGIC[:n]:
@@ -401,13 +426,20 @@ def read_preamble(data):
 
 
 def parse_header(data, pre):
-    """spec §4.8 step 9: parse the Header (sections 4.3 to 5.6).
+    """spec §4.8 step 9: "Parse the Header (sections 4.3 to 5.6), syntax only.
+    While parsing, a decoder detects: regions overrun or not filled
+    (header_size_mismatch at Header level, invalid_value inside a sized field,
+    section 2.1); non-minimal or over-long varints and ill-formed UTF-8
+    (invalid_value); and these counts above their limits of section 9, checked
+    as soon as each is read and before anything it counts (limit_exceeded):
+    entry_count, extension_count, tensor_count, rank, group_count,
+    codebook_size, lane_count, context_count, alphabet_size, chunk_count.
+    Nothing else is judged in this step: an unknown enumeration value does
+    not stop the parse (every structure it selects is a sized field)."
 
-    Only syntax is checked here: region overruns and left-over bytes
-    (header_size_mismatch / invalid_value), varint and UTF-8 form (§2), the
-    limits of section 9 (checked as soon as each count is read, before the
-    array it counts), and has_zero_point (it decides the grid's layout).
-    Everything else is a semantic rule, applied in step 10."""
+    So the parse below raises only those errors; every other rule (name and
+    key lengths, dimensions, element_count, precision_bits, has_zero_point,
+    enumerations, ...) is applied in step 10 (check_semantics)."""
     fields = {}
     hdr = Header(data, pre, fields)
     r = Reader(data, PREAMBLE_SIZE, PREAMBLE_SIZE + pre.header_size,
@@ -466,8 +498,13 @@ def payload_list(hdr):
 
 
 def check_layout(hdr):
-    """spec §4.7 Layout, alignment and padding (spec §4.8 step 11)."""
+    """spec §4.7 Layout, alignment and padding (spec §4.8 step 11), in the
+    order of spec §4.9: "Step 11 checks, for each payload of the payload list
+    in order: its offset (payload_layout), that it lies within the file
+    (truncated), that the padding before it is zero (nonzero_padding); then
+    bytes after the end (trailing_bytes)." """
     data = hdr.data
+    F = len(data)
     # 1. "Let end = 32 + header_size."
     end = PREAMBLE_SIZE + hdr.preamble.header_size
     for ref in payload_list(hdr):
@@ -477,7 +514,9 @@ def check_layout(hdr):
             hdr.fail("payload_layout", f"{ref.path}.offset",
                      f"payload at offset {ref.offset}, canonical offset is {expected}")
         # 2. "Every payload MUST lie within the file (truncated otherwise)."
-        if ref.offset + ref.size > len(data):
+        # spec §2.4: "test size > F or offset > F - size instead of computing
+        # the sum" (the same answer as offset + size > F, without overflow).
+        if ref.size > F or ref.offset > F - ref.size:
             hdr.fail("truncated", f"{ref.path}.size",
                      f"payload [{ref.offset}, {ref.offset + ref.size}) runs past the end of the "
                      f"{len(data)}-byte file")
@@ -508,15 +547,24 @@ def read_file_header(data):
 
 
 def check_semantics(hdr):
-    """spec §4.8 step 10: "Apply the semantic rules of sections 5 to 7 to
-    every record (the errors each names)."  Records are checked in file
-    order -- the file metadata, each tensor record, the file extensions --
-    and the rules of a record in the order of its fields."""
-    check_metadata_block(hdr.metadata, hdr)
+    """spec §4.8 step 10: "Apply the semantic rules of sections 5 to 7 in the
+    order of section 4.9."
+
+    spec §4.9: "where one fault breaks several rules the first rule in this
+    order decides the code. Step 10 checks, in order:
+      1. the file's metadata block, entry by entry ...;
+      2. each tensor record in file order, its rules in this order: ...;
+      3. the file's extensions, as in 2.7."
+    This decoder stops at the first rule that fails, so it reports the first
+    rule in that order.  (Where §4.9 says that "the rest of this record is
+    skipped" after a fault, a decoder that stops at the first fault skips it
+    trivially; the rules that look at another record -- the §6.4 reference --
+    look only at that record's field values, see check_transform_reference.)"""
+    check_metadata_block(hdr.metadata, hdr)             # §4.9 item 1
     seen_names = {}
-    for rec in hdr.tensors:
+    for rec in hdr.tensors:                             # §4.9 item 2
         check_tensor_record(rec, hdr, seen_names)
-    check_extensions(hdr.extensions, hdr)
+    check_extensions(hdr.extensions, hdr)               # §4.9 item 3
 
 
 # =============================================================================
@@ -555,13 +603,19 @@ class TensorRecord:
     rank: int
     shape: tuple
     coding: int
-    element_count: int
     raw_payload: PayloadRef | None = None     # coding RAW
     rans: "RansBody | None" = None            # coding RANS
     metadata: list = field(default_factory=list)
     extensions: list = field(default_factory=list)
 
     # spec §5.1 Geometry and scan order
+    @property
+    def element_count(self):
+        # "element_count = the product of its dimensions (1 for rank 0; 0 if
+        # any dimension is 0)" -- exact (Python integers); its limit is
+        # checked in step 10 (check_element_count, the §2.4 procedure).
+        return math.prod(self.shape)
+
     @property
     def rows(self):
         # "rows = shape[0] if r >= 1, else 1"
@@ -586,26 +640,20 @@ class TensorRecord:
 
 
 def parse_tensor_record(r, index):
-    """spec §5.2 TensorRecord (syntax only)."""
+    """spec §5.2 TensorRecord (syntax only, spec §4.8 step 9)."""
     p = f"header.tensors[{index}]"
-    # name: "string (u16 size)"; spec §9 "tensor name 4096 bytes".
-    name = r.string(f"{p}.name", LIMIT_NAME_BYTES)
+    # name: "string (u16 size)".  Its length limit is a step-10 rule (§4.9
+    # item 2.1); only its UTF-8 form is checked here (step 9).
+    name = r.string(f"{p}.name")
     dtype = r.int("u8", f"{p}.dtype")
     rank = r.int("u8", f"{p}.rank")
-    # spec §9 rank <= 8; rank counts the shape array: checked before it.
+    # spec §4.8 step 9: rank is one of the counts checked "as soon as each is
+    # read and before anything it counts" (§9 rank <= 8).
     check_limit(rank, LIMIT_RANK, f"{p}.rank", r.pos - 1)
-    shape = []
-    for d in range(rank):
-        dim = r.int("u64", f"{p}.shape[{d}]")
-        # spec §9 "each dimension 2^40".
-        check_limit(dim, LIMIT_DIMENSION, f"{p}.shape[{d}]", r.pos - 8)
-        shape.append(dim)
-    # spec §5.1: element_count = product of the dimensions (1 for rank 0).
-    element_count = math.prod(shape)
-    # spec §9 "element_count 2^40".
-    check_limit(element_count, LIMIT_ELEMENT_COUNT, f"{p}.shape", r.fields[f"{p}.rank"] + 1)
+    # The dimensions and element_count are checked in step 10 (§4.9 item 2.3).
+    shape = [r.int("u64", f"{p}.shape[{d}]") for d in range(rank)]
     coding = r.int("u8", f"{p}.coding")
-    rec = TensorRecord(index, p, name, dtype, rank, tuple(shape), coding, element_count)
+    rec = TensorRecord(index, p, name, dtype, rank, tuple(shape), coding)
     # body: "u32 size, then RawBody or RansBody, by coding".
     body = r.sized(f"{p}.body")
     if coding == CODING_RAW:
@@ -624,42 +672,82 @@ def parse_tensor_record(r, index):
     return rec
 
 
-def check_tensor_record(rec, hdr, seen_names):
-    """spec §5.2 rules and the rules of the record's body (§5.3, §6, §7)."""
+def check_element_count(rec, hdr):
+    """spec §4.9 item 2.3: "each dimension, in order, then element_count
+    (limit_exceeded)", with element_count computed as spec §2.4 prescribes:
+    "if any dimension is 0 the count is 0; otherwise, having checked each
+    dimension <= 2^40, multiply in order and stop with limit_exceeded as soon
+    as the running product would exceed 2^40 (test p > floor(2^40 / d) before
+    computing p x d)." """
     p = rec.path
-    # spec §5.2 "name is 1 to 4096 bytes (empty: invalid_value; longer:
-    # limit_exceeded [checked at parse time]) and unique in the file
-    # (duplicate_name)."  §2.3 "Names are compared byte for byte".
+    for d, dim in enumerate(rec.shape):
+        # spec §9 "each dimension 2^40" (inclusive).
+        check_limit(dim, LIMIT_DIMENSION, f"{p}.shape[{d}]", hdr.fields.get(f"{p}.shape[{d}]"))
+    if 0 in rec.shape:
+        return 0
+    prod = 1
+    for dim in rec.shape:
+        if prod > LIMIT_ELEMENT_COUNT // dim:
+            hdr.fail("limit_exceeded", f"{p}.shape",
+                     f"element_count of shape {list(rec.shape)} exceeds 2^40 (§9)")
+        prod *= dim
+    assert prod == rec.element_count
+    return prod
+
+
+def check_tensor_record(rec, hdr, seen_names):
+    """spec §4.9 item 2: "each tensor record in file order, its rules in this
+    order" -- items 2.1 to 2.7, cited below."""
+    p = rec.path
+    # 2.1 "name: empty (invalid_value), longer than the limit
+    # (limit_exceeded), equal to an earlier tensor's name (duplicate_name)".
+    # spec §5.2 "name is 1 to 4096 bytes"; §2.3 "compared byte for byte".
     if len(rec.name) == 0:
         hdr.fail("invalid_value", f"{p}.name", "tensor name is empty")
+    if len(rec.name) > LIMIT_NAME_BYTES:
+        hdr.fail("limit_exceeded", f"{p}.name (size)",
+                 f"name of {len(rec.name)} bytes exceeds the limit of {LIMIT_NAME_BYTES} bytes (§9)")
     if rec.name in seen_names:
         hdr.fail("duplicate_name", f"{p}.name",
                  f"name {rec.name!r} already used by tensor {seen_names[rec.name]}")
     seen_names[rec.name] = rec.index
-    # spec §5.2 "dtype is a TensorDtype (unsupported_feature otherwise)."
+    # 2.2 "dtype known (unsupported_feature); if not, the rest of this record
+    # is skipped".  spec §5.2 "dtype is a TensorDtype".
     check_enum(rec.dtype, DTYPES, f"{p}.dtype", hdr)
-    # spec §5.3 "An unknown coding is unsupported_feature".
+    # 2.3 "each dimension, in order, then element_count (limit_exceeded); on
+    # a fault the rest of this record is skipped".
+    element_count = check_element_count(rec, hdr)
+    # 2.4 "coding known (unsupported_feature); if not, the rest of this
+    # record is skipped".  spec §5.3.
     check_enum(rec.coding, CODINGS, f"{p}.coding", hdr)
+    # 2.5 "RAW: payload.size (invalid_value). RANS, in the order of the
+    # RansBody fields: ..." (check_rans_body).
     if rec.coding == CODING_RAW:
         # spec §5.3 "payload.size MUST equal element_count x the element size
         # (invalid_value)."
-        expected = rec.element_count * DTYPES[rec.dtype][1]
+        expected = element_count * DTYPES[rec.dtype][1]
         if rec.raw_payload.size != expected:
             hdr.fail("invalid_value", f"{p}.body.payload.size",
                      f"raw payload of {rec.raw_payload.size} bytes, expected {expected}")
     else:
         check_rans_body(rec, hdr)
+    # 2.6 "the record's metadata block, as in item 1".
     check_metadata_block(rec.metadata, hdr)
+    # 2.7 "the record's extensions, each: reserved flag bits (reserved_value),
+    # then required and unknown (unsupported_feature)".
     check_extensions(rec.extensions, hdr)
 
 
 def decode_raw(rec, data):
-    """spec §5.3 RAW: "Decoding a raw tensor outputs these bytes."  The payload
-    checksum has been verified by the caller (§8.3)."""
+    """spec §5.3 RAW: "Decoding a raw tensor outputs these bytes unchanged
+    (NaN patterns included: only reconstructed values are canonicalized,
+    section 6.5)."  The payload checksum has been verified by the caller
+    (§4.8 step 12, §8.3)."""
     ref = rec.raw_payload
     payload = data[ref.offset:ref.offset + ref.size]
     if rec.dtype == DTYPE_BOOL:
-        # spec §5.3 "a BOOL byte other than 0 or 1 is invalid_value."
+        # spec §5.3 "A BOOL byte other than 0 or 1 is invalid_value; it is
+        # detected when the tensor is decoded (step 12, after its checksum)."
         for i, byte in enumerate(payload):
             if byte not in (0, 1):
                 raise SpecError("invalid_value", f"{rec.path} (BOOL element {i})", ref.offset + i,
@@ -690,41 +778,62 @@ class MetadataEntry:
 
 
 def parse_metadata_entry(r, path):
-    # key: "string (u16 size)"; spec §5.5 "Keys are 0 to 256 bytes
-    # (limit_exceeded beyond)".
-    key = r.string(f"{path}.key", LIMIT_KEY_BYTES)
+    # key: "string (u16 size)".  spec §5.5 "Keys are 0 to 256 bytes (the empty
+    # key is allowed; limit_exceeded beyond)" -- a step-10 rule (§4.9 item 1);
+    # only the key's UTF-8 form is checked while parsing (§4.8 step 9).
+    key = r.string(f"{path}.key")
     value_type = r.int("u8", f"{path}.value_type")
     # value: "u32 size, then UTF-8 bytes or i64 or f64 or u8 or bytes, by
-    # value_type".  Read as bytes here; its layout is checked in step 10.
-    value = r.sized(f"{path}.value")
+    # value_type".  The layout chosen by value_type is parsed here, so its
+    # syntax faults are step-9 faults (§4.8 step 9): a value that does not
+    # fill its stated size exactly (spec §2.1, "the size MUST be 8" / "MUST
+    # be 1" of §5.5) and a STRING that is not well-formed UTF-8 are
+    # invalid_value while parsing.  An unknown value_type does not stop the
+    # parse: its value is a sized field and is skipped (§4.8 step 9, §5.3
+    # note); it is reported in step 10 (§4.9 item 1).
+    vp = f"{path}.value"
+    value = r.sized(vp)
     at = value.pos
-    raw = value.take(value.remaining(), f"{path}.value")
+    if value_type == META_STRING:
+        raw = value.take(value.remaining(), vp)      # "UTF-8 text (any size, possibly 0)"
+        check_utf8(raw, vp, at)                      # §5.5 "A STRING value MUST be well-formed UTF-8"
+    elif value_type in (META_INT64, META_FLOAT64):
+        raw = value.take(8, vp)                      # "one i64" / "one f64" (the size MUST be 8)
+    elif value_type == META_BOOL:
+        raw = value.take(1, vp)                      # "one u8" (the size MUST be 1)
+    else:
+        raw = value.take(value.remaining(), vp)      # BYTES: "arbitrary bytes"; unknown: skipped
+    value.finish(vp)                                 # §2.1: bytes left over are invalid_value
     return MetadataEntry(path, key, value_type, raw, at)
 
 
 def check_metadata_block(entries, hdr):
+    """spec §4.9 item 1 (and 2.6): "the ... metadata block, entry by entry
+    (section 5.5): key length (limit_exceeded), key equal to an earlier key
+    (duplicate_key), value_type known (unsupported_feature), BOOL value 0 or 1
+    (invalid_value)". """
     seen_keys = set()
     for ent in entries:
-        # spec §5.5 keys are "unique within their block (duplicate_key)".
+        # "key length (limit_exceeded)": spec §5.5 "Keys are 0 to 256 bytes
+        # (the empty key is allowed; limit_exceeded beyond)".
+        if len(ent.key) > LIMIT_KEY_BYTES:
+            hdr.fail("limit_exceeded", f"{ent.path}.key (size)",
+                     f"key of {len(ent.key)} bytes exceeds the limit of {LIMIT_KEY_BYTES} bytes (§9)")
+        # "key equal to an earlier key (duplicate_key)": spec §5.5 "unique
+        # within their block, compared byte for byte".
         if ent.key in seen_keys:
             hdr.fail("duplicate_key", f"{ent.path}.key", f"key {ent.key!r} appears twice in its block")
         seen_keys.add(ent.key)
-        # spec §3.2: unknown enumeration value "(for value_type of a metadata
-        # entry too)" is unsupported_feature.
+        # "value_type known (unsupported_feature)": spec §3.2 "(for value_type
+        # of a metadata entry too)".
         check_enum(ent.value_type, METADATA_TYPES, f"{ent.path}.value_type", hdr)
-        vp = f"{ent.path}.value"
-        if ent.value_type == META_STRING:
-            check_utf8(ent.value, vp, ent.value_at)              # "UTF-8 text (any size, possibly 0)"
-        elif ent.value_type in (META_INT64, META_FLOAT64):
-            if len(ent.value) != 8:                               # "the size MUST be 8"
-                hdr.fail("invalid_value", vp, f"value of {len(ent.value)} bytes, MUST be 8")
-        elif ent.value_type == META_BOOL:
-            if len(ent.value) != 1:                               # "the size MUST be 1"
-                hdr.fail("invalid_value", vp, f"value of {len(ent.value)} bytes, MUST be 1")
-            if ent.value[0] not in (0, 1):                        # "another byte value is invalid_value"
-                hdr.fail("invalid_value", vp, f"BOOL value {ent.value[0]}, MUST be 0 or 1")
-        # BYTES: "arbitrary bytes".
-        # spec §5.5 "Metadata never changes how tensors decode."
+        # "BOOL value 0 or 1 (invalid_value)": spec §5.5 "another byte value is
+        # invalid_value".  (Its size was checked while parsing.)
+        if ent.value_type == META_BOOL and ent.value[0] not in (0, 1):
+            hdr.fail("invalid_value", f"{ent.path}.value", f"BOOL value {ent.value[0]}, MUST be 0 or 1")
+        # spec §5.5 "Metadata never changes how tensors decode." and "a decoder
+        # MUST NOT reject a file because one of [the recommended keys] has
+        # another type": the recommended keys are not looked at.
 
 
 # spec §5.6 Extensions: see parse_extensions (§4.5) and check_extensions (§3.4).
@@ -757,24 +866,26 @@ def parse_uniform_grid(r, path):
     group_count = r.int("u32", f"{path}.group_count")
     # spec §9 "group_count 2^24", checked before the arrays it counts.
     check_limit(group_count, LIMIT_GROUP_COUNT, f"{path}.group_count", r.pos - 4)
+    # has_zero_point "MUST be 0 or 1" is a step-10 rule (§6.1 check order,
+    # §4.9 item 2.5); "Nothing else is judged in this step" (§4.8 step 9).
     has_zero_point = r.int("u8", f"{path}.has_zero_point")
-    # spec §6.1 "has_zero_point MUST be 0 or 1" (invalid_value).  Checked
-    # here because it decides whether zero_points is present.
-    if has_zero_point not in (0, 1):
-        raise SpecError("invalid_value", f"{path}.has_zero_point", r.pos - 1,
-                        f"has_zero_point is {has_zero_point}, MUST be 0 or 1")
     steps = [r.f32_bits(f"{path}.steps[{g}]") for g in range(group_count)]
     zero_points = []
-    if has_zero_point == 1:
-        # "zero_points | i32[see meaning]": group_count values, present only
-        # if has_zero_point is 1.
+    if has_zero_point != 0:
+        # "zero_points | i32[see meaning]": "group_count values if
+        # has_zero_point is not 0, else none."
         zero_points = [r.int("i32", f"{path}.zero_points[{g}]") for g in range(group_count)]
     return UniformGrid(path, rows_per_group, group_count, has_zero_point, steps, zero_points)
 
 
 def check_uniform_grid(grid, rec, hdr):
+    """spec §6.1: "These rules are checked in this order: group_count,
+    has_zero_point, the steps in order, the zero points in order." """
+    # "The rows are those of the coded symbols ... without a transform these
+    # are the tensor's rows, with one they are the rows of the coefficient
+    # matrix (section 6.4), which are the same in number."
     rows = rec.rows
-    # spec §6.1 "group_count MUST equal 1 if rows_per_group is 0, else
+    # "group_count MUST equal 1 if rows_per_group is 0, else
     # max(1, ceil(rows / rows_per_group)) (invalid_value)."
     if grid.rows_per_group == 0:
         expected = 1
@@ -783,7 +894,12 @@ def check_uniform_grid(grid, rec, hdr):
     if grid.group_count != expected:
         hdr.fail("invalid_value", f"{grid.path}.group_count",
                  f"group_count is {grid.group_count}, expected {expected}")
-    # spec §6.1 "Every step MUST be finite and > 0" (invalid_value).
+    # "has_zero_point MUST be 0 or 1" (invalid_value).
+    if grid.has_zero_point not in (0, 1):
+        hdr.fail("invalid_value", f"{grid.path}.has_zero_point",
+                 f"has_zero_point is {grid.has_zero_point}, MUST be 0 or 1")
+    # "Every step MUST be finite and greater than zero (so +0.0 and -0.0 are
+    # invalid; subnormal steps are valid)" (invalid_value).
     for g, bits in enumerate(grid.steps):
         if is_nan(bits, BINARY32) or is_inf(bits, BINARY32) or bits >> 31 or bits == 0:
             hdr.fail("invalid_value", f"{grid.path}.steps[{g}]",
@@ -835,7 +951,7 @@ def parse_codebook_grid(r, path):
 def check_codebook_grid(grid, hdr):
     # spec §6.2 "codebook_size MUST be at least 1; first_index and
     # first_index + codebook_size - 1 MUST be within +-(2^23 - 1); every value
-    # MUST be finite (invalid_value)."
+    # MUST be finite (invalid_value; checked in this order, values in order)."
     if grid.codebook_size < 1:
         hdr.fail("invalid_value", f"{grid.path}.codebook_size", "codebook_size is 0")
     if abs(grid.first_index) > MAX_INDEX:
@@ -848,33 +964,44 @@ def check_codebook_grid(grid, hdr):
             hdr.fail("invalid_value", f"{grid.path}.values[{i}]", f"value 0x{bits:08x} is not finite")
 
 
-def codebook_value(grid, q, rec, symbol_number):
-    """spec §6.2 "The value of index q is values[q - first_index], bit for bit
-    ... An index outside first_index ... first_index + codebook_size - 1 is
-    index_out_of_range." """
-    if not grid.first_index <= q <= grid.first_index + grid.codebook_size - 1:
-        # The fault has no field of its own; report the chunk that coded it.
-        k = (symbol_number // rec.rans.coded_row_length) // rec.rans.rows_per_chunk
-        raise SpecError("index_out_of_range", f"chunk {k} of tensor {rec.index} (symbol {symbol_number})",
-                        rec.rans.chunks[k].offset,
-                        f"index {q} is outside the codebook "
-                        f"[{grid.first_index}, {grid.first_index + grid.codebook_size - 1}]")
+def in_codebook(grid, q):
+    """spec §6.2 "An index outside first_index ... first_index +
+    codebook_size - 1 is index_out_of_range, detected as soon as the index is
+    decoded (section 7.6), before the symbols after it."  The check itself is
+    made in decode_chunk (§7.6), where the index is decoded."""
+    return grid.first_index <= q <= grid.first_index + grid.codebook_size - 1
+
+
+def codebook_value(grid, q):
+    """spec §6.2 "The value of index q is codebook_values[q - first_index],
+    bit for bit (a stored -0.0 stays -0.0)."  q was checked in §7.6."""
     return grid.values[q - grid.first_index]
 
 
-def grid_value(rec, q, row, symbol_number):
+def grid_value(rec, q, row):
     """The binary32 value (bit pattern) of index q in row `row` (spec §6)."""
     grid = rec.rans.grid
     if rec.rans.grid_kind == GRID_UNIFORM:
         return uniform_value(grid, q, row)
-    return codebook_value(grid, q, rec, symbol_number)
+    return codebook_value(grid, q)
 
 
 # spec §6.3 Values of a tensor without transform.
 def check_no_transform(rec, hdr):
     body = rec.rans
+    # spec §9 "coded_row_length 2^40".  §6.4 and §4.9 place this limit only
+    # under RIGHT_MATRIX; with NONE it can only be exceeded when rows is 0
+    # (coded_row_length = row_length, and element_count <= 2^40 otherwise
+    # bounds row_length).  §9 still says a decoder MUST reject a file beyond
+    # the limits, so it is checked here too, at the same place as for
+    # RIGHT_MATRIX (first after transform_kind).  (Not said by the spec: a
+    # guess, noted as an open question.)
+    check_limit(body.coded_row_length, LIMIT_CODED_ROW_LENGTH, f"{rec.path}.body.coded_row_length",
+                hdr.fields.get(f"{rec.path}.body.coded_row_length"))
     # "With transform_kind NONE, coded_row_length MUST equal row_length
     # (invalid_value) and transform_tensor MUST be 0 (reserved_value)."
+    # Checked in the order of this sentence (coded_row_length first), which
+    # is also the order §6.4 / §4.9 give for RIGHT_MATRIX.
     if body.coded_row_length != rec.row_length:
         hdr.fail("invalid_value", f"{rec.path}.body.coded_row_length",
                  f"coded_row_length {body.coded_row_length} != row_length {rec.row_length}")
@@ -886,10 +1013,28 @@ TRANSFORM_NONE, TRANSFORM_RIGHT_MATRIX = 0, 1
 TRANSFORM_KINDS = {TRANSFORM_NONE: "NONE", TRANSFORM_RIGHT_MATRIX: "RIGHT_MATRIX"}
 
 
+def check_transform(rec, hdr):
+    """spec §6.4, in the order of §4.9 item 2.5: "RIGHT_MATRIX:
+    coded_row_length limit, then the reference"."""
+    body = rec.rans
+    # "coded_row_length MUST be at most 2^40 (limit_exceeded)."
+    check_limit(body.coded_row_length, LIMIT_CODED_ROW_LENGTH, f"{rec.path}.body.coded_row_length",
+                hdr.fields.get(f"{rec.path}.body.coded_row_length"))
+    check_transform_reference(rec, hdr)
+
+
 def check_transform_reference(rec, hdr):
     """spec §6.4: "transform_tensor MUST name another tensor T of the file (its
-    position in tensors, not itself) that has dtype FLOAT32, rank 2, shape
-    [K, row_length], and no transform itself (invalid_reference otherwise)." """
+    position in tensors, 0-based, not this tensor, before or after it) whose
+    record has dtype FLOAT32, rank 2, shape [K, row_length], and coding RAW,
+    or RANS with transform_kind NONE (invalid_reference otherwise). This rule
+    looks only at those field values of T's record; T's own faults are
+    reported when T's record is checked. K may be 0"
+
+    So an unknown dtype, coding or transform_kind of T is simply "not
+    FLOAT32" / "not RAW or RANS" / "not NONE": invalid_reference here; T's
+    unsupported_feature is reported only when (and if) T's own record is
+    checked first, i.e. when T comes before this tensor."""
     body = rec.rans
     path = f"{rec.path}.body.transform_tensor"
     t = body.transform_tensor
@@ -897,20 +1042,16 @@ def check_transform_reference(rec, hdr):
         hdr.fail("invalid_reference", path, f"transform_tensor {t} is missing or the tensor itself")
     T = hdr.tensors[t]
     K = body.coded_row_length
-    # T's suitability can only be judged if this decoder understands T: an
-    # unknown dtype, coding or transform_kind of T is T's own fault (§3.2),
-    # reported first as unsupported_feature rather than invalid_reference.
-    check_enum(T.dtype, DTYPES, f"{T.path}.dtype", hdr)
-    check_enum(T.coding, CODINGS, f"{T.path}.coding", hdr)
-    if T.coding == CODING_RANS:
-        check_enum(T.rans.transform_kind, TRANSFORM_KINDS, f"{T.path}.body.transform_kind", hdr)
     if T.dtype != DTYPE_FLOAT32:
-        hdr.fail("invalid_reference", path, f"transform tensor {t} is not FLOAT32")
+        hdr.fail("invalid_reference", path, f"transform tensor {t} has dtype {T.dtype}, not FLOAT32")
     if T.rank != 2 or T.shape != (K, rec.row_length):
         hdr.fail("invalid_reference", path,
                  f"transform tensor {t} has shape {list(T.shape)}, expected [{K}, {rec.row_length}]")
-    if T.coding == CODING_RANS and T.rans.transform_kind != TRANSFORM_NONE:
-        hdr.fail("invalid_reference", path, f"transform tensor {t} has a transform itself")
+    if T.coding == CODING_RAW:
+        return
+    if T.coding != CODING_RANS or T.rans.transform_kind != TRANSFORM_NONE:
+        hdr.fail("invalid_reference", path,
+                 f"transform tensor {t} is not RAW, nor RANS with transform_kind NONE")
 
 
 def right_matrix_values(rec, coeff_values, t_values):
@@ -975,34 +1116,48 @@ def output_bytes(values, dtype):
     raise AssertionError("rANS dtype was checked in §5.3")
 
 
-def tensor_values(hdr, index, cache):
-    """The binary32 values (bit patterns) of a tensor, before dtype rounding
-    (spec §6).  For the transform matrix T of §6.4 these are "its decoded
-    binary32 values" (T is FLOAT32, so for a raw T they are its elements)."""
+def decode_tensor(hdr, index, cache):
+    """spec §4.8 step 12 for one tensor: "To decode a tensor, in this order:
+    verify the checksum of each of its payloads, in payload order
+    (checksum_payload); decode it (section 5.3 for a raw tensor; for a coded
+    one, its chunks in order, section 7); if it has a transform, decode the
+    transform tensor by this same step 12; then reconstruct (section 6)."
+
+    Returns, for a RAW tensor, its payload bytes (§5.3: output unchanged);
+    for a RANS tensor, its binary32 values (bit patterns) before the dtype
+    rounding of §6.5.  A tensor decoded once (e.g. a transform matrix T that
+    is also output in its own right) is not decoded again: a second decode
+    would give the same bytes and find no new fault."""
     if index in cache:
         return cache[index]
     rec = hdr.tensors[index]
-    data = hdr.data
     if rec.coding == CODING_RAW:
-        verify_payload_checksums(hdr, rec.payloads())               # §8.3
-        raw = decode_raw(rec, data)
-        values = list(struct.unpack(f"<{len(raw) // 4}I", raw))     # FLOAT32 only (§6.4)
+        verify_payload_checksums(hdr, rec.payloads())               # checksums (§8.3)
+        result = decode_raw(rec, hdr.data)                          # §5.3 (BOOL check)
     else:
         body = rec.rans
-        indices = decode_tensor_indices(hdr, rec)                   # section 7
+        # checksums, then the chunks in order (section 7).
+        indices = decode_tensor_indices(hdr, rec)
+        if body.transform_kind == TRANSFORM_RIGHT_MATRIX:
+            # "if it has a transform, decode the transform tensor by this
+            # same step 12" -- after this tensor's own chunks.
+            t = decode_tensor(hdr, body.transform_tensor, cache)
+            if isinstance(t, (bytes, bytearray)):
+                # §6.4 "a raw T contributes its stored bits" (T is FLOAT32).
+                t = list(struct.unpack(f"<{len(t) // 4}I", t))
+        # "then reconstruct (section 6)".  Values of the coded symbols (the
+        # coefficients if there is a transform): symbol i is in row
+        # floor(i / coded_row_length) (§6.1, §7.1).
         K = body.coded_row_length
-        # Values of the coded symbols (the coefficients if there is a
-        # transform).  Symbol i is in row floor(i / coded_row_length) (§7.1).
-        coded = [grid_value(rec, q, i // K, i) for i, q in enumerate(indices)]
+        coded = [grid_value(rec, q, i // K) for i, q in enumerate(indices)]
         if body.transform_kind == TRANSFORM_NONE:
             # spec §6.3 "The tensor's element e is the value of the e-th
             # decoded index".
-            values = coded
+            result = coded
         else:
-            t_values = tensor_values(hdr, body.transform_tensor, cache)
-            values = right_matrix_values(rec, coded, t_values)
-    cache[index] = values
-    return values
+            result = right_matrix_values(rec, coded, t)
+    cache[index] = result
+    return result
 
 
 # =============================================================================
@@ -1056,23 +1211,29 @@ def parse_rans_body(r, p):
     transform_kind = r.int("u8", f"{p}.transform_kind")
     transform_tensor = r.int("u32", f"{p}.transform_tensor")
     coded_row_length = r.int("u64", f"{p}.coded_row_length")
+    # precision_bits above 16 is limit_exceeded in step 10 (it is not one of
+    # the counts of §4.8 step 9; §4.9 item 2.5 places it after the transform).
     precision_bits = r.int("u8", f"{p}.precision_bits")
-    # spec §7.2 "precision_bits ... above 16: limit_exceeded"; §9.
-    check_limit(precision_bits, LIMIT_PRECISION_BITS, f"{p}.precision_bits", r.pos - 1)
     lane_count = r.int("u8", f"{p}.lane_count")
-    check_limit(lane_count, LIMIT_LANE_COUNT, f"{p}.lane_count", r.pos - 1)        # §9
+    # spec §7.2 "lane_count is 1 ... 32 (0: invalid_value; above 32:
+    # limit_exceeded, while parsing)" -- §4.8 step 9; 0 is a step-10 rule.
+    check_limit(lane_count, LIMIT_LANE_COUNT, f"{p}.lane_count", r.pos - 1)
     context_model = r.int("u8", f"{p}.context_model")
     context_count = r.int("u8", f"{p}.context_count")
-    # spec §9 "context_count 16", a count: checked before the tables.
+    # spec §7.2 "context_count above 16 is limit_exceeded (while parsing)",
+    # before the tables it counts (§4.8 step 9).
     check_limit(context_count, LIMIT_CONTEXT_COUNT, f"{p}.context_count", r.pos - 1)
     escape_mode = r.int("u8", f"{p}.escape_mode")
     reserved0 = r.int("u8", f"{p}._reserved0")
     context_center = r.int("i32", f"{p}.context_center")
     index_offset = r.int("i32", f"{p}.index_offset")
     alphabet_size = r.int("u32", f"{p}.alphabet_size")
-    # spec §9 "alphabet_size 65536", a count: checked before the tables.
+    # spec §9 "alphabet_size 65536", a count of §4.8 step 9: checked before
+    # the tables.
     check_limit(alphabet_size, LIMIT_ALPHABET_SIZE, f"{p}.alphabet_size", r.pos - 4)
     # tables: FrequencyTable[context_count]; frequencies: varint[alphabet_size].
+    # (The number of tables is context_count whatever context_model says: an
+    # unknown context_model does not stop the parse, §4.8 step 9.)
     tables = []
     for c in range(context_count):
         tables.append([r.varint(f"{p}.tables[{c}].frequencies[{s}]") for s in range(alphabet_size)])
@@ -1093,77 +1254,114 @@ def direct_count(body):
 
 
 def check_rans_body(rec, hdr):
-    """The rules of a RANS tensor record, in field order (spec §5.3, §6, §7)."""
+    """The rules of a RANS tensor record (spec §5.3, §6, §7) in the order of
+    spec §4.9 item 2.5: "RANS, in the order of the RansBody fields: dtype is
+    a reconstruction dtype; grid_kind known, then the grid's rules in the
+    order of its fields (section 6.1 or 6.2); transform_kind known, then
+    section 6.3 (NONE) or 6.4 (RIGHT_MATRIX: coded_row_length limit, then the
+    reference); precision_bits; lane_count; context_model known, then
+    context_count for it; escape_mode known; _reserved0; alphabet_size;
+    context_center; index_offset and the largest direct index; the frequency
+    tables in order (table_sum, not checked when precision_bits is out of
+    range); rows_per_chunk, chunk_count, symbols per chunk, each chunk's
+    size". """
     body = rec.rans
     p = body.path
-    # spec §5.3 "dtype MUST be FLOAT32, FLOAT16 or BFLOAT16 (invalid_value)."
+    # "dtype is a reconstruction dtype": spec §5.3 "dtype MUST be FLOAT32,
+    # FLOAT16 or BFLOAT16 (invalid_value)."
     if rec.dtype not in (DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16):
         hdr.fail("invalid_value", f"{rec.path}.dtype",
                  f"a RANS tensor cannot have dtype {DTYPES[rec.dtype][0]}")
-    # spec §6 "GridKind (unknown value: unsupported_feature)".
+    # "grid_kind known" (spec §6 "GridKind (unknown value:
+    # unsupported_feature)"), "then the grid's rules in the order of its
+    # fields".
     check_enum(body.grid_kind, GRID_KINDS, f"{p}.grid_kind", hdr)
     if body.grid_kind == GRID_UNIFORM:
         check_uniform_grid(body.grid, rec, hdr)                     # §6.1
     else:
         check_codebook_grid(body.grid, hdr)                         # §6.2
-    # spec §6.4 "TransformKind (unknown value: unsupported_feature)".
+    # "transform_kind known" (spec §6.4 "TransformKind (unknown value:
+    # unsupported_feature)"), "then section 6.3 (NONE) or 6.4".
     check_enum(body.transform_kind, TRANSFORM_KINDS, f"{p}.transform_kind", hdr)
     if body.transform_kind == TRANSFORM_NONE:
         check_no_transform(rec, hdr)                                # §6.3
     else:
-        check_transform_reference(rec, hdr)                         # §6.4
-    # spec §7.2 Rules.
+        check_transform(rec, hdr)                                   # §6.4
+    # "precision_bits": spec §7.2 "precision_bits is 1 ... 16 (0:
+    # invalid_value, above 16: limit_exceeded)".
     if body.precision_bits == 0:
         hdr.fail("invalid_value", f"{p}.precision_bits", "precision_bits is 0")
+    check_limit(body.precision_bits, LIMIT_PRECISION_BITS, f"{p}.precision_bits",
+                hdr.fields.get(f"{p}.precision_bits"))
+    # "lane_count": spec §7.2 "0: invalid_value" (above 32 was rejected while
+    # parsing).
     if body.lane_count == 0:
         hdr.fail("invalid_value", f"{p}.lane_count", "lane_count is 0")
-    # spec §7.2 ContextModel (unknown: unsupported_feature) and §7.4.
+    # "context_model known, then context_count for it" (spec §7.2, §7.4).
     check_enum(body.context_model, CONTEXT_MODELS, f"{p}.context_model", hdr)
     if body.context_model == CONTEXT_IID and body.context_count != 1:
-        # "IID: context_count MUST be 1 (invalid_value)"
+        # §7.4 "IID: context_count MUST be 1 (invalid_value)"
         hdr.fail("invalid_value", f"{p}.context_count",
                  f"IID needs context_count 1, not {body.context_count}")
-    if body.context_model == CONTEXT_PREVIOUS_INDEX and not 2 <= body.context_count <= 16:
-        # "PREVIOUS_INDEX: context_count MUST be 2 ... 16 (invalid_value)"
+    if body.context_model == CONTEXT_PREVIOUS_INDEX and body.context_count < 2:
+        # §7.4 "PREVIOUS_INDEX: context_count MUST be at least 2
+        # (invalid_value; above 16 it was already rejected while parsing)"
         hdr.fail("invalid_value", f"{p}.context_count",
-                 f"PREVIOUS_INDEX needs context_count 2 ... 16, not {body.context_count}")
+                 f"PREVIOUS_INDEX needs context_count >= 2, not {body.context_count}")
+    # "escape_mode known" (spec §7.2).
     check_enum(body.escape_mode, ESCAPE_MODES, f"{p}.escape_mode", hdr)
-    # "_reserved0 is 0 (reserved_value)"
+    # "_reserved0": spec §7.2 "_reserved0 is 0 (reserved_value)".
     check_reserved(body.reserved0, f"{p}._reserved0", hdr)
-    # "context_center is within +-(2^23 - 1) and so are index_offset and the
-    # largest direct index (section 7.5) (invalid_value)."
-    if abs(body.context_center) > MAX_INDEX:
-        hdr.fail("invalid_value", f"{p}.context_center", f"context_center {body.context_center} out of range")
-    if abs(body.index_offset) > MAX_INDEX:
-        hdr.fail("invalid_value", f"{p}.index_offset", f"index_offset {body.index_offset} out of range")
-    # "alphabet_size >= 1 (invalid_value)"
+    # "alphabet_size": spec §7.2 "alphabet_size >= 1 (invalid_value)".
     if body.alphabet_size < 1:
         hdr.fail("invalid_value", f"{p}.alphabet_size", "alphabet_size is 0")
+    # "context_center": spec §7.2 "context_center is within +-(2^23 - 1)".
+    if abs(body.context_center) > MAX_INDEX:
+        hdr.fail("invalid_value", f"{p}.context_center", f"context_center {body.context_center} out of range")
+    # "index_offset and the largest direct index": spec §7.2 "and so are
+    # index_offset and the largest direct index (section 7.5)
+    # (invalid_value)".  spec §7.5: "With LAST_SYMBOL and alphabet_size 1
+    # there is no direct index: ... of the index-range rules of section 7.2
+    # only index_offset itself is checked."
+    if abs(body.index_offset) > MAX_INDEX:
+        hdr.fail("invalid_value", f"{p}.index_offset", f"index_offset {body.index_offset} out of range")
     D = direct_count(body)
     if D >= 1:
         largest = body.index_offset + D - 1
         if abs(largest) > MAX_INDEX:
             hdr.fail("invalid_value", f"{p}.alphabet_size", f"largest direct index {largest} out of range")
-    # "Each frequency table MUST sum to exactly 2^precision_bits (table_sum)."
+    # "the frequency tables in order (table_sum, ...)": spec §7.2 "Each
+    # frequency table MUST sum to exactly 2^precision_bits (table_sum)."
+    # ("not checked when precision_bits is out of range": it was rejected
+    # above, so here it is always in range.)
     for c, freqs in enumerate(body.tables):
         if sum(freqs) != 1 << body.precision_bits:
             hdr.fail("table_sum", f"{p}.tables[{c}].frequencies[0]",
                      f"table {c} sums to {sum(freqs)}, not 2^{body.precision_bits}")
-    # spec §7.1 "rows_per_chunk MUST be >= 1 and chunk_count MUST be
-    # ceil(rows / rows_per_chunk), or 0 when rows x coded_row_length is 0
-    # (invalid_value)."
+    # "rows_per_chunk, chunk_count": spec §7.1 "rows_per_chunk MUST be >= 1
+    # and chunk_count MUST be ceil(rows / rows_per_chunk), or 0 when
+    # rows x coded_row_length is 0 (invalid_value); note that this counts
+    # coded symbols, not elements".
     if body.rows_per_chunk < 1:
         hdr.fail("invalid_value", f"{p}.rows_per_chunk", "rows_per_chunk is 0")
     rows = rec.rows
+    # spec §2.4: rows and coded_row_length are both <= 2^40 by now; the
+    # product is exact here (Python integers).
     expected = 0 if rows * body.coded_row_length == 0 else ceil_div(rows, body.rows_per_chunk)
     if body.chunk_count != expected:
         hdr.fail("invalid_value", f"{p}.chunk_count",
                  f"chunk_count is {body.chunk_count}, expected {expected}")
-    # spec §9 "symbols in one chunk 2^32" and "chunk size 2^32 bytes".
-    for k, ref in enumerate(body.chunks):
+    # "symbols per chunk": spec §9 "symbols in one chunk 2^32".  Every chunk
+    # but the last holds rows_per_chunk rows, the last at most that many, so
+    # chunk 0 holds the most symbols and "symbols per chunk" is decided by
+    # chunk 0: checking it first gives the same code as checking chunk by
+    # chunk (symbols then size of each) would.
+    for k in range(body.chunk_count):
         n_k = chunk_symbol_count(rec, k)
         if n_k > LIMIT_CHUNK_SYMBOLS:
             hdr.fail("limit_exceeded", f"{p}.chunks[{k}].offset", f"chunk of {n_k} symbols exceeds 2^32")
+    # "each chunk's size": spec §9 "chunk size 2^32 bytes".
+    for k, ref in enumerate(body.chunks):
         if ref.size > LIMIT_CHUNK_BYTES:
             hdr.fail("limit_exceeded", f"{p}.chunks[{k}].size", f"chunk of {ref.size} bytes exceeds 2^32")
 
@@ -1225,31 +1423,43 @@ def decode_chunk(data, rec, k, trace=None):
     D = direct_count(body)
     lo, hi = body.index_offset, body.index_offset + D - 1       # the direct indices (§7.5)
     escape_symbol = body.alphabet_size - 1 if body.escape_mode == ESCAPE_LAST_SYMBOL else None
+    # spec §7.6 "if the grid is CODEBOOK and q is outside it: error
+    # index_out_of_range (section 6.2)".
+    codebook = body.grid if body.grid_kind == GRID_CODEBOOK else None
 
-    # spec §7.3 "The chunk MUST hold at least 4 + 4 x escape_count +
-    # 4 x lane_count bytes (stream_truncated)."
+    # spec §7.6 "check the chunk's size and lane states (section 7.3)".
+    # spec §7.3: "A decoder checks, in this order, before reading anything
+    # else of the chunk or allocating for it:
+    # 1. the chunk has at least 4 bytes (stream_truncated);"
     if len(chunk) < 4:
         raise SpecError("stream_truncated", f"{where}.escape_count", ref.offset,
                         f"chunk of {len(chunk)} bytes has no room for escape_count")
     escape_count = struct.unpack_from("<I", chunk, 0)[0]
+    # "2. it has at least 4 + 4 x escape_count + 4 x lane_count bytes
+    # (stream_truncated);"
     fixed = 4 + 4 * escape_count + 4 * L
     if len(chunk) < fixed:
         raise SpecError("stream_truncated", where, ref.offset,
                         f"chunk of {len(chunk)} bytes is shorter than its fixed part of {fixed} bytes")
-    # "The word stream is the remaining bytes; their number MUST be even
-    # (stream_trailing_data)."
+    # "3. the word stream, the bytes after lane_states, has an even number of
+    # bytes (stream_trailing_data);"
     if (len(chunk) - fixed) % 2:
         raise SpecError("stream_trailing_data", f"{where}.words", ref.offset + fixed,
                         f"word area of {len(chunk) - fixed} bytes has odd size")
-    # spec §7.6 "read escape_count, escapes[], then lane_states[0 .. L-1]"
-    escapes = list(struct.unpack_from(f"<{escape_count}i", chunk, 4))
-    lane_states = list(struct.unpack_from(f"<{L}I", chunk, 4 + 4 * escape_count))
-    # "for each lane l: if lane_states[l] < 2^16: error rans_state_out_of_range"
-    for l, state in enumerate(lane_states):
+    # "4. each lane state, lane 0 first, is at least 2^16
+    # (rans_state_out_of_range)."
+    states_at = 4 + 4 * escape_count
+    for l in range(L):
+        state = struct.unpack_from("<I", chunk, states_at + 4 * l)[0]
         if state < STATE_LOW:
             raise SpecError("rans_state_out_of_range", f"{where}.lane_states[{l}]",
-                            ref.offset + 4 + 4 * escape_count + 4 * l,
+                            ref.offset + states_at + 4 * l,
                             f"initial state 0x{state:08x} is below 2^16")
+    # spec §7.6 "read escape_count, escapes[], then lane_states[0 .. L-1]"
+    # (only now is anything allocated for the chunk: escape_count is bounded
+    # by the chunk's size, check 2).
+    escapes = list(struct.unpack_from(f"<{escape_count}i", chunk, 4))
+    lane_states = list(struct.unpack_from(f"<{L}I", chunk, states_at))
     x = list(lane_states)                      # "x[l] = lane_states[l]"
     w = fixed                                  # "w = position of the first word"
     p = body.context_center                    # "p = context_center; e = 0"
@@ -1280,11 +1490,22 @@ def decode_chunk(data, rec, k, trace=None):
             q = escapes[e]                     # "q = escapes[e]; e = e + 1"
             e += 1
             # "if q is a direct index or |q| > 2^23 - 1: error escape_mismatch"
+            # (spec §7.5: "escape_mismatch, also for the range").  With
+            # LAST_SYMBOL and alphabet_size 1 there is no direct index
+            # (D = 0, lo > hi), so only the range applies.
             if lo <= q <= hi or abs(q) > MAX_INDEX:
                 raise SpecError("escape_mismatch", f"{where}.escapes[{e - 1}]", ref.offset + 4 * e,
                                 f"escaped index {q} is a direct index or out of range")
         else:
             q = s + body.index_offset          # "q = s + index_offset"
+        # "if the grid is CODEBOOK and q is outside it: error
+        # index_out_of_range" -- spec §6.2 "detected as soon as the index is
+        # decoded (section 7.6), before the symbols after it" (and so before
+        # the end-of-chunk checks of §7.7).
+        if codebook is not None and not in_codebook(codebook, q):
+            raise SpecError("index_out_of_range", f"{where} (symbol {i})", ref.offset,
+                            f"index {q} is outside the codebook [{codebook.first_index}, "
+                            f"{codebook.first_index + codebook.codebook_size - 1}]")
         out.append(q)                          # "output index q; p = q"
         p = q
         if trace is not None:
@@ -1308,9 +1529,13 @@ def decode_chunk(data, rec, k, trace=None):
 
 
 def decode_tensor_indices(hdr, rec, trace=None):
-    """All indices of a RANS tensor, chunk after chunk (spec §7.1: the
-    symbols are in row-major order, split into chunks of whole rows)."""
-    verify_payload_checksums(hdr, rec.payloads())          # spec §8.3, §4.8 step 12
+    """All indices of a RANS tensor (spec §7.1: the symbols are in row-major
+    order, split into chunks of whole rows): spec §4.8 step 12 "verify the
+    checksum of each of its payloads, in payload order (checksum_payload);
+    decode it (... for a coded one, its chunks in order, section 7)".  spec
+    §4.9 "Within step 12 the order is given by sections 7.3, 7.6 and 7.7 for
+    each chunk, chunk after chunk." """
+    verify_payload_checksums(hdr, rec.payloads())          # spec §8.3, all chunks first
     out = []
     for k in range(rec.rans.chunk_count):
         out.extend(decode_chunk(hdr.data, rec, k, trace))
@@ -1359,8 +1584,16 @@ def verify_payload_checksums(hdr, refs):
 # spec §9  Limits
 # =============================================================================
 # "a decoder MUST reject a file beyond them with limit_exceeded, before
-# allocating memory sized by the offending value. Counts are checked as soon
-# as they are read."  A value equal to the limit is within it.
+# allocating memory sized by the offending value. Every limit is inclusive (a
+# value equal to the limit is allowed). The counts listed in section 4.8 step
+# 9 are checked as soon as they are read; the others in step 10."
+#
+#   step 9 (parse):  header_size is step 6; entry_count, extension_count,
+#                    tensor_count, rank, group_count, codebook_size,
+#                    lane_count, context_count, alphabet_size, chunk_count.
+#   step 10 (§4.9):  name and key lengths, each dimension, element_count,
+#                    coded_row_length, precision_bits, symbols in one chunk,
+#                    chunk size.
 
 LIMIT_HEADER_SIZE = 1 << 28
 LIMIT_TENSOR_COUNT = 1 << 20
@@ -1371,6 +1604,7 @@ LIMIT_EXTENSION_COUNT = 256
 LIMIT_RANK = 8
 LIMIT_DIMENSION = 1 << 40
 LIMIT_ELEMENT_COUNT = 1 << 40
+LIMIT_CODED_ROW_LENGTH = 1 << 40
 LIMIT_PRECISION_BITS = 16
 LIMIT_LANE_COUNT = 32
 LIMIT_CONTEXT_COUNT = 16
@@ -1448,16 +1682,13 @@ def decode_file(data):
     hdr = read_file_header(data)                 # spec §4.8 steps 1-11
     cache = {}
     out = collections.OrderedDict()
-    for rec in hdr.tensors:                      # spec §4.8 step 12
+    # spec §4.8 step 12, tensor by tensor in header order.
+    for rec in hdr.tensors:
+        result = decode_tensor(hdr, rec.index, cache)
         if rec.coding == CODING_RAW:
-            verify_payload_checksums(hdr, rec.payloads())
-            raw = decode_raw(rec, hdr.data)
+            raw = result                         # §5.3 "these bytes unchanged"
         else:
-            if rec.rans.transform_kind == TRANSFORM_RIGHT_MATRIX:
-                # "check the checksum of each payload it needs" -- T's too.
-                verify_payload_checksums(hdr, rec.payloads())
-                verify_payload_checksums(hdr, hdr.tensors[rec.rans.transform_tensor].payloads())
-            raw = output_bytes(tensor_values(hdr, rec.index, cache), rec.dtype)
+            raw = output_bytes(result, rec.dtype)    # §6.5
         out[rec.display_name] = (DTYPES[rec.dtype][0], rec.shape, bytes(raw))
     return out
 
@@ -1472,9 +1703,11 @@ def _find_tensor(hdr, name):
 
 def decode_indices(data, name, trace=None):
     """The decoded indices (section 7) of the rANS-coded tensor `name`, in
-    symbol order.  Checks the whole preamble, header and layout first (§1.3),
-    then the tensor's payload checksums.  (Section 6 is not applied, so a
-    codebook index_out_of_range is not reported here.)"""
+    symbol order.  Checks the whole preamble, header and layout first (§1.3,
+    §4.8 steps 1-11), then the tensor's payload checksums and its chunks
+    (the first part of step 12).  A codebook index_out_of_range is reported
+    (spec §6.2: "detected as soon as the index is decoded (section 7.6)");
+    the transform tensor is not decoded and nothing is reconstructed."""
     hdr = read_file_header(data)
     rec = _find_tensor(hdr, name)
     if rec.coding != CODING_RANS:
@@ -1688,7 +1921,8 @@ def _flat_table(alphabet, n):
 def _rans_tensor(name, dtype, shape, indices, *, grid_kind=GRID_UNIFORM, grid=None, n=12, L=1,
                  context_model=CONTEXT_IID, tables=None, center=0, offset=-8, alphabet=17,
                  escape_mode=ESCAPE_NONE, rows_per_chunk=None, transform_kind=0, transform_tensor=0,
-                 coded_row_length=None, reserved0=0, chunk_count=None, varint=_varint, **kw):
+                 coded_row_length=None, reserved0=0, chunk_count=None, varint=_varint,
+                 chunks_fn=None, **kw):
     rows = shape[0] if shape else 1
     row_length = math.prod(shape[1:]) if len(shape) >= 2 else 1
     crl = row_length if coded_row_length is None else coded_row_length
@@ -1707,6 +1941,8 @@ def _rans_tensor(name, dtype, shape, indices, *, grid_kind=GRID_UNIFORM, grid=No
             chunks.append(_encode_chunk(part, n=n, L=L, tables=tables, context_model=context_model,
                                         center=center, offset=offset, alphabet=alphabet,
                                         escape_mode=escape_mode))
+    if chunks_fn is not None:                 # test hook: alter the coded chunks
+        chunks = chunks_fn(chunks)
     ccount_field = len(chunks) if chunk_count is None else chunk_count
 
     def body(refs):
@@ -1715,6 +1951,33 @@ def _rans_tensor(name, dtype, shape, indices, *, grid_kind=GRID_UNIFORM, grid=No
                 + _u8(escape_mode) + _u8(reserved0) + _i32(center) + _i32(offset) + _u32(alphabet)
                 + b"".join(varint(f) for t in tables for f in t)
                 + _u64(rpc) + _u32(ccount_field) + b"".join(refs))
+    return _T(name, dtype, shape, CODING_RANS, chunks, body, **kw)
+
+
+def _rans_record(name=b"w", dtype=1, shape=(3, 4), *, grid_kind=GRID_UNIFORM, grid=None,
+                 transform_kind=0, transform_tensor=0, crl=None, n=4, L=1, cm=CONTEXT_IID, cc=None,
+                 em=ESCAPE_NONE, r0=0, center=0, offset=-1, alphabet=4, tables=None, rpc=3,
+                 chunk_count=None, chunks=None, **kw):
+    """A RANS record with every field given literally (defaults: Annex A's,
+    with Annex A's chunk as its payload); for step-10 precedence tests whose
+    fields need not be consistent."""
+    if grid is None:
+        grid = _uniform_grid([0.5])
+    if tables is None:
+        tables = [[3, 9, 3, 1]]
+    if crl is None:
+        crl = math.prod(shape[1:]) if len(shape) >= 2 else 1
+    if chunks is None:
+        chunks = [_parse_hexdump(_ANNEX_A_HEX)[192:202]]
+    cc = len(tables) if cc is None else cc
+    ccount = len(chunks) if chunk_count is None else chunk_count
+
+    def body(refs):
+        return (_u8(grid_kind) + _sized(grid) + _u8(transform_kind) + _u32(transform_tensor)
+                + _u64(crl) + _u8(n) + _u8(L) + _u8(cm) + _u8(cc) + _u8(em) + _u8(r0)
+                + _i32(center) + _i32(offset) + _u32(alphabet)
+                + b"".join(_varint(f) for t in tables for f in t)
+                + _u64(rpc) + _u32(ccount) + b"".join(refs))
     return _T(name, dtype, shape, CODING_RANS, chunks, body, **kw)
 
 
@@ -1892,7 +2155,7 @@ def _self_test():
     E(_patch(annex, 115, _u32(65537)), "limit_exceeded", "alphabet_size 65537")
     E(_patch(annex, 131, _u32((1 << 24) + 1)), "limit_exceeded", "chunk_count 2^24+1")
     E(_patch(annex, 79, _u32((1 << 24) + 1)), "limit_exceeded", "group_count 2^24+1")
-    E(_patch(annex, 83, _u8(2)), "invalid_value", "has_zero_point 2")
+    E(_patch(annex, 83, _u8(2)), "invalid_value", "has_zero_point 2 (zero points expected: grid short)")
     E(_patch(annex, 42, b"\xff"), "invalid_value", "name not UTF-8")
 
     # ---- step 10: semantics ------------------------------------------------
@@ -2092,8 +2355,10 @@ def _self_test():
     t = _rans_tensor(b"c", 1, (2, 4), idx, grid_kind=GRID_CODEBOOK, grid=_codebook_grid(-1, cb),
                      offset=-2, alphabet=4, n=8, L=2)
     f = _build([t])
-    assert decode_indices(f, "c") == idx                       # §7 alone does not check the codebook
     E(f, "index_out_of_range", "index below the codebook")
+    # §6.2: detected while decoding (§7.6), so decode_indices reports it too.
+    E(f, "index_out_of_range", "index below the codebook (indices only)",
+      lambda d: decode_indices(d, "c"))
     E(_build([_rans_tensor(b"c", 1, (1, 1), [0], grid_kind=GRID_CODEBOOK, grid=_codebook_grid(0, []),
                            offset=0, alphabet=1, n=1)]), "invalid_value", "empty codebook")
     E(_build([_rans_tensor(b"c", 1, (1, 1), [0], grid_kind=GRID_CODEBOOK,
@@ -2160,8 +2425,28 @@ def _self_test():
               _rans_tensor(b"T", 1, (K, cols), [0] * K, coded_row_length=1, transform_kind=1,
                            transform_tensor=2),
               _raw_tensor(b"U", 1, (1, cols), b"\0" * 4 * cols)]), "invalid_reference", "T has a transform")
+    # §6.4 "This rule looks only at those field values of T's record; T's own
+    # faults are reported when T's record is checked": a T after the tensor
+    # with an unknown coding / dtype / transform_kind is invalid_reference;
+    # a T before it fails its own check first (unsupported_feature).
     E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
-              _T(b"T", 1, (K, cols), 5, [], lambda refs: b"")]), "unsupported_feature", "T of unknown coding")
+              _T(b"T", 1, (K, cols), 5, [], lambda refs: b"")]), "invalid_reference", "T of unknown coding")
+    E(_build([_T(b"T", 1, (K, cols), 5, [], lambda refs: b""),
+              _rans_tensor(b"a", 1, (rows, cols), cidx, coded_row_length=K, transform_kind=1,
+                           transform_tensor=0)]), "unsupported_feature", "T of unknown coding, T first")
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
+              _raw_tensor(b"T", 99, (K, cols), traw)]), "invalid_reference", "T of unknown dtype")
+    E(_build([_raw_tensor(b"T", 99, (K, cols), traw),
+              _rans_tensor(b"a", 1, (rows, cols), cidx, coded_row_length=K, transform_kind=1,
+                           transform_tensor=0)]), "unsupported_feature", "T of unknown dtype, T first")
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
+              _rans_tensor(b"T", 1, (K, cols), [0] * (K * cols), transform_kind=7)]),
+      "invalid_reference", "T of unknown transform_kind")
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
+              _rans_tensor(b"T", 1, (K, cols), [0] * (K * cols), reserved0=1)]),
+      "reserved_value", "T suitable but faulty: T's own fault")
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, **base),
+              _raw_tensor(b"T", 1, (K, cols), traw[:-4])]), "invalid_value", "T suitable, raw size wrong")
 
     # Edge geometry: rank 0, vector, [5, 0], [0, 5].
     f, got = roundtrip([_rans_tensor(b"s", 1, (), [3])], "s", [3])
@@ -2194,6 +2479,364 @@ def _self_test():
     # PREVIOUS_INDEX needs 2 ... 16 contexts; IID needs 1.
     E(_build([_rans_tensor(b"t", 1, (1, 2), [0, 1], n=4, offset=0, alphabet=2,
                            tables=[[8, 8], [8, 8]])]), "invalid_value", "IID with 2 tables")
+
+    # =====================================================================
+    # Rules of the revised text: §2.1, §2.3, §2.4, §3.4, §4.8, §4.9, §5.3,
+    # §5.5, §6.1, §6.2, §6.4, §7.1-§7.7, §9.
+    # =====================================================================
+    R = _rans_record
+    assert _build([R()]) == annex                        # the free-form builder is exact
+
+    def fpath(f, path):
+        """A field's offset, from steps 1-9 only (the file may have later faults)."""
+        return parse_header(f, read_preamble(f)).fields[path]
+
+    def patch_path(f, path, new):
+        return _patch(f, fpath(f, path), new)
+
+    def raw1(name=b"a", **kw):
+        return _raw_tensor(name, 1, (1,), b"\0" * 4, **kw)
+
+    dup_meta = _meta([(b"k", 1, b""), (b"k", 1, b"")])
+
+    # ---- §4.8 step 1: files shorter than 32 bytes ----------------------------
+    E(MAGIC[:4], "truncated", "4 bytes of magic")
+    E(MAGIC[:1], "truncated", "first magic byte only")
+    E(MAGIC + b"\x02", "truncated", "magic plus one byte")
+    E(b"\x89NRE", "bad_magic", "4 bytes, last differs")
+    E(b"\0" * 20, "bad_magic", "20 zero bytes")
+
+    # ---- §2.1: where an overrunning stated size belongs ------------------------
+    E(_patch(annex, 67, _u32(85)), "invalid_value", "grid size one past the body (the body's error)")
+    E(_patch(annex, 67, _u32(5000)), "invalid_value", "grid size past the body and the Header")
+    f = _build([raw1()], ext=_exts([(7, 0, b"abc")]))
+    E(patch_path(f, "header.extensions.extensions[0].body (size)", _u32(1000)),
+      "header_size_mismatch", "extension body past the Header")
+    f = _build([raw1()], meta=_meta([(b"k", META_BYTES, b"xy")]))
+    E(patch_path(f, "header.metadata.entries[0].value (size)", _u32(1 << 20)),
+      "header_size_mismatch", "metadata value past the Header")
+    # A metadata value is parsed by its value_type (step 9): its size faults
+    # and a STRING's UTF-8 are step-9 faults, found before any step-10 rule;
+    # an unknown value_type does not stop the parse.
+    E(_build([raw1()], meta=_meta([(b"k" * 257, META_STRING, b""), (b"x", META_INT64, b"\0" * 7)])),
+      "invalid_value", "INT64 of 7 bytes (step 9) before an earlier over-long key (step 10)")
+    E(_build([raw1()], meta=_meta([(b"k", META_STRING, b""), (b"k", META_STRING, b"\xff")])),
+      "invalid_value", "ill-formed STRING value (step 9) before duplicate_key (step 10)")
+    E(_build([raw1()], meta=_meta([(b"k", 77, b"xyz"), (b"x", META_FLOAT64, b"\0" * 9)])),
+      "invalid_value", "unknown value_type skipped, a later FLOAT64 of 9 bytes (step 9)")
+    E(_build([raw1()], meta=_meta([(b"k", META_BOOL, b"\x01\x00")])), "invalid_value", "BOOL of 2 bytes")
+
+    # ---- §2.3: UTF-8, byte-for-byte comparison ------------------------------------
+    got = decode_file(_build([_raw_tensor(b"a\x00b", 1, (1,), b"\0" * 4),
+                              _raw_tensor("\u00e9".encode(), 1, (1,), b"\0" * 4),
+                              _raw_tensor("e\u0301".encode(), 1, (1,), b"\0" * 4)],
+                             meta=_meta([("\u00e9".encode(), META_STRING, b"\x00"),
+                                         ("e\u0301".encode(), META_STRING, b"")])))
+    assert list(got) == ["a\x00b", "\u00e9", "e\u0301"]          # NFC and NFD names are distinct
+    E(_build([_raw_tensor(b"\xf4\x90\x80\x80", 1, (1,), b"\0" * 4)]), "invalid_value", "name above U+10FFFF")
+    E(_build([_raw_tensor(b"\xc0\xaf", 1, (1,), b"\0" * 4)]), "invalid_value", "overlong name")
+    E(_build([_raw_tensor(b"a\xe2\x82", 1, (1,), b"\0" * 4)]), "invalid_value", "truncated UTF-8 sequence")
+
+    # ---- §2.4 / §9: element_count, dimensions, inclusive limits -------------------
+    got = decode_file(_build([_raw_tensor(b"z", 1, (0, 1 << 40, 1 << 40), b"")]))
+    assert got["z"] == ("FLOAT32", (0, 1 << 40, 1 << 40), b"")
+    E(_build([_raw_tensor(b"z", 1, (0, (1 << 40) + 1), b"")]), "limit_exceeded", "dimension 2^40+1 next to 0")
+    E(_build([_T(b"z", 1, (1 << 20, 1 << 20, 2), 9, [], lambda refs: b"")]),
+      "limit_exceeded", "element_count 2^41 (before the unknown coding)")
+    E(_build([_T(b"z", 1, (1 << 20, 1 << 20), 9, [], lambda refs: b"")]),
+      "unsupported_feature", "element_count 2^40 is within the limit")
+
+    # ---- §3.4: reserved flag bits before the required bit, every extension ---------
+    E(_build([raw1()], ext=_exts([(7, 3, b"")])), "reserved_value", "flags 0x0003")
+    E(_build([raw1()], ext=_exts([(7, 1, b""), (8, 2, b"")])), "unsupported_feature",
+      "extension 0 required, extension 1 reserved bit")
+    E(_build([raw1()], ext=_exts([(7, 0, b""), (8, 0x10, b""), (9, 1, b"")])), "reserved_value",
+      "a skipped extension with a reserved bit, before a later required one")
+
+    # ---- §4.8 step 9: only syntax and the listed counts; unknown values go on ------
+    E(_patch(_patch(annex, 61, _u8(2)), 16, _u64(132)), "header_size_mismatch",
+      "unknown coding, then the Header is one byte long")
+    E(_patch(_patch(annex, 66, _u8(3)), 115, _u32(65537)), "limit_exceeded",
+      "unknown grid_kind, then alphabet_size 65537 (the parse goes on)")
+    E(_patch(_patch(annex, 43, _u8(14)), 101, _u8(17)), "unsupported_feature",
+      "unknown dtype before precision_bits 17 (a step-10 limit)")
+    E(_patch(_patch(annex, 45, _u64((1 << 40) + 1)), 67, _u32(18)), "invalid_value",
+      "grid not filled (step 9) before dimension 2^40+1 (step 10)")
+    f = _build([_raw_tensor(b"x" * 4097, 1, (1,), b"\0" * 4)])
+    E(_patch(f, 16, _u64(struct.unpack_from("<Q", f, 16)[0] + 1)), "header_size_mismatch",
+      "Header mismatch (step 9) before a name of 4097 bytes (step 10)")
+    hz2 = _u64(0) + _u32(1) + _u8(2) + _f32(0.5) + _i32(0)          # has_zero_point 2, zero point present
+    E(_build([R(grid=hz2)]), "invalid_value", "has_zero_point 2 (parsed with zero points, step 10)")
+    E(_build([R(grid=hz2, dtype=99)]), "unsupported_feature", "has_zero_point 2 after an unknown dtype")
+    E(_patch(annex, 83, _u8(2)), "invalid_value", "has_zero_point 2 without zero points: grid too short")
+    E(_build([R(grid=_u64(0) + _u32(1) + _u8(1) + _f32(0.5))]), "invalid_value", "zero point missing")
+    E(_patch(annex, 104, _u8(16)), "invalid_value", "context_count 16 is parsed (then the body is short)")
+
+    # ---- §4.9 item 1: metadata, entry by entry -------------------------------------
+    for entries, code, label in [
+        ([(b"k" * 257, 1, b""), (b"k" * 257, 1, b"")], "limit_exceeded", "key length before duplicate"),
+        ([(b"k", 6, b""), (b"k", 1, b"")], "unsupported_feature", "entry 0 value_type before entry 1"),
+        ([(b"k", 1, b""), (b"k", 6, b"")], "duplicate_key", "duplicate before value_type"),
+        ([(b"b", META_BOOL, b"\x02"), (b"b", 1, b"")], "invalid_value", "entry 0 BOOL before entry 1"),
+        ([(b"k", 1, b""), (b"k", META_BOOL, b"\x05")], "duplicate_key", "duplicate before BOOL value"),
+        ([(b"", 1, b""), (b"", 1, b"")], "duplicate_key", "two empty keys"),
+    ]:
+        E(_build([raw1()], meta=_meta(entries)), code, f"file metadata: {label}")
+        E(_build([raw1(meta=_meta(entries))]), code, f"tensor metadata: {label}")
+    # §5.5 keys may be empty; recommended keys are not type-checked.
+    assert "a" in decode_file(_build([raw1()], meta=_meta([(b"model_name", META_INT64, _u64(3)),
+                                                          (b"license", META_BYTES, b"\xff"), (b"", 1, b"")])))
+    E(_build([_raw_tensor(b"", 1, (1,), b"\0" * 4)], meta=dup_meta), "duplicate_key",
+      "file metadata before the first record")
+
+    # ---- §4.9 item 2: each record, rules 2.1 to 2.7 --------------------------------
+    E(_build([_raw_tensor(b"", 1, (1,), b"\0" * 4), _raw_tensor(b"", 1, (1,), b"\0" * 4)]),
+      "invalid_value", "2.1 empty name before duplicate")
+    E(_build([raw1(), _raw_tensor(b"a", 99, (1,), b"\0" * 4)]), "duplicate_name", "2.1 before 2.2")
+    E(_build([_raw_tensor(b"x" * 4097, 99, (1,), b"\0" * 4)]), "limit_exceeded", "2.1 name length before dtype")
+    E(_build([_raw_tensor(b"a", 99, ((1 << 40) + 1,), b"")]), "unsupported_feature", "2.2 before 2.3")
+    E(_build([_T(b"a", 1, ((1 << 40) + 1,), 9, [], lambda refs: b"")]), "limit_exceeded", "2.3 before 2.4")
+    E(_build([_T(b"a", 1, (2,), 9, [], lambda refs: b"x", meta=dup_meta)]), "unsupported_feature",
+      "2.4 before 2.6")
+    E(_build([_raw_tensor(b"a", 1, (2,), b"\0" * 4, meta=dup_meta)]), "invalid_value", "2.5 RAW size before 2.6")
+    E(_build([raw1(meta=dup_meta, ext=_exts([(7, 2, b"")]))]), "duplicate_key", "2.6 before 2.7")
+    E(_build([raw1(ext=_exts([(7, 2, b"")])), _raw_tensor(b"", 1, (1,), b"\0" * 4)]),
+      "reserved_value", "record 0's extensions before record 1's name")
+    E(_build([raw1(ext=_exts([(7, 1, b"")]))], ext=_exts([(7, 2, b"")])),
+      "unsupported_feature", "record extensions before the file's extensions")
+    E(_build([raw1()], meta=_meta([(b"b", META_BOOL, b"\x07")]), ext=_exts([(7, 1, b"")])),
+      "invalid_value", "file metadata before the file's extensions")
+    # 2.5 RANS, in the order of the RansBody fields (R(): Annex A's record).
+    for kw, code, label in [
+        (dict(dtype=5, grid_kind=3), "invalid_value", "reconstruction dtype before grid_kind"),
+        (dict(grid=_uniform_grid([0.0]), transform_kind=2), "invalid_value", "grid rules before transform_kind"),
+        (dict(grid=_uniform_grid([0.5, 0.5], 1), transform_kind=2), "invalid_value",
+         "group_count before transform_kind"),
+        (dict(grid_kind=3, transform_kind=2, n=0), "unsupported_feature", "grid_kind before precision_bits"),
+        (dict(transform_kind=2, n=17), "unsupported_feature", "transform_kind before precision_bits"),
+        (dict(crl=5, transform_tensor=1), "invalid_value", "§6.3 coded_row_length before transform_tensor"),
+        (dict(transform_tensor=1, n=17), "reserved_value", "§6.3 transform_tensor before precision_bits"),
+        (dict(transform_kind=1, transform_tensor=0, crl=(1 << 40) + 1), "limit_exceeded",
+         "§6.4 coded_row_length limit before the reference"),
+        (dict(transform_kind=1, transform_tensor=0, n=0), "invalid_reference", "§6.4 reference before precision_bits"),
+        (dict(n=17), "limit_exceeded", "precision_bits 17 (its table no longer sums) before table_sum"),
+        (dict(n=17, L=0), "limit_exceeded", "precision_bits 17 before lane_count 0"),
+        (dict(L=0, cm=2), "invalid_value", "lane_count before context_model"),
+        (dict(cm=2, r0=1), "unsupported_feature", "context_model before _reserved0"),
+        (dict(cm=1, em=2), "invalid_value", "PREVIOUS_INDEX context_count 1 before escape_mode"),
+        (dict(tables=[[3, 9, 3, 1]] * 2, em=2), "invalid_value", "IID context_count 2 before escape_mode"),
+        (dict(em=2, r0=1), "unsupported_feature", "escape_mode before _reserved0"),
+        (dict(r0=1, alphabet=0, tables=[[]]), "reserved_value", "_reserved0 before alphabet_size"),
+        (dict(alphabet=0, tables=[[]]), "invalid_value", "alphabet_size 0 (its empty table) before table_sum"),
+        (dict(center=1 << 23, tables=[[3, 9, 3, 2]]), "invalid_value", "context_center before table_sum"),
+        (dict(offset=1 << 23, tables=[[3, 9, 3, 2]]), "invalid_value", "index_offset before table_sum"),
+        (dict(offset=(1 << 23) - 3, tables=[[3, 9, 3, 2]]), "invalid_value", "largest direct index before table_sum"),
+        (dict(tables=[[3, 9, 3, 2]], rpc=0), "table_sum", "table_sum before rows_per_chunk"),
+        (dict(tables=[[3, 9, 3, 2]], chunk_count=2, chunks=[annex[192:202], b""]), "table_sum",
+         "table_sum before chunk_count"),
+        (dict(cm=1, tables=[[3, 9, 3, 1], [3, 9, 3, 2], [1, 1, 1, 1]]), "table_sum", "tables in order"),
+        (dict(rpc=0), "invalid_value", "rows_per_chunk 0 (no division by 0)"),
+        (dict(chunk_count=2, chunks=[annex[192:202], b""]), "invalid_value", "chunk_count 2 for 1 chunk of rows"),
+        (dict(meta=dup_meta, ext=_exts([(7, 1, b"")]), r0=1), "reserved_value", "2.5 before 2.6 and 2.7"),
+    ]:
+        E(_build([R(**kw)]), code, f"2.5 RANS: {label}")
+    # One fault, two rules (§4.9): a transformed tensor whose transform_kind is
+    # flipped to NONE breaks both rules of §6.3; coded_row_length is first.
+    f = _build([_rans_tensor(b"a", 1, (3, 4), [0] * 6, coded_row_length=2, transform_kind=1, transform_tensor=1),
+                _raw_tensor(b"T", 1, (2, 4), b"\0" * 32)])
+    E(patch_path(f, "header.tensors[0].body.transform_kind", _u8(0)), "invalid_value",
+      "RIGHT_MATRIX flipped to NONE")
+    # Symbols per chunk and chunk sizes (§9, inclusive).
+    read_file_header(_build([R(shape=(2, 1 << 32), rpc=1, chunks=[b"", b""])]))   # 2^32 symbols: allowed
+    E(_build([R(shape=(2, (1 << 32) + 1), rpc=1, chunks=[b"", b""])]), "limit_exceeded",
+      "2^32+1 symbols in one chunk")
+    E(_build([R(shape=(2, (1 << 32) + 1), rpc=1, chunks=[b"", b""], meta=dup_meta)]),
+      "limit_exceeded", "symbols per chunk before the record's metadata")
+    E(_patch(annex, 143, _u64((1 << 32) + 1)), "limit_exceeded", "chunk size 2^32+1")
+    E(_patch(annex, 143, _u64(1 << 32)), "truncated", "chunk size 2^32 (within the limit; then step 11)")
+    # §6.4 coded_row_length limit (inclusive); §6.3 with rows = 0.
+    f = _build([R(b"a", 1, (0, 1), transform_kind=1, transform_tensor=1, crl=1 << 40, chunks=[]),
+                _raw_tensor(b"T", 1, (1 << 40, 1), b"")])
+    E(f, "invalid_value", "K = 2^40 accepted; then T's own raw size")
+    E(patch_path(f, "header.tensors[1].body.payload.size", _u64(1 << 42)), "truncated",
+      "K = 2^40 accepted, T's size right: then the layout")
+    E(_build([R(b"a", 1, (0, 1 << 40, 2), crl=1 << 41, chunks=[])]), "limit_exceeded",
+      "NONE with rows 0: coded_row_length 2^41 is beyond §9")
+    assert decode_file(_build([R(b"a", 1, (0, 1 << 40), crl=1 << 40, chunks=[])]))["a"][2] == b""
+
+    # ---- step 10 before 11 before 12 ----------------------------------------------
+    E(_build([_raw_tensor(b"a", 1, (2,), b"\0" * 12)]) + b"\0", "invalid_value",
+      "RAW size (step 10) before trailing bytes (step 11)")
+    E(_patch(annex + b"\0", 151, b"\xc5"), "trailing_bytes", "trailing bytes (step 11) before a checksum (12)")
+
+    # ---- §4.9 step 11 order -----------------------------------------------------------
+    two = _build([_raw_tensor(b"a", 1, (1,), b"\1\2\3\4"), _raw_tensor(b"b", 1, (1,), b"\5\6\7\x08")])
+    hdr2 = read_file_header(two)
+    p0, p1 = hdr2.tensors[0].raw_payload, hdr2.tensors[1].raw_payload
+    at1 = hdr2.fields["header.tensors[1].body.payload.offset"]
+    assert p0.offset > 32 + hdr2.preamble.header_size and p1.offset == p0.offset + 64
+    E(_patch(_patch(two, at1, _u64(p1.offset + 64)), p0.offset + 4, b"\1", False),
+      "payload_layout", "payload 1's offset before the padding before it")
+    E(_patch(_patch(two, at1, _u64(p1.offset + 64)), p0.offset - 1, b"\1", False),
+      "nonzero_padding", "payload 0's padding before payload 1's offset")
+    E(_patch(two, at1, _u64(1 << 40)), "payload_layout", "offset before within-file")
+    E(_patch(_patch(annex, 143, _u64(1 << 20)), 170, b"\1", False), "truncated", "within-file before padding")
+    E(_patch(two + b"\0", p1.offset - 1, b"\1", False), "nonzero_padding", "padding before trailing bytes")
+
+    # ---- §4.8 step 12: checksums, then chunks, then the transform tensor ---------------
+    def word_more(chunk):                     # a deterministic §7.7 fault: one word left over
+        return chunk + b"\0\0"
+    idx = [rng.randint(-8, 8) for _ in range(12)]
+    f = _build([_rans_tensor(b"m", 1, (3, 4), idx, rows_per_chunk=1, chunks_fn=lambda c: [word_more(c[0])] + c[1:])])
+    E(f, "stream_trailing_data", "chunk 0 with a word left over")
+    crc1_at = fpath(f, "header.tensors[0].body.chunks[1].crc32c")
+    E(_patch(f, crc1_at, _u32(crc32c(f[:4]))), "checksum_payload",
+      "every checksum before any chunk (chunk 1's checksum, chunk 0's stream)")
+    E(_build([_rans_tensor(b"m", 1, (3, 4), idx, rows_per_chunk=1,
+                           chunks_fn=lambda c: [word_more(c[0]), c[1][:3], c[2]])]),
+      "stream_trailing_data", "chunk 0's fault before chunk 1's")
+    E(_build([_rans_tensor(b"m", 1, (3, 4), idx, rows_per_chunk=1,
+                           chunks_fn=lambda c: [c[0][:3], word_more(c[1]), c[2]])]),
+      "stream_truncated", "chunk 0's fault before chunk 1's (reversed)")
+    # A transformed tensor: its own chunks before its transform tensor T.
+    rows, K, cols = 3, 2, 4
+    cidx = [rng.randint(-5, 5) for _ in range(rows * K)]
+    traw = b"".join(_f32(rng.uniform(-1, 1)) for _ in range(K * cols))
+
+    def bad0(c):
+        return [word_more(c[0])] + c[1:]
+    a_bad = _rans_tensor(b"a", 1, (rows, cols), cidx, coded_row_length=K, transform_kind=1,
+                         transform_tensor=1, chunks_fn=bad0)
+    f = _build([a_bad, _raw_tensor(b"T", 1, (K, cols), traw)])
+    tp = read_file_header(f).tensors[1].raw_payload
+    E(_patch(f, tp.offset, bytes([f[tp.offset] ^ 0x40]), False), "stream_trailing_data",
+      "a's chunk before T's checksum (T after a)")
+    a_bad0 = _rans_tensor(b"a", 1, (rows, cols), cidx, coded_row_length=K, transform_kind=1,
+                          transform_tensor=0, chunks_fn=bad0)
+    f = _build([_raw_tensor(b"T", 1, (K, cols), traw), a_bad0])
+    tp = read_file_header(f).tensors[0].raw_payload
+    E(_patch(f, tp.offset, bytes([f[tp.offset] ^ 0x40]), False), "checksum_payload",
+      "T first in the file: T is decoded (and checked) first")
+    tidx = [rng.randint(-3, 3) for _ in range(K * cols)]
+    a_ok = _rans_tensor(b"a", 1, (rows, cols), cidx, coded_row_length=K, transform_kind=1, transform_tensor=1)
+    f = _build([a_ok, _rans_tensor(b"T", 1, (K, cols), tidx, chunks_fn=bad0)])
+    E(f, "stream_trailing_data", "T's chunk fault, found while decoding a")
+    E(f, "stream_trailing_data", "T's chunk fault (T's indices)", lambda d: decode_indices(d, "T"))
+    assert decode_indices(f, "a") == cidx                          # a's indices alone do not need T
+    # RAW: BOOL checked after the checksum; output unchanged (NaN patterns too).
+    f = _build([_raw_tensor(b"b", DTYPE_BOOL, (2,), b"\x01\x02")])
+    E(patch_path(f, "header.tensors[0].body.payload.crc32c", _u32(0)), "checksum_payload",
+      "BOOL byte 2 with a bad checksum")
+    nan_bits = _u32(0x7FA00001) + _u32(0xFFC00000)
+    assert decode_file(_build([_raw_tensor(b"n", 1, (2,), nan_bits)]))["n"][2] == nan_bits
+
+    # ---- §7.3 order ---------------------------------------------------------------------
+    E(chunk_variant(_u32(0x40000000) + b"\0" * 5), "stream_truncated", "§7.3 item 2 before item 3")
+    E(chunk_variant(_u32(0) + _u32(0xFFFF) + b"\x73"), "stream_trailing_data", "§7.3 item 3 before item 4")
+    E(chunk_variant(_u32(1) + _i32(5) + _u32(0xFFFF) + annex[200:202]), "rans_state_out_of_range",
+      "§7.3 item 4 before §7.7")
+    idx2 = [0, 1, 2, 3, 0, 1, 2, 3]
+    E(_build([_rans_tensor(b"t", 1, (2, 4), idx2, L=2, chunks_fn=lambda c: [c[0][:8]])]),
+      "stream_truncated", "§7.3 item 2 counts lane_count")
+    exc = E(_build([_rans_tensor(b"t", 1, (2, 4), idx2, L=2,
+                                 chunks_fn=lambda c: [_u32(0) + _u32(5) + _u32(6) + c[0][12:]])]),
+            "rans_state_out_of_range", "both lanes low")
+    assert exc.field.endswith("lane_states[0]"), exc.field
+    exc = E(_build([_rans_tensor(b"t", 1, (2, 4), idx2, L=2,
+                                 chunks_fn=lambda c: [c[0][:8] + _u32(6) + c[0][12:]])]),
+            "rans_state_out_of_range", "lane 1 low")
+    assert exc.field.endswith("lane_states[1]"), exc.field
+
+    # ---- §7.6 / §7.7 order; §6.2 index_out_of_range inside the loop --------------------
+    cb = [-1.5, -0.0, 0.25, 7.0]
+    oor = dict(grid_kind=GRID_CODEBOOK, grid=_codebook_grid(-1, cb), offset=-2, alphabet=4, n=8, L=1)
+    idx3 = [0, 1, -2, 0, 1, 1, 0, 0]                          # symbol 2 is below the codebook
+    E(_build([_rans_tensor(b"c", 1, (2, 4), idx3, chunks_fn=lambda c: [word_more(c[0])], **oor)]),
+      "index_out_of_range", "index_out_of_range before a word left over (§7.7)")
+    E(_build([_rans_tensor(b"c", 1, (2, 4), idx3, chunks_fn=lambda c: [_u32(1) + _i32(9) + c[0][4:]], **oor)]),
+      "index_out_of_range", "index_out_of_range before an unused escape value (§7.7)")
+    E(_build([_rans_tensor(b"c", 1, (2, 4), idx3, rows_per_chunk=1,
+                           chunks_fn=lambda c: [c[0], c[1][:3]], **oor)]),
+      "index_out_of_range", "chunk 0's index before chunk 1's stream")
+    esc_cb = dict(grid_kind=GRID_CODEBOOK, grid=_codebook_grid(-2, cb), offset=-2, alphabet=4, n=8,
+                  escape_mode=ESCAPE_LAST_SYMBOL, tables=[[100, 100, 50, 6]])
+    # Direct indices -2, -1, 0; symbol 3 escapes.  An escape to 1 is in the
+    # codebook; one to 50 is a valid escape outside it: index_out_of_range.
+    assert decode_file(_build([_rans_tensor(b"c", 1, (1, 3), [0, 1, -2], **esc_cb)]))["c"][2] == \
+        _f32(0.25) + _f32(7.0) + _f32(-1.5)
+    E(_build([_rans_tensor(b"c", 1, (1, 3), [0, 50, -2], **esc_cb)]), "index_out_of_range",
+      "escaped index outside the codebook")
+    E(_build([_rans_tensor(b"c", 1, (1, 4), [0, -1, -2, 1], **esc_cb,
+                           chunks_fn=lambda c: [c[0][:4] + _i32(0) + c[0][8:]])]),
+      "escape_mismatch", "escape value 0 is a direct index")
+    E(_build([_rans_tensor(b"c", 1, (1, 4), [0, 50, -2, 1], **esc_cb,
+                           chunks_fn=lambda c: [c[0][:8] + _i32(-1) + c[0][12:]])]),
+      "index_out_of_range", "index 50 (symbol 1) before the direct escape value -1 (symbol 3)")
+    # §7.7: words left, then final states, then unused escapes.
+    E(chunk_variant(_u32(1) + _i32(100) + _u32(726522) + annex[200:202]), "rans_final_state",
+      "final state before an unused escape")
+    E(chunk_variant(_u32(1) + _i32(100) + annex[196:202] + b"\0\0"), "stream_trailing_data",
+      "a word left before an unused escape")
+
+    # ---- §7.5: alphabet_size 1 with LAST_SYMBOL -----------------------------------------
+    top = (1 << 23) - 1
+    one = dict(alphabet=1, escape_mode=ESCAPE_LAST_SYMBOL, tables=[[16]], n=4)
+    vals = [5, -7, top, -top, 0]
+    f, got = roundtrip([_rans_tensor(b"e", 1, (5,), vals, offset=top, **one)], "e", vals)
+    assert got["e"][2] == b"".join(_f32(0.5 * v) for v in vals)
+    roundtrip([_rans_tensor(b"e", 1, (1,), [top], offset=top, **one)], "e", [top])   # = index_offset
+    E(_build([_rans_tensor(b"e", 1, (1,), [3], offset=1 << 23, **one)]), "invalid_value",
+      "alphabet 1 LAST_SYMBOL: index_offset itself is still checked")
+    E(_build([_rans_tensor(b"e", 1, (1,), [3], offset=0, **one,
+                           chunks_fn=lambda c: [_u32(1) + _i32(1 << 23) + c[0][8:]])]),
+      "escape_mismatch", "alphabet 1: escape value 2^23")
+
+    # ---- §6.1: groups of coded rows (with a transform) ----------------------------------
+    steps3, zps3 = [0.5, 0.25], [1, -1]
+    a = _rans_tensor(b"a", 1, (rows, cols), cidx, coded_row_length=K, transform_kind=1, transform_tensor=1,
+                     grid=_uniform_grid(steps3, 2, zps3))
+    f, got = roundtrip([a, _raw_tensor(b"T", 1, (K, cols), traw)], "a", cidx)
+    tv = [f32_from_bits(v) for v in struct.unpack(f"<{K * cols}I", traw)]
+    want = []
+    for r in range(rows):
+        g = r // 2                                            # the coded row's group
+        for j in range(cols):
+            acc = 0.0
+            for k in range(K):
+                acc += (steps3[g] * (cidx[r * K + k] - zps3[g])) * tv[k * cols + j]
+            want.append(_f32(acc))
+    assert got["a"][2] == b"".join(want)
+    E(_build([_rans_tensor(b"a", 1, (rows, cols), cidx, coded_row_length=K, transform_kind=1, transform_tensor=1,
+                           grid=_uniform_grid([0.5] * 2, 1)), _raw_tensor(b"T", 1, (K, cols), traw)]),
+      "invalid_value", "group_count counts the coded rows (3), not 2")
+    assert decode_file(_build([R(grid=_uniform_grid([0.5], 5))]))["w"] == out["w"]       # max(1, ceil(3/5))
+
+    # ---- §7.1: chunk_count counts coded symbols -----------------------------------------
+    cidx6 = [rng.randint(-5, 5) for _ in range(6)]
+    Tz = _raw_tensor(b"T", 1, (2, 0), b"")
+    a0 = _rans_tensor(b"a", 1, (3, 0), cidx6, coded_row_length=2, transform_kind=1, transform_tensor=1,
+                      rows_per_chunk=2)
+    assert decode_file(_build([a0, Tz]))["a"] == ("FLOAT32", (3, 0), b"")
+    assert decode_indices(_build([a0, Tz]), "a") == cidx6
+    a0bad = _rans_tensor(b"a", 1, (3, 0), cidx6, coded_row_length=2, transform_kind=1, transform_tensor=1,
+                         rows_per_chunk=2, chunks_fn=lambda c: [c[0], word_more(c[1])])
+    E(_build([a0bad, Tz]), "stream_trailing_data", "row_length 0: every chunk is still decoded and checked")
+    E(_build([R(b"a", 1, (3, 0), transform_kind=1, transform_tensor=1, crl=2, rpc=2, chunks=[]), Tz]),
+      "invalid_value", "chunk_count 0 for 6 coded symbols")
+
+    # ---- §9: more inclusive limits ---------------------------------------------------------
+    t16 = [_flat_table(5, 8)] * 16
+    idx16 = [rng.randint(-2, 2) for _ in range(40)]
+    roundtrip([_rans_tensor(b"p", 1, (4, 10), idx16, n=8, context_model=CONTEXT_PREVIOUS_INDEX, tables=t16,
+                            offset=-2, alphabet=5, L=32)], "p", idx16)
+    idx64k = [rng.randint(-3, 3) for _ in range(6)]
+    roundtrip([_rans_tensor(b"q", 1, (2, 3), idx64k, n=16, offset=-3, alphabet=65536,
+                            tables=[[1] * 65536])], "q", idx64k)
+    ends = [-(1 << 15), 0, (1 << 15) - 1]
+    cbig = _codebook_grid(-(1 << 15), [float(i) for i in range(65536)])
+    f, got = roundtrip([_rans_tensor(b"c", 1, (1, 3), ends, grid_kind=GRID_CODEBOOK, grid=cbig,
+                                     offset=-(1 << 15), alphabet=65536, n=16, tables=[[1] * 65536])], "c", ends)
+    assert got["c"][2] == _f32(0.0) + _f32(32768.0) + _f32(65535.0)
 
     # Error reporting contract.
     exc = E(_patch(annex, 119, b"\x03\x09\x03\x02"), "table_sum", "message")

@@ -119,16 +119,10 @@ def uniform_value(step, index, zero_point):
 
 
 @njit(cache=True)
-def build_value_tables(alphabet_size, index_offset, grid_kind, group_count, steps, zero_points,
-                       codebook, codebook_first, output_kind):
-    """Reconstructed value of every direct symbol in every group, as float32 and as the output's
-    16-bit pattern, and which symbols fall outside a codebook. Each entry is computed exactly as
-    spec §6.1/§6.2 define it, so looking it up gives the same bits as computing it."""
-    invalid = np.zeros(alphabet_size, dtype=np.uint8)
-    if group_count * alphabet_size > MAX_VALUE_TABLE_ENTRIES:
-        # Too large to be worth it: the kernel computes each value from its index instead.
-        return np.zeros(0, np.float32), np.zeros(0, np.uint16), invalid
+def _value_table32(alphabet_size, index_offset, grid_kind, group_count, steps, zero_points,
+                   codebook, codebook_first):
     values = np.zeros(group_count * alphabet_size, dtype=np.float32)
+    invalid = np.zeros(alphabet_size, dtype=np.uint8)
     for group in range(group_count):
         for symbol in range(alphabet_size):
             index = np.int64(symbol) + index_offset
@@ -141,15 +135,31 @@ def build_value_tables(alphabet_size, index_offset, grid_kind, group_count, step
                     invalid[symbol] = 1
                 else:
                     values[group * alphabet_size + symbol] = codebook[entry]
-    bits16 = np.zeros(len(values) if output_kind >= OUTPUT_FLOAT16 else 0, dtype=np.uint16)
-    if output_kind >= OUTPUT_FLOAT16:
-        bits = values.view(np.uint32)
-        for i in range(len(values)):
-            if output_kind == OUTPUT_FLOAT16:
-                bits16[i] = float32_bits_to_float16_bits(bits[i])
-            else:
-                bits16[i] = float32_bits_to_bfloat16_bits(bits[i])
-    return values, bits16, invalid
+    return values, invalid
+
+
+def build_value_table(alphabet_size, index_offset, grid_kind, group_count, steps, zero_points,
+                      codebook, codebook_first, output_kind):
+    """What the kernel writes for each direct symbol in each group, in the output's dtype: the
+    binary32 value, its binary16/bfloat16 pattern, or the index itself; plus which symbols fall
+    outside a codebook. Each value is computed exactly as spec §6.1/§6.2 define it, so looking it
+    up gives the same bits as computing it. The table is empty (values are then computed per
+    symbol) when groups x alphabet exceeds MAX_VALUE_TABLE_ENTRIES."""
+    if output_kind == OUTPUT_INDEX:
+        table = (np.arange(alphabet_size, dtype=np.int64) + index_offset).astype(np.int32)
+        return table, np.zeros(alphabet_size, dtype=np.uint8)
+    if group_count * alphabet_size > MAX_VALUE_TABLE_ENTRIES:
+        empty = np.zeros(0, np.float32 if output_kind == OUTPUT_FLOAT32 else np.uint16)
+        _, invalid = _value_table32(alphabet_size, index_offset, grid_kind, 0, steps, zero_points,
+                                    codebook, codebook_first)
+        return empty, invalid
+    values, invalid = _value_table32(alphabet_size, index_offset, grid_kind, group_count, steps,
+                                     zero_points, codebook, codebook_first)
+    if output_kind == OUTPUT_FLOAT32:
+        return values, invalid
+    bits16 = np.empty(len(values), dtype=np.uint16)
+    convert_float32_bits(values, output_kind, bits16)
+    return bits16, invalid
 
 
 @njit(cache=True)
@@ -171,9 +181,9 @@ def contexts_of_symbols(alphabet_size, index_offset, context_model, context_coun
 def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
                       lane_count, precision_bits, context_model, context_count, context_center,
                       escape_symbol, index_offset, slot_table, symbol_contexts, grid_kind,
-                      rows_per_group, steps, zero_points, codebook, codebook_first, values32,
-                      values16, invalid_symbols, output_kind, out_index, out_f32, out_u16,
-                      out_start, states, errors, chunk_number):
+                      rows_per_group, steps, zero_points, codebook, codebook_first, value_table,
+                      check_codebook, invalid_symbols, output_kind, out, out_start, states,
+                      errors, chunk_number):
     end = chunk_offset + chunk_size
     # spec §7.3: the chunk's fixed part, in the order the spec gives.
     if chunk_size < 4:
@@ -204,13 +214,12 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
     one_bits = one_value.view(np.uint32)
     slot_mask = np.uint64((1 << precision_bits) - 1)
     shift = np.uint64(precision_bits)
-    check_codebook = grid_kind == GRID_CODEBOOK
-    use_value_table = len(values32) > 0 or alphabet_size == 0
+    use_value_table = len(value_table) > 0 or output_kind == OUTPUT_INDEX
     escapes_used = 0
     lane = 0
     row = first_row
     group = row // rows_per_group if rows_per_group > 0 else 0
-    value_base = group * alphabet_size
+    value_base = group * alphabet_size if output_kind != OUTPUT_INDEX else 0
     context_base = 0  # spec §7.4: the first symbol's previous index is context_center: context 0
     last_word = end - 2  # reads are clamped here; a read past the end is caught just after
     rows_in_chunk = symbol_count // row_length if row_length > 0 else 0
@@ -248,12 +257,7 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
                         errors[chunk_number, 0] = INDEX_OUT_OF_RANGE
                         errors[chunk_number, 1] = chunk_offset
                         return
-                    if output_kind == OUTPUT_FLOAT32:
-                        out_f32[target] = values32[value_base + symbol]
-                    elif output_kind == OUTPUT_INDEX:
-                        out_index[target] = symbol + index_offset
-                    else:
-                        out_u16[target] = values16[value_base + symbol]
+                    out[target] = value_table[value_base + symbol]
                     continue
                 index = symbol + index_offset
             else:
@@ -274,7 +278,7 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
                     context_base = min(distance, context_count - 1) << precision_bits
             # The value computed from the index (escapes, and grids too large for a table).
             if output_kind == OUTPUT_INDEX:
-                out_index[target] = index
+                out[target] = index
                 continue
             if grid_kind == GRID_UNIFORM:
                 value = uniform_value(steps[group], index, zero_points[group])
@@ -286,17 +290,18 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
                     return
                 value = codebook[entry_index]
             if output_kind == OUTPUT_FLOAT32:
-                out_f32[target] = value
+                out[target] = value
             else:
                 one_value[0] = value
                 if output_kind == OUTPUT_FLOAT16:
-                    out_u16[target] = float32_bits_to_float16_bits(one_bits[0])
+                    out[target] = float32_bits_to_float16_bits(one_bits[0])
                 else:
-                    out_u16[target] = float32_bits_to_bfloat16_bits(one_bits[0])
+                    out[target] = float32_bits_to_bfloat16_bits(one_bits[0])
         row += 1
         if rows_per_group > 0 and row % rows_per_group == 0:
             group += 1
-            value_base = group * alphabet_size
+            if output_kind != OUTPUT_INDEX:
+                value_base = group * alphabet_size
     # spec §7.7: the end of the chunk.
     if position != end:
         errors[chunk_number, 0] = STREAM_TRAILING_DATA
@@ -317,9 +322,10 @@ def decode_chunks(buffer, chunk_offsets, chunk_sizes, chunk_first_rows, chunk_sy
                   chunk_out_starts, row_length, lane_count, precision_bits, context_model,
                   context_count, context_center, escape_symbol, index_offset, slot_table,
                   symbol_contexts, grid_kind, rows_per_group, steps, zero_points, codebook,
-                  codebook_first, values32, values16, invalid_symbols, output_kind, out_index,
-                  out_f32, out_u16, errors):
-    """Decode independent chunks in parallel into the output array that ``output_kind`` selects.
+                  codebook_first, value_table, check_codebook, invalid_symbols, output_kind, out,
+                  errors):
+    """Decode independent chunks in parallel into ``out``: float32 values, binary16/bfloat16
+    patterns (uint16) or int32 indices, per ``output_kind``; ``value_table`` has ``out``'s dtype.
     ``errors[k] = (code, byte offset)`` for chunk k; code 0 means success."""
     for k in prange(len(chunk_offsets)):
         states = np.empty(lane_count, dtype=np.uint64)
@@ -327,9 +333,9 @@ def decode_chunks(buffer, chunk_offsets, chunk_sizes, chunk_first_rows, chunk_sy
                           chunk_first_rows[k], row_length, lane_count, precision_bits,
                           context_model, context_count, context_center, escape_symbol,
                           index_offset, slot_table, symbol_contexts, grid_kind, rows_per_group,
-                          steps, zero_points, codebook, codebook_first, values32, values16,
-                          invalid_symbols, output_kind, out_index, out_f32, out_u16,
-                          chunk_out_starts[k], states, errors, k)
+                          steps, zero_points, codebook, codebook_first, value_table,
+                          check_codebook, invalid_symbols, output_kind, out, chunk_out_starts[k],
+                          states, errors, k)
 
 
 @njit(cache=True, parallel=True)

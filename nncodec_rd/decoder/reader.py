@@ -319,12 +319,14 @@ class NrdFile:
             steps, zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
             codebook = np.array(body.grid.codebook_values, dtype=np.float32)
             codebook_first, rows_per_group, group_count = body.grid.first_index, 0, 1
-        values32, values16, invalid_symbols = kernels.build_value_tables(
+        value_table, invalid_symbols = kernels.build_value_table(
             body.alphabet_size, body.index_offset, int(body.grid_kind), group_count, steps,
             zero_points, codebook, codebook_first, output_kind)
-        out_index = np.empty(total if output_kind == kernels.OUTPUT_INDEX else 0, np.int32)
-        out_f32 = np.empty(total if output_kind == kernels.OUTPUT_FLOAT32 else 0, np.float32)
-        out_u16 = np.empty(total if output_kind >= kernels.OUTPUT_FLOAT16 else 0, np.uint16)
+        # A codebook index check is needed only if a symbol outside the codebook can be decoded.
+        decodable = frequencies.max(axis=0) > 0 if frequencies.size else np.zeros(0, bool)
+        check_codebook = bool(np.any(invalid_symbols.astype(bool) & decodable))
+        out = np.empty(total, dtype={kernels.OUTPUT_INDEX: np.int32,
+                                     kernels.OUTPUT_FLOAT32: np.float32}.get(output_kind, np.uint16))
         errors = np.zeros((len(selected), 2), dtype=np.int64)
         self._apply_threads()
         kernels.decode_chunks(self._buffer, offsets, sizes, first_rows, counts, out_starts,
@@ -332,8 +334,8 @@ class NrdFile:
                               int(body.context_model), body.context_count, body.context_center,
                               escape_symbol, body.index_offset, slot_table, symbol_contexts,
                               int(body.grid_kind), rows_per_group, steps, zero_points, codebook,
-                              codebook_first, values32, values16, invalid_symbols, output_kind,
-                              out_index, out_f32, out_u16, errors)
+                              codebook_first, value_table, check_codebook, invalid_symbols,
+                              output_kind, out, errors)
         failed = np.flatnonzero(errors[:, 0])
         if len(failed):
             k = int(failed[0])
@@ -341,8 +343,6 @@ class NrdFile:
             raise error_for_code(code, _KERNEL_MESSAGES[code],
                                  field=f"header.tensors[{position}].body.chunks[{selected[k]}]",
                                  offset=int(errors[k, 1]))
-        out = {kernels.OUTPUT_INDEX: out_index, kernels.OUTPUT_FLOAT32: out_f32}.get(output_kind,
-                                                                                       out_u16)
         lo = (start_row - first_row) * row_length
         hi = (stop_row - first_row) * row_length
         return out[lo:hi] if (lo, hi) != (0, total) else out

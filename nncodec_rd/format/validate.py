@@ -191,18 +191,19 @@ def check_transform(record, body, position: int, tensors, path: str, report: Rep
         report(UnsupportedFeatureError(f"unknown transform_kind {body.transform_kind}",
                                        field=path + ".transform_kind", offset=offset))
         return
-    if body.transform_kind == TransformKind.NONE:
-        if body.transform_tensor != 0:
-            report(ReservedValueError("transform_tensor must be 0 without a transform",
-                                      field=path + ".transform_tensor", offset=offset))
-        if body.coded_row_length != geometry.row_length:
-            report(_invalid(f"coded_row_length {body.coded_row_length} != row length "
-                            f"{geometry.row_length}", path + ".coded_row_length", offset))
-        return
+    # spec §4.9: the coded_row_length limit first, for either kind.
     if body.coded_row_length > Limits.MAX_DIMENSION:
         report(LimitExceededError(f"coded_row_length {body.coded_row_length} exceeds "
                                   f"{Limits.MAX_DIMENSION}", field=path + ".coded_row_length",
                                   offset=offset))
+        return
+    if body.transform_kind == TransformKind.NONE:
+        if body.coded_row_length != geometry.row_length:
+            report(_invalid(f"coded_row_length {body.coded_row_length} != row length "
+                            f"{geometry.row_length}", path + ".coded_row_length", offset))
+        if body.transform_tensor != 0:
+            report(ReservedValueError("transform_tensor must be 0 without a transform",
+                                      field=path + ".transform_tensor", offset=offset))
         return
     target = body.transform_tensor
     field = path + ".transform_tensor"

@@ -63,7 +63,10 @@ def test_slot_table_entries_hold_frequency_offset_and_symbol():
 def test_value_tables_equal_the_spec_arithmetic():
     steps = np.array([0.1, 3.0e38], dtype=np.float32)
     zero_points = np.array([2, -1], dtype=np.int64)
-    values, bits16, invalid = kernels.build_value_tables(
+    values, invalid = kernels.build_value_table(
+        5, -2, kernels.GRID_UNIFORM, 2, steps, zero_points, np.zeros(0, np.float32), 0,
+        kernels.OUTPUT_FLOAT32)
+    bits16, _ = kernels.build_value_table(
         5, -2, kernels.GRID_UNIFORM, 2, steps, zero_points, np.zeros(0, np.float32), 0,
         kernels.OUTPUT_FLOAT16)
     indices = np.arange(5) - 2
@@ -73,7 +76,6 @@ def test_value_tables_equal_the_spec_arithmetic():
     with np.errstate(over="ignore"):
         assert np.array_equal(bits16, expected.astype(np.float32).astype(np.float16).view(np.uint16))
     assert not invalid.any()
-    _, _, invalid = kernels.build_value_tables(4, 0, kernels.GRID_CODEBOOK, 1, steps, zero_points,
-                                               np.array([1, 2], np.float32), 1,
-                                               kernels.OUTPUT_FLOAT32)
+    _, invalid = kernels.build_value_table(4, 0, kernels.GRID_CODEBOOK, 1, steps, zero_points,
+                                           np.array([1, 2], np.float32), 1, kernels.OUTPUT_FLOAT32)
     assert invalid.tolist() == [1, 0, 0, 1]

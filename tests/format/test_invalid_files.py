@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import pytest
 
+from conformance import spec_literal_decoder
 from conformance.mutators import assemble, mutate_header, split_file
 from nncodec_rd import EntropySettings, UniformGrid, CodebookGrid
 from nncodec_rd.decoder.reader import NrdFile
@@ -44,10 +45,14 @@ def decode(data: bytes, tmp_path) -> dict:
 
 
 def expect(data, tmp_path, code: ErrorCode, cls=NrdError):
+    """Our decoder raises ``code``, and so does the spec-literal decoder (written from spec/)."""
     with pytest.raises(cls) as caught:
         decode(data, tmp_path)
     assert caught.value.code == code, caught.value
     assert isinstance(caught.value, NrdError) and isinstance(caught.value, ValueError)
+    with pytest.raises(spec_literal_decoder.SpecError) as literal:
+        spec_literal_decoder.decode_file(data)
+    assert literal.value.code == int(code), literal.value
     return caught.value
 
 
@@ -70,9 +75,7 @@ def test_truncated_at_every_length(valid_file, tmp_path):
     """Every prefix of the file is rejected: truncated (or, cut inside a payload, the layout or
     checksum checks that notice it first); never another exception."""
     for length in list(range(0, 64)) + list(range(64, len(valid_file), 7)):
-        with pytest.raises(NrdError) as caught:
-            decode(valid_file[:length], tmp_path)
-        assert caught.value.code == ErrorCode.TRUNCATED, (length, caught.value)
+        expect(valid_file[:length], tmp_path, ErrorCode.TRUNCATED)
 
 
 def test_unknown_major_version(valid_file, tmp_path):
@@ -225,8 +228,12 @@ def _with_chunk(valid_file, chunk_bytes):
 def test_stream_errors(valid_file, tmp_path, edit, code):
     """A damaged chunk (checksum recomputed) is a CorruptStreamError; where the spec pins the
     exact code for the damage, that code."""
+    data = _with_chunk(valid_file, edit)
     with pytest.raises(CorruptStreamError) as caught:
-        decode(_with_chunk(valid_file, edit), tmp_path)
+        decode(data, tmp_path)
+    with pytest.raises(spec_literal_decoder.SpecError) as literal:
+        spec_literal_decoder.decode_file(data)
+    assert literal.value.code == int(caught.value.code)
     if code is not None:
         assert caught.value.code == code, caught.value
 
