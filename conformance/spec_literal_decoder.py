@@ -1397,8 +1397,15 @@ class FrequencyTable:
 
 
 def context_of(body, p):
-    """spec §7.4: IID: ctx = 0.  PREVIOUS_INDEX:
-    ctx = min(|p - context_center|, context_count - 1)."""
+    """spec §7.4: IID: "ctx = 0 for every symbol".  PREVIOUS_INDEX: "Let p be
+    the index decoded for symbol i - lane_count of the same chunk, the
+    previous symbol of the same lane (for i < lane_count: p =
+    context_center).  Then ctx = min(|p - context_center|, context_count - 1).
+    The index is the final index after any escape (section 7.5)."
+
+    The caller passes that p: decode_chunk keeps one p per lane (§7.6 p[l]),
+    so p[i mod L] holds the index of symbol i - L, or context_center while
+    the lane has decoded nothing yet in this chunk (i < L)."""
     if body.context_model == CONTEXT_IID:
         return 0
     return min(abs(p - body.context_center), body.context_count - 1)
@@ -1462,12 +1469,17 @@ def decode_chunk(data, rec, k, trace=None):
     lane_states = list(struct.unpack_from(f"<{L}I", chunk, states_at))
     x = list(lane_states)                      # "x[l] = lane_states[l]"
     w = fixed                                  # "w = position of the first word"
-    p = body.context_center                    # "p = context_center; e = 0"
+    # "p[l] = context_center for each lane l; e = 0" -- §7.4 "for i <
+    # lane_count: p = context_center": every lane starts each chunk at the
+    # center (chunks decode independently, §7.1).
+    p = [body.context_center] * L
     e = 0
     out = []
     for i in range(n_k):
         l = i % L                              # "l = i mod L"
-        ctx = context_of(body, p)              # "ctx = context of symbol i"
+        # "ctx = context of symbol i (section 7.4, from p[l])": p[l] is the
+        # index of symbol i - L, the previous symbol of the same lane.
+        ctx = context_of(body, p[l])
         table = tables[ctx]
         before = x[l]
         slot = x[l] % M                        # "slot = x[l] mod 2^n"
@@ -1506,8 +1518,11 @@ def decode_chunk(data, rec, k, trace=None):
             raise SpecError("index_out_of_range", f"{where} (symbol {i})", ref.offset,
                             f"index {q} is outside the codebook [{codebook.first_index}, "
                             f"{codebook.first_index + codebook.codebook_size - 1}]")
-        out.append(q)                          # "output index q; p = q"
-        p = q
+        # "output index q;  p[l] = q" -- the final index, after any escape
+        # (§7.4 "The index is the final index after any escape"), becomes
+        # the context of this lane's next symbol, i + L.
+        out.append(q)
+        p[l] = q
         if trace is not None:
             trace.append((i, l, before, slot, s, after_step, word, x[l], q))
     # spec §7.7 End of a chunk.
@@ -1863,19 +1878,34 @@ def _build(tensors, meta=_EMPTY_META, ext=_EMPTY_EXT, major=1, minor=0, features
     return pre + _u32(crc32c(pre + hbytes)) + _u32(0) + hbytes + bytes(body)
 
 
-def _encode_chunk(indices, *, n, L, tables, context_model, center, offset, alphabet, escape_mode):
-    """Annex B: encode one chunk (the inverse of §7.6)."""
+def _contexts(indices, *, L, context_model, center, context_count):
+    """§7.4 contexts of a chunk's symbols, computed forwards (Annex B): the
+    context of symbol i comes from p = the index of symbol i - L (the
+    previous symbol of the same lane), or p = center for i < L."""
+    if context_model == CONTEXT_IID:
+        return [0] * len(indices)
+    ctxs = []
+    for i in range(len(indices)):
+        p = indices[i - L] if i >= L else center
+        ctxs.append(min(abs(p - center), context_count - 1))
+    return ctxs
+
+
+def _encode_chunk(indices, *, n, L, tables, context_model, center, offset, alphabet, escape_mode,
+                  ctxs=None):
+    """Annex B: encode one chunk (the inverse of §7.6).  ctxs overrides the
+    contexts of §7.4 (a test hook, to code a chunk with other contexts)."""
     D = alphabet if escape_mode == ESCAPE_NONE else alphabet - 1
-    syms, ctxs, escapes = [], [], []
-    p = center
-    for q in indices:                                       # contexts forwards
-        ctxs.append(0 if context_model == CONTEXT_IID else min(abs(p - center), len(tables) - 1))
+    syms, escapes = [], []
+    if ctxs is None:                                        # contexts forwards
+        ctxs = _contexts(indices, L=L, context_model=context_model, center=center,
+                         context_count=len(tables))
+    for q in indices:
         if offset <= q < offset + D:
             syms.append(q - offset)
         else:
             syms.append(alphabet - 1)
             escapes.append(q)
-        p = q
     starts = []
     for f in tables:
         acc, st = 0, []
@@ -2319,6 +2349,78 @@ def _self_test():
         else:
             want = b"".join(_u16(bfloat16_bits(_bits_of_f32(0.25 * q))) for q in idx)
         assert got["p"] == (DTYPES[dtype][0], (6, 10), want)
+
+    # ---- §7.4 PREVIOUS_INDEX: p is the index of symbol i - lane_count ----------
+    def old_rule_ctxs(part, center, count):
+        """The context rule before §7.4 changed: p = the index of symbol i - 1
+        (whatever its lane).  Used only to show that the cases below tell the
+        two rules apart."""
+        ctxs, p = [], center
+        for q in part:
+            ctxs.append(min(abs(p - center), count - 1))
+            p = q
+        return ctxs
+    # (a) One-symbol tables (n = 1): table 0 = [2, 0] codes only symbol 0,
+    # table 1 = [0, 2] only symbol 1, and a step leaves the state unchanged
+    # (x = 2 floor(x/2) + slot - 0 with slot = x mod 2 = 0).  So the chunk is
+    # just escape_count 0 and lane states 2^16, no words, and the indices
+    # follow from the contexts alone.  With center 1: p = 1 -> ctx 0 -> index
+    # 0 -> ctx 1 -> index 1 -> ctx 0 -> ..., each lane on its own: symbol i
+    # is floor(i / L) mod 2.  The old rule (previous symbol of any lane)
+    # decodes the same bytes as 0, 1, 0, 1, ... whatever L.
+    for L in (1, 2, 3):
+        want_a = [(i // L) % 2 for i in range(12)]
+        t = _rans_tensor(b"a", 1, (2, 6), want_a, n=1, L=L, context_model=CONTEXT_PREVIOUS_INDEX,
+                         tables=[[2, 0], [0, 2]], center=1, offset=0, alphabet=2)
+        f, _ = roundtrip([t], "a", want_a)
+        ref = read_file_header(f).tensors[0].rans.chunks[0]
+        assert f[ref.offset:ref.offset + ref.size] == _u32(0) + _u32(STATE_LOW) * L   # Annex B's chunk
+        old_a = [i % 2 for i in range(12)]
+        assert (want_a == old_a) == (L == 1)      # "With one lane this is the previous symbol."
+    # (b) The same with escapes (LAST_SYMBOL, alphabet 3: direct indices 0 and
+    # 1, symbol 2 the escape), center 0, three one-symbol tables: table 0 =
+    # [0, 0, 2] (always an escape), table 1 = [2, 0, 0] (index 0), table 2 =
+    # [0, 2, 0] (index 1).  Two lanes, escapes 7, -1, 9:
+    #   i=0 lane 0 p=center 0 ctx 0 -> escape 7      i=1 lane 1 p=center 0 ctx 0 -> escape -1
+    #   i=2 lane 0 p=7 ctx 2 -> 1                    i=3 lane 1 p=-1 ctx 1 -> 0
+    #   i=4 lane 0 p=1 ctx 1 -> 0                    i=5 lane 1 p=0 ctx 0 -> escape 9
+    # The escaped index (7, -1) is its lane's new p.  The old rule reads the
+    # same chunk as 7, 1, 0, -1, 0, 9.
+    tables_b = [[0, 0, 2], [2, 0, 0], [0, 2, 0]]
+    chunk_b = _u32(3) + _i32(7) + _i32(-1) + _i32(9) + _u32(STATE_LOW) * 2
+    want_b = [7, -1, 1, 0, 0, 9]
+    t = _rans_tensor(b"b", 1, (1, 6), want_b, n=1, L=2, context_model=CONTEXT_PREVIOUS_INDEX,
+                     tables=tables_b, center=0, offset=0, alphabet=3, escape_mode=ESCAPE_LAST_SYMBOL)
+    f, got = roundtrip([t], "b", want_b)
+    ref = read_file_header(f).tensors[0].rans.chunks[0]
+    assert f[ref.offset:ref.offset + ref.size] == chunk_b
+    assert got["b"][2] == b"".join(_f32(0.5 * q) for q in want_b)
+    trace = []
+    decode_indices(f, "b", trace)
+    assert [(i, l, s, q) for i, l, _, _, s, _, _, _, q in trace] == [
+        (0, 0, 2, 7), (1, 1, 2, -1), (2, 0, 1, 1), (3, 1, 0, 0), (4, 0, 0, 0), (5, 1, 2, 9)]
+    assert old_rule_ctxs(want_b, 0, 3) != _contexts(want_b, L=2, context_model=CONTEXT_PREVIOUS_INDEX,
+                                                    center=0, context_count=3)
+    # (c) Random indices, several lanes and chunks, escapes, unequal tables:
+    # chunks coded with the old rule's contexts do not decode to the indices
+    # (a wrong index or an error), chunks coded with the new rule do.
+    idx_c = [rng.choice([0, 0, 1, -1, 2, 3, -3, 40, -1000]) for _ in range(70)]
+    for L in (2, 3, 5):
+        kw = dict(n=12, L=L, context_model=CONTEXT_PREVIOUS_INDEX, tables=tables, center=1, offset=-2,
+                  alphabet=7, escape_mode=ESCAPE_LAST_SYMBOL)
+        parts = [idx_c[0:30], idx_c[30:60], idx_c[60:70]]           # rows_per_chunk 3 of (7, 10)
+        roundtrip([_rans_tensor(b"c", 1, (7, 10), idx_c, rows_per_chunk=3, **kw)], "c", idx_c)
+        old_chunks = [_encode_chunk(part, n=12, L=L, tables=tables, context_model=CONTEXT_PREVIOUS_INDEX,
+                                    center=1, offset=-2, alphabet=7, escape_mode=ESCAPE_LAST_SYMBOL,
+                                    ctxs=old_rule_ctxs(part, 1, 3)) for part in parts]
+        f_old = _build([_rans_tensor(b"c", 1, (7, 10), idx_c, rows_per_chunk=3,
+                                     chunks_fn=lambda _c, oc=old_chunks: oc, **kw)])
+        try:
+            assert decode_indices(f_old, "c") != idx_c, f"L={L}: old-rule chunks decoded to the indices"
+        except SpecError:
+            pass
+        tally["old-rule chunks rejected or misdecoded"] += 1
+
     # Escape faults.
     def esc_file(escapes_override):
         t = _rans_tensor(b"p", 1, (1, 3), [0, 50, 1], n=4, offset=0, alphabet=3, escape_mode=ESCAPE_LAST_SYMBOL,

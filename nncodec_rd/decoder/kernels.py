@@ -177,13 +177,15 @@ def contexts_of_symbols(alphabet_size, index_offset, context_model, context_coun
     return contexts
 
 
-@njit(cache=True)
-def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-                      lane_count, precision_bits, context_model, context_count, context_center,
-                      escape_symbol, index_offset, slot_table, symbol_contexts, grid_kind,
-                      rows_per_group, steps, zero_points, codebook, codebook_first, value_table,
-                      check_codebook, invalid_symbols, output_kind, out, out_start, states,
-                      errors, chunk_number):
+@njit(inline="always")
+def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+                       lane_count, precision_bits, previous_index_context, context_count,
+                       context_center, escape_symbol, index_offset, slot_table, symbol_contexts,
+                       grid_kind, rows_per_group, steps, zero_points, codebook, codebook_first,
+                       value_table, check_codebook, invalid_symbols, output_kind, out, out_start,
+                       states, errors, chunk_number):
+    """Decode one chunk (spec §7.3-§7.7). Inlined into one kernel per context model, where
+    ``previous_index_context`` is a constant, so the IID kernel carries no context work."""
     end = chunk_offset + chunk_size
     # spec §7.3: the chunk's fixed part, in the order the spec gives.
     if chunk_size < 4:
@@ -220,7 +222,9 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
     row = first_row
     group = row // rows_per_group if rows_per_group > 0 else 0
     value_base = group * alphabet_size if output_kind != OUTPUT_INDEX else 0
-    context_base = 0  # spec §7.4: the first symbol's previous index is context_center: context 0
+    # spec §7.4: each lane's context comes from its own previous index (context_center at first,
+    # which is context 0), so lanes do not wait for one another.
+    lane_context_bases = np.zeros(lane_count, dtype=np.uint64)
     last_word = end - 2  # reads are clamped here; a read past the end is caught just after
     rows_in_chunk = symbol_count // row_length if row_length > 0 else 0
     i = 0
@@ -228,7 +232,10 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
         for _ in range(row_length):
             # spec §7.6: one decoding step of lane i mod lane_count.
             state = states[lane]
-            entry = slot_table[context_base + (state & slot_mask)]
+            if previous_index_context:
+                entry = slot_table[lane_context_bases[lane] + (state & slot_mask)]
+            else:
+                entry = slot_table[state & slot_mask]
             state = (entry & _FIELD_MASK) * (state >> shift) + ((entry >> _BIAS_SHIFT) & _FIELD_MASK)
             symbol = np.int64(entry >> _SYMBOL_SHIFT)
             # Renormalize without a branch: the word is read (from a clamped position) and used
@@ -244,14 +251,15 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
                 errors[chunk_number, 0] = STREAM_TRUNCATED
                 errors[chunk_number, 1] = end
                 return
+            decoded_lane = lane
             lane += 1
             if lane == lane_count:
                 lane = 0
             target = out_start + i
             i += 1
             if symbol != escape_symbol:
-                if context_model == 1:
-                    context_base = symbol_contexts[symbol] << precision_bits
+                if previous_index_context:
+                    lane_context_bases[decoded_lane] = np.uint64(symbol_contexts[symbol] << precision_bits)
                 if use_value_table:
                     if check_codebook and invalid_symbols[symbol]:
                         errors[chunk_number, 0] = INDEX_OUT_OF_RANGE
@@ -273,9 +281,10 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
                     errors[chunk_number, 0] = ESCAPE_MISMATCH
                     errors[chunk_number, 1] = escape_position + 4 * (escapes_used - 1)
                     return
-                if context_model == 1:
+                if previous_index_context:
                     distance = abs(index - context_center)
-                    context_base = min(distance, context_count - 1) << precision_bits
+                    lane_context_bases[decoded_lane] = np.uint64(
+                        min(distance, context_count - 1) << precision_bits)
             # The value computed from the index (escapes, and grids too large for a table).
             if output_kind == OUTPUT_INDEX:
                 out[target] = index
@@ -317,6 +326,35 @@ def _decode_one_chunk(buffer, chunk_offset, chunk_size, symbol_count, first_row,
         errors[chunk_number, 1] = chunk_offset
 
 
+@njit(cache=True)
+def _decode_chunk_iid(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+                      lane_count, precision_bits, context_count, context_center, escape_symbol,
+                      index_offset, slot_table, symbol_contexts, grid_kind, rows_per_group, steps,
+                      zero_points, codebook, codebook_first, value_table, check_codebook,
+                      invalid_symbols, output_kind, out, out_start, states, errors, chunk_number):
+    _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+                       lane_count, precision_bits, False, context_count, context_center,
+                       escape_symbol, index_offset, slot_table, symbol_contexts, grid_kind,
+                       rows_per_group, steps, zero_points, codebook, codebook_first, value_table,
+                       check_codebook, invalid_symbols, output_kind, out, out_start, states,
+                       errors, chunk_number)
+
+
+@njit(cache=True)
+def _decode_chunk_previous(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+                           lane_count, precision_bits, context_count, context_center,
+                           escape_symbol, index_offset, slot_table, symbol_contexts, grid_kind,
+                           rows_per_group, steps, zero_points, codebook, codebook_first,
+                           value_table, check_codebook, invalid_symbols, output_kind, out,
+                           out_start, states, errors, chunk_number):
+    _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+                       lane_count, precision_bits, True, context_count, context_center,
+                       escape_symbol, index_offset, slot_table, symbol_contexts, grid_kind,
+                       rows_per_group, steps, zero_points, codebook, codebook_first, value_table,
+                       check_codebook, invalid_symbols, output_kind, out, out_start, states,
+                       errors, chunk_number)
+
+
 @njit(cache=True, parallel=True)
 def decode_chunks(buffer, chunk_offsets, chunk_sizes, chunk_first_rows, chunk_symbol_counts,
                   chunk_out_starts, row_length, lane_count, precision_bits, context_model,
@@ -329,13 +367,22 @@ def decode_chunks(buffer, chunk_offsets, chunk_sizes, chunk_first_rows, chunk_sy
     ``errors[k] = (code, byte offset)`` for chunk k; code 0 means success."""
     for k in prange(len(chunk_offsets)):
         states = np.empty(lane_count, dtype=np.uint64)
-        _decode_one_chunk(buffer, chunk_offsets[k], chunk_sizes[k], chunk_symbol_counts[k],
-                          chunk_first_rows[k], row_length, lane_count, precision_bits,
-                          context_model, context_count, context_center, escape_symbol,
-                          index_offset, slot_table, symbol_contexts, grid_kind, rows_per_group,
-                          steps, zero_points, codebook, codebook_first, value_table,
-                          check_codebook, invalid_symbols, output_kind, out, chunk_out_starts[k],
-                          states, errors, k)
+        if context_model == 1:
+            _decode_chunk_previous(buffer, chunk_offsets[k], chunk_sizes[k],
+                                   chunk_symbol_counts[k], chunk_first_rows[k], row_length,
+                                   lane_count, precision_bits, context_count, context_center,
+                                   escape_symbol, index_offset, slot_table, symbol_contexts,
+                                   grid_kind, rows_per_group, steps, zero_points, codebook,
+                                   codebook_first, value_table, check_codebook, invalid_symbols,
+                                   output_kind, out, chunk_out_starts[k], states, errors, k)
+        else:
+            _decode_chunk_iid(buffer, chunk_offsets[k], chunk_sizes[k], chunk_symbol_counts[k],
+                              chunk_first_rows[k], row_length, lane_count, precision_bits,
+                              context_count, context_center, escape_symbol, index_offset,
+                              slot_table, symbol_contexts, grid_kind, rows_per_group, steps,
+                              zero_points, codebook, codebook_first, value_table, check_codebook,
+                              invalid_symbols, output_kind, out, chunk_out_starts[k], states,
+                              errors, k)
 
 
 @njit(cache=True, parallel=True)

@@ -77,16 +77,17 @@ def build_frequency_table(counts: np.ndarray, precision_bits: int) -> np.ndarray
 
 
 def context_of_previous(indices: np.ndarray, context_model: int, context_count: int,
-                        context_center: int) -> np.ndarray:
-    """spec §7.4: the context of each symbol of one chunk, from the index before it.
+                        context_center: int, lane_count: int) -> np.ndarray:
+    """spec §7.4: the context of each symbol of one chunk.
 
-    IID: always 0. PREVIOUS_INDEX: min(|previous index - context_center|, context_count - 1), where
-    the first symbol of a chunk takes ``context_center`` as its previous index (context 0).
+    IID: always 0. PREVIOUS_INDEX: min(|p - context_center|, context_count - 1), where p is the
+    index of the same lane's previous symbol (``lane_count`` positions earlier); the first symbol
+    of each lane takes ``context_center`` as p (context 0).
     """
     contexts = np.zeros(len(indices), dtype=np.int32)
-    if context_model == ContextModel.PREVIOUS_INDEX and len(indices) > 1:
-        distance = np.abs(indices[:-1].astype(np.int64) - context_center)
-        contexts[1:] = np.minimum(distance, context_count - 1)
+    if context_model == ContextModel.PREVIOUS_INDEX and len(indices) > lane_count:
+        distance = np.abs(indices[:-lane_count].astype(np.int64) - context_center)
+        contexts[lane_count:] = np.minimum(distance, context_count - 1)
     return contexts
 
 

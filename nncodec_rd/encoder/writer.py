@@ -177,7 +177,8 @@ def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset):
         contexts = np.zeros(len(flat), dtype=np.int32)
         for extent in extents:
             part = slice(extent.first_symbol, extent.first_symbol + extent.symbol_count)
-            contexts[part] = context_of_previous(flat[part], model, context_count, center)
+            contexts[part] = context_of_previous(flat[part], model, context_count, center,
+                                                 settings.lane_count)
         counts = np.zeros((context_count, max(alphabet, 1)), dtype=np.int64)
         np.add.at(counts, (contexts, symbols), 1)
         frequencies = np.stack([build_frequency_table(row, settings.precision_bits)

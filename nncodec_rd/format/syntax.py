@@ -311,7 +311,7 @@ RansBody = Struct(
     "_limit_context_count" / LimitCheck("context_count", Limits.MAX_CONTEXT_COUNT),
     "escape_mode" / EnumField(Int8ul, EscapeMode) * "Whether the last symbol is an escape (EscapeMode).",
     "_reserved0" / Int8ul * "Reserved; MUST be 0.",
-    "context_center" / Int32sl * "Index from which PREVIOUS_INDEX measures distance; also the previous index at the start of a chunk.",
+    "context_center" / Int32sl * "Index from which PREVIOUS_INDEX measures distance; also the previous index of each lane's first symbol in a chunk.",
     "index_offset" / Int32sl * "Index value of symbol 0: symbol s (not an escape) means index s + `index_offset`.",
     "alphabet_size" / Int32ul * "Number of symbols per table, escape symbol included; 1 ... 65536.",
     "_limit_alphabet_size" / LimitCheck("alphabet_size", Limits.MAX_ALPHABET_SIZE),

@@ -61,8 +61,8 @@ def test_coded_size_is_within_one_percent_of_the_ideal(tmp_path, distribution, l
         for k in range(body.chunk_count):
             part = indices[k * rows:(k + 1) * rows].reshape(-1)
             contexts = np.zeros(len(part), np.int32)
-            if body.context_model == 1:
-                previous = np.concatenate([[body.context_center], part[:-1]])
+            if body.context_model == 1:  # spec §7.4: the same lane's previous index
+                previous = np.concatenate([[body.context_center] * lanes, part[:-lanes]])
                 contexts = np.minimum(np.abs(previous - body.context_center),
                                       body.context_count - 1).astype(np.int32)
             chunk_symbols = symbols[k * rows * 300:(k + 1) * rows * 300]
