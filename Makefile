@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: the CPU wheel lies on this machine's disk; a bare `torch` pulls a CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[torch,test]'
+	$(PIP) install -q -e '.[torch,test,bench]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -25,6 +25,10 @@ demo: $(VENV)/.demo-installed
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --hypothesis-profile=ci
+
+bench: setup
+	mkdir -p bench/results
+	$(PY) bench/decode_speed.py --json bench/results/decode_speed.json --plot bench/results/decode_speed.png
 
 clean:
 	rm -rf $(VENV) out .hypothesis .pytest_cache

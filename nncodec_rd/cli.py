@@ -78,15 +78,17 @@ def _jsonable(metadata: dict) -> dict:
 
 def command_decode(arguments) -> int:
     from .api import safe_open
-    from .io.tensorio import write_tensors
+    from .io.tensorio import write_tensors_streaming
 
     start = time.perf_counter()
     with safe_open(arguments.file, threads=arguments.threads) as handle:
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        infos = [handle.info(name) for name in handle.keys()]
         metadata = {k: v for k, v in handle.metadata().items() if not isinstance(v, bytes)}
-    write_tensors(arguments.output, tensors, metadata)
-    count = sum(t.size for t in tensors.values())
-    print(f"decoded {len(tensors)} tensors ({count} elements) to {arguments.output} in "
+        # One tensor at a time: decoded, written, freed.
+        write_tensors_streaming(arguments.output, [(i.name, i.dtype, i.shape) for i in infos],
+                                handle.get_tensor, metadata)
+    count = sum(i.element_count for i in infos)
+    print(f"decoded {len(infos)} tensors ({count} elements) to {arguments.output} in "
           f"{time.perf_counter() - start:.2f} s", file=sys.stderr)
     return 0
 
@@ -168,6 +170,12 @@ def command_demo(arguments) -> int:
     return run_demo(arguments.output)
 
 
+def command_bench(arguments) -> int:
+    from .benchmarks import decode_speed
+
+    return decode_speed.main(arguments=arguments)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nncodec-rd",
@@ -229,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+")
     validate.add_argument("--json", action="store_true", help="machine-readable report")
     validate.set_defaults(run=command_validate)
+
+    bench = commands.add_parser("bench", help="run a benchmark",
+                                description="Benchmarks that print their numbers (and JSON / PNG).")
+    benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    decode_bench = benchmarks.add_parser(
+        "decode", help="decode speed against constriction, zstd and NNCodec",
+        description="Time decoding of a realistic 50 M-weight index tensor with nncodec-rd "
+                    "(1 thread and all cores) and reference coders on the same symbols.",
+        epilog="Example: nncodec-rd bench decode --weights 10000000 --json decode.json")
+    from .benchmarks.decode_speed import build_parser as build_bench_parser
+
+    build_bench_parser(decode_bench)
+    decode_bench.set_defaults(run=command_bench)
 
     demo = commands.add_parser("demo", help="compress the bundled MiniLM model end to end",
                                description="Compress a real model available offline, decode it and "

@@ -94,7 +94,16 @@ def test_python_dash_m_and_version():
 
 
 def test_every_command_has_help_with_an_example():
-    for command in ("info", "decode", "encode", "validate", "demo"):
-        result = subprocess.run([sys.executable, "-m", "nncodec_rd", command, "--help"],
+    for command in ("info", "decode", "encode", "validate", "demo", "bench decode"):
+        result = subprocess.run([sys.executable, "-m", "nncodec_rd", *command.split(), "--help"],
                                 capture_output=True, text=True, check=True)
         assert "Example" in result.stdout, command
+
+
+def test_bench_decode_runs_small(tmp_path, capsys):
+    code, out, _ = run(capsys, "bench", "decode", "--weights", "20000", "--repeats", "1",
+                       "--json", tmp_path / "b.json")
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert code == 0 and "nncodec-rd (1 thread)" in out
+    ours = report["results"][0]
+    assert ours["measured"] and ours["bits_per_weight"] < report["entropy_bits_per_weight"] * 1.05

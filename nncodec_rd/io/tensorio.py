@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import tempfile
 
 import numpy as np
@@ -95,37 +96,63 @@ def _atomic_write(path, write) -> None:
 
 def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
     """Write ``tensors`` as a safetensors file, atomically."""
-    header, blobs, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    for name, array in tensors.items():
-        array = np.asarray(array)  # not ascontiguousarray: it turns 0-d arrays into shape (1,)
-        dtype_name = _safetensors_dtype(array)
-        if dtype_name == "BF16":
-            blob = array.view(np.uint16).astype("<u2").tobytes()
-        else:
-            blob = array.astype(np.dtype(_SAFETENSORS_DTYPES[dtype_name])).tobytes()
-        header[name] = {"dtype": dtype_name, "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)
+    entries = [(name, np.asarray(a).dtype.name, np.shape(a)) for name, a in tensors.items()]
+    write_tensors_streaming(path, entries, tensors.__getitem__, metadata)
 
-    def write(stream):
-        stream.write(struct.pack("<Q", len(encoded)))
-        stream.write(encoded)
-        for blob in blobs:
-            stream.write(blob)
 
+def _raw_view(array: np.ndarray) -> memoryview:
+    """The array's little-endian bytes without a copy where possible (bfloat16 as uint16)."""
+    array = np.asarray(array)
+    if array.dtype.name == "bfloat16":
+        array = array.view(np.uint16)
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")
+
+
+def write_tensors_streaming(path, entries, produce, metadata: dict | None = None) -> None:
+    """Write tensors one at a time, so that only one is in memory: ``entries`` lists
+    ``(name, dtype name, shape)`` and ``produce(name)`` returns each array when it is written.
+    The format (.safetensors or .npz) follows the suffix of ``path``; the write is atomic."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix == ".safetensors":
+        header, offset = {}, 0
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        for name, dtype_name, shape in entries:
+            dtype = _bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
+            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header[name] = {"dtype": _safetensors_dtype(np.empty(0, dtype)), "shape": list(shape),
+                            "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-len(encoded) % 8)
+
+        def write(stream):
+            stream.write(struct.pack("<Q", len(encoded)))
+            stream.write(encoded)
+            for name, _, _ in entries:
+                stream.write(_raw_view(produce(name)))
+    elif suffix == ".npz":
+        import zipfile
+
+        def write(stream):
+            with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED) as archive:
+                for name, _, _ in entries:
+                    array = np.asarray(produce(name))
+                    if array.dtype.name == "bfloat16":
+                        array = array.view(np.uint16)
+                    with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, array, allow_pickle=False)
+    else:
+        raise InputFileError(f"{path}: output must end in .safetensors or .npz")
     _atomic_write(path, write)
 
 
 def write_npz(path, tensors: dict) -> None:
     """Write ``tensors`` to an uncompressed .npz, atomically (bfloat16 as its uint16 bits)."""
-    arrays = {name: (np.asarray(a).view(np.uint16) if np.asarray(a).dtype.name == "bfloat16"
-                     else np.asarray(a)) for name, a in tensors.items()}
-    _atomic_write(path, lambda stream: np.savez(stream, **arrays))
+    entries = [(name, np.asarray(a).dtype.name, np.shape(a)) for name, a in tensors.items()]
+    write_tensors_streaming(path, entries, tensors.__getitem__)
 
 
 def read_tensors(path) -> tuple[dict, dict]:
