@@ -15,9 +15,6 @@ import numpy as np
 from ..format.checksum import crc32c
 from ..format.constants import (
     DTYPE_SIZE_BYTES,
-    FORMAT_MAJOR_VERSION,
-    FORMAT_MINOR_VERSION,
-    PREAMBLE_SIZE_BYTES,
     Coding,
     ContextModel,
     EscapeMode,
@@ -27,7 +24,7 @@ from ..format.constants import (
 )
 from ..format.container import read_container, to_plain
 from ..format.errors import ErrorCode, FormatError, NrdError, error_for_code
-from ..format.layout import RowGeometry, align_up, chunk_extents
+from ..format.layout import RowGeometry, chunk_extents
 from ..format.validate import payload_refs
 from . import kernels
 
@@ -378,5 +375,4 @@ _KERNEL_MESSAGES = {
     ErrorCode.INDEX_OUT_OF_RANGE: "an index falls outside the codebook",
 }
 
-READ_VERSIONS = f"{FORMAT_MAJOR_VERSION}.0-{FORMAT_MAJOR_VERSION}.{FORMAT_MINOR_VERSION}"
-__all__ = ["NrdFile", "TensorInfo", "numpy_dtype", "align_up", "READ_VERSIONS"]
+__all__ = ["NrdFile", "TensorInfo", "numpy_dtype"]

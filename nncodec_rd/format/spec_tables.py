@@ -25,7 +25,6 @@ from construct import (
     GreedyRange,
     Prefixed,
     Renamed,
-    Struct,
     Switch,
     Tell,
 )

@@ -65,7 +65,6 @@ def _in_index_range(value: int) -> bool:
 def check_metadata(metadata, path: str, offset: int | None, report: Report) -> None:
     """Keys are unique and short enough; value types are known; values have their type's size."""
     seen = set()
-    fixed_sizes = {MetadataType.INT64: 8, MetadataType.FLOAT64: 8, MetadataType.BOOL: 1}
     for position, entry in enumerate(metadata.entries):
         field = f"{path}.entries[{position}]"
         where = entry._start

@@ -14,7 +14,6 @@ from nncodec_rd.format.errors import (
     ChecksumMismatchError,
     CorruptStreamError,
     ErrorCode,
-    FormatError,
     LimitExceededError,
     NrdError,
     TruncatedError,
