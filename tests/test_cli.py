@@ -104,6 +104,6 @@ def test_bench_decode_runs_small(tmp_path, capsys):
     code, out, _ = run(capsys, "bench", "decode", "--weights", "20000", "--repeats", "1",
                        "--json", tmp_path / "b.json")
     report = json.loads((tmp_path / "b.json").read_text())
-    assert code == 0 and "nncodec-rd (1 thread)" in out
+    assert code == 0 and "nncodec-rd (1 thread, new array)" in out
     ours = report["results"][0]
     assert ours["measured"] and ours["bits_per_weight"] < report["entropy_bits_per_weight"] * 1.05

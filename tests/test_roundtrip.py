@@ -51,6 +51,11 @@ def test_coded_round_trip_is_bit_exact(tmp_path_factory, case):
         if indices.ndim >= 1 and indices.shape[0] > 1:
             rows = handle.get_rows("t", 1, indices.shape[0])
             assert rows.tobytes() == expected[1:].tobytes()
+            into = np.full_like(expected[1:], 7)
+            assert handle.get_rows("t", 1, indices.shape[0], out=into) is into
+            assert into.tobytes() == expected[1:].tobytes()
+        into = np.full_like(expected, 3)
+        assert handle.get_tensor("t", out=into) is into and into.tobytes() == expected.tobytes()
 
 
 @given(st.lists(st.tuples(st.sampled_from(["float32", "float16", "float64", "int8", "uint8",
@@ -129,3 +134,16 @@ def test_grids_too_large_for_a_value_table_decode_the_same(tmp_path, rng, monkey
     assert 600 * 4096 > kernels.MAX_VALUE_TABLE_ENTRIES
     with safe_open(path) as handle:
         assert handle.get_tensor("w").tobytes() == expected.tobytes()
+
+
+def test_decoding_into_a_wrong_buffer_is_refused(tmp_path):
+    import pytest
+
+    path = tmp_path / "o.nrd"
+    with NrdWriter(path) as writer:
+        writer.add_indices("w", np.zeros((4, 3), np.int64), UniformGrid(1.0), "float16")
+    with safe_open(path) as handle:
+        for bad in (np.zeros((4, 3), np.float32), np.zeros((3, 4), np.float16),
+                    np.zeros((4, 6), np.float16)[:, ::2]):
+            with pytest.raises(ValueError, match="out must be"):
+                handle.get_tensor("w", out=bad)

@@ -203,23 +203,44 @@ class NrdFile:
 
     # -- decoding ----------------------------------------------------------------------------
 
-    def get_tensor(self, name) -> np.ndarray:
-        """Decode one whole tensor into a new array of its reconstruction dtype."""
+    def get_tensor(self, name, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode one whole tensor into a new array of its reconstruction dtype, or into ``out``.
+
+        ``out`` (a C-contiguous, writeable array of the tensor's shape and dtype) lets a caller
+        decode into the same memory again and again, as inference-time decoding does; it also
+        spares the operating system's cost of zeroing fresh pages for a new array.
+        """
         record = self._record(name)
         rows = RowGeometry.of_shape(record.shape).rows
-        return self._decode_rows(record, 0, rows).reshape(tuple(record.shape))
+        return self._decode_into(record, 0, rows, tuple(record.shape), out)
 
-    def get_rows(self, name, start: int, stop: int) -> np.ndarray:
+    def get_rows(self, name, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Decode rows ``start:stop`` (first dimension) of a tensor of rank >= 1, decoding only
-        the chunks that hold them."""
+        the chunks that hold them; into ``out`` if given (see :meth:`get_tensor`)."""
         record = self._record(name)
         if len(record.shape) == 0:
             raise ValueError(f"{name!r} is 0-d: it has no rows")
         rows = record.shape[0]
         start, stop, _ = slice(start, stop).indices(rows)
         stop = max(start, stop)
-        flat = self._decode_rows(record, start, stop)
-        return flat.reshape((stop - start, *record.shape[1:]))
+        return self._decode_into(record, start, stop, (stop - start, *record.shape[1:]), out)
+
+    def _decode_into(self, record, start: int, stop: int, shape: tuple, out) -> np.ndarray:
+        if out is None:
+            return self._decode_rows(record, start, stop).reshape(shape)
+        dtype = numpy_dtype(TensorDtype(record.dtype))
+        if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != shape \
+                or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writeable C-contiguous {dtype} array of shape "
+                             f"{shape}, not {getattr(out, 'dtype', type(out).__name__)} "
+                             f"{getattr(out, 'shape', '')}")
+        if record.coding == Coding.RANS and record.body.transform_kind == TransformKind.NONE:
+            kind = _OUTPUT_KIND[TensorDtype(record.dtype)]
+            flat = out.reshape(-1).view(np.float32 if kind == kernels.OUTPUT_FLOAT32 else np.uint16)
+            self._decode_chunks(record, start, stop, kind, destination=flat)
+        else:
+            out[...] = self._decode_rows(record, start, stop).reshape(shape)
+        return out
 
     def get_indices(self, name) -> np.ndarray:
         """The integer grid indices of a coded tensor (before dequantization and transform)."""
@@ -279,8 +300,10 @@ class NrdFile:
 
             numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
 
-    def _decode_chunks(self, record, start_row: int, stop_row: int, output_kind: int) -> np.ndarray:
-        """Decode the chunks covering rows [start_row, stop_row) and return exactly those rows."""
+    def _decode_chunks(self, record, start_row: int, stop_row: int, output_kind: int,
+                       destination: np.ndarray | None = None) -> np.ndarray:
+        """Decode the chunks covering rows [start_row, stop_row) and return exactly those rows,
+        written into ``destination`` (flat, the kernel's dtype) when it is given."""
         body = record.body
         position = self._index[record.name]
         rows = RowGeometry.of_shape(record.shape).rows
@@ -322,8 +345,14 @@ class NrdFile:
         # A codebook index check is needed only if a symbol outside the codebook can be decoded.
         decodable = frequencies.max(axis=0) > 0 if frequencies.size else np.zeros(0, bool)
         check_codebook = bool(np.any(invalid_symbols.astype(bool) & decodable))
-        out = np.empty(total, dtype={kernels.OUTPUT_INDEX: np.int32,
-                                     kernels.OUTPUT_FLOAT32: np.float32}.get(output_kind, np.uint16))
+        lo = (start_row - first_row) * row_length
+        hi = (stop_row - first_row) * row_length
+        if destination is not None and (lo, hi) == (0, total):
+            out = destination  # the requested rows are whole chunks: decode in place
+        else:
+            out = np.empty(total, dtype={kernels.OUTPUT_INDEX: np.int32,
+                                         kernels.OUTPUT_FLOAT32: np.float32}.get(output_kind,
+                                                                                 np.uint16))
         errors = np.zeros((len(selected), 2), dtype=np.int64)
         self._apply_threads()
         kernels.decode_chunks(self._buffer, offsets, sizes, first_rows, counts, out_starts,
@@ -340,8 +369,9 @@ class NrdFile:
             raise error_for_code(code, _KERNEL_MESSAGES[code],
                                  field=f"header.tensors[{position}].body.chunks[{selected[k]}]",
                                  offset=int(errors[k, 1]))
-        lo = (start_row - first_row) * row_length
-        hi = (stop_row - first_row) * row_length
+        if destination is not None and out is not destination:
+            destination[:] = out[lo:hi]
+            return destination
         return out[lo:hi] if (lo, hi) != (0, total) else out
 
     # -- lifetime ----------------------------------------------------------------------------
