@@ -149,28 +149,71 @@ def bench_zstd(indices: np.ndarray, repeats: int, level: int) -> dict:
 
 
 NNCODEC_SCRIPT = r"""
-import json, sys, time, numpy as np
-from nncodec.nnc import compress, decompress   # NNCodec 2.x
+import importlib.abc, importlib.machinery, json, os, sys, time, types
+import numpy as np
+
+
+class _AnyMeta(type):
+    def __getattr__(cls, name):
+        return _Any
+
+
+class _Any(metaclass=_AnyMeta):
+    # Stands in for any torchvision object (nncodec imports torchvision for its datasets only).
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Any()
+
+    def __getattr__(self, name):
+        return _Any()
+
+
+class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision" or name.startswith("torchvision."):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = lambda attribute: _Any
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.insert(0, _TorchvisionStub())
+import nncodec.nnc as nnc
+sys.meta_path.pop(0)
+
 indices = np.load(sys.argv[1])
-weights = (indices * 0.01).astype(np.float32)
-params = {"w": weights}
-bitstream = compress(params, bitstream_path=sys.argv[2], qp=-38, return_bitstream=True)
+qp = -28  # NNC's step is 2^(qp / 4) at qp_density 2: the weights lie exactly on its grid
+weights = (indices * 2.0 ** (qp / 4)).astype(np.float32)
+path = sys.argv[2]
+nnc.compress({"layer.weight": weights}, bitstream_path=path, qp=qp, use_dq=False, opt_qp=False,
+             param_opt=False)
+exact = bool(np.array_equal(nnc.decompress(path)["layer.weight"], weights))
 best = float("inf")
 for _ in range(int(sys.argv[3])):
     start = time.perf_counter()
-    decompress(sys.argv[2])
+    nnc.decompress(path)
     best = min(best, time.perf_counter() - start)
-import os
-print(json.dumps({"decode_seconds": best, "bytes": os.path.getsize(sys.argv[2])}))
+print(json.dumps({"decode_seconds": best, "bytes": os.path.getsize(path), "exact": exact}))
 """
 
 
 def bench_nncodec(indices: np.ndarray, folder: str, repeats: int, python: str | None) -> dict:
     entry = {"coder": "NNCodec 2.1.3 (DeepCABAC)"}
+    default = os.path.join(os.path.dirname(__file__), "..", "..", ".venv-nncodec", "bin", "python")
+    if not python and os.path.exists(default):
+        python = default  # made by bench/setup_nncodec_env.sh
     if not python:
         return {**entry, "measured": False,
-                "reason": "no NNCodec environment given (--nncodec-python PATH); NNCodec needs "
-                          "numpy<2 and its own C++ build, so it lives in a separate venv"}
+                "reason": "no NNCodec environment: run bench/setup_nncodec_env.sh (or pass "
+                          "--nncodec-python PATH); it needs numpy<2 and its own C++ build"}
     index_path = os.path.join(folder, "indices.npy")
     np.save(index_path, indices)
     script = os.path.join(folder, "nncodec_bench.py")
@@ -185,7 +228,8 @@ def bench_nncodec(indices: np.ndarray, folder: str, repeats: int, python: str | 
     return {**entry, "threads": 1, "decode_seconds": measured["decode_seconds"],
             "weights_per_second": indices.size / measured["decode_seconds"],
             "bits_per_weight": 8 * measured["bytes"] / indices.size, "bytes": measured["bytes"],
-            "measured": True}
+            "measured": True, "note": "float32 weights, uniform quantization (use_dq=False) on "
+                                      f"the same indices; reconstruction exact: {measured['exact']}"}
 
 
 def run(weight_count: int = 50_000_000, distribution: str = "laplace", entropy_bits: float = 3.0,
