@@ -26,7 +26,11 @@ demo: $(VENV)/.demo-installed
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --hypothesis-profile=ci
 
-bench: setup
+.venv-nncodec/bin/python:
+	bash bench/setup_nncodec_env.sh
+
+# The decode benchmark with every peer; NNCodec gets its own environment (about 2 minutes once).
+bench: setup .venv-nncodec/bin/python
 	mkdir -p bench/results
 	$(PY) bench/decode_speed.py --json bench/results/decode_speed.json --plot bench/results/decode_speed.png
 
