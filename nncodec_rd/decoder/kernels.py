@@ -83,33 +83,39 @@ def float32_bits_to_bfloat16_bits(bits):
     return np.uint16((np.uint64(bits) + np.uint64(rounding)) >> np.uint64(16))
 
 
-# A slot-table entry packs what one decoding step needs into one 64-bit load:
-# bits 0-16 the symbol's frequency, bits 17-33 the slot's offset from the symbol's start,
-# bits 34 and up the symbol.
-_FIELD_MASK = np.uint64(0x1FFFF)
 # Largest value table (groups x alphabet) built; beyond it values are computed per symbol.
 MAX_VALUE_TABLE_ENTRIES = 1 << 20
-_BIAS_SHIFT = np.uint64(17)
-_SYMBOL_SHIFT = np.uint64(34)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_HIGH_SHIFT = np.uint64(32)
+
+
+def build_symbol_tables(frequencies: np.ndarray, precision_bits: int):
+    """spec §7.4 as two lookup tables, contexts one after another.
+
+    ``slot_symbols[context * 2^n + slot]`` is the symbol that owns ``slot`` (uint8 when the
+    alphabet allows, so that the table stays in the first-level cache); ``symbol_info[context *
+    alphabet_size + symbol]`` packs the symbol's frequency (low 32 bits) and start (high 32 bits).
+    """
+    context_count, alphabet_size = frequencies.shape
+    dtype = np.uint8 if alphabet_size <= 256 else np.uint16
+    slot_symbols = np.zeros(context_count << precision_bits, dtype=dtype)
+    symbol_info = np.zeros(context_count * alphabet_size, dtype=np.uint64)
+    _fill_symbol_tables(frequencies, precision_bits, slot_symbols, symbol_info)
+    return slot_symbols, symbol_info
 
 
 @njit(cache=True)
-def build_slot_table(frequencies, precision_bits):
-    """The packed slot table of every context, contexts one after another (spec §7.4): entry
-    ``context * 2^n + slot`` describes the symbol that owns ``slot`` in that context."""
+def _fill_symbol_tables(frequencies, precision_bits, slot_symbols, symbol_info):
     context_count, alphabet_size = frequencies.shape
-    slot_count = 1 << precision_bits
-    table = np.zeros(context_count * slot_count, dtype=np.uint64)
     for context in range(context_count):
         start = 0
+        base = context << precision_bits
         for symbol in range(alphabet_size):
             frequency = frequencies[context, symbol]
-            for slot in range(start, start + frequency):
-                table[context * slot_count + slot] = (np.uint64(frequency)
-                                                      | (np.uint64(slot - start) << _BIAS_SHIFT)
-                                                      | (np.uint64(symbol) << _SYMBOL_SHIFT))
+            slot_symbols[base + start:base + start + frequency] = symbol
+            symbol_info[context * alphabet_size + symbol] = (np.uint64(frequency)
+                                                             | (np.uint64(start) << _HIGH_SHIFT))
             start += frequency
-    return table
 
 
 @njit(cache=True)
@@ -180,12 +186,12 @@ def contexts_of_symbols(alphabet_size, index_offset, context_model, context_coun
 @njit(inline="always")
 def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
                        lane_count, precision_bits, previous_index_context, context_count,
-                       context_center, escape_symbol, index_offset, slot_table, symbol_contexts,
+                       context_center, escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts,
                        grid_kind, rows_per_group, steps, zero_points, codebook, codebook_first,
-                       value_table, check_codebook, invalid_symbols, output_kind, out, out_start,
+                       value_table, invalid_symbols, output_kind, out, out_start,
                        states, errors, chunk_number):
-    """Decode one chunk (spec §7.3-§7.7). Inlined into one kernel per context model, where
-    ``previous_index_context`` is a constant, so the IID kernel carries no context work."""
+    """Decode one chunk (spec §7.3-§7.7). Inlined into one kernel per next_context model, where
+    ``previous_index_context`` is a constant, so the IID kernel carries no next_context work."""
     end = chunk_offset + chunk_size
     # spec §7.3: the chunk's fixed part, in the order the spec gives.
     if chunk_size < 4:
@@ -217,14 +223,16 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
     slot_mask = np.uint64((1 << precision_bits) - 1)
     shift = np.uint64(precision_bits)
     use_value_table = len(value_table) > 0 or output_kind == OUTPUT_INDEX
+    check_codebook = len(invalid_symbols) > 0  # empty unless a decodable symbol is outside
     escapes_used = 0
     lane = 0
     row = first_row
     group = row // rows_per_group if rows_per_group > 0 else 0
     value_base = group * alphabet_size if output_kind != OUTPUT_INDEX else 0
-    # spec §7.4: each lane's context comes from its own previous index (context_center at first,
-    # which is context 0), so lanes do not wait for one another.
-    lane_context_bases = np.zeros(lane_count, dtype=np.uint64)
+    # spec §7.4: each lane's next_context comes from its own previous index (context_center at first,
+    # which is next_context 0), so lanes do not wait for one another.
+    lane_slot_bases = np.zeros(lane_count, dtype=np.uint64)
+    lane_info_bases = np.zeros(lane_count, dtype=np.uint64)
     last_word = end - 2  # reads are clamped here; a read past the end is caught just after
     rows_in_chunk = symbol_count // row_length if row_length > 0 else 0
     i = 0
@@ -232,12 +240,14 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
         for _ in range(row_length):
             # spec §7.6: one decoding step of lane i mod lane_count.
             state = states[lane]
+            state_slot = state & slot_mask
             if previous_index_context:
-                entry = slot_table[lane_context_bases[lane] + (state & slot_mask)]
+                symbol = np.int64(slot_symbols[lane_slot_bases[lane] + state_slot])
+                symbol_entry = symbol_info[lane_info_bases[lane] + np.uint64(symbol)]
             else:
-                entry = slot_table[state & slot_mask]
-            state = (entry & _FIELD_MASK) * (state >> shift) + ((entry >> _BIAS_SHIFT) & _FIELD_MASK)
-            symbol = np.int64(entry >> _SYMBOL_SHIFT)
+                symbol = np.int64(slot_symbols[state_slot])
+                symbol_entry = symbol_info[symbol]
+            state = (symbol_entry & _LOW32) * (state >> shift) + state_slot - (symbol_entry >> _HIGH_SHIFT)
             # Renormalize without a branch: the word is read (from a clamped position) and used
             # only if the state fell below 2^16.
             need = state < STATE_LOWER_BOUND
@@ -259,7 +269,9 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
             i += 1
             if symbol != escape_symbol:
                 if previous_index_context:
-                    lane_context_bases[decoded_lane] = np.uint64(symbol_contexts[symbol] << precision_bits)
+                    next_context = symbol_contexts[symbol]
+                    lane_slot_bases[decoded_lane] = np.uint64(next_context << precision_bits)
+                    lane_info_bases[decoded_lane] = np.uint64(next_context * alphabet_size)
                 if use_value_table:
                     if check_codebook and invalid_symbols[symbol]:
                         errors[chunk_number, 0] = INDEX_OUT_OF_RANGE
@@ -282,9 +294,9 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
                     errors[chunk_number, 1] = escape_position + 4 * (escapes_used - 1)
                     return
                 if previous_index_context:
-                    distance = abs(index - context_center)
-                    lane_context_bases[decoded_lane] = np.uint64(
-                        min(distance, context_count - 1) << precision_bits)
+                    next_context = min(abs(index - context_center), context_count - 1)
+                    lane_slot_bases[decoded_lane] = np.uint64(next_context << precision_bits)
+                    lane_info_bases[decoded_lane] = np.uint64(next_context * alphabet_size)
             # The value computed from the index (escapes, and grids too large for a table).
             if output_kind == OUTPUT_INDEX:
                 out[target] = index
@@ -329,38 +341,38 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
 @njit(cache=True)
 def _decode_chunk_iid(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
                       lane_count, precision_bits, context_count, context_center, escape_symbol,
-                      index_offset, slot_table, symbol_contexts, grid_kind, rows_per_group, steps,
-                      zero_points, codebook, codebook_first, value_table, check_codebook,
+                      index_offset, slot_symbols, symbol_info, symbol_contexts, grid_kind, rows_per_group, steps,
+                      zero_points, codebook, codebook_first, value_table,
                       invalid_symbols, output_kind, out, out_start, states, errors, chunk_number):
     _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
                        lane_count, precision_bits, False, context_count, context_center,
-                       escape_symbol, index_offset, slot_table, symbol_contexts, grid_kind,
+                       escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts, grid_kind,
                        rows_per_group, steps, zero_points, codebook, codebook_first, value_table,
-                       check_codebook, invalid_symbols, output_kind, out, out_start, states,
+                       invalid_symbols, output_kind, out, out_start, states,
                        errors, chunk_number)
 
 
 @njit(cache=True)
 def _decode_chunk_previous(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
                            lane_count, precision_bits, context_count, context_center,
-                           escape_symbol, index_offset, slot_table, symbol_contexts, grid_kind,
+                           escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts, grid_kind,
                            rows_per_group, steps, zero_points, codebook, codebook_first,
-                           value_table, check_codebook, invalid_symbols, output_kind, out,
+                           value_table, invalid_symbols, output_kind, out,
                            out_start, states, errors, chunk_number):
     _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
                        lane_count, precision_bits, True, context_count, context_center,
-                       escape_symbol, index_offset, slot_table, symbol_contexts, grid_kind,
+                       escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts, grid_kind,
                        rows_per_group, steps, zero_points, codebook, codebook_first, value_table,
-                       check_codebook, invalid_symbols, output_kind, out, out_start, states,
+                       invalid_symbols, output_kind, out, out_start, states,
                        errors, chunk_number)
 
 
 @njit(cache=True, parallel=True)
 def decode_chunks(buffer, chunk_offsets, chunk_sizes, chunk_first_rows, chunk_symbol_counts,
                   chunk_out_starts, row_length, lane_count, precision_bits, context_model,
-                  context_count, context_center, escape_symbol, index_offset, slot_table,
-                  symbol_contexts, grid_kind, rows_per_group, steps, zero_points, codebook,
-                  codebook_first, value_table, check_codebook, invalid_symbols, output_kind, out,
+                  context_count, context_center, escape_symbol, index_offset, slot_symbols,
+                  symbol_info, symbol_contexts, grid_kind, rows_per_group, steps, zero_points, codebook,
+                  codebook_first, value_table, invalid_symbols, output_kind, out,
                   errors):
     """Decode independent chunks in parallel into ``out``: float32 values, binary16/bfloat16
     patterns (uint16) or int32 indices, per ``output_kind``; ``value_table`` has ``out``'s dtype.
@@ -371,16 +383,16 @@ def decode_chunks(buffer, chunk_offsets, chunk_sizes, chunk_first_rows, chunk_sy
             _decode_chunk_previous(buffer, chunk_offsets[k], chunk_sizes[k],
                                    chunk_symbol_counts[k], chunk_first_rows[k], row_length,
                                    lane_count, precision_bits, context_count, context_center,
-                                   escape_symbol, index_offset, slot_table, symbol_contexts,
+                                   escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts,
                                    grid_kind, rows_per_group, steps, zero_points, codebook,
-                                   codebook_first, value_table, check_codebook, invalid_symbols,
+                                   codebook_first, value_table, invalid_symbols,
                                    output_kind, out, chunk_out_starts[k], states, errors, k)
         else:
             _decode_chunk_iid(buffer, chunk_offsets[k], chunk_sizes[k], chunk_symbol_counts[k],
                               chunk_first_rows[k], row_length, lane_count, precision_bits,
                               context_count, context_center, escape_symbol, index_offset,
-                              slot_table, symbol_contexts, grid_kind, rows_per_group, steps,
-                              zero_points, codebook, codebook_first, value_table, check_codebook,
+                              slot_symbols, symbol_info, symbol_contexts, grid_kind, rows_per_group, steps,
+                              zero_points, codebook, codebook_first, value_table,
                               invalid_symbols, output_kind, out, chunk_out_starts[k], states,
                               errors, k)
 

@@ -323,7 +323,7 @@ class NrdFile:
         out_starts = np.array([extents[k].first_symbol - base_symbol for k in selected], np.int64)
         frequencies = np.array([table.frequencies for table in body.tables], dtype=np.int64)
         frequencies = frequencies.reshape(body.context_count, body.alphabet_size)
-        slot_table = kernels.build_slot_table(frequencies, body.precision_bits)
+        slot_symbols, symbol_info = kernels.build_symbol_tables(frequencies, body.precision_bits)
         escape_symbol = body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL else -1
         symbol_contexts = kernels.contexts_of_symbols(body.alphabet_size, body.index_offset,
                                                       int(body.context_model), body.context_count,
@@ -344,7 +344,8 @@ class NrdFile:
             zero_points, codebook, codebook_first, output_kind)
         # A codebook index check is needed only if a symbol outside the codebook can be decoded.
         decodable = frequencies.max(axis=0) > 0 if frequencies.size else np.zeros(0, bool)
-        check_codebook = bool(np.any(invalid_symbols.astype(bool) & decodable))
+        if not np.any(invalid_symbols.astype(bool) & decodable):
+            invalid_symbols = invalid_symbols[:0]  # an empty array turns the kernel's check off
         lo = (start_row - first_row) * row_length
         hi = (stop_row - first_row) * row_length
         if destination is not None and (lo, hi) == (0, total):
@@ -358,9 +359,10 @@ class NrdFile:
         kernels.decode_chunks(self._buffer, offsets, sizes, first_rows, counts, out_starts,
                               row_length, body.lane_count, body.precision_bits,
                               int(body.context_model), body.context_count, body.context_center,
-                              escape_symbol, body.index_offset, slot_table, symbol_contexts,
+                              escape_symbol, body.index_offset, slot_symbols, symbol_info,
+                              symbol_contexts,
                               int(body.grid_kind), rows_per_group, steps, zero_points, codebook,
-                              codebook_first, value_table, check_codebook, invalid_symbols,
+                              codebook_first, value_table, invalid_symbols,
                               output_kind, out, errors)
         failed = np.flatnonzero(errors[:, 0])
         if len(failed):

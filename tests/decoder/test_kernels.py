@@ -49,15 +49,17 @@ def test_bfloat16_conversion_matches_ml_dtypes(rng):
     assert np.all(ours[~finite] == 0x7FC0)
 
 
-def test_slot_table_entries_hold_frequency_offset_and_symbol():
+def test_symbol_tables_give_each_symbol_its_slots_frequency_and_start():
     frequencies = np.array([[3, 0, 8, 5], [16, 0, 0, 0]], dtype=np.int64)
-    table = kernels.build_slot_table(frequencies, 4)
-    symbols = (table >> np.uint64(34)).astype(int)
-    assert symbols[:16].tolist() == [0] * 3 + [2] * 8 + [3] * 5
-    assert symbols[16:].tolist() == [0] * 16
-    assert (table[:16] & np.uint64(0x1FFFF)).astype(int).tolist() == [3] * 3 + [8] * 8 + [5] * 5
-    offsets = ((table[:16] >> np.uint64(17)) & np.uint64(0x1FFFF)).astype(int).tolist()
-    assert offsets == [0, 1, 2] + list(range(8)) + list(range(5))
+    slot_symbols, symbol_info = kernels.build_symbol_tables(frequencies, 4)
+    assert slot_symbols.dtype == np.uint8
+    assert slot_symbols[:16].tolist() == [0] * 3 + [2] * 8 + [3] * 5
+    assert slot_symbols[16:].tolist() == [0] * 16
+    assert (symbol_info & np.uint64(0xFFFFFFFF)).astype(int).tolist() == [3, 0, 8, 5, 16, 0, 0, 0]
+    assert (symbol_info >> np.uint64(32)).astype(int).tolist() == [0, 3, 3, 11, 0, 16, 16, 16]
+    wide, _ = kernels.build_symbol_tables(np.ones((1, 300), dtype=np.int64)
+                                          * np.r_[np.full(299, 0), 1 << 9][None], 9)
+    assert wide.dtype == np.uint16 and wide.max() == 299
 
 
 def test_value_tables_equal_the_spec_arithmetic():
