@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--per-row", action="store_true", help="one step per row (output channel)")
     encode.add_argument("--quantize", choices=("auto", "all", "none"), default="auto",
                         help="which floating tensors to quantize (auto: >= 1024 elements)")
-    encode.add_argument("--precision-bits", type=int, default=15, help="rANS probability precision")
+    encode.add_argument("--precision-bits", type=int, default=14, help="rANS probability precision")
     encode.add_argument("--lanes", type=int, default=4, help="interleaved rANS lanes per chunk")
     encode.add_argument("--context", choices=("auto", "iid", "previous"), default="auto",
                         help="context model of the entropy coder")

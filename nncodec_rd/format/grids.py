@@ -76,7 +76,7 @@ class EntropySettings:
         Indices outside a window of this many symbols are escaped.
     """
 
-    precision_bits: int = 15
+    precision_bits: int = 14
     lane_count: int = 4
     context_model: str = "auto"
     context_count: int = 3
