@@ -7,11 +7,9 @@ also decodes the hex printed in the spec and compares it with the values printed
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from construct.core import BytesIOWithOffsets
 
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.grids import EntropySettings, UniformGrid
-from nncodec_rd.format.spec_tables import MARKER, default_spec_path
+from nncodec_rd.format.spec_tables import MARKER, run_generator
 from nncodec_rd.format.syntax import Header, LimitCheck, Preamble, RansChunk
 
 EXAMPLE_INDICES = np.array([[0, 1, -1, 0], [2, 0, 0, -1], [0, 1, 0, 0]], dtype=np.int64)
@@ -223,22 +221,10 @@ def parse_annex(text: str) -> tuple[bytes, np.ndarray]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", type=Path, default=default_spec_path())
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true")
-    group.add_argument("--check", action="store_true")
-    arguments = parser.parse_args(argv)
-    text = arguments.spec.read_text(encoding="utf-8")
-    updated = regenerate(text, build_example())
-    if arguments.write:
-        arguments.spec.write_text(updated, encoding="utf-8")
-        return 0
-    if updated != text:
-        print("the spec's Annex A differs from what the encoder writes now; run "
-              "python -m conformance.annex_example --write", file=sys.stderr)
-        return 1
-    return 0
+    return run_generator(argv, __doc__.splitlines()[0],
+                         lambda text: regenerate(text, build_example()),
+                         "the spec's Annex A differs from what the encoder writes now; run "
+                         "python -m conformance.annex_example --write")
 
 
 if __name__ == "__main__":

@@ -145,28 +145,42 @@ def default_spec_path() -> Path:
     return Path(__file__).resolve().parents[2] / "spec" / "nrd-format.md"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_generator(argv, description: str, regenerate_text, stale_message: str) -> int:
+    """The ``--write`` / ``--check`` command shared by the spec's generators: rewrite the spec's
+    generated blocks with ``regenerate_text(text)``, or fail (exit 1) if that would change it."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--spec", type=Path, default=default_spec_path())
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true", help="rewrite the generated tables")
+    group.add_argument("--write", action="store_true", help="rewrite the generated blocks")
     group.add_argument("--check", action="store_true", help="fail if the spec is out of date")
     arguments = parser.parse_args(argv)
     text = arguments.spec.read_text(encoding="utf-8")
-    wanted = {("syntax", name) for name in STRUCTURES} | {("enum", name) for name in ENUMERATIONS}
-    missing = wanted - markers_in(text)
-    if missing:
-        print(f"spec lacks tables for: {sorted(missing)}", file=sys.stderr)
+    try:
+        updated = regenerate_text(text)
+    except ValueError as error:
+        print(error, file=sys.stderr)
         return 1
-    updated = regenerate(text)
     if arguments.write:
         arguments.spec.write_text(updated, encoding="utf-8")
         return 0
     if updated != text:
-        print("spec tables differ from the construct declarations; run "
-              "python -m nncodec_rd.format.spec_tables --write", file=sys.stderr)
+        print(stale_message, file=sys.stderr)
         return 1
     return 0
+
+
+def _regenerate_all_tables(text: str) -> str:
+    wanted = {("syntax", name) for name in STRUCTURES} | {("enum", name) for name in ENUMERATIONS}
+    missing = wanted - markers_in(text)
+    if missing:
+        raise ValueError(f"spec lacks tables for: {sorted(missing)}")
+    return regenerate(text)
+
+
+def main(argv=None) -> int:
+    return run_generator(argv, __doc__.splitlines()[0], _regenerate_all_tables,
+                         "spec tables differ from the construct declarations; run "
+                         "python -m nncodec_rd.format.spec_tables --write")
 
 
 if __name__ == "__main__":
