@@ -321,15 +321,18 @@ class NrdWriter:
         self._require_open("add metadata")
         self.metadata.update(entries)
 
-    def add_raw(self, name: str, array: np.ndarray, metadata: dict | None = None) -> None:
-        """Store ``array`` uncompressed."""
+    def add_raw(self, name: str, array: np.ndarray, metadata: dict | None = None) -> int:
+        """Store ``array`` uncompressed. Returns its payload size in bytes."""
         self._require_open("add a tensor")
-        self._add(encode_raw_tensor(name, array, metadata))
+        pending = encode_raw_tensor(name, array, metadata)
+        self._add(pending)
+        return sum(len(payload) for payload in pending.payloads)
 
     def add_indices(self, name: str, indices: np.ndarray, grid, dtype="float32", *,
                     settings: EntropySettings | None = None, transform: RightMatrixTransform | None = None,
-                    metadata: dict | None = None) -> None:
+                    metadata: dict | None = None) -> int:
         """Store already-quantized integer ``indices`` with the ``grid`` that dequantizes them.
+        Returns the size of the tensor's coded chunks in bytes (tables and record excluded).
 
         With ``transform``, the named float32 matrix (added before or after) multiplies the
         dequantized ``(rows, k)`` indices on the right; the decoded tensor is ``(rows, columns)``.
@@ -339,6 +342,7 @@ class NrdWriter:
                                      transformed=transform is not None, metadata=metadata)
         pending.transform_target = transform.tensor if transform is not None else None
         self._add(pending)
+        return sum(len(payload) for payload in pending.payloads)
 
     def close(self) -> int:
         """Lay the payloads out canonically and write the file. Returns its size in bytes."""

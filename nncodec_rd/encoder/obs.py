@@ -1,0 +1,475 @@
+"""Rate-constrained Optimal Brain Surgeon quantization of one layer (ALGORITHMS.md §1).
+
+Four named methods share one column sweep:
+
+``rtn``
+    Round each weight to the nearest grid point.
+``optq``
+    GPTQ: quantize column by column, and after each column move the not-yet-quantized weights
+    to compensate the error (the OBS update), λ = 0 in the decisions.
+``optq-rd``
+    The same sweep, but each decision minimises distortion + λ · (its code length under the
+    coder's own table) instead of distortion alone.
+``cerwu``
+    ``optq-rd`` on the transformed problem: the quadratic part (γ/2)q² of a Gaussian rate model is
+    folded into the Hessian (H' = H + μI, W' = W H H'⁻¹) and the decisions see only the rest of
+    the rate, R(q) − (γ/2)q². Identical to ``optq-rd`` when the Hessian is diagonal.
+
+Everything works in *index units*: a row ``r`` with step Δ_r holds ``w / Δ_r``. The layer's loss
+is ``½ Σ_r s_r Δ_r² (w_r − q_r) H (w_r − q_r)ᵀ + λ R(q)`` with ``s_r`` an optional row weight
+(token frequencies for embeddings), so a row's decision weight for the rate is
+``λ / (s_r Δ_r²)``.
+
+One global λ also sets each layer's step: at high rate a uniform quantizer on weights of
+curvature h loses ``h Δ² / 24`` per weight and each halving of Δ costs one bit, so the slope
+dD/dR equals −λ when ``Δ² = 12 λ / (ln 2 · h)``. Every layer then works at the same slope, which
+is the optimal bit allocation across layers; the rate-aware decisions refine it where the
+high-rate picture fails (near zero, at low rates).
+
+:func:`quantize_layer` is a pure function of its inputs (weights, Hessian, λ, settings), so
+layers can be quantized in any order or on a process pool.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit, prange
+
+from ..format.errors import EncoderError
+from ..format.grids import EntropySettings
+from .rate import RateModel
+
+METHODS = ("rtn", "optq", "optq-rd", "cerwu")
+
+# Candidate indices tried per weight, walking from the nearest index towards zero.
+MAX_CANDIDATES = 48
+
+
+@dataclass
+class LayerProblem:
+    """One layer to quantize.
+
+    Parameters
+    ----------
+    weights:
+        ``(rows, columns)``: one row per output, one column per input (a convolution's kernel
+        flattened as ``in_channels/groups × kernel``).
+    hessian:
+        ``(columns, columns)``, or ``(groups, columns, columns)`` for a grouped convolution whose
+        rows split evenly into groups; ``None`` means the identity (no calibration data).
+    row_scale:
+        Optional ``(rows,)`` weight of each row's loss (an embedding's token frequencies).
+    """
+
+    weights: np.ndarray
+    hessian: np.ndarray | None = None
+    row_scale: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.weights = np.asarray(self.weights, dtype=np.float64)
+        if self.weights.ndim != 2:
+            raise EncoderError(f"layer weights must be a (rows, columns) matrix, not shape "
+                               f"{self.weights.shape}")
+        if not np.all(np.isfinite(self.weights)):
+            raise EncoderError("weights contain NaN or infinity; they cannot be quantized")
+        rows, columns = self.weights.shape
+        if self.hessian is not None:
+            hessian = np.asarray(self.hessian, dtype=np.float64)
+            if hessian.ndim == 2:
+                hessian = hessian[None]
+            if hessian.shape[1:] != (columns, columns) or rows % hessian.shape[0]:
+                raise EncoderError(f"a Hessian of shape {self.hessian.shape} does not fit weights "
+                                   f"of shape {self.weights.shape}")
+            if not np.all(np.isfinite(hessian)):
+                raise EncoderError("the Hessian contains NaN or infinity")
+            self.hessian = hessian
+        if self.row_scale is not None:
+            self.row_scale = np.asarray(self.row_scale, dtype=np.float64).reshape(-1)
+            if self.row_scale.shape != (rows,) or np.any(self.row_scale <= 0):
+                raise EncoderError("row_scale needs one positive weight per row")
+
+    @property
+    def groups(self) -> int:
+        """Number of independent row groups (1 unless the Hessian is per group)."""
+        return 1 if self.hessian is None else self.hessian.shape[0]
+
+
+@dataclass
+class QuantizerSettings:
+    """How :func:`quantize_layer` works.
+
+    Parameters
+    ----------
+    method:
+        ``"rtn"``, ``"optq"``, ``"optq-rd"`` or ``"cerwu"``.
+    lam:
+        The rate–distortion trade-off λ (loss units per bit), > 0. It sets the grid step of every
+        layer (see the module docstring) and, for ``optq-rd`` and ``cerwu``, weighs the rate in
+        each decision.
+    per_channel:
+        One step per output row instead of one per tensor (not with ``cerwu``, whose transformed
+        problem needs one step per Hessian).
+    step:
+        An absolute step for every row, overriding the λ rule.
+    grid_scale:
+        Multiplies the step the λ rule gives: below 1 a finer grid, leaving more of the rate to
+        the rate-aware decisions.
+    act_order:
+        Quantize columns in order of decreasing Hessian diagonal (GPTQ's "act-order").
+    damping:
+        Added to the Hessian's diagonal, as a fraction of its mean diagonal. Raised ×10 and ×100
+        when the Cholesky factorisation fails.
+    block_size:
+        Columns per lazy-update block (GPTQ's lazy batch).
+    max_passes:
+        Quantize–recount–rebuild passes of the rate model (ALGORITHMS.md §1).
+    entropy:
+        The coder's settings, whose table the rate model reproduces.
+    """
+
+    method: str = "cerwu"
+    lam: float = 1e-6
+    per_channel: bool = False
+    step: float | None = None
+    grid_scale: float = 1.0
+    act_order: bool = True
+    damping: float = 0.01
+    block_size: int = 128
+    max_passes: int = 3
+    entropy: EntropySettings = field(default_factory=EntropySettings)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise EncoderError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not (math.isfinite(self.lam) and self.lam > 0):
+            raise EncoderError(f"lam must be finite and > 0, not {self.lam}")
+        if self.method == "cerwu" and self.per_channel:
+            raise EncoderError("cerwu needs one step per tensor (per_channel=False): its "
+                               "transformed Hessian H + μI is shared by all rows")
+        if self.step is not None and not (math.isfinite(self.step) and self.step > 0):
+            raise EncoderError(f"step must be finite and > 0, not {self.step}")
+        if not (math.isfinite(self.grid_scale) and self.grid_scale > 0):
+            raise EncoderError(f"grid_scale must be finite and > 0, not {self.grid_scale}")
+        if self.block_size < 1 or self.max_passes < 1 or self.damping < 0:
+            raise EncoderError("block_size and max_passes must be >= 1 and damping >= 0")
+
+
+@dataclass
+class LayerResult:
+    """What :func:`quantize_layer` returns.
+
+    Attributes
+    ----------
+    indices:
+        ``(rows, columns)`` int64 grid indices; the weights are ``steps[r] * indices[r]``.
+    steps:
+        float32, one per tensor (shape ``(1,)``) or one per row.
+    distortion:
+        ``½ Σ_r s_r (w_r − ŵ_r) H (w_r − ŵ_r)ᵀ`` with the undamped Hessian (identity if none).
+    rate_bits:
+        Code length of the indices under their own i.i.d. table (no tables or chunk overhead).
+    passes:
+        Rate-model passes made.
+    damping:
+        The damping fraction finally used.
+    """
+
+    indices: np.ndarray
+    steps: np.ndarray
+    distortion: float
+    rate_bits: float
+    passes: int
+    damping: float
+
+
+def damped_hessian(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    """``hessian`` with dead inputs (zero diagonal) set to 1 and ``damping`` × its mean diagonal
+    added to the diagonal; also returns the mask of dead inputs (their weights are set to 0)."""
+    result = np.array(hessian, dtype=np.float64, copy=True)
+    diagonal = np.diagonal(result).copy()
+    dead = diagonal <= 0
+    result[dead, :] = 0.0
+    result[:, dead] = 0.0
+    diagonal[dead] = 1.0
+    alive = diagonal[~dead]
+    mean_diagonal = float(alive.mean()) if alive.size else 1.0
+    np.fill_diagonal(result, diagonal + damping * mean_diagonal)
+    return result, dead
+
+
+def inverse_cholesky_upper(hessian: np.ndarray) -> np.ndarray:
+    """Upper Cholesky factor ``U`` of ``hessian⁻¹`` (``hessian⁻¹ = Uᵀ U``); raises
+    ``numpy.linalg.LinAlgError`` if the matrix is not positive definite."""
+    lower = np.linalg.cholesky(hessian)
+    identity = np.eye(len(hessian))
+    inverse_lower = np.linalg.solve(lower, identity)
+    inverse = inverse_lower.T @ inverse_lower
+    inverse = (inverse + inverse.T) / 2
+    return np.linalg.cholesky(inverse).T
+
+
+def factor_with_retries(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray,
+                                                                        np.ndarray, float]:
+    """Damp and factor ``hessian``: (damped Hessian, U, dead-input mask, damping used).
+
+    Retries with 10× and 100× the damping before raising :class:`EncoderError`.
+    """
+    for attempt in (damping, damping * 10, damping * 100):
+        damped, dead = damped_hessian(hessian, max(attempt, 1e-12))
+        try:
+            upper = inverse_cholesky_upper(damped)
+        except np.linalg.LinAlgError:
+            continue
+        if np.all(np.isfinite(upper)) and np.all(np.diagonal(upper) > 0):
+            return damped, upper, dead, attempt
+    raise EncoderError(f"the Hessian is not positive definite even with {100 * damping:g} × its "
+                       f"mean diagonal added; check the calibration data (NaN, too few samples?)")
+
+
+def cerwu_transform(weights: np.ndarray, hessian: np.ndarray, mu: float) -> tuple[np.ndarray,
+                                                                                  np.ndarray]:
+    """The transformed problem of CERWU: ``(W H (H + μI)⁻¹, H + μI)``.
+
+    For any ``Q``: ``½ (W−Q) H (W−Q)ᵀ + (μ/2) Q Qᵀ`` equals ``½ (W'−Q) H' (W'−Q)ᵀ`` plus a term
+    that does not depend on ``Q`` (row by row), so the sweep on the transformed problem minimises
+    distortion plus the quadratic part of the rate.
+    """
+    shifted = hessian + mu * np.eye(len(hessian))
+    transformed = np.linalg.solve(shifted, hessian @ weights.T).T
+    return transformed, shifted
+
+
+@njit(cache=True, inline="always")
+def _price(k, cost_bits, first_index, outside_bits, half_gamma):
+    position = k - first_index
+    if 0 <= position < len(cost_bits):
+        bits = cost_bits[position]
+    else:
+        bits = outside_bits
+    return bits - half_gamma * k * k
+
+
+@njit(cache=True, parallel=True)
+def _sweep_block(block, upper, rate_weight, cost_bits, first_index, outside_bits, half_gamma,
+                 indices, errors):
+    """Quantize the columns of ``block`` (rows × width, index units) in order, with OBS updates
+    inside the block. Rows are independent here, so they run in parallel.
+
+    Each decision minimises ``(w − k)² + 2 U_jj² · rate_weight[r] · price(k)``, i.e. the OBS loss
+    increment ``½ (w − k)² / U_jj²`` plus the row's weighted rate, scaled by ``2 U_jj²``.
+    """
+    rows, width = block.shape
+    for r in prange(rows):
+        weight = rate_weight[r]
+        for j in range(width):
+            w = block[r, j]
+            d = upper[j, j]
+            q = np.int64(np.rint(w))
+            if weight > 0.0:
+                scale = 2.0 * d * d * weight
+                toward = -1 if q > 0 else 1
+                best = q - toward if q != 0 else q + 1  # one step away from zero
+                best_cost = (w - best) ** 2 + scale * _price(best, cost_bits, first_index,
+                                                             outside_bits, half_gamma)
+                if q == 0:
+                    other = np.int64(-1)
+                    cost = (w - other) ** 2 + scale * _price(other, cost_bits, first_index,
+                                                             outside_bits, half_gamma)
+                    if cost < best_cost:
+                        best, best_cost = other, cost
+                k = q
+                for _ in range(MAX_CANDIDATES):
+                    cost = (w - k) ** 2 + scale * _price(k, cost_bits, first_index, outside_bits,
+                                                         half_gamma)
+                    if cost < best_cost:
+                        best, best_cost = k, cost
+                    if k == 0:
+                        break
+                    k += toward
+                if k != 0:
+                    cost = w * w + scale * _price(np.int64(0), cost_bits, first_index,
+                                                  outside_bits, half_gamma)
+                    if cost < best_cost:
+                        best, best_cost = np.int64(0), cost
+                q = best
+            indices[r, j] = q
+            error = (w - q) / d
+            errors[r, j] = error
+            for m in range(j + 1, width):
+                block[r, m] -= error * upper[j, m]
+
+
+def obs_sweep(weights: np.ndarray, upper: np.ndarray, rate_weight: np.ndarray,
+              rate: RateModel, half_gamma: float = 0.0, block_size: int = 128) -> np.ndarray:
+    """The column sweep with lazy block updates (GPTQ), over all rows at once.
+
+    Parameters
+    ----------
+    weights:
+        ``(rows, columns)`` in index units, columns already in sweep order.
+    upper:
+        Upper Cholesky factor of the inverse Hessian, in the same column order.
+    rate_weight:
+        ``(rows,)`` weight of the rate in each row's decisions; 0 gives plain nearest rounding
+        (GPTQ).
+    rate:
+        Bits per index.
+    half_gamma:
+        γ/2 of CERWU: the quadratic part of the rate already inside the transformed Hessian.
+
+    Returns
+    -------
+    ``(rows, columns)`` int64 indices.
+    """
+    work = np.array(weights, dtype=np.float64, copy=True)
+    rows, columns = work.shape
+    indices = np.zeros((rows, columns), dtype=np.int64)
+    rate_weight = np.ascontiguousarray(rate_weight, dtype=np.float64)
+    cost_bits = np.ascontiguousarray(rate.cost_bits, dtype=np.float64)
+    for start in range(0, columns, block_size):
+        stop = min(start + block_size, columns)
+        block = np.ascontiguousarray(work[:, start:stop])
+        errors = np.zeros_like(block)
+        block_indices = np.zeros(block.shape, dtype=np.int64)
+        _sweep_block(block, np.ascontiguousarray(upper[start:stop, start:stop]), rate_weight,
+                     cost_bits, np.int64(rate.first_index), float(rate.outside_bits),
+                     float(half_gamma), block_indices, errors)
+        indices[:, start:stop] = block_indices
+        if stop < columns:
+            work[:, stop:] -= errors @ upper[start:stop, stop:]
+    return indices
+
+
+def layer_distortion(problem: LayerProblem, reconstruction: np.ndarray) -> float:
+    """``½ Σ_r s_r (w_r − ŵ_r) H_g(r) (w_r − ŵ_r)ᵀ`` with the undamped Hessian."""
+    difference = problem.weights - reconstruction
+    scale = np.ones(len(difference)) if problem.row_scale is None else problem.row_scale
+    if problem.hessian is None:
+        return float(0.5 * np.sum(scale[:, None] * difference ** 2))
+    rows_per_group = len(difference) // problem.groups
+    total = 0.0
+    for group, hessian in enumerate(problem.hessian):
+        part = slice(group * rows_per_group, (group + 1) * rows_per_group)
+        total += 0.5 * float(np.sum(scale[part, None] * (difference[part] @ hessian)
+                                    * difference[part]))
+    return total
+
+
+def _curvatures(problem: LayerProblem, settings: QuantizerSettings):
+    """Per group: (damped Hessian, U, dead mask, damping, order) and each weight's curvature."""
+    rows, columns = problem.weights.shape
+    if problem.hessian is None:
+        return None, np.ones((rows, columns))
+    rows_per_group = rows // problem.groups
+    factors, curvature = [], np.empty((rows, columns))
+    for group, hessian in enumerate(problem.hessian):
+        order = (np.argsort(-np.diagonal(hessian), kind="stable") if settings.act_order
+                 else np.arange(columns))
+        permuted = hessian[np.ix_(order, order)]
+        damped, upper, dead, used = factor_with_retries(permuted, settings.damping)
+        factors.append((damped, upper, dead, used, order))
+        part = slice(group * rows_per_group, (group + 1) * rows_per_group)
+        if settings.method == "rtn":
+            per_column = np.diagonal(damped)
+        else:
+            per_column = 1.0 / np.diagonal(upper) ** 2  # the OBS cost of a unit error
+        curvature[part, order] = per_column[None, :]
+    return factors, curvature
+
+
+def choose_steps(problem: LayerProblem, settings: QuantizerSettings,
+                 curvature: np.ndarray) -> np.ndarray:
+    """The step(s) of the λ rule ``Δ² = grid_scale² · 12 λ / (ln 2 · mean curvature)``."""
+    rows = problem.weights.shape[0]
+    if settings.step is not None:
+        return np.full(rows if settings.per_channel else 1, settings.step, dtype=np.float32)
+    scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
+    weighted = curvature * scale[:, None]
+    mean_curvature = weighted.mean(axis=1) if settings.per_channel else np.array([weighted.mean()])
+    mean_curvature = np.maximum(mean_curvature, 1e-30)
+    steps = settings.grid_scale * np.sqrt(12.0 * settings.lam / (math.log(2) * mean_curvature))
+    return np.maximum(steps, np.finfo(np.float32).tiny).astype(np.float32)
+
+
+def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerResult:
+    """Quantize one layer with ``settings.method`` (module docstring); a pure function."""
+    rows, columns = problem.weights.shape
+    factors, curvature = _curvatures(problem, settings)
+    steps = choose_steps(problem, settings, curvature)
+    row_steps = np.broadcast_to(steps.astype(np.float64), (rows,)) if len(steps) == 1 \
+        else steps.astype(np.float64)
+    scaled = problem.weights / row_steps[:, None]  # index units
+    row_scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
+    nearest = np.rint(scaled).astype(np.int64)
+    rate = RateModel.from_indices(nearest, settings.entropy)
+    rate_aware = settings.method in ("optq-rd", "cerwu")
+    rate_weight = settings.lam / (row_scale * row_steps ** 2) if rate_aware else np.zeros(rows)
+    used_damping = settings.damping
+    if settings.method == "rtn" or (factors is None and not rate_aware):
+        indices, passes = nearest, 1
+    elif factors is None:
+        # Identity Hessian: no coupling between weights, so every method is a per-weight
+        # rate-distortion decision (and cerwu equals optq-rd exactly).
+        identity = np.ones((1, 1))
+        indices, passes = nearest, 0
+        for passes in range(1, settings.max_passes + 1):
+            previous = indices
+            indices = _sweep_rows_independently(scaled, rate_weight, rate, identity)
+            rate = RateModel.from_indices(indices, settings.entropy)
+            if np.count_nonzero(indices != previous) <= 1e-3 * indices.size:
+                break
+    else:
+        variance = float(np.var(scaled)) if scaled.size else 0.0
+        gamma = 1.0 / (math.log(2) * variance) if settings.method == "cerwu" and variance > 0 \
+            else 0.0
+        rows_per_group = rows // problem.groups
+        sweeps = []  # per group: the rows, the target in sweep order, U, the column order
+        for group, (damped, upper, dead, used, order) in enumerate(factors):
+            used_damping = max(used_damping, used)
+            part = slice(group * rows_per_group, (group + 1) * rows_per_group)
+            target = scaled[part][:, order]
+            target[:, dead] = 0.0
+            if gamma > 0:
+                # Row weights are all equal here (QuantizerSettings refuses per-channel cerwu).
+                target, shifted = cerwu_transform(target, damped, float(rate_weight[0]) * gamma)
+                upper = factor_with_retries(shifted, 0.0)[1]
+            sweeps.append((part, target, upper, order))
+        indices = nearest.copy()
+        passes = 0
+        for passes in range(1, (settings.max_passes if rate_aware else 1) + 1):
+            previous = indices.copy()
+            for part, target, upper, order in sweeps:
+                group_indices = obs_sweep(target, upper, rate_weight[part], rate, gamma / 2,
+                                          settings.block_size)
+                indices[part] = _unpermute(group_indices, order)
+            if not rate_aware:
+                break
+            rate = RateModel.from_indices(indices, settings.entropy)
+            if np.count_nonzero(indices != previous) <= 1e-3 * indices.size:
+                break
+    reconstruction = indices * row_steps.astype(np.float32).astype(np.float64)[:, None]
+    final_rate = RateModel.from_indices(indices, settings.entropy)
+    return LayerResult(indices=indices, steps=steps, passes=passes, damping=used_damping,
+                       distortion=layer_distortion(problem, reconstruction),
+                       rate_bits=final_rate.total_bits(indices))
+
+
+def _unpermute(indices: np.ndarray, order: np.ndarray) -> np.ndarray:
+    result = np.empty_like(indices)
+    result[:, order] = indices
+    return result
+
+
+def _sweep_rows_independently(scaled, rate_weight, rate, identity):
+    """Per-weight rate-distortion decisions (a sweep whose inverse-Hessian factor is 1)."""
+    rows, columns = scaled.shape
+    flat = np.ascontiguousarray(scaled.reshape(-1, 1))
+    weight = np.repeat(rate_weight, columns)
+    indices = np.zeros(flat.shape, dtype=np.int64)
+    errors = np.zeros_like(flat)
+    _sweep_block(flat.copy(), identity, weight, np.ascontiguousarray(rate.cost_bits, np.float64),
+                 np.int64(rate.first_index), float(rate.outside_bits), 0.0, indices, errors)
+    return indices.reshape(rows, columns)

@@ -1,0 +1,454 @@
+"""Compress a PyTorch model with calibration data, and load an .nrd file back into a model.
+
+:func:`compress` collects the layer Hessians once, quantizes every supported layer with one global
+λ (:mod:`nncodec_rd.encoder.obs`), and writes the whole state dict: quantized layer weights
+entropy-coded, everything else (biases, norms, buffers) stored raw. ``target_bpw`` and
+``target_metric`` search λ by bisection on the real file, reusing the Hessians.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..format.errors import EncoderError
+from ..format.grids import EntropySettings, UniformGrid
+from ..encoder.obs import LayerProblem, LayerResult, QuantizerSettings, quantize_layer
+from ..encoder.writer import NrdWriter
+from .hessians import collect_hessians, find_layers, matrix_to_stored_layout, weight_matrix
+from .state_dict import tensor_to_numpy
+
+FORMAT_OF_TORCH_DTYPE = {torch.float32: "float32", torch.float16: "float16",
+                         torch.bfloat16: "bfloat16"}
+
+
+@dataclass
+class LayerSummary:
+    """One coded layer in a :class:`CompressionResult`."""
+
+    name: str
+    shape: tuple
+    kind: str
+    steps: int
+    payload_bytes: int
+    bits_per_weight: float
+    distortion: float
+    seconds: float
+
+
+@dataclass
+class CompressionResult:
+    """What :func:`compress` did: the file, its real size, and a row per coded layer."""
+
+    path: str | None
+    size_bytes: int
+    coded_weights: int
+    method: str
+    lam: float
+    layers: list = field(default_factory=list)
+    hessian_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    lam_trials: list = field(default_factory=list)
+    results: dict | None = field(default=None, repr=False)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """File bits (everything included) per coded weight."""
+        return 8.0 * self.size_bytes / max(self.coded_weights, 1)
+
+    def summary(self) -> str:
+        """A table: layer, shape, bits/weight, distortion, time; then the totals."""
+        lines = [f"{'layer':<48} {'shape':>14} {'bits/w':>7} {'distortion':>11} {'time s':>7}"]
+        for layer in self.layers:
+            shape = "x".join(str(d) for d in layer.shape)
+            lines.append(f"{layer.name[-48:]:<48} {shape:>14} {layer.bits_per_weight:7.3f} "
+                         f"{layer.distortion:11.4g} {layer.seconds:7.2f}")
+        lines.append(f"total: {self.size_bytes:,} bytes, {self.bits_per_weight:.3f} bits per coded "
+                     f"weight ({self.coded_weights:,} weights), method {self.method}, "
+                     f"lambda {self.lam:.4g}; Hessians {self.hessian_seconds:.1f} s, "
+                     f"quantize+code {self.encode_seconds:.1f} s")
+        return "\n".join(lines)
+
+
+class _Progress:
+    """Per-layer progress on stderr (a callable may replace it)."""
+
+    def __init__(self, enabled):
+        self.callback = enabled if callable(enabled) else None
+        self.enabled = bool(enabled)
+
+    def __call__(self, message: str, final: bool = False) -> None:
+        if self.callback is not None:
+            self.callback(message)
+        elif self.enabled:
+            end = "\n" if final else ""
+            sys.stderr.write("\r\033[K" + message[:120] + end)
+            sys.stderr.flush()
+
+
+@dataclass
+class _Layer:
+    name: str          # module name
+    parameter: str     # state-dict key of its weight
+    kind: str
+    problem: LayerProblem
+    stored_shape: tuple
+    dtype: str
+    per_channel: bool
+
+
+class ModelEncoder:
+    """The model's layers with their Hessians, ready to be quantized at any λ.
+
+    Built once by :func:`compress` (collecting Hessians is the slow part); :meth:`encode` then
+    writes a file for one λ.
+    """
+
+    def __init__(self, model, calibration_batches, *, include=None, per_channel: bool = False,
+                 embedding_smoothing: float = 1.0, progress=True):
+        self.model = model
+        self.progress = _Progress(progress)
+        layers = find_layers(model, include)
+        if not layers:
+            raise EncoderError("the model has no supported layers (Linear, Conv1d/2d, Embedding, "
+                               "transformers Conv1D)")
+        start = time.perf_counter()
+        if calibration_batches is not None:
+            if hasattr(calibration_batches, "__len__") and len(calibration_batches) == 0:
+                raise EncoderError("calibration_batches is empty")
+            collected = collect_hessians(
+                model, calibration_batches, layers,
+                progress=lambda done, total: self.progress(
+                    f"calibration batch {done}" + (f"/{total}" if total else "")))
+        else:
+            collected = None
+        self.hessian_seconds = time.perf_counter() - start
+        modules = dict(model.named_modules())
+        self.trials: list[dict] = []  # λ values tried by search_lam
+        self.layers: list[_Layer] = []
+        self.aliases: dict[str, str] = {}  # tied weights: state-dict key -> key coded first
+        seen = {}
+        for name, kind in layers.items():
+            module = modules[name]
+            parameter = f"{name}.weight" if name else "weight"
+            pointer = module.weight.data_ptr()
+            if pointer in seen:
+                self.aliases[parameter] = seen[pointer]
+                continue
+            seen[pointer] = parameter
+            hessian, row_scale = (None, None)
+            if collected is not None:
+                hessian, row_scale = collected.accumulators[name].hessian(embedding_smoothing)
+            problem = LayerProblem(weight_matrix(module, kind), hessian, row_scale)
+            dtype = FORMAT_OF_TORCH_DTYPE.get(module.weight.dtype)
+            if dtype is None:
+                raise EncoderError(f"{parameter}: dtype {module.weight.dtype} cannot be coded "
+                                   f"(float32, float16 or bfloat16)")
+            # The file keeps the stored layout, whose rows are the inputs for transformers'
+            # Conv1D: a step per output would be a step per column there, so it gets one step.
+            self.layers.append(_Layer(name, parameter, kind, problem, tuple(module.weight.shape),
+                                      dtype, per_channel and kind != "transposed_linear"))
+        self.progress(f"Hessians of {len(self.layers)} layers collected in "
+                      f"{self.hessian_seconds:.1f} s", final=True)
+
+    @property
+    def coded_weights(self) -> int:
+        """Number of weights in the quantized layers."""
+        return sum(layer.problem.weights.size for layer in self.layers)
+
+    def quantize(self, settings: QuantizerSettings) -> dict:
+        """Parameter name -> (LayerResult, seconds) for every layer at ``settings``."""
+        results = {}
+        for number, layer in enumerate(self.layers, 1):
+            self.progress(f"[{number}/{len(self.layers)}] {settings.method} lambda={settings.lam:.3g} "
+                          f"{layer.parameter} {'x'.join(map(str, layer.problem.weights.shape))}")
+            start = time.perf_counter()
+            layer_settings = settings
+            if settings.per_channel != layer.per_channel:
+                layer_settings = _replace(settings, per_channel=layer.per_channel)
+            results[layer.parameter] = (quantize_layer(layer.problem, layer_settings),
+                                        time.perf_counter() - start)
+        return results
+
+    def reconstruction(self, results: dict) -> dict:
+        """Parameter name -> dequantized weights (float32, stored layout) for ``results``."""
+        weights = {}
+        for layer in self.layers:
+            result: LayerResult = results[layer.parameter][0]
+            steps = result.steps.astype(np.float32)
+            matrix = result.indices.astype(np.float32) * (steps[:, None] if len(steps) > 1
+                                                          else steps[0])
+            weights[layer.parameter] = matrix_to_stored_layout(matrix, None, layer.kind) \
+                if layer.kind == "transposed_linear" else matrix.reshape(layer.stored_shape)
+        for alias, original in self.aliases.items():
+            weights[alias] = weights[original]
+        return weights
+
+    def write(self, results: dict, path: str, settings: QuantizerSettings,
+              metadata: dict | None = None) -> tuple[int, list]:
+        """Write the state dict with the quantized layers; returns (file bytes, layer summaries)."""
+        coded = {layer.parameter: layer for layer in self.layers}
+        file_metadata = {"encoder": "nncodec-rd", "method": settings.method,
+                         "lambda": float(settings.lam), **(metadata or {})}
+        summaries = []
+        with NrdWriter(path, metadata=file_metadata) as writer:
+            for key, value in self.model.state_dict().items():
+                source = self.aliases.get(key, key)
+                if source in coded:
+                    layer = coded[source]
+                    result, seconds = results[source]
+                    indices = result.indices
+                    if layer.kind == "transposed_linear":
+                        indices = np.ascontiguousarray(indices.T)
+                    indices = indices.reshape(layer.stored_shape)
+                    grid = UniformGrid(result.steps, rows_per_group=1 if len(result.steps) > 1
+                                       else 0)
+                    payload = writer.add_indices(key, indices, grid, layer.dtype,
+                                                 settings=settings.entropy)
+                    if key == source:
+                        summaries.append(LayerSummary(
+                            key, layer.stored_shape, layer.kind, len(result.steps), payload,
+                            8.0 * payload / max(indices.size, 1), result.distortion, seconds))
+                else:
+                    writer.add_raw(key, tensor_to_numpy(value))
+        return os.path.getsize(path), summaries
+
+    def encode(self, settings: QuantizerSettings, path: str | None,
+               metadata: dict | None = None) -> CompressionResult:
+        """Quantize at ``settings`` and write ``path`` (a temporary file if None, removed after
+        measuring it)."""
+        start = time.perf_counter()
+        results = self.quantize(settings)
+        if path is None:
+            handle, temporary = tempfile.mkstemp(suffix=".nrd")
+            os.close(handle)
+            try:
+                size, summaries = self.write(results, temporary, settings, metadata)
+            finally:
+                os.unlink(temporary)
+        else:
+            size, summaries = self.write(results, path, settings, metadata)
+        outcome = CompressionResult(path, size, self.coded_weights, settings.method, settings.lam,
+                                    summaries, self.hessian_seconds, time.perf_counter() - start)
+        outcome.results = results
+        self.progress(f"{settings.method} lambda={settings.lam:.4g}: {size:,} bytes, "
+                      f"{outcome.bits_per_weight:.3f} bits/weight", final=True)
+        return outcome
+
+    def default_lam(self, relative_step: float = 1.0 / 16.0) -> float:
+        """A λ whose steps are about ``relative_step`` × the weights' RMS in a typical layer."""
+        candidates = []
+        for layer in self.layers:
+            problem = layer.problem
+            rms = float(np.sqrt(np.mean(problem.weights ** 2)))
+            if rms == 0:
+                continue
+            if problem.hessian is None:
+                curvature = 1.0 if problem.row_scale is None else float(problem.row_scale.mean())
+            else:
+                curvature = float(np.mean([np.diagonal(h).mean() for h in problem.hessian]))
+            candidates.append(math.log(2) * curvature * (relative_step * rms) ** 2 / 12.0)
+        return float(np.median(candidates)) if candidates else 1e-6
+
+
+def _replace(settings: QuantizerSettings, **changes) -> QuantizerSettings:
+    values = {name: getattr(settings, name) for name in settings.__dataclass_fields__}
+    values.update(changes)
+    return QuantizerSettings(**values)
+
+
+def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: float | None = None,
+             target_bpw: float | None = None, target_metric=None, path=None,
+             per_channel: bool = False, grid_scale: float = 1.0, act_order: bool = True,
+             entropy: EntropySettings | None = None, include=None,
+             embedding_smoothing: float = 1.0, metadata: dict | None = None,
+             progress=True, tolerance: float = 0.01) -> CompressionResult:
+    """Quantize and entropy-code ``model``'s weights; write an .nrd file.
+
+    Parameters
+    ----------
+    model:
+        A ``torch.nn.Module`` (any ``transformers`` model works as is).
+    calibration_batches:
+        An iterable of model inputs: a mapping is passed as keyword arguments (a tokenizer's
+        output), a tuple positionally, anything else as the one argument. ``None`` (only with
+        ``method="rtn"``, or to use identity Hessians) means no data.
+    method:
+        ``"rtn"``, ``"optq"``, ``"optq-rd"`` or ``"cerwu"`` (see :mod:`nncodec_rd.encoder.obs`).
+    lam, target_bpw, target_metric:
+        At most one. ``lam``: the rate–distortion trade-off. ``target_bpw``: bits per coded
+        weight of the real file (found by bisection on λ within ``tolerance``, relative).
+        ``target_metric``: a callable taking the model with quantized weights and returning True
+        when it is good enough; the largest λ (smallest file) that passes is kept. With none,
+        a λ giving steps of about RMS/16 is used.
+    path:
+        Where to write the file (atomically). ``None`` measures the size without keeping a file.
+    per_channel, grid_scale, act_order:
+        See :class:`nncodec_rd.encoder.obs.QuantizerSettings`.
+    entropy:
+        Entropy-coding settings (:class:`nncodec_rd.EntropySettings`).
+    include:
+        Optional predicate on module names: only those layers are quantized.
+    embedding_smoothing:
+        Added to every token's count before embedding rows are weighted by frequency.
+    metadata:
+        Extra file metadata.
+    progress:
+        True for per-layer progress on stderr, False for none, or a callable taking a line.
+
+    Returns
+    -------
+    CompressionResult: the path, the real size, the λ used and a summary per layer
+    (:meth:`CompressionResult.summary`).
+    """
+    if sum(option is not None for option in (lam, target_bpw, target_metric)) > 1:
+        raise EncoderError("give at most one of lam, target_bpw and target_metric")
+    if calibration_batches is None and method != "rtn":
+        raise EncoderError(f"method {method!r} needs calibration_batches (only 'rtn' is data-free)")
+    if target_bpw is not None and not (math.isfinite(target_bpw) and target_bpw > 0):
+        raise EncoderError(f"target_bpw must be > 0, not {target_bpw}")
+    encoder = ModelEncoder(model, calibration_batches, include=include, per_channel=per_channel,
+                           embedding_smoothing=embedding_smoothing, progress=progress)
+    base = QuantizerSettings(method=method, lam=lam or encoder.default_lam(),
+                             per_channel=per_channel, grid_scale=grid_scale, act_order=act_order,
+                             entropy=entropy or EntropySettings())
+    path = os.fspath(path) if path is not None else None
+    if target_bpw is not None:
+        # The smallest λ whose file fits in target_bpw: the best model of that size.
+        _, chosen = search_lam(encoder, base,
+                               lambda outcome: outcome.bits_per_weight <= target_bpw,
+                               lambda outcome: abs(outcome.bits_per_weight / target_bpw - 1)
+                               <= tolerance)
+        if chosen is None:
+            smallest = min(trial["bits_per_weight"] for trial in encoder.trials)
+            raise EncoderError(f"no λ gives a file of {target_bpw} bits per coded weight or less "
+                               f"(the smallest reached: {smallest:.3f}, with everything not coded "
+                               f"stored raw); the target is out of reach")
+    elif target_metric is not None:
+        def fails(outcome):
+            originals = load_weights(model, encoder.reconstruction(outcome.results))
+            try:
+                return not bool(target_metric(model))
+            finally:
+                load_weights(model, originals)
+
+        # The largest λ (smallest file) whose model still passes.
+        chosen, _ = search_lam(encoder, base, fails)
+        if chosen is None:
+            raise EncoderError("target_metric fails even at the smallest λ tried; the target may "
+                               "be out of reach of this method")
+    else:
+        chosen = base.lam
+    outcome = encoder.encode(_replace(base, lam=chosen), path, metadata)
+    outcome.lam_trials = list(encoder.trials)
+    if encoder.progress.enabled and encoder.progress.callback is None:
+        print(outcome.summary(), file=sys.stderr)
+    return outcome
+
+
+def search_lam(encoder: ModelEncoder, base: QuantizerSettings, holds, close_enough=None,
+               iterations: int = 14) -> tuple[float | None, float | None]:
+    """Bracket the λ where ``holds`` (a predicate on a trial's :class:`CompressionResult`, False
+    for small λ and True for large λ, like "the file is small enough") switches, by steps of ×4
+    and then bisection in log λ. Returns ``(largest λ found False, smallest λ found True)``, either
+    None if not found; a trial that holds and is ``close_enough`` ends the search at once.
+    """
+    def trial(lam):
+        outcome = encoder.encode(_replace(base, lam=lam), None)
+        verdict = bool(holds(outcome))
+        encoder.trials.append({"lam": lam, "bits_per_weight": outcome.bits_per_weight,
+                               "holds": verdict})
+        return verdict and close_enough is not None and close_enough(outcome), verdict
+
+    below = above = None
+    lam = base.lam
+    done, verdict = trial(lam)
+    if done:
+        return below, lam
+    for _ in range(12):
+        if verdict:
+            above = lam
+            if below is not None:
+                break
+            lam /= 4
+        else:
+            below = lam
+            if above is not None:
+                break
+            lam *= 4
+        done, verdict = trial(lam)
+        if done:
+            return below, lam
+    else:
+        if verdict:
+            above = lam
+        else:
+            below = lam
+    if below is None or above is None:
+        return below, above
+    for _ in range(iterations):
+        if above / below < 1.02:
+            break
+        middle = math.sqrt(below * above)
+        done, verdict = trial(middle)
+        if done:
+            return below, middle
+        if verdict:
+            above = middle
+        else:
+            below = middle
+    return below, above
+
+
+def load_weights(model, weights: dict) -> dict:
+    """Copy ``weights`` (state-dict key -> array) into ``model`` in place; returns the previous
+    values of those entries (to restore them)."""
+    state = model.state_dict()
+    previous = {}
+    with torch.no_grad():
+        for key, value in weights.items():
+            if key not in state:
+                raise EncoderError(f"{key}: the model has no such parameter or buffer")
+            target = state[key]
+            previous[key] = target.detach().clone()
+            source = value if isinstance(value, torch.Tensor) else _to_torch(value)
+            if tuple(source.shape) != tuple(target.shape):
+                raise EncoderError(f"{key}: the file holds shape {tuple(source.shape)}, the model "
+                                   f"{tuple(target.shape)}")
+            target.copy_(source.to(target.dtype))
+    return previous
+
+
+def _to_torch(array: np.ndarray) -> torch.Tensor:
+    array = np.asarray(array)
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def load_into(model, path, *, strict: bool = True, threads: int | None = None):
+    """Decode the .nrd file at ``path`` into ``model``'s parameters and buffers, in place.
+
+    With ``strict``, every entry of the model's state dict must be in the file and every tensor
+    of the file in the model (as ``load_state_dict`` does). Returns the model.
+    """
+    from ..api import load_file
+
+    decoded = load_file(path, threads=threads)
+    state_keys = set(model.state_dict().keys())
+    if strict:
+        missing = sorted(state_keys - set(decoded))
+        unexpected = sorted(set(decoded) - state_keys)
+        if missing or unexpected:
+            raise EncoderError(f"{os.fspath(path)} does not match the model: missing "
+                               f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
+                               f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    load_weights(model, {key: value for key, value in decoded.items() if key in state_keys})
+    return model
