@@ -148,47 +148,12 @@ def bench_zstd(indices: np.ndarray, repeats: int, level: int) -> dict:
             "measured": True, "note": "int8 indices only (no dequantization)"}
 
 
+from nncodec_rd.benchmarks.nncodec_peer import TORCHVISION_STUB, find_nncodec_python
+
 NNCODEC_SCRIPT = r"""
-import importlib.abc, importlib.machinery, json, os, sys, time, types
+import json, os, sys, time
 import numpy as np
-
-
-class _AnyMeta(type):
-    def __getattr__(cls, name):
-        return _Any
-
-
-class _Any(metaclass=_AnyMeta):
-    # Stands in for any torchvision object (nncodec imports torchvision for its datasets only).
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Any()
-
-    def __getattr__(self, name):
-        return _Any()
-
-
-class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torchvision" or name.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-
-    def create_module(self, spec):
-        module = types.ModuleType(spec.name)
-        module.__path__ = []
-        module.__getattr__ = lambda attribute: _Any
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
-sys.meta_path.insert(0, _TorchvisionStub())
-import nncodec.nnc as nnc
-sys.meta_path.pop(0)
-
+""" + TORCHVISION_STUB + r"""
 indices = np.load(sys.argv[1])
 qp = -28  # NNC's step is 2^(qp / 4) at qp_density 2: the weights lie exactly on its grid
 weights = (indices * 2.0 ** (qp / 4)).astype(np.float32)
@@ -207,9 +172,7 @@ print(json.dumps({"decode_seconds": best, "bytes": os.path.getsize(path), "exact
 
 def bench_nncodec(indices: np.ndarray, folder: str, repeats: int, python: str | None) -> dict:
     entry = {"coder": "NNCodec 2.1.3 (DeepCABAC)"}
-    default = os.path.join(os.path.dirname(__file__), "..", "..", ".venv-nncodec", "bin", "python")
-    if not python and os.path.exists(default):
-        python = default  # made by bench/setup_nncodec_env.sh
+    python = find_nncodec_python(python)  # made by bench/setup_nncodec_env.sh
     if not python:
         return {**entry, "measured": False,
                 "reason": "no NNCodec environment: run bench/setup_nncodec_env.sh (or pass "

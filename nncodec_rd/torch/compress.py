@@ -20,9 +20,11 @@ import torch
 
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, UniformGrid
-from ..encoder.obs import LayerProblem, LayerResult, QuantizerSettings, quantize_layer
+from ..encoder.obs import (LayerProblem, LayerResult, QuantizerSettings, layer_distortion,
+                           quantize_layer)
 from ..encoder.writer import NrdWriter
-from .hessians import collect_hessians, find_layers, matrix_to_stored_layout, weight_matrix
+from .hessians import (collect_hessians, find_layers, first_tensor, matrix_to_stored_layout,
+                       run_batch, weight_matrix)
 from .state_dict import tensor_to_numpy
 
 FORMAT_OF_TORCH_DTYPE = {torch.float32: "float32", torch.float16: "float16",
@@ -102,6 +104,7 @@ class _Layer:
     stored_shape: tuple
     dtype: str
     per_channel: bool
+    sensitivity: float = 1.0  # output error per unit of layer loss (measure_sensitivities)
 
 
 class ModelEncoder:
@@ -112,7 +115,8 @@ class ModelEncoder:
     """
 
     def __init__(self, model, calibration_batches, *, include=None, per_channel: bool = False,
-                 embedding_smoothing: float = 1.0, progress=True):
+                 embedding_smoothing: float = 1.0, sensitivity: bool = True,
+                 sensitivity_batches: int = 2, progress=True):
         self.model = model
         self.progress = _Progress(progress)
         layers = find_layers(model, include)
@@ -157,6 +161,54 @@ class ModelEncoder:
                                       dtype, per_channel and kind != "transposed_linear"))
         self.progress(f"Hessians of {len(self.layers)} layers collected in "
                       f"{self.hessian_seconds:.1f} s", final=True)
+        self.sensitivity_seconds = 0.0
+        if sensitivity and calibration_batches is not None:
+            start = time.perf_counter()
+            batches = list(calibration_batches)[:max(1, sensitivity_batches)]
+            self.measure_sensitivities(batches)
+            self.sensitivity_seconds = time.perf_counter() - start
+            self.progress(f"layer sensitivities measured in {self.sensitivity_seconds:.1f} s",
+                          final=True)
+
+    def measure_sensitivities(self, batches, relative_noise: float = 0.01, seed: int = 0) -> None:
+        """Weigh each layer's loss by how much it moves the model's output.
+
+        The layer loss ``½ tr(D H Dᵀ)`` measures the error of the layer's own output; layers
+        differ in how much of that error reaches the model's output. Adding Gaussian noise of
+        known layer loss δ to one layer at a time and measuring the mean squared change ε of
+        the model's first output tensor gives the layer's sensitivity ε / δ; the layer's λ is
+        then the global λ divided by it, so one λ is a slope in units of output error per bit
+        for every layer.
+        """
+        modules = dict(self.model.named_modules())
+        was_training = self.model.training
+        self.model.eval()
+        generator = np.random.default_rng(seed)
+        try:
+            with torch.no_grad():
+                reference = [first_tensor(run_batch(self.model, batch)).double()
+                             for batch in batches]
+                for number, layer in enumerate(self.layers, 1):
+                    self.progress(f"sensitivity [{number}/{len(self.layers)}] {layer.parameter}")
+                    problem = layer.problem
+                    rms = float(np.sqrt(np.mean(problem.weights ** 2))) or 1.0
+                    noise = generator.standard_normal(problem.weights.shape) * relative_noise * rms
+                    layer_loss = layer_distortion(problem, problem.weights + noise)
+                    weight = modules[layer.name].weight
+                    original = weight.detach().clone()
+                    perturbed = matrix_to_stored_layout(problem.weights + noise, modules[layer.name],
+                                                        layer.kind)
+                    weight.copy_(torch.from_numpy(np.ascontiguousarray(perturbed)).to(weight.dtype))
+                    try:
+                        change = [float(torch.mean((first_tensor(run_batch(self.model, batch))
+                                                    .double() - expected) ** 2))
+                                  for batch, expected in zip(batches, reference)]
+                    finally:
+                        weight.copy_(original)
+                    if layer_loss > 0 and np.mean(change) > 0:
+                        layer.sensitivity = float(np.mean(change)) / layer_loss
+        finally:
+            self.model.train(was_training)
 
     @property
     def coded_weights(self) -> int:
@@ -170,9 +222,8 @@ class ModelEncoder:
             self.progress(f"[{number}/{len(self.layers)}] {settings.method} lambda={settings.lam:.3g} "
                           f"{layer.parameter} {'x'.join(map(str, layer.problem.weights.shape))}")
             start = time.perf_counter()
-            layer_settings = settings
-            if settings.per_channel != layer.per_channel:
-                layer_settings = _replace(settings, per_channel=layer.per_channel)
+            layer_settings = _replace(settings, per_channel=layer.per_channel,
+                                      lam=settings.lam / layer.sensitivity)
             results[layer.parameter] = (quantize_layer(layer.problem, layer_settings),
                                         time.perf_counter() - start)
         return results
@@ -254,7 +305,8 @@ class ModelEncoder:
                 curvature = 1.0 if problem.row_scale is None else float(problem.row_scale.mean())
             else:
                 curvature = float(np.mean([np.diagonal(h).mean() for h in problem.hessian]))
-            candidates.append(math.log(2) * curvature * (relative_step * rms) ** 2 / 12.0)
+            candidates.append(layer.sensitivity * math.log(2) * curvature
+                              * (relative_step * rms) ** 2 / 12.0)
         return float(np.median(candidates)) if candidates else 1e-6
 
 
@@ -268,7 +320,8 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
              target_bpw: float | None = None, target_metric=None, path=None,
              per_channel: bool = False, grid_scale: float = 1.0, act_order: bool = True,
              entropy: EntropySettings | None = None, include=None,
-             embedding_smoothing: float = 1.0, metadata: dict | None = None,
+             embedding_smoothing: float = 1.0, sensitivity: bool = True,
+             metadata: dict | None = None,
              progress=True, tolerance: float = 0.01) -> CompressionResult:
     """Quantize and entropy-code ``model``'s weights; write an .nrd file.
 
@@ -298,6 +351,9 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         Optional predicate on module names: only those layers are quantized.
     embedding_smoothing:
         Added to every token's count before embedding rows are weighted by frequency.
+    sensitivity:
+        Weigh each layer's λ by how much its output error moves the model's output
+        (:meth:`ModelEncoder.measure_sensitivities`); needs calibration data.
     metadata:
         Extra file metadata.
     progress:
@@ -315,7 +371,8 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     if target_bpw is not None and not (math.isfinite(target_bpw) and target_bpw > 0):
         raise EncoderError(f"target_bpw must be > 0, not {target_bpw}")
     encoder = ModelEncoder(model, calibration_batches, include=include, per_channel=per_channel,
-                           embedding_smoothing=embedding_smoothing, progress=progress)
+                           embedding_smoothing=embedding_smoothing, sensitivity=sensitivity,
+                           progress=progress)
     base = QuantizerSettings(method=method, lam=lam or encoder.default_lam(),
                              per_channel=per_channel, grid_scale=grid_scale, act_order=act_order,
                              entropy=entropy or EntropySettings())

@@ -156,15 +156,32 @@ def find_layers(model, include=None) -> dict:
     return layers
 
 
-def run_batch(model, batch) -> None:
+def run_batch(model, batch):
     """Run one calibration batch: a mapping as keyword arguments (a tokenizer's output), a tuple
-    or list as positional arguments, anything else as the single argument."""
+    or list as positional arguments, anything else as the single argument. Returns the output."""
     if isinstance(batch, dict) or hasattr(batch, "keys"):
-        model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch)
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def first_tensor(output) -> torch.Tensor:
+    """The first tensor of a model's output: the tensor itself, the first value of a mapping
+    (a ``transformers`` ModelOutput: ``last_hidden_state`` or ``logits``) or of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) or hasattr(output, "values"):
+        values = list(output.values())
+    elif isinstance(output, (tuple, list)):
+        values = list(output)
     else:
-        model(batch)
+        values = []
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.dtype.is_floating_point:
+            return value
+    raise EncoderError(f"the model's output ({type(output).__name__}) holds no floating-point "
+                       f"tensor to measure layer sensitivities on")
 
 
 def collect_hessians(model, batches, layers: dict, progress=None) -> CollectedHessians:
