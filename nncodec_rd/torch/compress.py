@@ -116,7 +116,7 @@ class ModelEncoder:
 
     def __init__(self, model, calibration_batches, *, include=None, per_channel: bool = False,
                  embedding_smoothing: float = 1.0, sensitivity: bool = True,
-                 sensitivity_batches: int = 2, progress=True):
+                 sensitivity_batches: int = 1, progress=True):
         self.model = model
         self.progress = _Progress(progress)
         layers = find_layers(model, include)

