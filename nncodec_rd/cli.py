@@ -7,13 +7,17 @@ written atomically, so a failure leaves no partial file.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
 import json
+import math
 import os
 import sys
 import time
 
 from . import FORMAT_VERSION, __version__
-from .format.errors import NrdError
+from .format.errors import EncoderError, NrdError
 
 EXIT_ERROR = 1
 
@@ -104,6 +108,12 @@ def _parse_metadata(pairs) -> dict:
 
 
 def command_encode(arguments) -> int:
+    if arguments.calibration is None and arguments.model is None:
+        return _encode_data_free(arguments)
+    return _encode_model(arguments)
+
+
+def _encode_data_free(arguments) -> int:
     from .api import save_file
     from .format.grids import EntropySettings
     from .io.tensorio import read_tensors
@@ -120,7 +130,8 @@ def command_encode(arguments) -> int:
     metadata.update(_parse_metadata(arguments.metadata))
     settings = EntropySettings(precision_bits=arguments.precision_bits, lane_count=arguments.lanes,
                                context_model=arguments.context)
-    size = save_file(tensors, arguments.output, metadata=metadata, quantize=arguments.quantize,
+    size = save_file(tensors, arguments.output, metadata=metadata,
+                     quantize=arguments.quantize or "auto",
                      step=arguments.step, relative_step=arguments.relative_step,
                      bins=arguments.bins, per_row=arguments.per_row, settings=settings)
     original = sum(t.nbytes for t in tensors.values())
@@ -129,6 +140,250 @@ def command_encode(arguments) -> int:
           f"{original / max(size, 1):.1f}x smaller than {original} bytes) in "
           f"{time.perf_counter() - start:.2f} s", file=sys.stderr)
     return 0
+
+
+BATCH_FILE_SUFFIXES = (".pt", ".pth", ".npz")
+DATA_FREE_OPTIONS = (("step", "--step"), ("relative_step", "--relative-step"), ("bins", "--bins"),
+                     ("quantize", "--quantize"))
+MODEL_OPTIONS = (("lam", "--lam"), ("target_bpw", "--target-bpw"), ("grid_scale", "--grid-scale"),
+                 ("no_act_order", "--no-act-order"), ("no_sensitivity", "--no-sensitivity"),
+                 ("batch_size", "--batch-size"))
+
+
+def _calibration_kind(value: str) -> str | None:
+    """``"file"`` for a file of batches, ``"entry point"`` for MODULE:FUNCTION, else None."""
+    if value.lower().endswith(BATCH_FILE_SUFFIXES):
+        return "file"
+    if ":" in value:
+        return "entry point"
+    return None
+
+
+def _check_encode_arguments(parser, arguments) -> None:
+    """Usage errors of ``encode``: options that do not fit together (argparse-style, exit 2)."""
+    if arguments.calibration is None and arguments.model is None:
+        given = [option for name, option in MODEL_OPTIONS
+                 if getattr(arguments, name) is not None and getattr(arguments, name) is not False]
+        if arguments.input is None:
+            parser.error("the following arguments are required: input (or give --calibration "
+                         "MODULE:FUNCTION)")
+        if arguments.method not in (None, "rtn"):
+            parser.error(f"--method {arguments.method} needs calibration data: give --calibration")
+        if given:
+            parser.error(f"{given[0]} needs a model: give --calibration or --model (the data-free "
+                         f"encoder of a weights file sets its grid with --step, --relative-step "
+                         f"or --bins)")
+        return
+    for name, option in DATA_FREE_OPTIONS:
+        if getattr(arguments, name) is not None:
+            parser.error(f"{option} applies only to the data-free encoder of a weights file; "
+                         f"with a model, use --lam or --target-bpw")
+    kind = _calibration_kind(arguments.calibration) if arguments.calibration is not None else None
+    if kind == "entry point" and arguments.model is not None:
+        parser.error("--model is for a file of batches; --calibration MODULE:FUNCTION returns the "
+                     "model itself")
+    if kind == "file" and arguments.model is None:
+        parser.error("a file of calibration batches needs --model MODULE:FUNCTION returning the "
+                     "model")
+    if kind != "file" and arguments.batch_size is not None:
+        parser.error("--batch-size applies only to a file of calibration batches")
+    if arguments.calibration is None and arguments.method not in (None, "rtn"):
+        parser.error(f"--method {arguments.method} needs calibration data: give --calibration "
+                     f"(only rtn is data-free)")
+
+
+@contextlib.contextmanager
+def _on_sys_path(folder: str):
+    """``folder`` first on ``sys.path`` for the duration (where a user's module is found)."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else "")[:200]
+
+
+def _entry_point(spec: str, option: str):
+    """The function named by ``module:function`` or ``path/to/file.py:function`` and the folder
+    to put on ``sys.path`` while it runs. Every failure is an :class:`EncoderError`."""
+    module_name, _, attribute = spec.rpartition(":")
+    usage = f"{option} {spec!r}: expected MODULE:FUNCTION or path/to/file.py:FUNCTION"
+    if not module_name or not attribute or not all(part.isidentifier()
+                                                   for part in attribute.split(".")):
+        raise EncoderError(usage)
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        path = os.path.abspath(module_name)
+        if not os.path.isfile(path):
+            raise EncoderError(f"{option} {spec!r}: {module_name}: no such file")
+        folder = os.path.dirname(path)
+        name = "_nncodec_rd_entry_point_" + os.path.splitext(os.path.basename(path))[0]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise EncoderError(f"{option} {spec!r}: {module_name} is not a Python file")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # as an import would (dataclasses, pickling look it up)
+        try:
+            with _on_sys_path(folder):
+                module_spec.loader.exec_module(module)
+        except (Exception, SystemExit) as error:  # anything the user's module raises
+            sys.modules.pop(name, None)
+            raise EncoderError(f"{option} {spec!r}: running {module_name} raised "
+                               f"{type(error).__name__}: {_first_line(error)}") from None
+    else:
+        if not all(part.isidentifier() for part in module_name.split(".")):
+            raise EncoderError(usage)
+        folder = os.getcwd()
+        try:
+            with _on_sys_path(folder):
+                module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name and (module_name == error.name
+                               or module_name.startswith(error.name + ".")):
+                raise EncoderError(f"{option} {spec!r}: no module named {error.name!r} (a module "
+                                   f"name is imported with the current directory on the path; "
+                                   f"or give a file: path/to/file.py:FUNCTION)") from None
+            raise EncoderError(f"{option} {spec!r}: importing {module_name} raised "
+                               f"ModuleNotFoundError: {_first_line(error)}") from None
+        except (Exception, SystemExit) as error:  # anything the user's module raises
+            raise EncoderError(f"{option} {spec!r}: importing {module_name} raised "
+                               f"{type(error).__name__}: {_first_line(error)}") from None
+    value = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise EncoderError(f"{option} {spec!r}: {module_name} has no attribute "
+                               f"{attribute!r}")
+        value = getattr(value, part)
+    if not callable(value):
+        raise EncoderError(f"{option} {spec!r}: {attribute} is a {type(value).__name__}, not a "
+                           f"function")
+    return value, folder
+
+
+def _call_entry_point(spec: str, option: str):
+    function, folder = _entry_point(spec, option)
+    try:
+        with _on_sys_path(folder):
+            return function()
+    except (Exception, SystemExit) as error:  # anything the user's function raises
+        raise EncoderError(f"{option} {spec!r} raised {type(error).__name__}: "
+                           f"{_first_line(error)}") from None
+
+
+def _torch_encoder():
+    """The PyTorch side of the encoder, or an :class:`EncoderError` saying how to install it."""
+    try:
+        from .torch import examples
+        from .torch.compress import compress, load_weights
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] == "torch":
+            raise EncoderError("--calibration and --model need PyTorch: pip install "
+                               "'nncodec-rd[torch]'") from None
+        raise
+    return compress, load_weights, examples
+
+
+def _load_weights_file(model, path, load_weights) -> dict:
+    """Load the tensors of a weights file into ``model`` (every parameter and buffer, nothing
+    else: like ``load_state_dict(strict=True)``); returns the file's metadata."""
+    from .io.tensorio import read_tensors
+
+    tensors, metadata = read_tensors(path)
+    state_keys = list(model.state_dict().keys())
+    missing = [key for key in state_keys if key not in tensors]
+    unexpected = [key for key in tensors if key not in set(state_keys)]
+    if missing or unexpected:
+        def listing(keys):
+            return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+        problems = ([f"missing {listing(missing)}"] if missing else []) + \
+                   ([f"unexpected {listing(unexpected)}"] if unexpected else [])
+        raise EncoderError(f"{path}: its tensors do not match the model's state dict: "
+                           f"{'; '.join(problems)}")
+    load_weights(model, tensors)
+    return metadata
+
+
+def _encode_model(arguments) -> int:
+    from .format.grids import EntropySettings
+
+    start = time.perf_counter()
+    compress, load_weights, examples = _torch_encoder()
+    calibration = arguments.calibration
+    kind = _calibration_kind(calibration) if calibration is not None else None
+    if arguments.lam is not None and not (math.isfinite(arguments.lam) and arguments.lam > 0):
+        raise EncoderError(f"--lam must be finite and > 0, not {arguments.lam}")
+    grid_scale = 1.0 if arguments.grid_scale is None else arguments.grid_scale
+    if not (math.isfinite(grid_scale) and grid_scale > 0):  # before the slow Hessians
+        raise EncoderError(f"--grid-scale must be finite and > 0, not {grid_scale}")
+    if calibration is not None and kind is None:
+        raise EncoderError(f"--calibration {calibration!r}: expected a .pt, .pth or .npz file of "
+                           f"batches, or MODULE:FUNCTION returning (model, batches)")
+    if kind == "entry point":
+        returned = _call_entry_point(calibration, "--calibration")
+        if not (isinstance(returned, (tuple, list)) and len(returned) == 2):
+            raise EncoderError(f"--calibration {calibration!r} returned {_describe(returned)}; "
+                               f"it must return (model, batches)")
+        if not examples.is_module(returned[0]):
+            raise EncoderError(f"--calibration {calibration!r} returned (model, batches) with "
+                               f"{_describe(returned[0])} as the model, not a torch.nn.Module")
+        model = returned[0]
+        batches = examples.check_batches(returned[1], calibration)
+    else:
+        model = _call_entry_point(arguments.model, "--model")
+        if not examples.is_module(model):
+            raise EncoderError(f"--model {arguments.model!r} returned {_describe(model)}, not a "
+                               f"torch.nn.Module")
+        batches = None
+        if kind == "file":
+            batch_size = 32 if arguments.batch_size is None else arguments.batch_size
+            batches = examples.load_batches(calibration, batch_size,
+                                            dtype=examples.floating_dtype(model))
+    source_metadata = {}
+    if arguments.input is not None:
+        source_metadata = _load_weights_file(model, arguments.input, load_weights)
+    if batches is not None:
+        examples.check_runs(model, batches, calibration)
+    method = arguments.method or ("cerwu" if batches is not None else "rtn")
+    settings = EntropySettings(precision_bits=arguments.precision_bits, lane_count=arguments.lanes,
+                               context_model=arguments.context)
+    metadata = {k: str(v) for k, v in source_metadata.items()}
+    metadata.update({"encoder": f"nncodec-rd {__version__}", "encoder_settings": json.dumps({
+        "method": method, "lam": arguments.lam, "target_bpw": arguments.target_bpw,
+        "per_channel": arguments.per_row, "grid_scale": grid_scale,
+        "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity,
+        "precision_bits": arguments.precision_bits, "lane_count": arguments.lanes,
+        "context_model": arguments.context,
+        "calibration": (os.path.basename(calibration) if kind == "file" else calibration),
+        "model": arguments.model, "batch_size": arguments.batch_size})})
+    if arguments.input is not None:
+        metadata["source"] = os.path.basename(arguments.input)
+    metadata.update(_parse_metadata(arguments.metadata))
+    # progress=True: compress shows per-layer progress and prints its summary table on stderr.
+    result = compress(model, batches, method=method, lam=arguments.lam,
+                      target_bpw=arguments.target_bpw, path=arguments.output,
+                      per_channel=arguments.per_row, grid_scale=grid_scale,
+                      act_order=not arguments.no_act_order, entropy=settings,
+                      sensitivity=not arguments.no_sensitivity, metadata=metadata, progress=True)
+    print(f"wrote {arguments.output}: {result.size_bytes} bytes, {result.bits_per_weight:.3f} bits "
+          f"per coded weight ({result.coded_weights} weights), method {result.method}, lambda "
+          f"{result.lam:.4g}, in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    return 0
+
+
+def _describe(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def command_validate(arguments) -> int:
@@ -176,7 +431,44 @@ def command_bench(arguments) -> int:
     return decode_speed.main(arguments=arguments)
 
 
+ENCODE_EPILOG = """\
+Inputs:
+  INPUT alone            data-free: every floating tensor of the weights file is rounded to a
+                         uniform grid (rtn; --step, --relative-step or --bins, --quantize).
+  --calibration MODULE:FUNCTION [INPUT]
+                         FUNCTION() returns (model, batches): a torch.nn.Module and a list of
+                         its inputs (a tensor, a tuple of positional inputs or a dict of keyword
+                         inputs each). --method defaults to cerwu.
+  --calibration FILE --model MODULE:FUNCTION [INPUT]
+                         FUNCTION() returns the model; FILE holds its inputs: .pt/.pth (loaded
+                         weights-only): a tensor, split into batches of --batch-size rows, or a
+                         list of batches (tensors, dicts or lists of tensors); .npz: one array,
+                         split the same way, or one array per batch in key order. Floating
+                         inputs are cast to the model's dtype. --method defaults to cerwu.
+  --model MODULE:FUNCTION [INPUT]
+                         no calibration data: rtn only, on the model's layers.
+  With a model, INPUT (if given) must hold every parameter and buffer of the model's state
+  dict, loaded before compressing. MODULE is a module name, imported with the current
+  directory on the path, or a file: path/to/file.py:FUNCTION. --lam or --target-bpw set the
+  size (default: steps of about RMS/16); --per-channel, --grid-scale, --no-act-order,
+  --no-sensitivity tune the quantizer. Progress and a per-layer table go to stderr.
+
+Examples:
+  nncodec-rd encode model.safetensors -o model.nrd
+  nncodec-rd encode weights.pt -o weights.nrd --bins 63 --per-row
+  nncodec-rd encode --calibration nncodec_rd.torch.examples:tiny_mlp --method cerwu \\
+      --target-bpw 4 -o tiny.nrd
+  nncodec-rd encode weights.safetensors --calibration my_models.py:model_and_batches \\
+      --lam 1e-6 -o weights.nrd
+  nncodec-rd encode weights.pt --model my_models:build --calibration batches.pt \\
+      --method optq --per-channel -o weights.nrd
+  nncodec-rd encode weights.pt --model my_models:build --target-bpw 3 -o weights.nrd
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .encoder.obs import METHODS
+
     parser = argparse.ArgumentParser(
         prog="nncodec-rd",
         description="Compress neural-network weights into .nrd files, inspect and decode them.",
@@ -205,29 +497,64 @@ def build_parser() -> argparse.ArgumentParser:
     decode.set_defaults(run=command_decode)
 
     encode = commands.add_parser(
-        "encode", help="compress a .safetensors, .npz or PyTorch state dict",
-        description="Quantize floating-point tensors by rounding to a uniform grid (data-free) and "
-                    "entropy-code them; other tensors are stored raw.",
-        epilog="Examples:\n  nncodec-rd encode model.safetensors -o model.nrd\n"
-               "  nncodec-rd encode weights.pt -o weights.nrd --bins 63 --per-row",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    encode.add_argument("input")
+        "encode", help="compress a .safetensors, .npz or PyTorch state dict, or a PyTorch model",
+        description="Without a model (INPUT alone): quantize the floating-point tensors of a "
+                    "weights file by rounding to a uniform grid (data-free rtn) and entropy-code "
+                    "them; other tensors are stored raw. With a model (--calibration or "
+                    "--model): quantize the layers of a torch.nn.Module with one global "
+                    "rate-distortion trade-off lambda, using calibration inputs (rtn, optq, "
+                    "optq-rd, cerwu), and store the rest of its state dict raw.",
+        epilog=ENCODE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    encode.add_argument("input", nargs="?",
+                        help="weights file: .safetensors, .npz or weights-only PyTorch state dict "
+                             "(.pt, .pth, .bin); optional with a model, whose weights it replaces")
     encode.add_argument("-o", "--output", required=True, help="output .nrd file")
-    grid = encode.add_mutually_exclusive_group()
-    grid.add_argument("--step", type=float, help="absolute grid step")
-    grid.add_argument("--relative-step", type=float,
-                      help="grid step as a fraction of each tensor's RMS (default 1/16)")
-    grid.add_argument("--bins", type=int, help="odd number of grid points spanning the largest weight")
-    encode.add_argument("--per-row", action="store_true", help="one step per row (output channel)")
-    encode.add_argument("--quantize", choices=("auto", "all", "none"), default="auto",
-                        help="which floating tensors to quantize (auto: >= 1024 elements)")
+    encode.add_argument("--method", choices=METHODS,
+                        help="quantizer (default: cerwu with calibration data, else rtn)")
+    encode.add_argument("--per-row", "--per-channel", action="store_true",
+                        help="one step per row (output channel; with cerwu, for layers "
+                             "without a Hessian only)")
     encode.add_argument("--precision-bits", type=int, default=14, help="rANS probability precision")
     encode.add_argument("--lanes", type=int, default=4, help="interleaved rANS lanes per chunk")
     encode.add_argument("--context", choices=("auto", "iid", "previous"), default="auto",
                         help="context model of the entropy coder")
     encode.add_argument("--metadata", action="append", metavar="KEY=VALUE",
                         help="file metadata entry (repeatable)")
-    encode.set_defaults(run=command_encode)
+    data_free = encode.add_argument_group("data-free encoder of a weights file (no model)")
+    grid = data_free.add_mutually_exclusive_group()
+    grid.add_argument("--step", type=float, help="absolute grid step")
+    grid.add_argument("--relative-step", type=float,
+                      help="grid step as a fraction of each tensor's RMS (default 1/16)")
+    grid.add_argument("--bins", type=int, help="odd number of grid points spanning the largest weight")
+    data_free.add_argument("--quantize", choices=("auto", "all", "none"), default=None,
+                           help="which floating tensors to quantize (default auto: >= 1024 "
+                                "elements)")
+    with_model = encode.add_argument_group("encoder of a PyTorch model (needs torch)")
+    with_model.add_argument("--calibration", metavar="SOURCE",
+                            help="MODULE:FUNCTION (or path/to/file.py:FUNCTION) returning "
+                                 "(model, batches), or a .pt/.pth/.npz file of input batches "
+                                 "(then with --model)")
+    with_model.add_argument("--model", metavar="MODULE:FUNCTION",
+                            help="function returning the torch.nn.Module, for a file of batches "
+                                 "or with no calibration data (rtn only)")
+    rate = with_model.add_mutually_exclusive_group()
+    rate.add_argument("--lam", type=float,
+                      help="rate-distortion trade-off lambda (default: steps of about RMS/16)")
+    rate.add_argument("--target-bpw", type=float,
+                      help="file bits per coded weight to reach (lambda found by bisection)")
+    with_model.add_argument("--batch-size", type=int,
+                            help="rows per batch when a file holds a single tensor (default 32)")
+    with_model.add_argument("--grid-scale", type=float,
+                            help="multiplies the grid step lambda gives (default 1; below 1: a "
+                                 "finer grid)")
+    with_model.add_argument("--no-act-order", action="store_true",
+                            help="quantize columns in their order, not by decreasing Hessian "
+                                 "diagonal")
+    with_model.add_argument("--no-sensitivity", action="store_true",
+                            help="one lambda for every layer, not weighted by how much each "
+                                 "moves the model's output")
+    encode.set_defaults(run=command_encode,
+                        check=lambda arguments: _check_encode_arguments(encode, arguments))
 
     validate = commands.add_parser(
         "validate", help="check files against every rule of the spec",
@@ -264,6 +591,9 @@ def main(argv=None) -> int:
     """Entry point of the ``nncodec-rd`` console script."""
     parser = build_parser()
     arguments = parser.parse_args(argv)
+    check = getattr(arguments, "check", None)
+    if check is not None:
+        check(arguments)  # usage errors: argparse's message and exit status 2
     try:
         return arguments.run(arguments)
     except NrdError as error:

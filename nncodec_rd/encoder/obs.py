@@ -110,8 +110,8 @@ class QuantizerSettings:
         layer (see the module docstring) and, for ``optq-rd`` and ``cerwu``, weighs the rate in
         each decision.
     per_channel:
-        One step per output row instead of one per tensor (not with ``cerwu``, whose transformed
-        problem needs one step per Hessian).
+        One step per output row instead of one per tensor (with ``cerwu`` only for layers without
+        a Hessian, since its transformed problem shares H + μI across rows).
     step:
         An absolute step for every row, overriding the λ rule.
     grid_scale:
@@ -146,9 +146,6 @@ class QuantizerSettings:
             raise EncoderError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not (math.isfinite(self.lam) and self.lam > 0):
             raise EncoderError(f"lam must be finite and > 0, not {self.lam}")
-        if self.method == "cerwu" and self.per_channel:
-            raise EncoderError("cerwu needs one step per tensor (per_channel=False): its "
-                               "transformed Hessian H + μI is shared by all rows")
         if self.step is not None and not (math.isfinite(self.step) and self.step > 0):
             raise EncoderError(f"step must be finite and > 0, not {self.step}")
         if not (math.isfinite(self.grid_scale) and self.grid_scale > 0):
@@ -397,6 +394,11 @@ def choose_steps(problem: LayerProblem, settings: QuantizerSettings,
 def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerResult:
     """Quantize one layer with ``settings.method`` (module docstring); a pure function."""
     rows, columns = problem.weights.shape
+    if settings.method == "cerwu" and problem.hessian is not None and (
+            settings.per_channel or problem.row_scale is not None):
+        raise EncoderError("cerwu needs one step and one weight for all rows of a layer with a "
+                           "Hessian (per_channel=False): its transformed Hessian H + μI is shared "
+                           "by all rows")
     factors, curvature = _curvatures(problem, settings)
     steps = choose_steps(problem, settings, curvature)
     row_steps = np.broadcast_to(steps.astype(np.float64), (rows,)) if len(steps) == 1 \
