@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-rd clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: setup
 bench: setup .venv-nncodec/bin/python
 	mkdir -p bench/results
 	$(PY) bench/decode_speed.py --json bench/results/decode_speed.json --plot bench/results/decode_speed.png
+
+# Rate-fidelity of rtn/optq/optq-rd/cerwu against NNCodec on the real models (about 20 minutes).
+bench-rd: $(VENV)/.demo-installed .venv-nncodec/bin/python
+	mkdir -p bench/results
+	$(PY) bench/digits_rate_fidelity.py
+	$(PY) bench/minilm_rate_fidelity.py
 
 clean:
 	rm -rf $(VENV) out .hypothesis .pytest_cache

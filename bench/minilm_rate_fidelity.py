@@ -27,7 +27,7 @@ from nncodec_rd.benchmarks.sentences import (SOURCE_DESCRIPTION,  # noqa: E402
                                              calibration_sentences, evaluation_sentences)
 from nncodec_rd.demo import bundled_model_folder  # noqa: E402
 
-NNCODEC_QPS = (-34, -30, -28, -26, -24, -22)
+NNCODEC_QPS = (-36, -34, -32, -30, -28, -26)
 
 
 def build_workload(calibration_count: int = 256, evaluation_count: int = 512,
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                                                          "minilm_rate_fidelity"),
                         help="path stem of the .json/.png/.md results")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--lam-factors", default="1,2,4,8,16,32",
+    parser.add_argument("--lam-factors", default="1,2,4,8,16",
                         help="λ values as multiples of the default λ (steps ≈ RMS/16)")
     parser.add_argument("--qps", default=",".join(map(str, NNCODEC_QPS)),
                         help="NNCodec quantization parameters ('' to skip NNCodec)")
