@@ -17,7 +17,7 @@ from nncodec_rd.benchmarks.digits_cnn import (accuracy, calibration_batches, par
                                               train_digits_cnn)
 from nncodec_rd.benchmarks.rate_fidelity import METHODS, Workload, run_workload, write_report
 
-NNCODEC_QPS = (-38, -34, -30, -26, -22, -18)
+NNCODEC_QPS = (-30, -26, -22, -20, -18, -16, -14)
 
 
 def build_workload(seed: int = 0) -> Workload:
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "digits_rate_fidelity"))
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--lam-factors", default="1,4,16,64,256,1024,4096")
+    parser.add_argument("--lam-factors", default="1,2,4,8,16,32,64,128")
     parser.add_argument("--qps", default=",".join(map(str, NNCODEC_QPS)),
                         help="NNCodec quantization parameters ('' to skip NNCodec)")
     parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
