@@ -184,8 +184,10 @@ def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset):
                              minlength=context_count * width).reshape(context_count, width)
         frequencies = np.stack([build_frequency_table(row, settings.precision_bits)
                                 for row in counts])
-        chosen = frequencies[contexts, symbols].astype(np.float64)
-        cost_bits = float(np.sum(settings.precision_bits - np.log2(chosen))) \
+        # The code length from the counts (every counted symbol has a frequency >= 1).
+        used = counts > 0
+        cost_bits = float(np.sum(counts[used] * (settings.precision_bits
+                                                 - np.log2(frequencies[used])))) \
             + 8 * _table_bytes(frequencies)
         if best is None or cost_bits < best[0]:
             best = (cost_bits, model, context_count, contexts, frequencies)
