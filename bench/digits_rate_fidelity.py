@@ -8,14 +8,12 @@ and cerwu against NNCodec 2.1.3. Fidelity: test accuracy (540 held-out images); 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import tempfile
 
 from nncodec_rd.benchmarks.digits_cnn import (accuracy, calibration_batches, parameter_count,
                                               train_digits_cnn)
-from nncodec_rd.benchmarks.rate_fidelity import METHODS, Workload, run_workload, write_report
+from nncodec_rd.benchmarks.rate_fidelity import Workload, bench_main
 
 NNCODEC_QPS = (-30, -26, -22, -20, -18, -16, -14)
 
@@ -32,29 +30,10 @@ def build_workload(seed: int = 0) -> Workload:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "digits_rate_fidelity"))
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--lam-factors", default="1,2,4,8,16,32,64,128")
-    parser.add_argument("--qps", default=",".join(map(str, NNCODEC_QPS)),
-                        help="NNCodec quantization parameters ('' to skip NNCodec)")
-    parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 λ, no NNCodec")
-    arguments = parser.parse_args(argv)
-    factors = [float(f) for f in arguments.lam_factors.split(",")]
-    qps = [int(q) for q in arguments.qps.split(",") if q.strip()]
-    if arguments.quick:
-        factors, qps = [4.0, 64.0], []
-    workload = build_workload()
-    os.makedirs(os.path.dirname(arguments.output) or ".", exist_ok=True)
-    with tempfile.TemporaryDirectory() as folder:
-        report = run_workload(workload, folder, methods=arguments.methods.split(","),
-                              lam_factors=factors, qps=qps,
-                              nncodec_python=arguments.nncodec_python)
-    write_report(report, arguments.output)
-    print(open(arguments.output + ".md", encoding="utf-8").read())
-    return 0
+    return bench_main(argv, description=__doc__.split("\n\n")[0], build_workload=build_workload,
+                      output=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                         "digits_rate_fidelity"), lam_factors="1,2,4,8,16,32,64,128", qps=NNCODEC_QPS,
+                      quick_factors=(4.0, 64.0))
 
 
 if __name__ == "__main__":

@@ -11,18 +11,15 @@ decoded model, on 512 real English sentences from the Python documentation shipp
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from nncodec_rd.benchmarks.rate_fidelity import (METHODS, Workload, run_workload,  # noqa: E402
-                                                 write_report)
+from nncodec_rd.benchmarks.rate_fidelity import Workload, bench_main  # noqa: E402
 from nncodec_rd.benchmarks.sentences import (SOURCE_DESCRIPTION,  # noqa: E402
                                              calibration_sentences, evaluation_sentences)
 from nncodec_rd.demo import bundled_model_folder  # noqa: E402
@@ -60,31 +57,10 @@ def build_workload(calibration_count: int = 256, evaluation_count: int = 512,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "minilm_rate_fidelity"),
-                        help="path stem of the .json/.png/.md results")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--lam-factors", default="1,2,4,8,16",
-                        help="λ values as multiples of the default λ (steps ≈ RMS/16)")
-    parser.add_argument("--qps", default=",".join(map(str, NNCODEC_QPS)),
-                        help="NNCodec quantization parameters ('' to skip NNCodec)")
-    parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 λ, no NNCodec")
-    arguments = parser.parse_args(argv)
-    factors = [float(f) for f in arguments.lam_factors.split(",")]
-    qps = [int(q) for q in arguments.qps.split(",") if q.strip()]
-    if arguments.quick:
-        factors, qps = [2.0, 8.0], []
-    workload = build_workload()
-    os.makedirs(os.path.dirname(arguments.output) or ".", exist_ok=True)
-    with tempfile.TemporaryDirectory() as folder:
-        report = run_workload(workload, folder, methods=arguments.methods.split(","),
-                              lam_factors=factors, qps=qps,
-                              nncodec_python=arguments.nncodec_python)
-    write_report(report, arguments.output)
-    print(open(arguments.output + ".md", encoding="utf-8").read())
-    return 0
+    return bench_main(argv, description=__doc__.split("\n\n")[0], build_workload=build_workload,
+                      output=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                         "minilm_rate_fidelity"), lam_factors="1,2,4,8,16", qps=NNCODEC_QPS,
+                      quick_factors=(2.0, 8.0))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ raw in ours and at NNCodec's fine ``nonweight_qp`` in NNCodec's, and count in th
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ import torch
 from ..torch.compress import ModelEncoder, load_into, load_weights
 from ..encoder.obs import QuantizerSettings
 from ..format.grids import EntropySettings
+from . import decode_speed
 from .nncodec_peer import find_nncodec_python, run_nncodec_sweep
 
 METHODS = ("rtn", "optq", "optq-rd", "cerwu")
@@ -45,18 +47,9 @@ class Workload:
 
 
 def machine_description() -> dict:
-    """CPU, cores, Python, torch."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    """CPU, cores and versions (those of the decode benchmark, plus torch)."""
+    return {**decode_speed.machine_description(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
 
 
 def interpolate_bits_at(points: list[dict], target: float) -> float | None:
@@ -252,3 +245,34 @@ def plot_report(report: dict, path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def bench_main(argv, *, description: str, build_workload, output: str, lam_factors: str,
+               qps, quick_factors) -> int:
+    """The command line shared by the scripts in ``bench/``: sweep, NNCodec, write results
+    (``output``: the default path stem of the results)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--output", default=output,
+                        help="path stem of the .json/.png/.md results")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--lam-factors", default=lam_factors,
+                        help="λ values as multiples of the default λ (steps ≈ RMS/16)")
+    parser.add_argument("--qps", default=",".join(map(str, qps)),
+                        help="NNCodec quantization parameters ('' to skip NNCodec)")
+    parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 λ, no NNCodec")
+    arguments = parser.parse_args(argv)
+    factors = [float(f) for f in arguments.lam_factors.split(",")]
+    chosen_qps = [int(q) for q in arguments.qps.split(",") if q.strip()]
+    if arguments.quick:
+        factors, chosen_qps = list(quick_factors), []
+    workload = build_workload()
+    os.makedirs(os.path.dirname(arguments.output) or ".", exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        report = run_workload(workload, folder, methods=arguments.methods.split(","),
+                              lam_factors=factors, qps=chosen_qps,
+                              nncodec_python=arguments.nncodec_python)
+    write_report(report, arguments.output)
+    with open(arguments.output + ".md", encoding="utf-8") as stream:
+        print(stream.read())
+    return 0

@@ -1,0 +1,47 @@
+"""The rate-fidelity harness on a tiny model (no NNCodec)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from nncodec_rd.benchmarks.rate_fidelity import (Workload, interpolate_bits_at,  # noqa: E402
+                                                 run_workload, write_report)
+
+
+def test_interpolation_brackets_the_target():
+    points = [{"bits_per_weight": 2.0, "fidelity": 0.9}, {"bits_per_weight": 4.0, "fidelity": 0.99},
+              {"bits_per_weight": 3.0, "fidelity": 0.95}]
+    assert interpolate_bits_at(points, 0.97) == pytest.approx(3.5)
+    assert interpolate_bits_at(points, 0.999) is None  # never reached
+    assert interpolate_bits_at(points, 0.5) is None    # not bracketed: no extrapolation
+
+
+def test_run_workload_writes_real_files_and_reports(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    batches = [torch.randn(32, 16) for _ in range(2)]
+    reference = model(batches[0]).detach()
+
+    @torch.no_grad()
+    def closeness(candidate):
+        error = (candidate(batches[0]) - reference).pow(2).mean() / reference.pow(2).mean()
+        return float(1 - error)
+
+    workload = Workload("tiny", model, batches, closeness, "1 - relative error", 0.99)
+    report = run_workload(workload, str(tmp_path), methods=("rtn", "cerwu"),
+                          lam_factors=(1, 16), qps=None)
+    curves = report["ours"]["curves"]
+    assert [len(curves[m]) for m in ("rtn", "cerwu")] == [2, 2]
+    for points in curves.values():
+        assert points[0]["bits_per_weight"] > points[1]["bits_per_weight"]
+        assert points[0]["fidelity"] <= 1.0
+    assert report["original_fidelity"] == pytest.approx(1.0)
+    write_report(report, str(tmp_path / "tiny"))
+    assert json.loads((tmp_path / "tiny.json").read_text())["workload"] == "tiny"
+    assert "| cerwu |" in (tmp_path / "tiny.md").read_text()
+    assert (tmp_path / "tiny.png").stat().st_size > 1000
