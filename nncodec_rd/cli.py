@@ -279,14 +279,14 @@ def _call_entry_point(spec: str, option: str):
 def _torch_encoder():
     """The PyTorch side of the encoder, or an :class:`EncoderError` saying how to install it."""
     try:
-        from .torch import examples
+        from .torch import calibration
         from .torch.compress import compress, load_weights
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] == "torch":
             raise EncoderError("--calibration and --model need PyTorch: pip install "
                                "'nncodec-rd[torch]'") from None
         raise
-    return compress, load_weights, examples
+    return compress, load_weights, calibration
 
 
 def _load_weights_file(model, path, load_weights) -> dict:
@@ -314,7 +314,7 @@ def _encode_model(arguments) -> int:
     from .format.grids import EntropySettings
 
     start = time.perf_counter()
-    compress, load_weights, examples = _torch_encoder()
+    compress, load_weights, calibration_tools = _torch_encoder()
     calibration = arguments.calibration
     kind = _calibration_kind(calibration) if calibration is not None else None
     if arguments.lam is not None and not (math.isfinite(arguments.lam) and arguments.lam > 0):
@@ -330,26 +330,26 @@ def _encode_model(arguments) -> int:
         if not (isinstance(returned, (tuple, list)) and len(returned) == 2):
             raise EncoderError(f"--calibration {calibration!r} returned {_describe(returned)}; "
                                f"it must return (model, batches)")
-        if not examples.is_module(returned[0]):
+        if not calibration_tools.is_module(returned[0]):
             raise EncoderError(f"--calibration {calibration!r} returned (model, batches) with "
                                f"{_describe(returned[0])} as the model, not a torch.nn.Module")
         model = returned[0]
-        batches = examples.check_batches(returned[1], calibration)
+        batches = calibration_tools.check_batches(returned[1], calibration)
     else:
         model = _call_entry_point(arguments.model, "--model")
-        if not examples.is_module(model):
+        if not calibration_tools.is_module(model):
             raise EncoderError(f"--model {arguments.model!r} returned {_describe(model)}, not a "
                                f"torch.nn.Module")
         batches = None
         if kind == "file":
             batch_size = 32 if arguments.batch_size is None else arguments.batch_size
-            batches = examples.load_batches(calibration, batch_size,
-                                            dtype=examples.floating_dtype(model))
+            batches = calibration_tools.load_batches(calibration, batch_size,
+                                                     dtype=calibration_tools.floating_dtype(model))
     source_metadata = {}
     if arguments.input is not None:
         source_metadata = _load_weights_file(model, arguments.input, load_weights)
     if batches is not None:
-        examples.check_runs(model, batches, calibration)
+        calibration_tools.check_runs(model, batches, calibration)
     method = arguments.method or ("cerwu" if batches is not None else "rtn")
     settings = EntropySettings(precision_bits=arguments.precision_bits, lane_count=arguments.lanes,
                                context_model=arguments.context)
