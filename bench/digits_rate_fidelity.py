@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import sys
 
-from nncodec_rd.benchmarks.digits_cnn import (accuracy, calibration_batches, parameter_count,
+from nncodec_rd.torch.digits_cnn import (accuracy, calibration_batches, parameter_count,
                                               train_digits_cnn)
-from nncodec_rd.benchmarks.rate_fidelity import Workload, bench_main
+from nncodec_rd.torch.rate_fidelity import Workload, bench_main
 
 NNCODEC_QPS = (-30, -26, -22, -20, -18, -16, -14)
 

@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from nncodec_rd.benchmarks.rate_fidelity import Workload, bench_main  # noqa: E402
+from nncodec_rd.torch.rate_fidelity import Workload, bench_main  # noqa: E402
 from nncodec_rd.benchmarks.sentences import (SOURCE_DESCRIPTION,  # noqa: E402
                                              calibration_sentences, evaluation_sentences)
 from nncodec_rd.demo import bundled_model_folder  # noqa: E402

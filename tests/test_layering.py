@@ -48,7 +48,7 @@ def test_decoder_imports_only_format():
 def test_torch_only_in_encoder_and_torch():
     for path in PACKAGE.rglob("*.py"):
         relative = path.relative_to(PACKAGE).parts
-        if relative[0] in ("encoder", "torch", "benchmarks"):  # benchmarks: the bench extra
+        if relative[0] in ("encoder", "torch"):
             continue
         for name in imports_of(path):
             assert name.split(".")[0] != "torch", (path, name)

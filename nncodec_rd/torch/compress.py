@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -236,7 +236,7 @@ class ModelEncoder:
             self.progress(f"[{number}/{len(self.layers)}] {settings.method} lambda={settings.lam:.3g} "
                           f"{layer.parameter} {'x'.join(map(str, layer.problem.weights.shape))}")
             start = time.perf_counter()
-            layer_settings = _replace(settings, per_channel=layer.per_channel,
+            layer_settings = replace(settings, per_channel=layer.per_channel,
                                       lam=settings.lam / layer.sensitivity)
             results[layer.parameter] = (quantize_layer(layer.problem, layer_settings),
                                         time.perf_counter() - start)
@@ -322,12 +322,6 @@ class ModelEncoder:
             candidates.append(layer.sensitivity * math.log(2) * curvature
                               * (relative_step * rms) ** 2 / 12.0)
         return float(np.median(candidates)) if candidates else 1e-6
-
-
-def _replace(settings: QuantizerSettings, **changes) -> QuantizerSettings:
-    values = {name: getattr(settings, name) for name in settings.__dataclass_fields__}
-    values.update(changes)
-    return QuantizerSettings(**values)
 
 
 def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: float | None = None,
@@ -420,7 +414,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
                                "be out of reach of this method")
     else:
         chosen = base.lam
-    outcome = encoder.encode(_replace(base, lam=chosen), path, metadata)
+    outcome = encoder.encode(replace(base, lam=chosen), path, metadata)
     outcome.lam_trials = list(encoder.trials)
     if encoder.progress.enabled and encoder.progress.callback is None:
         print(outcome.summary(), file=sys.stderr)
@@ -436,7 +430,7 @@ def search_lam(encoder: ModelEncoder, base: QuantizerSettings, metadata: dict | 
     """
     def trial(lam):
         # With the final file's metadata: its bytes count in the size being searched.
-        outcome = encoder.encode(_replace(base, lam=lam), None, metadata)
+        outcome = encoder.encode(replace(base, lam=lam), None, metadata)
         verdict = bool(holds(outcome))
         encoder.trials.append({"lam": lam, "bits_per_weight": outcome.bits_per_weight,
                                "holds": verdict})

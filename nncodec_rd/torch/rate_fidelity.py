@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..torch.compress import ModelEncoder, load_into, load_weights
+from .compress import ModelEncoder, load_into, load_weights
 from ..encoder.obs import QuantizerSettings
 from ..format.grids import EntropySettings
-from . import decode_speed
-from .nncodec_peer import find_nncodec_python, run_nncodec_sweep
+from ..benchmarks import decode_speed
+from ..benchmarks.nncodec_peer import find_nncodec_python, run_nncodec_sweep
 
 METHODS = ("rtn", "optq", "optq-rd", "cerwu")
 DEFAULT_LAM_FACTORS = (0.5, 1, 2, 4, 8, 16, 32)
@@ -62,9 +62,7 @@ def interpolate_bits_at(points: list[dict], target: float) -> float | None:
             share = (target - lower["fidelity"]) / (upper["fidelity"] - lower["fidelity"])
             return lower["bits_per_weight"] + share * (upper["bits_per_weight"]
                                                        - lower["bits_per_weight"])
-    if ordered and ordered[0]["fidelity"] >= target:
-        return None  # reached below the measured range: not bracketed, do not extrapolate
-    return None
+    return None  # never reached, or reached below the measured range: no extrapolation
 
 
 def _progress(message: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from nncodec_rd.benchmarks.rate_fidelity import (Workload, interpolate_bits_at,  # noqa: E402
+from nncodec_rd.torch.rate_fidelity import (Workload, interpolate_bits_at,  # noqa: E402
                                                  run_workload, write_report)
 
 
