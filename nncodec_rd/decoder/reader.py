@@ -23,7 +23,7 @@ from ..format.constants import (
     TransformKind,
 )
 from ..format.container import read_container, to_plain
-from ..format.errors import ErrorCode, FormatError, NrdError, error_for_code
+from ..format.errors import ErrorCode, FormatError, NrdError, OutputTooLargeError, error_for_code
 from ..format.layout import RowGeometry, chunk_extents
 from ..format.validate import payload_refs
 from . import kernels
@@ -88,11 +88,33 @@ class NrdFile:
         checksums are verified when their chunks are decoded (or by :meth:`verify`).
     threads:
         Threads for parallel chunk decoding; ``None`` keeps Numba's setting (all cores).
+    max_output_bytes:
+        The most bytes one array decoded from the file may take, or ``None`` for no bound. A
+        conforming file may declare 2^40 elements and code them in a few bytes (spec §9 note), so
+        a reader of untrusted files should set it. Checked before anything is allocated, for each
+        array a decode allocates: the output (of the tensor or of the row range), the chunk buffer
+        (whole chunks, which may be larger than a row range), a transform's coefficients and its
+        matrix. Beyond it :class:`~nncodec_rd.format.errors.OutputTooLargeError` (a
+        ``LimitExceededError``, code ``limit_exceeded``) is raised and nothing is decoded.
+
+    Raises
+    ------
+    NrdError
+        ``code`` ``io`` when the file cannot be opened.
+    FormatError, LimitExceededError
+        When the preamble, header or layout break the spec (§4.8 steps 1-11); decoding methods
+        raise these too for faults in the payloads they decode, and ``OutputTooLargeError``.
     """
 
-    def __init__(self, path, threads: int | None = None):
+    def __init__(self, path, threads: int | None = None, max_output_bytes: int | None = None):
         self.path = os.fspath(path)
         self.threads = threads
+        if max_output_bytes is not None and (isinstance(max_output_bytes, bool)
+                                             or not isinstance(max_output_bytes, int)
+                                             or max_output_bytes < 0):
+            raise ValueError(f"max_output_bytes must be a non-negative int or None, not "
+                             f"{max_output_bytes!r}")
+        self.max_output_bytes = max_output_bytes
         try:
             self._file = open(self.path, "rb")
         except OSError as error:
@@ -261,9 +283,11 @@ class NrdFile:
             out = self._decode_chunks(record, start, stop, _OUTPUT_KIND[dtype])
             return out.view(numpy_dtype(dtype)) if dtype != TensorDtype.FLOAT32 else out
         # spec §6.4: dequantize the coefficients to float32, then multiply by the matrix.
+        matrix_record = self.header.tensors[body.transform_tensor]
+        self._reserve(record, (stop - start) * RowGeometry.of_shape(record.shape).row_length
+                      * numpy_dtype(dtype).itemsize, "the output")
         coefficients = self._decode_chunks(record, start, stop, kernels.OUTPUT_FLOAT32)
         coefficients = coefficients.reshape(stop - start, body.coded_row_length)
-        matrix_record = self.header.tensors[body.transform_tensor]
         matrix = self._decode_rows(matrix_record, 0, matrix_record.shape[0]).reshape(
             tuple(matrix_record.shape))
         columns = matrix.shape[1]
@@ -282,6 +306,7 @@ class NrdFile:
         self._verify_payload(f"header.tensors[{self._index[record.name]}].body.payload", payload)
         dtype = TensorDtype(record.dtype)
         row_bytes = RowGeometry.of_shape(record.shape).row_length * DTYPE_SIZE_BYTES[dtype]
+        self._reserve(record, (stop - start) * row_bytes, "the output")
         data = self._buffer[payload.offset + start * row_bytes:payload.offset + stop * row_bytes]
         if dtype == TensorDtype.BFLOAT16:
             return data.view("<u2").astype(np.uint16).view(numpy_dtype(dtype))
@@ -293,6 +318,17 @@ class NrdFile:
                                   code=ErrorCode.INVALID_VALUE)
             return data.astype(bool)
         return data.view(_NUMPY_DTYPES[dtype]).astype(numpy_dtype(dtype).newbyteorder("="))
+
+    def _reserve(self, record, nbytes: int, what: str) -> None:
+        """Refuse, before allocating, an array of ``nbytes`` beyond ``max_output_bytes``."""
+        limit = self.max_output_bytes
+        if limit is not None and nbytes > limit:
+            raise OutputTooLargeError(
+                f"{record.name!r}: {what} needs {nbytes} bytes, more than "
+                f"max_output_bytes={limit}; open the file with a larger max_output_bytes (None "
+                "for no bound) if you trust it, or decode fewer rows with get_rows",
+                field=f"header.tensors[{self._index[record.name]}]", requested=nbytes,
+                limit=limit)
 
     def _apply_threads(self) -> None:
         if self.threads is not None:
@@ -351,6 +387,9 @@ class NrdFile:
         if destination is not None and (lo, hi) == (0, total):
             out = destination  # the requested rows are whole chunks: decode in place
         else:
+            self._reserve(record, total * (2 if output_kind in (kernels.OUTPUT_FLOAT16,
+                                                                 kernels.OUTPUT_BFLOAT16) else 4),
+                          "the decoded chunks")
             out = np.empty(total, dtype={kernels.OUTPUT_INDEX: np.int32,
                                          kernels.OUTPUT_FLOAT32: np.float32}.get(output_kind,
                                                                                  np.uint16))

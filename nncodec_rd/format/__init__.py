@@ -26,6 +26,7 @@ from .errors import (  # noqa: F401
     FormatError,
     LimitExceededError,
     NrdError,
+    OutputTooLargeError,
     ReservedValueError,
     TruncatedError,
     UnsupportedFeatureError,

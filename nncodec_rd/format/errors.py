@@ -131,6 +131,22 @@ class LimitExceededError(NrdError, ValueError):
     code = ErrorCode.LIMIT_EXCEEDED
 
 
+class OutputTooLargeError(LimitExceededError):
+    """A decode would allocate more than the caller's ``max_output_bytes`` (spec §9 note).
+
+    Not a fault of the file: the spec's limits allow 2^40 elements, and a chunk of a one-symbol
+    table codes any number of them in a few bytes, so a reader serving untrusted files bounds
+    what it allocates. The code is ``limit_exceeded``; ``.requested`` and ``.limit`` are bytes.
+    """
+
+    code = ErrorCode.LIMIT_EXCEEDED
+
+    def __init__(self, message: str, *, requested: int, limit: int, **kwargs):
+        self.requested = requested
+        self.limit = limit
+        super().__init__(message, **kwargs)
+
+
 class EncoderError(NrdError, ValueError):
     """Bad encoder settings or input that cannot be encoded."""
 
