@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test bench bench-rd clean
+.PHONY: setup demo test docs bench bench-rd clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ demo: $(VENV)/.demo-installed
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --hypothesis-profile=ci
 
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PIP) install -q -e '.[docs]'
+	touch $@
+
+# The Sphinx site (spec included from spec/, API from the docstrings), warnings as errors.
+docs: $(VENV)/.docs-installed
+	$(PY) -m sphinx -W --keep-going -b html -d docs/_build/doctrees docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 .venv-nncodec/bin/python:
 	bash bench/setup_nncodec_env.sh
 
@@ -41,4 +50,4 @@ bench-rd: $(VENV)/.demo-installed .venv-nncodec/bin/python
 	$(PY) bench/minilm_rate_fidelity.py
 
 clean:
-	rm -rf $(VENV) out .hypothesis .pytest_cache
+	rm -rf $(VENV) out .hypothesis .pytest_cache docs/_build
