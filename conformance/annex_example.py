@@ -88,7 +88,7 @@ def field_rows(data: bytes) -> list[tuple[int, int, str, object]]:
     header = _walk(Header, header_stream, root, "header", rows)
     for t, record in enumerate(header["tensors"]):
         body = record["body"]
-        for k, chunk in enumerate(body["chunks"]):
+        for k, chunk in enumerate(body.get("chunks", ())):  # raw tensors have no chunk
             chunk_stream = BytesIOWithOffsets(data[chunk["offset"]:chunk["offset"] + chunk["size"]],
                                               None, chunk["offset"])
             context = Container(_params=Container(), _parsing=True, lane_count=body["lane_count"])
