@@ -43,6 +43,7 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 # -- autodoc ------------------------------------------------------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 # The PyTorch pages import torch; without it (a decoder-only install) they are built from a mock.
 autodoc_mock_imports = [] if importlib.util.find_spec("torch") else ["torch"]
