@@ -1688,17 +1688,42 @@ class SpecError(Exception):
 # Public interface
 # =============================================================================
 
-def decode_file(data):
+def check_output_bound(hdr, rec, max_output_bytes):
+    """spec §9 note (informative): "The limits do not bound the output's size
+    in practice (2^40 elements), and a chunk of a one-symbol table codes any
+    number of symbols in a few bytes: a decoder serving untrusted files SHOULD
+    let its caller bound the output size it accepts."
+
+    Checked before anything of the tensor is decoded, on each list its
+    decoding builds: the output (element_count elements, §5.1), the coded
+    symbols (rows x coded_row_length, §7.1) and, with a transform, the matrix
+    T's output (§6.4).  Sizes count the output's bytes per element (§5.2)."""
+    sized = [(rec, rec.element_count)]
+    if rec.coding == CODING_RANS:
+        sized.append((rec, rec.rows * rec.rans.coded_row_length))
+        if rec.rans.transform_kind == TRANSFORM_RIGHT_MATRIX:
+            t = hdr.tensors[rec.rans.transform_tensor]
+            sized.append((t, t.element_count))
+    for r, count in sized:
+        check_limit(count * DTYPES[r.dtype][1], max_output_bytes,
+                    f"{r.path} (max_output_bytes)", None)
+
+
+def decode_file(data, max_output_bytes=None):
     """Decode every tensor of an .nrd file.
 
     Returns an ordered dict: name -> (dtype_name, shape, element_bytes), in
     header order; element_bytes are the little-endian elements of §5.3 / §6.5.
-    Raises SpecError on the first fault found."""
+    Raises SpecError on the first fault found.  With `max_output_bytes` (None:
+    no bound) a tensor beyond it raises SpecError limit_exceeded before it is
+    decoded (check_output_bound)."""
     hdr = read_file_header(data)                 # spec §4.8 steps 1-11
     cache = {}
     out = collections.OrderedDict()
     # spec §4.8 step 12, tensor by tensor in header order.
     for rec in hdr.tensors:
+        if max_output_bytes is not None:
+            check_output_bound(hdr, rec, max_output_bytes)
         result = decode_tensor(hdr, rec.index, cache)
         if rec.coding == CODING_RAW:
             raw = result                         # §5.3 "these bytes unchanged"
@@ -2972,7 +2997,7 @@ def _write_npz(tensors, path):
         for name, (dtype_name, shape, raw) in tensors.items():
             arr = np.frombuffer(raw, dtype=np.dtype(_NPY_DTYPES[dtype_name])).reshape(shape)
             with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+                np.lib.format.write_array(member, arr, allow_pickle=False)  # frombuffer is contiguous; ascontiguousarray would make a 0-d tensor 1-d
 
 
 def main(argv):

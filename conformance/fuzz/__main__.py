@@ -1,0 +1,163 @@
+"""Run the fuzz targets: ``python -m conformance.fuzz --minutes 12`` (docs/fuzzing.md).
+
+Each target runs in its own process, niced, one Numba thread, for an equal share of the time:
+under atheris (libFuzzer) when it is installed (``pip install -e '.[fuzz]'``), else under the
+built-in engine (the same structure-aware mutator, no coverage feedback). Everything goes under
+``--out`` (default ``out/fuzz``): ``seeds/``, ``corpus/TARGET/`` (kept between runs),
+``crashes/``, ``findings/TARGET/``, ``logs/``, ``stats/`` and ``report.json``, whose figures
+docs/fuzzing.md quotes. Exit status 1 if any target crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import TARGETS
+from .common import MAX_INPUT_BYTES, MEMORY_CEILING_BYTES, SECONDS_PER_INPUT, TIMEOUT_SECONDS
+
+
+def _have_atheris() -> bool:
+    try:
+        import atheris  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def builtin_engine(target: str, corpus: list[Path], seconds: float, crashes: Path) -> int:
+    """Mutate corpus files for ``seconds``; keep inputs with a new outcome. Returns crashes."""
+    import hashlib
+    import importlib
+    import traceback
+
+    from .mutate import mutate
+
+    module = importlib.import_module(f"conformance.fuzz.{target}")
+    pool = [path.read_bytes() for folder in corpus for path in sorted(folder.glob("*"))
+            if path.is_file()]
+    outcomes: set = set()
+    rng = random.Random(0)
+    deadline = time.time() + seconds
+    found = 0
+    while time.time() < deadline:
+        data = mutate(rng.choice(pool), MAX_INPUT_BYTES, rng.getrandbits(32)) if pool else b""
+        before = dict(module.STATS.outcomes)
+        try:
+            module.test_one_input(data)
+        except Exception:
+            found += 1
+            crashes.mkdir(parents=True, exist_ok=True)
+            name = crashes / f"{target}-crash-{hashlib.sha1(data).hexdigest()}"
+            name.write_bytes(data)
+            print(f"CRASH {name}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            continue
+        new = set(module.STATS.outcomes) - set(before)
+        if new - outcomes:
+            outcomes |= new
+            pool.append(data)
+            (corpus[0] / hashlib.sha1(data).hexdigest()).write_bytes(data)
+    module.STATS.flush()
+    return found
+
+
+def _libfuzzer_figures(log: str) -> dict:
+    figures = {}
+    for key in ("number_of_executed_units", "average_exec_per_sec", "peak_rss_mb", "new_units_added"):
+        match = re.findall(rf"stat::{key}:\s*(\d+)", log)
+        if match:
+            figures[key] = int(match[-1])
+    corpus = re.findall(r"corp: (\d+)/(\d+\w*)", log)
+    if corpus:
+        figures["corpus_files"], figures["corpus_size"] = int(corpus[-1][0]), corpus[-1][1]
+    return figures
+
+
+def run_target(target: str, seconds: int, out: Path, engine: str) -> dict:
+    corpus = out / "corpus" / target
+    corpus.mkdir(parents=True, exist_ok=True)
+    for folder in ("logs", "stats", "crashes"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    stats = out / "stats" / f"{target}.json"
+    env = dict(os.environ, NRD_FUZZ_STATS=str(stats), NRD_FUZZ_FINDINGS=str(out / "findings" / target),
+               NUMBA_NUM_THREADS="1")
+    if engine == "atheris":
+        regressions = Path(__file__).resolve().parent / "regressions"
+        command = [sys.executable, "-m", "conformance.fuzz.atheris_run", target, str(corpus),
+                   str(out / "seeds"), str(regressions), f"-max_total_time={seconds}",
+                   f"-timeout={TIMEOUT_SECONDS}", "-rss_limit_mb=4096",
+                   f"-max_len={MAX_INPUT_BYTES}", f"-artifact_prefix={out / 'crashes'}/{target}-",
+                   "-print_final_stats=1"]
+    else:
+        command = [sys.executable, "-m", "conformance.fuzz", "--builtin-child", target,
+                   "--seconds", str(seconds), "--out", str(out)]
+    started = time.time()
+    with open(out / "logs" / f"{target}.log", "w") as log:
+        process = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 preexec_fn=lambda: os.nice(10))
+    text = (out / "logs" / f"{target}.log").read_text(errors="replace")
+    report = json.loads(stats.read_text()) if stats.exists() else {}
+    report.update(engine=engine, wall_seconds=round(time.time() - started, 1),
+                  exit_status=process.returncode, libfuzzer=_libfuzzer_figures(text),
+                  corpus_files=len(list(corpus.iterdir())),
+                  corpus_bytes=sum(p.stat().st_size for p in corpus.iterdir()),
+                  crashes=sorted(p.name for p in (out / "crashes").glob(f"{target}-*")))
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m conformance.fuzz", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=1.0, help="total time, shared equally")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets")
+    parser.add_argument("--engine", choices=["auto", "atheris", "builtin"], default="auto")
+    parser.add_argument("--out", default="out/fuzz")
+    parser.add_argument("--builtin-child", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.builtin_child:
+        target = args.builtin_child
+        found = builtin_engine(target, [out / "corpus" / target, out / "seeds",
+                                        Path(__file__).resolve().parent / "regressions"],
+                               args.seconds, out / "crashes")
+        return 1 if found else 0
+    targets = [t for t in args.targets.split(",") if t]
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+    engine = args.engine if args.engine != "auto" else ("atheris" if _have_atheris() else "builtin")
+    from .seeds import write_seeds
+
+    seed_count = write_seeds(out / "seeds")
+    seconds = max(10, int(args.minutes * 60 / len(targets)))
+    print(f"{len(targets)} targets x {seconds} s with {engine}; {seed_count} seeds in {out / 'seeds'}",
+          flush=True)
+    reports = []
+    for target in targets:
+        report = run_target(target, seconds, out, engine)
+        reports.append(report)
+        print(f"{target}: {report.get('executions', 0)} inputs, "
+              f"{report.get('executions_per_second', 0)}/s, slowest {report.get('max_seconds_one_input')} s, "
+              f"peak {report.get('max_peak_traced_bytes', 0) / 2**20:.1f} MiB traced, "
+              f"corpus {report['corpus_files']} files, crashes {len(report['crashes'])}, "
+              f"findings {report.get('findings', {})}", flush=True)
+    summary = dict(machine=f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
+                   python=platform.python_version(), engine=engine, minutes=args.minutes,
+                   seconds_per_input_limit=SECONDS_PER_INPUT, memory_ceiling_bytes=MEMORY_CEILING_BYTES,
+                   seeds=seed_count, targets=reports)
+    (out / "report.json").write_text(json.dumps(summary, indent=1))
+    crashed = any(r["crashes"] or r["exit_status"] not in (0,) for r in reports)
+    print(f"report: {out / 'report.json'}; " + ("CRASHES FOUND" if crashed else "no crash"))
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

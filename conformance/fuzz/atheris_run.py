@@ -1,0 +1,42 @@
+"""Run one target under atheris: ``python -m conformance.fuzz.atheris_run TARGET [libFuzzer args]``.
+
+The parser, both decoders and construct are instrumented for coverage; the Numba kernels are not
+(atheris rewrites bytecode, Numba compiles it) and neither is the harness. Inputs are mutated by
+:func:`conformance.fuzz.mutate.mutate` around libFuzzer's own mutator.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import atheris
+
+INSTRUMENTED = ["nncodec_rd", "conformance", "construct"]
+# Exact module names (atheris matches excludes exactly): everything that defines Numba kernels,
+# and the harness itself.
+NOT_INSTRUMENTED = ["nncodec_rd.decoder.kernels", "nncodec_rd.encoder.rans",
+                    "nncodec_rd.encoder.obs", "conformance.fuzz.common", "conformance.fuzz.mutate",
+                    "conformance.fuzz.seeds", "conformance.strategies"]
+
+
+def main(argv: list[str]) -> None:
+    target = argv[1]
+    with atheris.instrument_imports(include=INSTRUMENTED, exclude=NOT_INSTRUMENTED):
+        module = importlib.import_module(f"conformance.fuzz.{target}")
+        importlib.import_module("nncodec_rd.format.container")
+        importlib.import_module("conformance.mutators")
+    from .common import warm_up
+    from .mutate import mutate
+
+    warm_up()
+
+    def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        return mutate(data, max_size, seed, atheris.Mutate)
+
+    atheris.Setup([argv[0], *argv[2:]], module.test_one_input, custom_mutator=custom_mutator)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
