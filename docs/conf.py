@@ -55,3 +55,48 @@ napoleon_use_rtype = False
 html_theme = "furo"
 html_title = f"nncodec-rd {release}"
 html_static_path: list[str] = []
+
+
+# -- Links to the repository outside docs/ ------------------------------------------------------------
+# The pages are also read on GitHub, where `[spec](../spec/nrd-format.md#9-limits)` or
+# `[harness](../conformance/fuzz/)` are right. In the site, links into spec/ go to the included
+# spec pages, and links to other existing repository paths become plain text; a link to a path
+# that exists nowhere still fails the build.
+from sphinx import addnodes  # noqa: E402
+from sphinx.transforms.post_transforms import SphinxPostTransform  # noqa: E402
+
+
+class RepositoryLinks(SphinxPostTransform):
+    default_priority = 8  # before MyST resolves its references (9)
+
+    def run(self, **kwargs) -> None:
+        for node in list(self.document.findall(addnodes.pending_xref)):
+            if node.get("reftype") != "myst":
+                continue
+            target = node["reftarget"]
+            if node["refdomain"] == "doc":
+                path = os.path.join(DOCS, target)  # a docname; absolute when outside docs/
+                candidates = [path + ".md", path]
+            else:
+                if "://" in target or target.startswith(("#", "mailto:")):
+                    continue
+                folder = os.path.dirname(node.get("refdoc", self.env.docname))
+                path = os.path.join(DOCS, folder, target.split("#")[0])
+                candidates = [path]
+            path = os.path.normpath(path)
+            inside_repository = os.path.commonpath([path, ROOT]) == ROOT
+            if not inside_repository or os.path.commonpath([path, DOCS]) == DOCS:
+                continue  # MyST resolves (or reports) links inside docs/
+            relative = os.path.relpath(path, ROOT).replace(os.sep, "/")
+            if node["refdomain"] == "doc" and relative.startswith("spec/"):
+                name = relative[len("spec/"):]
+                if os.path.exists(os.path.join(DOCS, "spec", name + ".md")):
+                    node["reftarget"] = "spec/" + name
+                    continue
+            if any(os.path.exists(os.path.normpath(candidate)) for candidate in candidates):
+                node.replace_self(node[0].deepcopy())
+
+
+def setup(app):
+    app.add_post_transform(RepositoryLinks)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
