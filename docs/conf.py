@@ -38,7 +38,8 @@ exclude_patterns = ["_build", "README.md", "Thumbs.db", ".DS_Store"]
 # Its links (`#4-file-structure`) are GitHub heading slugs (MyST's default slug function);
 # headings down to #### get anchors.
 myst_heading_anchors = 4
-myst_enable_extensions = ["colon_fence", "deflist"]
+# Pseudo-code blocks of the spec have no language: show them plain, not as Python.
+highlight_language = "text"
 
 # -- autodoc ------------------------------------------------------------------------------------------
 autodoc_member_order = "bysource"
