@@ -107,3 +107,17 @@ def test_bench_decode_runs_small(tmp_path, capsys):
     assert code == 0 and "nncodec-rd (1 thread, new array)" in out
     ours = report["results"][0]
     assert ours["measured"] and ours["bits_per_weight"] < report["entropy_bits_per_weight"] * 1.05
+
+
+def test_decode_and_info_work_without_torch(tmp_path):
+    """A decode-only install has no torch: the command line must not import it."""
+    import nncodec_rd
+
+    source = tmp_path / "model.nrd"
+    nncodec_rd.save_file({"w": np.ones((4, 4), np.float32)}, source)
+    program = ("import sys; sys.modules['torch'] = None; from nncodec_rd.cli import main; "
+               f"sys.exit(main(['decode', {str(source)!r}, '-o', {str(tmp_path / 'out.npz')!r}]) "
+               f"or main(['info', {str(source)!r}]))")
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "out.npz").exists() and "w" in completed.stdout

@@ -55,9 +55,21 @@ def test_torch_only_in_encoder_and_torch():
 
 
 def test_nothing_imports_conformance_or_tests():
+    """The library never needs the conformance tools; only the command line's `conformance run`
+    reaches the runner (shipped in the same distribution), and nothing reaches tests/."""
     for path in PACKAGE.rglob("*.py"):
         for name in imports_of(path):
+            if path == PACKAGE / "cli.py" and name.startswith("conformance.runner"):
+                continue
             assert name.split(".")[0] not in ("conformance", "tests"), (path, name)
+
+
+def test_the_conformance_runner_imports_no_test_tooling():
+    """`nncodec-rd conformance run` works on an install without Hypothesis or pytest."""
+    root = PACKAGE.parent / "conformance"
+    for module in ("runner.py", "manifest.py", "spec_literal_decoder.py", "mutators.py"):
+        for name in imports_of(root / module):
+            assert name.split(".")[0] not in ("hypothesis", "pytest", "tests"), (module, name)
 
 
 def test_the_checker_sees_relative_imports():

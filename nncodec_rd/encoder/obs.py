@@ -41,9 +41,8 @@ from numba import njit, prange
 
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings
+from .methods import METHODS  # noqa: F401  (re-exported)
 from .rate import RateModel
-
-METHODS = ("rtn", "optq", "optq-rd", "cerwu")
 
 # Candidate indices tried per weight, walking from the nearest index towards zero.
 MAX_CANDIDATES = 48

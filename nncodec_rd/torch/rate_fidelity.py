@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from .compress import ModelEncoder, load_into, load_weights
+from ..encoder.methods import METHODS
 from ..encoder.obs import QuantizerSettings
 from ..format.grids import EntropySettings
 from ..benchmarks import decode_speed
 from ..benchmarks.nncodec_peer import find_nncodec_python, run_nncodec_sweep
 
-METHODS = ("rtn", "optq", "optq-rd", "cerwu")
 DEFAULT_LAM_FACTORS = (0.5, 1, 2, 4, 8, 16, 32)
 
 
