@@ -388,31 +388,19 @@ def _describe(value) -> str:
 
 
 def command_validate(arguments) -> int:
-    from .decoder.reader import NrdFile
-    from .format.container import read_container
+    from .decoder.validation import validate_file
 
     failures = 0
     reports = []
     for path in arguments.files:
-        errors = []
-        try:
-            with open(path, "rb") as stream:
-                data = stream.read()
-            _, _, collected = read_container(data, collect=True)
-            errors.extend(collected)
-            if not errors:
-                with NrdFile(path) as handle:
-                    handle.verify()
-        except NrdError as error:
-            errors.append(error)
-        except OSError as error:
-            errors.append(NrdError(f"cannot read: {error.strerror}"))
+        errors = validate_file(path, max_output_bytes=arguments.max_output_bytes)
         failures += bool(errors)
         reports.append({"file": path, "conforms": not errors, "errors": [
             {"code": int(e.code), "name": e.code.slug, "field": e.field, "offset": e.offset,
              "message": e.message} for e in errors]})
         if not arguments.json:
-            print(f"{path}: {'conforms to .nrd ' + FORMAT_VERSION if not errors else 'does NOT conform'}")
+            print(f"{path}: {'conforms to .nrd ' + FORMAT_VERSION if not errors else 'does NOT conform'}"
+                  + (f" ({len(errors)} faults)" if len(errors) > 1 else ""))
             for error in errors:
                 print(f"  {error}")
     if arguments.json:
@@ -603,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: nncodec-rd validate model.nrd other.nrd --json")
     validate.add_argument("files", nargs="+")
     validate.add_argument("--json", action="store_true", help="machine-readable report")
+    validate.add_argument("--max-output-bytes", type=int, default=None, metavar="BYTES",
+                          help="largest array decoded while checking (default: no bound); a "
+                               "tensor beyond it is reported as limit_exceeded")
     validate.set_defaults(run=command_validate)
 
     conformance = commands.add_parser(
