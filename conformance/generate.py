@@ -33,7 +33,7 @@ from nncodec_rd.format.errors import ErrorCode
 from nncodec_rd.format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
 
 from .annex_example import build_example, field_rows
-from .mutators import assemble, mutate_header, split_file
+from .mutators import assemble, mutate_header, refresh_header_checksum, split_file
 
 HERE = Path(__file__).resolve().parent
 VECTORS_FOLDER = HERE / "vectors"
@@ -88,15 +88,6 @@ def written(populate, metadata: dict | None = None) -> bytes:
         with NrdWriter(path, metadata=metadata) as writer:
             populate(writer)
         return Path(path).read_bytes()
-
-
-def refresh_header_checksum(data: bytes) -> bytes:
-    """``data`` with ``header_crc32c`` recomputed over its (possibly edited) preamble and header."""
-    out = bytearray(data)
-    header_size = struct.unpack_from("<Q", out, 16)[0]
-    end = min(len(out), 32 + header_size)
-    out[24:28] = struct.pack("<I", crc32c(bytes(out[32:end]), crc32c(bytes(out[:24]))))
-    return bytes(out)
 
 
 def patch(data: bytes, offset: int, new: bytes, *, fix_checksum: bool = True) -> bytes:

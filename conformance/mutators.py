@@ -6,6 +6,7 @@ caller asks to keep them wrong.
 from __future__ import annotations
 
 import copy
+import struct
 
 from nncodec_rd.format.checksum import crc32c
 from nncodec_rd.format.constants import PREAMBLE_SIZE_BYTES
@@ -64,3 +65,18 @@ def mutate_header(data: bytes, change, **assemble_options) -> bytes:
     header, payloads = split_file(data)
     change(header, payloads)
     return assemble(header, payloads, **assemble_options)
+
+
+def refresh_header_checksum(data: bytes) -> bytes:
+    """``data`` with ``header_crc32c`` recomputed over its (possibly edited) preamble and header,
+    so that an edit reaches the checks after spec §4.8 step 8. Files too short for their header
+    are returned unchanged."""
+    if len(data) < PREAMBLE_SIZE_BYTES:
+        return data
+    out = bytearray(data)
+    header_size = struct.unpack_from("<Q", out, 16)[0]
+    if PREAMBLE_SIZE_BYTES + header_size > len(out):
+        return data
+    out[24:28] = struct.pack("<I", crc32c(bytes(out[PREAMBLE_SIZE_BYTES:PREAMBLE_SIZE_BYTES + header_size]),
+                                          crc32c(bytes(out[:24]))))
+    return bytes(out)
