@@ -54,7 +54,7 @@ def command_info(arguments) -> int:
             }, indent=2))
             return 0
         print(f"{arguments.file}: .nrd {handle.format_version}, {_human_bytes(handle.size_bytes)}, "
-              f"{len(infos)} tensors")
+              f"{len(infos)} tensor{'' if len(infos) == 1 else 's'}")
         for key, value in handle.metadata().items():
             print(f"  {key}: {value}")
         name_width = min(60, max([len(i.name) for i in infos] + [4]))
@@ -71,9 +71,12 @@ def command_info(arguments) -> int:
             total_original += original
             total_weights += info.element_count
         if total_weights:
+            ratio = total_original / max(handle.size_bytes, 1)
+            comparison = (f"{ratio:.1f}x smaller than" if ratio >= 1 else
+                          f"{1 / ratio:.1f}x larger than") if ratio else "larger than"
             print(f"total: {total_weights} elements, {_human_bytes(handle.size_bytes)} file, "
                   f"{8 * handle.size_bytes / total_weights:.3f} bits per element, "
-                  f"{total_original / max(handle.size_bytes, 1):.1f}x smaller than the original")
+                  f"{comparison} the uncompressed tensors")
     return 0
 
 
@@ -89,6 +92,16 @@ def command_decode(arguments) -> int:
     with safe_open(arguments.file, threads=arguments.threads) as handle:
         infos = [handle.info(name) for name in handle.keys()]
         metadata = {k: v for k, v in handle.metadata().items() if not isinstance(v, bytes)}
+        dropped = [k for k, v in handle.metadata().items() if isinstance(v, bytes)]
+        if arguments.output.lower().endswith(".npz"):
+            dropped = list(handle.metadata())
+        dropped += [f"{i.name}: {k}" for i in infos for k in i.metadata]
+        if dropped:
+            # The output formats carry no such metadata (.npz none, safetensors only file-level
+            # text): say so rather than lose it silently.
+            print(f"note: metadata not carried over to {arguments.output}: "
+                  f"{', '.join(repr(d) for d in dropped[:8])}{' ...' if len(dropped) > 8 else ''}"
+                  f" (see it with nncodec-rd info --json)", file=sys.stderr)
         # One tensor at a time: decoded, written, freed.
         write_tensors_streaming(arguments.output, [(i.name, i.dtype, i.shape) for i in infos],
                                 handle.get_tensor, metadata)
@@ -659,6 +672,10 @@ def main(argv=None) -> int:
         print(f"nncodec-rd: error: {error.args[0]}", file=sys.stderr)
     except OSError as error:
         print(f"nncodec-rd: error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+    except BrokenPipeError:
+        # `nncodec-rd info big.nrd | head`: the reader left; not an error of ours.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("nncodec-rd: interrupted", file=sys.stderr)
     return EXIT_ERROR

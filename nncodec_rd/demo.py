@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import time
 
@@ -83,9 +84,23 @@ def run_demo(output_folder: str, method: str = "cerwu", lam_factor: float = 3.0)
     print(f"time:         encode {encode_seconds:.1f} s (Hessians included), decode "
           f"{decode_seconds:.2f} s{compiled}")
     print(f"file:         {path}")
-    print(f"inspect it:   nncodec-rd info {path}")
-    print("rate-fidelity curves against NNCodec: docs/rate-fidelity.md (make bench-rd)")
+    _print_next_steps(path)
+    print("rate-fidelity plot against NNCodec: bench/results/minilm_rate_fidelity.png "
+          "(write-up docs/rate-fidelity.md; rerun with make bench-rd)")
     return 0
+
+
+def _print_next_steps(path: str) -> None:
+    """The commands to try next, spelled so that they run from this shell (the console script
+    is inside the virtual environment, which `make demo` does not activate)."""
+    command = "nncodec-rd"
+    if shutil.which(command) is None:
+        beside = os.path.join(os.path.dirname(sys.executable), command)
+        command = os.path.relpath(beside) if os.path.exists(beside) else \
+            f"{sys.executable} -m nncodec_rd"
+    print(f"inspect it:   {command} info {path}")
+    print(f"validate it:  {command} validate {path}")
+    print(f"decode it:    {command} decode {path} -o {os.path.splitext(path)[0]}.safetensors")
 
 
 def run_data_free_demo(output_folder: str) -> int:
@@ -119,7 +134,7 @@ def run_data_free_demo(output_folder: str) -> int:
     print(f"weight SNR:   {10 * np.log10(signal / max(noise, 1e-30)):.1f} dB")
     print(f"time:         encode {encode_seconds:.1f} s, decode {decode_seconds:.2f} s")
     print(f"file:         {path}")
-    print(f"inspect it:   nncodec-rd info {path}")
+    _print_next_steps(path)
     return 0
 
 

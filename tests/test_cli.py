@@ -121,3 +121,29 @@ def test_decode_and_info_work_without_torch(tmp_path):
     completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     assert (tmp_path / "out.npz").exists() and "w" in completed.stdout
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    """Atomic writes go through a private temporary file; the result must not stay private."""
+    import os
+    import stat
+
+    import nncodec_rd
+
+    umask = os.umask(0o022)
+    try:
+        nncodec_rd.save_file({"w": np.ones(3, np.float32)}, tmp_path / "m.nrd")
+        assert main(["decode", str(tmp_path / "m.nrd"), "-o", str(tmp_path / "m.safetensors")]) == 0
+    finally:
+        os.umask(umask)
+    for name in ("m.nrd", "m.safetensors"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+
+
+def test_info_says_larger_when_the_file_is_larger(tmp_path, capsys):
+    import nncodec_rd
+
+    nncodec_rd.save_file({"w": np.ones(3, np.float32)}, tmp_path / "tiny.nrd")
+    assert main(["info", str(tmp_path / "tiny.nrd")]) == 0
+    out = capsys.readouterr().out
+    assert ", 1 tensor\n" in out and "11.7x larger than the uncompressed" in out

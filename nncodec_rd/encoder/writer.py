@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +29,7 @@ from ..format.container import build_container_head
 from ..format.errors import EncoderError
 from ..format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
 from ..format.layout import RowGeometry, canonical_offsets, chunk_extents, group_count_for
+from ..io.atomic import atomic_write
 from .rans import build_frequency_table, context_of_previous, encode_chunk
 
 NUMPY_DTYPE_OF = {
@@ -390,23 +390,16 @@ class NrdWriter:
         self._assign_offsets(header, payloads, provisional_header_size=len(head) - 32)
         head = build_container_head(header)
         offsets, end = canonical_offsets(len(head) - 32, [len(p) for p in payloads])
-        folder = os.path.dirname(os.path.abspath(self.path))
-        handle, temporary = tempfile.mkstemp(prefix=".nrd-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(head)
-                position = len(head)
-                for offset, payload in zip(offsets, payloads):
-                    stream.write(b"\0" * (offset - position))
-                    stream.write(payload)
-                    position = offset + len(payload)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+
+        def write(stream):
+            stream.write(head)
+            position = len(head)
+            for offset, payload in zip(offsets, payloads):
+                stream.write(b"\0" * (offset - position))
+                stream.write(payload)
+                position = offset + len(payload)
+
+        atomic_write(self.path, write)
         return end
 
     def _assign_offsets(self, header, payloads, provisional_header_size: int) -> None:

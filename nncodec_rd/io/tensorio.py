@@ -11,11 +11,11 @@ import json
 import os
 import struct
 import sys
-import tempfile
 
 import numpy as np
 
 from ..format.errors import ErrorCode, NrdError
+from .atomic import atomic_write
 
 _SAFETENSORS_DTYPES = {
     "F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "i1", "U8": "u1", "I16": "<i2", "I32": "<i4",
@@ -81,19 +81,6 @@ def _safetensors_dtype(array: np.ndarray) -> str:
     raise InputFileError(f"dtype {array.dtype} cannot be written to safetensors")
 
 
-def _atomic_write(path, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".nrd-out-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
     """Write ``tensors`` as a safetensors file, atomically."""
     entries = [(name, np.asarray(a).dtype.name, np.shape(a)) for name, a in tensors.items()]
@@ -146,7 +133,7 @@ def write_tensors_streaming(path, entries, produce, metadata: dict | None = None
                         np.lib.format.write_array(member, array, allow_pickle=False)
     else:
         raise InputFileError(f"{path}: output must end in .safetensors or .npz")
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def write_npz(path, tensors: dict) -> None:
