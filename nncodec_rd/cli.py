@@ -666,16 +666,17 @@ def main(argv=None) -> int:
         check(arguments)  # usage errors: argparse's message and exit status 2
     try:
         return arguments.run(arguments)
+    except BrokenPipeError:
+        # `nncodec-rd info big.nrd | head`: the reader left; not an error of ours. Point stdout
+        # at /dev/null so that the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except NrdError as error:
         print(f"nncodec-rd: error: {error}", file=sys.stderr)
     except KeyError as error:
         print(f"nncodec-rd: error: {error.args[0]}", file=sys.stderr)
     except OSError as error:
         print(f"nncodec-rd: error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
-    except BrokenPipeError:
-        # `nncodec-rd info big.nrd | head`: the reader left; not an error of ours.
-        sys.stderr.close()
-        return 0
     except KeyboardInterrupt:
         print("nncodec-rd: interrupted", file=sys.stderr)
     return EXIT_ERROR
