@@ -366,11 +366,14 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         Extra file metadata.
     progress:
         True for per-layer progress on stderr, False for none, or a callable taking a line.
+    tolerance:
+        Relative tolerance of the ``target_bpw`` bisection.
 
     Returns
     -------
-    CompressionResult: the path, the real size, the λ used and a summary per layer
-    (:meth:`CompressionResult.summary`).
+    CompressionResult
+        The path, the real size, the λ used and a summary per layer
+        (:meth:`CompressionResult.summary`).
     """
     if sum(option is not None for option in (lam, target_bpw, target_metric)) > 1:
         raise EncoderError("give at most one of lam, target_bpw and target_metric")
