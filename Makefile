@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test docs bench bench-rd clean
+.PHONY: setup demo test docs fuzz fuzz-long bench bench-rd clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ $(VENV)/.docs-installed: $(VENV)/.installed
 docs: $(VENV)/.docs-installed
 	$(PY) -m sphinx -W --keep-going -b html -d docs/_build/doctrees docs docs/_build/html
 	@echo "open docs/_build/html/index.html"
+
+$(VENV)/.fuzz-installed: $(VENV)/.installed
+	$(PIP) install -q -e '.[fuzz]'
+	touch $@
+
+# Fuzz the container parser and both decoders (docs/fuzzing.md): a short run, and the long one
+# whose figures docs/fuzzing.md reports. Output, corpus and any crash under out/fuzz/.
+FUZZ_MINUTES ?= 1
+fuzz: $(VENV)/.fuzz-installed
+	nice $(PY) -m conformance.fuzz --minutes $(FUZZ_MINUTES)
+
+fuzz-long: $(VENV)/.fuzz-installed
+	nice $(PY) -m conformance.fuzz --minutes 12
 
 .venv-nncodec/bin/python:
 	bash bench/setup_nncodec_env.sh
