@@ -6,7 +6,7 @@ import time
 import tracemalloc
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from conformance import spec_literal_decoder as literal
 from conformance.mutators import assemble, split_file
@@ -45,7 +45,6 @@ def literal_outcome(data: bytes) -> tuple:
     return "ok", {name: (tuple(shape), raw) for name, (_, shape, raw) in decoded.items()}
 
 
-@settings(max_examples=200)
 @given(damaged_files())
 def test_damage_ends_in_a_typed_error_in_both_decoders(tmp_path_factory, data):
     tracemalloc.start()
@@ -66,7 +65,6 @@ def test_damage_ends_in_a_typed_error_in_both_decoders(tmp_path_factory, data):
         assert ours == theirs
 
 
-@settings(max_examples=100)
 @given(st.integers(1, 64).flatmap(lambda size: frequency_tables(alphabet_size=size)),
        st.integers(1, 8), st.integers(0, 40), st.data())
 def test_any_table_decodes_what_was_coded(tmp_path_factory, table, lane_count, symbol_count,
