@@ -667,6 +667,26 @@ for _name, _sections, _path, _value in [
             f"{_path.rsplit('.', 1)[1]} {_value} is not defined in 1.0")(_byte_field(_path, _value))
 
 
+@invalid("chunk_symbols_over_limit", ErrorCode.LIMIT_EXCEEDED, ("7.1", "9"),
+         "one chunk of 2^32 + 1 symbols (a 1 x (2^32 + 1) tensor)")
+def _chunk_symbols() -> bytes:
+    def change(header, payloads):
+        body = _body(header)
+        header["tensors"][0]["shape"] = [1, (1 << 32) + 1]
+        body.update(coded_row_length=(1 << 32) + 1, rows_per_chunk=1, chunk_count=1,
+                    chunks=body["chunks"][:1])
+        del payloads[1]
+    return mutate_header(invalid_base(), change)
+
+
+@invalid("chunk_size_over_limit", ErrorCode.LIMIT_EXCEEDED, ("7.1", "9"),
+         "a chunk size of 2^32 + 1 bytes in the entry-point table")
+def _chunk_size() -> bytes:
+    header, payloads = split_file(invalid_base())
+    _body(header)["chunks"][1]["size"] = (1 << 32) + 1
+    return assemble(header, payloads, fix_offsets=False)
+
+
 @invalid("nonzero_padding", ErrorCode.NONZERO_PADDING, ("4.7",),
          "a padding byte before the first payload is 0xAA")
 def _padding() -> bytes:
