@@ -59,13 +59,18 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
     return writer.close()
 
 
-def load_file(path, threads: int | None = None) -> dict:
-    """Decode every tensor of an .nrd file: name -> NumPy array (bfloat16 via ``ml_dtypes``)."""
-    with NrdFile(path, threads=threads) as handle:
+def load_file(path, threads: int | None = None, max_output_bytes: int | None = None) -> dict:
+    """Decode every tensor of an .nrd file: name -> NumPy array (bfloat16 via ``ml_dtypes``).
+
+    ``max_output_bytes`` bounds each decoded array (see :class:`NrdFile`); set it for files from
+    untrusted sources, since a few bytes of file can declare terabytes of tensor (spec §9).
+    """
+    with NrdFile(path, threads=threads, max_output_bytes=max_output_bytes) as handle:
         return {name: handle.get_tensor(name) for name in handle.keys()}
 
 
-def safe_open(path, threads: int | None = None) -> NrdFile:
+def safe_open(path, threads: int | None = None, max_output_bytes: int | None = None) -> NrdFile:
     """Open an .nrd file lazily: ``keys()``, ``info(name)``, ``get_tensor(name)``,
-    ``get_rows(name, start, stop)``, ``metadata()``. Use it as a context manager."""
-    return NrdFile(path, threads=threads)
+    ``get_rows(name, start, stop)``, ``metadata()``. Use it as a context manager.
+    ``max_output_bytes`` bounds each decoded array (see :class:`NrdFile`)."""
+    return NrdFile(path, threads=threads, max_output_bytes=max_output_bytes)

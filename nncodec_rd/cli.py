@@ -89,7 +89,8 @@ def command_decode(arguments) -> int:
     from .io.tensorio import write_tensors_streaming
 
     start = time.perf_counter()
-    with safe_open(arguments.file, threads=arguments.threads) as handle:
+    with safe_open(arguments.file, threads=arguments.threads,
+                   max_output_bytes=arguments.max_output_bytes) as handle:
         infos = [handle.info(name) for name in handle.keys()]
         metadata = {k: v for k, v in handle.metadata().items() if not isinstance(v, bytes)}
         dropped = [k for k, v in handle.metadata().items() if isinstance(v, bytes)]
@@ -535,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("file")
     decode.add_argument("-o", "--output", required=True, help="output .safetensors or .npz")
     decode.add_argument("--threads", type=int, default=None, help="decoding threads (default: all)")
+    decode.add_argument("--max-output-bytes", type=int, default=None, metavar="BYTES",
+                        help="refuse (limit_exceeded) any tensor that would decode to more bytes; "
+                             "set it for untrusted files (default: no bound)")
     decode.set_defaults(run=command_decode)
 
     encode = commands.add_parser(
