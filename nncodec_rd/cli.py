@@ -97,18 +97,18 @@ def command_decode(arguments) -> int:
         if arguments.output.lower().endswith(".npz"):
             dropped = list(handle.metadata())
         dropped += [f"{i.name}: {k}" for i in infos for k in i.metadata]
-        if dropped:
-            # The output formats carry no such metadata (.npz none, safetensors only file-level
-            # text): say so rather than lose it silently.
-            print(f"note: metadata not carried over to {arguments.output}: "
-                  f"{', '.join(repr(d) for d in dropped[:8])}{' ...' if len(dropped) > 8 else ''}"
-                  f" (see it with nncodec-rd info --json)", file=sys.stderr)
         # One tensor at a time: decoded, written, freed.
         write_tensors_streaming(arguments.output, [(i.name, i.dtype, i.shape) for i in infos],
                                 handle.get_tensor, metadata)
     count = sum(i.element_count for i in infos)
-    print(f"decoded {len(infos)} tensors ({count} elements) to {arguments.output} in "
-          f"{time.perf_counter() - start:.2f} s", file=sys.stderr)
+    print(f"decoded {len(infos)} tensor{'' if len(infos) == 1 else 's'} ({count} elements) to "
+          f"{arguments.output} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    if dropped:
+        # The output formats carry no such metadata (.npz none, safetensors only file-level
+        # text): say so rather than lose it silently.
+        print(f"note: metadata not carried over to {arguments.output}: "
+              f"{', '.join(repr(d) for d in dropped[:8])}{' ...' if len(dropped) > 8 else ''}"
+              f" (see it with nncodec-rd info --json)", file=sys.stderr)
     return 0
 
 
