@@ -56,6 +56,15 @@ class FileResult:
     seconds: float = 0.0
     expected_error: str = ""
     reported_error: str = ""
+    features: list[str] = field(default_factory=list)
+
+    @property
+    def specific_sections(self) -> list[str]:
+        """The sections this file tests in particular: for a valid vector, those beyond what
+        every file exercises (preamble, layout, checksums...); for an invalid file, all."""
+        if self.kind == "invalid":
+            return self.sections
+        return [s for s in self.sections if s not in manifest.SECTIONS_OF_EVERY_FILE]
 
 
 @dataclass
@@ -72,21 +81,36 @@ class ConformanceReport:
     def failures(self) -> list[FileResult]:
         return [result for result in self.results if not result.passed]
 
-    def sections(self) -> dict[str, dict]:
-        """For each spec section: how many files exercise it and which of them failed."""
+    def sections(self, specific: bool = False) -> dict[str, dict]:
+        """For each spec section: how many files exercise it and which of them failed. With
+        ``specific``, a valid vector counts only for the sections it tests in particular."""
         table: dict[str, dict] = {}
         for result in self.results:
-            for section in result.sections:
+            for section in (result.specific_sections if specific else result.sections):
                 entry = table.setdefault(section, {"files": 0, "failed": []})
                 entry["files"] += 1
                 if not result.passed:
                     entry["failed"].append(result.name)
         return dict(sorted(table.items(), key=lambda item: manifest._section_key(item[0])))
 
+    def suspect_features(self, limit: int = 6) -> dict[str, str]:
+        """The likeliest causes of the failures: features (manifest ``features``) that at least
+        half of the vectors having them failed, most failed first. Feature -> "failed/total"."""
+        counts: dict[str, list[int]] = {}
+        for result in self.results:
+            for feature in result.features:
+                entry = counts.setdefault(feature, [0, 0])
+                entry[0] += 1
+                entry[1] += not result.passed
+        ranked = sorted(((failed / total, failed, feature) for feature, (total, failed)
+                         in counts.items() if failed and 2 * failed >= total), reverse=True)
+        return {feature: f"{failed}/{counts[feature][0]}" for _, failed, feature in ranked[:limit]}
+
     def to_json(self) -> dict:
         return {"decoder": self.decoder, "passed": self.passed,
                 "counts": {"files": len(self.results), "failed": len(self.failures())},
-                "sections": self.sections(), "results": [asdict(r) for r in self.results]}
+                "sections": self.sections(), "suspect_features": self.suspect_features(),
+                "results": [asdict(r) for r in self.results]}
 
     def render(self, verbose: bool = False) -> str:
         """The text report: failures (or every file with ``verbose``), sections, a summary."""
@@ -94,17 +118,23 @@ class ConformanceReport:
         for result in self.results:
             if verbose or not result.passed:
                 verdict = "PASS" if result.passed else "FAIL"
-                where = ", ".join("§" + s for s in result.sections)
+                where = ", ".join("§" + s for s in result.specific_sections)
                 detail = f": {result.reason}" if result.reason else ""
                 lines.append(f"{verdict} {result.kind:7} {result.name} ({where}){detail}")
-        failed_sections = {s: e for s, e in self.sections().items() if e["failed"]}
+        failed_sections = {s: e for s, e in self.sections(specific=True).items() if e["failed"]}
         if failed_sections:
             lines.append("")
-            lines.append("spec sections with failures:")
-            for section, entry in failed_sections.items():
+            lines.append("spec sections with failures (failed / files testing the section):")
+            ranked = sorted(failed_sections.items(),
+                            key=lambda item: -len(item[1]["failed"]) / item[1]["files"])
+            for section, entry in ranked:
                 names = ", ".join(entry["failed"][:6]) + (" ..." if len(entry["failed"]) > 6 else "")
-                lines.append(f"  §{section}: {len(entry['failed'])} of {entry['files']} files "
-                             f"failed ({names})")
+                lines.append(f"  §{section}: {len(entry['failed'])} of {entry['files']} ({names})")
+        suspects = self.suspect_features()
+        if suspects:
+            lines.append("")
+            lines.append("features most of whose vectors failed: " + ", ".join(
+                f"{feature} ({fraction})" for feature, fraction in suspects.items()))
         valid = [r for r in self.results if r.kind == "valid"]
         invalid = [r for r in self.results if r.kind == "invalid"]
         lines.append("")
@@ -190,7 +220,8 @@ def compare_output(expected: list[dict], actual: dict) -> str:
         if list(shape) != entry["shape"]:
             return f"tensor {label!r}: shape {list(shape)}, expected {entry['shape']}"
         if manifest.sha256(raw) != entry["sha256"]:
-            return f"tensor {label!r}: bytes differ from the manifest (SHA-256 {manifest.sha256(raw)[:16]}...)"
+            return (f"tensor {label!r} ({entry['dtype']} {entry['shape']}): bytes differ from the "
+                    f"manifest (SHA-256 {manifest.sha256(raw)[:16]}...)")
     return ""
 
 
@@ -218,7 +249,8 @@ def _last_line(text: str) -> str:
 
 def judge_valid(decoder, entry: dict, folder: Path, output_format: str,
                 timeout_s: float) -> FileResult:
-    result = FileResult("valid", entry["name"], entry["file"], entry["sections"], False)
+    result = FileResult("valid", entry["name"], entry["file"], entry["sections"], False,
+                        features=entry["features"])
     with tempfile.TemporaryDirectory(prefix="nrd-conformance-") as work:
         output = Path(work) / f"decoded.{output_format}"
         start = time.perf_counter()

@@ -76,6 +76,7 @@ def test_a_decoder_that_truncates_bfloat16_fails_in_section_6_5(tmp_path):
     assert "bytes differ" in failed["uniform_per_row_bfloat16"].reason
     assert "uniform_per_row_bfloat16" in report.sections()["6.5"]["failed"]
     assert "uniform_per_row_bfloat16" in report.render() and "§6.5" in report.render()
+    assert "reconstruct:bfloat16" in report.suspect_features()
 
 
 def test_a_decoder_that_skips_the_layout_rules_fails_in_section_4_7(tmp_path):
