@@ -1,0 +1,24 @@
+"""PyTorch side of nncodec-rd: compress a model (:mod:`.compress`), load a file back eagerly or
+with weights kept compressed until layers run (:func:`load_compressed`, :mod:`.lazy`).
+
+The names below are imported on first use, so that importing one submodule (such as
+:mod:`.digits_cnn`) does not load the encoder.
+"""
+
+_EXPORTS = {"load_compressed": "lazy", "lazy_weights": "lazy", "CompressedWeight": "lazy",
+            "LazyWeights": "lazy"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,554 @@
+"""Inference-time decoding: weights stay entropy-coded in memory and are decoded when a layer runs.
+
+:func:`load_compressed` with ``mode="lazy"`` removes every parameter that the .nrd file holds
+rANS-coded from the model and puts a :class:`CompressedWeight` in its place: a small module that
+keeps only that tensor's chunk payloads (the compressed bytes, copied out of the file) and the
+tables needed to decode them. The layer's attribute (``linear.weight``) becomes a property that
+decodes the chunks, in parallel over chunks with the decoder's Numba kernel, each time it is
+read, so any code that reads the attribute (a layer's ``forward``, a function that reads another
+module's weight) gets the decoded tensor.
+
+Memory: decoded weights go into one reusable scratch buffer as large as the largest coded tensor,
+taken again by the next layer as soon as nothing refers to the previous one any more, so a lazily
+loaded model holds its compressed payloads plus one decoded layer (and whatever ``cache_bytes``
+allows: an LRU cache of decoded tensors). The decoded values are the eager decoder's, bit for
+bit, laid out in memory as torch lays out a parameter (contiguous, 64-byte aligned), so outputs
+equal those of the eagerly decoded model exactly.
+
+Lazy weights are for inference: they are not parameters (an optimizer does not see them, and
+``state_dict()`` no longer lists them), and a forward pass with gradients enabled in training
+mode is refused; use ``mode="eager"`` to fine-tune.
+
+Examples
+--------
+>>> model = load_compressed(MyModel(), "model.nrd", mode="lazy")    # doctest: +SKIP
+>>> with torch.no_grad():                                          # doctest: +SKIP
+...     logits = model(batch)
+>>> lazy_weights(model).stats()                                    # doctest: +SKIP
+{'decodes': 40, 'decode_seconds': 0.21, ...}
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from ..decoder import kernels
+from ..decoder.reader import NrdFile, numpy_dtype
+from ..format.checksum import crc32c
+from ..format.constants import Coding, EscapeMode, GridKind, TensorDtype, TransformKind
+from ..format.errors import ChecksumMismatchError, EncoderError, ErrorCode, error_for_code
+from ..format.layout import RowGeometry, chunk_extents
+from .compress import load_into
+
+#: Alignment of decoded buffers: torch's CPU allocator aligns parameters to 64 bytes, and some
+#: BLAS kernels round differently for differently aligned operands.
+ALIGNMENT_BYTES = 64
+
+_TORCH_DTYPES = {TensorDtype.FLOAT32: torch.float32, TensorDtype.FLOAT16: torch.float16,
+                 TensorDtype.BFLOAT16: torch.bfloat16}
+_OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
+                TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
+                TensorDtype.BFLOAT16: kernels.OUTPUT_BFLOAT16}
+_KERNEL_MESSAGES = {
+    ErrorCode.STREAM_TRUNCATED: "the rANS stream ends before all symbols are decoded",
+    ErrorCode.STREAM_TRAILING_DATA: "bytes are left in the rANS stream after the last symbol",
+    ErrorCode.RANS_STATE_OUT_OF_RANGE: "an initial lane state is below 2^16",
+    ErrorCode.RANS_FINAL_STATE: "a lane does not end in the state 2^16",
+    ErrorCode.ESCAPE_MISMATCH: "escaped indices do not match the escape symbols decoded",
+    ErrorCode.INDEX_OUT_OF_RANGE: "an index falls outside the codebook",
+}
+
+
+def _aligned_empty(nbytes: int) -> tuple[np.ndarray, int]:
+    """An uninitialised byte array with room for ``nbytes`` at a 64-byte aligned offset;
+    returns (array, offset). Pages are not touched, so they cost no resident memory yet."""
+    raw = np.empty(nbytes + ALIGNMENT_BYTES, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % ALIGNMENT_BYTES
+    return raw, offset
+
+
+def _as_torch(flat: np.ndarray, dtype: TensorDtype, shape: tuple) -> torch.Tensor:
+    """A tensor viewing ``flat`` (float32 values or binary16/bfloat16 bit patterns)."""
+    if dtype == TensorDtype.FLOAT32:
+        return torch.from_numpy(flat.view(np.float32).reshape(shape))
+    if dtype == TensorDtype.FLOAT16:
+        return torch.from_numpy(flat.view(np.float16).reshape(shape))
+    return torch.from_numpy(flat.view(np.int16).reshape(shape)).view(torch.bfloat16)
+
+
+class CompressedWeight(torch.nn.Module):
+    """One rANS-coded tensor kept compressed: its chunk payloads and its decoding tables.
+
+    Built by :func:`load_compressed`; calling it (or reading the layer attribute it stands for)
+    returns the decoded tensor. ``compressed_bytes`` is what it holds of the file;
+    ``decoded_bytes`` what one decoded copy takes.
+    """
+
+    def __init__(self, handle: NrdFile, name: str, context: "LazyWeights"):
+        super().__init__()
+        record = handle._record(name)
+        body = record.body
+        self.name = name
+        self.context = context
+        self.dtype = TensorDtype(record.dtype)
+        self.torch_dtype = _TORCH_DTYPES[self.dtype]
+        self.shape = tuple(int(d) for d in record.shape)
+        self.element_count = int(np.prod(self.shape, dtype=np.int64))
+        self.decoded_bytes = self.element_count * numpy_dtype(self.dtype).itemsize
+        rows = RowGeometry.of_shape(record.shape).rows
+        self.row_length = int(body.coded_row_length)
+        extents = chunk_extents(rows, self.row_length, body.rows_per_chunk)
+        self.rows_per_chunk = int(body.rows_per_chunk)
+        # The chunk payloads, copied out of the file into one array, checksums verified.
+        sizes = np.array([chunk.size for chunk in body.chunks], dtype=np.int64)
+        starts = np.zeros(len(sizes), dtype=np.int64)
+        if len(sizes) > 1:
+            starts[1:] = np.cumsum(sizes)[:-1]
+        self.payload = np.empty(int(sizes.sum()), dtype=np.uint8)
+        position = handle._index[name]
+        for k, chunk in enumerate(body.chunks):
+            data = handle._buffer[chunk.offset:chunk.offset + chunk.size]
+            actual = crc32c(data) if chunk.size else 0
+            if actual != chunk.crc32c:
+                raise ChecksumMismatchError(
+                    f"payload CRC-32C is 0x{actual:08x}, the header says 0x{chunk.crc32c:08x}: the "
+                    "file is corrupt", field=f"header.tensors[{position}].body.chunks[{k}].crc32c",
+                    offset=chunk.offset, expected=chunk.crc32c, actual=actual,
+                    code=ErrorCode.CHECKSUM_PAYLOAD)
+            self.payload[starts[k]:starts[k] + chunk.size] = data
+        self._field = f"header.tensors[{position}].body.chunks"
+        self._chunk_offsets = starts
+        self._chunk_sizes = sizes
+        self._chunk_first_rows = np.array([e.first_row for e in extents], dtype=np.int64)
+        self._chunk_symbol_counts = np.array([e.symbol_count for e in extents], dtype=np.int64)
+        self._chunk_out_starts = np.array([e.first_symbol for e in extents], dtype=np.int64)
+        # The tables of NrdFile._decode_chunks, built once instead of at every decode.
+        self._lane_count = int(body.lane_count)
+        self._precision_bits = int(body.precision_bits)
+        self._context_model = int(body.context_model)
+        self._context_count = int(body.context_count)
+        self._context_center = int(body.context_center)
+        self._index_offset = int(body.index_offset)
+        frequencies = np.array([table.frequencies for table in body.tables], dtype=np.int64)
+        frequencies = frequencies.reshape(body.context_count, body.alphabet_size)
+        self._slot_symbols, self._symbol_info = kernels.build_symbol_tables(
+            frequencies, body.precision_bits)
+        self._escape_symbol = (body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL
+                               else -1)
+        self._symbol_contexts = kernels.contexts_of_symbols(
+            body.alphabet_size, body.index_offset, int(body.context_model), body.context_count,
+            body.context_center, self._escape_symbol)
+        self._grid_kind = int(body.grid_kind)
+        if body.grid_kind == GridKind.UNIFORM:
+            grid = body.grid
+            self._steps = np.array(grid.steps, dtype=np.float32)
+            self._zero_points = (np.array(grid.zero_points, dtype=np.int64) if grid.has_zero_point
+                                 else np.zeros(grid.group_count, dtype=np.int64))
+            self._codebook, self._codebook_first = np.zeros(0, np.float32), 0
+            self._rows_per_group, group_count = int(grid.rows_per_group), int(grid.group_count)
+        else:
+            self._steps, self._zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
+            self._codebook = np.array(body.grid.codebook_values, dtype=np.float32)
+            self._codebook_first, self._rows_per_group, group_count = \
+                int(body.grid.first_index), 0, 1
+        self._output_kind = _OUTPUT_KIND[self.dtype]
+        self._value_table, invalid = kernels.build_value_table(
+            body.alphabet_size, body.index_offset, int(body.grid_kind), group_count, self._steps,
+            self._zero_points, self._codebook, self._codebook_first, self._output_kind)
+        decodable = frequencies.max(axis=0) > 0 if frequencies.size else np.zeros(0, bool)
+        self._invalid_symbols = invalid if np.any(invalid.astype(bool) & decodable) else invalid[:0]
+        self._errors = np.zeros((len(sizes), 2), dtype=np.int64)
+
+    @property
+    def compressed_bytes(self) -> int:
+        """Bytes of chunk payloads held in memory."""
+        return int(self.payload.nbytes)
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self._chunk_sizes)
+
+    def decode_into(self, out: np.ndarray, chunks: np.ndarray | None = None) -> None:
+        """Decode all chunks (or the chunk numbers ``chunks``) into ``out``, a flat C-contiguous
+        byte array of ``decoded_bytes`` bytes, each chunk at its place in the tensor; in parallel
+        over chunks (:func:`nncodec_rd.decoder.kernels.decode_chunks`)."""
+        flat = out.view(np.float32 if self._output_kind == kernels.OUTPUT_FLOAT32 else np.uint16)
+        if chunks is None:
+            offsets, sizes = self._chunk_offsets, self._chunk_sizes
+            first_rows, counts = self._chunk_first_rows, self._chunk_symbol_counts
+            out_starts, errors = self._chunk_out_starts, self._errors
+        else:
+            offsets, sizes = self._chunk_offsets[chunks], self._chunk_sizes[chunks]
+            first_rows, counts = self._chunk_first_rows[chunks], self._chunk_symbol_counts[chunks]
+            out_starts = self._chunk_out_starts[chunks]
+            errors = np.zeros((len(chunks), 2), dtype=np.int64)
+        errors[:] = 0
+        kernels.decode_chunks(self.payload, offsets, sizes, first_rows, counts, out_starts,
+                              self.row_length, self._lane_count, self._precision_bits,
+                              self._context_model, self._context_count, self._context_center,
+                              self._escape_symbol, self._index_offset, self._slot_symbols,
+                              self._symbol_info, self._symbol_contexts, self._grid_kind,
+                              self._rows_per_group, self._steps, self._zero_points,
+                              self._codebook, self._codebook_first, self._value_table,
+                              self._invalid_symbols, self._output_kind, flat, errors)
+        failed = np.flatnonzero(errors[:, 0])
+        if len(failed):
+            k = int(failed[0])
+            number = int(chunks[k]) if chunks is not None else k
+            code = ErrorCode(int(errors[k, 0]))
+            raise error_for_code(code, _KERNEL_MESSAGES.get(code, code.slug),
+                                 field=f"{self._field}[{number}]", offset=None)
+
+    def chunks_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Chunk numbers (sorted, unique) holding the given first-dimension rows; rows out of
+        range are left to the layer to complain about."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        rows = rows[(rows >= 0) & (rows < self.shape[0])]
+        return np.unique(rows // self.rows_per_chunk)
+
+    def forward(self) -> torch.Tensor:
+        """The decoded tensor (see :meth:`LazyWeights.materialize`)."""
+        return self.context.materialize(self)
+
+    def extra_repr(self) -> str:
+        return (f"{self.name!r}, shape={self.shape}, {self.dtype.name.lower()}, "
+                f"{self.compressed_bytes:,} bytes in {self.chunk_count} chunks "
+                f"({self.decoded_bytes:,} decoded)")
+
+
+class LazyWeights:
+    """The shared state of one lazily loaded model: the scratch buffer, the LRU cache of decoded
+    tensors (at most ``cache_bytes``), the thread setting and decoding statistics.
+
+    Get it with :func:`lazy_weights`.
+    """
+
+    def __init__(self, cache_bytes: int = 0, threads: int | None = None):
+        self.cache_bytes = int(cache_bytes)
+        self.threads = threads
+        self.weights: list[CompressedWeight] = []
+        self._cache: OrderedDict = OrderedDict()
+        self._cached_bytes = 0
+        self._scratch = None          # (raw array, aligned offset, bytes)
+        self._scratch_refs = 0
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self.reset_stats()
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def reset_stats(self) -> None:
+        """Zero the counters of :meth:`stats`."""
+        self._decodes = 0
+        self._decode_seconds = 0.0
+        self._decoded_bytes = 0
+        self._hits = 0
+        self._partial = 0
+
+    def stats(self) -> dict:
+        """Decodes done, time spent in them, bytes decoded, cache hits, decodes of selected
+        chunks only (embedding rows), bytes held (compressed, cached, scratch)."""
+        return {"decodes": self._decodes, "decode_seconds": self._decode_seconds,
+                "decoded_bytes": self._decoded_bytes, "cache_hits": self._hits,
+                "partial_decodes": self._partial,
+                "compressed_bytes": self.compressed_bytes, "cached_bytes": self._cached_bytes,
+                "scratch_bytes": self._scratch[2] if self._scratch else 0}
+
+    @property
+    def compressed_bytes(self) -> int:
+        """Chunk payloads held by all lazy weights."""
+        return sum(weight.compressed_bytes for weight in self.weights)
+
+    @property
+    def largest_decoded_bytes(self) -> int:
+        """Bytes of the largest decoded tensor (the scratch buffer's size)."""
+        return max((weight.decoded_bytes for weight in self.weights), default=0)
+
+    def clear_cache(self) -> None:
+        """Drop every cached decoded tensor."""
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def _apply_threads(self) -> None:
+        if self.threads is not None:
+            import numba
+
+            numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
+
+    def _buffer(self, nbytes: int, cacheable: bool) -> np.ndarray:
+        """A flat, 64-byte aligned byte array for a decode: the scratch buffer when no tensor
+        handed out earlier still refers to it, else fresh memory."""
+        if not cacheable:
+            if self._scratch is None:
+                raw, offset = _aligned_empty(self.largest_decoded_bytes)
+                self._scratch = (raw, offset, self.largest_decoded_bytes)
+                self._scratch_refs = sys.getrefcount(raw)
+            raw, offset, _ = self._scratch
+            # Every tensor made from the scratch buffer keeps a NumPy view of it alive (through
+            # torch.from_numpy), and with it a reference to ``raw``: so when the count is back to
+            # its baseline, no tensor, view of one or autograd record uses the buffer any more.
+            if sys.getrefcount(raw) == self._scratch_refs:
+                return raw[offset:offset + nbytes]
+        raw, offset = _aligned_empty(nbytes)
+        return raw[offset:offset + nbytes]
+
+    def materialize(self, weight: CompressedWeight, rows=None) -> torch.Tensor:
+        """The decoded tensor of ``weight``: from the cache, or decoded into the scratch buffer
+        (or into new memory that the cache keeps, if it fits in ``cache_bytes``). With ``rows``
+        (first-dimension indices), only the chunks holding those rows are decoded and the other
+        rows of the returned tensor are undefined: for gathers such as an embedding lookup."""
+        with self._lock:
+            cached = self._cache.get(weight.name)
+            if cached is not None:
+                self._cache.move_to_end(weight.name)
+                self._hits += 1
+                return cached
+            cacheable = 0 < weight.decoded_bytes <= self.cache_bytes
+            chunks = None
+            if rows is not None and not cacheable:
+                chunks = weight.chunks_of_rows(rows)
+                if len(chunks) == weight.chunk_count:
+                    chunks = None
+            start = time.perf_counter()
+            out = self._buffer(weight.decoded_bytes, cacheable)
+            self._apply_threads()
+            weight.decode_into(out, chunks)
+            tensor = _as_torch(out, weight.dtype, weight.shape)
+            self._decode_seconds += time.perf_counter() - start
+            self._decodes += 1
+            self._partial += chunks is not None
+            self._decoded_bytes += (weight.decoded_bytes if chunks is None else
+                                    int(weight._chunk_symbol_counts[chunks].sum())
+                                    * weight.decoded_bytes // max(weight.element_count, 1))
+            if cacheable:
+                self._cache[weight.name] = tensor
+                self._cached_bytes += weight.decoded_bytes
+                while self._cached_bytes > self.cache_bytes:
+                    _, evicted = self._cache.popitem(last=False)
+                    self._cached_bytes -= evicted.numel() * evicted.element_size()
+            return tensor
+
+    # -- the rows an embedding's forward will read ---------------------------------------------
+
+    def _pending_rows(self) -> dict:
+        pending = getattr(self._local, "rows", None)
+        if pending is None:
+            pending = self._local.rows = {}
+        return pending
+
+
+def lazy_weights(model) -> LazyWeights:
+    """The :class:`LazyWeights` of a model loaded with ``load_compressed(..., mode="lazy")``."""
+    for module in model.modules():
+        if isinstance(module, CompressedWeight):
+            return module.context
+    raise ValueError("the model has no lazily decoded weights (load it with "
+                     "load_compressed(model, path, mode='lazy'))")
+
+
+_LAZY_CLASSES: dict = {}
+
+
+def _lazy_property(attribute: str) -> property:
+    def read(module):
+        weight = module._modules[attribute + "_compressed"]
+        if module.training and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{type(module).__name__}.{attribute} is decoded lazily from an .nrd file and "
+                "cannot be trained: run inference under torch.no_grad() or "
+                "torch.inference_mode(), or call model.eval(); to fine-tune, load the file with "
+                "load_compressed(model, path, mode='eager')")
+        context = weight.context
+        rows = context._pending_rows().get(id(module))
+        return context.materialize(weight, rows)
+
+    def write(module, value):
+        raise AttributeError(f"{type(module).__name__}.{attribute} is decoded lazily from an .nrd "
+                             "file and is read-only; load the file with mode='eager' to change it")
+
+    return property(read, write, doc=f"``{attribute}``, decoded from its compressed chunks "
+                                     "each time it is read.")
+
+
+def _make_lazy_class(cls: type, attributes: tuple) -> type:
+    key = (cls, attributes)
+    lazy = _LAZY_CLASSES.get(key)
+    if lazy is None:
+        namespace = {attribute: _lazy_property(attribute) for attribute in attributes}
+        namespace["__doc__"] = (f"{cls.__name__} whose {', '.join(attributes)} "
+                                "stay compressed (nncodec_rd.torch.lazy).")
+        namespace["__module__"] = cls.__module__
+        lazy = type(f"Compressed{cls.__name__}", (cls,), namespace)
+        _LAZY_CLASSES[key] = lazy
+    return lazy
+
+
+def _embedding_rows_hook(module, args, kwargs=None):
+    """Before an embedding lookup: note the rows it will read, so that only their chunks are
+    decoded (the lookup reads no other row, so the result is exact)."""
+    weight = module._modules["weight_compressed"]
+    if args and isinstance(args[0], torch.Tensor):
+        weight.context._pending_rows()[id(module)] = args[0].detach().cpu().numpy()
+    return None
+
+
+def _embedding_done_hook(module, args, output):
+    module._modules["weight_compressed"].context._pending_rows().pop(id(module), None)
+    return None
+
+
+def _reads_rows_only(module) -> bool:
+    """True for a plain ``nn.Embedding`` lookup (no in-place renormalisation)."""
+    return (isinstance(module, torch.nn.Embedding)
+            and type(module).forward is torch.nn.Embedding.forward and module.max_norm is None)
+
+
+def _can_stay_compressed(handle: NrdFile, key: str, parameter) -> bool:
+    record = handle._record(key)
+    return (record.coding == Coding.RANS and record.body.transform_kind == TransformKind.NONE
+            and TensorDtype(record.dtype) in _TORCH_DTYPES
+            and _TORCH_DTYPES[TensorDtype(record.dtype)] == parameter.dtype
+            and tuple(int(d) for d in record.shape) == tuple(parameter.shape)
+            and parameter.device.type == "cpu")
+
+
+def load_compressed(model, path, mode: str = "lazy", cache_bytes: int = 0,
+                    threads: int | None = None, *, strict: bool = True,
+                    verify: bool = True):
+    """Load the .nrd file at ``path`` into ``model``, decoding weights now or when layers run.
+
+    Parameters
+    ----------
+    model:
+        A ``torch.nn.Module`` whose state-dict keys are the file's tensor names (the model the
+        file was made from, as for :func:`nncodec_rd.torch.compress.load_into`).
+    path:
+        The .nrd file.
+    mode:
+        ``"eager"``: decode everything into the model's parameters (:func:`load_into`).
+        ``"lazy"``: every parameter the file holds rANS-coded (and untransformed) is replaced
+        by a :class:`CompressedWeight` holding its compressed chunks; reading the layer's
+        attribute decodes it. Tied weights (one parameter under several names) share one.
+        Everything else (raw tensors, buffers) is loaded as in eager mode.
+    cache_bytes:
+        Lazy mode: the most bytes of decoded tensors kept in an LRU cache (0: none; each read
+        decodes again). Tensors larger than this are never cached.
+    threads:
+        Threads of the parallel chunk decode; ``None`` keeps Numba's setting (all cores).
+    strict:
+        Every state-dict entry of the model must be in the file and every tensor of the file in
+        the model.
+    verify:
+        Lazy mode: decode every lazy tensor once while loading (into the scratch buffer), so that
+        a corrupt stream fails here rather than in the middle of inference. Payload checksums
+        are verified in any case.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``, modified in place.
+
+    Raises
+    ------
+    EncoderError
+        When the file does not match the model (``strict``), or shapes differ.
+    FormatError, LimitExceededError
+        When the file breaks the spec.
+    ValueError
+        For an unknown ``mode`` or a negative ``cache_bytes``.
+    """
+    if mode not in ("lazy", "eager"):
+        raise ValueError(f"mode must be 'lazy' or 'eager', not {mode!r}")
+    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+        raise ValueError(f"cache_bytes must be a non-negative int, not {cache_bytes!r}")
+    if mode == "eager":
+        return load_into(model, path, strict=strict, threads=threads)
+    path = os.fspath(path)
+    context = LazyWeights(cache_bytes=cache_bytes, threads=threads)
+    with NrdFile(path, threads=threads) as handle:
+        file_keys = set(handle.keys())
+        state = model.state_dict(keep_vars=True)
+        if strict:
+            missing = sorted(set(state) - file_keys)
+            unexpected = sorted(file_keys - set(state))
+            if missing or unexpected:
+                raise EncoderError(f"{path} does not match the model: missing "
+                                   f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
+                                   f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        modules = dict(model.named_modules(remove_duplicate=False))
+        # Every (module, attribute) holding each parameter object: tied weights have several.
+        owners: dict = {}
+        for key, parameter in model.named_parameters(remove_duplicate=False):
+            module_name, _, attribute = key.rpartition(".")
+            owners.setdefault(id(parameter), (parameter, []))[1].append(
+                (key, modules[module_name], attribute))
+        lazy_keys = set()
+        compressed_of: dict = {}
+        for parameter, places in owners.values():
+            coded = [key for key, _, _ in places if key in file_keys]
+            if not coded or not all(_can_stay_compressed(handle, key, parameter) for key in coded):
+                continue
+            if any(isinstance(module, torch.nn.Embedding) and not _reads_rows_only(module)
+                   for _, module, _ in places):
+                continue  # max_norm renormalises rows in place: keep it a dense parameter
+            compressed_of[id(parameter)] = CompressedWeight(handle, coded[0], context)
+            lazy_keys.update(key for key, _, _ in places)
+        # Everything else is decoded now, as load_into does.
+        with torch.no_grad():
+            for key, target in state.items():
+                if key in lazy_keys or key not in file_keys:
+                    continue
+                value = handle.get_tensor(key)
+                if tuple(value.shape) != tuple(target.shape):
+                    raise EncoderError(f"{key}: the file holds shape {tuple(value.shape)}, the "
+                                       f"model {tuple(target.shape)}")
+                if value.dtype.name == "bfloat16":
+                    source = torch.from_numpy(value.view(np.int16).copy()).view(torch.bfloat16)
+                else:
+                    source = torch.from_numpy(np.ascontiguousarray(value))
+                target.copy_(source.to(target.dtype))
+    _swap_in(owners, compressed_of, context)
+    del owners, state  # the dense parameters go with the last references to them
+    if verify:
+        for weight in context.weights:
+            context.materialize(weight)
+        context.reset_stats()
+    return model
+
+
+def _swap_in(owners: dict, compressed_of: dict, context: LazyWeights) -> None:
+    """Replace each parameter that stays compressed by its :class:`CompressedWeight`, in every
+    module holding it, and give those modules the class whose attribute decodes it."""
+    for parameter, places in owners.values():
+        weight = compressed_of.get(id(parameter))
+        if weight is None:
+            continue
+        context.weights.append(weight)
+        for _, module, attribute in places:
+            del module._parameters[attribute]
+            module.add_module(attribute + "_compressed", weight)
+            lazy_attributes = tuple(sorted(
+                name[:-len("_compressed")] for name, child in module._modules.items()
+                if isinstance(child, CompressedWeight) and name.endswith("_compressed")))
+            base = getattr(type(module), "_nrd_base_class", type(module))
+            module.__class__ = _make_lazy_class(base, lazy_attributes)
+            module.__class__._nrd_base_class = base
+            if attribute == "weight" and _reads_rows_only(module) \
+                    and not getattr(module, "_nrd_rows_hooked", False):
+                module.register_forward_pre_hook(_embedding_rows_hook)
+                module.register_forward_hook(_embedding_done_hook, always_call=True)
+                module._nrd_rows_hooked = True
+
+
+__all__ = ["ALIGNMENT_BYTES", "CompressedWeight", "LazyWeights", "lazy_weights",
+           "load_compressed"]
