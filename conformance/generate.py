@@ -168,6 +168,20 @@ def _uniform_per_row() -> bytes:
         "rows", indices, UniformGrid(steps, rows_per_group=1), "bfloat16", settings=settings))
 
 
+@vector("uniform_rows_per_group_max", "UNIFORM grid with rows_per_group 2^64 - 1 (a u64 at its "
+        "maximum: one group), the coded rows of a transform included.")
+def _rows_per_group_max() -> bytes:
+    def populate(w):
+        w.add_indices("one_group", laplace_indices((3, 5), 1.0, 24),
+                      UniformGrid(0.5, [1], rows_per_group=(1 << 64) - 1), "float32",
+                      settings=EntropySettings(lane_count=2, context_model="iid"))
+        w.add_raw("basis", np.eye(2, 3, dtype=np.float32))
+        w.add_indices("projected", laplace_indices((4, 2), 1.0, 25),
+                      UniformGrid(0.25, rows_per_group=1 << 63), "float16",
+                      transform=RightMatrixTransform("basis"))
+    return written(populate)
+
+
 @vector("uniform_subnormal_and_huge_steps", "Subnormal and huge binary32 steps: subnormal, "
         "zero-signed and infinite float32 values from a UNIFORM grid.")
 def _uniform_extremes() -> bytes:

@@ -187,6 +187,8 @@ def features_of(data: bytes, decoded) -> set[str]:
             found.add("grid:uniform")
             if grid["has_zero_point"] and any(grid["zero_points"]):
                 found.add("grid:zero_point")
+            if grid["rows_per_group"] >= 1 << 63:
+                found.add("grid:rows_per_group_2^63_or_more")
             if grid["group_count"] > 1:
                 found.add("grid:groups" if grid["rows_per_group"] > 1 else "grid:per_row")
         else:
@@ -253,6 +255,7 @@ def _section_key(section: str):
 # range, chunking, escape, metadata type, extension, and the edge cases.
 REQUIRED_FEATURES = {
     "grid:uniform", "grid:codebook", "grid:zero_point", "grid:groups", "grid:per_row",
+    "grid:rows_per_group_2^63_or_more",
     "reconstruct:float32", "reconstruct:float16", "reconstruct:bfloat16",
     *(f"raw:{d}" for d in ("float32", "float16", "bfloat16", "float64", "int8", "uint8", "int16",
                            "int32", "int64", "bool", "uint16", "uint32", "uint64")),

@@ -370,7 +370,9 @@ class NrdFile:
             zero_points = (np.array(grid.zero_points, dtype=np.int64) if grid.has_zero_point
                            else np.zeros(grid.group_count, dtype=np.int64))
             codebook, codebook_first = np.zeros(0, np.float32), 0
-            rows_per_group, group_count = grid.rows_per_group, grid.group_count
+            # rows_per_group is a u64 (spec §6.1); any value >= rows means one group, so it is
+            # clamped to rows to reach the kernels as an int64 however large the file says.
+            rows_per_group, group_count = min(grid.rows_per_group, max(rows, 1)), grid.group_count
         else:
             steps, zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
             codebook = np.array(body.grid.codebook_values, dtype=np.float32)
