@@ -1,12 +1,14 @@
 """PyTorch side of nncodec-rd: compress a model (:mod:`.compress`), load a file back eagerly or
-with weights kept compressed until layers run (:func:`load_compressed`, :mod:`.lazy`).
+with weights kept compressed until layers run (:func:`load_compressed`, :mod:`.lazy`), and the
+safetensors-style ``save_file``/``load_file``/``save_model``/``load_model`` (:mod:`.files`).
 
 The names below are imported on first use, so that importing one submodule (such as
 :mod:`.digits_cnn`) does not load the encoder.
 """
 
 _EXPORTS = {"load_compressed": "lazy", "lazy_weights": "lazy", "CompressedWeight": "lazy",
-            "LazyWeights": "lazy"}
+            "LazyWeights": "lazy", "save_file": "files", "load_file": "files",
+            "save_model": "files", "load_model": "files"}
 
 __all__ = sorted(_EXPORTS)
 

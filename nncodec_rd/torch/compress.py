@@ -502,7 +502,8 @@ def _to_torch(array: np.ndarray) -> torch.Tensor:
     array = np.asarray(array)
     if array.dtype.name == "bfloat16":
         return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(array))
+    # not np.ascontiguousarray: it turns a 0-d array (a BatchNorm's num_batches_tracked) 1-d
+    return torch.from_numpy(np.asarray(array, order="C"))
 
 
 def load_into(model, path, *, strict: bool = True, threads: int | None = None):
