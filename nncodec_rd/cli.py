@@ -615,7 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     conformance = commands.add_parser(
         "conformance", help="judge a decoder against the frozen test vectors",
-        description="Conformance tools for decoders of the .nrd format.")
+        description="Conformance tools for decoders of the .nrd format (files: nncodec-rd "
+                    "validate).",
+        epilog="Example: nncodec-rd conformance run --decoder './mydecoder {input} {output}'")
     conformance_commands = conformance.add_subparsers(dest="conformance_command", required=True,
                                                       metavar="ACTION")
     run = conformance_commands.add_parser(

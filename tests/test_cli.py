@@ -94,7 +94,8 @@ def test_python_dash_m_and_version():
 
 
 def test_every_command_has_help_with_an_example():
-    for command in ("info", "decode", "encode", "validate", "demo", "bench decode"):
+    for command in ("info", "decode", "encode", "validate", "demo", "bench decode", "conformance",
+                    "conformance run"):
         result = subprocess.run([sys.executable, "-m", "nncodec_rd", *command.split(), "--help"],
                                 capture_output=True, text=True, check=True)
         assert "Example" in result.stdout, command
