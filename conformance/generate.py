@@ -118,11 +118,21 @@ def laplace_indices(shape, scale: float, seed: int) -> np.ndarray:
     return np.round(rng.laplace(scale=scale, size=shape)).astype(np.int64)
 
 
-def escape_only_chunk(values: np.ndarray, lane_count: int) -> bytes:
-    """A chunk of an alphabet whose only symbol is the escape: every lane stays at 2^16 and no
-    word is written; the indices are the escape values (spec §7.5)."""
-    return (struct.pack("<I", len(values)) + values.astype("<i4").tobytes()
-            + struct.pack(f"<{lane_count}I", *([RANS_STATE_LOWER_BOUND] * lane_count)))
+def escape_only_file(name: str, values: np.ndarray, lane_count: int, step: float) -> bytes:
+    """A file of one float32 tensor whose alphabet is the escape symbol alone (spec §7.5): every
+    lane stays at 2^16, no word is written, and the indices are the escape values, in one chunk.
+    """
+    base = written(lambda w: w.add_indices(
+        name, np.zeros(values.shape, np.int64), UniformGrid(step), "float32",
+        settings=EntropySettings(lane_count=lane_count, context_model="iid")))
+    header, _ = split_file(base)
+    body = header["tensors"][0]["body"]
+    body.update(escape_mode=1, alphabet_size=1, index_offset=0,
+                tables=[dict(frequencies=[1 << body["precision_bits"]])])
+    flat = values.reshape(-1)
+    chunk = (struct.pack("<I", len(flat)) + flat.astype("<i4").tobytes()
+             + struct.pack(f"<{lane_count}I", *([RANS_STATE_LOWER_BOUND] * lane_count)))
+    return assemble(header, [chunk])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,14 +271,7 @@ def _escapes() -> bytes:
         "value, no direct index, no rANS word.")
 def _escape_only() -> bytes:
     indices = np.array([[5, -7, 123], [0, 8388607, -8388607]], dtype=np.int64)
-    base = written(lambda w: w.add_indices(
-        "escaped", np.zeros((2, 3), np.int64), UniformGrid(0.25), "float32",
-        settings=EntropySettings(lane_count=2, context_model="iid")))
-    header, payloads = split_file(base)
-    body = header["tensors"][0]["body"]
-    body.update(escape_mode=1, alphabet_size=1, index_offset=0,
-                tables=[dict(frequencies=[1 << body["precision_bits"]])])
-    return assemble(header, [escape_only_chunk(indices.reshape(-1), body["lane_count"])])
+    return escape_only_file("escaped", indices, lane_count=2, step=0.25)
 
 
 @vector("one_symbol_all_zero", "An all-zero tensor: a one-symbol alphabet whose chunk has no "
@@ -940,13 +943,7 @@ def _final_state() -> bytes:
 @invalid("escape_value_out_of_range", ErrorCode.ESCAPE_MISMATCH, ("7.5", "9"),
          "an escape value of 2^23 in an escape-only alphabet")
 def _escape_range() -> bytes:
-    base = written(lambda w: w.add_indices("e", np.zeros((1, 2), np.int64), UniformGrid(1.0),
-                                           settings=EntropySettings(lane_count=1,
-                                                                    context_model="iid")))
-    header, _ = split_file(base)
-    header["tensors"][0]["body"].update(escape_mode=1, alphabet_size=1, index_offset=0, tables=[
-        dict(frequencies=[1 << header["tensors"][0]["body"]["precision_bits"]])])
-    return assemble(header, [escape_only_chunk(np.array([3, 1 << 23]), 1)])
+    return escape_only_file("e", np.array([[3, 1 << 23]]), lane_count=1, step=1.0)
 
 
 @invalid("codebook_index_out_of_range", ErrorCode.INDEX_OUT_OF_RANGE, ("6.2", "7.6"),

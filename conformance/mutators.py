@@ -80,3 +80,16 @@ def refresh_header_checksum(data: bytes) -> bytes:
     out[24:28] = struct.pack("<I", crc32c(bytes(out[PREAMBLE_SIZE_BYTES:PREAMBLE_SIZE_BYTES + header_size]),
                                           crc32c(bytes(out[:24]))))
     return bytes(out)
+
+
+def integer_fields(header: dict, path: tuple = ()):
+    """The paths (tuples of keys and list positions) of every integer field of a header dict,
+    for edits that set one field to an edge value."""
+    if isinstance(header, dict):
+        for key, item in header.items():
+            yield from integer_fields(item, path + (key,))
+    elif isinstance(header, list):
+        for position, item in enumerate(header):
+            yield from integer_fields(item, path + (position,))
+    elif isinstance(header, int) and not isinstance(header, bool):
+        yield path

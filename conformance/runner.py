@@ -14,6 +14,7 @@ the files that failed in it, so that a failure points at the rule to read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -247,15 +248,24 @@ def _last_line(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def judge_valid(decoder, entry: dict, folder: Path, output_format: str,
-                timeout_s: float) -> FileResult:
-    result = FileResult("valid", entry["name"], entry["file"], entry["sections"], False,
-                        features=entry["features"])
+@contextlib.contextmanager
+def _decoder_run(decoder, input_path: Path, output_format: str, timeout_s: float):
+    """Run the decoder once into a fresh folder: yields (status or None on a hang, stderr, the
+    output path, seconds); the folder goes away afterwards."""
     with tempfile.TemporaryDirectory(prefix="nrd-conformance-") as work:
         output = Path(work) / f"decoded.{output_format}"
         start = time.perf_counter()
-        status, stderr = _invoke(decoder, folder / entry["file"], output, timeout_s)
-        result.seconds = round(time.perf_counter() - start, 3)
+        status, stderr = _invoke(decoder, input_path, output, timeout_s)
+        yield status, stderr, output, round(time.perf_counter() - start, 3)
+
+
+def judge_valid(decoder, entry: dict, folder: Path, output_format: str,
+                timeout_s: float) -> FileResult:
+    """Run the decoder on a valid vector: exit 0 and exactly the manifest's tensors."""
+    result = FileResult("valid", entry["name"], entry["file"], entry["sections"], False,
+                        features=entry["features"])
+    with _decoder_run(decoder, folder / entry["file"], output_format, timeout_s) as run:
+        status, stderr, output, result.seconds = run
         if status is None:
             result.reason = f"no result within {timeout_s:g} s (hang?)"
         elif status != 0:
@@ -267,7 +277,7 @@ def judge_valid(decoder, entry: dict, folder: Path, output_format: str,
                 result.reason = compare_output(entry["tensors"], read_output(output))
             except OutputFileError as error:
                 result.reason = str(error)
-            result.passed = not result.reason
+    result.passed = not result.reason
     return result
 
 
@@ -277,13 +287,12 @@ def _code_matches(reported: str, code: int) -> bool:
 
 def judge_invalid(decoder, entry: dict, folder: Path, output_format: str, timeout_s: float,
                   error_pattern: re.Pattern | None) -> FileResult:
+    """Run the decoder on an invalid file: a non-zero exit, no output, and (with
+    ``error_pattern``) the manifest's code on stderr."""
     result = FileResult("invalid", entry["name"], entry["file"], entry["sections"], False,
                         expected_error=f"{entry['error_code']} {entry['error_name']}")
-    with tempfile.TemporaryDirectory(prefix="nrd-conformance-") as work:
-        output = Path(work) / f"decoded.{output_format}"
-        start = time.perf_counter()
-        status, stderr = _invoke(decoder, folder / entry["file"], output, timeout_s)
-        result.seconds = round(time.perf_counter() - start, 3)
+    with _decoder_run(decoder, folder / entry["file"], output_format, timeout_s) as run:
+        status, stderr, output, result.seconds = run
         if status is None:
             result.reason = f"no result within {timeout_s:g} s (hang?)"
         elif status == 0:
@@ -297,7 +306,7 @@ def judge_invalid(decoder, entry: dict, folder: Path, output_format: str, timeou
                 result.reason = f"no error code found in: {_last_line(stderr)!r}"
             elif not _code_matches(result.reported_error, entry["error_code"]):
                 result.reason = f"reported {result.reported_error}, expected {result.expected_error}"
-        result.passed = not result.reason
+    result.passed = not result.reason
     return result
 
 

@@ -152,24 +152,13 @@ EDGE_VALUES = (0, 1, 2, 3, 15, 16, 17, 32, 33, 255, 256, 65535, 65536, 65537, (1
                1 << 23, (1 << 24) + 1, (1 << 32) - 1, 1 << 32, (1 << 40) + 1, -1, -(1 << 23))
 
 
-def _integer_fields(value, path=()):
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _integer_fields(item, path + (key,))
-    elif isinstance(value, list):
-        for position, item in enumerate(value):
-            yield from _integer_fields(item, path + (position,))
-    elif isinstance(value, int) and not isinstance(value, bool):
-        yield path
-
-
 @st.composite
 def damaged_files(draw, files=None, kinds=DAMAGE_KINDS):
     """The bytes of a valid file (from ``files``, default :func:`nrd_files`) with one kind of
     damage: a flipped bit; a truncation; appended bytes; overwritten header bytes or one integer
     header field set to an edge value, header checksum repaired; overwritten payload bytes,
     payload checksums repaired. The result is usually, not always, invalid."""
-    from .mutators import assemble, refresh_header_checksum, split_file
+    from .mutators import assemble, integer_fields, refresh_header_checksum, split_file
 
     data = draw(files if files is not None else nrd_files(max_tensors=3))
     kind = draw(st.sampled_from(kinds))
@@ -190,7 +179,7 @@ def damaged_files(draw, files=None, kinds=DAMAGE_KINDS):
         return data + draw(st.binary(min_size=1, max_size=80))
     header, payloads = split_file(data)
     if kind == "header_field":
-        fields = list(_integer_fields(header))
+        fields = list(integer_fields(header))
         path = draw(st.sampled_from(fields))
         target = header
         for key in path[:-1]:

@@ -16,19 +16,15 @@ from nncodec_rd.format.checksum import crc32c
 from nncodec_rd.format.constants import PREAMBLE_SIZE_BYTES
 from nncodec_rd.format.errors import NrdError
 
+from ..mutators import integer_fields, refresh_header_checksum
+
 EDGE_VALUES = [0, 1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 255, 256, 4096, 4097, 65535, 65536, 65537,
                (1 << 23) - 1, 1 << 23, (1 << 24) + 1, 1 << 32, (1 << 40) + 1, -1, -2, -(1 << 23)]
 
 
 def repair_header_checksum(data: bytearray) -> None:
     """Set header_crc32c to the CRC of preamble bytes 0-23 and the header, if the header fits."""
-    if len(data) < PREAMBLE_SIZE_BYTES:
-        return
-    header_size = struct.unpack_from("<Q", data, 16)[0]
-    end = PREAMBLE_SIZE_BYTES + header_size
-    if end <= len(data):
-        crc = crc32c(bytes(data[PREAMBLE_SIZE_BYTES:end]), crc32c(bytes(data[:24])))
-        struct.pack_into("<I", data, 24, crc)
+    data[:] = refresh_header_checksum(bytes(data))
 
 
 def repair_payload_checksums(data: bytearray) -> None:
@@ -52,17 +48,6 @@ def repair_payload_checksums(data: bytearray) -> None:
     repair_header_checksum(data)
 
 
-def _int_leaves(value, path=()):
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _int_leaves(item, path + (key,))
-    elif isinstance(value, list):
-        for position, item in enumerate(value):
-            yield from _int_leaves(item, path + (position,))
-    elif isinstance(value, int) and not isinstance(value, bool):
-        yield path
-
-
 def edit_field(data: bytes, rng: random.Random) -> bytes | None:
     """One integer field of the header set to an edge value; offsets and CRCs fixed (or not)."""
     from conformance.mutators import assemble, split_file
@@ -71,7 +56,7 @@ def edit_field(data: bytes, rng: random.Random) -> bytes | None:
         header, payloads = split_file(data)
     except (NrdError, ValueError):
         return None
-    paths = list(_int_leaves(header))
+    paths = list(integer_fields(header))
     if not paths:
         return None
     path = rng.choice(paths)
