@@ -122,26 +122,32 @@ def feature_files() -> dict[str, bytes]:
     return files
 
 
-def output_bombs() -> dict[str, bytes]:
-    """Conforming files of a one-symbol table whose tensors are far larger than the file."""
+def one_symbol_file(rows: int, columns: int, rows_per_chunk: int) -> bytes:
+    """A conforming file whose tensor ``w`` is ``rows x columns`` zeros of a one-symbol table:
+    every chunk is the same 20 bytes, however many symbols it codes (spec §9 note)."""
     from conformance.mutators import mutate_header
     from nncodec_rd.format.grids import EntropySettings, UniformGrid
 
     small = _write(lambda w: w.add_indices("w", np.zeros((1, 8), np.int64), UniformGrid(0.5),
                                            "float32", settings=EntropySettings(symbols_per_chunk=8)))
-    bombs = {}
-    for label, rows, columns, rows_per_chunk in [("64KiB", 64, 256, 16), ("1GiB", 1 << 14, 1 << 14, 1 << 12),
-                                                  ("4TiB", 1 << 20, 1 << 20, 1 << 12)]:
-        def grow(header, payloads, rows=rows, columns=columns, rows_per_chunk=rows_per_chunk):
-            body = header["tensors"][0]["body"]
-            header["tensors"][0]["shape"] = [rows, columns]
-            body["coded_row_length"] = columns
-            body["rows_per_chunk"] = rows_per_chunk
-            body["chunk_count"] = -(-rows // rows_per_chunk)
-            body["chunks"] = [dict(body["chunks"][0]) for _ in range(body["chunk_count"])]
-            payloads[:] = payloads[:1] * body["chunk_count"]
-        bombs[f"one_symbol_{label}"] = mutate_header(small, grow)
-    return bombs
+
+    def grow(header, payloads):
+        body = header["tensors"][0]["body"]
+        header["tensors"][0]["shape"] = [rows, columns]
+        body["coded_row_length"] = columns
+        body["rows_per_chunk"] = rows_per_chunk
+        body["chunk_count"] = -(-rows // rows_per_chunk)
+        body["chunks"] = [dict(body["chunks"][0]) for _ in range(body["chunk_count"])]
+        payloads[:] = payloads[:1] * body["chunk_count"]
+    return mutate_header(small, grow)
+
+
+def output_bombs() -> dict[str, bytes]:
+    """Conforming files of a one-symbol table whose tensors are far larger than the file."""
+    return {f"one_symbol_{label}": one_symbol_file(rows, columns, rows_per_chunk)
+            for label, rows, columns, rows_per_chunk in [
+                ("64KiB", 64, 256, 16), ("1GiB", 1 << 14, 1 << 14, 1 << 12),
+                ("4TiB", 1 << 20, 1 << 20, 1 << 12)]}
 
 
 def strategy_files(count: int = 40) -> list[bytes]:

@@ -7,31 +7,17 @@ bytes can declare a tensor of 2^40 elements; the bound refuses it before allocat
 import numpy as np
 import pytest
 
-from conformance.mutators import mutate_header
+from conformance.fuzz import seeds
 from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.errors import ErrorCode, LimitExceededError, OutputTooLargeError
-from nncodec_rd.format.grids import EntropySettings, RightMatrixTransform, UniformGrid
+from nncodec_rd.format.grids import RightMatrixTransform, UniformGrid
 
 
 def one_symbol_file(tmp_path, rows: int, columns: int, rows_per_chunk: int) -> str:
     """A conforming file whose tensor ``w`` is ``rows x columns`` zeros from a one-symbol table."""
-    small = tmp_path / "small.nrd"
-    with NrdWriter(small) as writer:
-        writer.add_indices("w", np.zeros((1, 8), np.int64), UniformGrid(0.5), "float32",
-                           settings=EntropySettings(symbols_per_chunk=8))
-
-    def grow(header, payloads):
-        body = header["tensors"][0]["body"]
-        header["tensors"][0]["shape"] = [rows, columns]
-        body["coded_row_length"] = columns
-        body["rows_per_chunk"] = rows_per_chunk
-        body["chunk_count"] = -(-rows // rows_per_chunk)
-        body["chunks"] = [dict(body["chunks"][0]) for _ in range(body["chunk_count"])]
-        payloads[:] = payloads[:1] * body["chunk_count"]
-
     path = tmp_path / "big.nrd"
-    path.write_bytes(mutate_header(small.read_bytes(), grow))
+    path.write_bytes(seeds.one_symbol_file(rows, columns, rows_per_chunk))
     return str(path)
 
 
