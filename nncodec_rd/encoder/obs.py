@@ -105,7 +105,8 @@ class QuantizerSettings:
     Parameters
     ----------
     method:
-        ``"rtn"``, ``"optq"``, ``"optq-rd"`` or ``"cerwu"``.
+        ``"rtn"``, ``"optq"``, ``"optq-rd"``, ``"cerwu"``, or the transform methods
+        ``"transform"`` and ``"transform+cerwu"`` (:mod:`nncodec_rd.encoder.transform`).
     lam:
         The rate–distortion trade-off λ (loss units per bit), > 0. It sets the grid step of every
         layer (see the module docstring) and, for ``optq-rd`` and ``cerwu``, weighs the rate in
@@ -417,7 +418,15 @@ def choose_steps(problem: LayerProblem, settings: QuantizerSettings,
 
 
 def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerResult:
-    """Quantize one layer with ``settings.method`` (module docstring); a pure function."""
+    """Quantize one layer with ``settings.method`` (module docstring); a pure function.
+
+    The transform methods (:mod:`nncodec_rd.encoder.transform`) return a
+    :class:`~nncodec_rd.encoder.transform.TransformLayerResult` instead.
+    """
+    if settings.method in ("transform", "transform+cerwu"):
+        from .transform import quantize_layer_transform
+
+        return quantize_layer_transform(problem, settings)
     rows, columns = problem.weights.shape
     if settings.method == "cerwu" and problem.hessian is not None and (
             settings.per_channel or problem.row_scale is not None):

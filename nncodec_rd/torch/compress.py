@@ -22,10 +22,17 @@ from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, UniformGrid
 from ..encoder.obs import (LayerProblem, LayerResult, QuantizerSettings, layer_distortion,
                            quantize_layer)
+from ..encoder.transform import (FALLBACK_METHOD, TRANSFORM_METHODS, TransformLayerResult,
+                                 quantize_transform_group)
+from ..format.grids import RightMatrixTransform
 from ..encoder.writer import NrdWriter
 from .hessians import (collect_hessians, find_layers, first_tensor, matrix_to_stored_layout,
                        run_batch, weight_matrix)
 from .state_dict import tensor_to_numpy
+
+TRANSFORM_PREFIX = "__transform__/"
+"""Names of the matrices of transform-coded layers (spec §6.4) start with this; they are no
+parameters of the model, and :func:`load_into` skips them."""
 
 FORMAT_OF_TORCH_DTYPE = {torch.float32: "float32", torch.float16: "float16",
                          torch.bfloat16: "bfloat16"}
@@ -59,6 +66,10 @@ class CompressionResult:
     encode_seconds: float = 0.0
     lam_trials: list = field(default_factory=list)
     results: dict | None = field(default=None, repr=False)
+    transform_bytes: int = 0
+    """Payload bytes of the transform matrices (inside ``size_bytes``; 0 without transforms)."""
+    transform_layers: int = 0
+    """Layers coded as coefficients times a matrix."""
 
     @property
     def bits_per_weight(self) -> float:
@@ -74,7 +85,12 @@ class CompressionResult:
                          f"{layer.distortion:11.4g} {layer.seconds:7.2f}")
         lines.append(f"total: {self.size_bytes:,} bytes, {self.bits_per_weight:.3f} bits per coded "
                      f"weight ({self.coded_weights:,} weights), method {self.method}, "
-                     f"lambda {self.lam:.4g}; Hessians {self.hessian_seconds:.1f} s, "
+                     f"lambda {self.lam:.4g}; "
+                     + (f"transform matrices {self.transform_bytes:,} bytes "
+                        f"({8.0 * self.transform_bytes / max(self.coded_weights, 1):.3f} bits per "
+                        f"coded weight) for {self.transform_layers} layers; "
+                        if self.transform_layers else "")
+                     + f"Hessians {self.hessian_seconds:.1f} s, "
                      f"quantize+code {self.encode_seconds:.1f} s")
         return "\n".join(lines)
 
@@ -229,8 +245,77 @@ class ModelEncoder:
         """Number of weights in the quantized layers."""
         return sum(layer.problem.weights.size for layer in self.layers)
 
+    def transform_groups(self) -> list:
+        """Groups of layers that can share one transform matrix: Linear layers with one Hessian
+        and no row weights, grouped by identical Hessians (layers fed the same input, such as
+        attention's query, key and value)."""
+        if getattr(self, "_transform_groups", None) is None:
+            groups = []
+            for layer in self.layers:
+                problem = layer.problem
+                if (layer.kind != "linear" or problem.hessian is None or problem.groups != 1
+                        or problem.row_scale is not None or layer.per_channel):
+                    continue
+                for group in groups:
+                    other = group[0].problem.hessian
+                    if other.shape == problem.hessian.shape and np.array_equal(other,
+                                                                               problem.hessian):
+                        group.append(layer)
+                        break
+                else:
+                    groups.append([layer])
+            self._transform_groups = groups
+        return self._transform_groups
+
+    def _quantize_transform(self, settings: QuantizerSettings) -> dict:
+        results = {}
+        grouped = {layer.parameter for group in self.transform_groups() for layer in group}
+        for group in self.transform_groups():
+            names = ", ".join(layer.parameter for layer in group)
+            self.progress(f"{settings.method} lambda={settings.lam:.3g} [{names}]")
+            start = time.perf_counter()
+            lams = [settings.lam / layer.sensitivity for layer in group]
+            outcome = quantize_transform_group([layer.problem.weights for layer in group],
+                                               group[0].problem.hessian[0], lams,
+                                               replace(settings, per_channel=False),
+                                               cache=group[0].problem.cache)
+            seconds = (time.perf_counter() - start) / len(group)
+            chosen = list(zip(outcome.layers, [seconds] * len(group)))
+            if settings.method == "transform+cerwu":
+                # Keep the transform only where it wins the layers' objective D/λ + R
+                # (matrix bits included) against the direct method.
+                direct = [(quantize_layer(layer.problem, replace(
+                    settings, method=FALLBACK_METHOD[settings.method], lam=lam,
+                    per_channel=False)), seconds) for layer, lam in zip(group, lams)]
+                direct_objective = sum(result.distortion / lam + result.rate_bits
+                                       for (result, _), lam in zip(direct, lams))
+                if direct_objective <= outcome.objective_bits:
+                    chosen = direct
+            for layer, (result, seconds) in zip(group, chosen):
+                if isinstance(result, TransformLayerResult):
+                    result.group = outcome
+                    result.matrix_name = TRANSFORM_PREFIX + group[0].parameter
+                results[layer.parameter] = (result, seconds)
+        for number, layer in enumerate(self.layers, 1):
+            if layer.parameter in grouped:
+                continue
+            self.progress(f"[{number}/{len(self.layers)}] {settings.method} lambda="
+                          f"{settings.lam:.3g} {layer.parameter} (no transform: "
+                          f"{FALLBACK_METHOD[settings.method]})")
+            start = time.perf_counter()
+            layer_settings = replace(settings, method=FALLBACK_METHOD[settings.method],
+                                     per_channel=layer.per_channel,
+                                     lam=settings.lam / layer.sensitivity)
+            results[layer.parameter] = (quantize_layer(layer.problem, layer_settings),
+                                        time.perf_counter() - start)
+        return results
+
     def quantize(self, settings: QuantizerSettings) -> dict:
-        """Parameter name -> (LayerResult, seconds) for every layer at ``settings``."""
+        """Parameter name -> (LayerResult, seconds) for every layer at ``settings``
+        (a :class:`~nncodec_rd.encoder.transform.TransformLayerResult` for a layer coded with a
+        transform)."""
+        if settings.method in TRANSFORM_METHODS:
+            return self._quantize_transform(settings)
         results = {}
         for number, layer in enumerate(self.layers, 1):
             self.progress(f"[{number}/{len(self.layers)}] {settings.method} lambda={settings.lam:.3g} "
@@ -247,6 +332,9 @@ class ModelEncoder:
         weights = {}
         for layer in self.layers:
             result: LayerResult = results[layer.parameter][0]
+            if isinstance(result, TransformLayerResult):
+                weights[layer.parameter] = result.reconstruction.reshape(layer.stored_shape)
+                continue
             steps = result.steps.astype(np.float32)
             matrix = result.indices.astype(np.float32) * (steps[:, None] if len(steps) > 1
                                                           else steps[0])
@@ -263,12 +351,18 @@ class ModelEncoder:
         file_metadata = {"encoder": "nncodec-rd", "method": settings.method,
                          "lambda": float(settings.lam), **(metadata or {})}
         summaries = []
+        self._transform_bytes = 0
+        written_matrices = set()
         with NrdWriter(path, metadata=file_metadata) as writer:
             for key, value in self.model.state_dict().items():
                 source = self.aliases.get(key, key)
                 if source in coded:
                     layer = coded[source]
                     result, seconds = results[source]
+                    if isinstance(result, TransformLayerResult):
+                        self._write_transformed(writer, key, source, layer, result, seconds,
+                                                settings, summaries, written_matrices)
+                        continue
                     indices = result.indices
                     if layer.kind == "transposed_linear":
                         indices = np.ascontiguousarray(indices.T)
@@ -284,6 +378,32 @@ class ModelEncoder:
                 else:
                     writer.add_raw(key, tensor_to_numpy(value))
         return os.path.getsize(path), summaries
+
+    def _write_transformed(self, writer, key, source, layer, result, seconds, settings,
+                           summaries, written_matrices) -> None:
+        """The coefficients of a transform-coded layer, and its group's matrix (once)."""
+        name = result.matrix_name
+        if name not in written_matrices:
+            written_matrices.add(name)
+            group = result.group
+            matrix_bytes = writer.add_indices(
+                name, group.matrix_indices, UniformGrid(group.matrix_steps, rows_per_group=1),
+                "float32", settings=settings.entropy,
+                metadata={"role": "transform", "precision": int(group.precision)})
+            self._transform_bytes += matrix_bytes
+            summaries.append(LayerSummary(name, tuple(group.matrix_indices.shape),
+                                          "transform matrix", len(group.matrix_steps),
+                                          matrix_bytes, 8.0 * matrix_bytes
+                                          / max(group.matrix_indices.size, 1), 0.0, 0.0))
+        payload = writer.add_indices(key, result.indices, UniformGrid(result.steps), layer.dtype,
+                                     settings=settings.entropy,
+                                     transform=RightMatrixTransform(name))
+        if key == source:
+            weights = result.reconstruction.size
+            summaries.append(LayerSummary(key, layer.stored_shape, layer.kind + " (transform, "
+                                          f"K={result.indices.shape[1]})", 1, payload,
+                                          8.0 * payload / max(weights, 1), result.distortion,
+                                          seconds))
 
     def encode(self, settings: QuantizerSettings, path: str | None,
                metadata: dict | None = None) -> CompressionResult:
@@ -303,6 +423,9 @@ class ModelEncoder:
         outcome = CompressionResult(path, size, self.coded_weights, settings.method, settings.lam,
                                     summaries, self.hessian_seconds, time.perf_counter() - start)
         outcome.results = results
+        outcome.transform_bytes = getattr(self, "_transform_bytes", 0)
+        outcome.transform_layers = sum(isinstance(result, TransformLayerResult)
+                                       for result, _ in results.values())
         self.progress(f"{settings.method} lambda={settings.lam:.4g}: {size:,} bytes, "
                       f"{outcome.bits_per_weight:.3f} bits/weight", final=True)
         return outcome
@@ -342,7 +465,10 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         output), a tuple positionally, anything else as the one argument. ``None`` (only with
         ``method="rtn"``, or to use identity Hessians) means no data.
     method:
-        ``"rtn"``, ``"optq"``, ``"optq-rd"`` or ``"cerwu"`` (see :mod:`nncodec_rd.encoder.obs`).
+        ``"rtn"``, ``"optq"``, ``"optq-rd"`` or ``"cerwu"`` (see :mod:`nncodec_rd.encoder.obs`),
+        ``"transform"`` or ``"transform+cerwu"`` (:mod:`nncodec_rd.encoder.transform`: Linear
+        layers coded as coefficients times a stored matrix, spec §6.4; other layers with
+        ``optq`` and ``cerwu`` respectively).
     lam, target_bpw, target_metric:
         At most one. ``lam``: the rate–distortion trade-off. ``target_bpw``: bits per coded
         weight of the real file (found by bisection on λ within ``tolerance``, relative).
@@ -514,7 +640,8 @@ def load_into(model, path, *, strict: bool = True, threads: int | None = None):
     """
     from ..api import load_file
 
-    decoded = load_file(path, threads=threads)
+    decoded = {name: value for name, value in load_file(path, threads=threads).items()
+               if not name.startswith(TRANSFORM_PREFIX)}  # matrices of transforms, no parameters
     state_keys = set(model.state_dict().keys())
     if strict:
         missing = sorted(state_keys - set(decoded))
