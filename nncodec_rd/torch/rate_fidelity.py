@@ -97,6 +97,8 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             load_weights(workload.model, originals)
             points.append({"lam": lam, "lam_factor": factor, "bytes": outcome.size_bytes,
                            "bits_per_weight": outcome.bits_per_weight, "fidelity": fidelity,
+                           "transform_bytes": outcome.transform_bytes,
+                           "transform_layers": outcome.transform_layers,
                            "encode_seconds": outcome.encode_seconds,
                            "decode_seconds": decode_seconds})
             _progress(f"{workload.name} {method:8s} lambda x{factor:<5g} "
@@ -176,6 +178,29 @@ def run_workload(workload: Workload, folder: str, *, methods=METHODS,
     return report
 
 
+def load_report(path: str) -> dict:
+    """A report written by :func:`write_report`."""
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)
+
+
+def merge_reports(stored: dict, new: dict) -> dict:
+    """``new`` with the curves of ``stored`` for the methods ``new`` did not run (and its NNCodec
+    curve if ``new`` skipped NNCodec); the comparison is recomputed. Each curve's points keep the
+    run they came from; ``merged_from`` lists which methods came from the stored report."""
+    merged = dict(new)
+    curves = dict(stored["ours"]["curves"])
+    kept = [method for method in curves if method not in new["ours"]["curves"]]
+    curves.update(new["ours"]["curves"])
+    merged["ours"] = {**new["ours"], "curves": curves}
+    if not new["nncodec"].get("measured") and stored["nncodec"].get("measured"):
+        merged["nncodec"] = stored["nncodec"]
+        kept.append("NNCodec")
+    merged["merged_from"] = {"methods": kept, "original_fidelity": stored["original_fidelity"]}
+    merged["comparison"] = compare_at_target(merged)
+    return merged
+
+
 def write_report(report: dict, stem: str) -> None:
     """``stem.json``, ``stem.png`` (the curves) and ``stem.md`` (a table)."""
     with open(stem + ".json", "w", encoding="utf-8") as stream:
@@ -200,8 +225,11 @@ def markdown_table(report: dict) -> str:
               "| --- | --- | --- | --- | --- | --- |"]
     for method, points in report["ours"]["curves"].items():
         for point in points:
+            matrix = (f" (matrices {8.0 * point['transform_bytes'] / report['ours']['coded_weights']:.3f}"
+                      f" bits/weight, {point['transform_layers']} layers)"
+                      if point.get("transform_bytes") else "")
             lines.append(f"| {method} | λ×{point['lam_factor']:g} | "
-                         f"{point['bits_per_weight']:.3f} | {point['fidelity']:.5f} | "
+                         f"{point['bits_per_weight']:.3f}{matrix} | {point['fidelity']:.5f} | "
                          f"{point['encode_seconds']:.1f} | {point['decode_seconds']:.2f} |")
     if report["nncodec"].get("measured"):
         for point in report["nncodec"]["curve"]:
@@ -211,6 +239,9 @@ def markdown_table(report: dict) -> str:
     ours = report["ours"]
     lines += ["", f"Hessians: {ours['hessian_seconds']:.1f} s, layer sensitivities: "
                   f"{ours['sensitivity_seconds']:.1f} s, {ours['coded_weights']:,} coded weights.",
+              *([f"Curves of {', '.join(report['merged_from']['methods'])} are from the stored "
+                 f"results of an earlier run (merged with --merge)."]
+                if report.get("merged_from") else []),
               f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
               f"Python {report['machine']['python']}, torch {report['machine']['torch']}.", ""]
     return "\n".join(lines)
@@ -259,6 +290,9 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                         help="NNCodec quantization parameters ('' to skip NNCodec)")
     parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 λ, no NNCodec")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the stored results (OUTPUT.json) of the methods not run now, "
+                             "and its NNCodec curve if NNCodec is skipped")
     arguments = parser.parse_args(argv)
     factors = [float(f) for f in arguments.lam_factors.split(",")]
     chosen_qps = [int(q) for q in arguments.qps.split(",") if q.strip()]
@@ -270,6 +304,8 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
         report = run_workload(workload, folder, methods=arguments.methods.split(","),
                               lam_factors=factors, qps=chosen_qps,
                               nncodec_python=arguments.nncodec_python)
+    if arguments.merge and os.path.exists(arguments.output + ".json"):
+        report = merge_reports(load_report(arguments.output + ".json"), report)
     write_report(report, arguments.output)
     with open(arguments.output + ".md", encoding="utf-8") as stream:
         print(stream.read())
