@@ -47,6 +47,9 @@ from ..format.errors import ChecksumMismatchError, EncoderError, ErrorCode, erro
 from ..format.layout import RowGeometry, chunk_extents
 from .compress import load_into
 
+#: A value table (decoded value per symbol and step group) is kept only if it takes at most
+#: 1/VALUE_TABLE_FRACTION of the decoded tensor.
+VALUE_TABLE_FRACTION = 16
 #: Alignment of decoded buffers: torch's CPU allocator aligns parameters to 64 bytes, and some
 #: BLAS kernels round differently for differently aligned operands.
 ALIGNMENT_BYTES = 64
@@ -138,8 +141,9 @@ class CompressedWeight(torch.nn.Module):
         self._index_offset = int(body.index_offset)
         frequencies = np.array([table.frequencies for table in body.tables], dtype=np.int64)
         frequencies = frequencies.reshape(body.context_count, body.alphabet_size)
-        self._slot_symbols, self._symbol_info = kernels.build_symbol_tables(
-            frequencies, body.precision_bits)
+        # The slot table (2^precision_bits entries per context) would outweigh a small layer's
+        # payload; it is rebuilt at each decode instead (microseconds), from the frequencies.
+        self._frequencies = frequencies
         self._escape_symbol = (body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL
                                else -1)
         self._symbol_contexts = kernels.contexts_of_symbols(
@@ -162,6 +166,11 @@ class CompressedWeight(torch.nn.Module):
         self._value_table, invalid = kernels.build_value_table(
             body.alphabet_size, body.index_offset, int(body.grid_kind), group_count, self._steps,
             self._zero_points, self._codebook, self._codebook_first, self._output_kind)
+        if self._value_table.nbytes * VALUE_TABLE_FRACTION > self.decoded_bytes:
+            # A table per step group (an embedding with a step per row) can be larger than the
+            # tensor: compute values per symbol instead, which gives the same bits
+            # (kernels.build_value_table).
+            self._value_table = self._value_table[:0]
         decodable = frequencies.max(axis=0) > 0 if frequencies.size else np.zeros(0, bool)
         self._invalid_symbols = invalid if np.any(invalid.astype(bool) & decodable) else invalid[:0]
         self._errors = np.zeros((len(sizes), 2), dtype=np.int64)
@@ -170,6 +179,13 @@ class CompressedWeight(torch.nn.Module):
     def compressed_bytes(self) -> int:
         """Bytes of chunk payloads held in memory."""
         return int(self.payload.nbytes)
+
+    @property
+    def table_bytes(self) -> int:
+        """Bytes of the decoding tables and per-chunk arrays held between decodes (the slot
+        table is rebuilt at each decode and not counted: it lives only during one)."""
+        return sum(value.nbytes for key, value in vars(self).items()
+                   if key.startswith("_") and isinstance(value, np.ndarray))
 
     @property
     def chunk_count(self) -> int:
@@ -190,11 +206,13 @@ class CompressedWeight(torch.nn.Module):
             out_starts = self._chunk_out_starts[chunks]
             errors = np.zeros((len(chunks), 2), dtype=np.int64)
         errors[:] = 0
+        slot_symbols, symbol_info = kernels.build_symbol_tables(self._frequencies,
+                                                                self._precision_bits)
         kernels.decode_chunks(self.payload, offsets, sizes, first_rows, counts, out_starts,
                               self.row_length, self._lane_count, self._precision_bits,
                               self._context_model, self._context_count, self._context_center,
-                              self._escape_symbol, self._index_offset, self._slot_symbols,
-                              self._symbol_info, self._symbol_contexts, self._grid_kind,
+                              self._escape_symbol, self._index_offset, slot_symbols,
+                              symbol_info, self._symbol_contexts, self._grid_kind,
                               self._rows_per_group, self._steps, self._zero_points,
                               self._codebook, self._codebook_first, self._value_table,
                               self._invalid_symbols, self._output_kind, flat, errors)
@@ -258,13 +276,24 @@ class LazyWeights:
         return {"decodes": self._decodes, "decode_seconds": self._decode_seconds,
                 "decoded_bytes": self._decoded_bytes, "cache_hits": self._hits,
                 "partial_decodes": self._partial,
-                "compressed_bytes": self.compressed_bytes, "cached_bytes": self._cached_bytes,
+                "compressed_bytes": self.compressed_bytes, "table_bytes": self.table_bytes,
+                "cached_bytes": self._cached_bytes,
                 "scratch_bytes": self._scratch[2] if self._scratch else 0}
 
     @property
     def compressed_bytes(self) -> int:
         """Chunk payloads held by all lazy weights."""
         return sum(weight.compressed_bytes for weight in self.weights)
+
+    @property
+    def table_bytes(self) -> int:
+        """Decoding tables held by all lazy weights (see :attr:`CompressedWeight.table_bytes`)."""
+        return sum(weight.table_bytes for weight in self.weights)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of all lazy weights decoded (a ``cache_bytes`` that keeps every one)."""
+        return sum(weight.decoded_bytes for weight in self.weights)
 
     @property
     def largest_decoded_bytes(self) -> int:
