@@ -269,13 +269,15 @@ class LazyWeights:
         self._decoded_bytes = 0
         self._hits = 0
         self._partial = 0
+        self._fresh = 0
 
     def stats(self) -> dict:
         """Decodes done, time spent in them, bytes decoded, cache hits, decodes of selected
-        chunks only (embedding rows), bytes held (compressed, cached, scratch)."""
+        chunks only (embedding rows), decodes into new memory because a tensor decoded earlier
+        still used the scratch buffer, bytes held (compressed, tables, cached, scratch)."""
         return {"decodes": self._decodes, "decode_seconds": self._decode_seconds,
                 "decoded_bytes": self._decoded_bytes, "cache_hits": self._hits,
-                "partial_decodes": self._partial,
+                "partial_decodes": self._partial, "scratch_busy": self._fresh,
                 "compressed_bytes": self.compressed_bytes, "table_bytes": self.table_bytes,
                 "cached_bytes": self._cached_bytes,
                 "scratch_bytes": self._scratch[2] if self._scratch else 0}
@@ -328,6 +330,7 @@ class LazyWeights:
             # its baseline, no tensor, view of one or autograd record uses the buffer any more.
             if sys.getrefcount(raw) == self._scratch_refs:
                 return raw[offset:offset + nbytes]
+            self._fresh += 1
         raw, offset = _aligned_empty(nbytes)
         return raw[offset:offset + nbytes]
 

@@ -80,6 +80,7 @@ def test_tiny_mlp_lazy_equals_eager(mlp_file, cache_bytes):
                 assert torch.equal(lazy(batch), eager(batch))
     stats = lazy_weights(lazy).stats()
     assert stats["cached_bytes"] <= cache_bytes
+    assert stats["scratch_busy"] == 0  # a forward never holds two decoded weights
     if cache_bytes >= 8192 + 4096:  # both weights fit: decoded once each (while loading)
         assert stats["decodes"] == 0 and stats["cache_hits"] == 2 * 2 * len(batches)
     elif cache_bytes == 0:
@@ -115,6 +116,7 @@ def test_weights_read_outside_forward_are_right_and_stay_right(mlp_file):
     second = lazy[2].weight
     assert torch.equal(first, eager[0].weight)
     assert torch.equal(second, eager[2].weight)
+    assert lazy_weights(lazy).stats()["scratch_busy"] >= 2  # decoded elsewhere while held
     assert first.data_ptr() % 64 == 0 and first.is_contiguous()
 
 
