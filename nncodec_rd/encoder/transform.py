@@ -55,7 +55,7 @@ FALLBACK_METHOD = {"transform": "optq", "transform+cerwu": "cerwu"}
 """The method used for a layer that cannot take a transform (no Hessian, grouped convolution,
 row-weighted embedding, transposed storage)."""
 
-MATRIX_PRECISIONS = (4, 5, 6, 7, 8, 9, 10)
+MATRIX_PRECISIONS = (4, 5, 6, 7, 8)
 """Candidate ``b`` of the matrix grid ``δ_k = Δ_k 2^-b``."""
 
 # Rate of an entropy-coded uniform quantizer above the Shannon bound at high rate:
