@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test docs fuzz fuzz-long bench bench-rd clean
+.PHONY: setup demo test docs fuzz fuzz-long bench bench-rd bench-lazy clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench-rd: $(VENV)/.demo-installed .venv-nncodec/bin/python
 	mkdir -p bench/results
 	$(PY) bench/digits_rate_fidelity.py
 	$(PY) bench/minilm_rate_fidelity.py
+
+# Inference-time decoding: latency and memory, eager vs lazy (docs/lazy-inference.md; about 6 minutes).
+bench-lazy: $(VENV)/.demo-installed
+	mkdir -p bench/results
+	$(PY) bench/lazy_inference.py
 
 clean:
 	rm -rf $(VENV) out .hypothesis .pytest_cache docs/_build
