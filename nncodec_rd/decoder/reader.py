@@ -78,6 +78,110 @@ def _metadata_dict(metadata) -> dict:
             for entry in metadata.entries}
 
 
+@dataclass(frozen=True)
+class ChunkDecoder:
+    """The decoding tables of one rANS-coded tensor for one output kind (spec §6.1-§6.2,
+    §7.4-§7.6), derived once from its record; :meth:`decode` runs the chunk kernel, in parallel
+    over chunks, on any buffer holding the tensor's chunks (the mapped file, or a copy of its
+    payloads kept in memory for inference-time decoding)."""
+
+    field: str
+    row_length: int
+    lane_count: int
+    precision_bits: int
+    context_model: int
+    context_count: int
+    context_center: int
+    escape_symbol: int
+    index_offset: int
+    frequencies: np.ndarray
+    symbol_contexts: np.ndarray
+    grid_kind: int
+    rows_per_group: int
+    steps: np.ndarray
+    zero_points: np.ndarray
+    codebook: np.ndarray
+    codebook_first: int
+    value_table: np.ndarray
+    invalid_symbols: np.ndarray
+    output_kind: int
+
+    @classmethod
+    def of_record(cls, record, position: int, output_kind: int,
+                  max_value_table_bytes: int | None = None) -> "ChunkDecoder":
+        """The tables of ``record`` (tensor number ``position``). A value table above
+        ``max_value_table_bytes`` is left out: the kernel then computes each value from the
+        grid, with the same bits (a table per step group can outweigh a small tensor)."""
+        body = record.body
+        rows = RowGeometry.of_shape(record.shape).rows
+        frequencies = np.array([table.frequencies for table in body.tables], dtype=np.int64)
+        frequencies = frequencies.reshape(body.context_count, body.alphabet_size)
+        escape_symbol = body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL else -1
+        symbol_contexts = kernels.contexts_of_symbols(body.alphabet_size, body.index_offset,
+                                                      int(body.context_model), body.context_count,
+                                                      body.context_center, escape_symbol)
+        if body.grid_kind == GridKind.UNIFORM:
+            grid = body.grid
+            steps = np.array(grid.steps, dtype=np.float32)
+            zero_points = (np.array(grid.zero_points, dtype=np.int64) if grid.has_zero_point
+                           else np.zeros(grid.group_count, dtype=np.int64))
+            codebook, codebook_first = np.zeros(0, np.float32), 0
+            # rows_per_group is a u64 (spec §6.1); any value >= rows means one group, so it is
+            # clamped to rows to reach the kernels as an int64 however large the file says.
+            rows_per_group, group_count = min(grid.rows_per_group, max(rows, 1)), grid.group_count
+        else:
+            steps, zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
+            codebook = np.array(body.grid.codebook_values, dtype=np.float32)
+            codebook_first, rows_per_group, group_count = body.grid.first_index, 0, 1
+        value_table, invalid_symbols = kernels.build_value_table(
+            body.alphabet_size, body.index_offset, int(body.grid_kind), group_count, steps,
+            zero_points, codebook, codebook_first, output_kind)
+        if max_value_table_bytes is not None and value_table.nbytes > max_value_table_bytes:
+            value_table = value_table[:0]
+        # A codebook index check is needed only if a symbol outside the codebook can be decoded.
+        decodable = frequencies.max(axis=0) > 0 if frequencies.size else np.zeros(0, bool)
+        if not np.any(invalid_symbols.astype(bool) & decodable):
+            invalid_symbols = invalid_symbols[:0]  # an empty array turns the kernel's check off
+        return cls(f"header.tensors[{position}].body.chunks", int(body.coded_row_length),
+                   int(body.lane_count), int(body.precision_bits), int(body.context_model),
+                   int(body.context_count), int(body.context_center), escape_symbol,
+                   int(body.index_offset), frequencies, symbol_contexts, int(body.grid_kind),
+                   int(rows_per_group), steps, zero_points, codebook, int(codebook_first),
+                   value_table, invalid_symbols, output_kind)
+
+    @property
+    def table_bytes(self) -> int:
+        """Bytes of the tables held (the slot table is built at each decode, not held)."""
+        return sum(value.nbytes for value in vars(self).values() if isinstance(value, np.ndarray))
+
+    def decode(self, buffer: np.ndarray, offsets, sizes, first_rows, counts, out_starts,
+               out: np.ndarray, chunk_numbers, file_offsets=None) -> None:
+        """Decode the chunks at ``offsets``/``sizes`` of ``buffer`` into ``out`` (flat, the
+        output kind's dtype; chunk ``k`` from ``out_starts[k]``). Faults raise the typed error
+        naming chunk ``chunk_numbers[k]``, at its byte offset in the file (``file_offsets`` are
+        the chunks' file offsets when ``buffer`` is not the file)."""
+        slot_symbols, symbol_info = kernels.build_symbol_tables(self.frequencies,
+                                                                self.precision_bits)
+        errors = np.zeros((len(offsets), 2), dtype=np.int64)
+        kernels.decode_chunks(buffer, offsets, sizes, first_rows, counts, out_starts,
+                              self.row_length, self.lane_count, self.precision_bits,
+                              self.context_model, self.context_count, self.context_center,
+                              self.escape_symbol, self.index_offset, slot_symbols, symbol_info,
+                              self.symbol_contexts, self.grid_kind, self.rows_per_group,
+                              self.steps, self.zero_points, self.codebook, self.codebook_first,
+                              self.value_table, self.invalid_symbols, self.output_kind, out,
+                              errors)
+        failed = np.flatnonzero(errors[:, 0])
+        if len(failed):
+            k = int(failed[0])
+            code = ErrorCode(int(errors[k, 0]))
+            at = int(errors[k, 1])
+            if file_offsets is not None:
+                at += int(file_offsets[k]) - int(offsets[k])
+            raise error_for_code(code, _KERNEL_MESSAGES[code],
+                                 field=f"{self.field}[{int(chunk_numbers[k])}]", offset=at)
+
+
 class NrdFile:
     """A lazily decoded .nrd file (use :func:`nncodec_rd.safe_open`).
 
@@ -357,33 +461,7 @@ class NrdFile:
         first_rows = np.array([extents[k].first_row for k in selected], dtype=np.int64)
         counts = np.array([extents[k].symbol_count for k in selected], dtype=np.int64)
         out_starts = np.array([extents[k].first_symbol - base_symbol for k in selected], np.int64)
-        frequencies = np.array([table.frequencies for table in body.tables], dtype=np.int64)
-        frequencies = frequencies.reshape(body.context_count, body.alphabet_size)
-        slot_symbols, symbol_info = kernels.build_symbol_tables(frequencies, body.precision_bits)
-        escape_symbol = body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL else -1
-        symbol_contexts = kernels.contexts_of_symbols(body.alphabet_size, body.index_offset,
-                                                      int(body.context_model), body.context_count,
-                                                      body.context_center, escape_symbol)
-        if body.grid_kind == GridKind.UNIFORM:
-            grid = body.grid
-            steps = np.array(grid.steps, dtype=np.float32)
-            zero_points = (np.array(grid.zero_points, dtype=np.int64) if grid.has_zero_point
-                           else np.zeros(grid.group_count, dtype=np.int64))
-            codebook, codebook_first = np.zeros(0, np.float32), 0
-            # rows_per_group is a u64 (spec §6.1); any value >= rows means one group, so it is
-            # clamped to rows to reach the kernels as an int64 however large the file says.
-            rows_per_group, group_count = min(grid.rows_per_group, max(rows, 1)), grid.group_count
-        else:
-            steps, zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
-            codebook = np.array(body.grid.codebook_values, dtype=np.float32)
-            codebook_first, rows_per_group, group_count = body.grid.first_index, 0, 1
-        value_table, invalid_symbols = kernels.build_value_table(
-            body.alphabet_size, body.index_offset, int(body.grid_kind), group_count, steps,
-            zero_points, codebook, codebook_first, output_kind)
-        # A codebook index check is needed only if a symbol outside the codebook can be decoded.
-        decodable = frequencies.max(axis=0) > 0 if frequencies.size else np.zeros(0, bool)
-        if not np.any(invalid_symbols.astype(bool) & decodable):
-            invalid_symbols = invalid_symbols[:0]  # an empty array turns the kernel's check off
+        decoder = ChunkDecoder.of_record(record, position, output_kind)
         lo = (start_row - first_row) * row_length
         hi = (stop_row - first_row) * row_length
         if destination is not None and (lo, hi) == (0, total):
@@ -395,23 +473,8 @@ class NrdFile:
             out = np.empty(total, dtype={kernels.OUTPUT_INDEX: np.int32,
                                          kernels.OUTPUT_FLOAT32: np.float32}.get(output_kind,
                                                                                  np.uint16))
-        errors = np.zeros((len(selected), 2), dtype=np.int64)
         self._apply_threads()
-        kernels.decode_chunks(self._buffer, offsets, sizes, first_rows, counts, out_starts,
-                              row_length, body.lane_count, body.precision_bits,
-                              int(body.context_model), body.context_count, body.context_center,
-                              escape_symbol, body.index_offset, slot_symbols, symbol_info,
-                              symbol_contexts,
-                              int(body.grid_kind), rows_per_group, steps, zero_points, codebook,
-                              codebook_first, value_table, invalid_symbols,
-                              output_kind, out, errors)
-        failed = np.flatnonzero(errors[:, 0])
-        if len(failed):
-            k = int(failed[0])
-            code = ErrorCode(int(errors[k, 0]))
-            raise error_for_code(code, _KERNEL_MESSAGES[code],
-                                 field=f"header.tensors[{position}].body.chunks[{selected[k]}]",
-                                 offset=int(errors[k, 1]))
+        decoder.decode(self._buffer, offsets, sizes, first_rows, counts, out_starts, out, selected)
         if destination is not None and out is not destination:
             destination[:] = out[lo:hi]
             return destination
@@ -448,4 +511,4 @@ _KERNEL_MESSAGES = {
     ErrorCode.INDEX_OUT_OF_RANGE: "an index falls outside the codebook",
 }
 
-__all__ = ["NrdFile", "TensorInfo", "numpy_dtype"]
+__all__ = ["ChunkDecoder", "NrdFile", "TensorInfo", "numpy_dtype"]

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from ..decoder import kernels
-from ..decoder.reader import NrdFile, numpy_dtype
+from ..decoder.reader import ChunkDecoder, NrdFile, numpy_dtype
 from ..format.checksum import crc32c
-from ..format.constants import Coding, EscapeMode, GridKind, TensorDtype, TransformKind
-from ..format.errors import ChecksumMismatchError, EncoderError, ErrorCode, error_for_code
+from ..format.constants import Coding, TensorDtype, TransformKind
+from ..format.errors import ChecksumMismatchError, EncoderError, ErrorCode
 from ..format.layout import RowGeometry, chunk_extents
 from .compress import load_into
 
@@ -59,14 +59,6 @@ _TORCH_DTYPES = {TensorDtype.FLOAT32: torch.float32, TensorDtype.FLOAT16: torch.
 _OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
                 TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
                 TensorDtype.BFLOAT16: kernels.OUTPUT_BFLOAT16}
-_KERNEL_MESSAGES = {
-    ErrorCode.STREAM_TRUNCATED: "the rANS stream ends before all symbols are decoded",
-    ErrorCode.STREAM_TRAILING_DATA: "bytes are left in the rANS stream after the last symbol",
-    ErrorCode.RANS_STATE_OUT_OF_RANGE: "an initial lane state is below 2^16",
-    ErrorCode.RANS_FINAL_STATE: "a lane does not end in the state 2^16",
-    ErrorCode.ESCAPE_MISMATCH: "escaped indices do not match the escape symbols decoded",
-    ErrorCode.INDEX_OUT_OF_RANGE: "an index falls outside the codebook",
-}
 
 
 def _aligned_empty(nbytes: int) -> tuple[np.ndarray, int]:
@@ -126,54 +118,19 @@ class CompressedWeight(torch.nn.Module):
                     offset=chunk.offset, expected=chunk.crc32c, actual=actual,
                     code=ErrorCode.CHECKSUM_PAYLOAD)
             self.payload[starts[k]:starts[k] + chunk.size] = data
-        self._field = f"header.tensors[{position}].body.chunks"
         self._chunk_offsets = starts
         self._chunk_sizes = sizes
         self._chunk_first_rows = np.array([e.first_row for e in extents], dtype=np.int64)
         self._chunk_symbol_counts = np.array([e.symbol_count for e in extents], dtype=np.int64)
         self._chunk_out_starts = np.array([e.first_symbol for e in extents], dtype=np.int64)
-        # The tables of NrdFile._decode_chunks, built once instead of at every decode.
-        self._lane_count = int(body.lane_count)
-        self._precision_bits = int(body.precision_bits)
-        self._context_model = int(body.context_model)
-        self._context_count = int(body.context_count)
-        self._context_center = int(body.context_center)
-        self._index_offset = int(body.index_offset)
-        frequencies = np.array([table.frequencies for table in body.tables], dtype=np.int64)
-        frequencies = frequencies.reshape(body.context_count, body.alphabet_size)
-        # The slot table (2^precision_bits entries per context) would outweigh a small layer's
-        # payload; it is rebuilt at each decode instead (microseconds), from the frequencies.
-        self._frequencies = frequencies
-        self._escape_symbol = (body.alphabet_size - 1 if body.escape_mode == EscapeMode.LAST_SYMBOL
-                               else -1)
-        self._symbol_contexts = kernels.contexts_of_symbols(
-            body.alphabet_size, body.index_offset, int(body.context_model), body.context_count,
-            body.context_center, self._escape_symbol)
-        self._grid_kind = int(body.grid_kind)
-        if body.grid_kind == GridKind.UNIFORM:
-            grid = body.grid
-            self._steps = np.array(grid.steps, dtype=np.float32)
-            self._zero_points = (np.array(grid.zero_points, dtype=np.int64) if grid.has_zero_point
-                                 else np.zeros(grid.group_count, dtype=np.int64))
-            self._codebook, self._codebook_first = np.zeros(0, np.float32), 0
-            self._rows_per_group, group_count = int(grid.rows_per_group), int(grid.group_count)
-        else:
-            self._steps, self._zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
-            self._codebook = np.array(body.grid.codebook_values, dtype=np.float32)
-            self._codebook_first, self._rows_per_group, group_count = \
-                int(body.grid.first_index), 0, 1
+        self._chunk_file_offsets = np.array([chunk.offset for chunk in body.chunks], np.int64)
+        # The decoder's tables, built once; a value table per step group (an embedding with a
+        # step per row) can outweigh the tensor, and is then left out (same bits, see
+        # ChunkDecoder.of_record).
         self._output_kind = _OUTPUT_KIND[self.dtype]
-        self._value_table, invalid = kernels.build_value_table(
-            body.alphabet_size, body.index_offset, int(body.grid_kind), group_count, self._steps,
-            self._zero_points, self._codebook, self._codebook_first, self._output_kind)
-        if self._value_table.nbytes * VALUE_TABLE_FRACTION > self.decoded_bytes:
-            # A table per step group (an embedding with a step per row) can be larger than the
-            # tensor: compute values per symbol instead, which gives the same bits
-            # (kernels.build_value_table).
-            self._value_table = self._value_table[:0]
-        decodable = frequencies.max(axis=0) > 0 if frequencies.size else np.zeros(0, bool)
-        self._invalid_symbols = invalid if np.any(invalid.astype(bool) & decodable) else invalid[:0]
-        self._errors = np.zeros((len(sizes), 2), dtype=np.int64)
+        self._decoder = ChunkDecoder.of_record(
+            record, position, self._output_kind,
+            max_value_table_bytes=self.decoded_bytes // VALUE_TABLE_FRACTION)
 
     @property
     def compressed_bytes(self) -> int:
@@ -184,8 +141,9 @@ class CompressedWeight(torch.nn.Module):
     def table_bytes(self) -> int:
         """Bytes of the decoding tables and per-chunk arrays held between decodes (the slot
         table is rebuilt at each decode and not counted: it lives only during one)."""
-        return sum(value.nbytes for key, value in vars(self).items()
-                   if key.startswith("_") and isinstance(value, np.ndarray))
+        return self._decoder.table_bytes + sum(
+            value.nbytes for key, value in vars(self).items()
+            if key.startswith("_chunk") and isinstance(value, np.ndarray))
 
     @property
     def chunk_count(self) -> int:
@@ -196,33 +154,11 @@ class CompressedWeight(torch.nn.Module):
         byte array of ``decoded_bytes`` bytes, each chunk at its place in the tensor; in parallel
         over chunks (:func:`nncodec_rd.decoder.kernels.decode_chunks`)."""
         flat = out.view(np.float32 if self._output_kind == kernels.OUTPUT_FLOAT32 else np.uint16)
-        if chunks is None:
-            offsets, sizes = self._chunk_offsets, self._chunk_sizes
-            first_rows, counts = self._chunk_first_rows, self._chunk_symbol_counts
-            out_starts, errors = self._chunk_out_starts, self._errors
-        else:
-            offsets, sizes = self._chunk_offsets[chunks], self._chunk_sizes[chunks]
-            first_rows, counts = self._chunk_first_rows[chunks], self._chunk_symbol_counts[chunks]
-            out_starts = self._chunk_out_starts[chunks]
-            errors = np.zeros((len(chunks), 2), dtype=np.int64)
-        errors[:] = 0
-        slot_symbols, symbol_info = kernels.build_symbol_tables(self._frequencies,
-                                                                self._precision_bits)
-        kernels.decode_chunks(self.payload, offsets, sizes, first_rows, counts, out_starts,
-                              self.row_length, self._lane_count, self._precision_bits,
-                              self._context_model, self._context_count, self._context_center,
-                              self._escape_symbol, self._index_offset, slot_symbols,
-                              symbol_info, self._symbol_contexts, self._grid_kind,
-                              self._rows_per_group, self._steps, self._zero_points,
-                              self._codebook, self._codebook_first, self._value_table,
-                              self._invalid_symbols, self._output_kind, flat, errors)
-        failed = np.flatnonzero(errors[:, 0])
-        if len(failed):
-            k = int(failed[0])
-            number = int(chunks[k]) if chunks is not None else k
-            code = ErrorCode(int(errors[k, 0]))
-            raise error_for_code(code, _KERNEL_MESSAGES.get(code, code.slug),
-                                 field=f"{self._field}[{number}]", offset=None)
+        chunks = np.arange(self.chunk_count) if chunks is None else np.asarray(chunks, np.int64)
+        self._decoder.decode(self.payload, self._chunk_offsets[chunks], self._chunk_sizes[chunks],
+                             self._chunk_first_rows[chunks], self._chunk_symbol_counts[chunks],
+                             self._chunk_out_starts[chunks], flat, chunks,
+                             file_offsets=self._chunk_file_offsets[chunks])
 
     def chunks_of_rows(self, rows: np.ndarray) -> np.ndarray:
         """Chunk numbers (sorted, unique) holding the given first-dimension rows; rows out of
