@@ -209,13 +209,15 @@ def inverse_cholesky_upper(hessian: np.ndarray) -> np.ndarray:
     ``J L⁻¹ J`` is upper triangular, so one factorisation and one triangular inverse suffice
     (no explicit inverse of ``H``).
     """
-    reversed_hessian = torch.from_numpy(np.ascontiguousarray(hessian[::-1, ::-1]))
+    # a copy, not np.ascontiguousarray: a 1 x 1 view counts as contiguous and keeps its
+    # negative strides, which torch refuses
+    reversed_hessian = torch.from_numpy(hessian[::-1, ::-1].copy())
     lower, info = torch.linalg.cholesky_ex(reversed_hessian)
     if int(info) != 0:
         raise np.linalg.LinAlgError("not positive definite")
     identity = torch.eye(len(hessian), dtype=lower.dtype)
     inverse_lower = torch.linalg.solve_triangular(lower, identity, upper=False)
-    return np.ascontiguousarray(inverse_lower.numpy()[::-1, ::-1])
+    return inverse_lower.numpy()[::-1, ::-1].copy()
 
 
 def factor_with_retries(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray,

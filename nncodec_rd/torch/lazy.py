@@ -45,7 +45,7 @@ from ..format.checksum import crc32c
 from ..format.constants import Coding, TensorDtype, TransformKind
 from ..format.errors import ChecksumMismatchError, EncoderError, ErrorCode
 from ..format.layout import RowGeometry, chunk_extents
-from .compress import load_into
+from .compress import TRANSFORM_PREFIX, load_into
 
 #: A value table (decoded value per symbol and step group) is kept only if it takes at most
 #: 1/VALUE_TABLE_FRACTION of the decoded tensor.
@@ -444,7 +444,9 @@ def load_compressed(model, path, mode: str = "lazy", cache_bytes: int = 0,
     path = os.fspath(path)
     context = LazyWeights(cache_bytes=cache_bytes, threads=threads)
     with NrdFile(path, threads=threads) as handle:
-        file_keys = set(handle.keys())
+        # transform matrices (method "transform") are not parameters: their layers are decoded
+        # eagerly below (_can_stay_compressed keeps only untransformed tensors compressed)
+        file_keys = {key for key in handle.keys() if not key.startswith(TRANSFORM_PREFIX)}
         state = model.state_dict(keep_vars=True)
         if strict:
             missing = sorted(set(state) - file_keys)

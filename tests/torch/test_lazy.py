@@ -249,3 +249,17 @@ def test_eager_mode_is_load_into(mlp_file):
     for key, value in reference.state_dict().items():
         assert torch.equal(eager.state_dict()[key], value)
     assert np.isfinite(eager(batches[0]).detach().numpy()).all()
+
+
+def test_a_transform_coded_file_loads_with_its_transformed_layers_decoded_now(tmp_path):
+    """Files of method "transform" hold matrices that are no parameters; the layers they
+    multiply are decoded at load (lazy weights hold untransformed tensors only)."""
+    model, batches = tiny_mlp()
+    compress(model, batches, method="transform", lam=1e-4, path=tmp_path / "t.nrd",
+             progress=False)
+    eager, _ = tiny_mlp()
+    load_compressed(eager, tmp_path / "t.nrd", mode="eager")
+    lazy, _ = tiny_mlp()
+    load_compressed(lazy, tmp_path / "t.nrd", mode="lazy")
+    with torch.no_grad():
+        assert torch.equal(eager(batches[0]), lazy(batches[0]))
