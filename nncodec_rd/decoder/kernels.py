@@ -404,15 +404,20 @@ def right_matrix_product(coefficients, matrix, output_kind, out_f32, out_u16):
     rows, inner = coefficients.shape
     columns = matrix.shape[1]
     for r in prange(rows):
+        # A whole row of running sums, k outermost: every sum still takes its products in
+        # increasing k, one rounding each (spec §6.4), but the matrix is read row by row and
+        # the j loop has independent lanes that vectorize (no reassociation, no FMA).
+        totals = np.zeros(columns, dtype=np.float64)
+        for k in range(inner):
+            coefficient = np.float64(coefficients[r, k])
+            for j in range(columns):
+                totals[j] += coefficient * np.float64(matrix[k, j])
         row_bits = np.empty(columns, dtype=np.float32)
         for j in range(columns):
-            total = 0.0
-            for k in range(inner):
-                total += np.float64(coefficients[r, k]) * np.float64(matrix[k, j])
-            if total != total:
+            if totals[j] != totals[j]:
                 row_bits[j] = CANONICAL_NAN  # spec §6.4: one NaN pattern for every decoder
             else:
-                row_bits[j] = np.float32(total)
+                row_bits[j] = np.float32(totals[j])
         if output_kind == OUTPUT_FLOAT32:
             for j in range(columns):
                 out_f32[r * columns + j] = row_bits[j]
