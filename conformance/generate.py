@@ -16,6 +16,7 @@ SHA-256 of every decoded tensor, and for invalid files the error code a decoder 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import struct
@@ -488,6 +489,7 @@ def _small_model() -> bytes:
 # Invalid files. Each breaks one rule of a small base file; the comments name the rule.
 # ---------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def invalid_base() -> bytes:
     """A small file with a 2-chunk coded tensor with escapes and PREVIOUS_INDEX contexts, a
     codebook tensor, a raw tensor, file and tensor metadata."""
@@ -867,7 +869,7 @@ def _string_surrogate() -> bytes:
     return patch(data, end - 3, b"\xed\xa0\x80")
 
 
-def _count_patch(path: str, value: int, width: int):
+def _count_patch(path: str, value: int):
     def build() -> bytes:
         data = invalid_base()
         start, end = field_offset(data, path)
@@ -893,7 +895,7 @@ for _name, _path, _value, _description in [
      "chunk_count 2^24 + 1"),
 ]:
     invalid(_name, ErrorCode.LIMIT_EXCEEDED, ("4.8", "9"),
-            f"{_description}, checked as soon as it is read")(_count_patch(_path, _value, 0))
+            f"{_description}, checked as soon as it is read")(_count_patch(_path, _value))
 
 
 def _chunk_edit(edit, position: int = 0):
