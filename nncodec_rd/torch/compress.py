@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from ..format.errors import EncoderError
-from ..format.grids import EntropySettings, UniformGrid
+from ..format.grids import EntropySettings, RightMatrixTransform, UniformGrid
 from ..encoder.obs import (LayerProblem, LayerResult, QuantizerSettings, layer_distortion,
                            quantize_layer)
 from ..encoder.transform import (FALLBACK_METHOD, TRANSFORM_METHODS, TransformLayerResult,
                                  quantize_transform_group)
-from ..format.grids import RightMatrixTransform
 from ..encoder.writer import NrdWriter
 from .hessians import (collect_hessians, find_layers, first_tensor, matrix_to_stored_layout,
                        run_batch, weight_matrix)
@@ -33,6 +32,8 @@ from .state_dict import tensor_to_numpy
 TRANSFORM_PREFIX = "__transform__/"
 """Names of the matrices of transform-coded layers (spec §6.4) start with this; they are no
 parameters of the model, and :func:`load_into` skips them."""
+
+TRANSFORM_MATRIX_KIND = "transform matrix"  # LayerSummary.kind of a transform's matrix
 
 FORMAT_OF_TORCH_DTYPE = {torch.float32: "float32", torch.float16: "float16",
                          torch.bfloat16: "bfloat16"}
@@ -351,7 +352,6 @@ class ModelEncoder:
         file_metadata = {"encoder": "nncodec-rd", "method": settings.method,
                          "lambda": float(settings.lam), **(metadata or {})}
         summaries = []
-        self._transform_bytes = 0
         written_matrices = set()
         with NrdWriter(path, metadata=file_metadata) as writer:
             for key, value in self.model.state_dict().items():
@@ -390,9 +390,8 @@ class ModelEncoder:
                 name, group.matrix_indices, UniformGrid(group.matrix_steps, rows_per_group=1),
                 "float32", settings=settings.entropy,
                 metadata={"role": "transform", "precision": int(group.precision)})
-            self._transform_bytes += matrix_bytes
             summaries.append(LayerSummary(name, tuple(group.matrix_indices.shape),
-                                          "transform matrix", len(group.matrix_steps),
+                                          TRANSFORM_MATRIX_KIND, len(group.matrix_steps),
                                           matrix_bytes, 8.0 * matrix_bytes
                                           / max(group.matrix_indices.size, 1), 0.0, 0.0))
         payload = writer.add_indices(key, result.indices, UniformGrid(result.steps), layer.dtype,
@@ -423,7 +422,8 @@ class ModelEncoder:
         outcome = CompressionResult(path, size, self.coded_weights, settings.method, settings.lam,
                                     summaries, self.hessian_seconds, time.perf_counter() - start)
         outcome.results = results
-        outcome.transform_bytes = getattr(self, "_transform_bytes", 0)
+        outcome.transform_bytes = sum(summary.payload_bytes for summary in summaries
+                                      if summary.kind == TRANSFORM_MATRIX_KIND)
         outcome.transform_layers = sum(isinstance(result, TransformLayerResult)
                                        for result, _ in results.values())
         self.progress(f"{settings.method} lambda={settings.lam:.4g}: {size:,} bytes, "

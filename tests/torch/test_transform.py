@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conformance.spec_literal_decoder import decode_file  # noqa: E402
-from nncodec_rd.api import load_file  # noqa: E402
+from nncodec_rd.api import load_file, safe_open  # noqa: E402
 from nncodec_rd.encoder.transform import TransformLayerResult  # noqa: E402
 from nncodec_rd.torch.compress import (TRANSFORM_PREFIX, ModelEncoder, compress,  # noqa: E402
                                        load_into)
@@ -61,6 +61,8 @@ def test_transform_file_decodes_identically_in_both_decoders(tmp_path, model_and
         # left and right see the same input: one matrix for both, stored (and counted) once.
         assert matrices == [TRANSFORM_PREFIX + "left.weight", TRANSFORM_PREFIX + "out.weight"]
         assert result.transform_layers == 3
+    with safe_open(path) as handle:  # the reported matrix bytes are the file's matrix payloads
+        assert result.transform_bytes == sum(handle.info(name).payload_bytes for name in matrices)
     assert result.transform_bytes > 0 or not matrices
     restored = load_into(SharedInputNet(), path)  # the matrices are skipped, strict passes
     assert set(restored.state_dict()) == set(model.state_dict())
