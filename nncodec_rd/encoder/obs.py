@@ -40,9 +40,11 @@ import torch
 from numba import njit, prange
 
 from ..format.errors import EncoderError
-from ..format.grids import EntropySettings
+from ..format.grids import EntropySettings, UniformGrid
 from .methods import METHODS  # noqa: F401  (re-exported)
 from .rate import RateModel
+
+GRID_CHOICES = ("fixed", "rd")
 
 # Candidate indices tried per weight, walking from the nearest index towards zero.
 MAX_CANDIDATES = 48
@@ -132,6 +134,13 @@ class QuantizerSettings:
         by under 0.1% at 2.7 bits per weight, for 50% more time.
     entropy:
         The coder's settings, whose table the rate model reproduces.
+    grid_choice:
+        ``"fixed"``: every layer's step from the λ rule, any index allowed. ``"rd"``: each layer
+        tries several grids (step scales around the λ rule, and bounded grids of ``grid_bins``
+        bins with a zero point, their step from the weights' clipped range) and keeps the one
+        with the least ``D/λ + R`` (:mod:`nncodec_rd.encoder.grid_choice`).
+    grid_bins:
+        The odd numbers of bins ``"rd"`` tries for layers with one step.
     """
 
     method: str = "cerwu"
@@ -144,6 +153,8 @@ class QuantizerSettings:
     block_size: int = 128
     max_passes: int = 2
     entropy: EntropySettings = field(default_factory=EntropySettings)
+    grid_choice: str = "fixed"
+    grid_bins: tuple = (3, 5, 7, 15, 31)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -154,6 +165,12 @@ class QuantizerSettings:
             raise EncoderError(f"step must be finite and > 0, not {self.step}")
         if not (math.isfinite(self.grid_scale) and self.grid_scale > 0):
             raise EncoderError(f"grid_scale must be finite and > 0, not {self.grid_scale}")
+        if self.grid_choice not in GRID_CHOICES:
+            raise EncoderError(f"unknown grid_choice {self.grid_choice!r}; choose one of "
+                               f"{', '.join(GRID_CHOICES)}")
+        if any(int(bins) != bins or bins < 3 or bins % 2 == 0 for bins in self.grid_bins):
+            raise EncoderError(f"grid_bins must be odd numbers >= 3 (so 0 is a grid point), not "
+                               f"{self.grid_bins}")
         if self.block_size < 1 or self.max_passes < 1 or self.damping < 0:
             raise EncoderError("block_size and max_passes must be >= 1 and damping >= 0")
 
@@ -176,6 +193,13 @@ class LayerResult:
         Rate-model passes made.
     damping:
         The damping fraction finally used.
+    zero_points:
+        ``None``, or one per step: the file stores ``indices + zero_points`` with these zero
+        points (spec §6.1), so a grid of B bins stores the indices 0 … B − 1.
+    bins:
+        The number of bins of a bounded grid, ``None`` if any index is allowed.
+    grid:
+        How the grid was chosen, in a few words (``grid_choice="rd"`` names the candidate).
     """
 
     indices: np.ndarray
@@ -184,6 +208,19 @@ class LayerResult:
     rate_bits: float
     passes: int
     damping: float
+    zero_points: np.ndarray | None = None
+    bins: int | None = None
+    grid: str = "λ rule"
+
+    def stored_indices_and_grid(self):
+        """The indices as the file stores them and their grid (steps, zero points)."""
+        rows_per_group = 1 if len(self.steps) > 1 else 0
+        if self.zero_points is None:
+            return self.indices, UniformGrid(self.steps, rows_per_group=rows_per_group)
+        shift = self.zero_points[:, None] if len(self.zero_points) > 1 else self.zero_points[0]
+        return (self.indices + shift,
+                UniformGrid(self.steps, zero_points=self.zero_points,
+                            rows_per_group=rows_per_group))
 
 
 def damped_hessian(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
@@ -257,7 +294,9 @@ def cerwu_transform(weights: np.ndarray, hessian: np.ndarray, mu: float,
 
 
 @njit(cache=True, inline="always")
-def _price(k, cost_bits, first_index, outside_bits, half_gamma):
+def _price(k, cost_bits, first_index, outside_bits, half_gamma, low, high):
+    if k < low or k > high:
+        return np.inf  # outside the grid's bins: not a candidate
     position = k - first_index
     if 0 <= position < len(cost_bits):
         bits = cost_bits[position]
@@ -268,36 +307,39 @@ def _price(k, cost_bits, first_index, outside_bits, half_gamma):
 
 @njit(cache=True, parallel=True)
 def _sweep_block(block, upper, rate_weight, cost_bits, first_index, outside_bits, half_gamma,
-                 indices, errors):
+                 low_index, high_index, indices, errors):
     """Quantize the columns of ``block`` (rows × width, index units) in order, with OBS updates
     inside the block. Rows are independent here, so they run in parallel.
 
     Each decision minimises ``(w − k)² + 2 U_jj² · rate_weight[r] · price(k)``, i.e. the OBS loss
-    increment ``½ (w − k)² / U_jj²`` plus the row's weighted rate, scaled by ``2 U_jj²``.
+    increment ``½ (w − k)² / U_jj²`` plus the row's weighted rate, scaled by ``2 U_jj²``, over
+    the indices ``low_index[r] <= k <= high_index[r]`` (a range that holds 0).
     """
     rows, width = block.shape
     for r in prange(rows):
         weight = rate_weight[r]
+        low = low_index[r]
+        high = high_index[r]
         for j in range(width):
             w = block[r, j]
             d = upper[j, j]
-            q = np.int64(np.rint(w))
+            q = min(max(np.int64(np.rint(w)), low), high)
             if weight > 0.0:
                 scale = 2.0 * d * d * weight
                 toward = -1 if q > 0 else 1
                 best = q - toward if q != 0 else q + 1  # one step away from zero
                 best_cost = (w - best) ** 2 + scale * _price(best, cost_bits, first_index,
-                                                             outside_bits, half_gamma)
+                                                             outside_bits, half_gamma, low, high)
                 if q == 0:
                     other = np.int64(-1)
                     cost = (w - other) ** 2 + scale * _price(other, cost_bits, first_index,
-                                                             outside_bits, half_gamma)
+                                                             outside_bits, half_gamma, low, high)
                     if cost < best_cost:
                         best, best_cost = other, cost
                 k = q
                 for _ in range(MAX_CANDIDATES):
                     cost = (w - k) ** 2 + scale * _price(k, cost_bits, first_index, outside_bits,
-                                                         half_gamma)
+                                                         half_gamma, low, high)
                     if cost < best_cost:
                         best, best_cost = k, cost
                     if k == 0:
@@ -305,7 +347,7 @@ def _sweep_block(block, upper, rate_weight, cost_bits, first_index, outside_bits
                     k += toward
                 if k != 0:
                     cost = w * w + scale * _price(np.int64(0), cost_bits, first_index,
-                                                  outside_bits, half_gamma)
+                                                  outside_bits, half_gamma, low, high)
                     if cost < best_cost:
                         best, best_cost = np.int64(0), cost
                 q = best
@@ -317,7 +359,8 @@ def _sweep_block(block, upper, rate_weight, cost_bits, first_index, outside_bits
 
 
 def obs_sweep(weights: np.ndarray, upper: np.ndarray, rate_weight: np.ndarray,
-              rate: RateModel, half_gamma: float = 0.0, block_size: int = 128) -> np.ndarray:
+              rate: RateModel, half_gamma: float = 0.0, block_size: int = 128,
+              index_range: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The column sweep with lazy block updates (GPTQ), over all rows at once.
 
     Parameters
@@ -333,6 +376,9 @@ def obs_sweep(weights: np.ndarray, upper: np.ndarray, rate_weight: np.ndarray,
         Bits per index.
     half_gamma:
         γ/2 of CERWU: the quadratic part of the rate already inside the transformed Hessian.
+    index_range:
+        ``(low, high)``, each ``(rows,)``: the indices each row may take (a grid with a bounded
+        number of bins); ``None`` means any index.
 
     Returns
     -------
@@ -343,6 +389,7 @@ def obs_sweep(weights: np.ndarray, upper: np.ndarray, rate_weight: np.ndarray,
     indices = np.zeros((rows, columns), dtype=np.int64)
     rate_weight = np.ascontiguousarray(rate_weight, dtype=np.float64)
     cost_bits = np.ascontiguousarray(rate.cost_bits, dtype=np.float64)
+    low, high = _row_ranges(index_range, rows)
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
         block = np.ascontiguousarray(work[:, start:stop])
@@ -350,11 +397,24 @@ def obs_sweep(weights: np.ndarray, upper: np.ndarray, rate_weight: np.ndarray,
         block_indices = np.zeros(block.shape, dtype=np.int64)
         _sweep_block(block, np.ascontiguousarray(upper[start:stop, start:stop]), rate_weight,
                      cost_bits, np.int64(rate.first_index), float(rate.outside_bits),
-                     float(half_gamma), block_indices, errors)
+                     float(half_gamma), low, high, block_indices, errors)
         indices[:, start:stop] = block_indices
         if stop < columns:
             work[:, stop:] -= errors @ upper[start:stop, stop:]
     return indices
+
+
+# Any index the format can hold (spec §9): the range of a grid without a bound on its bins.
+UNBOUNDED_INDEX = (1 << 23) - 1
+
+
+def _row_ranges(index_range, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    if index_range is None:
+        return (np.full(rows, -UNBOUNDED_INDEX, dtype=np.int64),
+                np.full(rows, UNBOUNDED_INDEX, dtype=np.int64))
+    low, high = index_range
+    return (np.ascontiguousarray(np.broadcast_to(low, (rows,)), dtype=np.int64),
+            np.ascontiguousarray(np.broadcast_to(high, (rows,)), dtype=np.int64))
 
 
 def layer_distortion(problem: LayerProblem, reconstruction: np.ndarray) -> float:
@@ -435,13 +495,27 @@ def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerR
         raise EncoderError("cerwu needs one step and one weight for all rows of a layer with a "
                            "Hessian (per_channel=False): its transformed Hessian H + μI is shared "
                            "by all rows")
-    factors, curvature = _curvatures(problem, settings)
-    steps = choose_steps(problem, settings, curvature)
+    if settings.grid_choice == "rd":
+        from .grid_choice import quantize_layer_choosing_grid
+
+        return quantize_layer_choosing_grid(problem, settings)
+    steps = choose_steps(problem, settings, _curvatures(problem, settings)[1])
+    return quantize_on_grid(problem, settings, steps)
+
+
+def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: np.ndarray,
+                     index_range: tuple[np.ndarray, np.ndarray] | None = None) -> LayerResult:
+    """Quantize one layer with ``settings.method`` onto the given grid: ``steps`` (one, or one
+    per row) and optionally ``index_range = (low, high)``, the indices each row may take."""
+    rows, columns = problem.weights.shape
+    factors, _ = _curvatures(problem, settings)
+    steps = np.asarray(steps, dtype=np.float32).reshape(-1)
     row_steps = np.broadcast_to(steps.astype(np.float64), (rows,)) if len(steps) == 1 \
         else steps.astype(np.float64)
     scaled = problem.weights / row_steps[:, None]  # index units
     row_scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
-    nearest = np.rint(scaled).astype(np.int64)
+    low, high = _row_ranges(index_range, rows)
+    nearest = np.clip(np.rint(scaled), low[:, None], high[:, None]).astype(np.int64)
     rate = RateModel.from_indices(nearest, settings.entropy)
     rate_aware = settings.method in ("optq-rd", "cerwu")
     rate_weight = settings.lam / (row_scale * row_steps ** 2) if rate_aware else np.zeros(rows)
@@ -455,7 +529,8 @@ def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerR
         indices, passes = nearest, 0
         for passes in range(1, settings.max_passes + 1):
             previous = indices
-            indices = _sweep_rows_independently(scaled, rate_weight, rate, identity)
+            indices = _sweep_rows_independently(scaled, rate_weight, rate, identity,
+                                                (low, high))
             rate = RateModel.from_indices(indices, settings.entropy)
             if np.count_nonzero(indices != previous) <= 1e-3 * indices.size:
                 break
@@ -478,14 +553,14 @@ def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerR
                 target, shifted = cerwu_transform(target, damped, float(rate_weight[0]) * gamma,
                                                   problem.cache[eigen_key])
                 upper = factor_with_retries(shifted, 0.0)[1]
-            sweeps.append((part, target, upper, order))
+            sweeps.append((part, target, upper, order, (low[part], high[part])))
         indices = nearest.copy()
         passes = 0
         for passes in range(1, (settings.max_passes if rate_aware else 1) + 1):
             previous = indices.copy()
-            for part, target, upper, order in sweeps:
+            for part, target, upper, order, part_range in sweeps:
                 group_indices = obs_sweep(target, upper, rate_weight[part], rate, gamma / 2,
-                                          settings.block_size)
+                                          settings.block_size, part_range)
                 indices[part] = _unpermute(group_indices, order)
             if not rate_aware:
                 break
@@ -505,13 +580,15 @@ def _unpermute(indices: np.ndarray, order: np.ndarray) -> np.ndarray:
     return result
 
 
-def _sweep_rows_independently(scaled, rate_weight, rate, identity):
+def _sweep_rows_independently(scaled, rate_weight, rate, identity, index_range=None):
     """Per-weight rate-distortion decisions (a sweep whose inverse-Hessian factor is 1)."""
     rows, columns = scaled.shape
     flat = np.ascontiguousarray(scaled.reshape(-1, 1))
     weight = np.repeat(rate_weight, columns)
+    low, high = (np.repeat(bound, columns) for bound in _row_ranges(index_range, rows))
     indices = np.zeros(flat.shape, dtype=np.int64)
     errors = np.zeros_like(flat)
     _sweep_block(flat.copy(), identity, weight, np.ascontiguousarray(rate.cost_bits, np.float64),
-                 np.int64(rate.first_index), float(rate.outside_bits), 0.0, indices, errors)
+                 np.int64(rate.first_index), float(rate.outside_bits), 0.0, low, high, indices,
+                 errors)
     return indices.reshape(rows, columns)

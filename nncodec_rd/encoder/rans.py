@@ -17,6 +17,13 @@ from ..format.constants import RANS_STATE_LOWER_BOUND, ContextModel
 from ..format.errors import EncoderError
 
 
+def frequency_table_bytes(frequencies: np.ndarray) -> int:
+    """Size of frequency tables in a header: varints (spec §2.2) of 1 byte below 128, 2 below
+    16384, else 3."""
+    frequencies = np.asarray(frequencies)
+    return int(np.sum(np.where(frequencies < 128, 1, np.where(frequencies < 16384, 2, 3))))
+
+
 def build_frequency_table(counts: np.ndarray, precision_bits: int) -> np.ndarray:
     """Quantize symbol ``counts`` to integer frequencies summing to ``2**precision_bits``.
 

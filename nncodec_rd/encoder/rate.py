@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..format.grids import EntropySettings
-from .rans import build_frequency_table
+from .rans import build_frequency_table, frequency_table_bytes
 
 # Bits an escaped index costs beyond its escape symbol: the int32 stored in the chunk (spec §7.6).
 ESCAPE_VALUE_BITS = 32.0
@@ -32,6 +32,8 @@ class RateModel:
     first_index: int
     cost_bits: np.ndarray
     outside_bits: float
+    table_bits: float = 0.0
+    """Bits of the frequency table itself in the header (0 for models not built from indices)."""
 
     @classmethod
     def from_indices(cls, indices: np.ndarray, settings: EntropySettings | None = None,
@@ -60,7 +62,8 @@ class RateModel:
                             precision + 1.0)
         cost = np.concatenate([np.full(margin, precision + 1.0), cost,
                                np.full(margin, precision + 1.0)])
-        return cls(low - margin, cost, float(precision + 1 + ESCAPE_VALUE_BITS))
+        return cls(low - margin, cost, float(precision + 1 + ESCAPE_VALUE_BITS),
+                   8.0 * frequency_table_bytes(frequencies))
 
     @classmethod
     def flat(cls) -> "RateModel":

@@ -30,7 +30,7 @@ from ..format.errors import EncoderError
 from ..format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
 from ..format.layout import RowGeometry, canonical_offsets, chunk_extents, group_count_for
 from ..io.atomic import atomic_write
-from .rans import build_frequency_table, context_of_previous, encode_chunk
+from .rans import build_frequency_table, context_of_previous, encode_chunk, frequency_table_bytes
 
 NUMPY_DTYPE_OF = {
     TensorDtype.FLOAT32: np.dtype("<f4"),
@@ -156,20 +156,18 @@ def _symbols_of(flat: np.ndarray, index_offset: int, alphabet_size: int, escape:
     return symbols.astype(np.int32)
 
 
-def _table_bytes(frequencies: np.ndarray) -> int:
-    """Size of the tables as VarUInt fields (1 byte below 128, 2 below 16384, else 3)."""
-    return int(np.sum(np.where(frequencies < 128, 1, np.where(frequencies < 16384, 2, 3))))
+def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset, zero_index=0):
+    """Contexts and tables for both context models; pick the cheaper if ``auto``.
 
-
-def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset):
-    """Contexts and tables for both context models; pick the cheaper if ``auto``."""
+    The previous-index context measures distances from ``zero_index`` (the index of the most
+    probable value) when it lies in the alphabet, else from the alphabet's first index."""
     models = {"iid": [ContextModel.IID], "previous": [ContextModel.PREVIOUS_INDEX],
               "auto": [ContextModel.IID, ContextModel.PREVIOUS_INDEX]}
     if settings.context_model not in models:
         raise EncoderError(f"context_model must be iid, previous or auto, not "
                            f"{settings.context_model!r}")
-    center = 0 if index_offset <= 0 <= index_offset + (symbols.max() if symbols.size else 0) \
-        else int(index_offset)
+    last_index = index_offset + (int(symbols.max()) if symbols.size else 0)
+    center = int(zero_index) if index_offset <= zero_index <= last_index else int(index_offset)
     best = None
     alphabet = int(symbols.max()) + 1 if symbols.size else 1
     for model in models[settings.context_model]:
@@ -188,7 +186,7 @@ def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset):
         used = counts > 0
         cost_bits = float(np.sum(counts[used] * (settings.precision_bits
                                                  - np.log2(frequencies[used])))) \
-            + 8 * _table_bytes(frequencies)
+            + 8 * frequency_table_bytes(frequencies)
         if best is None or cost_bits < best[0]:
             best = (cost_bits, model, context_count, contexts, frequencies)
     _, model, context_count, contexts, frequencies = best
@@ -197,8 +195,13 @@ def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset):
 
 def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
                        settings: EntropySettings | None = None, transformed: bool = False,
-                       metadata: dict | None = None) -> PendingTensor:
+                       metadata: dict | None = None,
+                       context_center: int | None = None) -> PendingTensor:
     """Entropy-code integer ``indices`` (any shape) with ``grid``: a tensor record and its chunks.
+
+    ``context_center`` is the index the previous-index context measures distances from (spec
+    §7.4) if it lies within the indices' range: the index of the most probable value, such as a
+    zero point. By default that is index 0.
 
     With ``transformed``, ``indices`` is the ``(rows, k)`` matrix of coefficients; the writer later
     fills in the transform matrix's index and the final shape ``(rows, columns of the matrix)``.
@@ -238,7 +241,8 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
     rows_per_chunk = max(1, min(geometry.rows, settings.symbols_per_chunk // max(coded_row_length, 1)))
     extents = chunk_extents(geometry.rows, coded_row_length, rows_per_chunk)
     model, context_count, center, contexts, frequencies = _plan_contexts(
-        flat, symbols, extents, coded_row_length, settings, index_offset)
+        flat, symbols, extents, coded_row_length, settings, index_offset,
+        0 if context_center is None else context_center)
     if frequencies.shape[1] < alphabet_size:
         pad = np.zeros((context_count, alphabet_size - frequencies.shape[1]), dtype=np.int64)
         frequencies = np.concatenate([frequencies, pad], axis=1)
@@ -333,16 +337,18 @@ class NrdWriter:
 
     def add_indices(self, name: str, indices: np.ndarray, grid, dtype="float32", *,
                     settings: EntropySettings | None = None, transform: RightMatrixTransform | None = None,
-                    metadata: dict | None = None) -> int:
+                    metadata: dict | None = None, context_center: int | None = None) -> int:
         """Store already-quantized integer ``indices`` with the ``grid`` that dequantizes them.
         Returns the size of the tensor's coded chunks in bytes (tables and record excluded).
+        ``context_center``: see :func:`encode_rans_tensor` (pass a zero point).
 
         With ``transform``, the named float32 matrix (added before or after) multiplies the
         dequantized ``(rows, k)`` indices on the right; the decoded tensor is ``(rows, columns)``.
         """
         self._require_open("add a tensor")
         pending = encode_rans_tensor(name, indices, grid, dtype, settings=settings,
-                                     transformed=transform is not None, metadata=metadata)
+                                     transformed=transform is not None, metadata=metadata,
+                                     context_center=context_center)
         pending.transform_target = transform.tensor if transform is not None else None
         self._add(pending)
         return sum(len(payload) for payload in pending.payloads)

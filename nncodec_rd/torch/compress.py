@@ -51,6 +51,9 @@ class LayerSummary:
     bits_per_weight: float
     distortion: float
     seconds: float
+    grid: str = ""
+    """How the layer's grid was chosen (``λ rule``, or the candidate ``grid_choice="rd"``
+    kept: ``step x1.19``, ``15 bins``)."""
 
 
 @dataclass
@@ -79,11 +82,12 @@ class CompressionResult:
 
     def summary(self) -> str:
         """A table: layer, shape, bits/weight, distortion, time; then the totals."""
-        lines = [f"{'layer':<48} {'shape':>14} {'bits/w':>7} {'distortion':>11} {'time s':>7}"]
+        lines = [f"{'layer':<48} {'shape':>14} {'bits/w':>7} {'distortion':>11} {'time s':>7}"
+                 f"  grid"]
         for layer in self.layers:
             shape = "x".join(str(d) for d in layer.shape)
             lines.append(f"{layer.name[-48:]:<48} {shape:>14} {layer.bits_per_weight:7.3f} "
-                         f"{layer.distortion:11.4g} {layer.seconds:7.2f}")
+                         f"{layer.distortion:11.4g} {layer.seconds:7.2f}  {layer.grid}")
         lines.append(f"total: {self.size_bytes:,} bytes, {self.bits_per_weight:.3f} bits per coded "
                      f"weight ({self.coded_weights:,} weights), method {self.method}, "
                      f"lambda {self.lam:.4g}; "
@@ -363,18 +367,18 @@ class ModelEncoder:
                         self._write_transformed(writer, key, source, layer, result, seconds,
                                                 settings, summaries, written_matrices)
                         continue
-                    indices = result.indices
+                    indices, grid = result.stored_indices_and_grid()
                     if layer.kind == "transposed_linear":
                         indices = np.ascontiguousarray(indices.T)
                     indices = indices.reshape(layer.stored_shape)
-                    grid = UniformGrid(result.steps, rows_per_group=1 if len(result.steps) > 1
-                                       else 0)
+                    center = None if result.zero_points is None else int(result.zero_points[0])
                     payload = writer.add_indices(key, indices, grid, layer.dtype,
-                                                 settings=settings.entropy)
+                                                 settings=settings.entropy, context_center=center)
                     if key == source:
                         summaries.append(LayerSummary(
                             key, layer.stored_shape, layer.kind, len(result.steps), payload,
-                            8.0 * payload / max(indices.size, 1), result.distortion, seconds))
+                            8.0 * payload / max(indices.size, 1), result.distortion, seconds,
+                            result.grid))
                 else:
                     writer.add_raw(key, tensor_to_numpy(value))
         return os.path.getsize(path), summaries
@@ -450,6 +454,7 @@ class ModelEncoder:
 def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: float | None = None,
              target_bpw: float | None = None, target_metric=None, path=None,
              per_channel: bool = False, grid_scale: float = 1.0, act_order: bool = True,
+             grid_choice: str = "fixed",
              entropy: EntropySettings | None = None, include=None,
              embedding_smoothing: float = 1.0, sensitivity: bool = True,
              metadata: dict | None = None,
@@ -477,8 +482,11 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         a λ giving steps of about RMS/16 is used.
     path:
         Where to write the file (atomically). ``None`` measures the size without keeping a file.
-    per_channel, grid_scale, act_order:
-        See :class:`nncodec_rd.encoder.obs.QuantizerSettings`.
+    per_channel, grid_scale, act_order, grid_choice:
+        See :class:`nncodec_rd.encoder.obs.QuantizerSettings`. ``grid_choice="rd"`` lets each
+        layer pick its grid (step, or a bounded number of bins with a zero point) by
+        rate–distortion (:mod:`nncodec_rd.encoder.grid_choice`); it costs several quantizations
+        per layer.
     entropy:
         Entropy-coding settings (:class:`nncodec_rd.EntropySettings`).
     include:
@@ -509,13 +517,13 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         raise EncoderError(f"target_bpw must be > 0, not {target_bpw}")
     # Check the settings before the slow part (Hessians, sensitivities).
     QuantizerSettings(method=method, lam=1.0 if lam is None else lam, per_channel=per_channel,
-                      grid_scale=grid_scale, act_order=act_order)
+                      grid_scale=grid_scale, act_order=act_order, grid_choice=grid_choice)
     encoder = ModelEncoder(model, calibration_batches, include=include, per_channel=per_channel,
                            embedding_smoothing=embedding_smoothing, sensitivity=sensitivity,
                            progress=progress)
     base = QuantizerSettings(method=method, lam=encoder.default_lam() if lam is None else lam,
                              per_channel=per_channel, grid_scale=grid_scale, act_order=act_order,
-                             entropy=entropy or EntropySettings())
+                             grid_choice=grid_choice, entropy=entropy or EntropySettings())
     path = os.fspath(path) if path is not None else None
     if target_bpw is not None:
         # The smallest λ whose file fits in target_bpw: the best model of that size.

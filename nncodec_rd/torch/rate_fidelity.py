@@ -70,10 +70,20 @@ def _progress(message: str) -> None:
     sys.stderr.flush()
 
 
+GRID_CHOICE_SUFFIX = "+grid"
+"""Curves of methods run with ``grid_choice="rd"`` are labelled ``<method>+grid``."""
+
+
+def curve_label(method: str, grid_choice: str) -> str:
+    """The name of a curve: the method, with :data:`GRID_CHOICE_SUFFIX` for per-layer grids."""
+    return method + (GRID_CHOICE_SUFFIX if grid_choice == "rd" else "")
+
+
 def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivity: bool = True,
              per_channel: bool = False, grid_scale: float = 1.0, lams: dict | None = None,
-             entropy: EntropySettings | None = None) -> dict:
-    """Every method over the λ sweep: real files, decoded, measured. Returns the curves."""
+             entropy: EntropySettings | None = None, grid_choices=("fixed",)) -> dict:
+    """Every method (for each of ``grid_choices``) over the λ sweep: real files, decoded,
+    measured. Returns the curves."""
     start = time.perf_counter()
     encoder = ModelEncoder(workload.model, workload.calibration_batches,
                            sensitivity=sensitivity, progress=False)
@@ -81,13 +91,15 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
     base_lam = encoder.default_lam()
     originals = {key: value.detach().clone() for key, value in workload.model.state_dict().items()}
     curves = {}
-    for method in methods:
+    for method, grid_choice in [(m, g) for m in methods for g in grid_choices]:
+        label = curve_label(method, grid_choice)
         points = []
-        for factor in (lams or {}).get(method, lam_factors):
+        for factor in (lams or {}).get(label, lam_factors):
             lam = base_lam * factor
-            path = os.path.join(folder, f"{workload.name}-{method}-{factor:g}.nrd")
+            path = os.path.join(folder, f"{workload.name}-{label}-{factor:g}.nrd")
             settings = QuantizerSettings(method=method, lam=lam, grid_scale=grid_scale,
                                          per_channel=per_channel and method != "cerwu",
+                                         grid_choice=grid_choice,
                                          entropy=entropy or EntropySettings())
             outcome = encoder.encode(settings, path)
             decode_start = time.perf_counter()
@@ -95,17 +107,19 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             decode_seconds = time.perf_counter() - decode_start
             fidelity = float(workload.evaluate(workload.model))
             load_weights(workload.model, originals)
+            grids = [layer.grid for layer in outcome.layers]
             points.append({"lam": lam, "lam_factor": factor, "bytes": outcome.size_bytes,
+                           "grids": {grid: grids.count(grid) for grid in sorted(set(grids))},
                            "bits_per_weight": outcome.bits_per_weight, "fidelity": fidelity,
                            "transform_bytes": outcome.transform_bytes,
                            "transform_layers": outcome.transform_layers,
                            "encode_seconds": outcome.encode_seconds,
                            "decode_seconds": decode_seconds})
-            _progress(f"{workload.name} {method:8s} lambda x{factor:<5g} "
+            _progress(f"{workload.name} {label:8s} lambda x{factor:<5g} "
                       f"{outcome.bits_per_weight:6.3f} bits/weight  {workload.fidelity_name} "
                       f"{fidelity:.5f}  encode {outcome.encode_seconds:.1f} s")
             os.unlink(path)
-        curves[method] = points
+        curves[label] = points
     return {"curves": curves, "coded_weights": encoder.coded_weights,
             "hessian_seconds": encoder.hessian_seconds,
             "sensitivity_seconds": encoder.sensitivity_seconds,
@@ -289,6 +303,10 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
     parser.add_argument("--qps", default=",".join(map(str, qps)),
                         help="NNCodec quantization parameters ('' to skip NNCodec)")
     parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
+    parser.add_argument("--grid-choice", default="fixed", choices=("fixed", "rd", "both"),
+                        help="fixed: the λ rule's grid for every layer; rd: each layer picks its "
+                             "grid by rate-distortion (curves named METHOD+grid); both: each "
+                             "method both ways")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 λ, no NNCodec")
     parser.add_argument("--merge", action="store_true",
                         help="keep the stored results (OUTPUT.json) of the methods not run now, "
@@ -303,7 +321,9 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
     with tempfile.TemporaryDirectory() as folder:
         report = run_workload(workload, folder, methods=arguments.methods.split(","),
                               lam_factors=factors, qps=chosen_qps,
-                              nncodec_python=arguments.nncodec_python)
+                              nncodec_python=arguments.nncodec_python,
+                              grid_choices=(("fixed", "rd") if arguments.grid_choice == "both"
+                                            else (arguments.grid_choice,)))
     if arguments.merge and os.path.exists(arguments.output + ".json"):
         report = merge_reports(load_report(arguments.output + ".json"), report)
     write_report(report, arguments.output)

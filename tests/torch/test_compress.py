@@ -110,3 +110,31 @@ def test_errors_users_can_cause(model_and_batches, tmp_path):
     compress(model, batches, method="rtn", path=path, progress=False)
     with pytest.raises(EncoderError, match="does not match"):
         load_into(torch.nn.Linear(3, 3), path)
+
+
+def test_per_layer_grids_reach_the_file_and_decode_to_the_reconstruction(tmp_path,
+                                                                         model_and_batches):
+    from nncodec_rd.encoder.obs import QuantizerSettings
+    from nncodec_rd.torch.compress import ModelEncoder
+
+    model, batches = model_and_batches
+    encoder = ModelEncoder(model, batches, progress=False)
+    # At this λ one layer of this seeded model takes a bounded grid (7 bins).
+    outcome = encoder.encode(QuantizerSettings(method="cerwu", lam=encoder.default_lam(),
+                                               grid_choice="rd"),
+                             str(tmp_path / "g.nrd"))
+    grids = {layer.name: layer.grid for layer in outcome.layers}
+    assert all(grid != "λ rule" for grid in grids.values())  # every layer searched
+    bounded = {name: result for name, (result, _) in outcome.results.items()
+               if result.bins is not None}
+    assert bounded, grids
+    restored = load_into(SmallNet(), tmp_path / "g.nrd")
+    for key, value in encoder.reconstruction(outcome.results).items():
+        np.testing.assert_array_equal(restored.state_dict()[key].numpy(), value)
+    with safe_open(tmp_path / "g.nrd") as handle:
+        bodies = {tensor.name: tensor.body for tensor in handle.header.tensors}
+        for name, result in bounded.items():
+            grid = bodies[name].grid
+            assert grid.has_zero_point == 1 and list(grid.zero_points) == list(result.zero_points)
+            stored = handle.get_indices(name)
+            assert stored.min() >= 0 and stored.max() < result.bins

@@ -1,0 +1,176 @@
+"""Per-layer grid choice by rate–distortion: mixed precision and zero-point grids
+(ALGORITHMS.md §2, after Metz, Bichler and Dupret).
+
+The λ rule of :mod:`nncodec_rd.encoder.obs` gives every layer the step that is optimal at high
+rate. Low-rate layers, heavy tails and asymmetric weights move the optimum, so with
+``grid_choice="rd"`` each layer tries a few grids and keeps the one whose quantized layer has the
+least ``D/λ + R`` (distortion in the layer's loss over its λ, plus the bits of its indices and of
+its frequency table), the same slope every other decision of the encoder works at:
+
+* **Unbounded grids** (any index): the λ-rule step times a scale, searched in steps of √2 and
+  then refined by 2^(±1/4).
+* **Bounded grids of B bins** (B odd): the finest grid of B bins that holds 0 and spans the
+  weights' range ``[min(w, 0), max(w, 0)]``, whole or clipped to 60%. Its zero point is the bin
+  of 0, so the file stores the indices 0 … B − 1 (spec §6.1); weights beyond the span are
+  clipped to the last bins. The quantizer's decisions are restricted
+  to those B indices. Bounded grids are tried only for layers with one step, and only where
+  their step is within a factor 0.5 … 4 of the λ-rule step (elsewhere they are far off the
+  slope and cannot win).
+
+Each candidate is a full run of the layer's method (``rtn``, ``optq``, ``optq-rd`` or ``cerwu``),
+so the choice costs several quantizations per layer; the λ-independent factors (Cholesky, the
+eigendecomposition of CERWU) are computed once per layer and shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .obs import (LayerProblem, LayerResult, QuantizerSettings, _curvatures, choose_steps,
+                  quantize_on_grid)
+from .rate import RateModel
+
+# A zero point is an i32 in the header (spec §6.1).
+ZERO_POINT_BITS = 32.0
+# Bounded grids span the weights' range, or this share of it (clipping the tails).
+CLIP_FRACTIONS = (1.0, 0.6)
+# Bounded grids whose step is this far from the λ-rule step are not tried.
+STEP_RATIO_RANGE = (0.5, 4.0)
+
+
+@dataclass(frozen=True)
+class GridCandidate:
+    """One grid a layer may take.
+
+    ``bins`` None: an unbounded grid whose step is the λ-rule step times ``step_scale``.
+    ``bins`` B: B bins spanning ``clip`` times the weights' range, with a zero point.
+    """
+
+    step_scale: float = 1.0
+    bins: int | None = None
+    clip: float = 1.0
+
+    def describe(self) -> str:
+        """A few words for summaries: ``step x1.41`` or ``15 bins (range x0.6)``."""
+        if self.bins is None:
+            return f"step x{self.step_scale:.3g}"
+        return f"{self.bins} bins" + (f" (range x{self.clip:g})" if self.clip != 1 else "")
+
+
+@dataclass
+class GridTrial:
+    """A candidate grid and what the layer's method made of it."""
+
+    candidate: GridCandidate
+    result: LayerResult
+    objective_bits: float
+
+
+def objective_bits(result: LayerResult, lam: float, settings: QuantizerSettings) -> float:
+    """``D/λ + R`` of a quantized layer: its distortion over λ, the bits of its indices under
+    their own table, the table's bits, and the zero points' bits."""
+    table_bits = RateModel.from_indices(result.indices, settings.entropy).table_bits
+    zero_point_bits = 0.0 if result.zero_points is None else ZERO_POINT_BITS * len(
+        result.zero_points)
+    return result.distortion / lam + result.rate_bits + table_bits + zero_point_bits
+
+
+def bounded_grid(weights: np.ndarray, bins: int, clip: float) -> tuple[float, int]:
+    """``(step, zero_point)`` of the finest grid of ``bins`` bins that holds 0 and spans
+    ``clip`` × ``[min(w, 0), max(w, 0)]``: the zero point (0 … bins − 1) is the bin of 0."""
+    low = clip * min(float(weights.min()), 0.0) if weights.size else 0.0
+    high = clip * max(float(weights.max()), 0.0) if weights.size else 0.0
+    if high - low <= 0:
+        return 1.0, bins // 2
+    best = None
+    for zero_point in range(bins):
+        below, above = zero_point, bins - 1 - zero_point  # bins each side of 0
+        if (low < 0 and below == 0) or (high > 0 and above == 0):
+            continue
+        step = max(-low / below if below else 0.0, high / above if above else 0.0)
+        if best is None or step < best[0]:
+            best = (step, zero_point)
+    step, zero_point = best
+    # Rounded up to float32 so that the stored step still spans the range.
+    step32 = np.float32(step)
+    if float(step32) < step:
+        step32 = np.nextafter(step32, np.float32(np.inf))
+    return float(step32), zero_point
+
+
+def try_candidate(problem: LayerProblem, settings: QuantizerSettings, base_steps: np.ndarray,
+                  candidate: GridCandidate) -> GridTrial:
+    """Quantize the layer on ``candidate``'s grid and score it."""
+    if candidate.bins is None:
+        steps = np.maximum(base_steps.astype(np.float64) * candidate.step_scale,
+                           np.finfo(np.float32).tiny).astype(np.float32)
+        result = quantize_on_grid(problem, settings, steps)
+    else:
+        step, zero_point = bounded_grid(problem.weights, candidate.bins, candidate.clip)
+        low, high = np.array([-zero_point]), np.array([candidate.bins - 1 - zero_point])
+        result = quantize_on_grid(problem, settings, np.array([step], dtype=np.float32),
+                                  (low, high))
+        result.zero_points = np.array([zero_point], dtype=np.int64)
+        result.bins = candidate.bins
+    return GridTrial(candidate, result, objective_bits(result, settings.lam, settings))
+
+
+def bounded_candidates(problem: LayerProblem, settings: QuantizerSettings,
+                       base_steps: np.ndarray) -> list[GridCandidate]:
+    """The bounded grids worth trying: one-step layers only, steps near the λ rule's."""
+    if len(base_steps) != 1 or problem.weights.size == 0:
+        return []
+    low_ratio, high_ratio = STEP_RATIO_RANGE
+    candidates = []
+    for bins in settings.grid_bins:
+        for clip in CLIP_FRACTIONS:
+            step, _ = bounded_grid(problem.weights, int(bins), clip)
+            if low_ratio <= step / float(base_steps[0]) <= high_ratio:
+                candidates.append(GridCandidate(bins=int(bins), clip=clip))
+    return candidates
+
+
+def search_grids(problem: LayerProblem, settings: QuantizerSettings) -> list[GridTrial]:
+    """Every grid tried for the layer, in the order tried (see the module docstring)."""
+    fixed = replace(settings, grid_choice="fixed")
+    base_steps = choose_steps(problem, fixed, _curvatures(problem, fixed)[1])
+    trials: dict[float, GridTrial] = {}
+
+    def scaled(exponent: float) -> GridTrial:
+        key = round(exponent, 6)
+        if key not in trials:
+            trials[key] = try_candidate(problem, fixed, base_steps,
+                                        GridCandidate(step_scale=2.0 ** exponent))
+        return trials[key]
+
+    # Steps of √2 from the λ rule, downhill (at most 4 steps each way), then a finer look
+    # either side of the best.
+    for exponent in (-0.5, 0.0, 0.5):
+        scaled(exponent)
+    for _ in range(3):
+        best = min(trials, key=lambda key: trials[key].objective_bits)
+        if best == min(trials) and best > -2.0:
+            scaled(best - 0.5)
+        elif best == max(trials) and best < 2.0:
+            scaled(best + 0.5)
+        else:
+            break
+    best = min(trials, key=lambda key: trials[key].objective_bits)
+    scaled(best - 0.25)
+    scaled(best + 0.25)
+    bounded = [try_candidate(problem, fixed, base_steps, candidate)
+               for candidate in bounded_candidates(problem, fixed, base_steps)]
+    return list(trials.values()) + bounded
+
+
+def quantize_layer_choosing_grid(problem: LayerProblem,
+                                 settings: QuantizerSettings) -> LayerResult:
+    """Quantize one layer on the grid with the least ``D/λ + R`` among those
+    :func:`search_grids` tries; the result records the grid chosen (``grid``)."""
+    trials = search_grids(problem, settings)
+    best = min(trials, key=lambda trial: trial.objective_bits)
+    best.result.grid = best.candidate.describe()
+    return best.result
+

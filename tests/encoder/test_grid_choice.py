@@ -1,0 +1,137 @@
+"""Per-layer grid choice: bounded grids with zero points, and the rate-distortion search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nncodec_rd.api import safe_open
+from nncodec_rd.encoder.grid_choice import (GridCandidate, bounded_grid, objective_bits,
+                                            quantize_layer_choosing_grid, search_grids,
+                                            try_candidate)
+from nncodec_rd.encoder.obs import (LayerProblem, QuantizerSettings, choose_steps,
+                                    quantize_layer, quantize_on_grid, _curvatures)
+from nncodec_rd.encoder.writer import NrdWriter
+from nncodec_rd.format.errors import EncoderError
+from nncodec_rd.format.grids import EntropySettings, UniformGrid
+
+METHODS = ("rtn", "optq", "optq-rd", "cerwu")
+
+
+def problem_of(rng, weights, samples=300):
+    columns = weights.shape[1]
+    inputs = rng.standard_normal((samples, columns)) * rng.uniform(0.3, 2.0, columns)
+    return LayerProblem(weights, inputs.T @ inputs / samples)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(11)
+
+
+def test_bounded_grid_spans_the_weights_with_zero_on_the_grid():
+    weights = np.array([[-0.2, 0.0, 0.1, 0.6]])
+    step, zero_point = bounded_grid(weights, 7, 1.0)
+    # Two bins below 0 and four above: the finest step that reaches both -0.2 and 0.6.
+    assert (step, zero_point) == (pytest.approx(0.15, rel=1e-6), 2)
+    assert -zero_point * step <= -0.2 and (6 - zero_point) * step >= 0.6
+    # All positive: the zero point is the first bin, and the step is the range over bins - 1.
+    assert bounded_grid(np.array([[0.1, 0.5]]), 5, 1.0) == (pytest.approx(0.125), 0)
+    # Clipping shrinks the span, not the number of bins.
+    step, zero_point = bounded_grid(weights, 7, 0.5)
+    assert (step, zero_point) == (pytest.approx(0.075, rel=1e-6), 2)
+    for bins in (3, 5, 15, 31):
+        step, zero_point = bounded_grid(weights, bins, 1.0)
+        assert -zero_point * step <= -0.2 and (bins - 1 - zero_point) * step >= 0.6
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_keeps_its_indices_within_the_bins(rng, method):
+    weights = rng.laplace(size=(16, 48)) * 0.05 + 0.02  # asymmetric
+    problem = problem_of(rng, weights)
+    settings = QuantizerSettings(method=method, lam=1e-4)
+    trial = try_candidate(problem, settings, np.array([0.01], np.float32),
+                          GridCandidate(bins=5, clip=0.6))
+    stored, grid = trial.result.stored_indices_and_grid()
+    assert stored.min() >= 0 and stored.max() <= 4
+    assert stored.min() == 0 or stored.max() == 4  # the clipped tails reach the last bins
+    assert trial.result.bins == 5 and grid.zero_points.tolist() == trial.result.zero_points.tolist()
+    # value = step * (stored - zero point) is the quantizer's reconstruction
+    np.testing.assert_array_equal(grid.steps[0] * (stored - grid.zero_points[0]),
+                                  grid.steps[0] * trial.result.indices)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_search_never_does_worse_than_the_lambda_rule(rng, method):
+    problem = problem_of(rng, rng.laplace(size=(24, 64)) * 0.05)
+    for lam in (1e-5, 1e-4, 1e-3):
+        settings = QuantizerSettings(method=method, lam=lam)
+        fixed = quantize_layer(problem, settings)
+        chosen = quantize_layer(problem, QuantizerSettings(method=method, lam=lam,
+                                                           grid_choice="rd"))
+        assert objective_bits(chosen, lam, settings) <= objective_bits(fixed, lam, settings)
+        trials = search_grids(problem, settings)
+        assert any(trial.candidate == GridCandidate() for trial in trials)  # scale 1 is tried
+        assert len({trial.candidate for trial in trials}) == len(trials)  # none twice
+
+
+def test_a_ternary_layer_gets_a_three_bin_grid(rng):
+    # Weights that are exactly {-a, 0, a} (plus a little noise): three bins of step a code
+    # them almost exactly, which no scale of the λ-rule step hits.
+    a = 0.037
+    weights = a * rng.choice([-1.0, 0.0, 1.0], size=(32, 64), p=[0.2, 0.6, 0.2])
+    weights += rng.normal(scale=1e-4, size=weights.shape)
+    problem = problem_of(rng, weights)
+    result = quantize_layer_choosing_grid(problem, QuantizerSettings(method="optq", lam=1e-5))
+    assert result.bins == 3 and result.zero_points.tolist() == [1]
+    assert result.grid == "3 bins"
+    assert result.steps[0] == pytest.approx(a, rel=0.02)
+
+
+def test_layers_with_a_step_per_row_only_search_the_step(rng):
+    problem = LayerProblem(rng.laplace(size=(12, 30)) * 0.1)
+    settings = QuantizerSettings(method="optq-rd", lam=1e-4, per_channel=True)
+    trials = search_grids(problem, settings)
+    assert trials and all(trial.candidate.bins is None for trial in trials)
+    base = choose_steps(problem, settings, _curvatures(problem, settings)[1])
+    assert len(base) == 12
+    result = quantize_layer(problem, QuantizerSettings(method="optq-rd", lam=1e-4,
+                                                       per_channel=True, grid_choice="rd"))
+    assert result.zero_points is None and len(result.steps) == 12
+
+
+def test_an_index_range_is_honoured_by_the_sweep(rng):
+    problem = problem_of(rng, rng.laplace(size=(8, 40)) * 0.05)
+    settings = QuantizerSettings(method="cerwu", lam=1e-5)
+    low, high = np.array([-1]), np.array([2])
+    result = quantize_on_grid(problem, settings, np.array([0.004], np.float32), (low, high))
+    assert result.indices.min() >= -1 and result.indices.max() <= 2
+    assert result.indices.min() == -1 and result.indices.max() == 2
+
+
+def test_settings_refuse_bad_grid_options():
+    with pytest.raises(EncoderError, match="grid_choice"):
+        QuantizerSettings(grid_choice="best")
+    with pytest.raises(EncoderError, match="odd"):
+        QuantizerSettings(grid_bins=(4,))
+
+
+def test_the_writer_centres_previous_index_contexts_on_a_zero_point(tmp_path, rng):
+    # Rows of small and of large indices: the previous index's distance from the zero point
+    # predicts the next one's, so the contexts pay off when they measure from the zero point.
+    scales = np.where(np.arange(40) % 2 == 0, 0.3, 3.0)[:, None]
+    indices = np.clip(np.rint(rng.laplace(size=(40, 200)) * scales), -7, 7).astype(np.int64) + 7
+    path = tmp_path / "z.nrd"
+    settings = EntropySettings(context_model="previous")
+    with NrdWriter(path) as writer:
+        writer.add_indices("centred", indices, UniformGrid(0.1, [7]), settings=settings,
+                           context_center=7)
+        writer.add_indices("default", indices, UniformGrid(0.1, [7]), settings=settings)
+    with safe_open(path) as handle:
+        bodies = {tensor.name: tensor.body for tensor in handle.header.tensors}
+        assert bodies["centred"].context_center == 7
+        assert bodies["default"].context_center == 0
+        np.testing.assert_array_equal(handle.get_tensor("centred"), handle.get_tensor("default"))
+        centred = sum(chunk.size for chunk in bodies["centred"].chunks)
+        default = sum(chunk.size for chunk in bodies["default"].chunks)
+    assert centred < default  # distances from the most probable index say more
