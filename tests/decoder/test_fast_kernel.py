@@ -1,0 +1,147 @@
+"""The fast 4-lane IID kernel (kernels._decode_chunk_iid4, used by decode_chunks) against the
+general chunk kernel: the same bytes for every chunk that decodes, the same error code and byte
+offset for every chunk that does not, on random chunks, damaged or not."""
+
+import struct
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+from numba import njit
+
+from conformance.strategies import frequency_tables
+from nncodec_rd.decoder import kernels
+from nncodec_rd.encoder.rans import encode_chunk
+
+
+@njit(cache=True)
+def _general_only(buffer, offsets, sizes, first_rows, counts, out_starts, row_length,
+                  lane_count, precision_bits, escape_symbol, index_offset, slot_symbols,
+                  symbol_info, symbol_contexts, grid_kind, rows_per_group, steps, zero_points,
+                  codebook, value_table, invalid_symbols, output_kind, out, errors):
+    """decode_chunks' IID branch without the fast kernel: the reference."""
+    for k in range(len(offsets)):
+        states = np.empty(lane_count, dtype=np.uint64)
+        kernels._decode_chunk_iid(buffer, offsets[k], sizes[k], counts[k], first_rows[k],
+                                  row_length, lane_count, precision_bits, 1, 0, escape_symbol,
+                                  index_offset, slot_symbols, symbol_info, symbol_contexts,
+                                  grid_kind, rows_per_group, steps, zero_points, codebook, 0,
+                                  value_table, invalid_symbols, output_kind, out, out_starts[k],
+                                  states, errors, k)
+
+
+def _damage(draw, payload: bytes) -> bytes:
+    """One fault of the kinds a chunk can have, or none."""
+    kind = draw(st.sampled_from(["none", "none", "flip", "truncate", "append", "escapes"]))
+    data = bytearray(payload)
+    if kind == "flip" and data:
+        position = draw(st.integers(0, len(data) - 1))
+        data[position] ^= 1 << draw(st.integers(0, 7))
+    elif kind == "truncate" and data:
+        del data[draw(st.integers(0, len(data) - 1)):]
+    elif kind == "append":
+        data += bytes(draw(st.lists(st.integers(0, 255), min_size=1, max_size=4)))
+    elif kind == "escapes" and len(data) >= 4:
+        data[0:4] = struct.pack("<I", draw(st.integers(0, 3)))
+    return bytes(data)
+
+
+@st.composite
+def chunk_sets(draw):
+    """Chunks of one tensor (4 lanes mostly, IID, any table, escapes or not, step groups), each
+    possibly damaged, laid out at odd offsets in one buffer."""
+    alphabet_size = draw(st.sampled_from([1, 2, 3, 7, 40, 255, 256, 257, 300]))
+    precision_bits, frequencies = draw(frequency_tables(alphabet_size=alphabet_size))
+    escape_symbol = alphabet_size - 1 if draw(st.booleans()) else -1
+    lane_count = draw(st.sampled_from([4, 4, 4, 1, 3, 8]))
+    row_length = draw(st.integers(1, 13))
+    rows_per_chunk = draw(st.integers(0, 6))
+    chunk_count = draw(st.integers(1, 3))
+    usable = [s for s, f in enumerate(frequencies) if f]
+    index_offset = -(alphabet_size // 2)
+    buffer = bytearray(draw(st.binary(min_size=0, max_size=3)))
+    offsets, sizes, intact = [], [], []
+    for _ in range(chunk_count):
+        count = rows_per_chunk * row_length
+        symbols = np.array(draw(st.lists(st.sampled_from(usable), min_size=count,
+                                         max_size=count)), dtype=np.int32)
+        escapes = b""
+        if escape_symbol >= 0 and draw(st.booleans()):
+            escaped = int(np.sum(symbols == escape_symbol))
+            # Escaped indices outside the direct ones (spec §7.5).
+            escapes = struct.pack(f"<{escaped}i", *([index_offset + alphabet_size + 5] * escaped))
+        escape_count = len(escapes) // 4
+        states, words = encode_chunk(symbols, np.zeros_like(symbols), np.array([frequencies]),
+                                     precision_bits, lane_count)
+        payload = (struct.pack("<I", escape_count) + escapes + states.astype("<u4").tobytes()
+                   + words.astype("<u2").tobytes())
+        damaged = _damage(draw, payload)
+        intact.append(damaged == payload)
+        offsets.append(len(buffer))
+        sizes.append(len(damaged))
+        buffer += damaged + bytes(draw(st.integers(0, 3)))
+    rows = rows_per_chunk * chunk_count
+    rows_per_group = draw(st.integers(0, max(rows, 1)))
+    group_count = 1 if rows_per_group == 0 else max(1, -(-rows // rows_per_group))
+    output_kind = draw(st.sampled_from([kernels.OUTPUT_FLOAT32, kernels.OUTPUT_FLOAT16,
+                                        kernels.OUTPUT_INDEX]))
+    return dict(buffer=np.frombuffer(bytes(buffer), dtype=np.uint8), offsets=offsets,
+                sizes=sizes, intact=intact, rows_per_chunk=rows_per_chunk, row_length=row_length,
+                lane_count=lane_count, precision_bits=precision_bits, frequencies=frequencies,
+                escape_symbol=escape_symbol, index_offset=index_offset,
+                rows_per_group=rows_per_group, group_count=group_count, output_kind=output_kind,
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunk_sets())
+def test_fast_kernel_agrees_with_the_general_kernel(case):
+    alphabet_size = len(case["frequencies"])
+    chunk_count = len(case["offsets"])
+    count = case["rows_per_chunk"] * case["row_length"]
+    offsets = np.array(case["offsets"], np.int64)
+    sizes = np.array(case["sizes"], np.int64)
+    first_rows = np.arange(chunk_count, dtype=np.int64) * case["rows_per_chunk"]
+    counts = np.full(chunk_count, count, np.int64)
+    out_starts = np.arange(chunk_count, dtype=np.int64) * count
+    slot_symbols, symbol_info = kernels.build_symbol_tables(
+        np.array([case["frequencies"]], np.int64), case["precision_bits"])
+    symbol_contexts = np.zeros(alphabet_size, np.int64)
+    rng = np.random.default_rng(case["seed"])
+    steps = rng.uniform(0.001, 10, case["group_count"]).astype(np.float32)
+    zero_points = rng.integers(-3, 4, case["group_count"]).astype(np.int64)
+    value_table, invalid_symbols = kernels.build_value_table(
+        alphabet_size, case["index_offset"], kernels.GRID_UNIFORM, case["group_count"], steps,
+        zero_points, np.zeros(0, np.float32), 0, case["output_kind"])
+    dtype = {kernels.OUTPUT_FLOAT32: np.float32, kernels.OUTPUT_INDEX: np.int32}.get(
+        case["output_kind"], np.uint16)
+    arguments = (case["row_length"], case["lane_count"], case["precision_bits"])
+    tables = (case["escape_symbol"], case["index_offset"], slot_symbols, symbol_info,
+              symbol_contexts, kernels.GRID_UNIFORM, case["rows_per_group"], steps, zero_points,
+              np.zeros(0, np.float32))
+    out_fast = np.zeros(chunk_count * count, dtype)
+    errors_fast = np.zeros((chunk_count, 2), np.int64)
+    kernels.decode_chunks(case["buffer"], offsets, sizes, first_rows, counts, out_starts,
+                          *arguments, 0, 1, 0, *tables, 0, value_table, invalid_symbols[:0],
+                          case["output_kind"], out_fast, errors_fast)
+    out_general = np.zeros(chunk_count * count, dtype)
+    errors_general = np.zeros((chunk_count, 2), np.int64)
+    _general_only(case["buffer"], offsets, sizes, first_rows, counts, out_starts, *arguments,
+                  *tables, value_table, invalid_symbols[:0], case["output_kind"], out_general,
+                  errors_general)
+    assert errors_fast.tolist() == errors_general.tolist()
+    for k in range(chunk_count):
+        if errors_general[k, 0] == 0:  # what a failed chunk leaves in the output is unspecified
+            part = slice(out_starts[k], out_starts[k] + count)
+            assert out_fast[part].tobytes() == out_general[part].tobytes()
+    # The fast kernel itself accepts every intact chunk it is meant for.
+    for k in range(chunk_count):
+        fits = (case["lane_count"] == 4 and case["intact"][k] and errors_general[k, 0] == 0
+                and struct.unpack_from("<I", case["buffer"], offsets[k])[0] == 0)
+        if fits:
+            out = np.zeros(chunk_count * count, dtype)
+            rows_per_group = (case["rows_per_group"] if case["output_kind"] != kernels.OUTPUT_INDEX
+                              else 0)
+            assert kernels._decode_chunk_iid4(
+                case["buffer"], offsets[k], sizes[k], count, first_rows[k], case["row_length"],
+                case["precision_bits"], case["escape_symbol"], slot_symbols, symbol_info,
+                alphabet_size, rows_per_group, value_table, out, out_starts[k])
