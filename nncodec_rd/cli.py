@@ -161,6 +161,7 @@ BATCH_FILE_SUFFIXES = (".pt", ".pth", ".npz")
 DATA_FREE_OPTIONS = (("step", "--step"), ("relative_step", "--relative-step"), ("bins", "--bins"),
                      ("quantize", "--quantize"))
 MODEL_OPTIONS = (("lam", "--lam"), ("target_bpw", "--target-bpw"), ("grid_scale", "--grid-scale"),
+                 ("grid_choice", "--grid-choice"),
                  ("no_act_order", "--no-act-order"), ("no_sensitivity", "--no-sensitivity"),
                  ("batch_size", "--batch-size"))
 
@@ -337,6 +338,9 @@ def _encode_model(arguments) -> int:
     grid_scale = 1.0 if arguments.grid_scale is None else arguments.grid_scale
     if not (math.isfinite(grid_scale) and grid_scale > 0):  # before the slow Hessians
         raise EncoderError(f"--grid-scale must be finite and > 0, not {grid_scale}")
+    from .encoder.methods import DEFAULT_GRID_CHOICE
+
+    grid_choice = arguments.grid_choice or DEFAULT_GRID_CHOICE
     if calibration is not None and kind is None:
         raise EncoderError(f"--calibration {calibration!r}: expected a .pt, .pth or .npz file of "
                            f"batches, or MODULE:FUNCTION returning (model, batches)")
@@ -371,7 +375,7 @@ def _encode_model(arguments) -> int:
     metadata = {k: str(v) for k, v in source_metadata.items()}
     metadata.update({"encoder": f"nncodec-rd {__version__}", "encoder_settings": json.dumps({
         "method": method, "lam": arguments.lam, "target_bpw": arguments.target_bpw,
-        "per_channel": arguments.per_row, "grid_scale": grid_scale,
+        "per_channel": arguments.per_row, "grid_scale": grid_scale, "grid_choice": grid_choice,
         "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity,
         "precision_bits": arguments.precision_bits, "lane_count": arguments.lanes,
         "context_model": arguments.context,
@@ -384,6 +388,7 @@ def _encode_model(arguments) -> int:
     result = compress(model, batches, method=method, lam=arguments.lam,
                       target_bpw=arguments.target_bpw, path=arguments.output,
                       per_channel=arguments.per_row, grid_scale=grid_scale,
+                      grid_choice=grid_choice,
                       act_order=not arguments.no_act_order, entropy=settings,
                       sensitivity=not arguments.no_sensitivity, metadata=metadata, progress=True)
     print(f"wrote {arguments.output}: {result.size_bytes} bytes, {result.bits_per_weight:.3f} bits "
@@ -492,8 +497,8 @@ Inputs:
   With a model, INPUT (if given) must hold every parameter and buffer of the model's state
   dict, loaded before compressing. MODULE is a module name, imported with the current
   directory on the path, or a file: path/to/file.py:FUNCTION. --lam or --target-bpw set the
-  size (default: steps of about RMS/16); --per-channel, --grid-scale, --no-act-order,
-  --no-sensitivity tune the quantizer. Progress and a per-layer table go to stderr.
+  size (default: steps of about RMS/16); --per-channel, --grid-scale, --grid-choice,
+  --no-act-order, --no-sensitivity tune the quantizer. Progress and a per-layer table go to stderr.
 
 Examples:
   nncodec-rd encode model.safetensors -o model.nrd
@@ -509,7 +514,7 @@ Examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .encoder.methods import METHODS
+    from .encoder.methods import DEFAULT_GRID_CHOICE, GRID_CHOICES, METHODS
 
     parser = argparse.ArgumentParser(
         prog="nncodec-rd",
@@ -592,6 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_model.add_argument("--grid-scale", type=float,
                             help="multiplies the grid step lambda gives (default 1; below 1: a "
                                  "finer grid)")
+    with_model.add_argument("--grid-choice", choices=GRID_CHOICES,
+                            help="fixed: every layer's step from lambda; rd: each layer picks its "
+                                 "grid (step, or 3 to 31 bins with a zero point) by "
+                                 "rate-distortion, several quantizations per layer (default "
+                                 f"{DEFAULT_GRID_CHOICE})")
     with_model.add_argument("--no-act-order", action="store_true",
                             help="quantize columns in their order, not by decreasing Hessian "
                                  "diagonal")

@@ -41,10 +41,8 @@ from numba import njit, prange
 
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, UniformGrid
-from .methods import METHODS  # noqa: F401  (re-exported)
+from .methods import DEFAULT_GRID_CHOICE, GRID_CHOICES, METHODS  # noqa: F401  (re-exported)
 from .rate import RateModel
-
-GRID_CHOICES = ("fixed", "rd")
 
 # Candidate indices tried per weight, walking from the nearest index towards zero.
 MAX_CANDIDATES = 48
@@ -141,6 +139,8 @@ class QuantizerSettings:
         with the least ``D/λ + R`` (:mod:`nncodec_rd.encoder.grid_choice`).
     grid_bins:
         The odd numbers of bins ``"rd"`` tries for layers with one step.
+    grid_search_below_bits:
+        ``"rd"`` searches only layers that the λ rule codes at fewer bits per weight than this.
     """
 
     method: str = "cerwu"
@@ -153,8 +153,9 @@ class QuantizerSettings:
     block_size: int = 128
     max_passes: int = 2
     entropy: EntropySettings = field(default_factory=EntropySettings)
-    grid_choice: str = "fixed"
+    grid_choice: str = DEFAULT_GRID_CHOICE
     grid_bins: tuple = (3, 5, 7, 15, 31)
+    grid_search_below_bits: float = 2.0
 
     def __post_init__(self):
         if self.method not in METHODS:

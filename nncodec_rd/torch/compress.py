@@ -20,6 +20,7 @@ import torch
 
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, RightMatrixTransform, UniformGrid
+from ..encoder.methods import DEFAULT_GRID_CHOICE
 from ..encoder.obs import (LayerProblem, LayerResult, QuantizerSettings, layer_distortion,
                            quantize_layer)
 from ..encoder.transform import (FALLBACK_METHOD, TRANSFORM_METHODS, TransformLayerResult,
@@ -454,7 +455,7 @@ class ModelEncoder:
 def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: float | None = None,
              target_bpw: float | None = None, target_metric=None, path=None,
              per_channel: bool = False, grid_scale: float = 1.0, act_order: bool = True,
-             grid_choice: str = "fixed",
+             grid_choice: str = DEFAULT_GRID_CHOICE,
              entropy: EntropySettings | None = None, include=None,
              embedding_smoothing: float = 1.0, sensitivity: bool = True,
              metadata: dict | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -65,14 +67,24 @@ def test_every_method_keeps_its_indices_within_the_bins(rng, method):
 def test_the_search_never_does_worse_than_the_lambda_rule(rng, method):
     problem = problem_of(rng, rng.laplace(size=(24, 64)) * 0.05)
     for lam in (1e-5, 1e-4, 1e-3):
-        settings = QuantizerSettings(method=method, lam=lam)
+        settings = QuantizerSettings(method=method, lam=lam, grid_search_below_bits=np.inf)
         fixed = quantize_layer(problem, settings)
-        chosen = quantize_layer(problem, QuantizerSettings(method=method, lam=lam,
-                                                           grid_choice="rd"))
+        chosen = quantize_layer(problem, replace(settings, grid_choice="rd"))
         assert objective_bits(chosen, lam, settings) <= objective_bits(fixed, lam, settings)
         trials = search_grids(problem, settings)
         assert any(trial.candidate == GridCandidate() for trial in trials)  # scale 1 is tried
         assert len({trial.candidate for trial in trials}) == len(trials)  # none twice
+
+
+def test_high_rate_layers_keep_the_lambda_rule_without_a_search(rng):
+    problem = problem_of(rng, rng.laplace(size=(24, 64)) * 0.05)
+    settings = QuantizerSettings(method="cerwu", lam=1e-5, grid_choice="rd")  # ~4 bits/weight
+    trials = search_grids(problem, settings)
+    assert [trial.candidate for trial in trials] == [GridCandidate()]
+    result = quantize_layer(problem, settings)
+    assert result.grid == "λ rule" and result.rate_bits / problem.weights.size > 2.0
+    searched = search_grids(problem, replace(settings, grid_search_below_bits=5.0))
+    assert len(searched) > 4
 
 
 def test_a_ternary_layer_gets_a_three_bin_grid(rng):
