@@ -375,12 +375,13 @@ _U16 = np.uint64(16)
 
 
 @njit(inline="always")
-def _lane_step(state, slot_symbols, symbol_info, slot_mask, shift):
-    """spec §7.6, one lane's step up to renormalisation (IID, so table 0): the symbol that owns
-    the state's slot, and the state it leaves."""
+def _lane_step(state, slot_base, info_base, slot_symbols, symbol_info, slot_mask, shift):
+    """spec §7.6, one lane's step up to renormalisation, in the table whose slots start at
+    ``slot_base`` and symbols at ``info_base``: the symbol that owns the state's slot, and the
+    state it leaves."""
     state_slot = state & slot_mask
-    symbol = slot_symbols[state_slot]
-    symbol_entry = symbol_info[symbol]
+    symbol = slot_symbols[slot_base + state_slot]
+    symbol_entry = symbol_info[info_base + symbol]
     state = (symbol_entry & _LOW32) * (state >> shift) + state_slot - (symbol_entry >> _HIGH_SHIFT)
     return symbol, state
 
@@ -398,9 +399,13 @@ def _renormalize(state, buffer, position):
 
 
 @njit(inline="always")
-def _decode_chunk_iid4_body(buffer, chunk_offset, chunk_size, symbol_count, first_row,
-                            row_length, precision_bits, escape_symbol, slot_symbols, symbol_info,
-                            alphabet_size, rows_per_group, value_table, out, out_start):
+def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, first_row,
+                              row_length, precision_bits, previous_index_context, escape_symbol,
+                              slot_symbols, symbol_info, next_slot_bases, next_info_bases,
+                              alphabet_size, rows_per_group, value_table, out, out_start):
+    """_decode_chunk_4lanes for one context model and, with ``escape_symbol`` -1, for no
+    escape symbol: both are constants where it is inlined, so the IID copy carries no context
+    work and the copy without escapes no escape test."""
     end = np.uint64(chunk_offset + chunk_size)
     # spec §7.3 (a fault here: False, and the general kernel reports it).
     if chunk_size < 4 + 16 or _read_u32(buffer, chunk_offset) != 0:
@@ -415,6 +420,10 @@ def _decode_chunk_iid4_body(buffer, chunk_offset, chunk_size, symbol_count, firs
     if min(min(state0, state1), min(state2, state3)) < STATE_LOWER_BOUND:
         return False
     position += _U16
+    # spec §7.4: each lane starts in table 0 (the context of context_center); with IID the
+    # bases stay 0.
+    slot_base0 = slot_base1 = slot_base2 = slot_base3 = np.uint64(0)
+    info_base0 = info_base1 = info_base2 = info_base3 = np.uint64(0)
     slot_mask = np.uint64((1 << precision_bits) - 1)
     shift = np.uint64(precision_bits)
     escape_seen = False  # with no escaped index in the chunk, an escape symbol is a fault
@@ -440,14 +449,28 @@ def _decode_chunk_iid4_body(buffer, chunk_offset, chunk_size, symbol_count, firs
             if rounds == 0:
                 break
             for _ in range(np.int64(rounds)):
-                symbol0, state0 = _lane_step(state0, slot_symbols, symbol_info, slot_mask, shift)
+                symbol0, state0 = _lane_step(state0, slot_base0, info_base0, slot_symbols,
+                                             symbol_info, slot_mask, shift)
                 state0, position = _renormalize(state0, buffer, position)
-                symbol1, state1 = _lane_step(state1, slot_symbols, symbol_info, slot_mask, shift)
+                symbol1, state1 = _lane_step(state1, slot_base1, info_base1, slot_symbols,
+                                             symbol_info, slot_mask, shift)
                 state1, position = _renormalize(state1, buffer, position)
-                symbol2, state2 = _lane_step(state2, slot_symbols, symbol_info, slot_mask, shift)
+                symbol2, state2 = _lane_step(state2, slot_base2, info_base2, slot_symbols,
+                                             symbol_info, slot_mask, shift)
                 state2, position = _renormalize(state2, buffer, position)
-                symbol3, state3 = _lane_step(state3, slot_symbols, symbol_info, slot_mask, shift)
+                symbol3, state3 = _lane_step(state3, slot_base3, info_base3, slot_symbols,
+                                             symbol_info, slot_mask, shift)
                 state3, position = _renormalize(state3, buffer, position)
+                if previous_index_context:
+                    # spec §7.4: the next table of each lane, from the index just decoded.
+                    slot_base0 = next_slot_bases[symbol0]
+                    info_base0 = next_info_bases[symbol0]
+                    slot_base1 = next_slot_bases[symbol1]
+                    info_base1 = next_info_bases[symbol1]
+                    slot_base2 = next_slot_bases[symbol2]
+                    info_base2 = next_info_bases[symbol2]
+                    slot_base3 = next_slot_bases[symbol3]
+                    info_base3 = next_info_bases[symbol3]
                 if escape_symbol >= 0:
                     escape_seen |= ((symbol0 == escape_symbol) | (symbol1 == escape_symbol)
                                     | (symbol2 == escape_symbol) | (symbol3 == escape_symbol))
@@ -456,18 +479,27 @@ def _decode_chunk_iid4_body(buffer, chunk_offset, chunk_size, symbol_count, firs
                 out[target + _U2] = values[symbol2]
                 out[target + np.uint64(3)] = values[symbol3]
                 target += _U4
-        # The rest of the segment one symbol at a time, each read checked; the states turn
-        # round so that state0 stays the next lane's.
+        # The rest of the segment one symbol at a time, each read checked; the lanes turn
+        # round so that lane 0's variables stay the next lane's.
         while target < segment_end:
-            symbol0, state0 = _lane_step(state0, slot_symbols, symbol_info, slot_mask, shift)
+            symbol0, state0 = _lane_step(state0, slot_base0, info_base0, slot_symbols,
+                                         symbol_info, slot_mask, shift)
             if state0 < STATE_LOWER_BOUND:
                 if position + _U2 > end:
                     return False
                 state0, position = _renormalize(state0, buffer, position)
+            if previous_index_context:
+                slot_base0 = next_slot_bases[symbol0]
+                info_base0 = next_info_bases[symbol0]
             escape_seen |= symbol0 == escape_symbol
             out[target] = values[symbol0]
             target += _U1
             state0, state1, state2, state3 = state1, state2, state3, state0
+            if previous_index_context:
+                slot_base0, slot_base1, slot_base2, slot_base3 = (slot_base1, slot_base2,
+                                                                  slot_base3, slot_base0)
+                info_base0, info_base1, info_base2, info_base3 = (info_base1, info_base2,
+                                                                  info_base3, info_base0)
         row = segment_stop
     # spec §7.7 (escape_count is 0, so no escape may have been decoded).
     return (position == end and not escape_seen and state0 == STATE_LOWER_BOUND
@@ -476,30 +508,44 @@ def _decode_chunk_iid4_body(buffer, chunk_offset, chunk_size, symbol_count, firs
 
 
 @njit(cache=True)
-def _decode_chunk_iid4(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-                       precision_bits, escape_symbol, slot_symbols, symbol_info, alphabet_size,
-                       rows_per_group, value_table, out, out_start):
-    """The common case of _decode_chunk_iid, fast: IID, 4 lanes, no escaped index in the chunk,
+def _decode_chunk_4lanes(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+                         precision_bits, previous_index_context, escape_symbol, slot_symbols,
+                         symbol_info, next_slot_bases, next_info_bases, alphabet_size,
+                         rows_per_group, value_table, out, out_start):
+    """The common case of the chunk kernels, fast: 4 lanes, no escaped index in the chunk,
     every output looked up in ``value_table`` (``rows_per_group`` 0: one table for every row),
-    no codebook check; ``escape_symbol`` -1 when no escape symbol can be decoded. Returns True
-    when the chunk decoded and passed every check of spec §7.3-§7.7; False as soon as anything
-    is unusual (a fault, an escape), without saying what: the caller then decodes the chunk
-    again with the general kernel, which finds the first fault and its byte offset, so errors
-    stay exactly the general kernel's.
+    no codebook check; ``escape_symbol`` -1 when no escape symbol can be decoded. With
+    ``previous_index_context`` (spec §7.4) a lane whose symbol is ``s`` next uses the table
+    whose slots start at ``next_slot_bases[s]`` and symbols at ``next_info_bases[s]``.
 
-    Why it is faster: the four lane states live in registers (the lanes stay in one order
-    within each round of four symbols), and rounds read words without clamping or a
-    per-symbol end check while at least 8 bytes, the most a round can read, are left."""
+    Returns True when the chunk decoded and passed every check of spec §7.3-§7.7; False as
+    soon as anything is unusual (a fault, an escape), without saying what: the caller then
+    decodes the chunk again with the general kernel, which finds the first fault and its byte
+    offset, so errors stay exactly the general kernel's.
+
+    Why it is faster: the four lanes' states (and tables) live in registers, the lanes staying
+    in one order within each round of four symbols, and rounds read words without clamping or
+    a per-symbol end check while at least 8 bytes, the most a round can read, are left."""
+    # Four inlined copies, each with its constants (see _decode_chunk_4lanes_body).
+    if previous_index_context:
+        if escape_symbol < 0:
+            return _decode_chunk_4lanes_body(
+                buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+                precision_bits, True, -1, slot_symbols, symbol_info, next_slot_bases,
+                next_info_bases, alphabet_size, rows_per_group, value_table, out, out_start)
+        return _decode_chunk_4lanes_body(
+            buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+            precision_bits, True, escape_symbol, slot_symbols, symbol_info, next_slot_bases,
+            next_info_bases, alphabet_size, rows_per_group, value_table, out, out_start)
     if escape_symbol < 0:
-        # A constant -1 lets the compiler drop the escape test from the loop.
-        return _decode_chunk_iid4_body(buffer, chunk_offset, chunk_size, symbol_count,
-                                       first_row, row_length, precision_bits, -1, slot_symbols,
-                                       symbol_info, alphabet_size, rows_per_group, value_table,
-                                       out, out_start)
-    return _decode_chunk_iid4_body(buffer, chunk_offset, chunk_size, symbol_count, first_row,
-                                   row_length, precision_bits, escape_symbol, slot_symbols,
-                                   symbol_info, alphabet_size, rows_per_group, value_table, out,
-                                   out_start)
+        return _decode_chunk_4lanes_body(
+            buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+            precision_bits, False, -1, slot_symbols, symbol_info, next_slot_bases,
+            next_info_bases, alphabet_size, rows_per_group, value_table, out, out_start)
+    return _decode_chunk_4lanes_body(
+        buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
+        precision_bits, False, escape_symbol, slot_symbols, symbol_info, next_slot_bases,
+        next_info_bases, alphabet_size, rows_per_group, value_table, out, out_start)
 
 
 @njit(cache=True, parallel=True)
@@ -512,21 +558,32 @@ def decode_chunks(buffer, chunk_offsets, chunk_sizes, chunk_first_rows, chunk_sy
     """Decode independent chunks in parallel into ``out``: float32 values, binary16/bfloat16
     patterns (uint16) or int32 indices, per ``output_kind``; ``value_table`` has ``out``'s dtype.
     ``errors[k] = (code, byte offset)`` for chunk k; code 0 means success."""
-    # The fast kernel's case (see _decode_chunk_iid4); each chunk may still fall back.
-    fast = (context_model != 1 and lane_count == 4 and len(value_table) > 0
-            and len(invalid_symbols) == 0)
+    # The fast kernel's case (see _decode_chunk_4lanes); each chunk may still fall back.
+    fast = lane_count == 4 and len(value_table) > 0 and len(invalid_symbols) == 0
     alphabet_size = len(symbol_contexts)
-    # An escape symbol of frequency 0 is never decoded: the fast kernel need not look for it.
-    fast_escape = escape_symbol
-    if escape_symbol >= 0 and (symbol_info[escape_symbol] & _LOW32) == 0:
-        fast_escape = -1
+    # An escape symbol of frequency 0 in every table is never decoded: the fast kernel need
+    # not look for it.
+    fast_escape = -1
+    if escape_symbol >= 0:
+        for context in range(len(symbol_info) // alphabet_size):
+            if (symbol_info[context * alphabet_size + escape_symbol] & _LOW32) != 0:
+                fast_escape = escape_symbol
+    # spec §7.4: the table that follows each direct symbol, as the bases of its two parts.
+    next_slot_bases = np.zeros(alphabet_size, dtype=np.uint64)
+    next_info_bases = np.zeros(alphabet_size, dtype=np.uint64)
+    if context_model == 1:
+        for symbol in range(alphabet_size):
+            next_slot_bases[symbol] = np.uint64(symbol_contexts[symbol] << precision_bits)
+            next_info_bases[symbol] = np.uint64(symbol_contexts[symbol] * alphabet_size)
     fast_rows_per_group = rows_per_group if output_kind != OUTPUT_INDEX else 0
     for k in prange(len(chunk_offsets)):
-        if fast and _decode_chunk_iid4(buffer, chunk_offsets[k], chunk_sizes[k],
-                                       chunk_symbol_counts[k], chunk_first_rows[k], row_length,
-                                       precision_bits, fast_escape, slot_symbols, symbol_info,
-                                       alphabet_size, fast_rows_per_group, value_table, out,
-                                       chunk_out_starts[k]):
+        if fast and _decode_chunk_4lanes(buffer, chunk_offsets[k], chunk_sizes[k],
+                                         chunk_symbol_counts[k], chunk_first_rows[k],
+                                         row_length, precision_bits, context_model == 1,
+                                         fast_escape, slot_symbols, symbol_info,
+                                         next_slot_bases, next_info_bases, alphabet_size,
+                                         fast_rows_per_group, value_table, out,
+                                         chunk_out_starts[k]):
             continue
         states = np.empty(lane_count, dtype=np.uint64)
         if context_model == 1:

@@ -1,6 +1,6 @@
-"""The fast 4-lane IID kernel (kernels._decode_chunk_iid4, used by decode_chunks) against the
-general chunk kernel: the same bytes for every chunk that decodes, the same error code and byte
-offset for every chunk that does not, on random chunks, damaged or not."""
+"""The fast 4-lane kernel (kernels._decode_chunk_4lanes, used by decode_chunks) against the
+general chunk kernels: the same bytes for every chunk that decodes, the same error code and byte
+offset for every chunk that does not, on random chunks of both context models, damaged or not."""
 
 import struct
 
@@ -15,18 +15,27 @@ from nncodec_rd.encoder.rans import encode_chunk
 
 @njit(cache=True)
 def _general_only(buffer, offsets, sizes, first_rows, counts, out_starts, row_length,
-                  lane_count, precision_bits, escape_symbol, index_offset, slot_symbols,
-                  symbol_info, symbol_contexts, grid_kind, rows_per_group, steps, zero_points,
-                  codebook, value_table, invalid_symbols, output_kind, out, errors):
-    """decode_chunks' IID branch without the fast kernel: the reference."""
+                  lane_count, precision_bits, context_model, context_count, context_center,
+                  escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts,
+                  grid_kind, rows_per_group, steps, zero_points, codebook, value_table,
+                  invalid_symbols, output_kind, out, errors):
+    """decode_chunks without the fast kernel: the reference."""
     for k in range(len(offsets)):
         states = np.empty(lane_count, dtype=np.uint64)
-        kernels._decode_chunk_iid(buffer, offsets[k], sizes[k], counts[k], first_rows[k],
-                                  row_length, lane_count, precision_bits, 1, 0, escape_symbol,
-                                  index_offset, slot_symbols, symbol_info, symbol_contexts,
-                                  grid_kind, rows_per_group, steps, zero_points, codebook, 0,
-                                  value_table, invalid_symbols, output_kind, out, out_starts[k],
-                                  states, errors, k)
+        if context_model == 1:
+            kernels._decode_chunk_previous(
+                buffer, offsets[k], sizes[k], counts[k], first_rows[k], row_length, lane_count,
+                precision_bits, context_count, context_center, escape_symbol, index_offset,
+                slot_symbols, symbol_info, symbol_contexts, grid_kind, rows_per_group, steps,
+                zero_points, codebook, 0, value_table, invalid_symbols, output_kind, out,
+                out_starts[k], states, errors, k)
+        else:
+            kernels._decode_chunk_iid(
+                buffer, offsets[k], sizes[k], counts[k], first_rows[k], row_length, lane_count,
+                precision_bits, context_count, context_center, escape_symbol, index_offset,
+                slot_symbols, symbol_info, symbol_contexts, grid_kind, rows_per_group, steps,
+                zero_points, codebook, 0, value_table, invalid_symbols, output_kind, out,
+                out_starts[k], states, errors, k)
 
 
 def _damage(draw, payload: bytes) -> bytes:
@@ -45,35 +54,56 @@ def _damage(draw, payload: bytes) -> bytes:
     return bytes(data)
 
 
+def _contexts(symbols, escaped_index, index_offset, escape_symbol, lane_count, context_count,
+              context_center):
+    """spec §7.4 (PREVIOUS_INDEX): the table of each symbol, from its lane's previous index."""
+    contexts = np.zeros(len(symbols), np.int32)
+    for i in range(lane_count, len(symbols)):
+        previous = symbols[i - lane_count]
+        index = escaped_index if previous == escape_symbol else previous + index_offset
+        contexts[i] = min(abs(index - context_center), context_count - 1)
+    return contexts
+
+
 @st.composite
 def chunk_sets(draw):
-    """Chunks of one tensor (4 lanes mostly, IID, any table, escapes or not, step groups), each
-    possibly damaged, laid out at odd offsets in one buffer."""
+    """Chunks of one tensor (4 lanes mostly, either context model, any tables, escapes or not,
+    step groups), each possibly damaged, laid out at odd offsets in one buffer."""
     alphabet_size = draw(st.sampled_from([1, 2, 3, 7, 40, 255, 256, 257, 300]))
-    precision_bits, frequencies = draw(frequency_tables(alphabet_size=alphabet_size))
+    context_model = draw(st.sampled_from([0, 1]))
+    context_count = draw(st.integers(2, 4)) if context_model == 1 else 1
+    precision_bits = draw(st.integers(1, 16))
+    frequencies = [draw(frequency_tables(alphabet_size=alphabet_size,
+                                         precision_bits=precision_bits))[1]
+                   for _ in range(context_count)]
     escape_symbol = alphabet_size - 1 if draw(st.booleans()) else -1
     lane_count = draw(st.sampled_from([4, 4, 4, 1, 3, 8]))
     row_length = draw(st.integers(1, 13))
     rows_per_chunk = draw(st.integers(0, 6))
     chunk_count = draw(st.integers(1, 3))
-    usable = [s for s, f in enumerate(frequencies) if f]
     index_offset = -(alphabet_size // 2)
+    context_center = draw(st.integers(index_offset, index_offset + alphabet_size - 1))
+    escaped_index = index_offset + alphabet_size + 5  # outside the direct indices (spec §7.5)
     buffer = bytearray(draw(st.binary(min_size=0, max_size=3)))
     offsets, sizes, intact = [], [], []
     for _ in range(chunk_count):
         count = rows_per_chunk * row_length
-        symbols = np.array(draw(st.lists(st.sampled_from(usable), min_size=count,
-                                         max_size=count)), dtype=np.int32)
+        symbols = np.zeros(count, np.int32)
+        for i in range(count):  # each symbol drawn from those its table can code
+            context = _contexts(symbols[:i + 1], escaped_index, index_offset, escape_symbol,
+                                lane_count, context_count, context_center)[i]
+            usable = [s for s, f in enumerate(frequencies[context]) if f]
+            symbols[i] = draw(st.sampled_from(usable))
+        contexts = _contexts(symbols, escaped_index, index_offset, escape_symbol, lane_count,
+                             context_count, context_center)
         escapes = b""
         if escape_symbol >= 0 and draw(st.booleans()):
             escaped = int(np.sum(symbols == escape_symbol))
-            # Escaped indices outside the direct ones (spec §7.5).
-            escapes = struct.pack(f"<{escaped}i", *([index_offset + alphabet_size + 5] * escaped))
-        escape_count = len(escapes) // 4
-        states, words = encode_chunk(symbols, np.zeros_like(symbols), np.array([frequencies]),
-                                     precision_bits, lane_count)
-        payload = (struct.pack("<I", escape_count) + escapes + states.astype("<u4").tobytes()
-                   + words.astype("<u2").tobytes())
+            escapes = struct.pack(f"<{escaped}i", *([escaped_index] * escaped))
+        states, words = encode_chunk(symbols, contexts, np.array(frequencies), precision_bits,
+                                     lane_count)
+        payload = (struct.pack("<I", len(escapes) // 4) + escapes
+                   + states.astype("<u4").tobytes() + words.astype("<u2").tobytes())
         damaged = _damage(draw, payload)
         intact.append(damaged == payload)
         offsets.append(len(buffer))
@@ -87,15 +117,17 @@ def chunk_sets(draw):
     return dict(buffer=np.frombuffer(bytes(buffer), dtype=np.uint8), offsets=offsets,
                 sizes=sizes, intact=intact, rows_per_chunk=rows_per_chunk, row_length=row_length,
                 lane_count=lane_count, precision_bits=precision_bits, frequencies=frequencies,
-                escape_symbol=escape_symbol, index_offset=index_offset,
-                rows_per_group=rows_per_group, group_count=group_count, output_kind=output_kind,
+                context_model=context_model, context_count=context_count,
+                context_center=context_center, escape_symbol=escape_symbol,
+                index_offset=index_offset, rows_per_group=rows_per_group,
+                group_count=group_count, output_kind=output_kind,
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
 @settings(max_examples=400, deadline=None)
 @given(chunk_sets())
-def test_fast_kernel_agrees_with_the_general_kernel(case):
-    alphabet_size = len(case["frequencies"])
+def test_fast_kernel_agrees_with_the_general_kernels(case):
+    alphabet_size = len(case["frequencies"][0])
     chunk_count = len(case["offsets"])
     count = case["rows_per_chunk"] * case["row_length"]
     offsets = np.array(case["offsets"], np.int64)
@@ -104,8 +136,10 @@ def test_fast_kernel_agrees_with_the_general_kernel(case):
     counts = np.full(chunk_count, count, np.int64)
     out_starts = np.arange(chunk_count, dtype=np.int64) * count
     slot_symbols, symbol_info = kernels.build_symbol_tables(
-        np.array([case["frequencies"]], np.int64), case["precision_bits"])
-    symbol_contexts = np.zeros(alphabet_size, np.int64)
+        np.array(case["frequencies"], np.int64), case["precision_bits"])
+    symbol_contexts = kernels.contexts_of_symbols(
+        alphabet_size, case["index_offset"], case["context_model"], case["context_count"],
+        case["context_center"], case["escape_symbol"])
     rng = np.random.default_rng(case["seed"])
     steps = rng.uniform(0.001, 10, case["group_count"]).astype(np.float32)
     zero_points = rng.integers(-3, 4, case["group_count"]).astype(np.int64)
@@ -114,34 +148,37 @@ def test_fast_kernel_agrees_with_the_general_kernel(case):
         zero_points, np.zeros(0, np.float32), 0, case["output_kind"])
     dtype = {kernels.OUTPUT_FLOAT32: np.float32, kernels.OUTPUT_INDEX: np.int32}.get(
         case["output_kind"], np.uint16)
-    arguments = (case["row_length"], case["lane_count"], case["precision_bits"])
-    tables = (case["escape_symbol"], case["index_offset"], slot_symbols, symbol_info,
-              symbol_contexts, kernels.GRID_UNIFORM, case["rows_per_group"], steps, zero_points,
-              np.zeros(0, np.float32))
+    arguments = (case["row_length"], case["lane_count"], case["precision_bits"],
+                 case["context_model"], case["context_count"], case["context_center"],
+                 case["escape_symbol"], case["index_offset"], slot_symbols, symbol_info,
+                 symbol_contexts, kernels.GRID_UNIFORM, case["rows_per_group"], steps,
+                 zero_points, np.zeros(0, np.float32))
     out_fast = np.zeros(chunk_count * count, dtype)
     errors_fast = np.zeros((chunk_count, 2), np.int64)
     kernels.decode_chunks(case["buffer"], offsets, sizes, first_rows, counts, out_starts,
-                          *arguments, 0, 1, 0, *tables, 0, value_table, invalid_symbols[:0],
-                          case["output_kind"], out_fast, errors_fast)
+                          *arguments, 0, value_table, invalid_symbols[:0], case["output_kind"],
+                          out_fast, errors_fast)
     out_general = np.zeros(chunk_count * count, dtype)
     errors_general = np.zeros((chunk_count, 2), np.int64)
     _general_only(case["buffer"], offsets, sizes, first_rows, counts, out_starts, *arguments,
-                  *tables, value_table, invalid_symbols[:0], case["output_kind"], out_general,
+                  value_table, invalid_symbols[:0], case["output_kind"], out_general,
                   errors_general)
     assert errors_fast.tolist() == errors_general.tolist()
     for k in range(chunk_count):
         if errors_general[k, 0] == 0:  # what a failed chunk leaves in the output is unspecified
             part = slice(out_starts[k], out_starts[k] + count)
             assert out_fast[part].tobytes() == out_general[part].tobytes()
-    # The fast kernel itself accepts every intact chunk it is meant for.
+    # The fast kernel itself accepts every intact chunk it is meant for (it is not just
+    # falling back every time).
+    next_slot_bases = (symbol_contexts << case["precision_bits"]).astype(np.uint64)
+    next_info_bases = (symbol_contexts * alphabet_size).astype(np.uint64)
+    rows_per_group = case["rows_per_group"] if case["output_kind"] != kernels.OUTPUT_INDEX else 0
     for k in range(chunk_count):
-        fits = (case["lane_count"] == 4 and case["intact"][k] and errors_general[k, 0] == 0
-                and struct.unpack_from("<I", case["buffer"], offsets[k])[0] == 0)
-        if fits:
+        if (case["lane_count"] == 4 and case["intact"][k] and errors_general[k, 0] == 0
+                and struct.unpack_from("<I", case["buffer"], offsets[k])[0] == 0):
             out = np.zeros(chunk_count * count, dtype)
-            rows_per_group = (case["rows_per_group"] if case["output_kind"] != kernels.OUTPUT_INDEX
-                              else 0)
-            assert kernels._decode_chunk_iid4(
+            assert kernels._decode_chunk_4lanes(
                 case["buffer"], offsets[k], sizes[k], count, first_rows[k], case["row_length"],
-                case["precision_bits"], case["escape_symbol"], slot_symbols, symbol_info,
-                alphabet_size, rows_per_group, value_table, out, out_starts[k])
+                case["precision_bits"], case["context_model"] == 1, case["escape_symbol"],
+                slot_symbols, symbol_info, next_slot_bases, next_info_bases, alphabet_size,
+                rows_per_group, value_table, out, out_starts[k])
