@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test docs fuzz fuzz-long bench bench-rd bench-lazy clean
+.PHONY: setup demo test docs fuzz fuzz-long bench bench-rd bench-grid bench-lazy clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,14 @@ bench-rd: $(VENV)/.demo-installed .venv-nncodec/bin/python
 	mkdir -p bench/results
 	$(PY) bench/digits_rate_fidelity.py
 	$(PY) bench/minilm_rate_fidelity.py
+
+# Per-layer grid choice (fixed vs rd) for rtn, optq and cerwu on both models (docs/grid-choice.md;
+# about 25 minutes).
+bench-grid: $(VENV)/.demo-installed
+	mkdir -p bench/results
+	$(PY) bench/digits_rate_fidelity.py --methods rtn,optq,cerwu --grid-choice both --qps '' --output bench/results/digits_grid_choice
+	$(PY) bench/digits_grid_choice_seeds.py
+	$(PY) bench/minilm_rate_fidelity.py --methods rtn,optq,cerwu --grid-choice both --lam-factors 2,4,8 --qps '' --output bench/results/minilm_grid_choice
 
 # Inference-time decoding: latency and memory, eager vs lazy (docs/lazy-inference.md; about 6 minutes).
 bench-lazy: $(VENV)/.demo-installed

@@ -598,10 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="multiplies the grid step lambda gives (default 1; below 1: a "
                                  "finer grid)")
     with_model.add_argument("--grid-choice", choices=GRID_CHOICES,
-                            help="fixed: every layer's step from lambda; rd: each layer picks its "
-                                 "grid (step, or 3 to 31 bins with a zero point) by "
-                                 "rate-distortion, several quantizations per layer (default "
-                                 f"{DEFAULT_GRID_CHOICE})")
+                            help="fixed: every layer's step from lambda; rd: each layer below "
+                                 "2 bits per weight picks its grid (step, or 3 to 31 bins with a "
+                                 "zero point) by rate-distortion, several quantizations per "
+                                 "layer; auto (default): rd except for rtn")
     with_model.add_argument("--no-act-order", action="store_true",
                             help="quantize columns in their order, not by decreasing Hessian "
                                  "diagonal")

@@ -41,7 +41,8 @@ from numba import njit, prange
 
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, UniformGrid
-from .methods import DEFAULT_GRID_CHOICE, GRID_CHOICES, METHODS  # noqa: F401  (re-exported)
+from .methods import (DEFAULT_GRID_CHOICE, GRID_CHOICES, METHODS,  # noqa: F401 (re-exported)
+                      resolved_grid_choice)
 from .rate import RateModel
 
 # Candidate indices tried per weight, walking from the nearest index towards zero.
@@ -136,7 +137,8 @@ class QuantizerSettings:
         ``"fixed"``: every layer's step from the λ rule, any index allowed. ``"rd"``: each layer
         tries several grids (step scales around the λ rule, and bounded grids of ``grid_bins``
         bins with a zero point, their step from the weights' clipped range) and keeps the one
-        with the least ``D/λ + R`` (:mod:`nncodec_rd.encoder.grid_choice`).
+        with the least ``D/λ + R`` (:mod:`nncodec_rd.encoder.grid_choice`). ``"auto"`` (the
+        default): ``"rd"`` except for ``rtn``, where it lost on the benchmarks.
     grid_bins:
         The odd numbers of bins ``"rd"`` tries for layers with one step.
     grid_search_below_bits:
@@ -496,7 +498,7 @@ def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerR
         raise EncoderError("cerwu needs one step and one weight for all rows of a layer with a "
                            "Hessian (per_channel=False): its transformed Hessian H + μI is shared "
                            "by all rows")
-    if settings.grid_choice == "rd":
+    if resolved_grid_choice(settings.grid_choice, settings.method) == "rd":
         from .grid_choice import quantize_layer_choosing_grid
 
         return quantize_layer_choosing_grid(problem, settings)

@@ -484,12 +484,11 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     path:
         Where to write the file (atomically). ``None`` measures the size without keeping a file.
     per_channel, grid_scale, act_order, grid_choice:
-        See :class:`nncodec_rd.encoder.obs.QuantizerSettings`. ``grid_choice="rd"`` lets each
-        layer pick its grid (step, or a bounded number of bins with a zero point) by
-        rate–distortion (:mod:`nncodec_rd.encoder.grid_choice`); it costs several quantizations
-        per layer.
-    entropy:
-        Entropy-coding settings (:class:`nncodec_rd.EntropySettings`).
+        See :class:`nncodec_rd.encoder.obs.QuantizerSettings`. With ``grid_choice="rd"`` each
+        layer that the λ rule codes below 2 bits per weight picks its grid (a step, or a
+        bounded number of bins with a zero point) by rate–distortion
+        (:mod:`nncodec_rd.encoder.grid_choice`), at the cost of several quantizations of that
+        layer; ``"auto"`` (the default) does so for every method but ``rtn``.
     include:
         Optional predicate on module names: only those layers are quantized.
     embedding_smoothing:

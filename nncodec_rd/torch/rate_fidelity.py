@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .compress import ModelEncoder, load_into, load_weights
-from ..encoder.methods import METHODS
+from ..encoder.methods import METHODS, resolved_grid_choice
 from ..encoder.obs import QuantizerSettings
 from ..format.grids import EntropySettings
 from ..benchmarks import decode_speed
@@ -76,7 +76,8 @@ GRID_CHOICE_SUFFIX = "+grid"
 
 def curve_label(method: str, grid_choice: str) -> str:
     """The name of a curve: the method, with :data:`GRID_CHOICE_SUFFIX` for per-layer grids."""
-    return method + (GRID_CHOICE_SUFFIX if grid_choice == "rd" else "")
+    return method + (GRID_CHOICE_SUFFIX if resolved_grid_choice(grid_choice, method) == "rd"
+                     else "")
 
 
 def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivity: bool = True,
@@ -303,10 +304,11 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
     parser.add_argument("--qps", default=",".join(map(str, qps)),
                         help="NNCodec quantization parameters ('' to skip NNCodec)")
     parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
-    parser.add_argument("--grid-choice", default="fixed", choices=("fixed", "rd", "both"),
-                        help="fixed: the λ rule's grid for every layer; rd: each layer picks its "
-                             "grid by rate-distortion (curves named METHOD+grid); both: each "
-                             "method both ways")
+    parser.add_argument("--grid-choice", default="fixed", choices=("fixed", "rd", "auto", "both"),
+                        help="fixed (default, the curves of docs/rate-fidelity.md): the λ rule's "
+                             "grid for every layer; rd: each layer picks its grid by "
+                             "rate-distortion (curves named METHOD+grid); auto: the library's "
+                             "default; both: fixed and rd")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 λ, no NNCodec")
     parser.add_argument("--merge", action="store_true",
                         help="keep the stored results (OUTPUT.json) of the methods not run now, "

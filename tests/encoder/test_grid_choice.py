@@ -147,3 +147,10 @@ def test_the_writer_centres_previous_index_contexts_on_a_zero_point(tmp_path, rn
         centred = sum(chunk.size for chunk in bodies["centred"].chunks)
         default = sum(chunk.size for chunk in bodies["default"].chunks)
     assert centred < default  # distances from the most probable index say more
+
+
+def test_auto_searches_for_every_method_but_rtn(rng):
+    problem = problem_of(rng, rng.laplace(size=(24, 64)) * 0.05)
+    for method in METHODS:
+        result = quantize_layer(problem, QuantizerSettings(method=method, lam=1e-3))  # ~1 bit
+        assert (result.grid == "λ rule") == (method == "rtn"), (method, result.grid)

@@ -119,9 +119,10 @@ def test_per_layer_grids_reach_the_file_and_decode_to_the_reconstruction(tmp_pat
 
     model, batches = model_and_batches
     encoder = ModelEncoder(model, batches, progress=False)
-    # At this λ one layer of this seeded model takes a bounded grid (7 bins).
+    # Searched in every layer, one layer of this seeded model takes a bounded grid (7 bins).
     outcome = encoder.encode(QuantizerSettings(method="cerwu", lam=encoder.default_lam(),
-                                               grid_choice="rd"),
+                                               grid_choice="rd",
+                                               grid_search_below_bits=float("inf")),
                              str(tmp_path / "g.nrd"))
     grids = {layer.name: layer.grid for layer in outcome.layers}
     assert all(grid != "λ rule" for grid in grids.values())  # every layer searched
