@@ -163,6 +163,11 @@ class ChunkDecoder:
         slot_symbols, symbol_info = kernels.build_symbol_tables(self.frequencies,
                                                                 self.precision_bits)
         errors = np.zeros((len(offsets), 2), dtype=np.int64)
+        if buffer.flags.writeable:
+            # One type for every buffer (a mapped file is read-only): each Numba signature of
+            # the kernels costs about a minute of compiling on first use.
+            buffer = buffer.view()
+            buffer.flags.writeable = False
         kernels.decode_chunks(buffer, offsets, sizes, first_rows, counts, out_starts,
                               self.row_length, self.lane_count, self.precision_bits,
                               self.context_model, self.context_count, self.context_center,
