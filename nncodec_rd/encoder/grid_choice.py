@@ -12,8 +12,7 @@ its frequency table), the same slope every other decision of the encoder works a
 * **Bounded grids of B bins** (B odd): the finest grid of B bins that holds 0 and spans the
   weights' range ``[min(w, 0), max(w, 0)]``, whole or clipped to 60%. Its zero point is the bin
   of 0, so the file stores the indices 0 … B − 1 (spec §6.1); weights beyond the span are
-  clipped to the last bins. The quantizer's decisions are restricted
-  to those B indices. Bounded grids are tried only for layers with one step, and only where
+  clipped to the last bins. The quantizer's decisions are restricted to those B indices. Bounded grids are tried only for layers with one step, and only where
   their step is within a factor 0.5 … 4 of the λ-rule step (elsewhere they are far off the
   slope and cannot win).
 
@@ -33,7 +32,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .obs import (LayerProblem, LayerResult, QuantizerSettings, _curvatures, choose_steps,
+from .obs import (LayerProblem, LayerResult, QuantizerSettings, lambda_rule_steps,
                   quantize_on_grid)
 from .rate import RateModel
 
@@ -144,7 +143,7 @@ def search_grids(problem: LayerProblem, settings: QuantizerSettings) -> list[Gri
     λ rule's where that codes the layer at more than ``settings.grid_search_below_bits`` bits
     per weight."""
     fixed = replace(settings, grid_choice="fixed")
-    base_steps = choose_steps(problem, fixed, _curvatures(problem, fixed)[1])
+    base_steps = lambda_rule_steps(problem, fixed)
     trials: dict[float, GridTrial] = {}
 
     def scaled(exponent: float) -> GridTrial:

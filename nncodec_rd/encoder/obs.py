@@ -502,8 +502,12 @@ def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerR
         from .grid_choice import quantize_layer_choosing_grid
 
         return quantize_layer_choosing_grid(problem, settings)
-    steps = choose_steps(problem, settings, _curvatures(problem, settings)[1])
-    return quantize_on_grid(problem, settings, steps)
+    return quantize_on_grid(problem, settings, lambda_rule_steps(problem, settings))
+
+
+def lambda_rule_steps(problem: LayerProblem, settings: QuantizerSettings) -> np.ndarray:
+    """The layer's step(s) by the λ rule (:func:`choose_steps` with the layer's curvatures)."""
+    return choose_steps(problem, settings, _curvatures(problem, settings)[1])
 
 
 def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: np.ndarray,

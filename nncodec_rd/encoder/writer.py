@@ -156,10 +156,10 @@ def _symbols_of(flat: np.ndarray, index_offset: int, alphabet_size: int, escape:
     return symbols.astype(np.int32)
 
 
-def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset, zero_index=0):
+def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset, context_center):
     """Contexts and tables for both context models; pick the cheaper if ``auto``.
 
-    The previous-index context measures distances from ``zero_index`` (the index of the most
+    The previous-index context measures distances from ``context_center`` (the index of the most
     probable value) when it lies in the alphabet, else from the alphabet's first index."""
     models = {"iid": [ContextModel.IID], "previous": [ContextModel.PREVIOUS_INDEX],
               "auto": [ContextModel.IID, ContextModel.PREVIOUS_INDEX]}
@@ -167,7 +167,8 @@ def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset, z
         raise EncoderError(f"context_model must be iid, previous or auto, not "
                            f"{settings.context_model!r}")
     last_index = index_offset + (int(symbols.max()) if symbols.size else 0)
-    center = int(zero_index) if index_offset <= zero_index <= last_index else int(index_offset)
+    center = int(context_center) if index_offset <= context_center <= last_index \
+        else int(index_offset)
     best = None
     alphabet = int(symbols.max()) + 1 if symbols.size else 1
     for model in models[settings.context_model]:
@@ -195,13 +196,12 @@ def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset, z
 
 def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
                        settings: EntropySettings | None = None, transformed: bool = False,
-                       metadata: dict | None = None,
-                       context_center: int | None = None) -> PendingTensor:
+                       metadata: dict | None = None, context_center: int = 0) -> PendingTensor:
     """Entropy-code integer ``indices`` (any shape) with ``grid``: a tensor record and its chunks.
 
     ``context_center`` is the index the previous-index context measures distances from (spec
     §7.4) if it lies within the indices' range: the index of the most probable value, such as a
-    zero point. By default that is index 0.
+    zero point.
 
     With ``transformed``, ``indices`` is the ``(rows, k)`` matrix of coefficients; the writer later
     fills in the transform matrix's index and the final shape ``(rows, columns of the matrix)``.
@@ -241,8 +241,7 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
     rows_per_chunk = max(1, min(geometry.rows, settings.symbols_per_chunk // max(coded_row_length, 1)))
     extents = chunk_extents(geometry.rows, coded_row_length, rows_per_chunk)
     model, context_count, center, contexts, frequencies = _plan_contexts(
-        flat, symbols, extents, coded_row_length, settings, index_offset,
-        0 if context_center is None else context_center)
+        flat, symbols, extents, coded_row_length, settings, index_offset, context_center)
     if frequencies.shape[1] < alphabet_size:
         pad = np.zeros((context_count, alphabet_size - frequencies.shape[1]), dtype=np.int64)
         frequencies = np.concatenate([frequencies, pad], axis=1)
@@ -337,7 +336,7 @@ class NrdWriter:
 
     def add_indices(self, name: str, indices: np.ndarray, grid, dtype="float32", *,
                     settings: EntropySettings | None = None, transform: RightMatrixTransform | None = None,
-                    metadata: dict | None = None, context_center: int | None = None) -> int:
+                    metadata: dict | None = None, context_center: int = 0) -> int:
         """Store already-quantized integer ``indices`` with the ``grid`` that dequantizes them.
         Returns the size of the tensor's coded chunks in bytes (tables and record excluded).
         ``context_center``: see :func:`encode_rans_tensor` (pass a zero point).

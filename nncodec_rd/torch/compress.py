@@ -372,7 +372,7 @@ class ModelEncoder:
                     if layer.kind == "transposed_linear":
                         indices = np.ascontiguousarray(indices.T)
                     indices = indices.reshape(layer.stored_shape)
-                    center = None if result.zero_points is None else int(result.zero_points[0])
+                    center = 0 if result.zero_points is None else int(result.zero_points[0])
                     payload = writer.add_indices(key, indices, grid, layer.dtype,
                                                  settings=settings.entropy, context_center=center)
                     if key == source:

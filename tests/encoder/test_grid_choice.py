@@ -11,8 +11,8 @@ from nncodec_rd.api import safe_open
 from nncodec_rd.encoder.grid_choice import (GridCandidate, bounded_grid, objective_bits,
                                             quantize_layer_choosing_grid, search_grids,
                                             try_candidate)
-from nncodec_rd.encoder.obs import (LayerProblem, QuantizerSettings, choose_steps,
-                                    quantize_layer, quantize_on_grid, _curvatures)
+from nncodec_rd.encoder.obs import (LayerProblem, QuantizerSettings, lambda_rule_steps,
+                                    quantize_layer, quantize_on_grid)
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.errors import EncoderError
 from nncodec_rd.format.grids import EntropySettings, UniformGrid
@@ -105,7 +105,7 @@ def test_layers_with_a_step_per_row_only_search_the_step(rng):
     settings = QuantizerSettings(method="optq-rd", lam=1e-4, per_channel=True)
     trials = search_grids(problem, settings)
     assert trials and all(trial.candidate.bins is None for trial in trials)
-    base = choose_steps(problem, settings, _curvatures(problem, settings)[1])
+    base = lambda_rule_steps(problem, settings)
     assert len(base) == 12
     result = quantize_layer(problem, QuantizerSettings(method="optq-rd", lam=1e-4,
                                                        per_channel=True, grid_choice="rd"))
