@@ -94,7 +94,8 @@ def coded_tensors(draw):
         context_model=draw(st.sampled_from(["iid", "previous", "auto"])),
         context_count=draw(st.integers(2, 16)),
         symbols_per_chunk=draw(st.sampled_from([1, 7, 64, 1 << 18])),
-        max_alphabet_size=draw(st.sampled_from([2, 5, 64, 4096])))
+        max_alphabet_size=draw(st.sampled_from([2, 5, 64, 4096])),
+        choose_precision=draw(st.booleans()))
     return indices, grid, draw(st.sampled_from(["bfloat16", "float16", "float32"])), settings
 
 

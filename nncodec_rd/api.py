@@ -34,7 +34,9 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
     step, relative_step, bins, per_row:
         Grid choice, see :func:`nncodec_rd.encoder.quantize.quantize_rtn`.
     settings:
-        Entropy-coding settings (:class:`nncodec_rd.EntropySettings`).
+        Entropy-coding settings (:class:`nncodec_rd.EntropySettings`); by default each tensor
+        gets the probability precision up to 14 bits that codes it smallest
+        (``EntropySettings(choose_precision=True)``).
 
     Returns
     -------
@@ -42,6 +44,7 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
     """
     if quantize not in ("auto", "all", "none"):
         raise ValueError(f"quantize must be 'auto', 'all' or 'none', not {quantize!r}")
+    settings = EntropySettings(choose_precision=True) if settings is None else settings
     writer = NrdWriter(path, metadata=metadata)
     for name, array in tensors.items():
         array = np.asarray(array)

@@ -139,12 +139,14 @@ def _encode_data_free(arguments) -> int:
     metadata.update({"encoder": f"nncodec-rd {__version__}", "encoder_settings": json.dumps({
         "method": "rtn", "step": arguments.step, "relative_step": arguments.relative_step,
         "bins": arguments.bins, "per_row": arguments.per_row,
-        "precision_bits": arguments.precision_bits, "lane_count": arguments.lanes,
+        "precision_bits": arguments.precision_bits,
+        "choose_precision": not arguments.fixed_precision, "lane_count": arguments.lanes,
         "context_model": arguments.context}),
         "source": os.path.basename(arguments.input)})
     metadata.update(_parse_metadata(arguments.metadata))
     settings = EntropySettings(precision_bits=arguments.precision_bits, lane_count=arguments.lanes,
-                               context_model=arguments.context)
+                               context_model=arguments.context,
+                               choose_precision=not arguments.fixed_precision)
     size = save_file(tensors, arguments.output, metadata=metadata,
                      quantize=arguments.quantize or "auto",
                      step=arguments.step, relative_step=arguments.relative_step,
@@ -371,13 +373,15 @@ def _encode_model(arguments) -> int:
         calibration_tools.check_runs(model, batches, calibration)
     method = arguments.method or ("cerwu" if batches is not None else "rtn")
     settings = EntropySettings(precision_bits=arguments.precision_bits, lane_count=arguments.lanes,
-                               context_model=arguments.context)
+                               context_model=arguments.context,
+                               choose_precision=not arguments.fixed_precision)
     metadata = {k: str(v) for k, v in source_metadata.items()}
     metadata.update({"encoder": f"nncodec-rd {__version__}", "encoder_settings": json.dumps({
         "method": method, "lam": arguments.lam, "target_bpw": arguments.target_bpw,
         "per_channel": arguments.per_row, "grid_scale": grid_scale, "grid_choice": grid_choice,
         "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity,
-        "precision_bits": arguments.precision_bits, "lane_count": arguments.lanes,
+        "precision_bits": arguments.precision_bits,
+        "choose_precision": not arguments.fixed_precision, "lane_count": arguments.lanes,
         "context_model": arguments.context,
         "calibration": (os.path.basename(calibration) if kind == "file" else calibration),
         "model": arguments.model, "batch_size": arguments.batch_size})})
@@ -564,7 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--per-row", "--per-channel", action="store_true",
                         help="one step per row (output channel; with cerwu, for layers "
                              "without a Hessian only)")
-    encode.add_argument("--precision-bits", type=int, default=14, help="rANS probability precision")
+    encode.add_argument("--precision-bits", type=int, default=14,
+                        help="highest rANS probability precision: each tensor gets the one up to "
+                             "it that codes it smallest, tables included (default 14)")
+    encode.add_argument("--fixed-precision", action="store_true",
+                        help="code every tensor at exactly --precision-bits")
     encode.add_argument("--lanes", type=int, default=4, help="interleaved rANS lanes per chunk")
     encode.add_argument("--context", choices=("auto", "iid", "previous"), default="auto",
                         help="context model of the entropy coder")

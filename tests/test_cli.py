@@ -51,6 +51,23 @@ def test_encode_info_decode_validate(tmp_path, model_file, capsys):
     assert code == 0 and "conforms" in out
 
 
+def test_encode_chooses_each_tensors_precision_unless_told_not_to(tmp_path, model_file, capsys):
+    from nncodec_rd import safe_open
+
+    precisions = {}
+    for option in ((), ("--fixed-precision",)):
+        nrd = tmp_path / f"model{len(option)}.nrd"
+        code, _, _ = run(capsys, "encode", model_file, "-o", nrd, "--bins", "15", *option)
+        assert code == 0
+        with safe_open(nrd) as handle:
+            body = next(t.body for t in handle.header.tensors if t.name == "layer.weight")
+            precisions[option] = int(body.precision_bits)
+            settings = json.loads(handle.metadata()["encoder_settings"])
+            assert settings["choose_precision"] is not bool(option)
+    # 3,072 weights over 15 bins cost fewest bytes below 14 bits
+    assert precisions[("--fixed-precision",)] == 14 and precisions[()] < 14
+
+
 def test_bad_input_gives_one_line_and_no_output(tmp_path, capsys):
     garbage = tmp_path / "garbage.nrd"
     garbage.write_bytes(b"not an nrd file at all, just text" * 3)

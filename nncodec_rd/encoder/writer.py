@@ -156,8 +156,40 @@ def _symbols_of(flat: np.ndarray, index_offset: int, alphabet_size: int, escape:
     return symbols.astype(np.int32)
 
 
+def _precisions_to_try(settings: EntropySettings, counts: np.ndarray):
+    """Precisions to try, highest first: ``precision_bits`` alone, or with ``choose_precision``
+    down to the fewest bits whose slots hold every symbol that occurs in a context."""
+    if not settings.choose_precision:
+        return [settings.precision_bits]
+    distinct = int((counts > 0).sum(axis=1).max()) if counts.size else 1
+    lowest = max(1, (max(distinct, 1) - 1).bit_length())
+    return list(range(settings.precision_bits, min(lowest, settings.precision_bits) - 1, -1))
+
+
+def _cheapest_tables(counts: np.ndarray, settings: EntropySettings):
+    """(cost in bits, precision, frequency tables) with the fewest bits for the symbols and the
+    tables together (spec §7.2, §7.4), over :func:`_precisions_to_try`.
+
+    As the precision drops, the cost stays flat (frequencies merely halve), falls (smaller
+    varints in the tables) and then rises (coarse frequencies waste bits), so the search stops
+    four precisions below the best so far. A tie goes to the lower precision: the decoder's
+    slot table (2^precision entries per context) is then smaller for nothing."""
+    best = None
+    for precision in _precisions_to_try(settings, counts):
+        frequencies = np.stack([build_frequency_table(row, precision) for row in counts])
+        # The code length from the counts (every counted symbol has a frequency >= 1).
+        used = counts > 0
+        cost_bits = float(np.sum(counts[used] * (precision - np.log2(frequencies[used])))) \
+            + 8 * frequency_table_bytes(frequencies)
+        if best is None or cost_bits <= best[0] * (1 + 1e-12):
+            best = (cost_bits, precision, frequencies)
+        elif precision <= best[1] - 4:
+            break
+    return best
+
+
 def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset, context_center):
-    """Contexts and tables for both context models; pick the cheaper if ``auto``.
+    """Contexts, tables and precision for both context models; pick the cheaper if ``auto``.
 
     The previous-index context measures distances from ``context_center`` (the index of the most
     probable value) when it lies in the alphabet, else from the alphabet's first index."""
@@ -181,17 +213,11 @@ def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset, c
         width = max(alphabet, 1)
         counts = np.bincount(contexts.astype(np.int64) * width + symbols,
                              minlength=context_count * width).reshape(context_count, width)
-        frequencies = np.stack([build_frequency_table(row, settings.precision_bits)
-                                for row in counts])
-        # The code length from the counts (every counted symbol has a frequency >= 1).
-        used = counts > 0
-        cost_bits = float(np.sum(counts[used] * (settings.precision_bits
-                                                 - np.log2(frequencies[used])))) \
-            + 8 * frequency_table_bytes(frequencies)
+        cost_bits, precision, frequencies = _cheapest_tables(counts, settings)
         if best is None or cost_bits < best[0]:
-            best = (cost_bits, model, context_count, contexts, frequencies)
-    _, model, context_count, contexts, frequencies = best
-    return model, context_count, center, contexts, frequencies
+            best = (cost_bits, model, context_count, contexts, frequencies, precision)
+    _, model, context_count, contexts, frequencies, precision = best
+    return model, context_count, center, contexts, frequencies, precision
 
 
 def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
@@ -240,7 +266,7 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
     symbols = _symbols_of(flat, index_offset, alphabet_size, escape)
     rows_per_chunk = max(1, min(geometry.rows, settings.symbols_per_chunk // max(coded_row_length, 1)))
     extents = chunk_extents(geometry.rows, coded_row_length, rows_per_chunk)
-    model, context_count, center, contexts, frequencies = _plan_contexts(
+    model, context_count, center, contexts, frequencies, precision_bits = _plan_contexts(
         flat, symbols, extents, coded_row_length, settings, index_offset, context_center)
     if frequencies.shape[1] < alphabet_size:
         pad = np.zeros((context_count, alphabet_size - frequencies.shape[1]), dtype=np.int64)
@@ -249,7 +275,7 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
     for extent in extents:
         part = slice(extent.first_symbol, extent.first_symbol + extent.symbol_count)
         states, words = encode_chunk(symbols[part], contexts[part], frequencies,
-                                     settings.precision_bits, settings.lane_count)
+                                     precision_bits, settings.lane_count)
         escapes = flat[part][symbols[part] == alphabet_size - 1] if escape else np.empty(0, np.int64)
         payloads.append(struct.pack("<I", len(escapes)) + escapes.astype("<i4").tobytes()
                         + states.astype("<u4").tobytes() + words.astype("<u2").tobytes())
@@ -258,7 +284,7 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
         transform_kind=TransformKind.RIGHT_MATRIX if transformed else TransformKind.NONE,
         transform_tensor=0,
         coded_row_length=coded_row_length,
-        precision_bits=settings.precision_bits, lane_count=settings.lane_count,
+        precision_bits=precision_bits, lane_count=settings.lane_count,
         context_model=model, context_count=context_count,
         escape_mode=EscapeMode.LAST_SYMBOL if escape else EscapeMode.NONE, _reserved0=0,
         context_center=center, index_offset=index_offset, alphabet_size=alphabet_size,

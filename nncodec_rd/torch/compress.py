@@ -489,6 +489,10 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         bounded number of bins with a zero point) by rate–distortion
         (:mod:`nncodec_rd.encoder.grid_choice`), at the cost of several quantizations of that
         layer; ``"auto"`` (the default) does so for every method but ``rtn``.
+    entropy:
+        Entropy-coding settings (:class:`nncodec_rd.EntropySettings`); by default each tensor
+        gets the probability precision up to 14 bits that codes it smallest, tables included
+        (``choose_precision=True``), which also keeps small layers' decoding tables small.
     include:
         Optional predicate on module names: only those layers are quantized.
     embedding_smoothing:
@@ -523,7 +527,8 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
                            progress=progress)
     base = QuantizerSettings(method=method, lam=encoder.default_lam() if lam is None else lam,
                              per_channel=per_channel, grid_scale=grid_scale, act_order=act_order,
-                             grid_choice=grid_choice, entropy=entropy or EntropySettings())
+                             grid_choice=grid_choice,
+                             entropy=entropy or EntropySettings(choose_precision=True))
     path = os.fspath(path) if path is not None else None
     if target_bpw is not None:
         # The smallest λ whose file fits in target_bpw: the best model of that size.

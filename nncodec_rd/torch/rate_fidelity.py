@@ -101,7 +101,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             settings = QuantizerSettings(method=method, lam=lam, grid_scale=grid_scale,
                                          per_channel=per_channel and method != "cerwu",
                                          grid_choice=grid_choice,
-                                         entropy=entropy or EntropySettings())
+                                         entropy=entropy or EntropySettings(choose_precision=True))
             outcome = encoder.encode(settings, path)
             decode_start = time.perf_counter()
             load_into(workload.model, path)

@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from nncodec_rd import EntropySettings, UniformGrid, safe_open
-from nncodec_rd.encoder.rans import build_frequency_table, encode_chunk, ideal_code_length_bits
-from nncodec_rd.encoder.writer import NrdWriter
+from nncodec_rd.encoder.rans import (build_frequency_table, encode_chunk, frequency_table_bytes,
+                                     ideal_code_length_bits)
+from nncodec_rd.encoder.writer import NrdWriter, _cheapest_tables
 from nncodec_rd.format.errors import EncoderError
 
 
@@ -72,3 +73,75 @@ def test_coded_size_is_within_one_percent_of_the_ideal(tmp_path, distribution, l
         fixed = body.chunk_count * (4 + 4 * lanes)
         assert payload - fixed <= 1.01 * ideal_bits / 8, (payload, ideal_bits / 8)
         assert np.array_equal(handle.get_indices("t"), indices)
+
+
+def _written(tmp_path, name, indices, settings):
+    """(bytes of chunk payloads and frequency tables, precision, chunks) of ``indices`` coded
+    with ``settings``: the parts of a file that the precision changes (the file's own size moves
+    in steps of 64 bytes, spec §4.7)."""
+    path = tmp_path / f"{name}.nrd"
+    with NrdWriter(path) as writer:
+        writer.add_indices("t", indices, UniformGrid(0.01), "float32", settings=settings)
+    with safe_open(path) as handle:
+        body = handle.header.tensors[0].body
+        assert np.array_equal(handle.get_indices("t"), indices)
+        coded_bytes = sum(chunk.size for chunk in body.chunks) + frequency_table_bytes(
+            np.array([table.frequencies for table in body.tables]))
+        return coded_bytes, int(body.precision_bits), int(body.chunk_count)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3000), st.floats(0.05, 20.0),
+       st.sampled_from(["iid", "previous", "auto"]), st.integers(6, 16))
+def test_a_chosen_precision_never_makes_the_file_larger(tmp_path_factory, seed, count, scale,
+                                                        context, highest):
+    """With ``choose_precision`` the writer keeps the precision (at most ``precision_bits``)
+    whose estimated size is smallest, and the highest is among those tried; the estimate
+    leaves out only the rounding of each lane's output to whole 16-bit words."""
+    indices = np.round(np.random.default_rng(seed).laplace(scale=scale, size=count)).astype(
+        np.int64)
+    distinct = len(np.unique(indices))
+    if distinct > 1 << highest:
+        return  # more symbols than slots: the writer refuses any precision alike
+    tmp_path = tmp_path_factory.mktemp("precision")
+    settings = EntropySettings(precision_bits=highest, context_model=context, lane_count=2)
+    fixed_bytes, fixed_precision, chunks = _written(tmp_path, "fixed", indices, settings)
+    chosen_bytes, chosen_precision, _ = _written(
+        tmp_path, "chosen", indices, EntropySettings(precision_bits=highest, context_model=context,
+                                                     lane_count=2, choose_precision=True))
+    assert fixed_precision == highest and chosen_precision <= highest
+    assert chosen_bytes <= fixed_bytes + 2 * 2 * chunks
+
+
+def test_a_small_tensor_gets_a_lower_precision_and_a_smaller_file(tmp_path):
+    """A grouped 3x3 convolution with 576 weights spread over 50 indices: at 14 bits most of its
+    frequencies take two bytes of the header, at the chosen precision one; the file is a whole
+    64-byte block smaller."""
+    indices = np.round(np.random.default_rng(1).laplace(scale=6.0, size=(64, 9))).astype(np.int64)
+    fixed_bytes, fixed_precision, _ = _written(tmp_path, "fixed", indices, EntropySettings())
+    chosen_bytes, chosen_precision, _ = _written(tmp_path, "chosen", indices,
+                                                 EntropySettings(choose_precision=True))
+    assert fixed_precision == 14  # the writer's default does not change (frozen vectors)
+    assert chosen_precision < 14 and chosen_bytes < fixed_bytes
+    assert (tmp_path / "chosen.nrd").stat().st_size == (tmp_path / "fixed.nrd").stat().st_size - 64
+
+
+def test_a_tie_goes_to_the_lower_precision(tmp_path):
+    """Four equally frequent symbols code in 2 bits at every precision >= 2: the decoder's slot
+    table (2^precision entries) is then smallest at 2."""
+    indices = np.tile(np.arange(4), 250)
+    _, precision, _ = _written(tmp_path, "tie", indices,
+                               EntropySettings(context_model="iid", choose_precision=True))
+    assert precision == 2
+
+
+def test_a_skewed_layer_with_three_contexts_gets_a_small_slot_table():
+    """Regression (issue 7): the digits CNN's 32 x 1024 hidden layer (5 bins, 0.55 bits per
+    weight, three previous-index contexts; these are its counts) was coded at 14 bits, so each
+    decode built 3 x 16 KB of slot table for 2.3 KB of payload. Its estimated cost is flat
+    from 14 bits down to 12 and lowest at 11, which a search stopping two precisions past the
+    best missed."""
+    counts = np.array([[1490, 27009, 1119, 5], [252, 2611, 275, 1], [3, 3, 0, 0]])
+    _, precision, frequencies = _cheapest_tables(counts, EntropySettings(choose_precision=True))
+    assert precision == 11 and np.all(frequencies.sum(axis=1) == 1 << 11)
+    _, precision, _ = _cheapest_tables(counts, EntropySettings())
+    assert precision == 14
