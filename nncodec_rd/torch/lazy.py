@@ -246,20 +246,11 @@ class LazyWeights:
 
     # -- decoding ------------------------------------------------------------------------------
 
-    def _decode(self, weight: CompressedWeight, out: np.ndarray, chunks) -> None:
-        """Decode on at most as many threads as there are chunks, then restore Numba's setting:
-        a single chunk (every layer of a small model) is decoded on the calling thread, which
-        spares waking the worker threads and the fresh pages their first allocations touch."""
-        import numba
+    def _apply_threads(self) -> None:
+        if self.threads is not None:
+            import numba
 
-        chunk_count = weight.chunk_count if chunks is None else len(chunks)
-        previous = numba.get_num_threads()
-        wanted = previous if self.threads is None else self.threads
-        numba.set_num_threads(max(1, min(wanted, chunk_count, numba.config.NUMBA_NUM_THREADS)))
-        try:
-            weight.decode_into(out, chunks)
-        finally:
-            numba.set_num_threads(previous)
+            numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
 
     def _buffer(self, nbytes: int, cacheable: bool) -> np.ndarray:
         """A flat, 64-byte aligned byte array for a decode: the scratch buffer when no tensor
@@ -298,7 +289,8 @@ class LazyWeights:
                     chunks = None
             start = time.perf_counter()
             out = self._buffer(weight.decoded_bytes, cacheable)
-            self._decode(weight, out, chunks)
+            self._apply_threads()
+            weight.decode_into(out, chunks)
             tensor = _as_torch(out, weight.dtype, weight.shape)
             self._decode_seconds += time.perf_counter() - start
             self._decodes += 1

@@ -177,36 +177,6 @@ def test_tied_embedding_decodes_only_the_rows_it_reads(tmp_path):
     assert torch.equal(lazy.head.weight, eager.head.weight)  # a plain read decodes every row
 
 
-@pytest.mark.parametrize("threads", [None, 2])
-def test_decodes_use_no_more_threads_than_chunks_and_restore_numbas_setting(tmp_path, monkeypatch,
-                                                                          threads):
-    import numba
-
-    model = seeded(TiedLanguageModel)
-    tokens = torch.randint(0, 300, (4, 7), generator=torch.Generator().manual_seed(0))
-    path = write(tmp_path, model, [tokens], entropy=EntropySettings(symbols_per_chunk=160))
-    lazy = load_compressed(seeded(TiedLanguageModel, 1), path, mode="lazy",
-                           threads=threads).eval()
-    decoded = []
-    decode_into = CompressedWeight.decode_into
-
-    def recording(weight, out, chunks=None):
-        decoded.append((weight.chunk_count if chunks is None else len(chunks),
-                        numba.get_num_threads()))
-        return decode_into(weight, out, chunks)
-
-    monkeypatch.setattr(CompressedWeight, "decode_into", recording)
-    before = numba.get_num_threads()
-    with torch.no_grad():
-        lazy(tokens)
-        lazy(torch.tensor([[5]]))  # one row: one chunk of the embedding
-    assert numba.get_num_threads() == before
-    wanted = before if threads is None else min(threads, numba.config.NUMBA_NUM_THREADS)
-    assert {count for count, _ in decoded} >= {1} and any(count > 1 for count, _ in decoded)
-    for count, used in decoded:
-        assert used == max(1, min(count, wanted))
-
-
 def test_transformers_conv1d_transposed_layout(tmp_path):
     pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
 
