@@ -132,7 +132,8 @@ class QuantizerSettings:
         brings most of the gain: on a 768×384 heavy-tailed layer, a third lowered the objective
         by under 0.1% at 2.7 bits per weight, for 50% more time.
     entropy:
-        The coder's settings, whose table the rate model reproduces.
+        The coder's settings, whose table the rate model reproduces; by default each tensor's
+        probability precision is chosen by size (``EntropySettings(choose_precision=True)``).
     grid_choice:
         ``"fixed"``: every layer's step from the λ rule, any index allowed. ``"rd"``: each layer
         tries several grids (step scales around the λ rule, and bounded grids of ``grid_bins``
@@ -154,7 +155,8 @@ class QuantizerSettings:
     damping: float = 0.01
     block_size: int = 128
     max_passes: int = 2
-    entropy: EntropySettings = field(default_factory=EntropySettings)
+    entropy: EntropySettings = field(
+        default_factory=lambda: EntropySettings(choose_precision=True))
     grid_choice: str = DEFAULT_GRID_CHOICE
     grid_bins: tuple = (3, 5, 7, 15, 31)
     grid_search_below_bits: float = 2.0
