@@ -50,6 +50,7 @@ def command_info(arguments) -> int:
                              "coding": i.coding, "grid": i.grid, "payload_bytes": i.payload_bytes,
                              "bits_per_weight": i.bits_per_weight, "chunk_count": i.chunk_count,
                              "context_model": i.context_model,
+                             "precision_bits": i.precision_bits,
                              "metadata": _jsonable(i.metadata)} for i in infos],
             }, indent=2))
             return 0

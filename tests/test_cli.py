@@ -64,6 +64,9 @@ def test_encode_chooses_each_tensors_precision_unless_told_not_to(tmp_path, mode
             precisions[option] = int(body.precision_bits)
             settings = json.loads(handle.metadata()["encoder_settings"])
             assert settings["choose_precision"] is not bool(option)
+        _, out, _ = run(capsys, "info", nrd, "--json")
+        listed = {t["name"]: t["precision_bits"] for t in json.loads(out)["tensors"]}
+        assert listed["layer.weight"] == precisions[option] and listed["layer.bias"] is None
     # 3,072 weights over 15 bins cost fewest bytes below 14 bits
     assert precisions[("--fixed-precision",)] == 14 and precisions[()] < 14
 

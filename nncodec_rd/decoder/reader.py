@@ -64,6 +64,8 @@ class TensorInfo:
     chunk_count: int
     context_model: str
     metadata: dict
+    #: Probability precision of the rANS tables (spec §7.2); None for a raw tensor.
+    precision_bits: int | None = None
 
     @property
     def element_count(self) -> int:
@@ -279,12 +281,13 @@ class NrdFile:
         record = self._record(name)
         if record.coding == Coding.RAW:
             payload = record.body.payload.size
-            grid, chunks, context = "raw", 1, "-"
+            grid, chunks, context, precision = "raw", 1, "-", None
         else:
             body = record.body
             payload = sum(chunk.size for chunk in body.chunks)
             chunks = body.chunk_count
             context = ContextModel(body.context_model).name.lower()
+            precision = int(body.precision_bits)
             if body.grid_kind == GridKind.UNIFORM:
                 grid = "uniform" + (f"/{body.grid.group_count} steps" if body.grid.group_count > 1
                                     else f" step={body.grid.steps[0]:.4g}")
@@ -303,7 +306,7 @@ class NrdFile:
                           payload_bytes=int(payload),
                           bits_per_weight=8.0 * payload / count if count else 0.0,
                           chunk_count=chunks, context_model=context,
-                          metadata=_metadata_dict(record.metadata))
+                          metadata=_metadata_dict(record.metadata), precision_bits=precision)
 
     def header_dict(self) -> dict:
         """The parsed header as plain dicts and lists (for inspection and JSON)."""
