@@ -178,9 +178,8 @@ class ChunkDecoder:
                               self.steps, self.zero_points, self.codebook, self.codebook_first,
                               self.value_table, self.invalid_symbols, self.output_kind, out,
                               errors)
-        failed = np.flatnonzero(errors[:, 0])
-        if len(failed):
-            k = int(failed[0])
+        if errors[:, 0].any():
+            k = int(np.flatnonzero(errors[:, 0])[0])
             code = ErrorCode(int(errors[k, 0]))
             at = int(errors[k, 1])
             if file_offsets is not None:

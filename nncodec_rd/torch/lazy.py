@@ -118,12 +118,15 @@ class CompressedWeight(torch.nn.Module):
                     offset=chunk.offset, expected=chunk.crc32c, actual=actual,
                     code=ErrorCode.CHECKSUM_PAYLOAD)
             self.payload[starts[k]:starts[k] + chunk.size] = data
+        # Read-only from here on, as the kernels take their buffer (no view per decode).
+        self.payload.flags.writeable = False
         self._chunk_offsets = starts
         self._chunk_sizes = sizes
         self._chunk_first_rows = np.array([e.first_row for e in extents], dtype=np.int64)
         self._chunk_symbol_counts = np.array([e.symbol_count for e in extents], dtype=np.int64)
         self._chunk_out_starts = np.array([e.first_symbol for e in extents], dtype=np.int64)
         self._chunk_file_offsets = np.array([chunk.offset for chunk in body.chunks], np.int64)
+        self._chunk_numbers = np.arange(len(sizes), dtype=np.int64)
         # The decoder's tables, built once; a value table per step group (an embedding with a
         # step per row) can outweigh the tensor, and is then left out (same bits, see
         # ChunkDecoder.of_record).
@@ -154,7 +157,13 @@ class CompressedWeight(torch.nn.Module):
         byte array of ``decoded_bytes`` bytes, each chunk at its place in the tensor; in parallel
         over chunks (:func:`nncodec_rd.decoder.kernels.decode_chunks`)."""
         flat = out.view(np.float32 if self._output_kind == kernels.OUTPUT_FLOAT32 else np.uint16)
-        chunks = np.arange(self.chunk_count) if chunks is None else np.asarray(chunks, np.int64)
+        if chunks is None:  # every chunk: the per-chunk arrays as they are (no copies)
+            self._decoder.decode(self.payload, self._chunk_offsets, self._chunk_sizes,
+                                 self._chunk_first_rows, self._chunk_symbol_counts,
+                                 self._chunk_out_starts, flat, self._chunk_numbers,
+                                 file_offsets=self._chunk_file_offsets)
+            return
+        chunks = np.asarray(chunks, np.int64)
         self._decoder.decode(self.payload, self._chunk_offsets[chunks], self._chunk_sizes[chunks],
                              self._chunk_first_rows[chunks], self._chunk_symbol_counts[chunks],
                              self._chunk_out_starts[chunks], flat, chunks,
