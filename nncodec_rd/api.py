@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .decoder.reader import NrdFile
+from .encoder.methods import model_entropy_settings
 from .encoder.quantize import quantize_rtn
 from .encoder.writer import NrdWriter
 from .format.grids import EntropySettings
@@ -44,7 +45,7 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
     """
     if quantize not in ("auto", "all", "none"):
         raise ValueError(f"quantize must be 'auto', 'all' or 'none', not {quantize!r}")
-    settings = EntropySettings(choose_precision=True) if settings is None else settings
+    settings = model_entropy_settings() if settings is None else settings
     writer = NrdWriter(path, metadata=metadata)
     for name, array in tensors.items():
         array = np.asarray(array)

@@ -1,5 +1,7 @@
-"""The names of the encoder's quantization methods, importable without torch (the command line
-lists them in its help on installs that only decode)."""
+"""The names of the encoder's quantization methods and its model-level defaults, importable
+without torch (the command line lists them in its help on installs that only decode)."""
+
+from ..format.grids import EntropySettings
 
 METHODS = ("rtn", "optq", "optq-rd", "cerwu", "transform", "transform+cerwu")
 
@@ -14,6 +16,13 @@ DEFAULT_GRID_CHOICE = "auto"
 FIXED_GRID_METHODS = ("rtn",)
 """Methods that ``auto`` gives the λ rule's grid: per-layer grids made ``rtn`` worse at equal
 fidelity on two of three digits CNNs."""
+
+
+def model_entropy_settings() -> EntropySettings:
+    """The entropy settings of the model-level encoders (``compress``, ``QuantizerSettings``,
+    ``save_file``): the writer's defaults, with each tensor's probability precision chosen by
+    size (``choose_precision``). A new object each call: the dataclass is mutable."""
+    return EntropySettings(choose_precision=True)
 
 
 def resolved_grid_choice(grid_choice: str, method: str) -> str:

@@ -42,7 +42,7 @@ from numba import njit, prange
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, UniformGrid
 from .methods import (DEFAULT_GRID_CHOICE, GRID_CHOICES, METHODS,  # noqa: F401 (re-exported)
-                      resolved_grid_choice)
+                      model_entropy_settings, resolved_grid_choice)
 from .rate import RateModel
 
 # Candidate indices tried per weight, walking from the nearest index towards zero.
@@ -155,8 +155,7 @@ class QuantizerSettings:
     damping: float = 0.01
     block_size: int = 128
     max_passes: int = 2
-    entropy: EntropySettings = field(
-        default_factory=lambda: EntropySettings(choose_precision=True))
+    entropy: EntropySettings = field(default_factory=model_entropy_settings)
     grid_choice: str = DEFAULT_GRID_CHOICE
     grid_bins: tuple = (3, 5, 7, 15, 31)
     grid_search_below_bits: float = 2.0

@@ -20,7 +20,7 @@ import torch
 
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, RightMatrixTransform, UniformGrid
-from ..encoder.methods import DEFAULT_GRID_CHOICE
+from ..encoder.methods import DEFAULT_GRID_CHOICE, model_entropy_settings
 from ..encoder.obs import (LayerProblem, LayerResult, QuantizerSettings, layer_distortion,
                            quantize_layer)
 from ..encoder.transform import (FALLBACK_METHOD, TRANSFORM_METHODS, TransformLayerResult,
@@ -528,7 +528,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     base = QuantizerSettings(method=method, lam=encoder.default_lam() if lam is None else lam,
                              per_channel=per_channel, grid_scale=grid_scale, act_order=act_order,
                              grid_choice=grid_choice,
-                             entropy=entropy or EntropySettings(choose_precision=True))
+                             entropy=entropy or model_entropy_settings())
     path = os.fspath(path) if path is not None else None
     if target_bpw is not None:
         # The smallest λ whose file fits in target_bpw: the best model of that size.

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .compress import ModelEncoder, load_into, load_weights
-from ..encoder.methods import METHODS, resolved_grid_choice
+from ..encoder.methods import METHODS, model_entropy_settings, resolved_grid_choice
 from ..encoder.obs import QuantizerSettings
 from ..format.grids import EntropySettings
 from ..benchmarks import decode_speed
@@ -101,7 +101,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             settings = QuantizerSettings(method=method, lam=lam, grid_scale=grid_scale,
                                          per_channel=per_channel and method != "cerwu",
                                          grid_choice=grid_choice,
-                                         entropy=entropy or EntropySettings(choose_precision=True))
+                                         entropy=entropy or model_entropy_settings())
             outcome = encoder.encode(settings, path)
             decode_start = time.perf_counter()
             load_into(workload.model, path)
