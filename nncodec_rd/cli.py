@@ -124,9 +124,44 @@ def _parse_metadata(pairs) -> dict:
 
 
 def command_encode(arguments) -> int:
+    if arguments.input is not None and os.path.isdir(arguments.input):
+        return _encode_folder(arguments)
     if arguments.calibration is None and arguments.model is None:
         return _encode_data_free(arguments)
     return _encode_model(arguments)
+
+
+def _encode_folder(arguments) -> int:
+    """A Hugging Face model folder, block by block (nncodec_rd.torch.pretrained)."""
+    try:
+        from .torch.pretrained import compress_pretrained
+    except ImportError as error:
+        raise NrdError(f"encoding a model folder needs torch and transformers: pip install "
+                       f"'nncodec-rd[hf]' ({error})") from None
+    start = time.perf_counter()
+    metadata = {"encoder_settings": json.dumps({
+        "method": arguments.method or "cerwu", "lam": arguments.lam, "sequential": True,
+        "per_row": arguments.per_row, "grid_choice": arguments.grid_choice,
+        "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity}),
+        "source": os.path.basename(os.path.normpath(arguments.input))}
+    metadata.update(_parse_metadata(arguments.metadata))
+    options = {}
+    if arguments.grid_choice is not None:
+        options["grid_choice"] = arguments.grid_choice
+    if arguments.calibration_text is None:
+        print("calibrating on the bundled English sentences (text of your model's domain, "
+              "--calibration-text FILE, calibrates better)", file=sys.stderr)
+    outcome = compress_pretrained(
+        arguments.input, arguments.output, method=arguments.method or "cerwu", lam=arguments.lam,
+        calibration_text=arguments.calibration_text, stack=arguments.stack,
+        per_channel=arguments.per_row, act_order=not arguments.no_act_order,
+        sensitivity=not arguments.no_sensitivity, metadata=metadata,
+        sequences=arguments.calibration_sequences, **options)
+    print(f"wrote {arguments.output}: {outcome.size_bytes:,} bytes, "
+          f"{outcome.bits_per_weight:.3f} bits per coded weight ({outcome.coded_weights:,} "
+          f"weights), lambda {outcome.lam:.4g}, in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr)
+    return 0
 
 
 def _encode_data_free(arguments) -> int:
@@ -180,6 +215,19 @@ def _calibration_kind(value: str) -> str | None:
 
 def _check_encode_arguments(parser, arguments) -> None:
     """Usage errors of ``encode``: options that do not fit together (argparse-style, exit 2)."""
+    if arguments.input is not None and os.path.isdir(arguments.input):
+        for name, option in DATA_FREE_OPTIONS + (("calibration", "--calibration"),
+                                                 ("model", "--model"),
+                                                 ("target_bpw", "--target-bpw"),
+                                                 ("batch_size", "--batch-size"),
+                                                 ("grid_scale", "--grid-scale")):
+            if getattr(arguments, name) is not None:
+                parser.error(f"{option} does not apply to a model folder (it is encoded block by "
+                             f"block with its own tokenizer; see --calibration-text)")
+        return
+    for name, option in (("calibration_text", "--calibration-text"), ("stack", "--stack")):
+        if getattr(arguments, name) is not None:
+            parser.error(f"{option} applies only to a Hugging Face model folder as INPUT")
     if arguments.calibration is None and arguments.model is None:
         given = [option for name, option in MODEL_OPTIONS
                  if getattr(arguments, name) is not None and getattr(arguments, name) is not False]
@@ -562,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ENCODE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     encode.add_argument("input", nargs="?",
                         help="weights file: .safetensors, .npz or weights-only PyTorch state dict "
-                             "(.pt, .pth, .bin); optional with a model, whose weights it replaces")
+                             "(.pt, .pth, .bin); optional with a model, whose weights it replaces; "
+                             "or a Hugging Face model folder (config.json and its weights), "
+                             "encoded block by block")
     encode.add_argument("-o", "--output", required=True, help="output .nrd file")
     encode.add_argument("--method", choices=METHODS,
                         help="quantizer (default: cerwu with calibration data, else rtn)")
@@ -617,6 +667,16 @@ def build_parser() -> argparse.ArgumentParser:
     with_model.add_argument("--no-sensitivity", action="store_true",
                             help="one lambda for every layer, not weighted by how much each "
                                  "moves the model's output")
+    folder = encode.add_argument_group("encoder of a Hugging Face model folder (needs torch and "
+                                       "transformers)")
+    folder.add_argument("--calibration-text", metavar="FILE",
+                        help="calibration texts, one per line, tokenized with the folder's "
+                             "tokenizer (default: the bundled English sentences)")
+    folder.add_argument("--calibration-sequences", type=int, default=32, metavar="N",
+                        help="calibration sequences (a causal LM: of 256 tokens; default 32)")
+    folder.add_argument("--stack", metavar="MODULE",
+                        help="module name of the model's stack of blocks, if the encoder's "
+                             "guess is wrong (such as model.layers)")
     encode.set_defaults(run=command_encode,
                         check=lambda arguments: _check_encode_arguments(encode, arguments))
 

@@ -3,13 +3,19 @@
 :class:`NrdWriter` is an explicit state machine (open -> tensors and metadata -> closed) that
 refuses out-of-order calls. Output goes to a temporary file in the target's folder and is renamed
 into place only when complete, so a failure never leaves a half-written file behind.
+
+Payloads are spooled: each tensor's coded bytes go to a temporary spool file in the target's folder
+as soon as the tensor is added, and only its record stays in memory. The header comes first in the
+file and its size is known only when every record is, so :meth:`NrdWriter.close` writes the header
+and then copies the payloads from the spool. Memory is the records, never the model's payloads.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -105,6 +111,56 @@ class PendingTensor:
     record: dict
     payloads: list[bytes]
     transform_target: str | None = None
+
+
+@dataclass
+class SpooledPayload:
+    """Where a payload waits in the writer's spool file until :meth:`NrdWriter.close`."""
+
+    spool_offset: int
+    size: int
+    crc32c: int
+
+
+@dataclass
+class _Spool:
+    """The temporary file of payloads, in the output's folder (same file system as the output,
+    so the space it needs is where the user expects it); removed when the writer ends."""
+
+    folder: str
+    stream: object = None
+    path: str | None = None
+    size: int = 0
+    entries: list = field(default_factory=list)
+
+    def append(self, payload: bytes) -> SpooledPayload:
+        if self.stream is None:
+            handle, self.path = tempfile.mkstemp(prefix=".nrd-", suffix=".spool", dir=self.folder)
+            self.stream = os.fdopen(handle, "w+b")
+        entry = SpooledPayload(self.size, len(payload), crc32c(payload))
+        self.stream.write(payload)
+        self.size += len(payload)
+        return entry
+
+    def copy_to(self, stream, entry: SpooledPayload, buffer_bytes: int = 1 << 22) -> None:
+        self.stream.flush()
+        self.stream.seek(entry.spool_offset)
+        remaining = entry.size
+        while remaining:
+            block = self.stream.read(min(remaining, buffer_bytes))
+            if not block:
+                raise EncoderError(f"the spool file {self.path} ended early (changed on disk?)")
+            stream.write(block)
+            remaining -= len(block)
+        self.stream.seek(0, os.SEEK_END)
+
+    def remove(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        if self.path is not None and os.path.exists(self.path):
+            os.unlink(self.path)
+        self.path = None
 
 
 def _grid_record(grid, rows: int) -> tuple[int, dict]:
@@ -331,6 +387,11 @@ class NrdWriter:
         self._pending: list[PendingTensor] = []
         self._names: dict[str, int] = {}
         self._state = "open"
+        # The output's folder must exist before any slow work: say so now, naming the folder.
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise EncoderError(f"cannot write {self.path}: the folder {folder} does not exist")
+        self._spool = _Spool(folder)
 
     def _require_open(self, action: str) -> None:
         if self._state != "open":
@@ -346,6 +407,8 @@ class NrdWriter:
         if name in self._names:
             raise EncoderError(f"a tensor named {name!r} was already added")
         self._names[name] = len(self._pending)
+        # The payload bytes go to the spool now; the record keeps where they are.
+        pending.payloads = [self._spool.append(payload) for payload in pending.payloads]
         self._pending.append(pending)
 
     def add_metadata(self, **entries) -> None:
@@ -358,7 +421,7 @@ class NrdWriter:
         self._require_open("add a tensor")
         pending = encode_raw_tensor(name, array, metadata)
         self._add(pending)
-        return sum(len(payload) for payload in pending.payloads)
+        return sum(payload.size for payload in pending.payloads)
 
     def add_indices(self, name: str, indices: np.ndarray, grid, dtype="float32", *,
                     settings: EntropySettings | None = None, transform: RightMatrixTransform | None = None,
@@ -376,7 +439,17 @@ class NrdWriter:
                                      context_center=context_center)
         pending.transform_target = transform.tensor if transform is not None else None
         self._add(pending)
-        return sum(len(payload) for payload in pending.payloads)
+        return sum(payload.size for payload in pending.payloads)
+
+    @property
+    def tensor_count(self) -> int:
+        """Tensors added so far."""
+        return len(self._pending)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Payload bytes added so far (padding and header excluded)."""
+        return self._spool.size
 
     def close(self) -> int:
         """Lay the payloads out canonically and write the file. Returns its size in bytes."""
@@ -387,8 +460,16 @@ class NrdWriter:
         except BaseException:
             self._state = "failed"
             raise
+        finally:
+            self._spool.remove()
         self._state = "closed"
         return size
+
+    def abandon(self) -> None:
+        """Discard everything added (the spool file included); nothing is written."""
+        if self._state == "open":
+            self._state = "abandoned"
+        self._spool.remove()
 
     def _resolve_transforms(self) -> None:
         for pending in self._pending:
@@ -420,34 +501,34 @@ class NrdWriter:
         head = build_container_head(header)
         self._assign_offsets(header, payloads, provisional_header_size=len(head) - 32)
         head = build_container_head(header)
-        offsets, end = canonical_offsets(len(head) - 32, [len(p) for p in payloads])
+        offsets, end = canonical_offsets(len(head) - 32, [p.size for p in payloads])
 
         def write(stream):
             stream.write(head)
             position = len(head)
             for offset, payload in zip(offsets, payloads):
                 stream.write(b"\0" * (offset - position))
-                stream.write(payload)
-                position = offset + len(payload)
+                self._spool.copy_to(stream, payload)
+                position = offset + payload.size
 
         atomic_write(self.path, write)
         return end
 
     def _assign_offsets(self, header, payloads, provisional_header_size: int) -> None:
-        offsets, _ = canonical_offsets(provisional_header_size, [len(p) for p in payloads])
+        offsets, _ = canonical_offsets(provisional_header_size, [p.size for p in payloads])
         position = 0
         for record in header["tensors"]:
             if record["coding"] == Coding.RAW:
                 payload = payloads[position]
-                record["body"]["payload"] = dict(offset=offsets[position], size=len(payload),
-                                                 crc32c=crc32c(payload))
+                record["body"]["payload"] = dict(offset=offsets[position], size=payload.size,
+                                                 crc32c=payload.crc32c)
                 position += 1
             else:
                 chunks = []
                 for _ in range(record["body"]["chunk_count"]):
                     payload = payloads[position]
-                    chunks.append(dict(offset=offsets[position], size=len(payload),
-                                       crc32c=crc32c(payload)))
+                    chunks.append(dict(offset=offsets[position], size=payload.size,
+                                       crc32c=payload.crc32c))
                     position += 1
                 record["body"]["chunks"] = chunks
 
@@ -457,8 +538,8 @@ class NrdWriter:
     def __exit__(self, exc_type, exc, traceback):
         if exc_type is None and self._state == "open":
             self.close()
-        elif self._state == "open":
-            self._state = "abandoned"
+        else:
+            self.abandon()
         return False
 
 

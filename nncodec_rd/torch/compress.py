@@ -131,6 +131,51 @@ class _Layer:
     sensitivity: float = 1.0  # output error per unit of layer loss (measure_sensitivities)
 
 
+def make_layer(name: str, parameter: str, module, kind: str, hessian, row_scale,
+               per_channel: bool, dtype: torch.dtype | None = None) -> _Layer:
+    """A layer to quantize: its float64 weight matrix and Hessian, and how the file stores it
+    (``dtype``: the stored dtype if not the module's, such as a checkpoint's bfloat16)."""
+    problem = LayerProblem(weight_matrix(module, kind), hessian, row_scale)
+    stored = FORMAT_OF_TORCH_DTYPE.get(dtype or module.weight.dtype)
+    if stored is None:
+        raise EncoderError(f"{parameter}: dtype {dtype or module.weight.dtype} cannot be coded "
+                           f"(float32, float16 or bfloat16)")
+    # The file keeps the stored layout, whose rows are the inputs for transformers' Conv1D: a
+    # step per output would be a step per column there, so it gets one step. Embeddings get a
+    # step per row (token) always: rows are weighted by token frequency, and rare tokens can
+    # take coarser steps (measured: smaller files at equal fidelity).
+    row_steps = kind == "embedding" or (per_channel and kind != "transposed_linear")
+    return _Layer(name, parameter, kind, problem, tuple(module.weight.shape), stored, row_steps)
+
+
+def write_layer(writer: NrdWriter, key: str, layer: _Layer, result, seconds: float,
+                settings: QuantizerSettings, summaries: list | None) -> int:
+    """Add one quantized layer's indices to ``writer`` under ``key`` (in the stored layout);
+    append its :class:`LayerSummary` to ``summaries`` unless None. Returns the payload bytes."""
+    indices, grid = result.stored_indices_and_grid()
+    if layer.kind == "transposed_linear":
+        indices = np.ascontiguousarray(indices.T)
+    indices = indices.reshape(layer.stored_shape)
+    center = 0 if result.zero_points is None else int(result.zero_points[0])
+    payload = writer.add_indices(key, indices, grid, layer.dtype, settings=settings.entropy,
+                                 context_center=center)
+    if summaries is not None:
+        summaries.append(LayerSummary(key, layer.stored_shape, layer.kind, len(result.steps),
+                                      payload, 8.0 * payload / max(indices.size, 1),
+                                      result.distortion, seconds, result.grid))
+    return payload
+
+
+def reconstruction_of(layer: _Layer, result) -> np.ndarray:
+    """The dequantized weights of ``layer`` (float32, stored layout)."""
+    if isinstance(result, TransformLayerResult):
+        return result.reconstruction.reshape(layer.stored_shape)
+    steps = result.steps.astype(np.float32)
+    matrix = result.indices.astype(np.float32) * (steps[:, None] if len(steps) > 1 else steps[0])
+    return matrix_to_stored_layout(matrix, None, layer.kind) \
+        if layer.kind == "transposed_linear" else matrix.reshape(layer.stored_shape)
+
+
 class ModelEncoder:
     """The model's layers with their Hessians, ready to be quantized at any λ.
 
@@ -177,18 +222,8 @@ class ModelEncoder:
             hessian, row_scale = (None, None)
             if collected is not None:
                 hessian, row_scale = collected.accumulators[name].hessian(embedding_smoothing)
-            problem = LayerProblem(weight_matrix(module, kind), hessian, row_scale)
-            dtype = FORMAT_OF_TORCH_DTYPE.get(module.weight.dtype)
-            if dtype is None:
-                raise EncoderError(f"{parameter}: dtype {module.weight.dtype} cannot be coded "
-                                   f"(float32, float16 or bfloat16)")
-            # The file keeps the stored layout, whose rows are the inputs for transformers'
-            # Conv1D: a step per output would be a step per column there, so it gets one step.
-            # Embeddings get a step per row (token) always: rows are weighted by token frequency,
-            # and rare tokens can take coarser steps (measured: smaller files at equal fidelity).
-            row_steps = kind == "embedding" or (per_channel and kind != "transposed_linear")
-            self.layers.append(_Layer(name, parameter, kind, problem, tuple(module.weight.shape),
-                                      dtype, row_steps))
+            self.layers.append(make_layer(name, parameter, module, kind, hessian, row_scale,
+                                          per_channel))
         self.progress(f"Hessians of {len(self.layers)} layers collected in "
                       f"{self.hessian_seconds:.1f} s", final=True)
         self.sensitivity_seconds = 0.0
@@ -335,17 +370,8 @@ class ModelEncoder:
 
     def reconstruction(self, results: dict) -> dict:
         """Parameter name -> dequantized weights (float32, stored layout) for ``results``."""
-        weights = {}
-        for layer in self.layers:
-            result: LayerResult = results[layer.parameter][0]
-            if isinstance(result, TransformLayerResult):
-                weights[layer.parameter] = result.reconstruction.reshape(layer.stored_shape)
-                continue
-            steps = result.steps.astype(np.float32)
-            matrix = result.indices.astype(np.float32) * (steps[:, None] if len(steps) > 1
-                                                          else steps[0])
-            weights[layer.parameter] = matrix_to_stored_layout(matrix, None, layer.kind) \
-                if layer.kind == "transposed_linear" else matrix.reshape(layer.stored_shape)
+        weights = {layer.parameter: reconstruction_of(layer, results[layer.parameter][0])
+                   for layer in self.layers}
         for alias, original in self.aliases.items():
             weights[alias] = weights[original]
         return weights
@@ -368,18 +394,8 @@ class ModelEncoder:
                         self._write_transformed(writer, key, source, layer, result, seconds,
                                                 settings, summaries, written_matrices)
                         continue
-                    indices, grid = result.stored_indices_and_grid()
-                    if layer.kind == "transposed_linear":
-                        indices = np.ascontiguousarray(indices.T)
-                    indices = indices.reshape(layer.stored_shape)
-                    center = 0 if result.zero_points is None else int(result.zero_points[0])
-                    payload = writer.add_indices(key, indices, grid, layer.dtype,
-                                                 settings=settings.entropy, context_center=center)
-                    if key == source:
-                        summaries.append(LayerSummary(
-                            key, layer.stored_shape, layer.kind, len(result.steps), payload,
-                            8.0 * payload / max(indices.size, 1), result.distortion, seconds,
-                            result.grid))
+                    write_layer(writer, key, layer, result, seconds, settings,
+                                summaries if key == source else None)
                 else:
                     writer.add_raw(key, tensor_to_numpy(value))
         return os.path.getsize(path), summaries

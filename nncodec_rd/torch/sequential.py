@@ -1,0 +1,618 @@
+"""Block-sequential encoding: models of any size, one block of the stack at a time.
+
+Most large models are a stack of identical blocks (transformers' decoder and encoder layers).
+:class:`SequentialEncoder` never holds more than one block's weights, Hessians and calibration
+activations:
+
+1. **Before the stack.** The calibration batches run through the model until they reach block 0
+   (the rest of the forward is skipped). Layers that ran on the way (embeddings) collect their
+   Hessians, are quantized and written; the batches then run again with those layers quantized,
+   and block 0's inputs are kept.
+2. **Each block.** Its weights are loaded (from the checkpoint when the model was built empty),
+   its Hessians collected on its inputs (layers fed the same tensor, such as attention's query,
+   key and value, share one), its sensitivities measured on its own output, its layers quantized
+   and streamed to the writer. The *quantized* block then turns its inputs into the next block's
+   inputs, so every block is calibrated on what the decoded model will really feed it. Then the
+   block's weights and Hessians are freed.
+3. **After the stack.** The model runs once more with every block replaced by a replay of the
+   stack's final output; the layers after the stack (a language model's head) collect their
+   Hessians there, are quantized and written, with every remaining tensor of the state dict.
+
+Layer sensitivities (how much a layer's error moves what follows) are measured per *unit* (the
+part before the stack, one block, the part after it) as the relative change of the unit's
+output when the layer gets noise of known layer loss, so they cost one block forward per layer,
+not one model forward. One λ serves the whole model; without ``lam`` it comes from the layers of
+the first unit (:meth:`ModelEncoder.default_lam`'s rule).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..encoder.obs import QuantizerSettings, layer_distortion, quantize_layer
+from ..encoder.transform import TRANSFORM_METHODS
+from ..encoder.writer import NrdWriter
+from ..format.errors import EncoderError
+from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_parameters
+from .compress import (CompressionResult, _Progress, make_layer, reconstruction_of,
+                       write_layer)
+from .hessians import (HessianAccumulator, find_layers, first_tensor, matrix_to_stored_layout,
+                       run_batch, weight_matrix)
+from .state_dict import tensor_to_numpy
+
+
+class _StopForward(Exception):
+    """Raised by the hook on block 0 to end a forward pass once the block's inputs are known."""
+
+
+def find_stack(model, override: str | None = None) -> tuple[str, torch.nn.Module] | None:
+    """The model's stack of repeated blocks: ``(name, module)`` of the ``ModuleList`` or
+    ``Sequential`` of two or more children of one class holding the most parameters, or None.
+    ``override`` names the stack (a module name) for models where the guess is wrong."""
+    if override is not None:
+        try:
+            stack = model.get_submodule(override)
+        except AttributeError:
+            raise EncoderError(f"the model has no module {override!r} to use as its stack of "
+                               f"blocks") from None
+        if not isinstance(stack, (torch.nn.ModuleList, torch.nn.Sequential)) or len(stack) < 1:
+            raise EncoderError(f"{override!r} is a {type(stack).__name__}, not a list of blocks")
+        return override, stack
+    best, best_count = None, 0
+    for name, module in model.named_modules():
+        if not isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential)) or len(module) < 2:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        count = sum(parameter.numel() for parameter in module.parameters())
+        if count > best_count:
+            best, best_count = (name, module), count
+    return best
+
+
+@dataclass
+class _BlockInput:
+    """One calibration batch as block 0 receives it; ``hidden`` changes from block to block,
+    the other arguments (masks, position embeddings) are the same for every block."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+
+
+def _detach(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detach(item) for item in value)
+    if isinstance(value, list):
+        return [_detach(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _detach(item) for key, item in value.items()}
+    return value
+
+
+def _hidden_of(output) -> torch.Tensor:
+    """A block's output hidden state: the output, or the first item of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise EncoderError(f"a block returned a {type(output).__name__}; the sequential encoder "
+                       f"needs a tensor or a tuple whose first item is the hidden state "
+                       f"(use sequential=False)")
+
+
+@dataclass
+class _Unit:
+    """A part of the model encoded together: its layers (module name -> kind)."""
+
+    label: str
+    layers: dict
+    accumulators: dict = field(default_factory=dict)
+
+
+class _SharedHessians:
+    """Forward pre-hooks collecting the Hessians of some layers; layers that read the very same
+    input tensor (same storage, shape and strides in the first batch) share one accumulator."""
+
+    def __init__(self, modules: dict, layers: dict):
+        self.layers = layers
+        self.accumulators: dict[str, HessianAccumulator] = {}
+        self.owner: dict[str, str] = {}  # layer -> layer whose accumulator it shares
+        self._seen: dict = {}
+        self._first_batch = True
+        self._handles = []
+        for name, kind in layers.items():
+            module = modules[name]
+            groups = getattr(module, "groups", 1) if kind in ("conv1d", "conv2d") else 1
+            columns = weight_matrix(module, kind).shape[1] if kind != "embedding" else 0
+            self.accumulators[name] = HessianAccumulator(
+                kind, groups, columns,
+                vocabulary=module.num_embeddings if kind == "embedding" else 0)
+            self._handles.append(module.register_forward_pre_hook(
+                lambda module, inputs, name=name: self._add(name, module, inputs)))
+
+    def _add(self, name, module, inputs) -> None:
+        kind = self.layers[name]
+        x = inputs[0] if isinstance(inputs, tuple) else inputs
+        if self._first_batch and kind in ("linear", "transposed_linear"):
+            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+            other = self._seen.get(key)
+            if other is not None and self.layers[other] in ("linear", "transposed_linear"):
+                self.owner[name] = other
+                self.accumulators[name] = self.accumulators[other]
+            else:
+                self._seen[key] = name
+        if name in self.owner:
+            return  # its owner adds this input
+        self.accumulators[name].add(module, inputs)
+
+    def batch_done(self) -> None:
+        if self._seen:
+            self._first_batch = False
+            self._seen = {}
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def hessians(self, smoothing: float, names=None) -> dict:
+        """Layer -> (Hessian, row scale) for ``names`` (default: all); shared layers get the
+        same array."""
+        out = {}
+        for name in self.layers if names is None else names:
+            owner = self.owner.get(name)
+            out[name] = out[owner] if owner in out else self.accumulators[name].hessian(smoothing)
+        return out
+
+
+class SequentialEncoder:
+    """Encode ``model`` unit by unit (module docstring) into one file.
+
+    Parameters
+    ----------
+    model:
+        A ``torch.nn.Module``. Its parameters may be on the ``meta`` device
+        (:func:`~nncodec_rd.torch.checkpoint.empty_model`); then ``weights`` gives them.
+    calibration_batches:
+        Model inputs (see :func:`~nncodec_rd.torch.hessians.run_batch`).
+    weights, key_map:
+        The checkpoint and its names, for a model built empty. The file then holds the
+        checkpoint's tensors under the checkpoint's names and dtypes, every one of them.
+    stack:
+        The module name of the stack of blocks, if :func:`find_stack` guesses wrong.
+    """
+
+    def __init__(self, model, calibration_batches, *, weights: CheckpointWeights | None = None,
+                 stack: str | None = None, include=None, per_channel: bool = False,
+                 embedding_smoothing: float = 1.0, sensitivity: bool = True,
+                 sensitivity_batches: int = 1, sensitivity_exponent: float = 0.7,
+                 progress=True):
+        if calibration_batches is None:
+            raise EncoderError("the sequential encoder needs calibration batches")
+        self.model = model
+        self.batches = list(calibration_batches)
+        if not self.batches:
+            raise EncoderError("calibration_batches is empty")
+        found = find_stack(model, stack)
+        if found is None:
+            raise EncoderError("the model has no stack of repeated blocks (a ModuleList of "
+                               "layers of one class); use sequential=False, or name the stack")
+        self.stack_name, self.stack = found
+        self.weights = weights
+        self.key_map = KeyMap(model, weights, model.state_dict().keys()) if weights else None
+        self.ties = tied_parameters(model)
+        self.include = include
+        self.per_channel = per_channel
+        self.embedding_smoothing = embedding_smoothing
+        self.sensitivity = sensitivity
+        self.sensitivity_batches = max(1, sensitivity_batches)
+        self.sensitivity_exponent = sensitivity_exponent
+        self.progress = _Progress(progress)
+        self.hessian_seconds = 0.0
+        self._check_checkpoint()
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def _check_checkpoint(self) -> None:
+        if self.weights is None:
+            if any(p.device.type == "meta" for p in self.model.parameters()):
+                raise EncoderError("the model's parameters are on the meta device; give the "
+                                   "checkpoint to read them from (weights=)")
+            return
+        missing = [name for name, _ in self.model.named_parameters(remove_duplicate=False)
+                   if not any(self.key_map.get(n) for n in self.ties.get(name, [name]))]
+        if missing:
+            raise EncoderError(f"{self.weights.source}: the checkpoint lacks "
+                               f"{len(missing)} of the model's parameters "
+                               f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
+                               f"is it the checkpoint of this config?")
+
+    def _materialize(self, prefix: str, module) -> None:
+        if self.weights is None:
+            return
+        names = [f"{prefix}{name}" for name, parameter in
+                 module.named_parameters(remove_duplicate=False) if parameter.device.type == "meta"]
+        materialize(self.model, names, self.weights, self.key_map, self.ties)
+
+    def _stored_dtype(self, parameter: str):
+        if self.weights is None:
+            return None
+        return self.weights.dtype(self.key_map[parameter])
+
+    def _file_name(self, key: str) -> str:
+        return self.key_map.get(key, key) if self.key_map is not None else key
+
+    # -- the pipeline ----------------------------------------------------------------------------
+
+    def encode(self, settings: QuantizerSettings, path, metadata: dict | None = None,
+               lam: float | None = None) -> CompressionResult:
+        """Quantize every unit at ``settings`` (``lam`` None: λ from the first unit) and write
+        ``path`` atomically. Returns the :class:`CompressionResult`."""
+        if settings.method in TRANSFORM_METHODS:
+            raise EncoderError(f"method {settings.method!r} needs sequential=False")
+        start = time.perf_counter()
+        self.settings = settings
+        self.lam = lam
+        self.summaries: list = []
+        self.coded_weights = 0
+        self.layer_seconds = 0.0
+        self._written: set[str] = set()
+        self._quantized: dict[str, str] = {}  # parameter -> parameter coded first (ties)
+        self._tied_results: dict[str, tuple] = {}  # tied parameter -> (layer, result, seconds)
+        self._outside_originals: dict = {}
+        self._start = start
+        file_metadata = {"encoder": "nncodec-rd", "method": settings.method,
+                         "sequential": True, **(metadata or {})}
+        model = self.model
+        was_training = model.training
+        use_cache = getattr(getattr(model, "config", None), "use_cache", None)
+        model.eval()
+        if use_cache:
+            model.config.use_cache = False  # no key/value cache grows during calibration
+        path = os.fspath(path)
+        writer = NrdWriter(path, metadata=file_metadata)
+        try:
+            with torch.no_grad():
+                self._run(writer)
+            writer.add_metadata(**{"lambda": float(self.lam)})
+            size = writer.close()
+        except BaseException:
+            writer.abandon()
+            raise
+        finally:
+            model.train(was_training)
+            if use_cache:
+                model.config.use_cache = use_cache
+        outcome = CompressionResult(path, size, self.coded_weights, settings.method,
+                                    float(self.lam), self.summaries, self.hessian_seconds,
+                                    time.perf_counter() - start)
+        self.progress(f"{settings.method} lambda={self.lam:.4g}: {size:,} bytes, "
+                      f"{outcome.bits_per_weight:.3f} bits/weight, "
+                      f"{time.perf_counter() - start:.1f} s", final=True)
+        return outcome
+
+    def _run(self, writer: NrdWriter) -> None:
+        model = self.model
+        stack_prefix = self.stack_name + "."
+        all_layers = find_layers(model, self.include)
+        outside = {name: kind for name, kind in all_layers.items()
+                   if not name.startswith(stack_prefix)}
+        # Everything outside the stack is loaded now (embeddings, norms, the head): small
+        # against the stack, and the head may be tied to the embedding.
+        outside_parameters = [name for name, parameter in
+                              model.named_parameters(remove_duplicate=False)
+                              if not name.startswith(stack_prefix)]
+        if self.weights is not None:
+            materialize(model, outside_parameters, self.weights, self.key_map, self.ties)
+        modules = dict(model.named_modules())
+        blocks = list(self.stack)
+        self.block_count = len(blocks)
+
+        # 1. Before the stack.
+        collector = _SharedHessians(modules, outside)
+        started = time.perf_counter()
+        try:
+            inputs = self._capture(blocks[0], collector)
+        finally:
+            collector.remove()
+        self.hessian_seconds += time.perf_counter() - started
+        before = {name: kind for name, kind in outside.items()
+                  if collector.accumulators[name].samples > 0}
+        if self.lam is None:
+            self.lam = self._lam_of_first_block(blocks[0], stack_prefix + "0.", all_layers,
+                                                inputs)
+        if before:
+            hessians = collector.hessians(self.embedding_smoothing, before)
+            layers = self._layers(modules, before, hessians)
+            self._sensitivities(layers, modules, lambda: [i.hidden for i in self._capture(
+                blocks[0], None, self.batches[:self.sensitivity_batches])])
+            self._outside_originals.update(
+                self._quantize_unit("before the stack", layers, modules, writer))
+            inputs = self._capture(blocks[0], None)  # block 0 sees the quantized layers
+        del collector
+
+        # 2. The blocks.
+        self._stack_started = time.perf_counter()
+        self._blocks_done = 0
+        for index, block in enumerate(blocks):
+            prefix = f"{stack_prefix}{index}."
+            self._materialize(prefix, block)
+            layers_here = {name: kind for name, kind in all_layers.items()
+                           if name.startswith(prefix)}
+            block_modules = dict(model.named_modules())
+            collector = _SharedHessians(block_modules, layers_here)
+            started = time.perf_counter()
+            try:
+                for item in inputs:
+                    block(item.hidden, *item.args, **item.kwargs)
+                    collector.batch_done()
+            finally:
+                collector.remove()
+            self.hessian_seconds += time.perf_counter() - started
+            hessians = collector.hessians(self.embedding_smoothing)
+            del collector
+            layers = self._layers(block_modules, layers_here, hessians)
+            del hessians
+            self._sensitivities(layers, block_modules, lambda: [
+                _hidden_of(block(i.hidden, *i.args, **i.kwargs))
+                for i in inputs[:self.sensitivity_batches]])
+            label = f"block {index + 1}/{len(blocks)}"
+            originals = self._quantize_unit(label, layers, block_modules, writer)
+            del layers
+            outputs = []
+            for item in inputs:
+                output = block(item.hidden, *item.args, **item.kwargs)
+                self._output_is_tuple = not isinstance(output, torch.Tensor)
+                outputs.append(_hidden_of(output).detach())
+            for item, hidden in zip(inputs, outputs):
+                item.hidden = hidden
+            self._restore(block_modules, originals)
+            for key, value in block.state_dict().items():
+                self._write_raw(writer, prefix + key, value)
+            if self.weights is not None:
+                release(block)
+            self._blocks_done += 1
+
+        # 3. After the stack.
+        after = {name: kind for name, kind in outside.items() if name not in before}
+        if after:
+            collector = _SharedHessians(modules, after)
+            started = time.perf_counter()
+            try:
+                with self._replaying(blocks, inputs):
+                    for batch in self.batches:
+                        run_batch(model, batch)
+                        collector.batch_done()
+            finally:
+                collector.remove()
+            self.hessian_seconds += time.perf_counter() - started
+            layers = self._layers(modules, after, collector.hessians(self.embedding_smoothing))
+            del collector
+
+            def outputs_after():
+                with self._replaying(blocks, inputs):
+                    return [first_tensor(run_batch(model, batch))
+                            for batch in self.batches[:self.sensitivity_batches]]
+
+            self._sensitivities(layers, modules, outputs_after)
+            self._outside_originals.update(
+                self._quantize_unit("after the stack", layers, modules, writer))
+        for key, value in model.state_dict().items():
+            if not key.startswith(stack_prefix):
+                self._write_raw(writer, key, value)
+        self._write_checkpoint_extras(writer)
+        self._restore(modules, self._outside_originals)
+
+    def _capture(self, block0, collector, batches=None) -> list[_BlockInput]:
+        """Run every batch (or ``batches``) up to block 0; its inputs per batch."""
+        captured = []
+
+        def stop(module, args, kwargs):
+            kwargs = dict(kwargs)
+            if args:
+                hidden, args = args[0], args[1:]
+            elif "hidden_states" in kwargs:
+                hidden = kwargs.pop("hidden_states")
+            else:
+                raise EncoderError("block 0 was called without a hidden-state input")
+            captured.append(_BlockInput(hidden.detach(), _detach(args), _detach(kwargs)))
+            raise _StopForward
+
+        handle = block0.register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            for batch in self.batches if batches is None else batches:
+                try:
+                    run_batch(self.model, batch)
+                except _StopForward:
+                    pass
+                else:
+                    raise EncoderError(f"the model's forward never ran {self.stack_name}.0, "
+                                       f"the first block of its stack")
+                if collector is not None:
+                    collector.batch_done()
+        finally:
+            handle.remove()
+        return captured
+
+    def _replaying(self, blocks, inputs):
+        encoder = self
+
+        class Replay:
+            def __enter__(self):
+                self.counter = iter(range(len(inputs)))
+                for block in blocks:
+                    block.forward = self._forward_of(block is blocks[-1])
+                return self
+
+            def _forward_of(self, last):
+                def forward(hidden_states=None, *args, **kwargs):
+                    if hidden_states is None:
+                        hidden_states = kwargs.get("hidden_states")
+                    if last:
+                        hidden_states = inputs[next(self.counter)].hidden
+                    return (hidden_states,) if getattr(encoder, "_output_is_tuple", False) \
+                        else hidden_states
+                return forward
+
+            def __exit__(self, *exc):
+                for block in blocks:
+                    block.__dict__.pop("forward", None)
+                return False
+
+        return Replay()
+
+    def _layers(self, modules, layers: dict, hessians: dict) -> list:
+        made = []
+        for name, kind in layers.items():
+            module = modules[name]
+            parameter = f"{name}.weight" if name else "weight"
+            source = next((other for other in self.ties.get(parameter, [])
+                           if other in self._quantized), None)
+            if source is not None:  # tied to a layer already coded
+                self._quantized[parameter] = source
+                continue
+            hessian, row_scale = hessians[name]
+            made.append(make_layer(name, parameter, module, kind, hessian, row_scale,
+                                   self.per_channel, self._stored_dtype(parameter)))
+        return made
+
+    def _sensitivities(self, layers, modules, outputs) -> None:
+        """Each layer's relative change of the unit's output per unit of layer loss, raised to
+        ``sensitivity_exponent`` (see :meth:`ModelEncoder.measure_sensitivities`)."""
+        if not self.sensitivity or not layers:
+            return
+        generator = np.random.default_rng(0)
+        reference = [tensor.double() for tensor in outputs()]
+        power = float(np.mean([torch.mean(tensor ** 2).item() for tensor in reference])) or 1.0
+        for layer in layers:
+            problem = layer.problem
+            rms = float(np.sqrt(np.mean(problem.weights ** 2))) or 1.0
+            noise = generator.standard_normal(problem.weights.shape) * 0.01 * rms
+            layer_loss = layer_distortion(problem, problem.weights + noise)
+            weight = modules[layer.name].weight
+            original = weight.detach().clone()
+            perturbed = matrix_to_stored_layout(problem.weights + noise, modules[layer.name],
+                                                layer.kind)
+            weight.copy_(torch.from_numpy(np.ascontiguousarray(perturbed)).to(weight.dtype))
+            try:
+                change = [float(torch.mean((tensor.double() - expected) ** 2))
+                          for tensor, expected in zip(outputs(), reference)]
+            finally:
+                weight.copy_(original)
+            if layer_loss > 0 and np.mean(change) > 0:
+                layer.sensitivity = (float(np.mean(change)) / power / layer_loss) \
+                    ** self.sensitivity_exponent
+
+    def _lam_of_first_block(self, block, prefix, all_layers, inputs) -> float:
+        """The default λ (:meth:`ModelEncoder.default_lam`'s rule) from block 0's layers, on
+        the float model's inputs: typical layers of the stack, not the embeddings."""
+        self._materialize(prefix, block)
+        layers_here = {name: kind for name, kind in all_layers.items() if name.startswith(prefix)}
+        modules = dict(self.model.named_modules())
+        collector = _SharedHessians(modules, layers_here)
+        try:
+            for item in inputs:
+                block(item.hidden, *item.args, **item.kwargs)
+                collector.batch_done()
+        finally:
+            collector.remove()
+        layers = self._layers(modules, layers_here, collector.hessians(self.embedding_smoothing))
+        self._sensitivities(layers, modules, lambda: [
+            _hidden_of(block(i.hidden, *i.args, **i.kwargs))
+            for i in inputs[:self.sensitivity_batches]])
+        return self._default_lam(layers)
+
+    def _default_lam(self, layers) -> float:
+        from .compress import ModelEncoder
+
+        holder = ModelEncoder.__new__(ModelEncoder)
+        holder.layers = layers
+        return ModelEncoder.default_lam(holder)
+
+    def _quantize_unit(self, label, layers, modules, writer) -> dict:
+        """Quantize ``layers``, write them, and put their dequantized weights into the model
+        (to feed the next unit). Returns the original weights of a model the caller owns, to
+        restore (empty when the weights came from the checkpoint)."""
+        if self.lam is None:
+            self.lam = self._default_lam(layers)
+        originals = {}
+        for number, layer in enumerate(layers, 1):
+            elapsed = time.perf_counter() - self._start
+            self.progress(f"{label}: layer {number}/{len(layers)} {layer.parameter} "
+                          f"{'x'.join(map(str, layer.problem.weights.shape))}, "
+                          f"{elapsed:.0f} s elapsed{self._eta()}", final=True)
+            started = time.perf_counter()
+            settings = replace(self.settings, per_channel=layer.per_channel,
+                               lam=self.lam / layer.sensitivity)
+            result = quantize_layer(layer.problem, settings)
+            seconds = time.perf_counter() - started
+            self.layer_seconds += seconds
+            write_layer(writer, self._file_name(layer.parameter), layer, result, seconds,
+                        settings, self.summaries)
+            self.coded_weights += layer.problem.weights.size
+            self._written.add(layer.parameter)
+            self._quantized[layer.parameter] = layer.parameter
+            for alias in self.ties.get(layer.parameter, []):
+                if alias != layer.parameter:
+                    self._quantized[alias] = layer.parameter
+                    self._tied_results[layer.parameter] = (layer, result, seconds, settings)
+            weight = modules[layer.name].weight
+            if self.weights is None:
+                originals[layer.name] = weight.detach().clone()
+            weight.data.copy_(torch.from_numpy(reconstruction_of(layer, result)).to(weight.dtype))
+        return originals
+
+    def _eta(self) -> str:
+        """Time left in the stack, from the blocks finished so far."""
+        done = getattr(self, "_blocks_done", 0)
+        if not done:
+            return ""
+        per_block = (time.perf_counter() - self._stack_started) / done
+        return f", about {per_block * (self.block_count - done) / 60:.1f} min left in the stack"
+
+    def _restore(self, modules, originals: dict) -> None:
+        for name, original in originals.items():
+            modules[name].weight.data.copy_(original)
+
+    def _write_raw(self, writer: NrdWriter, key: str, value) -> None:
+        """A state-dict entry: skipped if coded, the coded tensor again under a tied name, raw
+        otherwise (in the checkpoint's dtype, read from it when there is one)."""
+        if key in self._written:
+            return
+        source = self._quantized.get(key)
+        name = self._file_name(key)
+        if source is not None and source != key:
+            # A tied copy: the file has it when the checkpoint has it (or, for a model in
+            # memory, since its state dict has it), with the indices of the tensor it is tied to.
+            if self.weights is None or name in self.weights:
+                layer, result, seconds, settings = self._tied_results[source]
+                write_layer(writer, name, layer, result, seconds, settings, None)
+                self._written.add(key)
+            return
+        if self.weights is not None:
+            if name not in self.weights:
+                return  # a buffer the model computes (not in the checkpoint)
+            value = self.weights.get(name)
+        writer.add_raw(name, tensor_to_numpy(value))
+        self._written.add(key)
+
+    def _write_checkpoint_extras(self, writer: NrdWriter) -> None:
+        """Tensors of the checkpoint that the model has no parameter or buffer for: stored raw,
+        so that the archive holds the whole checkpoint."""
+        if self.weights is None:
+            return
+        mapped = set(self.key_map.to_checkpoint.values())
+        for name in self.weights.keys():
+            if name not in mapped:
+                writer.add_raw(name, tensor_to_numpy(self.weights.get(name)))
+
+
+__all__ = ["SequentialEncoder", "find_stack"]
