@@ -443,7 +443,7 @@ def _curvatures(problem: LayerProblem, settings: QuantizerSettings):
     """
     rows, columns = problem.weights.shape
     if problem.hessian is None:
-        return None, np.ones((rows, columns))
+        return None, np.broadcast_to(np.ones(1), (rows, columns))  # a view: no memory
     key = ("factors", settings.act_order, settings.damping, settings.method == "rtn")
     if key not in problem.cache:
         problem.cache[key] = _factor_groups(problem, settings)
@@ -476,8 +476,14 @@ def choose_steps(problem: LayerProblem, settings: QuantizerSettings,
     if settings.step is not None:
         return np.full(rows if settings.per_channel else 1, settings.step, dtype=np.float32)
     scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
-    weighted = curvature * scale[:, None]
-    mean_curvature = weighted.mean(axis=1) if settings.per_channel else np.array([weighted.mean()])
+    if settings.per_channel:
+        # Row by row blocks: the same per-row means without a second (rows, columns) array.
+        step = max(1, (1 << 20) // max(curvature.shape[1], 1))
+        mean_curvature = np.concatenate([
+            (curvature[start:start + step] * scale[start:start + step, None]).mean(axis=1)
+            for start in range(0, rows, step)]) if rows else np.zeros(0)
+    else:
+        mean_curvature = np.array([(curvature * scale[:, None]).mean()])
     mean_curvature = np.maximum(mean_curvature, 1e-30)
     steps = settings.grid_scale * np.sqrt(12.0 * settings.lam / (math.log(2) * mean_curvature))
     return np.maximum(steps, np.finfo(np.float32).tiny).astype(np.float32)
@@ -588,15 +594,27 @@ def _unpermute(indices: np.ndarray, order: np.ndarray) -> np.ndarray:
     return result
 
 
-def _sweep_rows_independently(scaled, rate_weight, rate, identity, index_range=None):
-    """Per-weight rate-distortion decisions (a sweep whose inverse-Hessian factor is 1)."""
+def _sweep_rows_independently(scaled, rate_weight, rate, identity, index_range=None,
+                              chunk_elements: int = 1 << 20):
+    """Per-weight rate-distortion decisions (a sweep whose inverse-Hessian factor is 1).
+
+    Rows are independent here, so they are decided ``chunk_elements`` weights at a time: the
+    sweep's per-weight work arrays stay a few MB whatever the layer's size (an embedding of
+    32,000 × 2,048 would otherwise need about 3 GB of them).
+    """
     rows, columns = scaled.shape
-    flat = np.ascontiguousarray(scaled.reshape(-1, 1))
-    weight = np.repeat(rate_weight, columns)
-    low, high = (np.repeat(bound, columns) for bound in _row_ranges(index_range, rows))
-    indices = np.zeros(flat.shape, dtype=np.int64)
-    errors = np.zeros_like(flat)
-    _sweep_block(flat.copy(), identity, weight, np.ascontiguousarray(rate.cost_bits, np.float64),
-                 np.int64(rate.first_index), float(rate.outside_bits), 0.0, low, high, indices,
-                 errors)
-    return indices.reshape(rows, columns)
+    cost_bits = np.ascontiguousarray(rate.cost_bits, np.float64)
+    low_rows, high_rows = _row_ranges(index_range, rows)
+    indices = np.empty((rows, columns), dtype=np.int64)
+    step = max(1, chunk_elements // max(columns, 1))
+    for start in range(0, rows, step):
+        part = slice(start, min(rows, start + step))
+        flat = np.array(scaled[part].reshape(-1, 1), dtype=np.float64)  # a copy the sweep edits
+        weight = np.repeat(rate_weight[part], columns)
+        low, high = (np.repeat(bound[part], columns) for bound in (low_rows, high_rows))
+        chunk_indices = np.zeros(flat.shape, dtype=np.int64)
+        errors = np.zeros_like(flat)
+        _sweep_block(flat, identity, weight, cost_bits, np.int64(rate.first_index),
+                     float(rate.outside_bits), 0.0, low, high, chunk_indices, errors)
+        indices[part] = chunk_indices.reshape(-1, columns)
+    return indices

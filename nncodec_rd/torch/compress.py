@@ -475,7 +475,8 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
              entropy: EntropySettings | None = None, include=None,
              embedding_smoothing: float = 1.0, sensitivity: bool = True,
              metadata: dict | None = None,
-             progress=True, tolerance: float = 0.01) -> CompressionResult:
+             progress=True, tolerance: float = 0.01, sequential: bool = False,
+             stack: str | None = None) -> CompressionResult:
     """Quantize and entropy-code ``model``'s weights; write an .nrd file.
 
     Parameters
@@ -522,6 +523,13 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         True for per-layer progress on stderr, False for none, or a callable taking a line.
     tolerance:
         Relative tolerance of the ``target_bpw`` bisection.
+    sequential:
+        Encode block by block (:mod:`nncodec_rd.torch.sequential`): each block of the model's
+        stack is calibrated on the outputs of the already quantized blocks before it, and only
+        one block's Hessians exist at a time. Needs ``path``; ``target_bpw``,
+        ``target_metric`` and the transform methods need ``sequential=False`` for now.
+    stack:
+        With ``sequential``, the module name of the stack of blocks if the guess is wrong.
 
     Returns
     -------
@@ -538,6 +546,14 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     # Check the settings before the slow part (Hessians, sensitivities).
     QuantizerSettings(method=method, lam=1.0 if lam is None else lam, per_channel=per_channel,
                       grid_scale=grid_scale, act_order=act_order, grid_choice=grid_choice)
+    if sequential:
+        return _compress_sequential(model, calibration_batches, method=method, lam=lam,
+                                    target_bpw=target_bpw, target_metric=target_metric, path=path,
+                                    per_channel=per_channel, grid_scale=grid_scale,
+                                    act_order=act_order, grid_choice=grid_choice, entropy=entropy,
+                                    include=include, embedding_smoothing=embedding_smoothing,
+                                    sensitivity=sensitivity, metadata=metadata, progress=progress,
+                                    stack=stack)
     encoder = ModelEncoder(model, calibration_batches, include=include, per_channel=per_channel,
                            embedding_smoothing=embedding_smoothing, sensitivity=sensitivity,
                            progress=progress)
@@ -577,6 +593,25 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     if encoder.progress.enabled and encoder.progress.callback is None:
         print(outcome.summary(), file=sys.stderr)
     return outcome
+
+
+def _compress_sequential(model, calibration_batches, *, method, lam, target_bpw, target_metric,
+                         path, per_channel, grid_scale, act_order, grid_choice, entropy, include,
+                         embedding_smoothing, sensitivity, metadata, progress, stack):
+    from .sequential import SequentialEncoder
+
+    if target_bpw is not None or target_metric is not None:
+        raise EncoderError("target_bpw and target_metric need sequential=False for now (give lam)")
+    if path is None:
+        raise EncoderError("sequential=True writes as it goes: give path")
+    encoder = SequentialEncoder(model, calibration_batches, stack=stack, include=include,
+                                per_channel=per_channel, embedding_smoothing=embedding_smoothing,
+                                sensitivity=sensitivity, progress=progress)
+    settings = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
+                                 per_channel=per_channel, grid_scale=grid_scale,
+                                 act_order=act_order, grid_choice=grid_choice,
+                                 entropy=entropy or model_entropy_settings())
+    return encoder.encode(settings, path, metadata, lam=lam)
 
 
 def search_lam(encoder: ModelEncoder, base: QuantizerSettings, metadata: dict | None, holds,
