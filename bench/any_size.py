@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -97,7 +96,7 @@ def run_size(size: str, work: str) -> dict:
         coded = sum(int(_count(handle.info(k).shape)) for k in handle.keys()
                     if handle.info(k).coding == "rans")
     size_bytes = os.path.getsize(output)
-    row.update(size=size, parameters=parameters, blocks=SIZES[size][2],
+    row.update(size=size, parameters=parameters, load_average=os.getloadavg(), blocks=SIZES[size][2],
                checkpoint_bytes=checkpoint_bytes, file_bytes=size_bytes,
                bits_per_coded_weight=8.0 * size_bytes / coded,
                seconds_per_million_parameters=row["seconds"] / parameters * 1e6)
@@ -111,11 +110,26 @@ def _count(shape) -> int:
     return total
 
 
+def markdown_table(report: dict) -> str:
+    """The rows of a report as a Markdown table (docs/any-size.md shows it)."""
+    lines = ["| model | parameters | blocks | checkpoint | encode | per M parameters | peak RSS "
+             "| file | bits per coded weight |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in report["rows"]:
+        lines.append(f"| llama-{row['size']} | {row['parameters'] / 1e6:,.1f} M | {row['blocks']} "
+                     f"| {row['checkpoint_bytes'] / 1e9:.2f} GB | {row['seconds'] / 60:.1f} min "
+                     f"| {row['seconds_per_million_parameters']:.2f} s "
+                     f"| {row['peak_rss_bytes'] / 1e9:.2f} GB | {row['file_bytes'] / 1e6:,.1f} MB "
+                     f"| {row['bits_per_coded_weight']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="60m,250m,600m,1.1b,1.1b-11")
     parser.add_argument("--work", default="out/any_size", help="checkpoints and files")
     parser.add_argument("--json", default="bench/results/any_size.json")
+    parser.add_argument("--table", action="store_true",
+                        help="print the Markdown table of the --json report and stop")
     parser.add_argument("--build", nargs=2, metavar=("SIZE", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--encode", nargs=2, metavar=("FOLDER", "OUTPUT"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -124,6 +138,10 @@ def main() -> int:
         return 0
     if arguments.encode:
         print(json.dumps(encode(*arguments.encode)))
+        return 0
+    if arguments.table:
+        with open(arguments.json) as stream:
+            print(markdown_table(json.load(stream)))
         return 0
     os.makedirs(arguments.work, exist_ok=True)
     rows = []
@@ -138,7 +156,7 @@ def main() -> int:
                        "checkpoints": "Llama architecture, random init (std 0.02), bf16 shards; "
                                       "no real LLM weights can be downloaded here",
                        "rows": rows}, stream, indent=1)
-    shutil.rmtree(os.path.join(arguments.work, "unused"), ignore_errors=True)
+    print(markdown_table({"rows": rows}))
     return 0
 
 

@@ -547,6 +547,13 @@ Inputs:
                          inputs are cast to the model's dtype. --method defaults to cerwu.
   --model MODULE:FUNCTION [INPUT]
                          no calibration data: rtn only, on the model's layers.
+  MODEL_DIR [--calibration-text FILE]
+                         a Hugging Face model folder (config.json; model.safetensors, shards
+                         with their index, or pytorch_model.bin), encoded block by block with
+                         memory for one block, not the model. Calibration: the lines of FILE,
+                         or the bundled English sentences, tokenized with the folder's own
+                         tokenizer. The file holds every tensor of the checkpoint, under its
+                         names and in its dtypes. --method defaults to cerwu.
   With a model, INPUT (if given) must hold every parameter and buffer of the model's state
   dict, loaded before compressing. MODULE is a module name, imported with the current
   directory on the path, or a file: path/to/file.py:FUNCTION. --lam or --target-bpw set the
@@ -555,6 +562,7 @@ Inputs:
 
 Examples:
   nncodec-rd encode model.safetensors -o model.nrd
+  nncodec-rd encode path/to/llama-folder -o llama.nrd --calibration-text my_texts.txt
   nncodec-rd encode weights.pt -o weights.nrd --bins 63 --per-row
   nncodec-rd encode --calibration nncodec_rd.torch.examples:tiny_mlp --method cerwu \\
       --target-bpw 4 -o tiny.nrd

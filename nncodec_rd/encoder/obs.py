@@ -423,10 +423,16 @@ def _row_ranges(index_range, rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 def layer_distortion(problem: LayerProblem, reconstruction: np.ndarray) -> float:
     """``½ Σ_r s_r (w_r − ŵ_r) H_g(r) (w_r − ŵ_r)ᵀ`` with the undamped Hessian."""
-    difference = problem.weights - reconstruction
-    scale = np.ones(len(difference)) if problem.row_scale is None else problem.row_scale
+    scale = np.ones(len(problem.weights)) if problem.row_scale is None else problem.row_scale
     if problem.hessian is None:
-        return float(0.5 * np.sum(scale[:, None] * difference ** 2))
+        # Rows by blocks: no (rows, columns) temporaries for an embedding of millions of rows.
+        rows, columns = problem.weights.shape
+        step = max(1, (1 << 20) // max(columns, 1))
+        return float(sum(0.5 * np.sum(scale[start:start + step, None]
+                                      * (problem.weights[start:start + step]
+                                         - reconstruction[start:start + step]) ** 2)
+                         for start in range(0, rows, step)))
+    difference = problem.weights - reconstruction
     rows_per_group = len(difference) // problem.groups
     total = 0.0
     for group, hessian in enumerate(problem.hessian):
@@ -581,11 +587,31 @@ def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: 
             rate = RateModel.from_indices(indices, settings.entropy)
             if np.count_nonzero(indices != previous) <= 1e-3 * indices.size:
                 break
-    reconstruction = indices * row_steps.astype(np.float32).astype(np.float64)[:, None]
+    del scaled, nearest
+    reconstruction = _LazyReconstruction(indices, row_steps.astype(np.float32).astype(np.float64))
     final_rate = RateModel.from_indices(indices, settings.entropy)
     return LayerResult(indices=indices, steps=steps, passes=passes, damping=used_damping,
                        distortion=layer_distortion(problem, reconstruction),
                        rate_bits=final_rate.total_bits(indices))
+
+
+class _LazyReconstruction:
+    """``indices * steps[:, None]`` made on demand, a row range at a time (what
+    :func:`layer_distortion` reads), or whole by ``np.asarray``."""
+
+    def __init__(self, indices: np.ndarray, row_steps: np.ndarray):
+        self.indices, self.row_steps = indices, row_steps
+        self.shape = indices.shape
+
+    def __getitem__(self, rows):
+        return self.indices[rows] * self.row_steps[rows][:, None]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self.indices * self.row_steps[:, None]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __rsub__(self, other):
+        return other - np.asarray(self)
 
 
 def _unpermute(indices: np.ndarray, order: np.ndarray) -> np.ndarray:

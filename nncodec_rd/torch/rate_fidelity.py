@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -82,9 +82,12 @@ def curve_label(method: str, grid_choice: str) -> str:
 
 def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivity: bool = True,
              per_channel: bool = False, grid_scale: float = 1.0, lams: dict | None = None,
-             entropy: EntropySettings | None = None, grid_choices=("fixed",)) -> dict:
-    """Every method (for each of ``grid_choices``) over the λ sweep: real files, decoded,
-    measured. Returns the curves."""
+             entropy: EntropySettings | None = None, grid_choices=("fixed",),
+             pipelines=("whole",)) -> dict:
+    """Every method (for each of ``grid_choices`` and ``pipelines``: ``"whole"``, the
+    :class:`ModelEncoder` of the whole model, ``"sequential"``, the block-sequential encoder of
+    :mod:`nncodec_rd.torch.sequential`, curves named METHOD+seq) over the λ sweep: real files,
+    decoded, measured. Returns the curves."""
     start = time.perf_counter()
     encoder = ModelEncoder(workload.model, workload.calibration_batches,
                            sensitivity=sensitivity, progress=False)
@@ -92,9 +95,11 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
     base_lam = encoder.default_lam()
     originals = {key: value.detach().clone() for key, value in workload.model.state_dict().items()}
     curves = {}
-    for method, grid_choice in [(m, g) for m in methods for g in grid_choices]:
-        label = curve_label(method, grid_choice)
+    for method, grid_choice, pipeline in [(m, g, p) for m in methods for g in grid_choices
+                                          for p in pipelines]:
+        label = curve_label(method, grid_choice) + ("+seq" if pipeline == "sequential" else "")
         points = []
+        sequential_base = None
         for factor in (lams or {}).get(label, lam_factors):
             lam = base_lam * factor
             path = os.path.join(folder, f"{workload.name}-{label}-{factor:g}.nrd")
@@ -102,7 +107,20 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
                                          per_channel=per_channel and method != "cerwu",
                                          grid_choice=grid_choice,
                                          entropy=entropy or model_entropy_settings())
-            outcome = encoder.encode(settings, path)
+            if pipeline == "sequential":
+                # Its sensitivities are relative to each block's output, so its λ has other
+                # units: the sweep is around its own default λ (from the first block).
+                from .sequential import SequentialEncoder
+
+                sequential_encoder = SequentialEncoder(
+                    workload.model, workload.calibration_batches, sensitivity=sensitivity,
+                    per_channel=per_channel and method != "cerwu", progress=False)
+                if sequential_base is None:
+                    sequential_base = sequential_encoder.initial_lam()
+                lam = sequential_base * factor
+                outcome = sequential_encoder.encode(replace(settings, lam=lam), path, lam=lam)
+            else:
+                outcome = encoder.encode(settings, path)
             decode_start = time.perf_counter()
             load_into(workload.model, path)
             decode_seconds = time.perf_counter() - decode_start
@@ -309,6 +327,10 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                              "grid for every layer; rd: each layer picks its grid by "
                              "rate-distortion (curves named METHOD+grid); auto: the library's "
                              "default; both: fixed and rd")
+    parser.add_argument("--pipeline", default="whole", choices=("whole", "sequential", "both"),
+                        help="whole (default): Hessians of the whole model at once; sequential: "
+                             "block by block, each block calibrated on the quantized blocks "
+                             "before it (curves named METHOD+seq); both")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 λ, no NNCodec")
     parser.add_argument("--merge", action="store_true",
                         help="keep the stored results (OUTPUT.json) of the methods not run now, "
@@ -325,7 +347,9 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                               lam_factors=factors, qps=chosen_qps,
                               nncodec_python=arguments.nncodec_python,
                               grid_choices=(("fixed", "rd") if arguments.grid_choice == "both"
-                                            else (arguments.grid_choice,)))
+                                            else (arguments.grid_choice,)),
+                              pipelines=(("whole", "sequential") if arguments.pipeline == "both"
+                                         else (arguments.pipeline,)))
     if arguments.merge and os.path.exists(arguments.output + ".json"):
         report = merge_reports(load_report(arguments.output + ".json"), report)
     write_report(report, arguments.output)

@@ -270,6 +270,30 @@ class SequentialEncoder:
 
     # -- the pipeline ----------------------------------------------------------------------------
 
+    def initial_lam(self) -> float:
+        """The λ that :meth:`encode` uses when given none (from block 0's layers on the float
+        model's inputs), without encoding anything."""
+        model = self.model
+        stack_prefix = self.stack_name + "."
+        all_layers = find_layers(model, self.include)
+        outside = [name for name, _ in model.named_parameters(remove_duplicate=False)
+                   if not name.startswith(stack_prefix)]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                if self.weights is not None:
+                    materialize(model, outside, self.weights, self.key_map, self.ties)
+                inputs = self._capture(self.stack[0], None)
+                self._quantized = {}
+                lam = self._lam_of_first_block(self.stack[0], stack_prefix + "0.", all_layers,
+                                               inputs)
+                if self.weights is not None:
+                    release(self.stack[0])
+        finally:
+            model.train(was_training)
+        return lam
+
     def encode(self, settings: QuantizerSettings, path, metadata: dict | None = None,
                lam: float | None = None) -> CompressionResult:
         """Quantize every unit at ``settings`` (``lam`` None: λ from the first unit) and write
@@ -344,6 +368,10 @@ class SequentialEncoder:
         self.hessian_seconds += time.perf_counter() - started
         before = {name: kind for name, kind in outside.items()
                   if collector.accumulators[name].samples > 0}
+        # The layers after the stack (a language model's head) wait on the meta device until
+        # the stack is done; for a large vocabulary they are the biggest tensors of all.
+        after = {name: kind for name, kind in outside.items() if name not in before}
+        waiting = self._park(modules, after, before)
         if self.lam is None:
             self.lam = self._lam_of_first_block(blocks[0], stack_prefix + "0.", all_layers,
                                                 inputs)
@@ -402,7 +430,8 @@ class SequentialEncoder:
             self._blocks_done += 1
 
         # 3. After the stack.
-        after = {name: kind for name, kind in outside.items() if name not in before}
+        if waiting:
+            materialize(model, waiting, self.weights, self.key_map, self.ties)
         if after:
             collector = _SharedHessians(modules, after)
             started = time.perf_counter()
@@ -535,6 +564,22 @@ class SequentialEncoder:
                 layer.sensitivity = (float(np.mean(change)) / power / layer_loss) \
                     ** self.sensitivity_exponent
 
+    def _park(self, modules, after: dict, before: dict) -> list:
+        """Send the weights of the layers ``after`` back to meta (when they come from the
+        checkpoint and are not tied to a layer ``before``); returns their parameter names."""
+        if self.weights is None:
+            return []
+        needed = {n for name in before for n in self.ties.get(f"{name}.weight", [])}
+        parked = []
+        for name in after:
+            names = [f"{name}.{attribute}" if name else attribute
+                     for attribute, _ in modules[name].named_parameters(recurse=False)]
+            if any(n in needed for n in names):
+                continue
+            release(modules[name])
+            parked.extend(names)
+        return parked
+
     def _lam_of_first_block(self, block, prefix, all_layers, inputs) -> float:
         """The default λ (:meth:`ModelEncoder.default_lam`'s rule) from block 0's layers, on
         the float model's inputs: typical layers of the stack, not the embeddings."""
@@ -592,6 +637,11 @@ class SequentialEncoder:
             if self.weights is None:
                 originals[layer.name] = weight.detach().clone()
             weight.data.copy_(torch.from_numpy(reconstruction_of(layer, result)).to(weight.dtype))
+            # Done with this layer: its float64 weights, Hessian factors and curvatures (several
+            # times the layer's size) go now, not when the whole block is done.
+            layer.problem.cache.clear()
+            layer.problem = None
+            del result
         return originals
 
     def _eta(self) -> str:
