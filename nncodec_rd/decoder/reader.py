@@ -314,7 +314,10 @@ class NrdFile:
     # -- checksums ---------------------------------------------------------------------------
 
     def _verify_payload(self, field: str, ref) -> None:
-        key = (ref.offset, ref.size)
+        # spec §8.3: each payload reference carries its own CRC-32C. Zero-size payloads may share
+        # an offset (spec §4.7), so a reference is known good only with its checksum in the key:
+        # (offset, size) alone let a wrong CRC of a second empty payload pass (issue 17).
+        key = (ref.offset, ref.size, ref.crc32c)
         if key in self._verified_chunks:
             return
         actual = crc32c(memoryview(self._map)[ref.offset:ref.offset + ref.size]) if ref.size else 0
