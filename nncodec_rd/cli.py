@@ -702,6 +702,10 @@ def main(argv=None) -> int:
         print(f"nncodec-rd: error: {error.args[0]}", file=sys.stderr)
     except OSError as error:
         print(f"nncodec-rd: error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+    except MemoryError:
+        # Inputs are checked before anything is allocated for them; what is left is a model or
+        # file genuinely larger than this machine's memory: still one line, not a traceback.
+        print("nncodec-rd: error: out of memory", file=sys.stderr)
     except KeyboardInterrupt:
         print("nncodec-rd: interrupted", file=sys.stderr)
     return EXIT_ERROR
