@@ -30,7 +30,7 @@ from ..format.container import build_container_head
 from ..format.errors import EncoderError
 from ..format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
 from ..format.layout import RowGeometry, canonical_offsets, chunk_extents, group_count_for
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_write, resolve_output_path
 from .rans import build_frequency_table, context_of_previous, encode_chunk, frequency_table_bytes
 
 NUMPY_DTYPE_OF = {
@@ -421,6 +421,8 @@ class NrdWriter:
 
     def __init__(self, path, metadata: dict | None = None):
         self.path = os.fspath(path)
+        # Refuse a device, FIFO or directory now, not after the encoding (io.atomic's notes).
+        resolve_output_path(self.path)
         self.metadata = dict(metadata or {})
         self._pending: list[PendingTensor] = []
         self._names: dict[str, int] = {}
