@@ -714,7 +714,11 @@ def main(argv=None) -> int:
     except KeyError as error:
         print(f"nncodec-rd: error: {error.args[0]}", file=sys.stderr)
     except OSError as error:
-        print(f"nncodec-rd: error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+        # Name the file when the error has one; a bare OSError (a write on a full disk) has
+        # none, and printing ": No space left on device" would look like a lost path.
+        reason = error.strerror or str(error) or type(error).__name__
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"nncodec-rd: error: {where}{reason}", file=sys.stderr)
     except MemoryError:
         # Inputs are checked before anything is allocated for them; what is left is a model or
         # file genuinely larger than this machine's memory: still one line, not a traceback.

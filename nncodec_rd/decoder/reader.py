@@ -198,7 +198,9 @@ class NrdFile:
         The file to open. It is memory-mapped and validated (container, layout, padding); payload
         checksums are verified when their chunks are decoded (or by :meth:`verify`).
     threads:
-        Threads for parallel chunk decoding; ``None`` keeps Numba's setting (all cores).
+        Threads for parallel chunk decoding; ``None`` keeps Numba's setting (all cores). Numba's
+        thread count belongs to the calling thread; it is set for each decode and restored
+        afterwards, so the caller's other Numba code keeps its own setting.
     max_output_bytes:
         The most bytes one array decoded from the file may take, or ``None`` for no bound. A
         conforming file may declare 2^40 elements and code them in a few bytes (spec §9 note), so

@@ -165,3 +165,16 @@ def test_info_escapes_terminal_control_characters(tmp_path, capsys):
     assert "clear\\x1b[2Jscreen" in out and "title\\x1b]0;owned\\x07" in out
     assert "bell\\x07\\r\\n" in out and "red\\x1b[31m\\u202etxt" in out
     assert len(out.splitlines()) == 7  # header, 2 metadata, column names, 2 tensors, total
+
+
+def test_an_os_error_without_a_file_name_is_one_clean_line(tmp_path, capsys, monkeypatch):
+    """No more ``error: : No space left on device``: a bare OSError prints its reason alone."""
+    import nncodec_rd.cli as cli
+
+    def full(arguments):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cli, "command_info", full)
+    assert main(["info", str(tmp_path / "x.nrd")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == f"nncodec-rd: error: {os.strerror(errno.ENOSPC)}"
