@@ -13,9 +13,9 @@ What an output path may be (issue 17):
   system's ``/dev/null`` with a regular file).
 
 The temporary file is named ``.nrd-<target name>.<random>.tmp`` in the target's folder. It is
-removed on any exception, on SIGINT, and on SIGTERM and SIGHUP (when the process left their
-default action in place: the handler removes the file and the process then dies of the signal as
-before). SIGKILL cannot be caught: after ``kill -9`` or a power loss such a file may remain; its
+removed on any exception, on SIGINT, and on SIGTERM and SIGHUP (when the write runs in the main
+thread and the process left their default action in place: the handler removes the file and the
+process then dies of the signal as before; a program with its own handlers keeps them). SIGKILL cannot be caught: after ``kill -9`` or a power loss such a file may remain; its
 name says which output it was for, and it can be deleted.
 """
 
