@@ -87,3 +87,22 @@ def test_bool_elements_are_stored_as_0_or_1(tmp_path):
 def test_unencodable_input_is_an_encoder_error(tmp_path, populate, metadata):
     """construct errors and UnicodeEncodeError never leave the writer."""
     _refused(tmp_path, populate, metadata)
+
+
+def test_the_head_check_applies_the_readers_rules():
+    """check_written_head is the last gate: a header the reader would refuse is an EncoderError
+    naming the reader's code and field."""
+    from nncodec_rd.encoder.writer import check_written_head, metadata_entries
+    from nncodec_rd.format.container import build_container_head
+
+    header = dict(metadata=metadata_entries({"ok": 1}), tensor_count=0, tensors=[],
+                  extensions=dict(extension_count=0, extensions=[]))
+    header["metadata"]["entries"][0]["key"] = "k" * 300
+    head = build_container_head(header)
+    with pytest.raises(EncoderError, match="limit_exceeded.*header.metadata.entries"):
+        check_written_head(head, len(head))
+    header["metadata"]["entries"][0]["key"] = "ok"
+    head = build_container_head(header)
+    check_written_head(head, len(head))
+    with pytest.raises(EncoderError, match="trailing_bytes"):
+        check_written_head(head, len(head) + 1)
