@@ -207,3 +207,20 @@ def test_a_tensor_named_metadata_still_decodes_to_npz(tmp_path, capsys):
     assert main(["decode", str(path), "-o", str(output)]) == 0
     with np.load(output) as archive:
         assert sorted(archive.files) == ["__metadata__", "b"]
+
+
+@pytest.mark.parametrize("case", ["nested_brackets", "npz_10_12_floats", "surrogate_name"])
+def test_a_crafted_input_in_a_real_process_gives_one_line(tmp_path, case):
+    """The same promise from a separate process: no warning, no traceback, exit status 1."""
+    import subprocess
+    import sys
+
+    suffix, data = CRAFTED[case]
+    source = tmp_path / f"input{suffix}"
+    source.write_bytes(data)
+    completed = subprocess.run([sys.executable, "-m", "nncodec_rd", "encode", str(source), "-o",
+                                str(tmp_path / "out.nrd")], capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 1
+    _one_error_line(completed.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]
