@@ -783,6 +783,22 @@ def _payload_crc() -> bytes:
     return data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1:]
 
 
+@invalid("payload_checksum_wrong_shared_offset", ErrorCode.CHECKSUM_PAYLOAD, ("8.3", "4.7"),
+         "two zero-size payloads at the same offset (canonical, spec 4.7); the second's CRC-32C "
+         "is 0xdeadbeef instead of 0 (issue 17: a decoder that remembers checked payloads by "
+         "offset and size alone accepts it)")
+def _payload_crc_shared_offset() -> bytes:
+    def populate(w):
+        w.add_raw("first", np.zeros(0, np.float32))
+        w.add_raw("second", np.zeros(0, np.float32))
+
+    header, payloads = split_file(written(populate))
+    data = assemble(header, payloads)
+    header, payloads = split_file(data)
+    header["tensors"][1]["body"]["payload"]["crc32c"] = 0xDEADBEEF
+    return assemble(header, payloads, fix_checksums=False)
+
+
 @invalid("header_size_short", ErrorCode.HEADER_SIZE_MISMATCH, ("4.3",), "header_size one byte "
          "less than the header's structures")
 def _header_short() -> bytes:

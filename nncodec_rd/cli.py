@@ -31,6 +31,17 @@ def _human_bytes(size: float) -> str:
     return f"{size:.2f} GiB"
 
 
+def _printable(value) -> str:
+    """``value`` as text safe to print on a terminal: every character Python does not count as
+    printable (ESC, BEL, CR, C1 controls, bidirectional overrides, line separators) is shown as
+    its Python escape (``\\x1b``), so a name or metadata value in a file cannot move the cursor,
+    retitle the window or hide text (issue 17). Other text, accents included, prints as is."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _original_bytes(info) -> int:
     sizes = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1,
              "int16": 2, "int32": 4, "int64": 8, "bool": 1, "uint16": 2, "uint32": 4, "uint64": 8}
@@ -54,19 +65,21 @@ def command_info(arguments) -> int:
                              "metadata": _jsonable(i.metadata)} for i in infos],
             }, indent=2))
             return 0
-        print(f"{arguments.file}: .nrd {handle.format_version}, {_human_bytes(handle.size_bytes)}, "
-              f"{len(infos)} tensor{'' if len(infos) == 1 else 's'}")
+        print(f"{_printable(arguments.file)}: .nrd {handle.format_version}, "
+              f"{_human_bytes(handle.size_bytes)}, {len(infos)} tensor"
+              f"{'' if len(infos) == 1 else 's'}")
         for key, value in handle.metadata().items():
-            print(f"  {key}: {value}")
-        name_width = min(60, max([len(i.name) for i in infos] + [4]))
+            print(f"  {_printable(key)}: {_printable(value)}")
+        names = {info.name: _printable(info.name) for info in infos}
+        name_width = min(60, max([len(name) for name in names.values()] + [4]))
         print(f"{'name':<{name_width}}  {'shape':<16} {'dtype':<8} {'grid':<24} {'bytes':>10} "
               f"{'bits/w':>7} {'ratio':>6}")
         total_payload = total_original = total_weights = 0
         for info in infos:
             original = _original_bytes(info)
             ratio = original / info.payload_bytes if info.payload_bytes else float("inf")
-            print(f"{info.name[:name_width]:<{name_width}}  {str(list(info.shape)):<16} "
-                  f"{info.dtype:<8} {info.grid[:24]:<24} {info.payload_bytes:>10} "
+            print(f"{names[info.name][:name_width]:<{name_width}}  {str(list(info.shape)):<16} "
+                  f"{info.dtype:<8} {_printable(info.grid)[:24]:<24} {info.payload_bytes:>10} "
                   f"{info.bits_per_weight:>7.3f} {ratio:>6.1f}")
             total_payload += info.payload_bytes
             total_original += original
@@ -769,7 +782,15 @@ def main(argv=None) -> int:
     except KeyError as error:
         print(f"nncodec-rd: error: {error.args[0]}", file=sys.stderr)
     except OSError as error:
-        print(f"nncodec-rd: error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+        # Name the file when the error has one; a bare OSError (a write on a full disk) has
+        # none, and printing ": No space left on device" would look like a lost path.
+        reason = error.strerror or str(error) or type(error).__name__
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"nncodec-rd: error: {where}{reason}", file=sys.stderr)
+    except MemoryError:
+        # Inputs are checked before anything is allocated for them; what is left is a model or
+        # file genuinely larger than this machine's memory: still one line, not a traceback.
+        print("nncodec-rd: error: out of memory", file=sys.stderr)
     except KeyboardInterrupt:
         print("nncodec-rd: interrupted", file=sys.stderr)
     return EXIT_ERROR

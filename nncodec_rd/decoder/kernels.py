@@ -152,8 +152,12 @@ def build_value_table(alphabet_size, index_offset, grid_kind, group_count, steps
     up gives the same bits as computing it. The table is empty (values are then computed per
     symbol) when groups x alphabet exceeds MAX_VALUE_TABLE_ENTRIES."""
     if output_kind == OUTPUT_INDEX:
+        # spec §6.2: direct symbols outside a codebook are flagged for the index output too, so
+        # that get_indices refuses what get_tensor refuses (issue 17).
         table = (np.arange(alphabet_size, dtype=np.int64) + index_offset).astype(np.int32)
-        return table, np.zeros(alphabet_size, dtype=np.uint8)
+        _, invalid = _value_table32(alphabet_size, index_offset, grid_kind, 0, steps, zero_points,
+                                    codebook, codebook_first)
+        return table, invalid
     if group_count * alphabet_size > MAX_VALUE_TABLE_ENTRIES:
         empty = np.zeros(0, np.float32 if output_kind == OUTPUT_FLOAT32 else np.uint16)
         _, invalid = _value_table32(alphabet_size, index_offset, grid_kind, 0, steps, zero_points,

@@ -6,6 +6,7 @@ demand with the Numba kernels; only the output and small per-chunk state are all
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -197,7 +198,9 @@ class NrdFile:
         The file to open. It is memory-mapped and validated (container, layout, padding); payload
         checksums are verified when their chunks are decoded (or by :meth:`verify`).
     threads:
-        Threads for parallel chunk decoding; ``None`` keeps Numba's setting (all cores).
+        Threads for parallel chunk decoding; ``None`` keeps Numba's setting (all cores). Numba's
+        thread count belongs to the calling thread; it is set for each decode and restored
+        afterwards, so the caller's other Numba code keeps its own setting.
     max_output_bytes:
         The most bytes one array decoded from the file may take, or ``None`` for no bound. A
         conforming file may declare 2^40 elements and code them in a few bytes (spec §9 note), so
@@ -314,7 +317,10 @@ class NrdFile:
     # -- checksums ---------------------------------------------------------------------------
 
     def _verify_payload(self, field: str, ref) -> None:
-        key = (ref.offset, ref.size)
+        # spec §8.3: each payload reference carries its own CRC-32C. Zero-size payloads may share
+        # an offset (spec §4.7), so a reference is known good only with its checksum in the key:
+        # (offset, size) alone let a wrong CRC of a second empty payload pass (issue 17).
+        key = (ref.offset, ref.size, ref.crc32c)
         if key in self._verified_chunks:
             return
         actual = crc32c(memoryview(self._map)[ref.offset:ref.offset + ref.size]) if ref.size else 0
@@ -341,7 +347,16 @@ class NrdFile:
 
         ``out`` (a C-contiguous, writeable array of the tensor's shape and dtype) lets a caller
         decode into the same memory again and again, as inference-time decoding does; it also
-        spares the operating system's cost of zeroing fresh pages for a new array.
+        spares the operating system's cost of zeroing fresh pages for a new array. If the decode
+        fails (a corrupt chunk), ``out`` is set to zeros before the error is raised: it never
+        holds a mix of decoded chunks and stale or half-decoded ones.
+
+        Raises
+        ------
+        FormatError, LimitExceededError
+            A fault in the tensor's payloads (spec §7, §8.3), or ``OutputTooLargeError``.
+        KeyError
+            No tensor of that name.
         """
         record = self._record(name)
         rows = RowGeometry.of_shape(record.shape).rows
@@ -376,14 +391,42 @@ class NrdFile:
         return out
 
     def get_indices(self, name) -> np.ndarray:
-        """The integer grid indices of a coded tensor (before dequantization and transform)."""
+        """The integer grid indices of a coded tensor (before dequantization and transform).
+
+        The indices are checked as :meth:`get_tensor` checks them: an index outside a CODEBOOK
+        grid raises ``index_out_of_range`` (spec §6.2), with the same field and offset.
+        """
         record = self._record(name)
         if record.coding != Coding.RANS:
             raise ValueError(f"{name!r} is stored raw: it has no indices")
         geometry = RowGeometry.of_shape(record.shape)
         out = self._decode_chunks(record, 0, geometry.rows, kernels.OUTPUT_INDEX)
+        if record.body.grid_kind == GridKind.CODEBOOK:
+            self._check_codebook_indices(record, out)
         return out.reshape(geometry.rows, record.body.coded_row_length) \
             if record.body.transform_kind == TransformKind.RIGHT_MATRIX else out.reshape(tuple(record.shape))
+
+    def _check_codebook_indices(self, record, indices: np.ndarray) -> None:
+        """spec §6.2: every index lies in first_index ... first_index + codebook_size - 1.
+
+        The kernel checks direct symbols for the index output as it does for values; escaped
+        indices reach the index output unchecked (the value output looks them up), so they are
+        checked here, reporting the first chunk holding one, as the value output would."""
+        grid = record.body.grid
+        first = int(grid.first_index)
+        outside = (indices < first) | (indices >= first + int(grid.codebook_size))
+        if not outside.any():
+            return
+        position = self._index[record.name]
+        symbol = int(np.flatnonzero(outside)[0])
+        rows = RowGeometry.of_shape(record.shape).rows
+        for k, extent in enumerate(chunk_extents(rows, record.body.coded_row_length,
+                                                 record.body.rows_per_chunk)):
+            if extent.first_symbol <= symbol < extent.first_symbol + extent.symbol_count:
+                raise error_for_code(ErrorCode.INDEX_OUT_OF_RANGE,
+                                     _KERNEL_MESSAGES[ErrorCode.INDEX_OUT_OF_RANGE],
+                                     field=f"header.tensors[{position}].body.chunks[{k}]",
+                                     offset=int(record.body.chunks[k].offset))
 
     def _decode_rows(self, record, start: int, stop: int) -> np.ndarray:
         if record.coding == Coding.RAW:
@@ -407,9 +450,9 @@ class NrdFile:
                            np.float32)
         out_u16 = np.empty((stop - start) * columns if kind != kernels.OUTPUT_FLOAT32 else 0,
                            np.uint16)
-        self._apply_threads()
-        kernels.right_matrix_product(coefficients, np.ascontiguousarray(matrix, np.float32), kind,
-                                     out_f32, out_u16)
+        with self._threads():
+            kernels.right_matrix_product(coefficients, np.ascontiguousarray(matrix, np.float32),
+                                         kind, out_f32, out_u16)
         return out_f32 if kind == kernels.OUTPUT_FLOAT32 else out_u16.view(numpy_dtype(dtype))
 
     def _read_raw(self, record, start: int, stop: int) -> np.ndarray:
@@ -441,11 +484,22 @@ class NrdFile:
                 field=f"header.tensors[{self._index[record.name]}]", requested=nbytes,
                 limit=limit)
 
-    def _apply_threads(self) -> None:
-        if self.threads is not None:
-            import numba
+    @contextlib.contextmanager
+    def _threads(self):
+        """Run the kernels with ``threads`` threads, then give the calling thread back the count
+        it had: ``numba.set_num_threads`` is per calling thread and lasts, so a reader opened
+        with ``threads=1`` would otherwise slow every later decode of its caller (issue 17)."""
+        if self.threads is None:
+            yield
+            return
+        import numba
 
-            numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
+        before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)
 
     def _decode_chunks(self, record, start_row: int, stop_row: int, output_kind: int,
                        destination: np.ndarray | None = None) -> np.ndarray:
@@ -480,8 +534,16 @@ class NrdFile:
             out = np.empty(total, dtype={kernels.OUTPUT_INDEX: np.int32,
                                          kernels.OUTPUT_FLOAT32: np.float32}.get(output_kind,
                                                                                  np.uint16))
-        self._apply_threads()
-        decoder.decode(self._buffer, offsets, sizes, first_rows, counts, out_starts, out, selected)
+        try:
+            with self._threads():
+                decoder.decode(self._buffer, offsets, sizes, first_rows, counts, out_starts, out,
+                               selected)
+        except BaseException:
+            if out is destination:
+                # The caller's buffer holds whole chunks decoded beside a chunk that failed half
+                # way and chunks never reached: zero it rather than leave that mix (get_tensor).
+                destination[:] = 0
+            raise
         if destination is not None and out is not destination:
             destination[:] = out[lo:hi]
             return destination

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from construct import ConstructError
 
 from ..format.checksum import crc32c
 from ..format.constants import (
@@ -35,7 +36,7 @@ from ..format.container import build_container_head
 from ..format.errors import EncoderError
 from ..format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
 from ..format.layout import RowGeometry, canonical_offsets, chunk_extents, group_count_for
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_write, resolve_output_path
 from .rans import build_frequency_table, context_of_previous, encode_chunk, frequency_table_bytes
 
 NUMPY_DTYPE_OF = {
@@ -77,12 +78,38 @@ def parse_dtype(value) -> TensorDtype:
     return tensor_dtype_of(np.empty(0, dtype=value))
 
 
+def utf8_length(text: str, what: str) -> int:
+    """Bytes of ``text`` in UTF-8 (spec §5.1 strings); an :class:`EncoderError` naming ``what``
+    if it has no UTF-8 form (a lone surrogate, as ``os.fsdecode`` or JSON ``\\ud800`` give)."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as error:
+        raise EncoderError(f"{what} {text[:40]!r} is not valid Unicode (character "
+                           f"{error.start} is a lone surrogate); spec §5.1 strings are UTF-8") \
+            from None
+
+
 def metadata_entries(metadata: dict | None) -> dict:
-    """Typed metadata (spec §5.5) from a plain dict of str/int/float/bool/bytes values."""
+    """Typed metadata (spec §5.5) from a plain dict of str/int/float/bool/bytes values.
+
+    Raises
+    ------
+    EncoderError
+        A key that is not a string, not UTF-8 or longer than 256 bytes (spec §9); a value of
+        another type, an integer beyond int64, a string that is not UTF-8; too many entries.
+    """
     entries = []
+    if len(metadata or {}) > Limits.MAX_METADATA_ENTRIES:
+        raise EncoderError(f"{len(metadata)} metadata entries; the limit is "
+                           f"{Limits.MAX_METADATA_ENTRIES} (spec §9)")
     for key, value in (metadata or {}).items():
         if not isinstance(key, str):
             raise EncoderError(f"metadata keys must be strings, not {type(key).__name__}")
+        # spec §5.5, §9: the reader refuses a key over 256 bytes, so the writer must too.
+        if utf8_length(key, "metadata key") > Limits.MAX_METADATA_KEY_LENGTH_BYTES:
+            raise EncoderError(f"metadata key {key[:40]!r}... is {len(key.encode('utf-8'))} bytes "
+                               f"of UTF-8; the limit is {Limits.MAX_METADATA_KEY_LENGTH_BYTES} "
+                               "(spec §9): shorten it")
         if isinstance(value, bool):
             entries.append(dict(key=key, value_type=MetadataType.BOOL, value=int(value)))
         elif isinstance(value, (int, np.integer)):
@@ -92,6 +119,7 @@ def metadata_entries(metadata: dict | None) -> dict:
         elif isinstance(value, (float, np.floating)):
             entries.append(dict(key=key, value_type=MetadataType.FLOAT64, value=float(value)))
         elif isinstance(value, str):
+            utf8_length(value, f"metadata {key!r}: value")
             entries.append(dict(key=key, value_type=MetadataType.STRING, value=value))
         elif isinstance(value, (bytes, bytearray)):
             entries.append(dict(key=key, value_type=MetadataType.BYTES, value=bytes(value)))
@@ -128,14 +156,16 @@ class _Spool:
     so the space it needs is where the user expects it); removed when the writer ends."""
 
     folder: str
+    name: str = ""
     stream: object = None
     path: str | None = None
     size: int = 0
-    entries: list = field(default_factory=list)
 
     def append(self, payload: bytes) -> SpooledPayload:
         if self.stream is None:
-            handle, self.path = tempfile.mkstemp(prefix=".nrd-", suffix=".spool", dir=self.folder)
+            # Named like io.atomic's temporary files: .nrd-<output name>.<random>.spool
+            handle, self.path = tempfile.mkstemp(prefix=f".nrd-{self.name[:80]}.",
+                                                 suffix=".spool", dir=self.folder)
             self.stream = os.fdopen(handle, "w+b")
         entry = SpooledPayload(self.size, len(payload), crc32c(payload))
         self.stream.write(payload)
@@ -188,7 +218,8 @@ def _grid_record(grid, rows: int) -> tuple[int, dict]:
 
 def _choose_alphabet(flat: np.ndarray, max_alphabet_size: int) -> tuple[int, int, bool]:
     """(index_offset, alphabet_size, escape) covering the most indices with at most
-    ``max_alphabet_size`` symbols; indices outside the window are escaped."""
+    ``max_alphabet_size`` symbols; indices outside the window are escaped. Every direct index
+    of the window lies within +-(2^23 - 1) (spec §7.5, §9), however close the indices are to it."""
     if flat.size == 0:
         return 0, 1, False
     low, high = int(flat.min()), int(flat.max())
@@ -201,7 +232,12 @@ def _choose_alphabet(flat: np.ndarray, max_alphabet_size: int) -> tuple[int, int
     ends = np.searchsorted(values, values + direct - 1, side="right")
     covered = cumulative[ends] - cumulative[np.arange(len(values))]
     best = int(np.argmax(covered))
-    return int(values[best]), max_alphabet_size, True
+    # spec §7.5, §9: the window's direct indices are index_offset ... index_offset + direct - 1,
+    # all within +-MAX_ABS_INDEX. A window starting near +2^23 would pass it (indices above the
+    # largest one present still count as direct), so it is moved down; the indices it covered
+    # still lie in it, and the reader's check of index_offset + direct - 1 holds.
+    start = min(int(values[best]), Limits.MAX_ABS_INDEX - direct + 1)
+    return start, max_alphabet_size, True
 
 
 def _symbols_of(flat: np.ndarray, index_offset: int, alphabet_size: int, escape: bool):
@@ -302,6 +338,7 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
     if not 2 <= settings.max_alphabet_size <= Limits.MAX_ALPHABET_SIZE:
         raise EncoderError(f"max_alphabet_size must be 2 ... {Limits.MAX_ALPHABET_SIZE}")
     indices = np.asarray(indices)
+    _check_rank(name, indices.ndim)
     if indices.dtype.kind not in "iu":
         raise EncoderError(f"indices must be integers, not {indices.dtype}")
     shape = tuple(int(d) for d in indices.shape)
@@ -352,18 +389,77 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
     return PendingTensor(record, payloads)
 
 
+def _check_rank(name, rank: int) -> None:
+    if rank > Limits.MAX_RANK:
+        raise EncoderError(f"tensor {str(name)[:40]!r} has rank {rank}; the format allows at most "
+                           f"{Limits.MAX_RANK} dimensions (spec §9): reshape it")
+
+
 def encode_raw_tensor(name: str, array: np.ndarray, metadata: dict | None = None) -> PendingTensor:
     """A tensor stored as is: little-endian, row-major (spec §5.3)."""
     array = np.asarray(array)
+    _check_rank(name, array.ndim)
     dtype = tensor_dtype_of(array)
     if dtype == TensorDtype.BFLOAT16:
         data = np.ascontiguousarray(array).view(np.uint16).astype("<u2").tobytes()
+    elif dtype == TensorDtype.BOOL:
+        # spec §5.3: a BOOL element is the byte 0 or 1. A NumPy bool array viewed from other
+        # bytes (np.frombuffer(b"\x02", bool)) holds 2 or 255, which the reader refuses.
+        data = (np.ascontiguousarray(array).view(np.uint8) != 0).astype(np.uint8).tobytes()
     else:
         data = np.ascontiguousarray(array).astype(NUMPY_DTYPE_OF[dtype]).tobytes()
     record = dict(name=name, dtype=dtype, rank=array.ndim, shape=list(array.shape), coding=Coding.RAW,
                   body=dict(payload=dict(offset=0, size=len(data), crc32c=0)),
                   metadata=metadata_entries(metadata), extensions=NO_EXTENSIONS)
     return PendingTensor(record, [data])
+
+
+def _build_head(header: dict) -> bytes:
+    """The preamble and header bytes; construct's and Unicode's errors become EncoderError."""
+    try:
+        return build_container_head(header)
+    except UnicodeEncodeError as error:
+        raise EncoderError(f"a name, key or string value is not valid Unicode (lone surrogate "
+                           f"{error.object[error.start:error.end]!r}); spec §5.1 strings are "
+                           "UTF-8") from None
+    except (ConstructError, struct.error, OverflowError, ValueError, TypeError) as error:
+        text = str(error).strip().splitlines()
+        raise EncoderError(f"the header cannot be built: {text[-1] if text else type(error).__name__}"
+                           ) from None
+
+
+class _PlannedFile:
+    """What the layout rules see of the file the writer is about to write: its size and zero
+    bytes between payloads (the writer pads with zeros), without holding the payloads."""
+
+    def __init__(self, size: int):
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, part: slice) -> bytes:
+        start, stop, _ = part.indices(self._size)
+        return bytes(max(0, stop - start))
+
+
+def check_written_head(head: bytes, file_size: int) -> None:
+    """Judge the preamble and header about to be written by the reader's own rules (spec §4.8
+    steps 2-11: parsing, limits, every semantic rule, the payload layout), so that every file the
+    writer writes conforms by construction. A violation is a bug of the caller's input that the
+    writer's own checks missed; it becomes an :class:`EncoderError` naming the reader's rule."""
+    from ..format.container import parse_header, parse_preamble
+    from ..format.errors import NrdError
+    from ..format.validate import Report, validate_header
+
+    planned = _PlannedFile(file_size)
+    try:
+        preamble = parse_preamble(head, file_size=file_size)
+        header = parse_header(head, preamble)
+        validate_header(header, preamble.header_size, planned, Report())
+    except NrdError as error:
+        raise EncoderError(f"the file would break the spec ({error}); nothing was written") \
+            from None
 
 
 class NrdWriter:
@@ -383,15 +479,24 @@ class NrdWriter:
 
     def __init__(self, path, metadata: dict | None = None):
         self.path = os.fspath(path)
+        # Refuse a device, FIFO or directory now, not after the encoding (io.atomic's notes).
+        resolve_output_path(self.path)
         self.metadata = dict(metadata or {})
         self._pending: list[PendingTensor] = []
         self._names: dict[str, int] = {}
         self._state = "open"
         # The output's folder must exist before any slow work: say so now, naming the folder.
-        folder = os.path.dirname(os.path.abspath(self.path))
+        target = resolve_output_path(self.path)
+        folder = os.path.dirname(target)
         if not os.path.isdir(folder):
             raise EncoderError(f"cannot write {self.path}: the folder {folder} does not exist")
-        self._spool = _Spool(folder)
+        self._spool = _Spool(folder, os.path.basename(target))
+
+    @property
+    def spool_path(self) -> str | None:
+        """The temporary file holding the payloads added so far (None before the first); it is
+        removed when the writer closes or is abandoned."""
+        return self._spool.path
 
     def _require_open(self, action: str) -> None:
         if self._state != "open":
@@ -401,7 +506,7 @@ class NrdWriter:
         name = pending.record["name"]
         if not isinstance(name, str) or not name:
             raise EncoderError("tensor names must be non-empty strings")
-        if len(name.encode("utf-8")) > Limits.MAX_NAME_LENGTH_BYTES:
+        if utf8_length(name, "tensor name") > Limits.MAX_NAME_LENGTH_BYTES:
             raise EncoderError(f"tensor name {name[:40]!r}... exceeds "
                                f"{Limits.MAX_NAME_LENGTH_BYTES} bytes of UTF-8")
         if name in self._names:
@@ -478,7 +583,17 @@ class NrdWriter:
                 continue
             if name not in self._names:
                 raise EncoderError(f"transform tensor {name!r} was never added")
-            matrix = self._pending[self._names[name]].record
+            if name == pending.record["name"]:
+                # spec §6.4: transform_tensor names another tensor.
+                raise EncoderError(f"tensor {name!r}: its transform names itself; the matrix "
+                                   "must be another tensor")
+            matrix_pending = self._pending[self._names[name]]
+            if matrix_pending.transform_target is not None:
+                # spec §6.4: the matrix itself has no transform.
+                raise EncoderError(f"tensor {pending.record['name']!r}: transform tensor "
+                                   f"{name!r} has a transform itself; use a raw or plain coded "
+                                   "matrix")
+            matrix = matrix_pending.record
             if matrix["dtype"] != TensorDtype.FLOAT32 or matrix["rank"] != 2:
                 raise EncoderError(f"transform tensor {name!r} must be a float32 matrix")
             body = pending.record["body"]
@@ -498,10 +613,11 @@ class NrdWriter:
         # Offsets depend on the header size, which does not depend on the offsets' values
         # (they are fixed-width), so one provisional build fixes the layout.
         self._assign_offsets(header, payloads, provisional_header_size=0)
-        head = build_container_head(header)
+        head = _build_head(header)
         self._assign_offsets(header, payloads, provisional_header_size=len(head) - 32)
-        head = build_container_head(header)
+        head = _build_head(header)
         offsets, end = canonical_offsets(len(head) - 32, [p.size for p in payloads])
+        check_written_head(head, end)
 
         def write(stream):
             stream.write(head)

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from ..format.constants import Limits
 from ..format.errors import ErrorCode, NrdError
 from .atomic import atomic_write
 
@@ -30,14 +31,147 @@ class InputFileError(NrdError, ValueError):
     code = ErrorCode.IO
 
 
+class OutputFileError(NrdError, ValueError):
+    """Tensors cannot be written to the output file as asked (a name its format cannot hold, a
+    path that is not a regular file); nothing is written."""
+
+    code = ErrorCode.IO
+
+
 def _bfloat16():
     import ml_dtypes
 
     return np.dtype(ml_dtypes.bfloat16)
 
 
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key):
+        self.key = key
+        super().__init__(key)
+
+
+def _unique_object(pairs):
+    """``object_pairs_hook`` of ``json.loads`` that refuses a key given twice: ``dict(pairs)``
+    would keep the last and silently drop the other tensor or metadata entry (issue 17)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return result
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_text(path, text: str, what: str) -> None:
+    """``text`` has a UTF-8 form: JSON's ``\\ud800`` parses to a lone surrogate, which no
+    file format stores (safetensors itself refuses it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputFileError(f"{path}: {what} {text[:40]!r} holds a lone surrogate (not valid "
+                             "Unicode)") from None
+
+
+def _check_shape(path, name: str, shape) -> tuple:
+    """A shape of at most 8 non-negative dimensions of at most 2^40 (the .nrd limits, spec §9),
+    as a tuple of Python ints; an :class:`InputFileError` naming the file and tensor if not."""
+    if not isinstance(shape, (list, tuple)) or not all(_is_int(d) for d in shape):
+        raise InputFileError(f"{path}: tensor {name!r} has shape {str(shape)[:60]}, not a list of "
+                             "integers")
+    if len(shape) > Limits.MAX_RANK:
+        raise InputFileError(f"{path}: tensor {name!r} has rank {len(shape)}; .nrd stores at most "
+                             f"{Limits.MAX_RANK} dimensions")
+    for dimension in shape:
+        if not 0 <= dimension <= Limits.MAX_DIMENSION:
+            raise InputFileError(f"{path}: tensor {name!r} has dimension {dimension}; dimensions "
+                                 f"are 0 ... 2^40 (the .nrd limit)")
+    return tuple(int(d) for d in shape)
+
+
+def _element_count(shape: tuple) -> int:
+    count = 1  # Python ints: np.prod wraps silently at 2^63
+    for dimension in shape:
+        count *= dimension
+    return count
+
+
+def parse_safetensors_header(path, raw: bytes, data_size: int) -> tuple[list, dict]:
+    """Check a safetensors header as the safetensors library does, before anything is read:
+    ``[(name, dtype name, shape, start, end)]`` and the metadata, or an :class:`InputFileError`
+    naming ``path``.
+
+    The header is a JSON object; ``__metadata__`` (optional) maps strings to strings; every
+    other key is a tensor ``{"dtype": str, "shape": [int >= 0], "data_offsets": [start, end]}``
+    whose bytes lie within the data and match its shape. Keys are unique (a duplicate would
+    silently lose a tensor), and every string is valid Unicode.
+    """
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_object)
+    except UnicodeDecodeError as error:
+        raise InputFileError(f"{path}: safetensors header is not UTF-8 ({error.reason} at byte "
+                             f"{8 + error.start})") from None
+    except _DuplicateKeyError as error:
+        raise InputFileError(f"{path}: safetensors header has the key {error.key[:60]!r} twice; "
+                             "one entry would be lost") from None
+    except RecursionError:
+        raise InputFileError(f"{path}: safetensors header nests too deeply to be a header") \
+            from None
+    except ValueError as error:  # json.JSONDecodeError and out-of-range numbers
+        raise InputFileError(f"{path}: safetensors header is not JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise InputFileError(f"{path}: safetensors header is a JSON {type(header).__name__}, not "
+                             "an object of tensors")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InputFileError(f"{path}: safetensors __metadata__ must map strings to strings, not "
+                             f"{str(metadata)[:60]}")
+    for key, value in metadata.items():
+        _check_text(path, key, "metadata key")
+        _check_text(path, value, f"metadata {key!r}: value")
+    entries = []
+    for name, entry in header.items():
+        _check_text(path, name, "tensor name")
+        if not isinstance(entry, dict):
+            raise InputFileError(f"{path}: entry {name!r} is a JSON {type(entry).__name__}, not a "
+                                 "tensor description {dtype, shape, data_offsets}")
+        dtype_name = entry.get("dtype")
+        if not isinstance(dtype_name, str) or (dtype_name != "BF16"
+                                               and dtype_name not in _SAFETENSORS_DTYPES):
+            raise InputFileError(f"{path}: tensor {name!r} has unsupported dtype "
+                                 f"{str(dtype_name)[:40]}")
+        shape = _check_shape(path, name, entry.get("shape"))
+        offsets = entry.get("data_offsets")
+        if not (isinstance(offsets, (list, tuple)) and len(offsets) == 2
+                and all(_is_int(o) for o in offsets)):
+            raise InputFileError(f"{path}: tensor {name!r} has data_offsets "
+                                 f"{str(offsets)[:60]}, not [start, end]")
+        start, end = offsets
+        if not 0 <= start <= end <= data_size:
+            raise InputFileError(f"{path}: tensor {name!r} has offsets outside the file")
+        itemsize = 2 if dtype_name == "BF16" else np.dtype(_SAFETENSORS_DTYPES[dtype_name]).itemsize
+        if _element_count(shape) * itemsize != end - start:
+            raise InputFileError(f"{path}: tensor {name!r} size does not match its shape "
+                                 f"{list(shape)}")
+        entries.append((name, dtype_name, shape, start, end))
+    return entries, metadata
+
+
 def read_safetensors(path) -> tuple[dict, dict]:
-    """Tensors and ``__metadata__`` of a safetensors file (arrays are copies, native order)."""
+    """Tensors and ``__metadata__`` of a safetensors file (arrays are copies, native order).
+
+    Raises
+    ------
+    InputFileError
+        (code ``io``) A file that breaks the safetensors format, see
+        :func:`parse_safetensors_header`; the message names ``path``.
+    """
     with open(path, "rb") as stream:
         prefix = stream.read(8)
         if len(prefix) < 8:
@@ -45,31 +179,76 @@ def read_safetensors(path) -> tuple[dict, dict]:
         (header_size,) = struct.unpack("<Q", prefix)
         if header_size > _MAX_SAFETENSORS_HEADER_BYTES:
             raise InputFileError(f"{path}: safetensors header of {header_size} bytes is too large")
-        try:
-            header = json.loads(stream.read(header_size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputFileError(f"{path}: safetensors header is not JSON ({error})") from None
+        raw = stream.read(header_size)
+        if len(raw) < header_size:
+            raise InputFileError(f"{path}: the file ends inside its {header_size}-byte safetensors "
+                                 "header")
         data = stream.read()
-    metadata = header.pop("__metadata__", {}) or {}
+    entries, metadata = parse_safetensors_header(path, raw, len(data))
     tensors = {}
-    for name, entry in header.items():
-        dtype_name = entry.get("dtype")
-        start, end = entry.get("data_offsets", (0, -1))
-        if not 0 <= start <= end <= len(data):
-            raise InputFileError(f"{path}: tensor {name!r} has offsets outside the file")
+    for name, dtype_name, shape, start, end in entries:
         if dtype_name == "BF16":
             dtype = _bfloat16()
             raw = np.frombuffer(data[start:end], dtype="<u2").astype(np.uint16).view(dtype)
-        elif dtype_name in _SAFETENSORS_DTYPES:
+        else:
             raw = np.frombuffer(data[start:end], dtype=_SAFETENSORS_DTYPES[dtype_name])
             raw = raw.astype(raw.dtype.newbyteorder("="))
-        else:
-            raise InputFileError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
-        shape = tuple(entry.get("shape", ()))
-        if int(np.prod(shape, dtype=np.int64)) != raw.size:
-            raise InputFileError(f"{path}: tensor {name!r} size does not match its shape {shape}")
         tensors[name] = raw.reshape(shape)
     return tensors, metadata
+
+
+def read_npz(path) -> dict:
+    """The arrays of an uncompressed or deflated .npz, each member's header checked before its
+    data is read: a member declaring more bytes than it holds (10^12 floats in a few bytes), a
+    pickled (object) array, a member that is not a .npy array, a name given twice, a damaged or
+    truncated archive raise :class:`InputFileError` naming ``path``."""
+    import zipfile
+    import zlib
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as error:
+        raise InputFileError(f"{path}: cannot read .npz ({error})") from None
+    tensors = {}
+    with archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            member_name = info.filename
+            if not member_name.endswith(".npy"):
+                raise InputFileError(f"{path}: member {member_name[:60]!r} is not a .npy array")
+            name = member_name[:-len(".npy")]
+            if name in tensors:
+                raise InputFileError(f"{path}: member {member_name[:60]!r} appears twice; one "
+                                     "array would be lost")
+            try:
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise ValueError(f".npy version {version[0]}.{version[1]} is not read")
+                    if dtype.hasobject:
+                        raise ValueError("it holds Python objects (pickled data is never loaded)")
+                    shape = _check_shape(path, name, shape)
+                    needed = _element_count(shape) * dtype.itemsize
+                    available = info.file_size - member.tell()
+                    if needed != available:
+                        raise ValueError(f"its header declares {needed} bytes of data, it holds "
+                                         f"{available}")
+                    buffer = bytearray(needed)
+                    if member.readinto(buffer) != needed:
+                        raise ValueError("the member ends early")
+            except InputFileError:
+                raise
+            except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+                raise InputFileError(f"{path}: cannot read member {member_name[:60]!r} "
+                                     f"({error})") from None
+            array = np.frombuffer(buffer, dtype=dtype)
+            tensors[name] = array.reshape(shape, order="F" if fortran_order else "C")
+    return tensors
 
 
 def _safetensors_dtype(array: np.ndarray) -> str:
@@ -102,6 +281,7 @@ def write_tensors_streaming(path, entries, produce, metadata: dict | None = None
     ``(name, dtype name, shape)`` and ``produce(name)`` returns each array when it is written.
     The format (.safetensors or .npz) follows the suffix of ``path``; the write is atomic."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
+    _check_output_names(path, suffix, [name for name, _, _ in entries])
     if suffix == ".safetensors":
         header, offset = {}, 0
         if metadata:
@@ -136,6 +316,21 @@ def write_tensors_streaming(path, entries, produce, metadata: dict | None = None
     atomic_write(path, write)
 
 
+def _check_output_names(path, suffix: str, names: list) -> None:
+    """Refuse names the output format would silently change or lose (issue 17): a safetensors
+    tensor named ``__metadata__`` (the key of the file's metadata: the file would be invalid and
+    its metadata lost); a .npz name holding NUL (zipfile cuts member names at NUL, so two tensors
+    could become one member)."""
+    for name in names:
+        if suffix == ".safetensors" and name == "__metadata__":
+            raise OutputFileError(f"{path}: tensor name '__metadata__' cannot be stored in a "
+                                  "safetensors file (the key holds the file's metadata); write "
+                                  "a .npz instead")
+        if suffix == ".npz" and "\0" in name:
+            raise OutputFileError(f"{path}: tensor name {name[:60]!r} holds a NUL character, "
+                                  "which a .npz member name cannot; write a .safetensors instead")
+
+
 def write_npz(path, tensors: dict) -> None:
     """Write ``tensors`` to an uncompressed .npz, atomically (bfloat16 as its uint16 bits)."""
     entries = [(name, np.asarray(a).dtype.name, np.shape(a)) for name, a in tensors.items()]
@@ -151,11 +346,7 @@ def read_tensors(path) -> tuple[dict, dict]:
     if suffix == ".safetensors":
         return read_safetensors(path)
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                return {name: archive[name] for name in archive.files}, {}
-        except ValueError as error:
-            raise InputFileError(f"{path}: cannot read .npz ({error})") from None
+        return read_npz(path), {}
     if suffix in (".pt", ".pth", ".bin"):
         from ..torch.state_dict import read_state_dict
 

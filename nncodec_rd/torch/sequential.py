@@ -38,6 +38,7 @@ from ..encoder.obs import QuantizerSettings, layer_distortion, quantize_layer
 from ..encoder.transform import TRANSFORM_METHODS
 from ..encoder.writer import NrdWriter
 from ..format.errors import EncoderError
+from ..io.atomic import removed_on_termination
 from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_parameters
 from .compress import (CompressionResult, _Progress, make_layer, reconstruction_of,
                        write_layer)
@@ -322,7 +323,8 @@ class SequentialEncoder:
         path = os.fspath(path)
         writer = NrdWriter(path, metadata=file_metadata)
         try:
-            with torch.no_grad():
+            # A SIGTERM during hours of encoding removes the spool of payloads (io.atomic).
+            with torch.no_grad(), removed_on_termination(lambda: writer.spool_path):
                 self._run(writer)
             writer.add_metadata(**{"lambda": float(self.lam)})
             size = writer.close()

@@ -67,3 +67,12 @@ def test_a_declared_tensor_beyond_the_bound_is_a_fault_not_an_allocation(tmp_pat
 
 def test_an_unreadable_path_is_an_io_fault(tmp_path):
     assert [f.code for f in validate_file(tmp_path / "missing.nrd")] == [ErrorCode.IO]
+
+
+def test_a_wrong_checksum_of_an_empty_payload_sharing_an_offset_is_listed(tmp_path):
+    """issue 17 item 1: two zero-size payloads share an offset (spec §4.7); the second's CRC-32C
+    is wrong. Checked payloads were remembered by (offset, size) alone, so it passed."""
+    data = (generate.INVALID_FOLDER / "payload_checksum_wrong_shared_offset.v1.nrd").read_bytes()
+    faults = validate_file(_write(tmp_path, data))
+    assert [(f.code, f.field) for f in faults] == [
+        (ErrorCode.CHECKSUM_PAYLOAD, "header.tensors[1].body.payload.crc32c")]
