@@ -49,7 +49,8 @@ class CheckpointWeights:
         source = os.fspath(source)
         self.source = source
         self._files: dict[str, str] = {}       # tensor name -> file
-        self._handles: dict[str, object] = {}  # file -> open safe_open handle or loaded dict
+        # file -> {name: (shape, safetensors dtype)}, or {name: mapped tensor} for a torch file
+        self._handles: dict[str, dict] = {}
         if os.path.isdir(source):
             files = self._folder_files(source)
         elif os.path.isfile(source):
@@ -92,18 +93,15 @@ class CheckpointWeights:
 
     def _open(self, path: str) -> list[str]:
         if path.endswith(".safetensors"):
-            try:
-                from safetensors import safe_open
-            except ImportError:
-                raise EncoderError("reading safetensors checkpoints needs the safetensors "
-                                   "package: pip install 'nncodec-rd[hf]'") from None
-            try:
-                handle = safe_open(path, framework="pt", device="cpu")
-            except Exception as error:  # safetensors raises its own error types
-                raise EncoderError(f"{path}: not a readable safetensors file "
-                                   f"({str(error).splitlines()[0][:200]})") from None
-            self._handles[path] = handle
-            return list(handle.keys())
+            # Shards are opened for each read and closed after it: a mapping kept open would
+            # keep every page read so far resident, and the process would grow to the size of
+            # the checkpoint. Names, shapes and dtypes are read once, here.
+            with self._safetensors(path) as handle:
+                names = list(handle.keys())
+                self._handles[path] = {name: (tuple(handle.get_slice(name).get_shape()),
+                                              handle.get_slice(name).get_dtype())
+                                       for name in names}
+            return names
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as error:  # torch raises many types for unreadable or unsafe files
@@ -118,6 +116,19 @@ class CheckpointWeights:
         self._handles[path] = tensors
         return list(tensors)
 
+    @staticmethod
+    def _safetensors(path: str):
+        try:
+            from safetensors import safe_open
+        except ImportError:
+            raise EncoderError("reading safetensors checkpoints needs the safetensors "
+                               "package: pip install 'nncodec-rd[hf]'") from None
+        try:
+            return safe_open(path, framework="pt", device="cpu")
+        except Exception as error:  # safetensors raises its own error types
+            raise EncoderError(f"{path}: not a readable safetensors file "
+                               f"({str(error).splitlines()[0][:200]})") from None
+
     def keys(self) -> list[str]:
         """Tensor names, in the checkpoint's order."""
         return list(self._files)
@@ -129,37 +140,34 @@ class CheckpointWeights:
         """The file (shard) holding ``name``."""
         return self._files[name]
 
-    def _slice(self, name: str):
+    def _entry(self, name: str):
         try:
             path = self._files[name]
         except KeyError:
             raise EncoderError(f"{self.source}: the checkpoint has no tensor {name!r}") from None
-        handle = self._handles[path]
-        return handle[name] if isinstance(handle, dict) else handle.get_slice(name)
+        return path, self._handles[path][name]
 
     def shape(self, name: str) -> tuple:
         """The tensor's shape, without reading it."""
-        view = self._slice(name)
-        return tuple(view.shape) if isinstance(view, torch.Tensor) else tuple(view.get_shape())
+        _, entry = self._entry(name)
+        return tuple(entry.shape) if isinstance(entry, torch.Tensor) else entry[0]
 
     def dtype(self, name: str) -> torch.dtype:
         """The tensor's dtype in the checkpoint, without reading it."""
-        view = self._slice(name)
-        if isinstance(view, torch.Tensor):
-            return view.dtype
-        return _SAFETENSORS_TORCH_DTYPES.get(view.get_dtype(), None) or _unknown_dtype(
-            name, view.get_dtype())
+        _, entry = self._entry(name)
+        if isinstance(entry, torch.Tensor):
+            return entry.dtype
+        return _SAFETENSORS_TORCH_DTYPES.get(entry[1], None) or _unknown_dtype(name, entry[1])
 
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A copy of the tensor (in ``dtype`` if given), read now."""
-        path = self._files.get(name)
-        if path is None:
-            raise EncoderError(f"{self.source}: the checkpoint has no tensor {name!r}")
-        handle = self._handles[path]
-        tensor = handle[name] if isinstance(handle, dict) else handle.get_tensor(name)
-        tensor = tensor.to(dtype) if dtype is not None else tensor
-        # A mapped .bin tensor would keep the file's pages alive; a copy owns its memory.
-        return tensor.clone() if isinstance(handle, dict) or dtype is None else tensor
+        path, entry = self._entry(name)
+        if isinstance(entry, torch.Tensor):  # a .bin, mapped: a copy owns its memory
+            return entry.to(dtype) if dtype is not None and dtype != entry.dtype \
+                else entry.clone()
+        with self._safetensors(path) as handle:
+            tensor = handle.get_tensor(name)  # a copy, owned
+        return tensor.to(dtype) if dtype is not None else tensor
 
     def total_bytes(self) -> int:
         """Bytes of all tensors in the checkpoint's dtypes."""
