@@ -472,9 +472,9 @@ class NrdWriter:
     >>> import numpy as np, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.nrd")
     >>> with NrdWriter(path, metadata={"model_name": "tiny"}) as writer:
-    ...     writer.add_raw("bias", np.zeros(3, np.float32))
-    >>> os.path.getsize(path)
-    140
+    ...     payload_bytes = writer.add_raw("bias", np.zeros(3, np.float32))
+    >>> payload_bytes, os.path.getsize(path)
+    (12, 140)
     """
 
     def __init__(self, path, metadata: dict | None = None):
