@@ -8,7 +8,8 @@ The names below are imported on first use, so that importing one submodule (such
 
 _EXPORTS = {"load_compressed": "lazy", "lazy_weights": "lazy", "CompressedWeight": "lazy",
             "LazyWeights": "lazy", "save_file": "files", "load_file": "files",
-            "save_model": "files", "load_model": "files"}
+            "save_model": "files", "load_model": "files",
+            "compress_pretrained": "pretrained", "from_pretrained": "pretrained"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -21,6 +21,7 @@ import torch
 from ..encoder.methods import DEFAULT_GRID_CHOICE, model_entropy_settings
 from ..encoder.obs import QuantizerSettings
 from ..format.errors import EncoderError
+from ..io.hf_folder import MAX_FILE_BYTES, folder_metadata
 from .checkpoint import CheckpointWeights, empty_model
 from .compress import CompressionResult
 from .sequential import SequentialEncoder
@@ -119,6 +120,14 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     tokenizer = load_tokenizer(model_dir)
     batches = text_batches(tokenizer, texts, causal=is_causal_lm(config), sequences=sequences,
                            sequence_length=sequence_length, batch_size=batch_size)
+    # The folder's small files (config, tokenizer, model card) and shard layout travel in the
+    # file: one .nrd is the whole archive (nncodec-rd decode FILE -o FOLDER/ restores it).
+    archived, too_large = folder_metadata(model_dir)
+    if too_large:
+        raise EncoderError(f"{model_dir}: {', '.join(too_large[:3])} exceed the "
+                           f"{MAX_FILE_BYTES >> 20} MiB a file of the folder may have in the "
+                           f"archive; move them out of the folder to encode it")
+    metadata = {**archived, **(metadata or {})}
     settings = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
                                  per_channel=per_channel, act_order=act_order,
                                  grid_choice=grid_choice, entropy=model_entropy_settings())
@@ -128,5 +137,36 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     return encoder.encode(settings, path, metadata, lam=lam)
 
 
-__all__ = ["bundled_texts", "compress_pretrained", "is_causal_lm", "read_text_lines",
-           "text_batches"]
+
+
+def from_pretrained(path, *, model_class=None, threads: int | None = None, **options):
+    """The transformers model archived in the .nrd file ``path`` (written by
+    :func:`compress_pretrained` or ``nncodec-rd encode MODEL_DIR``), decoded.
+
+    The archived folder is restored into a temporary folder (:func:`nncodec_rd.io.hf_folder.
+    write_folder`) and loaded by transformers' own ``from_pretrained`` of ``model_class`` (by
+    default the class its config names), with ``options`` passed on; so the model is exactly
+    what transformers would load from the original folder with the decoded weights.
+    """
+    import tempfile
+
+    from ..api import safe_open
+    from ..io.hf_folder import FILE_PREFIX, write_folder
+    from .checkpoint import model_class_for
+
+    with tempfile.TemporaryDirectory(prefix="nncodec-rd-") as folder:
+        target = os.path.join(folder, "model")
+        with safe_open(path, threads=threads) as handle:
+            if FILE_PREFIX + "config.json" not in handle.metadata():
+                raise EncoderError(f"{os.fspath(path)} archives no config.json: it was not "
+                                   f"encoded from a model folder (load it with load_into)")
+            write_folder(handle, target)
+        if model_class is None:
+            from transformers import AutoConfig
+
+            model_class = model_class_for(AutoConfig.from_pretrained(target))
+        return model_class.from_pretrained(target, **options)
+
+
+__all__ = ["bundled_texts", "compress_pretrained", "from_pretrained", "is_causal_lm",
+           "read_text_lines", "text_batches"]

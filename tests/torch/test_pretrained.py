@@ -1,0 +1,130 @@
+"""Hugging Face folders: folder -> .nrd -> folder through the command line, loaded by transformers
+(nncodec_rd.torch.pretrained, nncodec_rd.io.hf_folder, `nncodec-rd encode/decode`)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import nncodec_rd
+from nncodec_rd.cli import main
+from nncodec_rd.io.hf_folder import FILE_PREFIX, WEIGHT_MAP, shard_plan
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = ["[UNK]", "[PAD]", "the", "model", "weights", "are", "small", "a", "codec", "of",
+         "text", "is", "not", "data", "file", "and"]
+
+
+def model_folder(folder, shard_size=None, with_readme=True):
+    """A tiny random Llama (bf16) with a word-level tokenizer of its own, as a model folder."""
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=64,
+                                      tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    options = {} if shard_size is None else {"max_shard_size": shard_size}
+    model.save_pretrained(folder, **options)
+    vocabulary = {word: index for index, word in enumerate(WORDS)}
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocabulary, unk_token="[UNK]"))
+    core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]",
+                                                     pad_token="[PAD]")
+    tokenizer.save_pretrained(folder)
+    if with_readme:
+        (folder / "README.md").write_text("# a tiny model\n", encoding="utf-8")
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling": "mean"}\n')
+    return model
+
+
+def texts_file(path):
+    path.write_text("\n".join(["the model weights are small", "a codec of text and data",
+                               "the file is not small"] * 4) + "\n", encoding="utf-8")
+    return path
+
+
+def small_files(folder):
+    return sorted(os.path.relpath(os.path.join(root, name), folder)
+                  for root, _, names in os.walk(folder) for name in names
+                  if not name.endswith(".safetensors") and not name.endswith(".index.json"))
+
+
+@pytest.mark.parametrize("shard_size", [None, "20KB"])
+def test_folder_round_trip_through_the_command_line_loads_in_transformers(tmp_path, shard_size,
+                                                                          capsys):
+    source = tmp_path / "source"
+    original = model_folder(source, shard_size)
+    assert main(["encode", str(source), "-o", str(tmp_path / "m.nrd"), "--calibration-text",
+                 str(texts_file(tmp_path / "texts.txt")), "--calibration-sequences", "2"]) == 0
+    assert main(["decode", str(tmp_path / "m.nrd"), "-o", str(tmp_path / "restored") + "/"]) == 0
+    restored = tmp_path / "restored"
+    # Every small file byte for byte: config, generation config, tokenizer, card, subfolders.
+    assert small_files(restored) == small_files(source)
+    for relative in small_files(source):
+        assert (restored / relative).read_bytes() == (source / relative).read_bytes(), relative
+    # Sharded like the original.
+    assert sorted(n for n in os.listdir(restored) if n.endswith(".safetensors")) == \
+        sorted(n for n in os.listdir(source) if n.endswith(".safetensors"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(restored)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(restored)
+    assert model.dtype == torch.bfloat16  # the original dtype
+    ids = tokenizer(["the model weights are small"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a = original(ids).logits.float().flatten()
+        b = model(ids).logits.float().flatten()
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9
+    decoded = nncodec_rd.load_file(tmp_path / "m.nrd")
+    for name, value in model.state_dict().items():
+        assert np.array_equal(value.float().numpy(), decoded[name].astype(np.float32)), name
+
+
+def test_from_pretrained_gives_the_decoded_model(tmp_path):
+    source = tmp_path / "source"
+    model_folder(source)
+    from nncodec_rd.torch import compress_pretrained, from_pretrained
+
+    compress_pretrained(source, tmp_path / "m.nrd", calibration_text=["the model is small"] * 3,
+                        sequences=2, sequence_length=8, progress=False)
+    model = from_pretrained(tmp_path / "m.nrd")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    decoded = nncodec_rd.load_file(tmp_path / "m.nrd")
+    weight = model.model.layers[0].mlp.down_proj.weight
+    assert np.array_equal(weight.detach().float().numpy(),
+                          decoded["model.layers.0.mlp.down_proj.weight"].astype(np.float32))
+
+
+def test_the_archive_keeps_files_and_the_shard_layout_as_metadata(tmp_path):
+    source = tmp_path / "source"
+    model_folder(source, "20KB")
+    from nncodec_rd.torch import compress_pretrained
+
+    compress_pretrained(source, tmp_path / "m.nrd", calibration_text=["a codec of text"] * 2,
+                        sequences=2, sequence_length=8, progress=False)
+    with nncodec_rd.safe_open(tmp_path / "m.nrd") as handle:
+        metadata = handle.metadata()
+    assert metadata[FILE_PREFIX + "config.json"] == (source / "config.json").read_bytes()
+    weight_map = json.loads(metadata[WEIGHT_MAP])
+    index = json.loads((source / "model.safetensors.index.json").read_text())
+    assert weight_map == index["weight_map"]
+
+
+def test_single_file_decode_writes_the_format_transformers_asks_for(tmp_path):
+    nncodec_rd.save_file({"w": np.ones((4, 4), np.float32)}, tmp_path / "w.nrd")
+    assert main(["decode", str(tmp_path / "w.nrd"), "-o", str(tmp_path / "w.safetensors")]) == 0
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "w.safetensors", framework="np") as handle:
+        assert handle.metadata()["format"] == "pt"
+
+
+def test_shard_plan_puts_unknown_tensors_in_the_last_shard():
+    metadata = {WEIGHT_MAP: json.dumps({"a": "pytorch_model-00001-of-00002.bin",
+                                        "b": "pytorch_model-00002-of-00002.bin"})}
+    assert shard_plan(["a", "b", "c"], metadata) == {
+        "model-00001-of-00002.safetensors": ["a"], "model-00002-of-00002.safetensors": ["b", "c"]}
+    assert shard_plan(["a"], {}) == {"model.safetensors": ["a"]}
