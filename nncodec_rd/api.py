@@ -45,6 +45,11 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
     """
     if quantize not in ("auto", "all", "none"):
         raise ValueError(f"quantize must be 'auto', 'all' or 'none', not {quantize!r}")
+    for name, array in tensors.items():
+        if type(array).__module__.split(".")[0] == "torch":
+            raise TypeError(f"{name!r} is a torch tensor: nncodec_rd.save_file takes NumPy "
+                            f"arrays; use nncodec_rd.torch.save_file for torch tensors (every "
+                            f"dtype, bfloat16 included)")
     settings = model_entropy_settings() if settings is None else settings
     writer = NrdWriter(path, metadata=metadata)
     for name, array in tensors.items():
@@ -63,18 +68,54 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
     return writer.close()
 
 
-def load_file(path, threads: int | None = None, max_output_bytes: int | None = None) -> dict:
-    """Decode every tensor of an .nrd file: name -> NumPy array (bfloat16 via ``ml_dtypes``).
+def _check_framework(framework: str, device) -> str:
+    if framework in ("np", "numpy"):
+        if str(device) != "cpu":
+            raise ValueError(f"NumPy arrays live on the CPU: device must be 'cpu', not {device!r}")
+        return "np"
+    if framework in ("pt", "torch"):
+        return "pt"
+    raise ValueError(f"framework must be 'np' or 'pt', not {framework!r}")
+
+
+def load_file(path, device="cpu", threads: int | None = None,
+              max_output_bytes: int | None = None) -> dict:
+    """Decode every tensor of an .nrd file: name -> NumPy array (bfloat16 via ``ml_dtypes``);
+    ``device`` is ``"cpu"`` (as in ``safetensors.numpy``; for torch tensors on a device,
+    :func:`nncodec_rd.torch.load_file`).
 
     ``max_output_bytes`` bounds each decoded array (see :class:`NrdFile`); set it for files from
     untrusted sources, since a few bytes of file can declare terabytes of tensor (spec §9).
     """
+    _check_framework("np", device)
     with NrdFile(path, threads=threads, max_output_bytes=max_output_bytes) as handle:
         return {name: handle.get_tensor(name) for name in handle.keys()}
 
 
-def safe_open(path, threads: int | None = None, max_output_bytes: int | None = None) -> NrdFile:
-    """Open an .nrd file lazily: ``keys()``, ``info(name)``, ``get_tensor(name)``,
-    ``get_rows(name, start, stop)``, ``metadata()``. Use it as a context manager.
-    ``max_output_bytes`` bounds each decoded array (see :class:`NrdFile`)."""
+def safe_open(path, framework: str = "np", device="cpu", threads: int | None = None,
+              max_output_bytes: int | None = None):
+    """Open an .nrd file lazily, as ``safetensors.safe_open``: ``keys()``, ``metadata()``,
+    ``get_tensor(name)``, ``get_slice(name)`` (indexing decodes only the rows it needs),
+    ``info(name)``, ``get_rows(name, start, stop)``. Use it as a context manager.
+
+    ``framework="np"`` (the default) gives NumPy arrays; ``"pt"`` gives torch tensors on
+    ``device`` (needs torch). ``max_output_bytes`` bounds each decoded array (see
+    :class:`NrdFile`).
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile, nncodec_rd
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.nrd")
+    >>> _ = nncodec_rd.save_file({"w": np.arange(12, dtype=np.float32).reshape(4, 3)}, path,
+    ...                          quantize="none")
+    >>> with nncodec_rd.safe_open(path, framework="np") as f:
+    ...     f.get_slice("w")[1:3, :2]
+    array([[3., 4.],
+           [6., 7.]], dtype=float32)
+    """
+    if _check_framework(framework, device) == "pt":
+        from .torch.files import TorchFile
+
+        return TorchFile(NrdFile(path, threads=threads, max_output_bytes=max_output_bytes),
+                         device)
     return NrdFile(path, threads=threads, max_output_bytes=max_output_bytes)

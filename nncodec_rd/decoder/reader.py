@@ -373,6 +373,14 @@ class NrdFile:
         stop = max(start, stop)
         return self._decode_into(record, start, stop, (stop - start, *record.shape[1:]), out)
 
+    def get_slice(self, name) -> "TensorSlice":
+        """A lazy view of one tensor, as ``safetensors``' ``get_slice``: ``get_shape()``,
+        ``get_dtype()``, and indexing (``view[2:5]``, ``view[2:5, :3]``) that decodes only the
+        chunks holding the rows of the first dimension asked for, then applies the rest of the
+        index with NumPy."""
+        self._record(name)  # KeyError now, not at the first index
+        return TensorSlice(self, name)
+
     def _decode_into(self, record, start: int, stop: int, shape: tuple, out) -> np.ndarray:
         if out is None:
             return self._decode_rows(record, start, stop).reshape(shape)
@@ -581,3 +589,40 @@ _KERNEL_MESSAGES = {
 }
 
 __all__ = ["ChunkDecoder", "NrdFile", "TensorInfo", "numpy_dtype"]
+
+
+class TensorSlice:
+    """What :meth:`NrdFile.get_slice` returns."""
+
+    def __init__(self, handle: NrdFile, name: str):
+        self._handle, self._name = handle, name
+
+    def get_shape(self) -> list:
+        """The tensor's shape, as a list (``safetensors`` returns one)."""
+        return list(self._handle.info(self._name).shape)
+
+    def get_dtype(self) -> str:
+        """The dtype the tensor decodes to (``"float32"``, ``"bfloat16"``, ...)."""
+        return self._handle.info(self._name).dtype
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        shape = self.get_shape()
+        first, rest = (index[0], index[1:]) if index else (slice(None), ())
+        if not shape or first is Ellipsis:  # 0-d, or an index that does not start at dim 0
+            return self._handle.get_tensor(self._name)[index]
+        if isinstance(first, (int, np.integer)):
+            row = int(first) + shape[0] if first < 0 else int(first)
+            if not 0 <= row < shape[0]:
+                raise IndexError(f"index {first} is out of bounds for dimension 0 of size "
+                                 f"{shape[0]}")
+            return self._handle.get_rows(self._name, row, row + 1)[(0, *rest)]
+        if not isinstance(first, slice):
+            raise TypeError(f"get_slice indexes dimension 0 with an int or a slice, not "
+                            f"{type(first).__name__}")
+        start, stop, step = first.indices(shape[0])
+        if step < 0:
+            rows = self._handle.get_rows(self._name, stop + 1, start + 1)
+            return rows[(slice(None, None, step), *rest)]
+        rows = self._handle.get_rows(self._name, start, max(start, stop))
+        return rows[(slice(None, None, step), *rest)]
