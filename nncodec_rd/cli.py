@@ -199,7 +199,7 @@ def _encode_folder(arguments) -> int:
         calibration_text=arguments.calibration_text, stack=arguments.stack,
         per_channel=arguments.per_row, act_order=not arguments.no_act_order,
         sensitivity=not arguments.no_sensitivity, metadata=metadata,
-        sequences=arguments.calibration_sequences, **options)
+        sequences=arguments.calibration_sequences, resume=arguments.resume, **options)
     print(f"wrote {arguments.output}: {outcome.size_bytes:,} bytes, "
           f"{outcome.bits_per_weight:.3f} bits per coded weight ({outcome.coded_weights:,} "
           f"weights), lambda {outcome.lam:.4g}, in {time.perf_counter() - start:.1f} s",
@@ -268,6 +268,8 @@ def _check_encode_arguments(parser, arguments) -> None:
                 parser.error(f"{option} does not apply to a model folder (it is encoded block by "
                              f"block with its own tokenizer; see --calibration-text)")
         return
+    if arguments.resume:
+        parser.error("--resume applies only to a Hugging Face model folder as INPUT")
     for name, option in (("calibration_text", "--calibration-text"), ("stack", "--stack")):
         if getattr(arguments, name) is not None:
             parser.error(f"{option} applies only to a Hugging Face model folder as INPUT")
@@ -728,6 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "tokenizer (default: the bundled English sentences)")
     folder.add_argument("--calibration-sequences", type=int, default=32, metavar="N",
                         help="calibration sequences (a causal LM: of 256 tokens; default 32)")
+    folder.add_argument("--resume", action="store_true",
+                        help="continue a stopped run from its journal (OUTPUT.journal, kept "
+                             "beside the output until the file is written) after its last "
+                             "finished block; the file is the same as an uninterrupted run's")
     folder.add_argument("--stack", metavar="MODULE",
                         help="module name of the model's stack of blocks, if the encoder's "
                              "guess is wrong (such as model.layers)")

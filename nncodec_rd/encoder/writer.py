@@ -161,6 +161,22 @@ class _Spool:
     path: str | None = None
     size: int = 0
 
+    def open_at(self, path: str, size: int) -> None:
+        """Use the spool file at ``path`` (a journal's), keeping its first ``size`` bytes: what
+        was appended after the journal's last entry is dropped."""
+        self.stream = open(path, "r+b" if os.path.exists(path) else "w+b")
+        self.path = path
+        self.stream.truncate(size)
+        if self.stream.seek(0, os.SEEK_END) != size:
+            raise EncoderError(f"the journal's spool file {path} is shorter than its journal says "
+                               f"({size} bytes)")
+        self.size = size
+
+    def sync(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+
     def append(self, payload: bytes) -> SpooledPayload:
         if self.stream is None:
             # Named like io.atomic's temporary files: .nrd-<output name>.<random>.spool
@@ -191,6 +207,37 @@ class _Spool:
         if self.path is not None and os.path.exists(self.path):
             os.unlink(self.path)
         self.path = None
+
+
+def _to_json(value):
+    """A record or metadata as JSON-ready values: bytes tagged as base64, enums as ints."""
+    import base64
+
+    if isinstance(value, (bytes, bytearray)):
+        return {"__bytes__": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        return {"__dict__": [[_to_json(k), _to_json(v)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(item) for item in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    raise EncoderError(f"cannot journal a {type(value).__name__}")
+
+
+def _from_json(value):
+    import base64
+
+    if isinstance(value, dict):
+        if "__bytes__" in value:
+            return base64.b64decode(value["__bytes__"])
+        return {_from_json(k): _from_json(v) for k, v in value["__dict__"]}
+    if isinstance(value, list):
+        return [_from_json(item) for item in value]
+    return value
 
 
 def _grid_record(grid, rows: int) -> tuple[int, dict]:
@@ -570,11 +617,44 @@ class NrdWriter:
         self._state = "closed"
         return size
 
-    def abandon(self) -> None:
-        """Discard everything added (the spool file included); nothing is written."""
+    def abandon(self, keep_spool: bool = False) -> None:
+        """Discard everything added; nothing is written. The spool file is removed unless
+        ``keep_spool`` (a journal that a resumed run will continue from)."""
         if self._state == "open":
             self._state = "abandoned"
+        if keep_spool:
+            if self._spool.stream is not None:
+                self._spool.stream.close()
+                self._spool.stream = None
+            self._spool.path = None
         self._spool.remove()
+
+    def use_spool(self, path: str, state: dict | None = None) -> None:
+        """Spool payloads into the file at ``path`` (a journal's) and, with ``state`` (from
+        :meth:`journal_state`), continue from what it records: the tensors added then, the spool
+        cut back to them."""
+        self._require_open("use a spool")
+        if self._pending:
+            raise EncoderError("use_spool comes before the first tensor")
+        self._spool.open_at(path, 0 if state is None else int(state["spool_size"]))
+        if state is None:
+            return
+        self.metadata = _from_json(state["metadata"])
+        for entry in state["pending"]:
+            pending = PendingTensor(_from_json(entry["record"]),
+                                    [SpooledPayload(*triple) for triple in entry["payloads"]],
+                                    entry["transform_target"])
+            self._names[pending.record["name"]] = len(self._pending)
+            self._pending.append(pending)
+
+    def journal_state(self) -> dict:
+        """What :meth:`use_spool` needs to continue this writer in another process: every record
+        added (JSON-ready) and where its payloads lie in the spool, which is synced to disk."""
+        self._spool.sync()
+        return {"metadata": _to_json(self.metadata), "spool_size": self._spool.size,
+                "pending": [{"record": _to_json(p.record), "transform_target": p.transform_target,
+                             "payloads": [[e.spool_offset, e.size, e.crc32c]
+                                          for e in p.payloads]} for p in self._pending]}
 
     def _resolve_transforms(self) -> None:
         for pending in self._pending:

@@ -27,6 +27,10 @@ from .compress import CompressionResult
 from .sequential import SequentialEncoder
 
 
+JOURNAL_SUFFIX = ".journal"
+"""The journal of an encode to ``FILE`` is the folder ``FILE.journal`` beside it."""
+
+
 def read_text_lines(path) -> list[str]:
     """The non-empty lines of a UTF-8 text file."""
     path = os.fspath(path)
@@ -98,13 +102,18 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                         batch_size: int = 8, stack: str | None = None,
                         per_channel: bool = False, grid_choice: str = DEFAULT_GRID_CHOICE,
                         act_order: bool = True, sensitivity: bool = True,
-                        metadata: dict | None = None, progress=True) -> CompressionResult:
+                        metadata: dict | None = None, progress=True,
+                        resume: bool = False) -> CompressionResult:
     """Encode the Hugging Face model folder ``model_dir`` into the .nrd file ``path``, one block
     at a time (memory: one block, not the model).
 
     ``calibration_text``: a text file (one text per line) or a list of strings; None uses the
     bundled English sentences (domain text of your own calibrates better). The other options
     are those of :func:`nncodec_rd.torch.compress.compress`.
+
+    The run keeps a journal in ``path + ".journal"`` (removed when the file is written):
+    ``resume=True`` continues a run that was stopped (killed, out of memory, a power cut) after
+    its last finished block, and writes the same bytes an uninterrupted run would.
     """
     model_dir = os.fspath(model_dir)
     weights = CheckpointWeights(model_dir)
@@ -134,7 +143,8 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     encoder = SequentialEncoder(model, batches, weights=weights, stack=stack,
                                 per_channel=per_channel, sensitivity=sensitivity,
                                 progress=progress)
-    return encoder.encode(settings, path, metadata, lam=lam)
+    return encoder.encode(settings, path, metadata, lam=lam,
+                          journal=os.fspath(path) + JOURNAL_SUFFIX, resume=resume)
 
 
 

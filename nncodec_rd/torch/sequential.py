@@ -27,7 +27,12 @@ the first unit (:meth:`ModelEncoder.default_lam`'s rule).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 
@@ -40,11 +45,91 @@ from ..encoder.writer import NrdWriter
 from ..format.errors import EncoderError
 from ..io.atomic import removed_on_termination
 from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_parameters
-from .compress import (CompressionResult, _Progress, make_layer, reconstruction_of,
-                       write_layer)
+from .compress import (CompressionResult, LayerSummary, _Progress, make_layer,
+                       reconstruction_of, write_layer)
 from .hessians import (HessianAccumulator, find_layers, first_tensor, matrix_to_stored_layout,
                        run_batch, weight_matrix)
 from .state_dict import tensor_to_numpy
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    tensor = tensor.detach().cpu().contiguous()
+    return repr((tuple(tensor.shape), str(tensor.dtype))).encode() + \
+        tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+
+
+class _Journal:
+    """A folder beside the output recording a sequential run (``state.json``, the writer's
+    ``spool``, ``hidden-K.safetensors``: the inputs of block K, ``outside.safetensors``: the
+    quantized weights of the layers before the stack). Each entry is complete before
+    ``state.json`` (replaced atomically) names it, so a kill at any moment leaves the last
+    complete entry."""
+
+    def __init__(self, folder, fingerprint: str):
+        self.folder = os.fspath(folder)
+        self.fingerprint = fingerprint
+        self.spool_path = os.path.join(self.folder, "spool")
+
+    def start(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        os.makedirs(self.folder)
+
+    def load(self) -> dict | None:
+        path = os.path.join(self.folder, "state.json")
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as stream:
+                state = json.load(stream)
+        except (OSError, ValueError) as error:
+            raise EncoderError(f"{path}: unreadable journal ({error}); delete {self.folder} "
+                               f"to start over") from None
+        if state.get("fingerprint") != self.fingerprint:
+            raise EncoderError(f"the journal {self.folder} records a run with other settings, "
+                               f"inputs or calibration data; delete it to start over, or resume "
+                               f"with the same command")
+        return state
+
+    def _write_tensors(self, name: str, tensors: dict) -> None:
+        from safetensors.torch import save_file
+
+        temporary = os.path.join(self.folder, name + ".tmp")
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, temporary)
+        with open(temporary, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, os.path.join(self.folder, name))
+
+    def save(self, state: dict, hidden, outside_weights) -> None:
+        if outside_weights:
+            self._write_tensors("outside.safetensors", outside_weights)
+        if hidden is not None:
+            self._write_tensors(f"hidden-{state['blocks_done']}.safetensors",
+                                {str(i): h for i, h in enumerate(hidden)})
+        state = dict(state, fingerprint=self.fingerprint)
+        temporary = os.path.join(self.folder, "state.json.tmp")
+        with open(temporary, "w", encoding="utf-8") as stream:
+            json.dump(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, os.path.join(self.folder, "state.json"))
+        for name in os.listdir(self.folder):  # older entries' inputs
+            if name.startswith("hidden-") and name != f"hidden-{state['blocks_done']}.safetensors":
+                os.unlink(os.path.join(self.folder, name))
+
+    def outside_weights(self) -> dict:
+        from safetensors.torch import load_file
+
+        path = os.path.join(self.folder, "outside.safetensors")
+        return load_file(path) if os.path.isfile(path) else {}
+
+    def hidden(self, blocks_done: int) -> list:
+        from safetensors.torch import load_file
+
+        tensors = load_file(os.path.join(self.folder, f"hidden-{blocks_done}.safetensors"))
+        return [tensors[str(i)] for i in range(len(tensors))]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _return_freed_memory() -> None:
@@ -296,9 +381,17 @@ class SequentialEncoder:
         return lam
 
     def encode(self, settings: QuantizerSettings, path, metadata: dict | None = None,
-               lam: float | None = None) -> CompressionResult:
+               lam: float | None = None, journal=None,
+               resume: bool = False) -> CompressionResult:
         """Quantize every unit at ``settings`` (``lam`` None: λ from the first unit) and write
-        ``path`` atomically. Returns the :class:`CompressionResult`."""
+        ``path`` atomically. Returns the :class:`CompressionResult`.
+
+        ``journal``: a folder where the run records itself after the part before the stack and
+        after every block (the payloads so far, the next block's inputs); removed when the file
+        is written, kept when the run stops early. ``resume``: continue from the journal's last
+        entry instead of starting over; the file is byte-identical to an uninterrupted run. The
+        journal refuses a resume with other settings, inputs or calibration data.
+        """
         if settings.method in TRANSFORM_METHODS:
             raise EncoderError(f"method {settings.method!r} needs sequential=False")
         start = time.perf_counter()
@@ -309,7 +402,6 @@ class SequentialEncoder:
         self.layer_seconds = 0.0
         self._written: set[str] = set()
         self._quantized: dict[str, str] = {}  # parameter -> parameter coded first (ties)
-        self._tied_results: dict[str, tuple] = {}  # tied parameter -> (layer, result, seconds)
         self._outside_originals: dict = {}
         self._start = start
         file_metadata = {"encoder": "nncodec-rd", "method": settings.method,
@@ -322,19 +414,36 @@ class SequentialEncoder:
             model.config.use_cache = False  # no key/value cache grows during calibration
         path = os.fspath(path)
         writer = NrdWriter(path, metadata=file_metadata)
+        self._journal = None if journal is None else _Journal(
+            journal, self._fingerprint(settings, lam, file_metadata))
+        self._resumed = None
+        if self._journal is not None:
+            self._resumed = self._journal.load() if resume else None
+            if self._resumed is None:
+                self._journal.start()
+            writer.use_spool(self._journal.spool_path,
+                             None if self._resumed is None else self._resumed["writer"])
         try:
-            # A SIGTERM during hours of encoding removes the spool of payloads (io.atomic).
-            with torch.no_grad(), removed_on_termination(lambda: writer.spool_path):
+            # A SIGTERM during hours of encoding removes the spool of payloads (io.atomic);
+            # a journal's spool stays, for --resume.
+            cleanup = removed_on_termination(lambda: writer.spool_path) \
+                if self._journal is None else contextlib.nullcontext()
+            with torch.no_grad(), cleanup:
                 self._run(writer)
             writer.add_metadata(**{"lambda": float(self.lam)})
             size = writer.close()
         except BaseException:
-            writer.abandon()
+            writer.abandon(keep_spool=self._journal is not None)
+            if self._journal is not None:
+                self.progress(f"stopped; the journal {self._journal.folder} is kept: run again "
+                              f"with --resume to continue", final=True)
             raise
         finally:
             model.train(was_training)
             if use_cache:
                 model.config.use_cache = use_cache
+        if self._journal is not None:
+            self._journal.remove()
         outcome = CompressionResult(path, size, self.coded_weights, settings.method,
                                     float(self.lam), self.summaries, self.hessian_seconds,
                                     time.perf_counter() - start)
@@ -374,7 +483,11 @@ class SequentialEncoder:
         # the stack is done; for a large vocabulary they are the biggest tensors of all.
         after = {name: kind for name, kind in outside.items() if name not in before}
         waiting = self._park(modules, after, before)
-        if self.lam is None:
+        resumed = self._resumed
+        if resumed is not None:
+            inputs = self._restore_journal(resumed, modules, blocks[0], inputs)
+            before = {}  # done in the run the journal records
+        elif self.lam is None:
             self.lam = self._lam_of_first_block(blocks[0], stack_prefix + "0.", all_layers,
                                                 inputs)
         if before:
@@ -386,11 +499,17 @@ class SequentialEncoder:
                 self._quantize_unit("before the stack", layers, modules, writer))
             inputs = self._capture(blocks[0], None)  # block 0 sees the quantized layers
         del collector
+        if resumed is None:
+            self._record(writer, 0, None, {f"{name}.weight": modules[name].weight
+                                           for name in before})
 
         # 2. The blocks.
         self._stack_started = time.perf_counter()
         self._blocks_done = 0
         for index, block in enumerate(blocks):
+            if resumed is not None and index < resumed["blocks_done"]:
+                self._blocks_done += 1
+                continue
             prefix = f"{stack_prefix}{index}."
             self._materialize(prefix, block)
             layers_here = {name: kind for name, kind in all_layers.items()
@@ -430,6 +549,7 @@ class SequentialEncoder:
             del outputs, originals
             _return_freed_memory()
             self._blocks_done += 1
+            self._record(writer, index + 1, [item.hidden for item in inputs], None)
 
         # 3. After the stack.
         if waiting:
@@ -461,6 +581,69 @@ class SequentialEncoder:
                 self._write_raw(writer, key, value)
         self._write_checkpoint_extras(writer)
         self._restore(modules, self._outside_originals)
+
+    # -- the journal -----------------------------------------------------------------------------
+
+    def _fingerprint(self, settings, lam, metadata) -> str:
+        """What must be equal for a resumed run to write the same file: settings, the model's
+        inputs (checkpoint or weights), the calibration batches, the file's metadata."""
+        digest = hashlib.sha256()
+        digest.update(repr((replace(settings, lam=1.0), lam, self.stack_name, self.per_channel,
+                            self.sensitivity, self.sensitivity_batches, self.sensitivity_exponent,
+                            self.embedding_smoothing)).encode())
+        digest.update(repr(sorted((str(k), hashlib.sha256(v if isinstance(v, bytes) else
+                                                          repr(v).encode()).hexdigest())
+                                  for k, v in metadata.items())).encode())
+        if self.weights is not None:
+            for name in self.weights.keys():
+                digest.update(repr((name, self.weights.shape(name), str(self.weights.dtype(name)),
+                                    os.path.getsize(self.weights.file_of(name)))).encode())
+        else:
+            for name, value in self.model.state_dict().items():
+                digest.update(name.encode())
+                digest.update(_tensor_bytes(value))
+        for batch in self.batches:
+            values = batch.values() if hasattr(batch, "values") else (
+                batch if isinstance(batch, (tuple, list)) else [batch])
+            for value in values:
+                digest.update(_tensor_bytes(value) if isinstance(value, torch.Tensor)
+                              else repr(value).encode())
+        return digest.hexdigest()
+
+    def _record(self, writer, blocks_done: int, hidden, outside_weights) -> None:
+        if self._journal is None:
+            return
+        state = {"blocks_done": blocks_done, "lam": float(self.lam),
+                 "coded_weights": self.coded_weights,
+                 "summaries": [dataclasses.asdict(summary) for summary in self.summaries],
+                 "written": sorted(self._written), "quantized": self._quantized,
+                 "output_is_tuple": bool(getattr(self, "_output_is_tuple", False)),
+                 "writer": writer.journal_state()}
+        self._journal.save(state, hidden, outside_weights)
+
+    def _restore_journal(self, state, modules, block0, inputs):
+        """Put the model and the encoder where the journal's run was: the quantized layers
+        before the stack back in the model, block inputs as they were. Returns the inputs."""
+        self.lam = state["lam"]
+        self.coded_weights = state["coded_weights"]
+        self.summaries = [LayerSummary(**{**summary, "shape": tuple(summary["shape"])})
+                          for summary in state["summaries"]]
+        self._written = set(state["written"])
+        self._quantized = dict(state["quantized"])
+        self._output_is_tuple = state["output_is_tuple"]
+        for key, value in self._journal.outside_weights().items():
+            module_name = key.rpartition(".")[0]
+            weight = modules[module_name].weight
+            if self.weights is None:
+                self._outside_originals[module_name] = weight.detach().clone()
+            weight.data.copy_(value.to(weight.dtype))
+        inputs = self._capture(block0, None)
+        if state["blocks_done"] > 0:
+            for item, hidden in zip(inputs, self._journal.hidden(state["blocks_done"])):
+                item.hidden = hidden
+        self.progress(f"resuming after block {state['blocks_done']} of {self.block_count} "
+                      f"(journal {self._journal.folder})", final=True)
+        return inputs
 
     def _capture(self, block0, collector, batches=None) -> list[_BlockInput]:
         """Run every batch (or ``batches``) up to block 0; its inputs per batch."""
@@ -634,7 +817,12 @@ class SequentialEncoder:
             for alias in self.ties.get(layer.parameter, []):
                 if alias != layer.parameter:
                     self._quantized[alias] = layer.parameter
-                    self._tied_results[layer.parameter] = (layer, result, seconds, settings)
+                    # A tied copy is in the file when the checkpoint has it (or, for a model in
+                    # memory, since its state dict has it), with the same indices.
+                    name = self._file_name(alias)
+                    if self.weights is None or name in self.weights:
+                        write_layer(writer, name, layer, result, seconds, settings, None)
+                        self._written.add(alias)
             weight = modules[layer.name].weight
             if self.weights is None:
                 originals[layer.name] = weight.detach().clone()
@@ -666,13 +854,7 @@ class SequentialEncoder:
         source = self._quantized.get(key)
         name = self._file_name(key)
         if source is not None and source != key:
-            # A tied copy: the file has it when the checkpoint has it (or, for a model in
-            # memory, since its state dict has it), with the indices of the tensor it is tied to.
-            if self.weights is None or name in self.weights:
-                layer, result, seconds, settings = self._tied_results[source]
-                write_layer(writer, name, layer, result, seconds, settings, None)
-                self._written.add(key)
-            return
+            return  # a tied copy, written with the tensor it is tied to (or not in the checkpoint)
         if self.weights is not None:
             if name not in self.weights:
                 return  # a buffer the model computes (not in the checkpoint)

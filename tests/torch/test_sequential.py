@@ -226,3 +226,127 @@ def test_layers_reading_one_input_share_one_hessian_and_no_other(tmp_path):
                                "mlp.up_proj": "mlp.gate_proj"}
     hessians = collector.hessians(1.0)
     assert hessians["self_attn.v_proj"][0] is hessians["self_attn.q_proj"][0]
+
+
+class _Killed(BaseException):
+    """Stands for a kill: nothing of the encoder's handles it."""
+
+
+@pytest.mark.parametrize("killed_at", [2, 4, 5])  # units quantized before the kill
+def test_resume_after_a_kill_writes_the_same_bytes(tmp_path, monkeypatch, killed_at):
+    """Units: before the stack (1), blocks (2, 3, 4), after the stack (5); a kill while unit
+    ``killed_at`` is quantized, then --resume, gives the uninterrupted run's bytes."""
+    llama_folder(tmp_path / "m", blocks=3, tie=True)
+    batches = token_batches()
+
+    def run(path, resume=False):
+        model, _ = empty_model(tmp_path / "m")
+        encoder = SequentialEncoder(model, batches, weights=CheckpointWeights(tmp_path / "m"),
+                                    progress=False)
+        return encoder.encode(QuantizerSettings(method="cerwu"), path, journal=str(path) + ".j",
+                              resume=resume)
+
+    run(tmp_path / "whole.nrd")
+    assert not os.path.exists(tmp_path / "whole.nrd.j")
+    calls = []
+    original = SequentialEncoder._quantize_unit
+
+    def dying(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == killed_at:
+            raise _Killed
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SequentialEncoder, "_quantize_unit", dying)
+    with pytest.raises(_Killed):
+        run(tmp_path / "resumed.nrd")
+    monkeypatch.undo()
+    assert not os.path.exists(tmp_path / "resumed.nrd")  # never a partial output
+    assert os.path.isfile(tmp_path / "resumed.nrd.j" / "state.json")
+    run(tmp_path / "resumed.nrd", resume=True)
+    assert (tmp_path / "resumed.nrd").read_bytes() == (tmp_path / "whole.nrd").read_bytes()
+    assert not os.path.exists(tmp_path / "resumed.nrd.j")
+
+
+def test_resume_refuses_a_journal_of_other_settings(tmp_path, monkeypatch):
+    llama_folder(tmp_path / "m")
+    batches = token_batches()
+    monkeypatch.setattr(SequentialEncoder, "_quantize_unit",
+                        lambda self, *a, **k: (_ for _ in ()).throw(_Killed))
+    model, _ = empty_model(tmp_path / "m")
+    encoder = SequentialEncoder(model, batches, weights=CheckpointWeights(tmp_path / "m"),
+                                progress=False)
+    with pytest.raises(_Killed):
+        encoder.encode(QuantizerSettings(), tmp_path / "x.nrd", lam=1e-6,
+                       journal=tmp_path / "j")
+    monkeypatch.undo()
+    model, _ = empty_model(tmp_path / "m")
+    encoder = SequentialEncoder(model, batches, weights=CheckpointWeights(tmp_path / "m"),
+                                progress=False)
+    # The journal of a run stopped before its first entry holds nothing to resume: a new start.
+    encoder.encode(QuantizerSettings(), tmp_path / "x.nrd", lam=1e-6, journal=tmp_path / "j",
+                   resume=True)
+    monkeypatch.setattr(SequentialEncoder, "_quantize_unit",
+                        _dying_after(2))
+    model, _ = empty_model(tmp_path / "m")
+    encoder = SequentialEncoder(model, batches, weights=CheckpointWeights(tmp_path / "m"),
+                                progress=False)
+    with pytest.raises(_Killed):
+        encoder.encode(QuantizerSettings(), tmp_path / "y.nrd", lam=1e-6, journal=tmp_path / "j")
+    monkeypatch.undo()
+    model, _ = empty_model(tmp_path / "m")
+    encoder = SequentialEncoder(model, batches, weights=CheckpointWeights(tmp_path / "m"),
+                                progress=False)
+    with pytest.raises(EncoderError, match="other settings"):
+        encoder.encode(QuantizerSettings(), tmp_path / "y.nrd", lam=2e-6, journal=tmp_path / "j",
+                       resume=True)
+
+
+def _dying_after(count):
+    calls = []
+    original = SequentialEncoder._quantize_unit
+
+    def dying(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > count:
+            raise _Killed
+        return original(self, *args, **kwargs)
+
+    return dying
+
+
+def test_the_command_line_resumes_after_sigkill(tmp_path):
+    """A real `kill -9` of `nncodec-rd encode MODEL_DIR` in the middle of the stack, then
+    `--resume`: the same bytes as an uninterrupted run, and no partial output in between."""
+    import signal
+    import subprocess
+    import sys
+
+    folder = tmp_path / "m"
+    llama_folder(folder, blocks=4)
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]").save_pretrained(folder)
+    (tmp_path / "t.txt").write_text("a b a\nb a b b\n")
+    command = [sys.executable, "-m", "nncodec_rd", "encode", str(folder), "--calibration-text",
+               str(tmp_path / "t.txt"), "--calibration-sequences", "2"]
+    subprocess.run(command + ["-o", str(tmp_path / "whole.nrd")], check=True,
+                   capture_output=True)
+    process = subprocess.Popen(command + ["-o", str(tmp_path / "killed.nrd")],
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if line.startswith("block 3/4"):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not os.path.exists(tmp_path / "killed.nrd")
+    finished = subprocess.run(command + ["-o", str(tmp_path / "killed.nrd"), "--resume"],
+                              capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming after block 2 of 4" in finished.stderr
+    assert (tmp_path / "killed.nrd").read_bytes() == (tmp_path / "whole.nrd").read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["killed.nrd", "m", "t.txt", "whole.nrd"]
