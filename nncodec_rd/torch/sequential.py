@@ -511,26 +511,7 @@ class SequentialEncoder:
                 self._blocks_done += 1
                 continue
             prefix = f"{stack_prefix}{index}."
-            self._materialize(prefix, block)
-            layers_here = {name: kind for name, kind in all_layers.items()
-                           if name.startswith(prefix)}
-            block_modules = dict(model.named_modules())
-            collector = _SharedHessians(block_modules, layers_here)
-            started = time.perf_counter()
-            try:
-                for item in inputs:
-                    block(item.hidden, *item.args, **item.kwargs)
-                    collector.batch_done()
-            finally:
-                collector.remove()
-            self.hessian_seconds += time.perf_counter() - started
-            hessians = collector.hessians(self.embedding_smoothing)
-            del collector
-            layers = self._layers(block_modules, layers_here, hessians)
-            del hessians
-            self._sensitivities(layers, block_modules, lambda: [
-                _hidden_of(block(i.hidden, *i.args, **i.kwargs))
-                for i in inputs[:self.sensitivity_batches]])
+            block_modules, layers = self._block_layers(block, prefix, all_layers, inputs)
             label = f"block {index + 1}/{len(blocks)}"
             originals = self._quantize_unit(label, layers, block_modules, writer)
             del layers
@@ -596,8 +577,11 @@ class SequentialEncoder:
                                   for k, v in metadata.items())).encode())
         if self.weights is not None:
             for name in self.weights.keys():
+                # Size and modification time of its shard stand for the contents: hashing a
+                # checkpoint of hundreds of GB on every start would cost minutes.
+                shard = os.stat(self.weights.file_of(name))
                 digest.update(repr((name, self.weights.shape(name), str(self.weights.dtype(name)),
-                                    os.path.getsize(self.weights.file_of(name)))).encode())
+                                    shard.st_size, shard.st_mtime_ns)).encode())
         else:
             for name, value in self.model.state_dict().items():
                 digest.update(name.encode())
@@ -768,21 +752,32 @@ class SequentialEncoder:
     def _lam_of_first_block(self, block, prefix, all_layers, inputs) -> float:
         """The default λ (:meth:`ModelEncoder.default_lam`'s rule) from block 0's layers, on
         the float model's inputs: typical layers of the stack, not the embeddings."""
+        _, layers = self._block_layers(block, prefix, all_layers, inputs)
+        return self._default_lam(layers)
+
+    def _block_layers(self, block, prefix, all_layers, inputs) -> tuple[dict, list]:
+        """Load ``block``, collect its layers' Hessians on ``inputs`` and measure their
+        sensitivities on its output. Returns the model's modules and the block's layers."""
         self._materialize(prefix, block)
         layers_here = {name: kind for name, kind in all_layers.items() if name.startswith(prefix)}
         modules = dict(self.model.named_modules())
         collector = _SharedHessians(modules, layers_here)
+        started = time.perf_counter()
         try:
             for item in inputs:
                 block(item.hidden, *item.args, **item.kwargs)
                 collector.batch_done()
         finally:
             collector.remove()
-        layers = self._layers(modules, layers_here, collector.hessians(self.embedding_smoothing))
+        self.hessian_seconds += time.perf_counter() - started
+        hessians = collector.hessians(self.embedding_smoothing)
+        del collector
+        layers = self._layers(modules, layers_here, hessians)
+        del hessians
         self._sensitivities(layers, modules, lambda: [
             _hidden_of(block(i.hidden, *i.args, **i.kwargs))
             for i in inputs[:self.sensitivity_batches]])
-        return self._default_lam(layers)
+        return modules, layers
 
     def _default_lam(self, layers) -> float:
         from .compress import ModelEncoder
