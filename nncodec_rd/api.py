@@ -9,12 +9,14 @@ from .encoder.methods import model_entropy_settings
 from .encoder.quantize import quantize_rtn
 from .encoder.writer import NrdWriter
 from .format.grids import EntropySettings
+from .format.layout import RowGeometry
 
 
 def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: str = "auto",
               step: float | None = None, relative_step: float | None = None,
               bins: int | None = None, per_row: bool = False,
-              settings: EntropySettings | None = None, min_quantized_elements: int = 1024) -> int:
+              settings: EntropySettings | None = None, min_quantized_elements: int = 1024,
+              report=None) -> int:
     """Write ``tensors`` (name -> NumPy array) to an .nrd file.
 
     Floating-point tensors are rounded to a uniform grid and entropy-coded (the data-free ``rtn``
@@ -38,6 +40,9 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
         Entropy-coding settings (:class:`nncodec_rd.EntropySettings`); by default each tensor
         gets the probability precision up to 14 bits that codes it smallest
         (``EntropySettings(choose_precision=True)``).
+    report:
+        An optional :class:`nncodec_rd.encoder.fidelity.SqnrReport` that gets each coded
+        tensor's signal-to-quantization-noise ratio.
 
     Returns
     -------
@@ -60,12 +65,24 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
         if coded:
             indices, grid = quantize_rtn(array.astype(np.float32), step=step,
                                          relative_step=relative_step, bins=bins, per_row=per_row)
+            if report is not None:
+                report.add(name, array.astype(np.float64), _dequantized(indices, grid))
             dtype = "bfloat16" if array.dtype.name == "bfloat16" else array.dtype.name
             writer.add_indices(name, indices, grid, dtype, settings=settings,
                                metadata={"original_dtype": array.dtype.name})
         else:
             writer.add_raw(name, array)
     return writer.close()
+
+
+def _dequantized(indices: np.ndarray, grid) -> np.ndarray:
+    """The values a decoder reconstructs from ``quantize_rtn``'s indices and grid (float64)."""
+    steps = np.asarray(grid.steps, dtype=np.float32).reshape(-1).astype(np.float64)
+    if len(steps) == 1:
+        return indices * steps[0]
+    geometry = RowGeometry.of_shape(indices.shape)
+    rows = indices.reshape(geometry.rows, geometry.row_length)
+    return (rows * steps[:, None]).reshape(indices.shape)
 
 
 def _check_framework(framework: str, device) -> str:

@@ -209,6 +209,7 @@ def _encode_folder(arguments) -> int:
 
 def _encode_data_free(arguments) -> int:
     from .api import save_file
+    from .encoder.fidelity import SqnrReport
     from .format.grids import EntropySettings
     from .io.tensorio import read_tensors
 
@@ -226,15 +227,19 @@ def _encode_data_free(arguments) -> int:
     settings = EntropySettings(precision_bits=arguments.precision_bits, lane_count=arguments.lanes,
                                context_model=arguments.context,
                                choose_precision=not arguments.fixed_precision)
+    report = SqnrReport()
     size = save_file(tensors, arguments.output, metadata=metadata,
                      quantize=arguments.quantize or "auto",
                      step=arguments.step, relative_step=arguments.relative_step,
-                     bins=arguments.bins, per_row=arguments.per_row, settings=settings)
+                     bins=arguments.bins, per_row=arguments.per_row, settings=settings,
+                     report=report)
     original = sum(t.nbytes for t in tensors.values())
     count = sum(t.size for t in tensors.values())
     print(f"wrote {arguments.output}: {size} bytes ({8 * size / max(count, 1):.3f} bits per element, "
           f"{original / max(size, 1):.1f}x smaller than {original} bytes) in "
-          f"{time.perf_counter() - start:.2f} s", file=sys.stderr)
+          f"{time.perf_counter() - start:.2f} s; {report.summary()}", file=sys.stderr)
+    if report.warning():
+        print(report.warning(), file=sys.stderr)
     return 0
 
 

@@ -180,3 +180,28 @@ def test_decode_refuses_tensors_beyond_the_output_bound(tmp_path, capsys):
     assert not (tmp_path / "m.npz").exists()
     with pytest.raises(nncodec_rd.LimitExceededError):
         nncodec_rd.load_file(tmp_path / "m.nrd", max_output_bytes=1000)
+
+
+def test_a_data_free_encode_reports_sqnr_and_warns_when_it_destroys_the_weights(tmp_path, capsys):
+    """The warning fires for a 15-bin grid on heavy-tailed weights and not for the default step
+    (the threshold's measurement: nncodec_rd/encoder/fidelity.py)."""
+    import numpy as np
+
+    from nncodec_rd.cli import main
+    from nncodec_rd.io.tensorio import write_safetensors
+
+    generator = np.random.default_rng(0)
+    weights = generator.standard_t(2, size=(256, 128)).astype(np.float32)  # outliers
+    write_safetensors(tmp_path / "w.safetensors", {"w": weights})
+    assert main(["encode", str(tmp_path / "w.safetensors"), "-o", str(tmp_path / "a.nrd")]) == 0
+    default = capsys.readouterr().err
+    assert "weights SQNR" in default and "warning" not in default
+    assert main(["encode", str(tmp_path / "w.safetensors"), "-o", str(tmp_path / "b.nrd"),
+                 "--bins", "15"]) == 0
+    coarse = capsys.readouterr().err
+    assert "warning: the weights keep" in coarse
+    overall = float(coarse.split("weights SQNR ")[1].split(" dB")[0])
+    decoded = __import__("nncodec_rd").load_file(tmp_path / "b.nrd")["w"]
+    expected = 10 * np.log10(np.sum(weights.astype(np.float64) ** 2)
+                             / np.sum((weights.astype(np.float64) - decoded) ** 2))
+    assert abs(overall - expected) < 0.05
