@@ -19,9 +19,10 @@ Examples
 --------
 >>> import numpy as np
 >>> report = SqnrReport()
->>> report.add("w", np.array([1.0, -1.0]), np.array([1.1, -0.9]))
->>> round(report.overall_db, 1), report.lowest
-(20.0, ('w', 20.0))
+>>> round(report.add("w", np.array([1.0, -1.0]), np.array([1.1, -0.9])), 6)
+20.0
+>>> round(report.overall_db, 6), report.lowest[0]
+(20.0, 'w')
 """
 
 from __future__ import annotations
