@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test docs fuzz fuzz-long bench bench-rd bench-grid bench-lazy clean
+.PHONY: setup demo test docs fuzz fuzz-long bench bench-rd bench-grid bench-lazy bench-any-size clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,12 @@ bench-grid: $(VENV)/.demo-installed
 bench-lazy: $(VENV)/.demo-installed
 	mkdir -p bench/results
 	$(PY) bench/lazy_inference.py
+
+# The block-sequential encoder on random-init Llama checkpoints of 60 M to 1.1 B parameters
+# (docs/any-size.md; about 2 hours on 2 cores, about 10 GB of checkpoints under out/any_size).
+bench-any-size: $(VENV)/.demo-installed
+	mkdir -p bench/results
+	$(PY) bench/any_size.py --json bench/results/any_size.json
 
 clean:
 	rm -rf $(VENV) out .hypothesis .pytest_cache docs/_build
