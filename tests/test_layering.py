@@ -1,4 +1,4 @@
-"""The import directions of DESIGN.md hold: format imports nothing else of the package, the decoder
+"""The import directions of the README's layout hold: format imports nothing else of the package, the decoder
 only format, torch only in encoder/ and torch/, nothing imports conformance or tests."""
 
 import ast
