@@ -184,6 +184,7 @@ def _encode_folder(arguments) -> int:
     start = time.perf_counter()
     metadata = {"encoder_settings": json.dumps({
         "method": arguments.method or "cerwu", "lam": arguments.lam, "sequential": True,
+        "target_fidelity": arguments.target_fidelity,
         "per_row": arguments.per_row, "grid_choice": arguments.grid_choice,
         "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity}),
         "source": os.path.basename(os.path.normpath(arguments.input))}
@@ -199,11 +200,19 @@ def _encode_folder(arguments) -> int:
         calibration_text=arguments.calibration_text, stack=arguments.stack,
         per_channel=arguments.per_row, act_order=not arguments.no_act_order,
         sensitivity=not arguments.no_sensitivity, metadata=metadata,
-        sequences=arguments.calibration_sequences, resume=arguments.resume, **options)
+        sequences=arguments.calibration_sequences, resume=arguments.resume,
+        target_fidelity=arguments.target_fidelity, **options)
+    fidelity = ""
+    if outcome.fidelity is not None:
+        fidelity = (f"; output fidelity {outcome.fidelity:.4f} (mean cosine on held-out "
+                    f"calibration text, target {arguments.target_fidelity:g}, "
+                    f"{len(outcome.lam_trials)} trials)")
     print(f"wrote {arguments.output}: {outcome.size_bytes:,} bytes, "
           f"{outcome.bits_per_weight:.3f} bits per coded weight ({outcome.coded_weights:,} "
-          f"weights), lambda {outcome.lam:.4g}, in {time.perf_counter() - start:.1f} s",
-          file=sys.stderr)
+          f"weights), lambda {outcome.lam:.4g}, in {time.perf_counter() - start:.1f} s; "
+          f"{outcome.sqnr.summary()}{fidelity}", file=sys.stderr)
+    if outcome.sqnr.warning() and outcome.fidelity is None:  # a measured fidelity says more
+        print(outcome.sqnr.warning(), file=sys.stderr)
     return 0
 
 
@@ -272,10 +281,20 @@ def _check_encode_arguments(parser, arguments) -> None:
             if getattr(arguments, name) is not None:
                 parser.error(f"{option} does not apply to a model folder (it is encoded block by "
                              f"block with its own tokenizer; see --calibration-text)")
+        if arguments.target_fidelity is not None:
+            if arguments.lam is not None:
+                parser.error("give --lam or --target-fidelity, not both")
+            if arguments.resume:
+                parser.error("--resume does not apply to a --target-fidelity search (each trial "
+                             "is a whole encode); give the --lam it found to resume")
+            if not 0 < arguments.target_fidelity < 1:
+                parser.error(f"--target-fidelity is a mean cosine in (0, 1), not "
+                             f"{arguments.target_fidelity}")
         return
     if arguments.resume:
         parser.error("--resume applies only to a Hugging Face model folder as INPUT")
-    for name, option in (("calibration_text", "--calibration-text"), ("stack", "--stack")):
+    for name, option in (("calibration_text", "--calibration-text"), ("stack", "--stack"),
+                         ("target_fidelity", "--target-fidelity")):
         if getattr(arguments, name) is not None:
             parser.error(f"{option} applies only to a Hugging Face model folder as INPUT")
     if arguments.calibration is None and arguments.model is None:
@@ -397,7 +416,7 @@ def _torch_encoder():
     """The PyTorch side of the encoder, or an :class:`EncoderError` saying how to install it."""
     try:
         from .torch import calibration
-        from .torch.compress import compress, load_weights
+        from .torch.model_encoder import compress, load_weights
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] == "torch":
             raise EncoderError("--calibration and --model need PyTorch: pip install "
@@ -597,7 +616,7 @@ Inputs:
                          inputs are cast to the model's dtype. --method defaults to cerwu.
   --model MODULE:FUNCTION [INPUT]
                          no calibration data: rtn only, on the model's layers.
-  MODEL_DIR [--calibration-text FILE]
+  MODEL_DIR [--calibration-text FILE] [--target-fidelity COSINE]
                          a Hugging Face model folder (config.json; model.safetensors, shards
                          with their index, or pytorch_model.bin), encoded block by block with
                          memory for one block, not the model. Calibration: the lines of FILE,
@@ -613,6 +632,7 @@ Inputs:
 Examples:
   nncodec-rd encode model.safetensors -o model.nrd
   nncodec-rd encode path/to/llama-folder -o llama.nrd --calibration-text my_texts.txt
+  nncodec-rd encode path/to/bert-folder -o bert.nrd --target-fidelity 0.99
   nncodec-rd encode weights.pt -o weights.nrd --bins 63 --per-row
   nncodec-rd encode --calibration nncodec_rd.torch.examples:tiny_mlp --method cerwu \\
       --target-bpw 4 -o tiny.nrd
@@ -739,6 +759,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue a stopped run from its journal (OUTPUT.journal, kept "
                              "beside the output until the file is written) after its last "
                              "finished block; the file is the same as an uninterrupted run's")
+    folder.add_argument("--target-fidelity", type=float, metavar="COSINE",
+                        help="the smallest file whose decoded model keeps this mean cosine of "
+                             "its output (last hidden state; a causal LM's logits) on the last "
+                             "quarter of the calibration texts, held out from calibration; "
+                             "searches λ by whole encodes (about 6 to 9)")
     folder.add_argument("--stack", metavar="MODULE",
                         help="module name of the model's stack of blocks, if the encoder's "
                              "guess is wrong (such as model.layers)")

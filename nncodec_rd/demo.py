@@ -39,7 +39,7 @@ def run_demo(output_folder: str, method: str = "cerwu", lam_factor: float = 3.0)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .benchmarks.sentences import calibration_sentences, evaluation_sentences
     from .encoder.obs import QuantizerSettings
-    from .torch.compress import ModelEncoder, load_into, load_weights
+    from .torch.model_encoder import ModelEncoder, load_into, load_weights
 
     folder = bundled_model_folder()
     sentence_model = SentenceTransformer(folder, device="cpu")

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from nncodec_rd.api import safe_open  # noqa: E402
 from nncodec_rd.cli import main  # noqa: E402
-from nncodec_rd.torch.compress import load_into  # noqa: E402
+from nncodec_rd.torch.model_encoder import load_into  # noqa: E402
 from nncodec_rd.torch.examples import tiny_mlp  # noqa: E402
 
 ENTRY_POINT = "nncodec_rd.torch.examples:tiny_mlp"
@@ -188,7 +188,7 @@ def test_options_that_do_not_fit_together(tmp_path, capsys, argv, message):
 
 def test_without_torch_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails as if not installed
-    for name in ("nncodec_rd.torch.compress", "nncodec_rd.torch.examples",
+    for name in ("nncodec_rd.torch.model_encoder", "nncodec_rd.torch.examples",
                  "nncodec_rd.torch.hessians", "nncodec_rd.torch.state_dict"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     code, _, err = run(capsys, "encode", "--calibration", ENTRY_POINT, "-o", tmp_path / "x.nrd")

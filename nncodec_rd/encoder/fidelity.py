@@ -42,12 +42,30 @@ class SqnrReport:
     """Signal and noise power of each coded tensor, added with :meth:`add`."""
 
     tensors: dict = field(default_factory=dict)  # name -> (signal energy, noise energy)
+    advice: str = "use a finer grid (more --bins, a smaller --relative-step)"
+    """What the warning tells the user to change (the encoder's own option)."""
 
     def add(self, name: str, original: np.ndarray, reconstruction: np.ndarray) -> float:
         """Record one tensor; returns its SQNR in dB."""
         original = np.asarray(original, dtype=np.float64)
         error = original - np.asarray(reconstruction, dtype=np.float64)
         signal, noise = float(np.sum(original ** 2)), float(np.sum(error ** 2))
+        self.tensors[name] = (signal, noise)
+        return _db(signal, noise)
+
+    def add_rows(self, name: str, original: np.ndarray, reconstruct, rows_per_chunk: int = 0
+                 ) -> float:
+        """Record one matrix a block of rows at a time (no full-size temporaries for a large
+        layer): ``reconstruct(rows)`` gives the decoded values of the slice ``rows``. Returns
+        the tensor's SQNR in dB."""
+        count = original.shape[0]
+        step = rows_per_chunk or max(1, (1 << 20) // max(1, original[0].size if count else 1))
+        signal = noise = 0.0
+        for start in range(0, count, step):
+            rows = slice(start, min(count, start + step))
+            part = np.asarray(original[rows], dtype=np.float64)
+            signal += float(np.sum(part ** 2))
+            noise += float(np.sum((part - np.asarray(reconstruct(rows), dtype=np.float64)) ** 2))
         self.tensors[name] = (signal, noise)
         return _db(signal, noise)
 
@@ -79,8 +97,7 @@ class SqnrReport:
             return None
         return (f"warning: the weights keep {self.overall_db:.1f} dB SQNR, below "
                 f"{WARN_BELOW_DB:g} dB: the decoded model is likely broken (all-MiniLM-L6-v2 fell "
-                f"to cosine 0.90 at 16.8 dB); use a finer grid (more --bins, a smaller "
-                f"--relative-step)")
+                f"to cosine 0.90 at 16.8 dB); {self.advice}")
 
 
 def _db(signal: float, noise: float) -> float:

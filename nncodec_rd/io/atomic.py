@@ -85,25 +85,33 @@ def resolve_output_path(path) -> str:
 
 @contextlib.contextmanager
 def removed_on_termination(temporary):
-    """While the block runs, SIGTERM/SIGHUP (if their action is the default) first remove
-    ``temporary`` (a path, or a callable returning one or None), then terminate the process by
-    the same signal, as they would have."""
+    """While the block runs, SIGTERM/SIGHUP (if their action is the default, or another
+    ``removed_on_termination`` of an outer block) first remove ``temporary`` (a path, a list of
+    paths, or a callable returning either or None), then do what the outer block would have: in
+    the end, terminate the process by the same signal, as it would have been."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
     previous = {}
     for number in CLEANUP_SIGNALS:
-        if signal.getsignal(number) is signal.SIG_DFL:
-            previous[number] = signal.SIG_DFL
+        handler = signal.getsignal(number)
+        if handler is signal.SIG_DFL or getattr(handler, "removes_temporaries", False):
+            previous[number] = handler
 
     def terminate(number, frame):
-        path = temporary() if callable(temporary) else temporary
-        if path is not None:
+        paths = temporary() if callable(temporary) else temporary
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            paths = [paths]
+        for path in paths or []:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        outer = previous.get(number, signal.SIG_DFL)
+        if outer is not signal.SIG_DFL:
+            outer(number, frame)  # an enclosing block's files go too
         signal.signal(number, signal.SIG_DFL)
         os.kill(os.getpid(), number)  # die of the signal, with its exit status
 
+    terminate.removes_temporaries = True
     try:
         for number in previous:
             signal.signal(number, terminate)

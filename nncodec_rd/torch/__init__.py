@@ -1,12 +1,15 @@
-"""PyTorch side of nncodec-rd: compress a model (:mod:`.compress`), load a file back eagerly or
-with weights kept compressed until layers run (:func:`load_compressed`, :mod:`.lazy`), and the
-safetensors-style ``save_file``/``load_file``/``save_model``/``load_model`` (:mod:`.files`).
+"""PyTorch side of nncodec-rd: compress a model (:func:`compress`, :mod:`.model_encoder`), load a
+file back eagerly (:func:`load_into`) or with weights kept compressed until layers run
+(:func:`load_compressed`, :mod:`.lazy`), Hugging Face folders (:func:`compress_pretrained`,
+:func:`from_pretrained`), and the safetensors-style ``save_file``/``load_file``/``save_model``/``load_model`` (:mod:`.files`).
 
 The names below are imported on first use, so that importing one submodule (such as
 :mod:`.digits_cnn`) does not load the encoder.
 """
 
-_EXPORTS = {"load_compressed": "lazy", "lazy_weights": "lazy", "CompressedWeight": "lazy",
+_EXPORTS = {"compress": "model_encoder", "load_into": "model_encoder",
+            "CompressionResult": "model_encoder",
+            "load_compressed": "lazy", "lazy_weights": "lazy", "CompressedWeight": "lazy",
             "LazyWeights": "lazy", "save_file": "files", "load_file": "files",
             "save_model": "files", "load_model": "files",
             "compress_pretrained": "pretrained", "from_pretrained": "pretrained"}

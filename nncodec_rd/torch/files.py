@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import api
-from .compress import _to_torch, compress, load_into
+from .model_encoder import _to_torch, compress, load_into
 from .state_dict import tensor_to_numpy
 
 
@@ -96,9 +96,9 @@ class _TorchSlice:
 def save_model(model: torch.nn.Module, path, calibration_batches=None, **options):
     """Compress ``model`` into an .nrd file: with ``calibration_batches`` by rate-constrained
     OBS (``method="cerwu"`` unless given), without them by data-free rounding (``rtn``). Tied
-    weights are stored once. ``options`` go to :func:`nncodec_rd.torch.compress.compress`
+    weights are stored once. ``options`` go to :func:`nncodec_rd.torch.model_encoder.compress`
     (``lam``, ``target_bpw``, ``target_metric``, ``metadata``, ...). Returns its
-    :class:`~nncodec_rd.torch.compress.CompressionResult`."""
+    :class:`~nncodec_rd.torch.model_encoder.CompressionResult`."""
     options.setdefault("method", "cerwu" if calibration_batches is not None else "rtn")
     options.setdefault("progress", False)
     return compress(model, calibration_batches, path=path, **options)

@@ -14,7 +14,9 @@ into sequences of ``sequence_length`` tokens; other models get batches of padded
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 
 import torch
 
@@ -23,12 +25,27 @@ from ..encoder.obs import QuantizerSettings
 from ..format.errors import EncoderError
 from ..io.hf_folder import MAX_FILE_BYTES, folder_metadata
 from .checkpoint import CheckpointWeights, empty_model
-from .compress import CompressionResult
+from .model_encoder import CompressionResult
 from .sequential import SequentialEncoder
 
 
 JOURNAL_SUFFIX = ".journal"
 """The journal of an encode to ``FILE`` is the folder ``FILE.journal`` beside it."""
+
+HELD_OUT_FRACTION = 0.25
+"""The part of the calibration texts a fidelity target is measured on (never calibrated on)."""
+
+HELD_OUT_SEQUENCES = 8
+"""At most this many held-out sequences (or texts) measure the fidelity."""
+
+SEARCH_FACTOR = 4.0
+"""λ moves by this factor until the target is bracketed; bisection (in log λ) follows."""
+
+SEARCH_RATIO = 1.25
+"""The search stops when the bracket of λ is narrower than this ratio."""
+
+MAX_TRIALS = 12
+"""A fidelity search stops after this many encodes."""
 
 
 def read_text_lines(path) -> list[str]:
@@ -103,17 +120,23 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                         per_channel: bool = False, grid_choice: str = DEFAULT_GRID_CHOICE,
                         act_order: bool = True, sensitivity: bool = True,
                         metadata: dict | None = None, progress=True,
-                        resume: bool = False) -> CompressionResult:
+                        resume: bool = False, target_fidelity: float | None = None,
+                        held_out_fraction: float = HELD_OUT_FRACTION) -> CompressionResult:
     """Encode the Hugging Face model folder ``model_dir`` into the .nrd file ``path``, one block
     at a time (memory: one block, not the model).
 
     ``calibration_text``: a text file (one text per line) or a list of strings; None uses the
     bundled English sentences (domain text of your own calibrates better). The other options
-    are those of :func:`nncodec_rd.torch.compress.compress`.
+    are those of :func:`nncodec_rd.torch.model_encoder.compress`.
 
     The run keeps a journal in ``path + ".journal"`` (removed when the file is written):
     ``resume=True`` continues a run that was stopped (killed, out of memory, a power cut) after
     its last finished block, and writes the same bytes an uninterrupted run would.
+
+    ``target_fidelity`` (instead of ``lam``): the smallest file whose decoded model keeps this
+    mean cosine of its output (:func:`output_fidelity`) on the last ``held_out_fraction`` of the
+    texts, which the encoder does not calibrate on. λ is searched by whole encodes (about 6 to 9
+    of them); the result's ``fidelity`` is the value measured on the file returned.
     """
     model_dir = os.fspath(model_dir)
     weights = CheckpointWeights(model_dir)
@@ -126,8 +149,20 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
         texts = [str(text) for text in calibration_text if str(text).strip()]
         if not texts:
             raise EncoderError("calibration_text holds no non-empty text")
+    held_out = None
+    if target_fidelity is not None:
+        if lam is not None:
+            raise EncoderError("give lam or target_fidelity, not both")
+        if not (math.isfinite(target_fidelity) and 0 < target_fidelity < 1):
+            raise EncoderError(f"target_fidelity is a mean cosine in (0, 1), not "
+                               f"{target_fidelity}")
+        if resume:
+            raise EncoderError("resume does not apply to a target_fidelity search (each trial "
+                               "is a whole encode); give the λ it found to resume")
+        texts, held_out = split_held_out(texts, held_out_fraction)
     tokenizer = load_tokenizer(model_dir)
-    batches = text_batches(tokenizer, texts, causal=is_causal_lm(config), sequences=sequences,
+    causal = is_causal_lm(config)
+    batches = text_batches(tokenizer, texts, causal=causal, sequences=sequences,
                            sequence_length=sequence_length, batch_size=batch_size)
     # The folder's small files (config, tokenizer, model card) and shard layout travel in the
     # file: one .nrd is the whole archive (nncodec-rd decode FILE -o FOLDER/ restores it).
@@ -140,11 +175,168 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     settings = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
                                  per_channel=per_channel, act_order=act_order,
                                  grid_choice=grid_choice, entropy=model_entropy_settings())
-    encoder = SequentialEncoder(model, batches, weights=weights, stack=stack,
-                                per_channel=per_channel, sensitivity=sensitivity,
-                                progress=progress)
-    return encoder.encode(settings, path, metadata, lam=lam,
-                          journal=os.fspath(path) + JOURNAL_SUFFIX, resume=resume)
+
+    def encoder_of(model):
+        return SequentialEncoder(model, batches, weights=weights, stack=stack,
+                                 per_channel=per_channel, sensitivity=sensitivity,
+                                 progress=progress)
+
+    if target_fidelity is None:
+        return encoder_of(model).encode(settings, path, metadata, lam=lam,
+                                        journal=os.fspath(path) + JOURNAL_SUFFIX, resume=resume)
+    held_batches = text_batches(tokenizer, held_out, causal=causal,
+                                sequences=max(1, min(HELD_OUT_SEQUENCES, sequences)),
+                                sequence_length=sequence_length, batch_size=batch_size)
+    return _encode_to_fidelity(model_dir, path, encoder_of, model, settings, metadata,
+                               held_batches, target_fidelity, progress)
+
+
+def split_held_out(texts: list[str], fraction: float = HELD_OUT_FRACTION
+                   ) -> tuple[list[str], list[str]]:
+    """(calibration texts, held-out texts): the last ``fraction`` of the texts, at least one,
+    held out.
+
+    >>> split_held_out(["a", "b", "c", "d", "e", "f", "g", "h"])
+    (['a', 'b', 'c', 'd', 'e', 'f'], ['g', 'h'])
+    """
+    if not 0 < fraction < 1:
+        raise EncoderError(f"held_out_fraction must be in (0, 1), not {fraction}")
+    if len(texts) < 2:
+        raise EncoderError("a fidelity target needs at least 2 calibration texts (lines): one "
+                           "part to calibrate on, one held out to measure the fidelity on")
+    held = min(len(texts) - 1, max(1, round(len(texts) * fraction)))
+    return texts[:-held], texts[-held:]
+
+
+def output_fidelity(model, reference: list, batches: list) -> float:
+    """Mean cosine similarity between ``model``'s outputs on ``batches`` and ``reference`` (the
+    original model's): per token of the first output tensor (the last hidden state, or a
+    causal language model's logits), padding excluded.
+
+    >>> model = torch.nn.Linear(3, 3)
+    >>> batch = torch.ones(2, 3)
+    >>> with torch.no_grad():
+    ...     reference = [model(batch)]
+    >>> round(output_fidelity(model, reference, [batch]), 6)
+    1.0
+    """
+    from .hessians import first_tensor, run_batch
+
+    total = count = 0.0
+    with torch.no_grad():
+        for batch, expected in zip(batches, reference):
+            output = first_tensor(run_batch(model, batch)).float()
+            cosine = torch.nn.functional.cosine_similarity(
+                output.reshape(-1, output.shape[-1]), expected.reshape(-1, output.shape[-1]),
+                dim=-1)
+            mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+            if mask is not None and mask.numel() == cosine.numel():
+                keep = mask.reshape(-1).bool()
+                cosine = cosine[keep]
+            total += float(cosine.double().sum())
+            count += cosine.numel()
+    return total / max(count, 1)
+
+
+def _float_model(path_or_folder, decoded: bool):
+    """The model of a folder (or of an .nrd archive, decoded), float32, eval mode."""
+    if decoded:
+        model = from_pretrained(path_or_folder)
+    else:
+        from transformers import AutoConfig
+
+        from .checkpoint import model_class_for
+
+        model = model_class_for(AutoConfig.from_pretrained(path_or_folder)).from_pretrained(
+            path_or_folder)
+    return model.float().eval()
+
+
+def _encode_to_fidelity(model_dir, path, encoder_of, model, settings, metadata, held_batches,
+                        target: float, progress) -> CompressionResult:
+    """Search λ for the smallest file at ``target`` fidelity; trials are written beside
+    ``path`` and only the chosen one is kept (as ``path``)."""
+    from ..io.atomic import removed_on_termination
+    from .checkpoint import empty_model
+    from .hessians import first_tensor, run_batch
+
+    path = os.fspath(path)
+    say = progress if callable(progress) else (
+        (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda _: None))
+    original = _float_model(model_dir, decoded=False)
+    with torch.no_grad():
+        reference = [first_tensor(run_batch(original, batch)).float() for batch in held_batches]
+    del original
+    folder, name = os.path.split(os.path.abspath(path))
+    trials: list[dict] = []
+    best = None  # (size, trial path, outcome)
+    made: list[str] = []
+
+    def trial(lam: float):
+        nonlocal best
+        trial_path = os.path.join(folder, f".{name}.trial-{len(trials) + 1}")
+        made.append(trial_path)
+        fresh = model if not trials else empty_model(model_dir)[0]
+        outcome = encoder_of(fresh).encode(settings, trial_path, metadata, lam=lam)
+        decoded = _float_model(trial_path, decoded=True)
+        fidelity = output_fidelity(decoded, reference, held_batches)
+        del decoded
+        passes = fidelity >= target
+        trials.append({"lam": lam, "size_bytes": outcome.size_bytes, "fidelity": fidelity,
+                       "bits_per_weight": outcome.bits_per_weight, "passes": passes})
+        say(f"trial {len(trials)}: lambda {lam:.4g}, {outcome.bits_per_weight:.3f} bits per "
+            f"coded weight, fidelity {fidelity:.4f} ({'meets' if passes else 'misses'} "
+            f"{target})")
+        if passes and (best is None or outcome.size_bytes < best[0]):
+            if best is not None:
+                os.unlink(best[1])
+            outcome.fidelity = fidelity
+            best = (outcome.size_bytes, trial_path, outcome)
+        else:
+            os.unlink(trial_path)
+        return passes
+
+    with removed_on_termination(lambda: [p for p in made if os.path.exists(p)]):
+        try:
+            lam = encoder_of(model).initial_lam()
+            low = high = None  # low passes, high fails
+            if trial(lam):
+                low = lam
+                while high is None and len(trials) < MAX_TRIALS:
+                    lam *= SEARCH_FACTOR
+                    if trial(lam):
+                        low = lam
+                    else:
+                        high = lam
+            else:
+                high = lam
+                while low is None and len(trials) < MAX_TRIALS:
+                    lam /= SEARCH_FACTOR
+                    if trial(lam):
+                        low = lam
+                    else:
+                        high = lam
+            while (low is not None and high is not None and high / low > SEARCH_RATIO
+                   and len(trials) < MAX_TRIALS):
+                lam = math.sqrt(low * high)
+                if trial(lam):
+                    low = lam
+                else:
+                    high = lam
+            if best is None:
+                raise EncoderError(f"no λ tried keeps fidelity {target} (best "
+                                   f"{max(t['fidelity'] for t in trials):.4f} at λ "
+                                   f"{min(t['lam'] for t in trials):.3g}); the target may be out "
+                                   f"of reach of this method")
+            os.replace(best[1], path)
+        finally:
+            for leftover in made:
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+    outcome = best[2]
+    outcome.path = path
+    outcome.lam_trials = trials
+    return outcome
 
 
 
@@ -179,4 +371,4 @@ def from_pretrained(path, *, model_class=None, threads: int | None = None, **opt
 
 
 __all__ = ["bundled_texts", "compress_pretrained", "from_pretrained", "is_causal_lm",
-           "read_text_lines", "text_batches"]
+           "output_fidelity", "read_text_lines", "split_held_out", "text_batches"]

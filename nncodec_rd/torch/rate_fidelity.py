@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .compress import ModelEncoder, load_into, load_weights
+from .model_encoder import ModelEncoder, load_into, load_weights
 from ..encoder.methods import METHODS, model_entropy_settings, resolved_grid_choice
 from ..encoder.obs import QuantizerSettings
 from ..format.grids import EntropySettings

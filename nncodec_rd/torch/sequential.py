@@ -39,14 +39,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from ..encoder.fidelity import SqnrReport
 from ..encoder.obs import QuantizerSettings, layer_distortion, quantize_layer
 from ..encoder.transform import TRANSFORM_METHODS
 from ..encoder.writer import NrdWriter
 from ..format.errors import EncoderError
 from ..io.atomic import removed_on_termination
 from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_parameters
-from .compress import (CompressionResult, LayerSummary, _Progress, make_layer,
+from .model_encoder import (CompressionResult, LayerSummary, make_layer,
                        reconstruction_of, write_layer)
+from .progress import Progress
 from .hessians import (HessianAccumulator, find_layers, first_tensor, matrix_to_stored_layout,
                        run_batch, weight_matrix)
 from .state_dict import tensor_to_numpy
@@ -319,7 +321,7 @@ class SequentialEncoder:
         self.sensitivity = sensitivity
         self.sensitivity_batches = max(1, sensitivity_batches)
         self.sensitivity_exponent = sensitivity_exponent
-        self.progress = _Progress(progress)
+        self.progress = Progress(progress)
         self.hessian_seconds = 0.0
         self._check_checkpoint()
 
@@ -400,6 +402,7 @@ class SequentialEncoder:
         self.summaries: list = []
         self.coded_weights = 0
         self.layer_seconds = 0.0
+        self.sqnr = SqnrReport(advice="give a smaller --lam, or --target-fidelity")
         self._written: set[str] = set()
         self._quantized: dict[str, str] = {}  # parameter -> parameter coded first (ties)
         self._outside_originals: dict = {}
@@ -447,6 +450,7 @@ class SequentialEncoder:
         outcome = CompressionResult(path, size, self.coded_weights, settings.method,
                                     float(self.lam), self.summaries, self.hessian_seconds,
                                     time.perf_counter() - start)
+        outcome.sqnr = self.sqnr
         self.progress(f"{settings.method} lambda={self.lam:.4g}: {size:,} bytes, "
                       f"{outcome.bits_per_weight:.3f} bits/weight, "
                       f"{time.perf_counter() - start:.1f} s", final=True)
@@ -468,6 +472,10 @@ class SequentialEncoder:
         modules = dict(model.named_modules())
         blocks = list(self.stack)
         self.block_count = len(blocks)
+        # Layers to quantize: tied copies are coded once.
+        firsts = {min(self.ties.get(f"{name}.weight" if name else "weight", [name]))
+                  for name in all_layers}
+        self._layer_total, self._layers_started = len(firsts), 0
 
         # 1. Before the stack.
         collector = _SharedHessians(modules, outside)
@@ -505,10 +513,12 @@ class SequentialEncoder:
 
         # 2. The blocks.
         self._stack_started = time.perf_counter()
-        self._blocks_done = 0
+        self._blocks_done = self._blocks_timed = 0
         for index, block in enumerate(blocks):
             if resumed is not None and index < resumed["blocks_done"]:
                 self._blocks_done += 1
+                self._layers_started += sum(name.startswith(f"{stack_prefix}{index}.")
+                                            for name in all_layers)
                 continue
             prefix = f"{stack_prefix}{index}."
             block_modules, layers = self._block_layers(block, prefix, all_layers, inputs)
@@ -530,6 +540,7 @@ class SequentialEncoder:
             del outputs, originals
             _return_freed_memory()
             self._blocks_done += 1
+            self._blocks_timed += 1
             self._record(writer, index + 1, [item.hidden for item in inputs], None)
 
         # 3. After the stack.
@@ -602,6 +613,7 @@ class SequentialEncoder:
                  "summaries": [dataclasses.asdict(summary) for summary in self.summaries],
                  "written": sorted(self._written), "quantized": self._quantized,
                  "output_is_tuple": bool(getattr(self, "_output_is_tuple", False)),
+                 "sqnr": {name: list(energies) for name, energies in self.sqnr.tensors.items()},
                  "writer": writer.journal_state()}
         self._journal.save(state, hidden, outside_weights)
 
@@ -615,6 +627,8 @@ class SequentialEncoder:
         self._written = set(state["written"])
         self._quantized = dict(state["quantized"])
         self._output_is_tuple = state["output_is_tuple"]
+        self.sqnr.tensors = {name: tuple(energies)
+                             for name, energies in state.get("sqnr", {}).items()}
         for key, value in self._journal.outside_weights().items():
             module_name = key.rpartition(".")[0]
             weight = modules[module_name].weight
@@ -780,7 +794,7 @@ class SequentialEncoder:
         return modules, layers
 
     def _default_lam(self, layers) -> float:
-        from .compress import ModelEncoder
+        from .model_encoder import ModelEncoder
 
         holder = ModelEncoder.__new__(ModelEncoder)
         holder.layers = layers
@@ -794,10 +808,11 @@ class SequentialEncoder:
             self.lam = self._default_lam(layers)
         originals = {}
         for number, layer in enumerate(layers, 1):
-            elapsed = time.perf_counter() - self._start
-            self.progress(f"{label}: layer {number}/{len(layers)} {layer.parameter} "
-                          f"{'x'.join(map(str, layer.problem.weights.shape))}, "
-                          f"{elapsed:.0f} s elapsed{self._eta()}", final=True)
+            self._layers_started += 1
+            self.progress.step("quantize", self._layers_started, self._layer_total,
+                               f"{label}: layer {number}/{len(layers)} {layer.parameter} "
+                               f"{'x'.join(map(str, layer.problem.weights.shape))}",
+                               seconds_left=self._seconds_left())
             started = time.perf_counter()
             settings = replace(self.settings, per_channel=layer.per_channel,
                                lam=self.lam / layer.sensitivity)
@@ -807,6 +822,10 @@ class SequentialEncoder:
             write_layer(writer, self._file_name(layer.parameter), layer, result, seconds,
                         settings, self.summaries)
             self.coded_weights += layer.problem.weights.size
+            steps = result.steps.astype(np.float32)
+            self.sqnr.add_rows(self._file_name(layer.parameter), layer.problem.weights,
+                               lambda rows: result.indices[rows].astype(np.float32)
+                               * (steps[rows, None] if len(steps) > 1 else steps[0]))
             self._written.add(layer.parameter)
             self._quantized[layer.parameter] = layer.parameter
             for alias in self.ties.get(layer.parameter, []):
@@ -829,13 +848,13 @@ class SequentialEncoder:
             del result
         return originals
 
-    def _eta(self) -> str:
-        """Time left in the stack, from the blocks finished so far."""
-        done = getattr(self, "_blocks_done", 0)
-        if not done:
-            return ""
-        per_block = (time.perf_counter() - self._stack_started) / done
-        return f", about {per_block * (self.block_count - done) / 60:.1f} min left in the stack"
+    def _seconds_left(self) -> float | None:
+        """Time left in the stack, from the blocks finished so far (None before the first)."""
+        timed = getattr(self, "_blocks_timed", 0)
+        if not timed:
+            return None
+        per_block = (time.perf_counter() - self._stack_started) / timed
+        return per_block * (self.block_count - self._blocks_done)
 
     def _restore(self, modules, originals: dict) -> None:
         for name, original in originals.items():

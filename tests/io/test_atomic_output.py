@@ -178,3 +178,32 @@ def test_an_os_error_without_a_file_name_is_one_clean_line(tmp_path, capsys, mon
     assert main(["info", str(tmp_path / "x.nrd")]) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert line == f"nncodec-rd: error: {os.strerror(errno.ENOSPC)}"
+
+
+def test_sigterm_removes_the_temporaries_of_nested_blocks(tmp_path):
+    # An outer block (a search's trial files) around an inner one (an encode's spool): both go.
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    outer, inner, ready = tmp_path / "outer", tmp_path / "inner", tmp_path / "ready"
+    script = textwrap.dedent(f"""
+        import os, time
+        from nncodec_rd.io.atomic import removed_on_termination
+        for path in ({str(outer)!r}, {str(inner)!r}):
+            open(path, "w").close()
+        with removed_on_termination(lambda: [{str(outer)!r}]):
+            with removed_on_termination({str(inner)!r}):
+                open({str(ready)!r}, "w").close()
+                time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script])
+    for _ in range(300):
+        if ready.exists():
+            break
+        import time
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == -signal.SIGTERM
+    assert not outer.exists() and not inner.exists()

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from nncodec_rd.api import safe_open  # noqa: E402
 from nncodec_rd.format.errors import EncoderError  # noqa: E402
-from nncodec_rd.torch.compress import compress, load_into  # noqa: E402
+from nncodec_rd.torch.model_encoder import compress, load_into  # noqa: E402
 
 
 class SmallNet(torch.nn.Module):
@@ -58,7 +58,7 @@ def test_compress_file_decode_load_into(tmp_path, model_and_batches, method):
 
 
 def test_decoded_weights_equal_the_encoders_reconstruction(tmp_path, model_and_batches):
-    from nncodec_rd.torch.compress import ModelEncoder
+    from nncodec_rd.torch.model_encoder import ModelEncoder
     from nncodec_rd.encoder.obs import QuantizerSettings
 
     model, batches = model_and_batches
@@ -115,7 +115,7 @@ def test_errors_users_can_cause(model_and_batches, tmp_path):
 def test_per_layer_grids_reach_the_file_and_decode_to_the_reconstruction(tmp_path,
                                                                          model_and_batches):
     from nncodec_rd.encoder.obs import QuantizerSettings
-    from nncodec_rd.torch.compress import ModelEncoder
+    from nncodec_rd.torch.model_encoder import ModelEncoder
 
     model, batches = model_and_batches
     encoder = ModelEncoder(model, batches, progress=False)
@@ -139,3 +139,14 @@ def test_per_layer_grids_reach_the_file_and_decode_to_the_reconstruction(tmp_pat
             assert grid.has_zero_point == 1 and list(grid.zero_points) == list(result.zero_points)
             stored = handle.get_indices(name)
             assert stored.min() >= 0 and stored.max() < result.bins
+
+
+def test_the_package_names_the_functions_not_the_modules():
+    # `from nncodec_rd.torch import compress` once gave a module (the submodule had that name).
+    import nncodec_rd.torch as package
+    import nncodec_rd.torch.files  # noqa: F401  (imports the encoder's module, as users' code does)
+    from nncodec_rd.torch import compress as exported, load_into as exported_load
+
+    assert exported is compress and callable(exported)
+    assert exported_load is load_into
+    assert package.compress is compress

@@ -128,3 +128,51 @@ def test_shard_plan_puts_unknown_tensors_in_the_last_shard():
     assert shard_plan(["a", "b", "c"], metadata) == {
         "model-00001-of-00002.safetensors": ["a"], "model-00002-of-00002.safetensors": ["b", "c"]}
     assert shard_plan(["a"], {}) == {"model.safetensors": ["a"]}
+
+
+def test_target_fidelity_lands_at_or_above_its_value_on_held_out_text(tmp_path, capsys):
+    source = tmp_path / "source"
+    original = model_folder(source)
+    lines = ["the model weights are small", "a codec of text and data", "the file is not small",
+             "the weights of a model are data", "a file of text is not a codec",
+             "the data are small and the file is small", "text and weights and data",
+             "a small model of the codec"]
+    (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output = tmp_path / "m.nrd"
+    assert main(["encode", str(source), "-o", str(output), "--calibration-text",
+                 str(tmp_path / "texts.txt"), "--calibration-sequences", "2",
+                 "--target-fidelity", "0.995"]) == 0
+    printed = capsys.readouterr().err
+    reported = float(printed.split("output fidelity ")[1].split()[0])
+    assert reported >= 0.995
+    assert sorted(os.listdir(tmp_path)) == ["m.nrd", "source", "texts.txt"]  # no trial left
+    # Measured here: the held-out last quarter of the lines packed as calibration text is, the
+    # decoded model as transformers loads it, the cosine of every token's logits.
+    from nncodec_rd.torch import from_pretrained
+    from nncodec_rd.torch.pretrained import text_batches
+
+    decoded = from_pretrained(output).float()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    (batch,) = text_batches(tokenizer, lines[-2:], causal=True, sequences=2)
+    with torch.no_grad():
+        a = original.float()(**batch).logits
+        b = decoded(**batch).logits
+    measured = float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+    assert measured == pytest.approx(reported, abs=1e-4)
+    # the smallest passing trial was kept: a bigger λ (smaller file) that passed would be chosen
+    trials = [line for line in printed.splitlines() if line.startswith("trial ")]
+    assert len(trials) >= 3 and any("misses" in line for line in trials)
+
+
+def test_target_fidelity_refuses_what_cannot_work(tmp_path):
+    source = tmp_path / "source"
+    model_folder(source)
+    from nncodec_rd.format.errors import EncoderError
+    from nncodec_rd.torch import compress_pretrained
+
+    with pytest.raises(EncoderError, match="at least 2 calibration texts"):
+        compress_pretrained(source, tmp_path / "m.nrd", calibration_text=["the model"],
+                            target_fidelity=0.99, progress=False)
+    with pytest.raises(SystemExit):
+        main(["encode", str(source), "-o", str(tmp_path / "m.nrd"), "--lam", "1e-6",
+              "--target-fidelity", "0.99"])

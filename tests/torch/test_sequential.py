@@ -14,7 +14,7 @@ from nncodec_rd.format.errors import EncoderError
 from nncodec_rd.torch import checkpoint as checkpoint_module
 from nncodec_rd.torch import sequential as sequential_module
 from nncodec_rd.torch.checkpoint import CheckpointWeights, empty_model
-from nncodec_rd.torch.compress import compress, load_weights
+from nncodec_rd.torch.model_encoder import compress, load_weights
 from nncodec_rd.torch.sequential import SequentialEncoder, find_stack
 
 transformers = pytest.importorskip("transformers")

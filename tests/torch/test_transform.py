@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from conformance.spec_literal_decoder import decode_file  # noqa: E402
 from nncodec_rd.api import load_file, safe_open  # noqa: E402
 from nncodec_rd.encoder.transform import TransformLayerResult  # noqa: E402
-from nncodec_rd.torch.compress import (TRANSFORM_PREFIX, ModelEncoder, compress,  # noqa: E402
+from nncodec_rd.torch.model_encoder import (TRANSFORM_PREFIX, ModelEncoder, compress,  # noqa: E402
                                        load_into)
 
 

@@ -28,6 +28,7 @@ from ..encoder.transform import (FALLBACK_METHOD, TRANSFORM_METHODS, TransformLa
 from ..encoder.writer import NrdWriter
 from .hessians import (collect_hessians, find_layers, first_tensor, matrix_to_stored_layout,
                        run_batch, weight_matrix)
+from .progress import Progress
 from .state_dict import tensor_to_numpy
 
 TRANSFORM_PREFIX = "__transform__/"
@@ -75,6 +76,11 @@ class CompressionResult:
     """Payload bytes of the transform matrices (inside ``size_bytes``; 0 without transforms)."""
     transform_layers: int = 0
     """Layers coded as coefficients times a matrix."""
+    sqnr: object = field(default=None, repr=False)
+    """The weights' signal-to-quantization-noise ratios
+    (:class:`~nncodec_rd.encoder.fidelity.SqnrReport`), where the encoder recorded them."""
+    fidelity: float | None = None
+    """The model output's mean cosine on held-out data, where a fidelity target was given."""
 
     @property
     def bits_per_weight(self) -> float:
@@ -99,24 +105,6 @@ class CompressionResult:
                      + f"Hessians {self.hessian_seconds:.1f} s, "
                      f"quantize+code {self.encode_seconds:.1f} s")
         return "\n".join(lines)
-
-
-class _Progress:
-    """Per-layer progress on stderr (a callable may replace it)."""
-
-    def __init__(self, enabled):
-        self.callback = enabled if callable(enabled) else None
-        self.enabled = bool(enabled)
-
-    def __call__(self, message: str, final: bool = False) -> None:
-        if self.callback is not None:
-            self.callback(message)
-        elif self.enabled:
-            if sys.stderr.isatty():  # redraw one line in a terminal
-                sys.stderr.write("\r\033[K" + message[:120] + ("\n" if final else ""))
-            elif final:  # logs get the lines that matter, whole
-                sys.stderr.write(message + "\n")
-            sys.stderr.flush()
 
 
 @dataclass
@@ -188,7 +176,7 @@ class ModelEncoder:
                  sensitivity_batches: int = 1, sensitivity_exponent: float = 0.7,
                  progress=True):
         self.model = model
-        self.progress = _Progress(progress)
+        self.progress = Progress(progress)
         layers = find_layers(model, include)
         if not layers:
             raise EncoderError("the model has no supported layers (Linear, Conv1d/2d, Embedding, "
@@ -201,8 +189,8 @@ class ModelEncoder:
                 raise EncoderError("calibration_batches is empty")
             collected = collect_hessians(
                 model, calibration_batches, layers,
-                progress=lambda done, total: self.progress(
-                    f"calibration batch {done}" + (f"/{total}" if total else "")))
+                progress=lambda done, total: self.progress.step("calibration batch", done,
+                                                                total))
         else:
             collected = None
         self.hessian_seconds = time.perf_counter() - start
@@ -260,7 +248,7 @@ class ModelEncoder:
                 reference = [first_tensor(run_batch(self.model, batch)).double()
                              for batch in batches]
                 for number, layer in enumerate(self.layers, 1):
-                    self.progress(f"sensitivity [{number}/{len(self.layers)}] {layer.parameter}")
+                    self.progress.step("sensitivity", number, len(self.layers), layer.parameter)
                     problem = layer.problem
                     rms = float(np.sqrt(np.mean(problem.weights ** 2))) or 1.0
                     noise = generator.standard_normal(problem.weights.shape) * relative_noise * rms
@@ -340,9 +328,9 @@ class ModelEncoder:
         for number, layer in enumerate(self.layers, 1):
             if layer.parameter in grouped:
                 continue
-            self.progress(f"[{number}/{len(self.layers)}] {settings.method} lambda="
-                          f"{settings.lam:.3g} {layer.parameter} (no transform: "
-                          f"{FALLBACK_METHOD[settings.method]})")
+            self.progress.step(f"{settings.method} lambda={settings.lam:.3g}", number,
+                               len(self.layers), f"{layer.parameter} (no transform: "
+                               f"{FALLBACK_METHOD[settings.method]})")
             start = time.perf_counter()
             layer_settings = replace(settings, method=FALLBACK_METHOD[settings.method],
                                      per_channel=layer.per_channel,
@@ -359,8 +347,9 @@ class ModelEncoder:
             return self._quantize_transform(settings)
         results = {}
         for number, layer in enumerate(self.layers, 1):
-            self.progress(f"[{number}/{len(self.layers)}] {settings.method} lambda={settings.lam:.3g} "
-                          f"{layer.parameter} {'x'.join(map(str, layer.problem.weights.shape))}")
+            self.progress.step(f"{settings.method} lambda={settings.lam:.3g}", number,
+                               len(self.layers), f"{layer.parameter} "
+                               f"{'x'.join(map(str, layer.problem.weights.shape))}")
             start = time.perf_counter()
             layer_settings = replace(settings, per_channel=layer.per_channel,
                                       lam=settings.lam / layer.sensitivity)
@@ -384,8 +373,10 @@ class ModelEncoder:
                          "lambda": float(settings.lam), **(metadata or {})}
         summaries = []
         written_matrices = set()
+        state = self.model.state_dict()
         with NrdWriter(path, metadata=file_metadata) as writer:
-            for key, value in self.model.state_dict().items():
+            for number, (key, value) in enumerate(state.items(), 1):
+                self.progress.step("coding", number, len(state), key)
                 source = self.aliases.get(key, key)
                 if source in coded:
                     layer = coded[source]
