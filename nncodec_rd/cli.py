@@ -18,7 +18,7 @@ import sys
 import time
 
 from . import FORMAT_VERSION, __version__
-from .format.errors import EncoderError, NrdError
+from .format.errors import EncoderError, InputMismatchError, NrdError
 
 EXIT_ERROR = 1
 
@@ -440,8 +440,11 @@ def _load_weights_file(model, path, load_weights) -> dict:
 
         problems = ([f"missing {listing(missing)}"] if missing else []) + \
                    ([f"unexpected {listing(unexpected)}"] if unexpected else [])
-        raise EncoderError(f"{path}: its tensors do not match the model's state dict: "
-                           f"{'; '.join(problems)}")
+        hint = ("the model must be the one the file was saved from; for a Hugging Face "
+                "checkpoint, encode its folder instead (nncodec-rd encode MODEL_DIR), which "
+                "builds the model from config.json and keeps every tensor of the checkpoint")
+        raise InputMismatchError(f"{path}: its tensors do not match the model's state dict: "
+                                 f"{'; '.join(problems)}; {hint}")
     load_weights(model, tensors)
     return metadata
 

@@ -137,7 +137,8 @@ def test_bad_entry_point_one_line_error_no_output(tmp_path, models_file, capsys,
 
 @pytest.mark.parametrize("problem, message", [
     ("batches", "cannot run the first calibration batch"),
-    ("weights", "do not match the model's state dict: missing 2.weight"),
+    ("weights", "encoder_input: {weights}: its tensors do not match the model's state dict: "
+                "missing 2.weight"),
     ("model", "returned a tuple of 2 items, not a torch.nn.Module"),
     ("unreadable", "cannot load as a weights-only PyTorch file"),
     ("lam", "--lam must be finite and > 0"),
@@ -163,8 +164,22 @@ def test_bad_model_inputs_one_line_error(tmp_path, models_file, capsys, problem,
         argv += [f"--{problem}", "0"]
     out_path = tmp_path / "out.nrd"
     code, _, err = run(capsys, "encode", *argv, "-o", out_path)
+    message = message.format(weights=tmp_path / "weights.safetensors")
     assert code == 1 and err.count("\n") == 1 and message in err, err
+    if problem == "weights":  # and what to do about it
+        assert "encode its folder instead (nncodec-rd encode MODEL_DIR)" in err
     assert not out_path.exists()
+
+
+def test_an_output_in_a_missing_folder_names_that_folder(tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    from nncodec_rd.io.tensorio import write_safetensors
+
+    write_safetensors(weights, {"w": np.ones((4, 4), np.float32)})
+    code, _, err = run(capsys, "encode", weights, "-o", tmp_path / "absent" / "w.nrd")
+    assert code == 1 and err == (f"nncodec-rd: error: io: cannot write "
+                                 f"{tmp_path / 'absent' / 'w.nrd'}: the folder "
+                                 f"{tmp_path / 'absent'} does not exist\n")
 
 
 @pytest.mark.parametrize("argv, message", [

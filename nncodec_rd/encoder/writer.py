@@ -36,7 +36,7 @@ from ..format.container import build_container_head
 from ..format.errors import EncoderError
 from ..format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
 from ..format.layout import RowGeometry, canonical_offsets, chunk_extents, group_count_for
-from ..io.atomic import atomic_write, resolve_output_path
+from ..io.atomic import OutputPathError, atomic_write, resolve_output_path
 from .rans import build_frequency_table, context_of_previous, encode_chunk, frequency_table_bytes
 
 NUMPY_DTYPE_OF = {
@@ -536,7 +536,7 @@ class NrdWriter:
         target = resolve_output_path(self.path)
         folder = os.path.dirname(target)
         if not os.path.isdir(folder):
-            raise EncoderError(f"cannot write {self.path}: the folder {folder} does not exist")
+            raise OutputPathError(f"cannot write {self.path}: the folder {folder} does not exist")
         self._spool = _Spool(folder, os.path.basename(target))
 
     @property

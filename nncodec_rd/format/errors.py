@@ -38,6 +38,7 @@ class ErrorCode(enum.IntEnum):
     INVALID_REFERENCE = 23
     LIMIT_EXCEEDED = 30
     ENCODER_SETTINGS = 40
+    ENCODER_INPUT = 41
     IO = 50
 
     @property
@@ -151,6 +152,13 @@ class EncoderError(NrdError, ValueError):
     """Bad encoder settings or input that cannot be encoded."""
 
     code = ErrorCode.ENCODER_SETTINGS
+
+
+class InputMismatchError(EncoderError):
+    """The encoder's input does not fit the model: a weights file whose tensors are not the
+    model's state dict, a checkpoint that lacks the parameters of its config."""
+
+    code = ErrorCode.ENCODER_INPUT
 
 
 # The class a conforming reader raises for each code; used to re-raise kernel error codes.

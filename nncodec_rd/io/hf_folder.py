@@ -23,6 +23,7 @@ import shutil
 import tempfile
 
 from ..format.errors import NrdError
+from .atomic import OutputPathError
 
 FILE_PREFIX = "hf/file/"
 """Metadata key prefix of a stored file of the folder (the rest is its relative path)."""
@@ -113,9 +114,9 @@ def write_folder(handle, folder, metadata_extra: dict | None = None) -> list[str
     folder = os.path.abspath(os.fspath(folder))
     parent = os.path.dirname(folder)
     if not os.path.isdir(parent):
-        raise NrdError(f"cannot write {folder}: the folder {parent} does not exist")
+        raise OutputPathError(f"cannot write {folder}: the folder {parent} does not exist")
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise NrdError(f"{folder} exists and is not a folder")
+        raise OutputPathError(f"{folder} exists and is not a folder")
     metadata = handle.metadata()
     names = list(handle.keys())
     infos = {name: handle.info(name) for name in names}

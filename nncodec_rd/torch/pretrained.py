@@ -341,14 +341,21 @@ def _encode_to_fidelity(model_dir, path, encoder_of, model, settings, metadata, 
 
 
 
-def from_pretrained(path, *, model_class=None, threads: int | None = None, **options):
+def from_pretrained(path, *, mode: str = "eager", model_class=None, threads: int | None = None,
+                    cache_bytes: int = 0, **options):
     """The transformers model archived in the .nrd file ``path`` (written by
     :func:`compress_pretrained` or ``nncodec-rd encode MODEL_DIR``), decoded.
 
-    The archived folder is restored into a temporary folder (:func:`nncodec_rd.io.hf_folder.
-    write_folder`) and loaded by transformers' own ``from_pretrained`` of ``model_class`` (by
-    default the class its config names), with ``options`` passed on; so the model is exactly
-    what transformers would load from the original folder with the decoded weights.
+    ``mode="eager"``: the archived folder is restored into a temporary folder
+    (:func:`nncodec_rd.io.hf_folder.write_folder`) and loaded by transformers' own
+    ``from_pretrained`` of ``model_class`` (by default the class its config names), with
+    ``options`` passed on; so the model is exactly what transformers would load from the original
+    folder with the decoded weights.
+
+    ``mode="lazy"``: the model is built from the archived config (in the checkpoint's dtype) and
+    its coded weights stay compressed in memory, decoded when a layer runs
+    (:func:`nncodec_rd.torch.load_compressed`, ``cache_bytes`` as there); ``options`` go to
+    the model's construction (``from_config``).
     """
     import tempfile
 
@@ -356,18 +363,60 @@ def from_pretrained(path, *, model_class=None, threads: int | None = None, **opt
     from ..io.hf_folder import FILE_PREFIX, write_folder
     from .checkpoint import model_class_for
 
+    if mode not in ("eager", "lazy"):
+        raise ValueError(f"mode must be 'eager' or 'lazy', not {mode!r}")
     with tempfile.TemporaryDirectory(prefix="nncodec-rd-") as folder:
         target = os.path.join(folder, "model")
         with safe_open(path, threads=threads) as handle:
-            if FILE_PREFIX + "config.json" not in handle.metadata():
+            archived = handle.metadata()
+            if FILE_PREFIX + "config.json" not in archived:
                 raise EncoderError(f"{os.fspath(path)} archives no config.json: it was not "
                                    f"encoded from a model folder (load it with load_into)")
-            write_folder(handle, target)
-        if model_class is None:
-            from transformers import AutoConfig
+            if mode == "eager":
+                write_folder(handle, target)
+            else:
+                os.makedirs(target)
+                with open(os.path.join(target, "config.json"), "wb") as config_file:
+                    config_file.write(archived[FILE_PREFIX + "config.json"])
+        from transformers import AutoConfig
 
-            model_class = model_class_for(AutoConfig.from_pretrained(target))
-        return model_class.from_pretrained(target, **options)
+        config = AutoConfig.from_pretrained(target)
+        if model_class is None:
+            model_class = model_class_for(config)
+        if mode == "eager":
+            return model_class.from_pretrained(target, **options)
+    return _lazy_model(path, model_class, config, threads, cache_bytes, options)
+
+
+def _lazy_model(path, model_class, config, threads, cache_bytes, options):
+    """``model_class`` built from ``config`` with the file's weights, coded ones kept
+    compressed (:func:`nncodec_rd.torch.load_compressed`)."""
+    from ..api import safe_open
+    from .lazy import load_compressed
+
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    previous = torch.get_default_dtype()
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        torch.set_default_dtype(dtype)  # parameters made in the archived dtype, not float32
+    try:
+        model = model_class._from_config(config, **options) \
+            if hasattr(model_class, "_from_config") else model_class(config, **options)
+    finally:
+        torch.set_default_dtype(previous)
+    with safe_open(path) as handle:
+        names = set(handle.keys())
+    missing = [key for key, _ in model.named_parameters() if key not in names]
+    if missing:
+        raise EncoderError(f"{os.fspath(path)}: the archive lacks {len(missing)} parameters of "
+                           f"{type(model).__name__} ({', '.join(missing[:3])}); give the "
+                           f"model_class the checkpoint was saved from")
+    # strict=False: the archive holds the checkpoint's tensors, which may include buffers the
+    # model now computes (position ids) and lack those it does not persist.
+    load_compressed(model, path, mode="lazy", cache_bytes=cache_bytes, threads=threads,
+                    strict=False)
+    return model.eval()
 
 
 __all__ = ["bundled_texts", "compress_pretrained", "from_pretrained", "is_causal_lm",

@@ -43,7 +43,7 @@ from ..encoder.fidelity import SqnrReport
 from ..encoder.obs import QuantizerSettings, layer_distortion, quantize_layer
 from ..encoder.transform import TRANSFORM_METHODS
 from ..encoder.writer import NrdWriter
-from ..format.errors import EncoderError
+from ..format.errors import EncoderError, InputMismatchError
 from ..io.atomic import removed_on_termination
 from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_parameters
 from .model_encoder import (CompressionResult, LayerSummary, make_layer,
@@ -336,7 +336,7 @@ class SequentialEncoder:
         missing = [name for name, _ in self.model.named_parameters(remove_duplicate=False)
                    if not any(self.key_map.get(n) for n in self.ties.get(name, [name]))]
         if missing:
-            raise EncoderError(f"{self.weights.source}: the checkpoint lacks "
+            raise InputMismatchError(f"{self.weights.source}: the checkpoint lacks "
                                f"{len(missing)} of the model's parameters "
                                f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); "
                                f"is it the checkpoint of this config?")

@@ -176,3 +176,23 @@ def test_target_fidelity_refuses_what_cannot_work(tmp_path):
     with pytest.raises(SystemExit):
         main(["encode", str(source), "-o", str(tmp_path / "m.nrd"), "--lam", "1e-6",
               "--target-fidelity", "0.99"])
+
+
+def test_from_pretrained_lazy_keeps_weights_compressed_and_computes_the_same(tmp_path):
+    source = tmp_path / "source"
+    model_folder(source)
+    from nncodec_rd.torch import compress_pretrained, from_pretrained
+    from nncodec_rd.torch.lazy import CompressedWeight
+
+    compress_pretrained(source, tmp_path / "m.nrd", calibration_text=["the model is small"] * 3,
+                        sequences=2, sequence_length=8, progress=False)
+    eager = from_pretrained(tmp_path / "m.nrd")
+    lazy = from_pretrained(tmp_path / "m.nrd", mode="lazy")
+    assert type(lazy).__name__ == "LlamaForCausalLM"
+    assert any(isinstance(module, CompressedWeight) for module in lazy.modules())
+    assert next(lazy.model.norm.parameters()).dtype == torch.bfloat16  # the archived dtype
+    ids = torch.tensor([[2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        assert torch.equal(eager(ids).logits, lazy(ids).logits)
+    with pytest.raises(ValueError, match="mode"):
+        from_pretrained(tmp_path / "m.nrd", mode="fast")
