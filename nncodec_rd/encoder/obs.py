@@ -289,12 +289,22 @@ def cerwu_transform(weights: np.ndarray, hessian: np.ndarray, mu: float,
     distortion plus the quadratic part of the rate. ``eigen``, the eigendecomposition
     ``(values, vectors)`` of ``hessian``, makes the product two matrix products for any μ.
     """
-    shifted = hessian + mu * np.eye(len(hessian))
     if eigen is None:
         eigen = np.linalg.eigh(hessian)
+    return cerwu_target(weights, mu, eigen), cerwu_shifted_hessian(hessian, mu)
+
+
+def cerwu_shifted_hessian(hessian: np.ndarray, mu: float) -> np.ndarray:
+    """``H + μI``, the Hessian of CERWU's transformed problem (:func:`cerwu_transform`)."""
+    return hessian + mu * np.eye(len(hessian))
+
+
+def cerwu_target(weights: np.ndarray, mu: float, eigen: tuple[np.ndarray, np.ndarray]
+                 ) -> np.ndarray:
+    """``W H (H + μI)⁻¹`` from the eigendecomposition of ``H`` (:func:`cerwu_transform`); row
+    by row, so a large layer is transformed a block of rows at a time."""
     values, vectors = eigen
-    transformed = ((weights @ vectors) * (values / (values + mu))) @ vectors.T
-    return transformed, shifted
+    return ((weights @ vectors) * (values / (values + mu))) @ vectors.T
 
 
 @njit(cache=True, inline="always")
@@ -459,7 +469,10 @@ def _curvatures(problem: LayerProblem, settings: QuantizerSettings):
 def _factor_groups(problem: LayerProblem, settings: QuantizerSettings):
     rows, columns = problem.weights.shape
     rows_per_group = rows // problem.groups
-    factors, curvature = [], np.empty((rows, columns))
+    # One group of a large layer: every row has the same curvatures, so one row, broadcast (a
+    # 32,000 x 2,048 head would otherwise keep a 500 MB array of copies).
+    shared = problem.groups == 1 and rows * columns > LARGE_LAYER_ELEMENTS
+    factors, curvature = [], np.empty((1 if shared else rows, columns))
     for group, hessian in enumerate(problem.hessian):
         order = (np.argsort(-np.diagonal(hessian), kind="stable") if settings.act_order
                  else np.arange(columns))
@@ -471,7 +484,9 @@ def _factor_groups(problem: LayerProblem, settings: QuantizerSettings):
             per_column = np.diagonal(damped)
         else:
             per_column = 1.0 / np.diagonal(upper) ** 2  # the OBS cost of a unit error
-        curvature[part, order] = per_column[None, :]
+        curvature[slice(None) if shared else part, order] = per_column[None, :]
+    if shared:
+        curvature = np.broadcast_to(curvature, (rows, columns))
     return factors, curvature
 
 
@@ -488,6 +503,8 @@ def choose_steps(problem: LayerProblem, settings: QuantizerSettings,
         mean_curvature = np.concatenate([
             (curvature[start:start + step] * scale[start:start + step, None]).mean(axis=1)
             for start in range(0, rows, step)]) if rows else np.zeros(0)
+    elif curvature.strides[0] == 0:  # one row, broadcast (_factor_groups): no full product
+        mean_curvature = np.array([curvature[0].mean() * scale.mean()])
     else:
         mean_curvature = np.array([(curvature * scale[:, None]).mean()])
     mean_curvature = np.maximum(mean_curvature, 1e-30)
@@ -526,73 +543,141 @@ def lambda_rule_steps(problem: LayerProblem, settings: QuantizerSettings) -> np.
 def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: np.ndarray,
                      index_range: tuple[np.ndarray, np.ndarray] | None = None) -> LayerResult:
     """Quantize one layer with ``settings.method`` onto the given grid: ``steps`` (one, or one
-    per row) and optionally ``index_range = (low, high)``, the indices each row may take."""
+    per row) and optionally ``index_range = (low, high)``, the indices each row may take.
+
+    Rows share the Hessian and the rate model within a pass, so a layer of more than
+    :data:`LARGE_LAYER_ELEMENTS` weights is swept :data:`CHUNK_ELEMENTS` weights of rows at a
+    time: the same decisions, with no full-size temporaries besides the transformed targets
+    (a language model's head of 65 M weights needed about ten 500 MB copies at once).
+    """
     rows, columns = problem.weights.shape
     factors, _ = _curvatures(problem, settings)
     steps = np.asarray(steps, dtype=np.float32).reshape(-1)
     row_steps = np.broadcast_to(steps.astype(np.float64), (rows,)) if len(steps) == 1 \
         else steps.astype(np.float64)
-    scaled = problem.weights / row_steps[:, None]  # index units
+    scaled = _ScaledRows(problem.weights, row_steps)  # index units, made a row block at a time
     row_scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
     low, high = _row_ranges(index_range, rows)
-    nearest = np.clip(np.rint(scaled), low[:, None], high[:, None]).astype(np.int64)
-    rate = RateModel.from_indices(nearest, settings.entropy)
+    chunks = _row_chunks(rows, columns)
+    indices = np.empty((rows, columns), dtype=np.int64)  # nearest rounding first
+    for part in chunks:
+        indices[part] = np.clip(np.rint(scaled[part]), low[part, None], high[part, None])
+    rate = RateModel.from_indices(indices, settings.entropy)
     rate_aware = settings.method in ("optq-rd", "cerwu")
     rate_weight = settings.lam / (row_scale * row_steps ** 2) if rate_aware else np.zeros(rows)
     used_damping = settings.damping
     if settings.method == "rtn" or (factors is None and not rate_aware):
-        indices, passes = nearest, 1
+        passes = 1
     elif factors is None:
         # Identity Hessian: no coupling between weights, so every method is a per-weight
         # rate-distortion decision (and cerwu equals optq-rd exactly).
         identity = np.ones((1, 1))
-        indices, passes = nearest, 0
+        passes = 0
         for passes in range(1, settings.max_passes + 1):
             previous = indices
             indices = _sweep_rows_independently(scaled, rate_weight, rate, identity,
                                                 (low, high))
             rate = RateModel.from_indices(indices, settings.entropy)
-            if np.count_nonzero(indices != previous) <= 1e-3 * indices.size:
+            changed = _count_changed(indices, previous, chunks)
+            del previous
+            if changed <= 1e-3 * indices.size:
                 break
     else:
-        variance = float(np.var(scaled)) if scaled.size else 0.0
+        variance = _variance(scaled, chunks)
         gamma = 1.0 / (math.log(2) * variance) if settings.method == "cerwu" and variance > 0 \
             else 0.0
         rows_per_group = rows // problem.groups
-        sweeps = []  # per group: the rows, the target in sweep order, U, the column order
+        sweeps = []  # per row block: its rows, its target in sweep order, U, the column order
         for group, (damped, upper, dead, used, order) in enumerate(factors):
             used_damping = max(used_damping, used)
-            part = slice(group * rows_per_group, (group + 1) * rows_per_group)
-            target = scaled[part][:, order]
-            target[:, dead] = 0.0
+            group_rows = slice(group * rows_per_group, (group + 1) * rows_per_group)
+            eigen = mu = None
             if gamma > 0:
                 # Row weights are all equal here (checked above).
                 eigen_key = ("eigen", settings.act_order, settings.damping, group)
                 if eigen_key not in problem.cache:
                     problem.cache[eigen_key] = np.linalg.eigh(damped)
-                target, shifted = cerwu_transform(target, damped, float(rate_weight[0]) * gamma,
-                                                  problem.cache[eigen_key])
-                upper = factor_with_retries(shifted, 0.0)[1]
-            sweeps.append((part, target, upper, order, (low[part], high[part])))
-        indices = nearest.copy()
+                eigen, mu = problem.cache[eigen_key], float(rate_weight[0]) * gamma
+                upper = factor_with_retries(cerwu_shifted_hessian(damped, mu), 0.0)[1]
+            for part in _within(chunks, group_rows):
+                target = scaled[part][:, order]
+                target[:, dead] = 0.0
+                if eigen is not None:
+                    target = cerwu_target(target, mu, eigen)
+                sweeps.append((part, target, upper, order))
         passes = 0
         for passes in range(1, (settings.max_passes if rate_aware else 1) + 1):
-            previous = indices.copy()
-            for part, target, upper, order, part_range in sweeps:
-                group_indices = obs_sweep(target, upper, rate_weight[part], rate, gamma / 2,
-                                          settings.block_size, part_range)
-                indices[part] = _unpermute(group_indices, order)
+            changed = 0
+            for part, target, upper, order in sweeps:
+                swept = _unpermute(obs_sweep(target, upper, rate_weight[part], rate, gamma / 2,
+                                             settings.block_size, (low[part], high[part])),
+                                   order)
+                changed += int(np.count_nonzero(swept != indices[part]))
+                indices[part] = swept
+                del swept
             if not rate_aware:
                 break
             rate = RateModel.from_indices(indices, settings.entropy)
-            if np.count_nonzero(indices != previous) <= 1e-3 * indices.size:
+            if changed <= 1e-3 * indices.size:
                 break
-    del scaled, nearest
+        del sweeps
     reconstruction = _LazyReconstruction(indices, row_steps.astype(np.float32).astype(np.float64))
     final_rate = RateModel.from_indices(indices, settings.entropy)
     return LayerResult(indices=indices, steps=steps, passes=passes, damping=used_damping,
                        distortion=layer_distortion(problem, reconstruction),
                        rate_bits=final_rate.total_bits(indices))
+
+
+LARGE_LAYER_ELEMENTS = 1 << 24
+"""Layers of more weights than this are quantized by blocks of rows (:func:`quantize_on_grid`);
+smaller ones in one block, exactly as a whole."""
+
+CHUNK_ELEMENTS = 1 << 22
+"""Weights per block of rows of a large layer."""
+
+
+def _row_chunks(rows: int, columns: int) -> list[slice]:
+    """The blocks of rows a layer is processed in: one for a layer up to
+    :data:`LARGE_LAYER_ELEMENTS` weights."""
+    if rows * columns <= LARGE_LAYER_ELEMENTS:
+        return [slice(0, rows)]
+    step = max(1, CHUNK_ELEMENTS // max(columns, 1))
+    return [slice(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def _within(chunks: list[slice], rows: slice) -> list[slice]:
+    """The parts of ``chunks`` inside ``rows`` (a group of rows)."""
+    parts = []
+    for chunk in chunks:
+        start, stop = max(chunk.start, rows.start), min(chunk.stop, rows.stop)
+        if start < stop:
+            parts.append(slice(start, stop))
+    return parts
+
+
+class _ScaledRows:
+    """``weights / row_steps[:, None]`` (the weights in index units), made for the rows asked."""
+
+    def __init__(self, weights: np.ndarray, row_steps: np.ndarray):
+        self.weights, self.row_steps = weights, row_steps
+        self.shape = weights.shape
+
+    def __getitem__(self, rows):
+        return self.weights[rows] / self.row_steps[rows][:, None]
+
+
+def _variance(scaled: _ScaledRows, chunks: list[slice]) -> float:
+    """The variance of all scaled weights (two passes over the row blocks for a large layer)."""
+    if len(chunks) == 1:
+        part = scaled[chunks[0]]
+        return float(np.var(part)) if part.size else 0.0
+    count = scaled.shape[0] * scaled.shape[1]
+    mean = sum(float(np.sum(scaled[part])) for part in chunks) / count
+    return sum(float(np.sum((scaled[part] - mean) ** 2)) for part in chunks) / count
+
+
+def _count_changed(indices: np.ndarray, previous: np.ndarray, chunks: list[slice]) -> int:
+    return sum(int(np.count_nonzero(indices[part] != previous[part])) for part in chunks)
 
 
 class _LazyReconstruction:

@@ -16,6 +16,9 @@ import numpy as np
 from ..format.grids import EntropySettings
 from .rans import build_frequency_table, frequency_table_bytes
 
+# Indices counted or priced at a time: a layer of 65 M weights needs no 500 MB temporaries.
+COUNT_CHUNK = 1 << 22
+
 # Bits an escaped index costs beyond its escape symbol: the int32 stored in the chunk (spec §7.6).
 ESCAPE_VALUE_BITS = 32.0
 
@@ -55,7 +58,10 @@ class RateModel:
             order = np.argsort(-counts)[: settings.max_alphabet_size - 1]
             low, high = int(values[order].min()), int(values[order].max())
             flat = flat[(flat >= low) & (flat <= high)]
-        counts = np.bincount(flat - low, minlength=high - low + 1)
+        counts = np.zeros(high - low + 1, dtype=np.int64)
+        for start in range(0, flat.size, COUNT_CHUNK):  # no full-size temporary
+            counts += np.bincount(flat[start:start + COUNT_CHUNK] - low,
+                                  minlength=high - low + 1)
         frequencies = build_frequency_table(counts, precision).astype(np.float64)
         with np.errstate(divide="ignore"):
             cost = np.where(frequencies > 0, precision - np.log2(np.maximum(frequencies, 1)),
@@ -79,4 +85,9 @@ class RateModel:
 
     def total_bits(self, indices: np.ndarray) -> float:
         """Code length of ``indices`` under this model, tables and chunk overhead excluded."""
-        return float(np.sum(self.bits(indices)))
+        indices = np.asarray(indices)
+        if indices.size <= COUNT_CHUNK:
+            return float(np.sum(self.bits(indices)))
+        flat = indices.reshape(-1)
+        return float(sum(np.sum(self.bits(flat[start:start + COUNT_CHUNK]))
+                         for start in range(0, flat.size, COUNT_CHUNK)))

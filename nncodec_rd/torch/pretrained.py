@@ -239,16 +239,24 @@ def output_fidelity(model, reference: list, batches: list) -> float:
 
 
 def _float_model(path_or_folder, decoded: bool):
-    """The model of a folder (or of an .nrd archive, decoded), float32, eval mode."""
-    if decoded:
-        model = from_pretrained(path_or_folder)
-    else:
-        from transformers import AutoConfig
+    """The model of a folder (or of an .nrd archive, decoded), float32, eval mode; quietly
+    (transformers' loading bars would interleave with the search's own lines)."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as transformers_logging
 
-        from .checkpoint import model_class_for
+    from .checkpoint import model_class_for
 
-        model = model_class_for(AutoConfig.from_pretrained(path_or_folder)).from_pretrained(
-            path_or_folder)
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        if decoded:
+            model = from_pretrained(path_or_folder)
+        else:
+            model = model_class_for(AutoConfig.from_pretrained(path_or_folder)).from_pretrained(
+                path_or_folder)
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
     return model.float().eval()
 
 

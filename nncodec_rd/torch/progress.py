@@ -58,10 +58,11 @@ class Progress:
             return False
 
     def step(self, stage: str, done: int, total: int | None, detail: str = "",
-             seconds_left: float | None = None) -> None:
+             seconds_left: float | None = None, milestone: bool = False) -> None:
         """``done`` of ``total`` units of ``stage`` are finished (or being worked on); ``detail``
         names the current one. ``seconds_left``: the caller's own estimate of the time left
-        (units of unequal cost), else the stage's mean time per unit so far decides."""
+        (units of unequal cost), else the stage's mean time per unit so far decides.
+        ``milestone``: a log gets this step's line whenever it comes (a new block)."""
         if not self.enabled:
             return
         count = f"{done}/{total}" if total else f"{done}"
@@ -75,7 +76,8 @@ class Progress:
         if self._is_terminal() and self._draw_bar(stage, done, total, detail):
             return
         last = bool(total) and done >= total
-        if done > 1 and not last and now - self._last_line < self.plain_line_seconds:
+        if done > 1 and not last and not milestone and \
+                now - self._last_line < self.plain_line_seconds:
             return
         self._last_line = now
         elapsed = now - self._stage_started

@@ -812,7 +812,7 @@ class SequentialEncoder:
             self.progress.step("quantize", self._layers_started, self._layer_total,
                                f"{label}: layer {number}/{len(layers)} {layer.parameter} "
                                f"{'x'.join(map(str, layer.problem.weights.shape))}",
-                               seconds_left=self._seconds_left())
+                               seconds_left=self._seconds_left(), milestone=number == 1)
             started = time.perf_counter()
             settings = replace(self.settings, per_channel=layer.per_channel,
                                lam=self.lam / layer.sensitivity)

@@ -46,3 +46,13 @@ def test_silent_and_callable():
     lines = []
     Progress(lines.append).step("calibration batch", 2, None)
     assert lines == ["calibration batch 2"]
+
+
+def test_a_milestone_reaches_the_log_whenever_it_comes(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    progress = Progress(True, terminal=False, plain_line_seconds=3600)
+    for done in range(1, 6):
+        progress.step("quantize", done, 9, f"block {1 + (done - 1) // 2}", milestone=done % 2 == 1)
+    assert [line.split(" (")[0] for line in stream.getvalue().splitlines()] == [
+        "quantize 1/9 block 1", "quantize 3/9 block 2", "quantize 5/9 block 3"]
