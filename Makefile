@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test docs fuzz fuzz-long bench bench-rd bench-grid bench-lazy bench-any-size clean
+.PHONY: setup demo test test-transformers-min docs fuzz fuzz-long bench bench-rd bench-grid bench-lazy bench-any-size clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,25 @@ demo: $(VENV)/.demo-installed
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --hypothesis-profile=ci
+	$(MAKE) --no-print-directory test-transformers-min
+
+# The oldest transformers that pyproject.toml declares (extras hf and test), tested too: it and
+# the tokenizers and huggingface_hub it needs go into a folder of their own, without their
+# dependencies, and shadow the venv's newer ones through PYTHONPATH; torch, numpy and the rest
+# stay the venv's. The folder round trips (tests/torch/test_pretrained.py) run over it, and a
+# test there checks the version (NNCODEC_RD_EXPECT_TRANSFORMERS). Change all three pins together.
+TRANSFORMERS_MIN := 4.40.0
+TRANSFORMERS_MIN_DIR := .venv-transformers-min
+
+$(TRANSFORMERS_MIN_DIR)/.installed: $(VENV)/.installed Makefile
+	rm -rf $(TRANSFORMERS_MIN_DIR)
+	$(PIP) install -q --no-deps --target $(TRANSFORMERS_MIN_DIR) transformers==$(TRANSFORMERS_MIN) \
+		tokenizers==0.19.1 huggingface_hub==0.36.2
+	touch $@
+
+test-transformers-min: $(TRANSFORMERS_MIN_DIR)/.installed
+	PYTHONPATH=$(CURDIR)/$(TRANSFORMERS_MIN_DIR) NNCODEC_RD_EXPECT_TRANSFORMERS=$(TRANSFORMERS_MIN) \
+		$(PY) -m pytest -q -p no:cacheprovider --hypothesis-profile=ci tests/torch/test_pretrained.py
 
 $(VENV)/.docs-installed: $(VENV)/.installed
 	$(PIP) install -q -e '.[docs]'
@@ -82,4 +101,4 @@ bench-any-size: $(VENV)/.demo-installed
 	$(PY) bench/any_size.py --json bench/results/any_size.json
 
 clean:
-	rm -rf $(VENV) out .hypothesis .pytest_cache docs/_build
+	rm -rf $(VENV) $(TRANSFORMERS_MIN_DIR) out .hypothesis .pytest_cache docs/_build

@@ -392,8 +392,20 @@ def from_pretrained(path, *, mode: str = "eager", model_class=None, threads: int
         if model_class is None:
             model_class = model_class_for(config)
         if mode == "eager":
+            if "dtype" not in options and "torch_dtype" not in options:
+                options[_dtype_option()] = "auto"  # the checkpoint's dtype, as transformers 5
             return model_class.from_pretrained(target, **options)
     return _lazy_model(path, model_class, config, threads, cache_bytes, options)
+
+
+def _dtype_option() -> str:
+    """The name of ``from_pretrained``'s dtype option: ``dtype`` from transformers 4.56 on,
+    ``torch_dtype`` before."""
+    import transformers
+
+    version = tuple(int(part) for part in transformers.__version__.split(".")[:2]
+                    if part.isdigit())
+    return "dtype" if version >= (4, 56) else "torch_dtype"
 
 
 def _lazy_model(path, model_class, config, threads, cache_bytes, options):

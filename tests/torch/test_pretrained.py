@@ -3,10 +3,13 @@
 
 import json
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from packaging.version import Version
 
 import nncodec_rd
 from nncodec_rd.cli import main
@@ -14,6 +17,11 @@ from nncodec_rd.io.hf_folder import FILE_PREFIX, WEIGHT_MAP, shard_plan
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
+
+# transformers 4.56 renamed from_pretrained's torch_dtype to dtype; before 5.0 the default is
+# float32 rather than the checkpoint's own dtype, so ask for the checkpoint's dtype by name.
+AUTO_DTYPE = ({"dtype": "auto"} if Version(transformers.__version__) >= Version("4.56")
+              else {"torch_dtype": "auto"})
 
 WORDS = ["[UNK]", "[PAD]", "the", "model", "weights", "are", "small", "a", "codec", "of",
          "text", "is", "not", "data", "file", "and"]
@@ -54,6 +62,24 @@ def small_files(folder):
                   if not name.endswith(".safetensors") and not name.endswith(".index.json"))
 
 
+def test_runs_under_the_transformers_version_asked_for():
+    """`make test` runs this module again over the oldest transformers that pyproject.toml
+    declares (the Makefile's test-transformers-min); it names that version in
+    NNCODEC_RD_EXPECT_TRANSFORMERS, so the run cannot fall back to the venv's newer one unseen."""
+    expected = os.environ.get("NNCODEC_RD_EXPECT_TRANSFORMERS")
+    if expected is not None:
+        assert transformers.__version__ == expected, transformers.__file__
+
+
+def test_the_makefile_tests_the_oldest_transformers_that_pyproject_declares():
+    root = Path(__file__).resolve().parents[2]
+    declared = re.findall(r'"transformers>=([^"]+)"', (root / "pyproject.toml").read_text())
+    tested = re.search(r"^TRANSFORMERS_MIN := (\S+)$", (root / "Makefile").read_text(),
+                       re.MULTILINE)
+    assert len(declared) == 2 and tested is not None  # extras hf and test
+    assert {Version(version) for version in declared} == {Version(tested.group(1))}
+
+
 @pytest.mark.parametrize("shard_size", [None, "20KB"])
 def test_folder_round_trip_through_the_command_line_loads_in_transformers(tmp_path, shard_size,
                                                                           capsys):
@@ -70,7 +96,7 @@ def test_folder_round_trip_through_the_command_line_loads_in_transformers(tmp_pa
     # Sharded like the original.
     assert sorted(n for n in os.listdir(restored) if n.endswith(".safetensors")) == \
         sorted(n for n in os.listdir(source) if n.endswith(".safetensors"))
-    model = transformers.AutoModelForCausalLM.from_pretrained(restored)
+    model = transformers.AutoModelForCausalLM.from_pretrained(restored, **AUTO_DTYPE)
     tokenizer = transformers.AutoTokenizer.from_pretrained(restored)
     assert model.dtype == torch.bfloat16  # the original dtype
     ids = tokenizer(["the model weights are small"], return_tensors="pt")["input_ids"]
@@ -196,3 +222,16 @@ def test_from_pretrained_lazy_keeps_weights_compressed_and_computes_the_same(tmp
         assert torch.equal(eager(ids).logits, lazy(ids).logits)
     with pytest.raises(ValueError, match="mode"):
         from_pretrained(tmp_path / "m.nrd", mode="fast")
+
+
+def test_from_pretrained_keeps_the_checkpoint_dtype_on_every_transformers(tmp_path):
+    source = tmp_path / "source"
+    model_folder(source)
+    from nncodec_rd.torch import compress_pretrained, from_pretrained
+
+    compress_pretrained(source, tmp_path / "m.nrd", calibration_text=["the model is small"] * 3,
+                        sequences=2, sequence_length=8, progress=False)
+    assert from_pretrained(tmp_path / "m.nrd").dtype == torch.bfloat16
+    assert from_pretrained(tmp_path / "m.nrd", **{
+        "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype":
+        torch.float32}).dtype == torch.float32
