@@ -184,7 +184,7 @@ def _encode_folder(arguments) -> int:
     start = time.perf_counter()
     metadata = {"encoder_settings": json.dumps({
         "method": arguments.method or "cerwu", "lam": arguments.lam, "sequential": True,
-        "target_fidelity": arguments.target_fidelity,
+        "target_fidelity": arguments.target_fidelity, "target_bpw": arguments.target_bpw,
         "per_row": arguments.per_row, "grid_choice": arguments.grid_choice,
         "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity}),
         "source": os.path.basename(os.path.normpath(arguments.input))}
@@ -201,7 +201,7 @@ def _encode_folder(arguments) -> int:
         per_channel=arguments.per_row, act_order=not arguments.no_act_order,
         sensitivity=not arguments.no_sensitivity, metadata=metadata,
         sequences=arguments.calibration_sequences, resume=arguments.resume,
-        target_fidelity=arguments.target_fidelity, **options)
+        target_fidelity=arguments.target_fidelity, target_bpw=arguments.target_bpw, **options)
     fidelity = ""
     if outcome.fidelity is not None:
         fidelity = (f"; output fidelity {outcome.fidelity:.4f} (mean cosine on held-out "
@@ -275,15 +275,17 @@ def _check_encode_arguments(parser, arguments) -> None:
     if arguments.input is not None and os.path.isdir(arguments.input):
         for name, option in DATA_FREE_OPTIONS + (("calibration", "--calibration"),
                                                  ("model", "--model"),
-                                                 ("target_bpw", "--target-bpw"),
                                                  ("batch_size", "--batch-size"),
                                                  ("grid_scale", "--grid-scale")):
             if getattr(arguments, name) is not None:
                 parser.error(f"{option} does not apply to a model folder (it is encoded block by "
                              f"block with its own tokenizer; see --calibration-text)")
+        if arguments.target_bpw is not None and arguments.lam is not None:
+            parser.error("give --lam or --target-bpw, not both")
         if arguments.target_fidelity is not None:
-            if arguments.lam is not None:
-                parser.error("give --lam or --target-fidelity, not both")
+            if arguments.lam is not None or arguments.target_bpw is not None:
+                parser.error(f"give {'--lam' if arguments.lam is not None else '--target-bpw'} "
+                             f"or --target-fidelity, not both")
             if arguments.resume:
                 parser.error("--resume does not apply to a --target-fidelity search (each trial "
                              "is a whole encode); give the --lam it found to resume")

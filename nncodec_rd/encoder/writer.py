@@ -603,6 +603,18 @@ class NrdWriter:
         """Payload bytes added so far (padding and header excluded)."""
         return self._spool.size
 
+    def size_so_far(self) -> int:
+        """The bytes the file would have if closed now (header, padding and payloads of the
+        tensors added so far, and the metadata); builds the header, so call it per block, not
+        per tensor."""
+        records = [pending.record for pending in self._pending]
+        payloads = [payload for pending in self._pending for payload in pending.payloads]
+        header = dict(metadata=metadata_entries(self.metadata), tensor_count=len(records),
+                      tensors=records, extensions=NO_EXTENSIONS)
+        self._assign_offsets(header, payloads, provisional_header_size=0)
+        head = _build_head(header)
+        return canonical_offsets(len(head) - 32, [p.size for p in payloads])[1]
+
     def close(self) -> int:
         """Lay the payloads out canonically and write the file. Returns its size in bytes."""
         self._require_open("close")

@@ -595,8 +595,9 @@ def _compress_sequential(model, calibration_batches, *, method, lam, target_bpw,
                          embedding_smoothing, sensitivity, metadata, progress, stack):
     from .sequential import SequentialEncoder
 
-    if target_bpw is not None or target_metric is not None:
-        raise EncoderError("target_bpw and target_metric need sequential=False for now (give lam)")
+    if target_metric is not None:
+        raise EncoderError("target_metric needs sequential=False (each trial would repeat the "
+                           "whole pass); give lam or target_bpw")
     if path is None:
         raise EncoderError("sequential=True writes as it goes: give path")
     encoder = SequentialEncoder(model, calibration_batches, stack=stack, include=include,
@@ -606,7 +607,7 @@ def _compress_sequential(model, calibration_batches, *, method, lam, target_bpw,
                                  per_channel=per_channel, grid_scale=grid_scale,
                                  act_order=act_order, grid_choice=grid_choice,
                                  entropy=entropy or model_entropy_settings())
-    return encoder.encode(settings, path, metadata, lam=lam)
+    return encoder.encode(settings, path, metadata, lam=lam, target_bpw=target_bpw)
 
 
 def search_lam(encoder: ModelEncoder, base: QuantizerSettings, metadata: dict | None, holds,

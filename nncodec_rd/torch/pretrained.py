@@ -120,7 +120,8 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                         per_channel: bool = False, grid_choice: str = DEFAULT_GRID_CHOICE,
                         act_order: bool = True, sensitivity: bool = True,
                         metadata: dict | None = None, progress=True,
-                        resume: bool = False, target_fidelity: float | None = None,
+                        resume: bool = False, target_bpw: float | None = None,
+                        target_fidelity: float | None = None,
                         held_out_fraction: float = HELD_OUT_FRACTION) -> CompressionResult:
     """Encode the Hugging Face model folder ``model_dir`` into the .nrd file ``path``, one block
     at a time (memory: one block, not the model).
@@ -132,6 +133,9 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     The run keeps a journal in ``path + ".journal"`` (removed when the file is written):
     ``resume=True`` continues a run that was stopped (killed, out of memory, a power cut) after
     its last finished block, and writes the same bytes an uninterrupted run would.
+
+    ``target_bpw`` (instead of ``lam``): file bits per coded weight, met in the one pass (λ
+    chosen block by block from predicted rates, :mod:`nncodec_rd.encoder.rate_control`).
 
     ``target_fidelity`` (instead of ``lam``): the smallest file whose decoded model keeps this
     mean cosine of its output (:func:`output_fidelity`) on the last ``held_out_fraction`` of the
@@ -150,9 +154,9 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
         if not texts:
             raise EncoderError("calibration_text holds no non-empty text")
     held_out = None
+    if sum(option is not None for option in (lam, target_bpw, target_fidelity)) > 1:
+        raise EncoderError("give at most one of lam, target_bpw and target_fidelity")
     if target_fidelity is not None:
-        if lam is not None:
-            raise EncoderError("give lam or target_fidelity, not both")
         if not (math.isfinite(target_fidelity) and 0 < target_fidelity < 1):
             raise EncoderError(f"target_fidelity is a mean cosine in (0, 1), not "
                                f"{target_fidelity}")
@@ -183,7 +187,8 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
 
     if target_fidelity is None:
         return encoder_of(model).encode(settings, path, metadata, lam=lam,
-                                        journal=os.fspath(path) + JOURNAL_SUFFIX, resume=resume)
+                                        journal=os.fspath(path) + JOURNAL_SUFFIX, resume=resume,
+                                        target_bpw=target_bpw)
     held_batches = text_batches(tokenizer, held_out, causal=causal,
                                 sequences=max(1, min(HELD_OUT_SEQUENCES, sequences)),
                                 sequence_length=sequence_length, batch_size=batch_size)
