@@ -442,9 +442,20 @@ def layer_distortion(problem: LayerProblem, reconstruction: np.ndarray) -> float
                                       * (problem.weights[start:start + step]
                                          - reconstruction[start:start + step]) ** 2)
                          for start in range(0, rows, step)))
-    difference = problem.weights - reconstruction
-    rows_per_group = len(difference) // problem.groups
+    rows, columns = problem.weights.shape
+    rows_per_group = rows // problem.groups
     total = 0.0
+    if rows * columns > LARGE_LAYER_ELEMENTS:
+        # By blocks of rows: a head of 65 M weights would need five 500 MB temporaries.
+        chunks = _row_chunks(rows, columns)
+        for group, hessian in enumerate(problem.hessian):
+            group_rows = slice(group * rows_per_group, (group + 1) * rows_per_group)
+            for part in _within(chunks, group_rows):
+                difference = problem.weights[part] - reconstruction[part]
+                total += 0.5 * float(np.sum(scale[part, None] * (difference @ hessian)
+                                            * difference))
+        return total
+    difference = problem.weights - reconstruction
     for group, hessian in enumerate(problem.hessian):
         part = slice(group * rows_per_group, (group + 1) * rows_per_group)
         total += 0.5 * float(np.sum(scale[part, None] * (difference[part] @ hessian)

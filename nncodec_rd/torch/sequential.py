@@ -774,13 +774,13 @@ class SequentialEncoder:
         for layer in layers:
             problem = layer.problem
             rms = float(np.sqrt(np.mean(problem.weights ** 2))) or 1.0
-            noise = generator.standard_normal(problem.weights.shape) * 0.01 * rms
-            layer_loss = layer_distortion(problem, problem.weights + noise)
+            perturbed = generator.standard_normal(problem.weights.shape)
+            perturbed *= 0.01 * rms
+            perturbed += problem.weights  # in place: a head's weights are 500 MB a copy
+            layer_loss = layer_distortion(problem, perturbed)
             weight = modules[layer.name].weight
             original = weight.detach().clone()
-            perturbed = matrix_to_stored_layout(problem.weights + noise, modules[layer.name],
-                                                layer.kind)
-            del noise
+            perturbed = matrix_to_stored_layout(perturbed, modules[layer.name], layer.kind)
             weight.copy_(torch.from_numpy(np.ascontiguousarray(perturbed)).to(weight.dtype))
             del perturbed
             try:

@@ -181,3 +181,22 @@ def test_settings_refuse_nonsense():
         QuantizerSettings(lam=0.0)
     with pytest.raises(EncoderError, match="NaN"):
         LayerProblem(np.array([[np.nan]]))
+
+
+@pytest.mark.parametrize("method", ["optq", "cerwu"])
+def test_large_layers_by_blocks_of_rows_make_the_same_decisions(monkeypatch, method):
+    # The chunked path (layers above LARGE_LAYER_ELEMENTS) against the whole-layer path.
+    from nncodec_rd.encoder import obs
+
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal((96, 24)) * 0.05
+    inputs = rng.standard_normal((200, 24))
+    hessian = inputs.T @ inputs / 200
+    settings = QuantizerSettings(method=method, lam=1e-4, grid_choice="fixed")
+    whole = quantize_layer(LayerProblem(weights=weights, hessian=[hessian]), settings)
+    monkeypatch.setattr(obs, "LARGE_LAYER_ELEMENTS", 24 * 10)
+    monkeypatch.setattr(obs, "CHUNK_ELEMENTS", 24 * 7)  # blocks of 7 rows, the last of 5
+    chunked = quantize_layer(LayerProblem(weights=weights, hessian=[hessian]), settings)
+    assert np.array_equal(chunked.indices, whole.indices)
+    assert chunked.distortion == pytest.approx(whole.distortion, rel=1e-12)
+    assert chunked.rate_bits == pytest.approx(whole.rate_bits, rel=1e-12)
