@@ -58,23 +58,26 @@ def build(size: str, folder: str) -> None:
     AutoTokenizer.from_pretrained(minilm).save_pretrained(folder)
 
 
-def encode(folder: str, output: str) -> dict:
-    """Encode ``folder`` in this process; returns wall time and this process's peak RSS."""
+def encode(folder: str, output: str, target_bpw: float | None) -> dict:
+    """Encode ``folder`` in this process (at ``target_bpw``, or the default λ when None);
+    returns wall time and this process's peak RSS."""
     from nncodec_rd.cli import main
 
     start = time.perf_counter()
-    status = main(["encode", folder, "-o", output, "--method", "cerwu"])
+    size_options = [] if target_bpw is None else ["--target-bpw", str(target_bpw)]
+    status = main(["encode", folder, "-o", output, "--method", "cerwu", *size_options])
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"status": status, "seconds": seconds, "peak_rss_bytes": peak_kib * 1024}
 
 
-def run_size(size: str, work: str) -> dict:
+def run_size(size: str, work: str, target_bpw: float | None) -> dict:
     folder = os.path.join(work, f"llama-{size}")
     if not os.path.isfile(os.path.join(folder, "config.json")):
         subprocess.run([sys.executable, __file__, "--build", size, folder], check=True)
     output = os.path.join(work, f"llama-{size}.nrd")
-    measured = subprocess.run([sys.executable, __file__, "--encode", folder, output],
+    measured = subprocess.run([sys.executable, __file__, "--encode", folder, output,
+                               "--target-bpw", str(target_bpw or 0)],
                               check=True, stdout=subprocess.PIPE, text=True)
     row = json.loads(measured.stdout.strip().splitlines()[-1])
     from safetensors import safe_open
@@ -96,7 +99,9 @@ def run_size(size: str, work: str) -> dict:
         coded = sum(int(_count(handle.info(k).shape)) for k in handle.keys()
                     if handle.info(k).coding == "rans")
     size_bytes = os.path.getsize(output)
-    row.update(size=size, parameters=parameters, load_average=os.getloadavg(), blocks=SIZES[size][2],
+    with nncodec_rd.safe_open(output) as handle:
+        lam = float(handle.metadata().get("lambda", "nan"))
+    row.update(size=size, target_bpw=target_bpw, lam=lam, parameters=parameters, load_average=os.getloadavg(), blocks=SIZES[size][2],
                checkpoint_bytes=checkpoint_bytes, file_bytes=size_bytes,
                bits_per_coded_weight=8.0 * size_bytes / coded,
                seconds_per_million_parameters=row["seconds"] / parameters * 1e6)
@@ -112,10 +117,14 @@ def _count(shape) -> int:
 
 def markdown_table(report: dict) -> str:
     """The rows of a report as a Markdown table (docs/any-size.md shows it)."""
-    lines = ["| model | parameters | blocks | checkpoint | encode | per M parameters | peak RSS "
-             "| file | bits per coded weight |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | size | parameters | blocks | checkpoint | encode | per M parameters "
+             "| peak RSS | file | bits per coded weight |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report["rows"]:
-        lines.append(f"| llama-{row['size']} | {row['parameters'] / 1e6:,.1f} M | {row['blocks']} "
+        target = row.get("target_bpw")
+        lines.append(f"| llama-{row['size']} "
+                     f"| {'target ' + format(target, 'g') if target else 'default λ'} "
+                     f"| {row['parameters'] / 1e6:,.1f} M | {row['blocks']} "
                      f"| {row['checkpoint_bytes'] / 1e9:.2f} GB | {row['seconds'] / 60:.1f} min "
                      f"| {row['seconds_per_million_parameters']:.2f} s "
                      f"| {row['peak_rss_bytes'] / 1e9:.2f} GB | {row['file_bytes'] / 1e6:,.1f} MB "
@@ -130,6 +139,11 @@ def main() -> int:
     parser.add_argument("--json", default="bench/results/any_size.json")
     parser.add_argument("--table", action="store_true",
                         help="print the Markdown table of the --json report and stop")
+    parser.add_argument("--target-bpw", type=float, default=4.0,
+                        help="the size target of every encode (0: the default λ instead)")
+    parser.add_argument("--single-lambda-sizes", default="60m,250m",
+                        help="sizes also encoded at the default λ, to compare the time a size "
+                             "target costs")
     parser.add_argument("--build", nargs=2, metavar=("SIZE", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--encode", nargs=2, metavar=("FOLDER", "OUTPUT"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -137,7 +151,7 @@ def main() -> int:
         build(*arguments.build)
         return 0
     if arguments.encode:
-        print(json.dumps(encode(*arguments.encode)))
+        print(json.dumps(encode(*arguments.encode, arguments.target_bpw or None)))
         return 0
     if arguments.table:
         with open(arguments.json) as stream:
@@ -145,9 +159,13 @@ def main() -> int:
         return 0
     os.makedirs(arguments.work, exist_ok=True)
     rows = []
-    for size in arguments.sizes.split(","):
-        print(f"== {size}", file=sys.stderr, flush=True)
-        rows.append(run_size(size, arguments.work))
+    runs = [(size, arguments.target_bpw or None) for size in arguments.sizes.split(",")]
+    if arguments.target_bpw:
+        runs += [(size, None) for size in arguments.single_lambda_sizes.split(",") if size]
+    for size, target_bpw in runs:
+        print(f"== {size} {'target ' + str(target_bpw) if target_bpw else 'default λ'}",
+              file=sys.stderr, flush=True)
+        rows.append(run_size(size, arguments.work, target_bpw))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         os.makedirs(os.path.dirname(arguments.json) or ".", exist_ok=True)
         with open(arguments.json, "w") as stream:  # after every size: a long run keeps its rows
