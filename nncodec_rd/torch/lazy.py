@@ -30,6 +30,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -255,11 +256,21 @@ class LazyWeights:
 
     # -- decoding ------------------------------------------------------------------------------
 
-    def _apply_threads(self) -> None:
-        if self.threads is not None:
-            import numba
+    @contextlib.contextmanager
+    def _threads(self):
+        """Decode with ``threads`` threads, then give the calling thread back the count it had
+        (``numba.set_num_threads`` is per calling thread and lasts)."""
+        if self.threads is None:
+            yield
+            return
+        import numba
 
-            numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
+        before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)
 
     def _buffer(self, nbytes: int, cacheable: bool) -> np.ndarray:
         """A flat, 64-byte aligned byte array for a decode: the scratch buffer when no tensor
@@ -298,8 +309,8 @@ class LazyWeights:
                     chunks = None
             start = time.perf_counter()
             out = self._buffer(weight.decoded_bytes, cacheable)
-            self._apply_threads()
-            weight.decode_into(out, chunks)
+            with self._threads():
+                weight.decode_into(out, chunks)
             tensor = _as_torch(out, weight.dtype, weight.shape)
             self._decode_seconds += time.perf_counter() - start
             self._decodes += 1

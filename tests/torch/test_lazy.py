@@ -263,3 +263,22 @@ def test_a_transform_coded_file_loads_with_its_transformed_layers_decoded_now(tm
     load_compressed(lazy, tmp_path / "t.nrd", mode="lazy")
     with torch.no_grad():
         assert torch.equal(eager(batches[0]), lazy(batches[0]))
+
+
+def test_lazy_decoding_gives_back_numbas_thread_count(tmp_path):
+    import numba
+
+    path = tmp_path / "m.nrd"
+    model, batches = tiny_mlp()
+    compress(model, batches, method="rtn", path=path, progress=False)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2 if numba.config.NUMBA_NUM_THREADS >= 2 else 1)
+    try:
+        expected = numba.get_num_threads()
+        lazy = load_compressed(tiny_mlp()[0], path, threads=1)
+        assert numba.get_num_threads() == expected  # after the verifying decode
+        with torch.no_grad():
+            lazy(batches[0])
+        assert numba.get_num_threads() == expected
+    finally:
+        numba.set_num_threads(before)
