@@ -96,8 +96,9 @@ class Progress:
         except ImportError:  # no tqdm: plain lines
             return False
         if self._bar is None:
+            # initial: a bar drawn again after a line of its own counts its rate from here
             self._bar = tqdm(total=total, desc=stage, file=sys.stderr, leave=True,
-                             dynamic_ncols=True, smoothing=0.1)
+                             dynamic_ncols=True, smoothing=0.1, initial=max(0, done - 1))
         bar = self._bar
         if total and bar.total != total:
             bar.total = total
@@ -121,8 +122,7 @@ class Progress:
             return
         if not self.enabled:
             return
-        self._close_bar()
-        self._stage = None
+        self._close_bar()  # the stage goes on: its elapsed time and ETA keep counting
         if self._is_terminal():
             sys.stderr.write("\r\033[K" + message[:120] + ("\n" if final else ""))
         elif final:

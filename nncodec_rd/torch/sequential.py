@@ -858,7 +858,7 @@ class SequentialEncoder:
                                                self._committed_bits(writer))
             self.progress(f"{label}: lambda {self.lam:.4g} for {self.target_bpw:g} bits per "
                           f"coded weight (real/predicted bits so far "
-                          f"{self._controller.correction:.3f})")
+                          f"{self._controller.correction:.3f})", final=True)
             unit_payload = 0
         originals = {}
         for number, layer in enumerate(layers, 1):
