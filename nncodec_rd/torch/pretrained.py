@@ -96,7 +96,9 @@ def text_batches(tokenizer, texts: list[str], *, causal: bool, sequences: int = 
     sequence whole). Otherwise: ``sequences`` texts, ``batch_size`` per padded batch.
     """
     if causal:
-        ids = tokenizer("\n".join(texts), add_special_tokens=False)["input_ids"]
+        # verbose=False: the text is cut into sequences below, so transformers' warning that
+        # the whole text is longer than the model's context does not apply.
+        ids = tokenizer("\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
         if not ids:
             raise EncoderError("the calibration text tokenizes to nothing")
         needed = sequences * sequence_length
