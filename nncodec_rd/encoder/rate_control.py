@@ -38,14 +38,26 @@ from ..format.grids import EntropySettings
 from .rans import build_frequency_table, frequency_table_bytes
 from .rate import COUNT_CHUNK
 
-LAM_FACTORS = 2.0 ** (np.arange(-24, 25) / 2.0)
-"""The λ grid of a rate table: the reference λ times √2^k, k = -24 … 24 (4096× either way)."""
+LAM_FACTORS = 2.0 ** np.arange(-10, 11, dtype=np.float64)
+"""The λ grid of a rate table: the reference λ times 2^k, k = -10 … 10 (1024× either way; the
+step moves by √2 from one to the next)."""
+
+SAMPLE_WEIGHTS = 1 << 18
+"""A layer's rates are predicted from about this many of its weights (whole rows, evenly
+spaced): the prediction is corrected by the real rate anyway, and rounding every weight of a
+1.1 B model at every λ of the grid would cost minutes."""
 
 
 def rounding_bits(weights: np.ndarray, steps: np.ndarray,
                   settings: EntropySettings | None = None) -> float:
     """Bits of ``weights`` rounded to the grid of ``steps`` (one, or one per row) and coded with
     the coder's static table (frequency table included); rows a block at a time."""
+    return sum(_rounding_bits(weights, steps, settings))
+
+
+def _rounding_bits(weights: np.ndarray, steps: np.ndarray,
+                   settings: EntropySettings | None = None) -> tuple[float, float]:
+    """(bits of the indices, bits of the frequency table) of :func:`rounding_bits`."""
     settings = settings or EntropySettings()
     rows = weights.shape[0]
     columns = int(np.prod(weights.shape[1:])) if weights.ndim > 1 else 1
@@ -70,7 +82,7 @@ def rounding_bits(weights: np.ndarray, steps: np.ndarray,
             found_values.append(values)
             found_counts.append(numbers)
     if not found_values:
-        return 0.0
+        return 0.0, 0.0
     values, inverse = np.unique(np.concatenate(found_values), return_inverse=True)
     numbers = np.bincount(inverse, weights=np.concatenate(found_counts)).astype(np.int64)
     if len(values) > settings.max_alphabet_size:  # escapes: price the rarest at their value
@@ -85,7 +97,7 @@ def rounding_bits(weights: np.ndarray, steps: np.ndarray,
     frequencies = build_frequency_table(dense, settings.precision_bits).astype(np.float64)
     used = dense > 0
     bits = float(np.sum(dense[used] * (settings.precision_bits - np.log2(frequencies[used]))))
-    return bits + extra + 8.0 * frequency_table_bytes(frequencies)
+    return bits + extra, 8.0 * frequency_table_bytes(frequencies)
 
 
 @dataclass
@@ -135,11 +147,26 @@ class RateTable:
 
 
 def rate_table(weights: np.ndarray, unit_steps: np.ndarray, lams: np.ndarray,
-               settings: EntropySettings | None = None) -> RateTable:
+               settings: EntropySettings | None = None,
+               sample_weights: int = SAMPLE_WEIGHTS) -> RateTable:
     """The rounding bits of one layer at each λ of ``lams``, given ``unit_steps``, its λ-rule
-    step(s) at λ = 1 (the step grows as √λ)."""
-    bits = [rounding_bits(weights, np.asarray(unit_steps, np.float64) * math.sqrt(lam), settings)
-            for lam in lams]
+    step(s) at λ = 1 (the step grows as √λ); from evenly spaced rows of about
+    ``sample_weights`` weights, scaled to the layer (the frequency table's bits unscaled)."""
+    rows = weights.shape[0]
+    matrix = weights.reshape(rows, -1)
+    steps = np.asarray(unit_steps, np.float64).reshape(-1)
+    scale = 1.0
+    if matrix.size > sample_weights and rows > 1:
+        kept = np.unique(np.linspace(0, rows - 1, max(1, sample_weights // matrix.shape[1]))
+                         .astype(np.int64))
+        matrix = matrix[kept]
+        steps = steps[kept] if len(steps) > 1 else steps
+        scale = rows / len(kept)
+    bits = []
+    for lam in lams:
+        grid = steps * math.sqrt(lam)
+        index_bits, table_bits = _rounding_bits(matrix, grid, settings)
+        bits.append(index_bits * scale + table_bits)
     return RateTable(np.asarray(lams, dtype=np.float64), np.array(bits), int(weights.size))
 
 
