@@ -181,15 +181,28 @@ class RateController:
     spent_bits: float = 0.0
     """Real payload bits of the coded units written so far."""
     predicted_spent_bits: float = 0.0
-    """What the tables predicted for those units at the λ each was given."""
+    """What the units' own tables predicted for them at the λ each was given."""
+    surveyed_spent_bits: float = 0.0
+    """Real payload bits of the units written so far that the survey predicted too."""
+    survey_predicted_bits: float = 0.0
+    """What the survey's tables predicted for those units at the λ each was given."""
     history: list = field(default_factory=list)
 
     @property
     def correction(self) -> float:
-        """Real bits per predicted bit so far (1 before the first unit)."""
+        """Real bits per bit the units' own tables predicted so far (1 before the first)."""
         if self.predicted_spent_bits <= 0:
             return 1.0
         return self.spent_bits / self.predicted_spent_bits
+
+    @property
+    def survey_correction(self) -> float:
+        """Real bits per bit a survey's tables predicted, over the units it covered so far (the
+        survey sees the float model on fewer data, so its level may be off; its shape over
+        the units, depth and head, is what it is for). Before any: :attr:`correction`."""
+        if self.survey_predicted_bits <= 0:
+            return self.correction
+        return self.surveyed_spent_bits / self.survey_predicted_bits
 
     def choose(self, unit: RateTable, rest: RateTable, committed_bits: float | None = None
                ) -> float:
@@ -198,11 +211,11 @@ class RateController:
         ``rest`` (every coded layer after it) meet the target: bisection in log λ over the
         tables' grid; its ends when the target lies beyond them."""
         left = self.target_bits - (self.spent_bits if committed_bits is None else committed_bits)
-        scale = self.correction
+        unit_scale, rest_scale = self.correction, self.survey_correction
         lams = unit.lams if unit.weights else rest.lams
 
         def predicted(lam: float) -> float:
-            return scale * (unit.bits(lam) + rest.bits(lam))
+            return unit_scale * unit.bits(lam) + rest_scale * rest.bits(lam)
 
         low, high = math.log2(lams[0]), math.log2(lams[-1])
         if predicted(2.0 ** low) <= left:
@@ -217,20 +230,28 @@ class RateController:
                 high = middle
         return float(2.0 ** high)
 
-    def record(self, label: str, lam: float, real_bits: float, predicted_bits: float) -> None:
-        """A unit written at ``lam``: its real payload bits and what its table predicted."""
+    def record(self, label: str, lam: float, real_bits: float, predicted_bits: float,
+               survey_bits: float | None = None) -> None:
+        """A unit written at ``lam``: its real payload bits, what its own table predicted, and
+        what the survey's table predicted (None: the survey did not cover it)."""
         self.spent_bits += real_bits
         self.predicted_spent_bits += predicted_bits
+        if survey_bits is not None and survey_bits > 0:
+            self.surveyed_spent_bits += real_bits
+            self.survey_predicted_bits += survey_bits
         self.history.append({"unit": label, "lam": lam, "bits": real_bits,
-                             "predicted_bits": predicted_bits})
+                             "predicted_bits": predicted_bits, "survey_bits": survey_bits})
 
     def to_json(self) -> dict:
         return {"target_bits": self.target_bits, "spent_bits": self.spent_bits,
-                "predicted_spent_bits": self.predicted_spent_bits, "history": self.history}
+                "predicted_spent_bits": self.predicted_spent_bits,
+                "surveyed_spent_bits": self.surveyed_spent_bits,
+                "survey_predicted_bits": self.survey_predicted_bits, "history": self.history}
 
     @classmethod
     def from_json(cls, data: dict) -> "RateController":
         return cls(data["target_bits"], data["spent_bits"], data["predicted_spent_bits"],
+                   data["surveyed_spent_bits"], data["survey_predicted_bits"],
                    list(data["history"]))
 
 

@@ -56,6 +56,11 @@ from .hessians import (HessianAccumulator, find_layers, first_tensor, matrix_to_
 from .state_dict import tensor_to_numpy
 
 
+RECORD_BYTES = 256
+"""A size target's estimate of one header record still to be written (spec §5: name, shape,
+fields, chunk entries), frequency tables apart."""
+
+
 def _itemsize(dtype) -> int:
     """Bytes per element of a torch or NumPy dtype (bfloat16 included)."""
     if isinstance(dtype, torch.dtype):
@@ -525,7 +530,9 @@ class SequentialEncoder:
             _, first = self._block_layers(blocks[0], stack_prefix + "0.", all_layers, inputs)
             self.lam = self._default_lam(first)
             if self.target_bpw is not None:
-                self._start_control(first, all_layers)
+                self._start_control(all_layers, writer)
+                self._survey(blocks, stack_prefix, all_layers, before, after, waiting,
+                             first, inputs)
             del first
         if before:
             hessians = collector.hessians(self.embedding_smoothing, before)
@@ -645,10 +652,9 @@ class SequentialEncoder:
                  "sqnr": {name: list(energies) for name, energies in self.sqnr.tensors.items()},
                  "control": None if self._controller is None else {
                      "controller": self._controller.to_json(),
-                     "block_table": self._block_table.to_json(),
-                     "first_block_table": self._first_block_table.to_json(),
-                     "blocks_seen": self._blocks_seen, "lams": self._lams.tolist(),
-                     "future_weights": self._future_weights, "raw_bytes": self._raw_bytes,
+                     "survey": {unit: table.to_json()
+                                for unit, table in self._survey_tables.items()},
+                     "lams": self._lams.tolist(), "raw_bytes": self._raw_bytes,
                      "tensor_total": self._tensor_total},
                  "writer": writer.journal_state()}
         self._journal.save(state, hidden, outside_weights)
@@ -668,11 +674,9 @@ class SequentialEncoder:
         control = state.get("control")
         if control is not None:
             self._controller = RateController.from_json(control["controller"])
-            self._block_table = RateTable.from_json(control["block_table"])
-            self._first_block_table = RateTable.from_json(control["first_block_table"])
-            self._blocks_seen = control["blocks_seen"]
+            self._survey_tables = {unit: RateTable.from_json(table)
+                                   for unit, table in control["survey"].items()}
             self._lams = np.array(control["lams"])
-            self._future_weights = control["future_weights"]
             self._raw_bytes, self._tensor_total = control["raw_bytes"], control["tensor_total"]
         for key, value in self._journal.outside_weights().items():
             module_name = key.rpartition(".")[0]
@@ -854,7 +858,7 @@ class SequentialEncoder:
         control = self._controller is not None and bool(layers)
         if control:
             table = self._unit_table(layers)
-            self.lam = self._controller.choose(table, self._rest_table(table),
+            self.lam = self._controller.choose(table, self._rest_table(label),
                                                self._committed_bits(writer))
             self.progress(f"{label}: lambda {self.lam:.4g} for {self.target_bpw:g} bits per "
                           f"coded weight (real/predicted bits so far "
@@ -903,11 +907,9 @@ class SequentialEncoder:
             layer.problem = None
             del result
         if control:
-            self._controller.record(label, self.lam, 8.0 * unit_payload, table.bits(self.lam))
-            self._future_weights -= table.weights
-            if label.startswith("block "):  # the per-block prediction of the blocks to come
-                self._block_table = table if self._blocks_seen == 0 else self._block_table + table
-                self._blocks_seen += 1
+            surveyed = self._survey_tables.get(label)
+            self._controller.record(label, self.lam, 8.0 * unit_payload, table.bits(self.lam),
+                                    None if surveyed is None else surveyed.bits(self.lam))
         return originals
 
     # -- a size target in one pass (nncodec_rd.encoder.rate_control) ------------------------------
@@ -924,14 +926,81 @@ class SequentialEncoder:
                                        self._lams, self.settings.entropy)
         return table
 
-    def _rest_table(self, unit: RateTable) -> RateTable:
-        """The predicted bits of every layer after this unit: per weight as the stack blocks
-        seen so far (block 0 on the float inputs before any)."""
-        later = self._future_weights - unit.weights
-        if later <= 0:
-            return RateTable.empty(self._lams)
-        per_block = self._block_table if self._blocks_seen else self._first_block_table
-        return per_block.scaled_to(later)
+    def _rest_table(self, label: str) -> RateTable:
+        """The predicted bits of every unit after ``label`` (from the survey)."""
+        later = list(self._survey_tables)
+        later = later[later.index(label) + 1:] if label in later else later
+        table = RateTable.empty(self._lams)
+        for unit in later:
+            table = table + self._survey_tables[unit]
+        return table
+
+    def _survey(self, blocks, stack_prefix, all_layers, before, after, parked, first,
+                inputs) -> None:
+        """A float pass for a size target: each unit's predicted rates, in the order the units
+        are quantized: the blocks on the float outputs of the blocks before them, the layers
+        after the stack on the float final states. It costs the forward passes of the main
+        pass and none of its quantization."""
+        started = time.perf_counter()
+        model = self.model
+        items = [_BlockInput(i.hidden, i.args, i.kwargs) for i in inputs]
+        # Layers after the stack tied to one before it are not coded again.
+        coded_before = {f"{name}.weight" for name in before}
+        after = {name: kind for name, kind in after.items()
+                 if not coded_before & set(self.ties.get(f"{name}.weight", []))}
+        units = len(blocks) + bool(after)
+        tables = {}
+        if before:
+            tables["before the stack"] = RateTable.empty(self._lams)  # its own, when reached
+        for index, block in enumerate(blocks):
+            label = f"block {index + 1}/{len(blocks)}"
+            self.progress.step("survey for the size target", index + 1, units, label,
+                               milestone=index == 0)
+            if index == 0:
+                tables[label] = self._unit_table(first)  # done on every batch already
+            else:
+                _, layers = self._block_layers(block, f"{stack_prefix}{index}.", all_layers,
+                                               items)
+                tables[label] = self._unit_table(layers)
+                del layers
+            for item in items:
+                output = block(item.hidden, *item.args, **item.kwargs)
+                self._output_is_tuple = not isinstance(output, torch.Tensor)
+                item.hidden = _hidden_of(output).detach()
+            if self.weights is not None and index > 0:  # block 0 stays for the main pass
+                release(block)
+            del output
+            _return_freed_memory()
+        if after:
+            self.progress.step("survey for the size target", units, units, "after the stack")
+            modules = dict(model.named_modules())
+            if parked:
+                materialize(model, parked, self.weights, self.key_map, self.ties)
+            collector = _SharedHessians(modules, after)
+            try:
+                with self._replaying(blocks, items):
+                    for batch in self.batches:
+                        run_batch(model, batch)
+                        collector.batch_done()
+            finally:
+                collector.remove()
+            layers = self._layers(modules, after, collector.hessians(self.embedding_smoothing))
+            del collector
+
+            def outputs_after():
+                with self._replaying(blocks, items):
+                    return [first_tensor(run_batch(model, batch))
+                            for batch in self.batches[:self.sensitivity_batches]]
+
+            self._sensitivities(layers, modules, outputs_after)
+            tables["after the stack"] = self._unit_table(layers)
+            del layers
+            if parked:
+                self._park(modules, after, before)
+            _return_freed_memory()
+        self._survey_tables = tables
+        self.survey_seconds = time.perf_counter() - started
+        self.progress(f"survey for the size target: {self.survey_seconds:.0f} s", final=True)
 
     def _committed_bits(self, writer: NrdWriter) -> float:
         """Bits of the file so far, plus those still to come that do not depend on λ: the raw
@@ -940,19 +1009,16 @@ class SequentialEncoder:
         written = writer.tensor_count
         coded_payload = self._controller.spent_bits / 8.0
         raw_written = writer.payload_bytes - coded_payload
-        header = size - writer.payload_bytes
-        per_record = header / written if written else 256.0
+        # Header records still to come at RECORD_BYTES each: their frequency tables are in the
+        # predicted rates already; names, shapes and chunk lists are a few hundred bytes.
         remaining = max(0, self._tensor_total - written)
-        return 8.0 * (size + max(0.0, self._raw_bytes - raw_written) + per_record * remaining)
+        return 8.0 * (size + max(0.0, self._raw_bytes - raw_written) + RECORD_BYTES * remaining)
 
-    def _start_control(self, first_block_layers, all_layers) -> None:
-        """The controller of a target_bpw run: the budget of coded bits, the λ grid around the
-        default λ, and block 0's predicted rates on the float model's inputs."""
+    def _start_control(self, all_layers, writer: NrdWriter) -> None:
+        """The controller of a target_bpw run: the budget of coded bits and the λ grid around
+        the default λ."""
         self._lams = self.lam * LAM_FACTORS
-        self._first_block_table = self._unit_table(first_block_layers)
-        self._block_table, self._blocks_seen = RateTable.empty(self._lams), 0
         coded, raw_bits, tensors = self._weights_and_raw_bits(all_layers)
-        self._future_weights = coded
         self._raw_bytes, self._tensor_total = raw_bits / 8.0, tensors
         self._controller = RateController(self.target_bpw * coded)
 
