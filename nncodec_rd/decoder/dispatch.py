@@ -1,0 +1,226 @@
+"""Running the decoder's kernels: which kernel a tensor needs, threads, and first-use compiling.
+
+Every kernel of :mod:`nncodec_rd.decoder.kernels` has one signature for every file (scalars in
+one int64 argument array, the output as uint16 words, the slot table as bytes), is compiled
+only when a decode first needs it, and is then kept in Numba's on-disk cache, so that a later
+process loads it in milliseconds. Before a kernel compiles, the library says so once per process
+through :mod:`logging` (logger ``nncodec_rd``, level WARNING, so it reaches stderr unless the
+application configures logging), with the time it takes; ``nncodec-rd warmup`` (:func:`warmup`)
+compiles every kernel ahead of time, e.g. in a Dockerfile step.
+
+Kernels run serially and without the GIL; chunks (and rows of a transform) are spread over a
+pool of Python threads, so no Numba threading layer is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import kernels
+
+logger = logging.getLogger("nncodec_rd")
+
+# Seconds each kernel takes to compile on the development machine (2 cores at 2.0 GHz, idle;
+# bench/results/cold_start.json): what the message announces.
+COMPILE_SECONDS = {
+    "decode_fast_iid": 3, "decode_fast_iid_escape": 3, "decode_fast_previous": 3,
+    "decode_fast_previous_escape": 3, "decode_general_iid": 3, "decode_general_previous": 3,
+    "right_matrix_rows": 2,
+}
+FAST_KERNELS = {(False, False): kernels.decode_fast_iid,
+                (False, True): kernels.decode_fast_iid_escape,
+                (True, False): kernels.decode_fast_previous,
+                (True, True): kernels.decode_fast_previous_escape}
+GENERAL_KERNELS = {False: kernels.decode_general_iid, True: kernels.decode_general_previous}
+ALL_KERNELS = (*FAST_KERNELS.values(), *GENERAL_KERNELS.values(), kernels.right_matrix_rows)
+# Below this many symbols a tensor is not worth a thread.
+MIN_SYMBOLS_PER_THREAD = 1 << 16
+
+_lock = threading.Lock()
+_ready: set = set()
+_announced = False
+_pool: ThreadPoolExecutor | None = None
+
+
+def cache_folder() -> str | None:
+    """The folder Numba caches the kernels in, or None when no cache folder is writable (the
+    kernels then compile in every process)."""
+    if kernels.CACHE_PROBLEM is not None:
+        return None
+    try:
+        return kernels.decode_fast_iid._cache.cache_path
+    except AttributeError:
+        return None
+
+
+def is_compiled(kernel) -> bool:
+    """True when ``kernel`` will not compile at its next call: compiled in this process, or
+    in the on-disk cache for this Numba version and this source."""
+    if kernel.signatures:
+        return True
+    try:
+        return bool(kernel._cache._cache_file._load_index())
+    except Exception:  # noqa: BLE001 - no cache, or a Numba without this layout
+        return False
+
+
+def _announce(kernel) -> None:
+    """Say once per process that kernels compile, how long it takes, and what to do about it."""
+    global _announced
+    name = kernel.py_func.__name__
+    seconds = COMPILE_SECONDS.get(name, 3)
+    if _announced:
+        logger.debug("compiling %s (about %d s)", name, seconds)
+        return
+    _announced = True
+    folder = cache_folder()
+    if folder is None:
+        where = (f"no cache folder is writable ({kernels.CACHE_PROBLEM}), so every process "
+                 "compiles again; set NUMBA_CACHE_DIR to a writable folder to keep them")
+    else:
+        where = (f"once: later processes load them from the Numba cache in {folder}; "
+                 "`nncodec-rd warmup` compiles them all ahead of time")
+    logger.warning("compiling the decoder's kernels for this machine, about %d s each "
+                   "(a file needs 1 to %d of them), %s", seconds, len(ALL_KERNELS), where)
+
+
+def call(kernel, *arguments):
+    """Call ``kernel``, announcing first if the call will compile it."""
+    if kernel not in _ready:
+        with _lock:
+            if kernel not in _ready:
+                if not is_compiled(kernel):
+                    _announce(kernel)
+                    kernel(*arguments)
+                    _ready.add(kernel)
+                    return
+                _ready.add(kernel)
+    kernel(*arguments)
+
+
+def thread_count(threads: int | None) -> int:
+    """Threads to decode with: ``threads``, or Numba's thread count of the calling thread."""
+    if threads is None:
+        import numba
+
+        threads = numba.get_num_threads()
+    return max(1, int(threads))
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1),
+                                       thread_name_prefix="nncodec-rd-decode")
+        return _pool
+
+
+def run_parallel(kernel, before: tuple, items: np.ndarray, after: tuple, threads: int,
+                 weight: int) -> None:
+    """``kernel(*before, part, *after)`` for ``threads`` interleaved parts of ``items``, on
+    threads (the calling thread takes the first part); ``weight`` (symbols) below
+    MIN_SYMBOLS_PER_THREAD per thread runs it all in the calling thread."""
+    threads = min(threads, len(items), max(1, weight // MIN_SYMBOLS_PER_THREAD))
+    if threads <= 1:
+        call(kernel, *before, items, *after)
+        return
+    if kernel not in _ready:
+        call(kernel, *before, items[:1], *after)  # compile (and announce) once, in this thread
+        items = items[1:]
+    parts = [np.ascontiguousarray(items[t::threads]) for t in range(threads)]
+    futures = [_get_pool(threads).submit(kernel, *before, part, *after) for part in parts[1:]]
+    kernel(*before, parts[0], *after)
+    for future in futures:
+        future.result()
+
+
+def decode_chunks(buffer, chunks, params, context_model, slot_bytes, symbol_info,
+                  symbol_contexts, next_slot_bases, next_info_bases, steps, zero_points, codebook,
+                  value_table, invalid_symbols, out, errors, threads: int | None = None,
+                  use_fast: bool = True) -> None:
+    """Decode the chunks of one tensor (rows of ``chunks``: offset, size, first row, symbol
+    count, output start) from ``buffer`` (read-only uint8) into ``out`` (uint16 words; two per
+    element for 32-bit outputs). ``errors[k] = (code, byte offset)`` for chunk k, code 0 on
+    success. ``params``: the int64 argument record of :mod:`~nncodec_rd.decoder.kernels`.
+
+    The fast 4-lane kernel takes every chunk it can (when the tensor suits it and
+    ``use_fast``); the general kernel decodes the others and finds the first fault of a broken
+    chunk. Only the kernels a tensor needs are compiled (on first use)."""
+    threads = thread_count(threads)
+    count = len(chunks)
+    weight = int(chunks[:, kernels.C_SYMBOL_COUNT].sum()) if count else 0
+    previous = context_model == 1
+    pending = np.arange(count, dtype=np.int64)
+    if (use_fast and count and params[kernels.P_LANE_COUNT] == 4 and len(value_table) > 0
+            and len(invalid_symbols) == 0):
+        kernel = FAST_KERNELS[(previous, bool(params[kernels.P_FAST_ESCAPE] >= 0))]
+        run_parallel(kernel, (buffer, chunks), pending,
+                     (params, slot_bytes, symbol_info, next_slot_bases, next_info_bases,
+                      value_table, out, errors), threads, weight)
+        pending = np.flatnonzero(errors[:, 0] == kernels.RETRY).astype(np.int64)
+    if len(pending):
+        run_parallel(GENERAL_KERNELS[previous], (buffer, chunks), pending,
+                     (params, slot_bytes, symbol_info, symbol_contexts, steps, zero_points,
+                      codebook, value_table, invalid_symbols, out, errors), threads,
+                     weight * len(pending) // max(count, 1))
+
+
+def right_matrix_product(coefficients, matrix, output_kind, out_f32, out_u16,
+                         threads: int | None = None) -> None:
+    """spec §6.4 (see :func:`~nncodec_rd.decoder.kernels.right_matrix_rows`), rows spread over
+    threads."""
+    rows = coefficients.shape[0]
+    work = rows * coefficients.shape[1] * max(matrix.shape[1], 1)
+    threads = min(thread_count(threads), rows, max(1, work // (MIN_SYMBOLS_PER_THREAD * 16)))
+    bounds = [rows * t // max(threads, 1) for t in range(threads + 1)]
+    kernel = kernels.right_matrix_rows
+    call(kernel, coefficients, matrix, output_kind, out_f32, out_u16, bounds[0], bounds[1])
+    futures = [_get_pool(threads).submit(kernel, coefficients, matrix, output_kind, out_f32,
+                                         out_u16, bounds[t], bounds[t + 1])
+               for t in range(1, threads)]
+    for future in futures:
+        future.result()
+
+
+def _empty_arguments():
+    """Arguments of every kernel's one signature, with nothing to decode."""
+    buffer = np.zeros(0, np.uint8)
+    buffer.flags.writeable = False
+    chunks = np.zeros((0, 5), np.int64)
+    ids = np.zeros(0, np.int64)
+    params = np.zeros(kernels.PARAMETER_COUNT, np.int64)
+    u64 = np.zeros(0, np.uint64)
+    fast = (buffer, chunks, ids, params, np.zeros(0, np.uint8), u64, u64, u64,
+            np.zeros(0, np.uint32), np.zeros(0, np.uint16), np.zeros((0, 2), np.int64))
+    general = (buffer, chunks, ids, params, np.zeros(0, np.uint8), u64, np.zeros(0, np.int64),
+               np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32),
+               np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.uint16),
+               np.zeros((0, 2), np.int64))
+    matrix = (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), kernels.OUTPUT_FLOAT32,
+              np.zeros(0, np.float32), np.zeros(0, np.uint16), 0, 0)
+    return fast, general, matrix
+
+
+def warmup(progress=None) -> dict:
+    """Compile every kernel now (or load it from the cache), so that no later decode
+    compiles: for a Dockerfile step or an installer. Returns seconds per kernel;
+    ``progress(name, seconds)`` is called after each."""
+    fast, general, matrix = _empty_arguments()
+    timings = {}
+    for kernel in ALL_KERNELS:
+        arguments = (matrix if kernel is kernels.right_matrix_rows
+                     else fast if kernel in FAST_KERNELS.values() else general)
+        start = time.perf_counter()
+        call(kernel, *arguments)
+        name = kernel.py_func.__name__
+        timings[name] = time.perf_counter() - start
+        if progress is not None:
+            progress(name, timings[name])
+    return timings
