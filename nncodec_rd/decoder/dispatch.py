@@ -28,16 +28,17 @@ logger = logging.getLogger("nncodec_rd")
 
 # Seconds each kernel takes to compile on the development machine (2 cores at 2.0 GHz, idle;
 # bench/results/cold_start.json): what the message announces.
-COMPILE_SECONDS = {
-    "decode_fast_iid": 3, "decode_fast_iid_escape": 3, "decode_fast_previous": 3,
-    "decode_fast_previous_escape": 3, "decode_general_iid": 3, "decode_general_previous": 3,
-    "right_matrix_rows": 2,
-}
-FAST_KERNELS = {(False, False): kernels.decode_fast_iid,
-                (False, True): kernels.decode_fast_iid_escape,
-                (True, False): kernels.decode_fast_previous,
-                (True, True): kernels.decode_fast_previous_escape}
-GENERAL_KERNELS = {False: kernels.decode_general_iid, True: kernels.decode_general_previous}
+COMPILE_SECONDS: dict = {}
+# The fast kernel by (PREVIOUS_INDEX model, escape symbol decodable, 32-bit output).
+FAST_KERNELS = {
+    (previous, escape, wide): getattr(kernels, f"decode_fast_{'previous' if previous else 'iid'}"
+                                               f"{'_escape' if escape else ''}_{32 if wide else 16}")
+    for previous in (False, True) for escape in (False, True) for wide in (True, False)}
+# The general kernel by (PREVIOUS_INDEX model, 32-bit output).
+GENERAL_KERNELS = {
+    (previous, wide): getattr(kernels, f"decode_general_{'previous' if previous else 'iid'}"
+                                       f"_{32 if wide else 16}")
+    for previous in (False, True) for wide in (True, False)}
 ALL_KERNELS = (*FAST_KERNELS.values(), *GENERAL_KERNELS.values(), kernels.right_matrix_rows)
 # Below this many symbols a tensor is not worth a thread.
 MIN_SYMBOLS_PER_THREAD = 1 << 16
@@ -54,7 +55,7 @@ def cache_folder() -> str | None:
     if kernels.CACHE_PROBLEM is not None:
         return None
     try:
-        return kernels.decode_fast_iid._cache.cache_path
+        return kernels.decode_fast_iid_32._cache.cache_path
     except AttributeError:
         return None
 
@@ -143,11 +144,12 @@ def run_parallel(kernel, before: tuple, items: np.ndarray, after: tuple, threads
 
 def decode_chunks(buffer, chunks, params, context_model, slot_bytes, symbol_info,
                   symbol_contexts, next_slot_bases, next_info_bases, steps, zero_points, codebook,
-                  value_table, invalid_symbols, out, errors, threads: int | None = None,
+                  value_table, invalid_symbols, out16, out32, errors, threads: int | None = None,
                   use_fast: bool = True) -> None:
     """Decode the chunks of one tensor (rows of ``chunks``: offset, size, first row, symbol
-    count, output start) from ``buffer`` (read-only uint8) into ``out`` (uint16 words; two per
-    element for 32-bit outputs). ``errors[k] = (code, byte offset)`` for chunk k, code 0 on
+    count, output start) from ``buffer`` (read-only uint8) into ``out32`` (the bits of 32-bit
+    outputs: float32 values, int32 indices) or ``out16`` (binary16/bfloat16 patterns); the
+    other one is empty. ``errors[k] = (code, byte offset)`` for chunk k, code 0 on
     success. ``params``: the int64 argument record of :mod:`~nncodec_rd.decoder.kernels`.
 
     The fast 4-lane kernel takes every chunk it can (when the tensor suits it and
@@ -158,17 +160,20 @@ def decode_chunks(buffer, chunks, params, context_model, slot_bytes, symbol_info
     weight = int(chunks[:, kernels.C_SYMBOL_COUNT].sum()) if count else 0
     previous = context_model == 1
     pending = np.arange(count, dtype=np.int64)
+    wide = len(out32) > 0 or len(out16) == 0
+    table = value_table if wide else value_table.astype(np.uint16)
+    out = out32 if wide else out16
     if (use_fast and count and params[kernels.P_LANE_COUNT] == 4 and len(value_table) > 0
             and len(invalid_symbols) == 0):
-        kernel = FAST_KERNELS[(previous, bool(params[kernels.P_FAST_ESCAPE] >= 0))]
+        kernel = FAST_KERNELS[(previous, bool(params[kernels.P_FAST_ESCAPE] >= 0), wide)]
         run_parallel(kernel, (buffer, chunks), pending,
                      (params, slot_bytes, symbol_info, next_slot_bases, next_info_bases,
-                      value_table, out, errors), threads, weight)
+                      table, out, errors), threads, weight)
         pending = np.flatnonzero(errors[:, 0] == kernels.RETRY).astype(np.int64)
     if len(pending):
-        run_parallel(GENERAL_KERNELS[previous], (buffer, chunks), pending,
+        run_parallel(GENERAL_KERNELS[(previous, wide)], (buffer, chunks), pending,
                      (params, slot_bytes, symbol_info, symbol_contexts, steps, zero_points,
-                      codebook, value_table, invalid_symbols, out, errors), threads,
+                      codebook, table, invalid_symbols, out, errors), threads,
                      weight * len(pending) // max(count, 1))
 
 
@@ -197,26 +202,32 @@ def _empty_arguments():
     ids = np.zeros(0, np.int64)
     params = np.zeros(kernels.PARAMETER_COUNT, np.int64)
     u64 = np.zeros(0, np.uint64)
-    fast = (buffer, chunks, ids, params, np.zeros(0, np.uint8), u64, u64, u64,
-            np.zeros(0, np.uint32), np.zeros(0, np.uint16), np.zeros((0, 2), np.int64))
-    general = (buffer, chunks, ids, params, np.zeros(0, np.uint8), u64, np.zeros(0, np.int64),
-               np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32),
-               np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.uint16),
-               np.zeros((0, 2), np.int64))
+    fast32 = (buffer, chunks, ids, params, np.zeros(0, np.uint8), u64, u64, u64,
+              np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros((0, 2), np.int64))
+    fast16 = (*fast32[:8], np.zeros(0, np.uint16), np.zeros(0, np.uint16), fast32[-1])
+    general32 = (buffer, chunks, ids, params, np.zeros(0, np.uint8), u64, np.zeros(0, np.int64),
+                 np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                 np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.uint32),
+                 np.zeros((0, 2), np.int64))
+    general16 = (*general32[:10], np.zeros(0, np.uint16), general32[11], np.zeros(0, np.uint16),
+                 general32[-1])
     matrix = (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), kernels.OUTPUT_FLOAT32,
               np.zeros(0, np.float32), np.zeros(0, np.uint16), 0, 0)
-    return fast, general, matrix
+    return {"fast_32": fast32, "fast_16": fast16, "general_32": general32,
+            "general_16": general16, "matrix": matrix}
 
 
 def warmup(progress=None) -> dict:
     """Compile every kernel now (or load it from the cache), so that no later decode
     compiles: for a Dockerfile step or an installer. Returns seconds per kernel;
     ``progress(name, seconds)`` is called after each."""
-    fast, general, matrix = _empty_arguments()
+    empty = _empty_arguments()
     timings = {}
     for kernel in ALL_KERNELS:
-        arguments = (matrix if kernel is kernels.right_matrix_rows
-                     else fast if kernel in FAST_KERNELS.values() else general)
+        name = kernel.py_func.__name__
+        arguments = (empty["matrix"] if kernel is kernels.right_matrix_rows else
+                     empty[("fast" if name.startswith("decode_fast") else "general")
+                           + name[-3:]])
         start = time.perf_counter()
         call(kernel, *arguments)
         name = kernel.py_func.__name__

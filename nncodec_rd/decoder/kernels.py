@@ -107,8 +107,7 @@ def float32_bits_to_bfloat16_bits(bits):
 MAX_VALUE_TABLE_ENTRIES = 1 << 20
 _LOW32 = np.uint64(0xFFFFFFFF)
 _HIGH_SHIFT = np.uint64(32)
-# Where the halves of a 32-bit output element lie in the uint16 output (see _store), and the
-# bytes of a uint16 slot symbol in the slot table read as bytes (see _slot_symbol).
+# Where the bytes of a uint16 slot symbol lie in the slot table read as bytes (_slot_symbol).
 _LOW_HALF = np.uint64(0 if sys.byteorder == "little" else 1)
 _HIGH_HALF = np.uint64(1) - _LOW_HALF
 
@@ -126,7 +125,7 @@ P_ROWS_PER_GROUP = 8
 P_CODEBOOK_FIRST = 9
 P_OUTPUT_KIND = 10
 P_WIDE_SLOTS = 11  # slot table of uint16 symbols, read as pairs of bytes
-P_WIDE_OUTPUT = 12  # 32-bit output elements, written as two uint16 halves
+P_WIDE_OUTPUT = 12  # 32-bit output elements (informative: each kernel has one width)
 P_ALPHABET_SIZE = 13
 P_FAST_ESCAPE = 14  # the escape symbol if some table can decode it, else -1
 P_FAST_ROWS_PER_GROUP = 15  # rows_per_group for the fast kernel's value table (0 for indices)
@@ -266,16 +265,11 @@ def _slot_symbol(slot_bytes, wide_slots, position):
     return np.uint64(slot_bytes[position])
 
 
-@_jit()
-def _store(out, target, wide_output, bits):
-    """Write one output element: ``bits`` (uint32) as two uint16 halves at ``2 * target`` for
-    32-bit outputs (float32 values, int32 indices), or as one uint16 (binary16/bfloat16)."""
-    if wide_output:
-        at = target << np.uint64(1)
-        out[at + _LOW_HALF] = np.uint16(bits & np.uint32(0xFFFF))
-        out[at + _HIGH_HALF] = np.uint16(bits >> np.uint32(16))
-    else:
-        out[target] = np.uint16(bits)
+@njit(inline="always")
+def _put(out, target, bits):
+    """``out[target] = bits``: the uint32 ``bits`` of a 32-bit output element (float32 value,
+    int32 index), or a uint16 binary16/bfloat16 pattern, into an output of that width."""
+    out[target] = bits
 
 
 @njit(inline="always")
@@ -297,7 +291,6 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
     codebook_first = params[P_CODEBOOK_FIRST]
     output_kind = params[P_OUTPUT_KIND]
     wide_slots = params[P_WIDE_SLOTS] != 0
-    wide_output = params[P_WIDE_OUTPUT] != 0
     alphabet_size = params[P_ALPHABET_SIZE]
     end = chunk_offset + chunk_size
     # spec §7.3: the chunk's fixed part, in the order the spec gives.
@@ -384,7 +377,7 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
                         errors[chunk_number, 0] = INDEX_OUT_OF_RANGE
                         errors[chunk_number, 1] = chunk_offset
                         return
-                    _store(out, target, wide_output, value_table[value_base + symbol])
+                    _put(out, target, value_table[value_base + symbol])
                     continue
                 index = symbol + index_offset
             else:
@@ -406,7 +399,7 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
                     lane_info_bases[decoded_lane] = np.uint64(next_context * alphabet_size)
             # The value computed from the index (escapes, and grids too large for a table).
             if output_kind == OUTPUT_INDEX:
-                _store(out, target, wide_output, np.uint32(index & 0xFFFFFFFF))
+                _put(out, target, np.uint32(index & 0xFFFFFFFF))
                 continue
             if grid_kind == GRID_UNIFORM:
                 value = uniform_value(steps[group], index, zero_points[group])
@@ -419,13 +412,11 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
                 value = codebook[entry_index]
             one_value[0] = value
             if output_kind == OUTPUT_FLOAT32:
-                _store(out, target, wide_output, one_bits[0])
+                _put(out, target, one_bits[0])
             elif output_kind == OUTPUT_FLOAT16:
-                _store(out, target, wide_output,
-                       np.uint32(float32_bits_to_float16_bits(one_bits[0])))
+                _put(out, target, np.uint32(float32_bits_to_float16_bits(one_bits[0])))
             else:
-                _store(out, target, wide_output,
-                       np.uint32(float32_bits_to_bfloat16_bits(one_bits[0])))
+                _put(out, target, np.uint32(float32_bits_to_bfloat16_bits(one_bits[0])))
         row += 1
         if rows_per_group > 0 and row % rows_per_group == 0:
             group += 1
@@ -447,13 +438,13 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
 
 
 @_jit(nogil=True)
-def decode_general_iid(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                       symbol_contexts, steps, zero_points, codebook, value_table,
-                       invalid_symbols, out, errors):
-    """The general chunk kernel, IID model (spec §7.3-§7.7): decodes chunks ``chunk_ids`` of
-    ``chunks`` (rows of offset, size, first row, symbol count, output start) with every check,
-    writing ``errors[k] = (code, byte offset)`` (code 0: success). Arguments: see
-    :func:`nncodec_rd.decoder.dispatch.decode_chunks`."""
+def decode_general_iid_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
+                          steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
+    """The general chunk kernel, IID model, 32-bit outputs (spec §7.3-§7.7): decodes
+    chunks ``chunk_ids`` of ``chunks`` (rows of offset, size, first row, symbol count, output
+    start) with every check, writing ``errors[k] = (code, byte offset)`` (code 0: success);
+    ``out`` and ``value_table`` are uint32 (the bits of float32 values or int32 indices).
+    Arguments: see :func:`nncodec_rd.decoder.dispatch.decode_chunks`."""
     states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
@@ -467,10 +458,42 @@ def decode_general_iid(buffer, chunks, chunk_ids, params, slot_bytes, symbol_inf
 
 
 @_jit(nogil=True)
-def decode_general_previous(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                            symbol_contexts, steps, zero_points, codebook, value_table,
-                            invalid_symbols, out, errors):
-    """:func:`decode_general_iid` for the PREVIOUS_INDEX context model."""
+def decode_general_iid_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
+                          steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
+    """:func:`decode_general_iid_32` for 16-bit outputs (uint16 binary16/bfloat16
+    patterns)."""
+    states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        errors[k, 0] = 0
+        errors[k, 1] = 0
+        _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
+                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params, False,
+                           slot_bytes, symbol_info, symbol_contexts, steps, zero_points, codebook,
+                           value_table, invalid_symbols, out, chunks[k, C_OUT_START], states,
+                           errors, k)
+
+
+@_jit(nogil=True)
+def decode_general_previous_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
+                               steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
+    """:func:`decode_general_iid_32` for the PREVIOUS_INDEX context model."""
+    states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        errors[k, 0] = 0
+        errors[k, 1] = 0
+        _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
+                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params, True,
+                           slot_bytes, symbol_info, symbol_contexts, steps, zero_points, codebook,
+                           value_table, invalid_symbols, out, chunks[k, C_OUT_START], states,
+                           errors, k)
+
+
+@_jit(nogil=True)
+def decode_general_previous_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
+                               steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
+    """:func:`decode_general_iid_16` for the PREVIOUS_INDEX context model."""
     states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
@@ -520,10 +543,14 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
                               row_length, precision_bits, previous_index_context, escape_symbol,
                               slot_bytes, wide_slots, symbol_info, next_slot_bases,
                               next_info_bases, alphabet_size, rows_per_group, value_table, out,
-                              wide_output, out_start):
+                              out_start):
     """The fast kernel for one context model and, with ``escape_symbol`` -1, for no escape
     symbol: both are constants where it is inlined, so the IID copy carries no context work and
     the copy without escapes no escape test.
+
+    ``out`` and ``value_table`` have the output's width (uint32 bits of float32 values or int32
+    indices, or uint16 binary16/bfloat16 patterns): each entry point has one width, so that the
+    store needs no test (a test per store costs a third of the speed).
 
     The common case of the chunk kernels, fast: 4 lanes, no escaped index in the chunk, every
     output looked up in ``value_table`` (``rows_per_group`` 0: one table for every row), no
@@ -608,10 +635,10 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
                 if escape_symbol >= 0:
                     escape_seen |= ((symbol0 == escape) | (symbol1 == escape)
                                     | (symbol2 == escape) | (symbol3 == escape))
-                _store(out, target, wide_output, values[symbol0])
-                _store(out, target + _U1, wide_output, values[symbol1])
-                _store(out, target + _U2, wide_output, values[symbol2])
-                _store(out, target + np.uint64(3), wide_output, values[symbol3])
+                out[target] = values[symbol0]
+                out[target + _U1] = values[symbol1]
+                out[target + _U2] = values[symbol2]
+                out[target + np.uint64(3)] = values[symbol3]
                 target += _U4
         # The rest of the segment one symbol at a time, each read checked; the lanes turn
         # round so that lane 0's variables stay the next lane's.
@@ -626,7 +653,7 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
                 slot_base0 = next_slot_bases[symbol0]
                 info_base0 = next_info_bases[symbol0]
             escape_seen |= symbol0 == escape
-            _store(out, target, wide_output, values[symbol0])
+            out[target] = values[symbol0]
             target += _U1
             state0, state1, state2, state3 = state1, state2, state3, state0
             if previous_index_context:
@@ -642,10 +669,12 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
 
 
 @_jit(nogil=True)
-def decode_fast_iid(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, next_slot_bases,
-                    next_info_bases, value_table, out, errors):
-    """The fast 4-lane kernel (see _decode_chunk_4lanes_body), IID, no escape symbol to look
-    for: chunks it cannot take get ``errors[k, 0] = RETRY`` for the general kernel."""
+def decode_fast_iid_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
+                       next_slot_bases, next_info_bases, value_table, out, errors):
+    """The fast 4-lane kernel (see _decode_chunk_4lanes_body) for the IID model, no
+    escape symbol to look for, 32-bit outputs (``out``, ``value_table``: uint32):
+    chunks it cannot take get ``errors[k, 0] = RETRY`` for the general kernel. Its
+    seven siblings differ in context model, escape symbol and output width."""
     escape_symbol = -1
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
@@ -654,15 +683,31 @@ def decode_fast_iid(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, 
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
                 False, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, params[P_WIDE_OUTPUT] != 0,
-                chunks[k, C_OUT_START]):
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_iid_escape(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, next_slot_bases,
-                           next_info_bases, value_table, out, errors):
-    """:func:`decode_fast_iid` where the escape symbol can be decoded (it then retries)."""
+def decode_fast_iid_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
+                       next_slot_bases, next_info_bases, value_table, out, errors):
+    """:func:`decode_fast_iid_32` for the IID model, no escape symbol, 16-bit outputs (uint16)."""
+    escape_symbol = -1
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                False, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def decode_fast_iid_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
+                              next_slot_bases, next_info_bases, value_table, out, errors):
+    """:func:`decode_fast_iid_32` for the IID model, an escape symbol that
+    can be decoded, 32-bit outputs (uint32)."""
     escape_symbol = params[P_FAST_ESCAPE]
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
@@ -671,15 +716,31 @@ def decode_fast_iid_escape(buffer, chunks, chunk_ids, params, slot_bytes, symbol
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
                 False, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, params[P_WIDE_OUTPUT] != 0,
-                chunks[k, C_OUT_START]):
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_previous(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, next_slot_bases,
-                         next_info_bases, value_table, out, errors):
-    """:func:`decode_fast_iid` for the PREVIOUS_INDEX context model."""
+def decode_fast_iid_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
+                              next_slot_bases, next_info_bases, value_table, out, errors):
+    """:func:`decode_fast_iid_32` for the IID model, an escape symbol that
+    can be decoded, 16-bit outputs (uint16)."""
+    escape_symbol = params[P_FAST_ESCAPE]
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                False, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def decode_fast_previous_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
+                            next_slot_bases, next_info_bases, value_table, out, errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 32-bit outputs (uint32)."""
     escape_symbol = -1
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
@@ -688,15 +749,31 @@ def decode_fast_previous(buffer, chunks, chunk_ids, params, slot_bytes, symbol_i
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
                 True, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, params[P_WIDE_OUTPUT] != 0,
-                chunks[k, C_OUT_START]):
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_previous_escape(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, next_slot_bases,
-                                next_info_bases, value_table, out, errors):
-    """:func:`decode_fast_previous` where the escape symbol can be decoded."""
+def decode_fast_previous_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
+                            next_slot_bases, next_info_bases, value_table, out, errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 16-bit outputs (uint16)."""
+    escape_symbol = -1
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                True, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def decode_fast_previous_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
+                                   next_slot_bases, next_info_bases, value_table, out, errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, an escape symbol that
+    can be decoded, 32-bit outputs (uint32)."""
     escape_symbol = params[P_FAST_ESCAPE]
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
@@ -705,8 +782,24 @@ def decode_fast_previous_escape(buffer, chunks, chunk_ids, params, slot_bytes, s
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
                 True, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, params[P_WIDE_OUTPUT] != 0,
-                chunks[k, C_OUT_START]):
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def decode_fast_previous_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
+                                   next_slot_bases, next_info_bases, value_table, out, errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, an escape symbol that
+    can be decoded, 16-bit outputs (uint16)."""
+    escape_symbol = params[P_FAST_ESCAPE]
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                True, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 

@@ -27,7 +27,7 @@ from ..format.container import read_container, to_plain
 from ..format.errors import ErrorCode, FormatError, NrdError, OutputTooLargeError, error_for_code
 from ..format.layout import RowGeometry, chunk_extents
 from ..format.validate import payload_refs
-from . import dispatch, kernels
+from . import dispatch, kernels, small
 
 _NUMPY_DTYPES = {
     TensorDtype.FLOAT32: "<f4", TensorDtype.FLOAT16: "<f2", TensorDtype.FLOAT64: "<f8",
@@ -196,12 +196,24 @@ class ChunkDecoder:
 
     def decode(self, buffer: np.ndarray, offsets, sizes, first_rows, counts, out_starts,
                out: np.ndarray, chunk_numbers, file_offsets=None, threads: int | None = None,
-               use_fast: bool = True) -> None:
+               method: str = "auto") -> None:
         """Decode the chunks at ``offsets``/``sizes`` of ``buffer`` into ``out`` (flat, the
         output kind's dtype; chunk ``k`` from ``out_starts[k]``). Faults raise the typed error
         naming chunk ``chunk_numbers[k]``, at its byte offset in the file (``file_offsets`` are
         the chunks' file offsets when ``buffer`` is not the file). ``threads``: as
-        :class:`NrdFile`'s; ``use_fast`` False decodes with the general kernel only (tests)."""
+        :class:`NrdFile`'s. ``method``: ``"auto"`` (Python for a tensor of at most
+        ``small.SMALL_TENSOR_SYMBOLS`` symbols, else the fast kernel with the general kernel for
+        the chunks it leaves); for tests, ``"small"`` (Python only; RuntimeError if it declines
+        a chunk), ``"kernels"`` (fast and general kernels) or ``"general"`` (general kernel)."""
+        if method not in ("auto", "small", "kernels", "general"):
+            raise ValueError(f"unknown decoding method {method!r}")
+        if method == "small" or (method == "auto"
+                                 and int(np.sum(counts)) <= small.SMALL_TENSOR_SYMBOLS):
+            if small.decode_small(self, buffer, offsets, sizes, first_rows, counts, out_starts,
+                                  out):
+                return
+            if method == "small":
+                raise RuntimeError("the Python decoder declined a chunk")
         slot_symbols, symbol_info = kernels.build_symbol_tables(self.frequencies,
                                                                 self.precision_bits)
         errors = np.zeros((len(offsets), 2), dtype=np.int64)
@@ -219,8 +231,8 @@ class ChunkDecoder:
                                slot_symbols.reshape(-1).view(np.uint8), symbol_info,
                                self.symbol_contexts, next_slot_bases, next_info_bases,
                                self.steps, self.zero_points, self.codebook, value_table,
-                               self.invalid_symbols, out.reshape(-1).view(np.uint16), errors,
-                               threads=threads, use_fast=use_fast)
+                               self.invalid_symbols, *_output_words(out), errors,
+                               threads=threads, use_fast=method != "general")
         if errors[:, 0].any():
             k = int(np.flatnonzero(errors[:, 0])[0])
             code = ErrorCode(int(errors[k, 0]))
@@ -229,6 +241,14 @@ class ChunkDecoder:
                 at += int(file_offsets[k]) - int(offsets[k])
             raise error_for_code(code, _KERNEL_MESSAGES[code],
                                  field=f"{self.field}[{int(chunk_numbers[k])}]", offset=at)
+
+
+def _output_words(out: np.ndarray) -> tuple:
+    """``out`` (flat) as the kernels' two outputs: (uint16 patterns, uint32 bits), one empty."""
+    flat = out.reshape(-1)
+    if out.dtype.itemsize == 4:
+        return np.zeros(0, np.uint16), flat.view(np.uint32)
+    return flat.view(np.uint16), np.zeros(0, np.uint32)
 
 
 class NrdFile:
@@ -284,6 +304,7 @@ class NrdFile:
             raise
         self._index = {record.name: position for position, record in enumerate(self.header.tensors)}
         self._verified_chunks: set = set()
+        self._method = "auto"  # how chunks are decoded (ChunkDecoder.decode); tests change it
 
     # -- file-level --------------------------------------------------------------------------
 
@@ -588,7 +609,7 @@ class NrdFile:
         try:
             with self._threads():
                 decoder.decode(self._buffer, offsets, sizes, first_rows, counts, out_starts, out,
-                               selected)
+                               selected, method=self._method)
         except BaseException:
             if out is destination:
                 # The caller's buffer holds whole chunks decoded beside a chunk that failed half
