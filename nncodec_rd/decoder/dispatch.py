@@ -34,11 +34,8 @@ FAST_KERNELS = {
     (previous, escape, wide): getattr(kernels, f"decode_fast_{'previous' if previous else 'iid'}"
                                                f"{'_escape' if escape else ''}_{32 if wide else 16}")
     for previous in (False, True) for escape in (False, True) for wide in (True, False)}
-# The general kernel by (PREVIOUS_INDEX model, 32-bit output).
-GENERAL_KERNELS = {
-    (previous, wide): getattr(kernels, f"decode_general_{'previous' if previous else 'iid'}"
-                                       f"_{32 if wide else 16}")
-    for previous in (False, True) for wide in (True, False)}
+# The general kernel by 32-bit output.
+GENERAL_KERNELS = {True: kernels.decode_general_32, False: kernels.decode_general_16}
 ALL_KERNELS = (*FAST_KERNELS.values(), *GENERAL_KERNELS.values(), kernels.right_matrix_rows)
 # Below this many symbols a tensor is not worth a thread.
 MIN_SYMBOLS_PER_THREAD = 1 << 16
@@ -171,7 +168,7 @@ def decode_chunks(buffer, chunks, params, context_model, slot_bytes, symbol_info
                       table, out, errors), threads, weight)
         pending = np.flatnonzero(errors[:, 0] == kernels.RETRY).astype(np.int64)
     if len(pending):
-        run_parallel(GENERAL_KERNELS[(previous, wide)], (buffer, chunks), pending,
+        run_parallel(GENERAL_KERNELS[wide], (buffer, chunks), pending,
                      (params, slot_bytes, symbol_info, symbol_contexts, steps, zero_points,
                       codebook, table, invalid_symbols, out, errors), threads,
                      weight * len(pending) // max(count, 1))

@@ -129,7 +129,8 @@ P_WIDE_OUTPUT = 12  # 32-bit output elements (informative: each kernel has one w
 P_ALPHABET_SIZE = 13
 P_FAST_ESCAPE = 14  # the escape symbol if some table can decode it, else -1
 P_FAST_ROWS_PER_GROUP = 15  # rows_per_group for the fast kernel's value table (0 for indices)
-PARAMETER_COUNT = 16
+P_CONTEXT_MODEL = 16  # 0: IID, 1: PREVIOUS_INDEX
+PARAMETER_COUNT = 17
 
 # Columns of the chunk table: one row per chunk.
 C_OFFSET, C_SIZE, C_FIRST_ROW, C_SYMBOL_COUNT, C_OUT_START = range(5)
@@ -265,20 +266,15 @@ def _slot_symbol(slot_bytes, wide_slots, position):
     return np.uint64(slot_bytes[position])
 
 
-@njit(inline="always")
-def _put(out, target, bits):
-    """``out[target] = bits``: the uint32 ``bits`` of a 32-bit output element (float32 value,
-    int32 index), or a uint16 binary16/bfloat16 pattern, into an output of that width."""
-    out[target] = bits
-
-
-@njit(inline="always")
+@_jit()
 def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, params,
                        previous_index_context, slot_bytes, symbol_info, symbol_contexts,
                        steps, zero_points, codebook, value_table, invalid_symbols, out, out_start,
                        states, errors, chunk_number):
-    """Decode one chunk (spec §7.3-§7.7). Inlined into one kernel per next_context model, where
-    ``previous_index_context`` is a constant, so the IID kernel carries no next_context work."""
+    """Decode one chunk (spec §7.3-§7.7) into ``out`` (uint32 bits of float32 values or int32
+    indices, or uint16 binary16/bfloat16 patterns, as ``value_table``). The general kernel is
+    the slow path (escapes, other lane counts, faults), so the context model is a flag here
+    rather than a compiled variant: one compile serves both models."""
     row_length = params[P_ROW_LENGTH]
     lane_count = params[P_LANE_COUNT]
     precision_bits = params[P_PRECISION_BITS]
@@ -377,7 +373,7 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
                         errors[chunk_number, 0] = INDEX_OUT_OF_RANGE
                         errors[chunk_number, 1] = chunk_offset
                         return
-                    _put(out, target, value_table[value_base + symbol])
+                    out[target] = value_table[value_base + symbol]
                     continue
                 index = symbol + index_offset
             else:
@@ -399,7 +395,7 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
                     lane_info_bases[decoded_lane] = np.uint64(next_context * alphabet_size)
             # The value computed from the index (escapes, and grids too large for a table).
             if output_kind == OUTPUT_INDEX:
-                _put(out, target, np.uint32(index & 0xFFFFFFFF))
+                out[target] = np.uint32(index & 0xFFFFFFFF)
                 continue
             if grid_kind == GRID_UNIFORM:
                 value = uniform_value(steps[group], index, zero_points[group])
@@ -412,11 +408,11 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
                 value = codebook[entry_index]
             one_value[0] = value
             if output_kind == OUTPUT_FLOAT32:
-                _put(out, target, one_bits[0])
+                out[target] = one_bits[0]
             elif output_kind == OUTPUT_FLOAT16:
-                _put(out, target, np.uint32(float32_bits_to_float16_bits(one_bits[0])))
+                out[target] = np.uint32(float32_bits_to_float16_bits(one_bits[0]))
             else:
-                _put(out, target, np.uint32(float32_bits_to_bfloat16_bits(one_bits[0])))
+                out[target] = np.uint32(float32_bits_to_bfloat16_bits(one_bits[0]))
         row += 1
         if rows_per_group > 0 and row % rows_per_group == 0:
             group += 1
@@ -438,72 +434,41 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
 
 
 @_jit(nogil=True)
-def decode_general_iid_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
-                          steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
-    """The general chunk kernel, IID model, 32-bit outputs (spec §7.3-§7.7): decodes
-    chunks ``chunk_ids`` of ``chunks`` (rows of offset, size, first row, symbol count, output
-    start) with every check, writing ``errors[k] = (code, byte offset)`` (code 0: success);
-    ``out`` and ``value_table`` are uint32 (the bits of float32 values or int32 indices).
-    Arguments: see :func:`nncodec_rd.decoder.dispatch.decode_chunks`."""
+def decode_general_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
+                      steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
+    """The general chunk kernel, 32-bit outputs (spec §7.3-§7.7): decodes chunks
+    ``chunk_ids`` of ``chunks`` (rows of offset, size, first row, symbol count, output start)
+    with every check, writing ``errors[k] = (code, byte offset)`` (code 0: success); ``out``
+    and ``value_table`` are uint32 (the bits of float32 values or int32 indices). Arguments:
+    see :func:`nncodec_rd.decoder.dispatch.decode_chunks`."""
     states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
+    previous_index_context = params[P_CONTEXT_MODEL] == 1
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
         errors[k, 0] = 0
         errors[k, 1] = 0
         _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
-                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params, False,
-                           slot_bytes, symbol_info, symbol_contexts, steps, zero_points, codebook,
-                           value_table, invalid_symbols, out, chunks[k, C_OUT_START], states,
-                           errors, k)
+                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params,
+                           previous_index_context, slot_bytes, symbol_info, symbol_contexts,
+                           steps, zero_points, codebook, value_table, invalid_symbols, out,
+                           chunks[k, C_OUT_START], states, errors, k)
 
 
 @_jit(nogil=True)
-def decode_general_iid_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
-                          steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
-    """:func:`decode_general_iid_32` for 16-bit outputs (uint16 binary16/bfloat16
-    patterns)."""
+def decode_general_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
+                      steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
+    """:func:`decode_general_32` for 16-bit outputs (uint16 binary16/bfloat16 patterns)."""
     states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
+    previous_index_context = params[P_CONTEXT_MODEL] == 1
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
         errors[k, 0] = 0
         errors[k, 1] = 0
         _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
-                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params, False,
-                           slot_bytes, symbol_info, symbol_contexts, steps, zero_points, codebook,
-                           value_table, invalid_symbols, out, chunks[k, C_OUT_START], states,
-                           errors, k)
-
-
-@_jit(nogil=True)
-def decode_general_previous_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
-                               steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
-    """:func:`decode_general_iid_32` for the PREVIOUS_INDEX context model."""
-    states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        errors[k, 0] = 0
-        errors[k, 1] = 0
-        _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
-                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params, True,
-                           slot_bytes, symbol_info, symbol_contexts, steps, zero_points, codebook,
-                           value_table, invalid_symbols, out, chunks[k, C_OUT_START], states,
-                           errors, k)
-
-
-@_jit(nogil=True)
-def decode_general_previous_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
-                               steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
-    """:func:`decode_general_iid_16` for the PREVIOUS_INDEX context model."""
-    states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        errors[k, 0] = 0
-        errors[k, 1] = 0
-        _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
-                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params, True,
-                           slot_bytes, symbol_info, symbol_contexts, steps, zero_points, codebook,
-                           value_table, invalid_symbols, out, chunks[k, C_OUT_START], states,
-                           errors, k)
+                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params,
+                           previous_index_context, slot_bytes, symbol_info, symbol_contexts,
+                           steps, zero_points, codebook, value_table, invalid_symbols, out,
+                           chunks[k, C_OUT_START], states, errors, k)
 
 
 _U1 = np.uint64(1)

@@ -176,6 +176,7 @@ class ChunkDecoder:
         params[kernels.P_WIDE_SLOTS] = alphabet_size > 256
         params[kernels.P_WIDE_OUTPUT] = output_kind_width == 4
         params[kernels.P_ALPHABET_SIZE] = alphabet_size
+        params[kernels.P_CONTEXT_MODEL] = self.context_model
         # An escape symbol of frequency 0 in every table is never decoded: the fast kernel need
         # not look for it.
         escape = self.escape_symbol

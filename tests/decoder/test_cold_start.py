@@ -120,7 +120,7 @@ def test_compiling_is_announced_once_per_process(monkeypatch, caplog):
     monkeypatch.setattr(dispatch, "_announced", False)
     with caplog.at_level(logging.DEBUG, logger="nncodec_rd"):
         dispatch._announce(kernels.decode_fast_iid_32)
-        dispatch._announce(kernels.decode_general_iid_32)
+        dispatch._announce(kernels.decode_general_32)
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "compiling the decoder's kernels" in warnings[0].getMessage()
