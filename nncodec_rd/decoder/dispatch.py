@@ -26,9 +26,12 @@ from . import kernels
 
 logger = logging.getLogger("nncodec_rd")
 
-# Seconds each kernel takes to compile on the development machine (2 cores at 2.0 GHz, idle;
-# bench/results/cold_start.json): what the message announces.
-COMPILE_SECONDS: dict = {}
+# Seconds a kernel takes to compile on the development machine (2 cores at 2.0 GHz, about
+# 1.5 s for a fast kernel: bench/results/cold_start.json), and what a typical model file needs
+# in all (the demo's MiniLM file: three kernels): what the message announces.
+COMPILE_SECONDS = {"decode_general_32": 3.5, "decode_general_16": 2.0, "right_matrix_rows": 1.0}
+FAST_COMPILE_SECONDS = 1.5
+TYPICAL_FILE_COMPILE_SECONDS = 6
 # The fast kernel by (PREVIOUS_INDEX model, escape symbol decodable, 32-bit output).
 FAST_KERNELS = {
     (previous, escape, wide): getattr(kernels, f"decode_fast_{'previous' if previous else 'iid'}"
@@ -59,11 +62,14 @@ def cache_folder() -> str | None:
 
 def is_compiled(kernel) -> bool:
     """True when ``kernel`` will not compile at its next call: compiled in this process, or
-    in the on-disk cache for this Numba version and this source."""
+    in the on-disk cache for this Numba version, this source and this CPU."""
     if kernel.signatures:
         return True
     try:
-        return bool(kernel._cache._cache_file._load_index())
+        # Numba's index keys are (signature, (target, CPU name, CPU features), code hashes):
+        # an entry compiled for another CPU does not count.
+        magic = kernel.targetctx.codegen().magic_tuple()
+        return any(key[1] == magic for key in kernel._cache._cache_file._load_index())
     except Exception:  # noqa: BLE001 - no cache, or a Numba without this layout
         return False
 
@@ -72,9 +78,9 @@ def _announce(kernel) -> None:
     """Say once per process that kernels compile, how long it takes, and what to do about it."""
     global _announced
     name = kernel.py_func.__name__
-    seconds = COMPILE_SECONDS.get(name, 3)
+    seconds = COMPILE_SECONDS.get(name, FAST_COMPILE_SECONDS)
     if _announced:
-        logger.debug("compiling %s (about %d s)", name, seconds)
+        logger.debug("compiling %s (about %.1f s)", name, seconds)
         return
     _announced = True
     folder = cache_folder()
@@ -82,10 +88,11 @@ def _announce(kernel) -> None:
         where = (f"no cache folder is writable ({kernels.CACHE_PROBLEM}), so every process "
                  "compiles again; set NUMBA_CACHE_DIR to a writable folder to keep them")
     else:
-        where = (f"once: later processes load them from the Numba cache in {folder}; "
-                 "`nncodec-rd warmup` compiles them all ahead of time")
-    logger.warning("compiling the decoder's kernels for this machine, about %d s each "
-                   "(a file needs 1 to %d of them), %s", seconds, len(ALL_KERNELS), where)
+        where = (f"this happens once: later processes load them from the Numba cache in "
+                 f"{folder} (`nncodec-rd warmup` compiles them all ahead of time)")
+    logger.warning("compiling the decoder's kernels for this CPU: about %.1f s for this one, 1 to "
+                   "4 s for each further kind of tensor (about %d s in all for a typical model "
+                   "file); %s", seconds, TYPICAL_FILE_COMPILE_SECONDS, where)
 
 
 def call(kernel, *arguments):

@@ -773,7 +773,7 @@ def right_matrix_rows(coefficients, matrix, output_kind, out_f32, out_u16, row_s
     """spec §6.4 for rows ``row_start:row_stop``: out[r, j] = sum_k coefficients[r, k] *
     matrix[k, j], each product and the running sum in binary64, k in increasing order, then
     rounded once to binary32 (and then to the dtype). Serial and without the GIL: the caller
-    runs row ranges on threads (:func:`right_matrix_product`)."""
+    runs row ranges on threads (:func:`nncodec_rd.decoder.dispatch.right_matrix_product`)."""
     inner = coefficients.shape[1]
     columns = matrix.shape[1]
     totals = np.zeros(columns, dtype=np.float64)

@@ -133,3 +133,14 @@ def test_warmup_compiles_each_kernel_and_then_nothing_compiles(monkeypatch):
     timings = dispatch.warmup(progress=lambda name, seconds: seen.append(name))
     assert list(timings) == seen == ["decode_fast_iid_32"]
     assert dispatch.is_compiled(kernels.decode_fast_iid_32)
+
+
+def test_warmup_command_reports_each_kernel_and_the_cache(monkeypatch, capsys):
+    from nncodec_rd.cli import main
+
+    monkeypatch.setattr(dispatch, "ALL_KERNELS", (kernels.decode_fast_iid_32,))
+    assert main(["warmup"]) == 0
+    err = capsys.readouterr().err
+    assert "decode_fast_iid_32:" in err
+    assert "1 decoder kernels ready" in err
+    assert ("cached in" in err) == (dispatch.cache_folder() is not None)
