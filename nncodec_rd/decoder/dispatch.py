@@ -74,6 +74,22 @@ def is_compiled(kernel) -> bool:
         return False
 
 
+def is_loaded(kernel) -> bool:
+    """True when ``kernel`` is compiled or loaded from the cache in this process (the first
+    kernel a process loads also costs Numba's start-up, about 0.3 s)."""
+    return bool(kernel.signatures)
+
+
+def first_kernel(params, context_model: int, wide: bool, value_table_size: int,
+                 invalid_symbol_count: int):
+    """The kernel :func:`decode_chunks` tries first for a tensor: its fast kernel when the
+    tensor suits one, else its general kernel."""
+    if (params[kernels.P_LANE_COUNT] == 4 and value_table_size > 0
+            and invalid_symbol_count == 0):
+        return FAST_KERNELS[(context_model == 1, bool(params[kernels.P_FAST_ESCAPE] >= 0), wide)]
+    return GENERAL_KERNELS[wide]
+
+
 def _announce(kernel) -> None:
     """Say once per process that kernels compile, how long it takes, and what to do about it."""
     global _announced
@@ -167,9 +183,8 @@ def decode_chunks(buffer, chunks, params, context_model, slot_bytes, symbol_info
     wide = len(out32) > 0 or len(out16) == 0
     table = value_table if wide else value_table.astype(np.uint16)
     out = out32 if wide else out16
-    if (use_fast and count and params[kernels.P_LANE_COUNT] == 4 and len(value_table) > 0
-            and len(invalid_symbols) == 0):
-        kernel = FAST_KERNELS[(previous, bool(params[kernels.P_FAST_ESCAPE] >= 0), wide)]
+    kernel = first_kernel(params, context_model, wide, len(value_table), len(invalid_symbols))
+    if use_fast and count and kernel in FAST_KERNELS.values():
         run_parallel(kernel, (buffer, chunks), pending,
                      (params, slot_bytes, symbol_info, next_slot_bases, next_info_bases,
                       table, out, errors), threads, weight)

@@ -203,13 +203,20 @@ class ChunkDecoder:
         naming chunk ``chunk_numbers[k]``, at its byte offset in the file (``file_offsets`` are
         the chunks' file offsets when ``buffer`` is not the file). ``threads``: as
         :class:`NrdFile`'s. ``method``: ``"auto"`` (Python for a tensor of at most
-        ``small.SMALL_TENSOR_SYMBOLS`` symbols, else the fast kernel with the general kernel for
-        the chunks it leaves); for tests, ``"small"`` (Python only; RuntimeError if it declines
+        ``small.SMALL_TENSOR_SYMBOLS`` symbols while its kernel is not loaded in this process,
+        so that a small tensor never waits for a compile or for Numba's start-up, up to
+        ``small.PROCESS_BUDGET_SYMBOLS`` symbols per process; else the fast kernel, with the
+        general kernel for the chunks it leaves); for tests, ``"small"`` (Python only; RuntimeError if it declines
         a chunk), ``"kernels"`` (fast and general kernels) or ``"general"`` (general kernel)."""
         if method not in ("auto", "small", "kernels", "general"):
             raise ValueError(f"unknown decoding method {method!r}")
-        if method == "small" or (method == "auto"
-                                 and int(np.sum(counts)) <= small.SMALL_TENSOR_SYMBOLS):
+        params, next_slot_bases, next_info_bases, value_table = self.kernel_arguments(
+            out.dtype.itemsize)
+        if method == "small" or (
+                method == "auto" and small.worth_it(int(np.sum(counts)))
+                and not dispatch.is_loaded(dispatch.first_kernel(
+                    params, self.context_model, out.dtype.itemsize == 4, len(value_table),
+                    len(self.invalid_symbols)))):
             if small.decode_small(self, buffer, offsets, sizes, first_rows, counts, out_starts,
                                   out):
                 return
@@ -226,8 +233,6 @@ class ChunkDecoder:
         chunks = np.empty((len(offsets), 5), dtype=np.int64)
         for column, values in enumerate((offsets, sizes, first_rows, counts, out_starts)):
             chunks[:, column] = values
-        params, next_slot_bases, next_info_bases, value_table = self.kernel_arguments(
-            out.dtype.itemsize)
         dispatch.decode_chunks(buffer, chunks, params, self.context_model,
                                slot_symbols.reshape(-1).view(np.uint8), symbol_info,
                                self.symbol_contexts, next_slot_bases, next_info_bases,

@@ -1,8 +1,8 @@
 """Tiny tensors without compiling: spec §6-§7 in Python and NumPy, for chunks of few symbols.
 
-Compiling a kernel takes seconds; decoding a few thousand symbols in Python takes milliseconds.
-:func:`decode_small` decodes the chunks of a tensor of at most :data:`SMALL_TENSOR_SYMBOLS`
-symbols. It gives the kernels' bits for every valid chunk (tests compare both on every
+Compiling a kernel takes seconds (and loading the first one from the cache, Numba's start-up,
+0.3 s); decoding a few thousand symbols in Python takes milliseconds. :func:`decode_small`
+decodes the chunks of a tensor of at most :data:`SMALL_TENSOR_SYMBOLS` symbols. It gives the kernels' bits for every valid chunk (tests compare both on every
 conformance vector); at the first thing it does not expect (any fault) it returns False without
 saying what, and the caller decodes the tensor with the kernels, which report the fault with its
 error code and byte offset, so errors stay exactly the kernels'.
@@ -15,8 +15,23 @@ import numpy as np
 from ..format.constants import RANS_STATE_LOWER_BOUND, Limits
 from . import kernels
 
-#: Tensors of at most this many symbols are decoded here rather than by a compiled kernel.
+#: Tensors of at most this many symbols are decoded here rather than by a compiled kernel
+#: (about 0.8 us a symbol: 3 ms for the largest), while their kernel is not loaded.
 SMALL_TENSOR_SYMBOLS = 4096
+#: Symbols decoded here per process at most (about 0.4 s); beyond, a file of many small
+#: tensors is better served by loading (or compiling) the kernel once.
+PROCESS_BUDGET_SYMBOLS = 500_000
+_spent = 0
+
+
+def worth_it(symbols: int) -> bool:
+    """Whether a tensor of ``symbols`` symbols should be decoded here (the caller also checks
+    that its kernel is not loaded); counts them against the process's budget."""
+    global _spent
+    if symbols > SMALL_TENSOR_SYMBOLS or _spent + symbols > PROCESS_BUDGET_SYMBOLS:
+        return False
+    _spent += symbols
+    return True
 
 
 def _chunk_indices(data: bytes, offset: int, size: int, symbol_count: int, decoder) -> list | None:
