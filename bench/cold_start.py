@@ -13,7 +13,7 @@ float16, bfloat16) with both context models, small and large alphabets, escapes,
 a right-matrix transform. (a) and (c) are written here with the encoder of the calling
 environment (the repository's ``.venv``).
 
-    python bench/cold_start.py                           # the working tree; bench/results/cold_start.json
+    python bench/cold_start.py               # the working tree, into bench/results/cold_start.json
     python bench/cold_start.py --ref main --json bench/results/cold_start_before.json
 
 ``--ref`` installs a git revision instead of the working tree (the "before" of a change).
@@ -172,7 +172,8 @@ def run(ref: str | None, minilm: str, skip_minilm: bool = False) -> dict:
     label = ref or "working-tree"
     folder = os.path.join(WORK, label.replace("/", "_"))
     python, install_s = make_venv(ref, folder)
-    files = {"tiny": os.path.join(WORK, "tiny.nrd"), "every_kind": os.path.join(WORK, "every_kind.nrd")}
+    files = {"tiny": os.path.join(WORK, "tiny.nrd"),
+             "every_kind": os.path.join(WORK, "every_kind.nrd")}
     write_tiny(files["tiny"])
     write_every_kind(files["every_kind"])
     if not skip_minilm:

@@ -47,8 +47,9 @@ for threads in (1, 2):
                 best_new = min(best_new, time.perf_counter() - start)
                 start = time.perf_counter(); handle.get_tensor(name, out=buffer)
                 best_reuse = min(best_reuse, time.perf_counter() - start)
-            speeds[f"{name}, {threads} thread{'s' if threads > 1 else ''}, new array"] = buffer.size / best_new / 1e6
-            speeds[f"{name}, {threads} thread{'s' if threads > 1 else ''}, reused buffer"] = buffer.size / best_reuse / 1e6
+            label = f"{name}, {threads} thread{'s' if threads > 1 else ''}"
+            speeds[label + ", new array"] = buffer.size / best_new / 1e6
+            speeds[label + ", reused buffer"] = buffer.size / best_reuse / 1e6
 print(json.dumps({"module": nncodec_rd.__file__, "speeds": speeds}))
 """
 

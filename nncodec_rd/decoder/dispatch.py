@@ -34,8 +34,8 @@ FAST_COMPILE_SECONDS = 1.5
 TYPICAL_FILE_COMPILE_SECONDS = 6
 # The fast kernel by (PREVIOUS_INDEX model, escape symbol decodable, 32-bit output).
 FAST_KERNELS = {
-    (previous, escape, wide): getattr(kernels, f"decode_fast_{'previous' if previous else 'iid'}"
-                                               f"{'_escape' if escape else ''}_{32 if wide else 16}")
+    (previous, escape, wide): getattr(kernels, "decode_fast_" + ("previous" if previous else "iid")
+                                      + ("_escape" if escape else "") + ("_32" if wide else "_16"))
     for previous in (False, True) for escape in (False, True) for wide in (True, False)}
 # The general kernel by 32-bit output.
 GENERAL_KERNELS = {True: kernels.decode_general_32, False: kernels.decode_general_16}
@@ -162,7 +162,7 @@ def run_parallel(kernel, before: tuple, items: np.ndarray, after: tuple, threads
         future.result()
 
 
-def decode_chunks(buffer, chunks, params, context_model, slot_bytes, symbol_info,
+def decode_chunks(buffer, chunks, params, context_model, slot_bytes, slot_words, symbol_info,
                   symbol_contexts, next_slot_bases, next_info_bases, steps, zero_points, codebook,
                   value_table, invalid_symbols, out16, out32, errors, threads: int | None = None,
                   use_fast: bool = True) -> None:
@@ -186,13 +186,13 @@ def decode_chunks(buffer, chunks, params, context_model, slot_bytes, symbol_info
     kernel = first_kernel(params, context_model, wide, len(value_table), len(invalid_symbols))
     if use_fast and count and kernel in FAST_KERNELS.values():
         run_parallel(kernel, (buffer, chunks), pending,
-                     (params, slot_bytes, symbol_info, next_slot_bases, next_info_bases,
+                     (params, slot_bytes, slot_words, symbol_info, next_slot_bases, next_info_bases,
                       table, out, errors), threads, weight)
         pending = np.flatnonzero(errors[:, 0] == kernels.RETRY).astype(np.int64)
     if len(pending):
         run_parallel(GENERAL_KERNELS[wide], (buffer, chunks), pending,
-                     (params, slot_bytes, symbol_info, symbol_contexts, steps, zero_points,
-                      codebook, table, invalid_symbols, out, errors), threads,
+                     (params, slot_bytes, slot_words, symbol_info, symbol_contexts, steps,
+                      zero_points, codebook, table, invalid_symbols, out, errors), threads,
                      weight * len(pending) // max(count, 1))
 
 
@@ -221,14 +221,15 @@ def _empty_arguments():
     ids = np.zeros(0, np.int64)
     params = np.zeros(kernels.PARAMETER_COUNT, np.int64)
     u64 = np.zeros(0, np.uint64)
-    fast32 = (buffer, chunks, ids, params, np.zeros(0, np.uint8), u64, u64, u64,
-              np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros((0, 2), np.int64))
-    fast16 = (*fast32[:8], np.zeros(0, np.uint16), np.zeros(0, np.uint16), fast32[-1])
-    general32 = (buffer, chunks, ids, params, np.zeros(0, np.uint8), u64, np.zeros(0, np.int64),
+    slots = (np.zeros(0, np.uint8), np.zeros(0, np.uint16))
+    fast32 = (buffer, chunks, ids, params, *slots, u64, u64, u64, np.zeros(0, np.uint32),
+              np.zeros(0, np.uint32), np.zeros((0, 2), np.int64))
+    fast16 = (*fast32[:9], np.zeros(0, np.uint16), np.zeros(0, np.uint16), fast32[-1])
+    general32 = (buffer, chunks, ids, params, *slots, u64, np.zeros(0, np.int64),
                  np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32),
                  np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.uint32),
                  np.zeros((0, 2), np.int64))
-    general16 = (*general32[:10], np.zeros(0, np.uint16), general32[11], np.zeros(0, np.uint16),
+    general16 = (*general32[:11], np.zeros(0, np.uint16), general32[12], np.zeros(0, np.uint16),
                  general32[-1])
     matrix = (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), kernels.OUTPUT_FLOAT32,
               np.zeros(0, np.float32), np.zeros(0, np.uint16), 0, 0)

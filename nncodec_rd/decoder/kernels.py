@@ -7,8 +7,6 @@ code with the encoder.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 from numba import njit
 
@@ -107,9 +105,6 @@ def float32_bits_to_bfloat16_bits(bits):
 MAX_VALUE_TABLE_ENTRIES = 1 << 20
 _LOW32 = np.uint64(0xFFFFFFFF)
 _HIGH_SHIFT = np.uint64(32)
-# Where the bytes of a uint16 slot symbol lie in the slot table read as bytes (_slot_symbol).
-_LOW_HALF = np.uint64(0 if sys.byteorder == "little" else 1)
-_HIGH_HALF = np.uint64(1) - _LOW_HALF
 
 # The kernels' scalar arguments, one int64 array (a kernel argument record): one type for
 # every file, so one compiled signature of each kernel serves them all. Indices into it:
@@ -256,19 +251,19 @@ def contexts_of_symbols(alphabet_size, index_offset, context_model, context_coun
 
 
 @_jit()
-def _slot_symbol(slot_bytes, wide_slots, position):
-    """The symbol at ``position`` of the slot table: a byte, or (``wide_slots``) the uint16
-    stored in the two bytes from ``2 * position`` (the table's own byte order)."""
+def _slot_symbol(slot_bytes, slot_words, wide_slots, position):
+    """The symbol at ``position`` of the slot table: ``slot_bytes`` (uint8) for alphabets of
+    at most 256 symbols, ``slot_words`` (uint16) with ``wide_slots``; the other one is empty.
+    Two arrays of fixed types, so that one signature serves both."""
     if wide_slots:
-        at = position << np.uint64(1)
-        return (np.uint64(slot_bytes[at + _LOW_HALF])
-                | (np.uint64(slot_bytes[at + _HIGH_HALF]) << np.uint64(8)))
+        return np.uint64(slot_words[position])
     return np.uint64(slot_bytes[position])
 
 
 @_jit()
 def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, params,
-                       previous_index_context, slot_bytes, symbol_info, symbol_contexts,
+                       previous_index_context, slot_bytes, slot_words, symbol_info,
+                       symbol_contexts,
                        steps, zero_points, codebook, value_table, invalid_symbols, out, out_start,
                        states, errors, chunk_number):
     """Decode one chunk (spec §7.3-§7.7) into ``out`` (uint32 bits of float32 values or int32
@@ -337,11 +332,11 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
             state = states[lane]
             state_slot = state & slot_mask
             if previous_index_context:
-                symbol = np.int64(_slot_symbol(slot_bytes, wide_slots,
+                symbol = np.int64(_slot_symbol(slot_bytes, slot_words, wide_slots,
                                                lane_slot_bases[lane] + state_slot))
                 symbol_entry = symbol_info[lane_info_bases[lane] + np.uint64(symbol)]
             else:
-                symbol = np.int64(_slot_symbol(slot_bytes, wide_slots, state_slot))
+                symbol = np.int64(_slot_symbol(slot_bytes, slot_words, wide_slots, state_slot))
                 symbol_entry = symbol_info[symbol]
             state = (symbol_entry & _LOW32) * (state >> shift) + state_slot - (symbol_entry >> _HIGH_SHIFT)
             # Renormalize without a branch: the word is read (from a clamped position) and used
@@ -434,8 +429,9 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
 
 
 @_jit(nogil=True)
-def decode_general_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
-                      steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
+def decode_general_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words, symbol_info,
+                      symbol_contexts, steps, zero_points, codebook, value_table,
+                      invalid_symbols, out, errors):
     """The general chunk kernel, 32-bit outputs (spec §7.3-§7.7): decodes chunks
     ``chunk_ids`` of ``chunks`` (rows of offset, size, first row, symbol count, output start)
     with every check, writing ``errors[k] = (code, byte offset)`` (code 0: success); ``out``
@@ -449,14 +445,16 @@ def decode_general_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info
         errors[k, 1] = 0
         _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
                            chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params,
-                           previous_index_context, slot_bytes, symbol_info, symbol_contexts,
+                           previous_index_context, slot_bytes, slot_words, symbol_info,
+                       symbol_contexts,
                            steps, zero_points, codebook, value_table, invalid_symbols, out,
                            chunks[k, C_OUT_START], states, errors, k)
 
 
 @_jit(nogil=True)
-def decode_general_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info, symbol_contexts,
-                      steps, zero_points, codebook, value_table, invalid_symbols, out, errors):
+def decode_general_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words, symbol_info,
+                      symbol_contexts, steps, zero_points, codebook, value_table,
+                      invalid_symbols, out, errors):
     """:func:`decode_general_32` for 16-bit outputs (uint16 binary16/bfloat16 patterns)."""
     states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
     previous_index_context = params[P_CONTEXT_MODEL] == 1
@@ -466,7 +464,8 @@ def decode_general_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info
         errors[k, 1] = 0
         _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
                            chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params,
-                           previous_index_context, slot_bytes, symbol_info, symbol_contexts,
+                           previous_index_context, slot_bytes, slot_words, symbol_info,
+                       symbol_contexts,
                            steps, zero_points, codebook, value_table, invalid_symbols, out,
                            chunks[k, C_OUT_START], states, errors, k)
 
@@ -479,13 +478,13 @@ _U16 = np.uint64(16)
 
 
 @_jit()
-def _lane_step(state, slot_base, info_base, slot_bytes, wide_slots, symbol_info, slot_mask,
-               shift):
+def _lane_step(state, slot_base, info_base, slot_bytes, slot_words, wide_slots, symbol_info,
+               slot_mask, shift):
     """spec §7.6, one lane's step up to renormalisation, in the table whose slots start at
     ``slot_base`` and symbols at ``info_base``: the symbol that owns the state's slot, and the
     state it leaves."""
     state_slot = state & slot_mask
-    symbol = _slot_symbol(slot_bytes, wide_slots, slot_base + state_slot)
+    symbol = _slot_symbol(slot_bytes, slot_words, wide_slots, slot_base + state_slot)
     symbol_entry = symbol_info[info_base + symbol]
     state = (symbol_entry & _LOW32) * (state >> shift) + state_slot - (symbol_entry >> _HIGH_SHIFT)
     return symbol, state
@@ -506,7 +505,7 @@ def _renormalize(state, buffer, position):
 @njit(inline="always")
 def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, first_row,
                               row_length, precision_bits, previous_index_context, escape_symbol,
-                              slot_bytes, wide_slots, symbol_info, next_slot_bases,
+                              slot_bytes, slot_words, wide_slots, symbol_info, next_slot_bases,
                               next_info_bases, alphabet_size, rows_per_group, value_table, out,
                               out_start):
     """The fast kernel for one context model and, with ``escape_symbol`` -1, for no escape
@@ -576,16 +575,16 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
                 break
             for _ in range(np.int64(rounds)):
                 symbol0, state0 = _lane_step(state0, slot_base0, info_base0, slot_bytes,
-                                             wide_slots, symbol_info, slot_mask, shift)
+                                             slot_words, wide_slots, symbol_info, slot_mask, shift)
                 state0, position = _renormalize(state0, buffer, position)
                 symbol1, state1 = _lane_step(state1, slot_base1, info_base1, slot_bytes,
-                                             wide_slots, symbol_info, slot_mask, shift)
+                                             slot_words, wide_slots, symbol_info, slot_mask, shift)
                 state1, position = _renormalize(state1, buffer, position)
                 symbol2, state2 = _lane_step(state2, slot_base2, info_base2, slot_bytes,
-                                             wide_slots, symbol_info, slot_mask, shift)
+                                             slot_words, wide_slots, symbol_info, slot_mask, shift)
                 state2, position = _renormalize(state2, buffer, position)
                 symbol3, state3 = _lane_step(state3, slot_base3, info_base3, slot_bytes,
-                                             wide_slots, symbol_info, slot_mask, shift)
+                                             slot_words, wide_slots, symbol_info, slot_mask, shift)
                 state3, position = _renormalize(state3, buffer, position)
                 if previous_index_context:
                     # spec §7.4: the next table of each lane, from the index just decoded.
@@ -608,8 +607,8 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
         # The rest of the segment one symbol at a time, each read checked; the lanes turn
         # round so that lane 0's variables stay the next lane's.
         while target < segment_end:
-            symbol0, state0 = _lane_step(state0, slot_base0, info_base0, slot_bytes, wide_slots,
-                                         symbol_info, slot_mask, shift)
+            symbol0, state0 = _lane_step(state0, slot_base0, info_base0, slot_bytes, slot_words,
+                                         wide_slots, symbol_info, slot_mask, shift)
             if state0 < STATE_LOWER_BOUND:
                 if position + _U2 > end:
                     return False
@@ -634,8 +633,9 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
 
 
 @_jit(nogil=True)
-def decode_fast_iid_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                       next_slot_bases, next_info_bases, value_table, out, errors):
+def decode_fast_iid_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                       symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                       errors):
     """The fast 4-lane kernel (see _decode_chunk_4lanes_body) for the IID model, no
     escape symbol to look for, 32-bit outputs (``out``, ``value_table``: uint32):
     chunks it cannot take get ``errors[k, 0] = RETRY`` for the general kernel. Its
@@ -646,15 +646,17 @@ def decode_fast_iid_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_inf
         if not _decode_chunk_4lanes_body(
                 buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                False, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
                 params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_iid_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                       next_slot_bases, next_info_bases, value_table, out, errors):
+def decode_fast_iid_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                       symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                       errors):
     """:func:`decode_fast_iid_32` for the IID model, no escape symbol, 16-bit outputs (uint16)."""
     escape_symbol = -1
     for j in range(len(chunk_ids)):
@@ -662,15 +664,17 @@ def decode_fast_iid_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_inf
         if not _decode_chunk_4lanes_body(
                 buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                False, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
                 params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_iid_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                              next_slot_bases, next_info_bases, value_table, out, errors):
+def decode_fast_iid_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                              symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                              errors):
     """:func:`decode_fast_iid_32` for the IID model, an escape symbol that
     can be decoded, 32-bit outputs (uint32)."""
     escape_symbol = params[P_FAST_ESCAPE]
@@ -679,15 +683,17 @@ def decode_fast_iid_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, sym
         if not _decode_chunk_4lanes_body(
                 buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                False, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
                 params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_iid_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                              next_slot_bases, next_info_bases, value_table, out, errors):
+def decode_fast_iid_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                              symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                              errors):
     """:func:`decode_fast_iid_32` for the IID model, an escape symbol that
     can be decoded, 16-bit outputs (uint16)."""
     escape_symbol = params[P_FAST_ESCAPE]
@@ -696,47 +702,55 @@ def decode_fast_iid_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, sym
         if not _decode_chunk_4lanes_body(
                 buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                False, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
                 params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_previous_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                            next_slot_bases, next_info_bases, value_table, out, errors):
-    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 32-bit outputs (uint32)."""
+def decode_fast_previous_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                            symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                            errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 32-bit
+    outputs (uint32)."""
     escape_symbol = -1
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
         if not _decode_chunk_4lanes_body(
                 buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                True, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
                 params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_previous_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                            next_slot_bases, next_info_bases, value_table, out, errors):
-    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 16-bit outputs (uint16)."""
+def decode_fast_previous_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                            symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                            errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 16-bit
+    outputs (uint16)."""
     escape_symbol = -1
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
         if not _decode_chunk_4lanes_body(
                 buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                True, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
                 params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_previous_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                                   next_slot_bases, next_info_bases, value_table, out, errors):
+def decode_fast_previous_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                                   symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                                   errors):
     """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, an escape symbol that
     can be decoded, 32-bit outputs (uint32)."""
     escape_symbol = params[P_FAST_ESCAPE]
@@ -745,15 +759,17 @@ def decode_fast_previous_escape_32(buffer, chunks, chunk_ids, params, slot_bytes
         if not _decode_chunk_4lanes_body(
                 buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                True, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
                 params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_previous_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, symbol_info,
-                                   next_slot_bases, next_info_bases, value_table, out, errors):
+def decode_fast_previous_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                                   symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                                   errors):
     """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, an escape symbol that
     can be decoded, 16-bit outputs (uint16)."""
     escape_symbol = params[P_FAST_ESCAPE]
@@ -762,7 +778,8 @@ def decode_fast_previous_escape_16(buffer, chunks, chunk_ids, params, slot_bytes
         if not _decode_chunk_4lanes_body(
                 buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
                 chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                True, escape_symbol, slot_bytes, params[P_WIDE_SLOTS] != 0, symbol_info,
+                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
                 next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
                 params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
             errors[k, 0] = RETRY

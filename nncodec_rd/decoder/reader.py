@@ -206,8 +206,9 @@ class ChunkDecoder:
         ``small.SMALL_TENSOR_SYMBOLS`` symbols while its kernel is not loaded in this process,
         so that a small tensor never waits for a compile or for Numba's start-up, up to
         ``small.PROCESS_BUDGET_SYMBOLS`` symbols per process; else the fast kernel, with the
-        general kernel for the chunks it leaves); for tests, ``"small"`` (Python only; RuntimeError if it declines
-        a chunk), ``"kernels"`` (fast and general kernels) or ``"general"`` (general kernel)."""
+        general kernel for the chunks it leaves); for tests, ``"small"`` (Python only;
+        RuntimeError if it declines a chunk), ``"kernels"`` (fast and general kernels) or
+        ``"general"`` (general kernel)."""
         if method not in ("auto", "small", "kernels", "general"):
             raise ValueError(f"unknown decoding method {method!r}")
         params, next_slot_bases, next_info_bases, value_table = self.kernel_arguments(
@@ -234,7 +235,7 @@ class ChunkDecoder:
         for column, values in enumerate((offsets, sizes, first_rows, counts, out_starts)):
             chunks[:, column] = values
         dispatch.decode_chunks(buffer, chunks, params, self.context_model,
-                               slot_symbols.reshape(-1).view(np.uint8), symbol_info,
+                               *_slot_tables(slot_symbols), symbol_info,
                                self.symbol_contexts, next_slot_bases, next_info_bases,
                                self.steps, self.zero_points, self.codebook, value_table,
                                self.invalid_symbols, *_output_words(out), errors,
@@ -247,6 +248,13 @@ class ChunkDecoder:
                 at += int(file_offsets[k]) - int(offsets[k])
             raise error_for_code(code, _KERNEL_MESSAGES[code],
                                  field=f"{self.field}[{int(chunk_numbers[k])}]", offset=at)
+
+
+def _slot_tables(slot_symbols: np.ndarray) -> tuple:
+    """The slot table as the kernels' two arguments: (uint8 table, uint16 table), one empty."""
+    if slot_symbols.dtype == np.uint8:
+        return slot_symbols, np.zeros(0, np.uint16)
+    return np.zeros(0, np.uint8), slot_symbols
 
 
 def _output_words(out: np.ndarray) -> tuple:

@@ -2,10 +2,11 @@
 
 Compiling a kernel takes seconds (and loading the first one from the cache, Numba's start-up,
 0.3 s); decoding a few thousand symbols in Python takes milliseconds. :func:`decode_small`
-decodes the chunks of a tensor of at most :data:`SMALL_TENSOR_SYMBOLS` symbols. It gives the kernels' bits for every valid chunk (tests compare both on every
-conformance vector); at the first thing it does not expect (any fault) it returns False without
-saying what, and the caller decodes the tensor with the kernels, which report the fault with its
-error code and byte offset, so errors stay exactly the kernels'.
+decodes the chunks of a tensor of at most :data:`SMALL_TENSOR_SYMBOLS` symbols. It gives the
+kernels' bits for every valid chunk (tests compare both on every conformance vector); at the
+first thing it does not expect (any fault) it returns False without saying what, and the caller
+decodes the tensor with the kernels, which report the fault with its error code and byte
+offset, so errors stay exactly the kernels'.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from conformance.strategies import frequency_tables
 from nncodec_rd.decoder import dispatch, kernels
-from nncodec_rd.decoder.reader import ChunkDecoder, _output_words
+from nncodec_rd.decoder.reader import ChunkDecoder, _output_words, _slot_tables
 from nncodec_rd.encoder.rans import encode_chunk
 
 
@@ -119,7 +119,7 @@ def _decode(case, decoder, use_fast):
     slot_symbols, symbol_info = kernels.build_symbol_tables(decoder.frequencies,
                                                             decoder.precision_bits)
     buffer = case["buffer"]
-    arguments = (params, decoder.context_model, slot_symbols.view(np.uint8), symbol_info,
+    arguments = (params, decoder.context_model, *_slot_tables(slot_symbols), symbol_info,
                  decoder.symbol_contexts, next_slot_bases, next_info_bases, decoder.steps,
                  decoder.zero_points, decoder.codebook, value_table, decoder.invalid_symbols,
                  *_output_words(out), errors)
@@ -161,14 +161,15 @@ def test_fast_kernel_agrees_with_the_general_kernels(case):
     wide = case["output_kind"] in (kernels.OUTPUT_FLOAT32, kernels.OUTPUT_INDEX)
     kernel = dispatch.FAST_KERNELS[(case["context_model"] == 1,
                                     bool(params[kernels.P_FAST_ESCAPE] >= 0), wide)]
-    (_, _, slot_bytes, symbol_info, _, next_slot_bases, next_info_bases, _, _, _, table, _,
+    (_, _, slot_bytes, slot_words, symbol_info, _, next_slot_bases, next_info_bases, _, _, _,
+     table, _,
      words16, words32, _) = arguments
     for k in range(chunk_count):
         if (case["lane_count"] == 4 and case["intact"][k] and errors_general[k, 0] == 0
                 and struct.unpack_from("<I", case["buffer"], case["offsets"][k])[0] == 0):
             errors = np.zeros((chunk_count, 2), np.int64)
             kernel(case["buffer"], chunks, np.array([k], np.int64), params, slot_bytes,
-                   symbol_info, next_slot_bases, next_info_bases,
+                   slot_words, symbol_info, next_slot_bases, next_info_bases,
                    table if wide else table.astype(np.uint16),
                    words32.copy() if wide else words16.copy(), errors)
             assert errors[k, 0] == 0
