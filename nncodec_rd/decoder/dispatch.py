@@ -241,6 +241,8 @@ def warmup(progress=None) -> dict:
     """Compile every kernel now (or load it from the cache), so that no later decode
     compiles: for a Dockerfile step or an installer. Returns seconds per kernel;
     ``progress(name, seconds)`` is called after each."""
+    global _announced
+    _announced = True  # the caller reports progress itself: no notice about compiling
     empty = _empty_arguments()
     timings = {}
     for kernel in ALL_KERNELS:
