@@ -1,9 +1,11 @@
 """Running the decoder's kernels: which kernel a tensor needs, threads, and first-use compiling.
 
 Every kernel of :mod:`nncodec_rd.decoder.kernels` has one signature for every file (scalars in
-one int64 argument array, the output as uint16 words, the slot table as bytes), is compiled
-only when a decode first needs it, and is then kept in Numba's on-disk cache, so that a later
-process loads it in milliseconds. Before a kernel compiles, the library says so once per process
+one int64 argument record, chunks in one int64 table, the slot table as a uint8 and a uint16
+array of which one is empty); there is one fast kernel per context model, escape case and output
+width and one general kernel per output width. Each is compiled only when a decode first needs
+it, and is then kept in Numba's on-disk cache, so that a later process loads it in
+milliseconds. Before a kernel compiles, the library says so once per process
 through :mod:`logging` (logger ``nncodec_rd``, level WARNING, so it reaches stderr unless the
 application configures logging), with the time it takes; ``nncodec-rd warmup`` (:func:`warmup`)
 compiles every kernel ahead of time, e.g. in a Dockerfile step.
@@ -202,8 +204,8 @@ def right_matrix_product(coefficients, matrix, output_kind, out_f32, out_u16,
     threads."""
     rows = coefficients.shape[0]
     work = rows * coefficients.shape[1] * max(matrix.shape[1], 1)
-    threads = min(thread_count(threads), rows, max(1, work // (MIN_SYMBOLS_PER_THREAD * 16)))
-    bounds = [rows * t // max(threads, 1) for t in range(threads + 1)]
+    threads = max(1, min(thread_count(threads), rows, work // (MIN_SYMBOLS_PER_THREAD * 16)))
+    bounds = [rows * t // threads for t in range(threads + 1)]  # zero rows: one empty range
     kernel = kernels.right_matrix_rows
     call(kernel, coefficients, matrix, output_kind, out_f32, out_u16, bounds[0], bounds[1])
     futures = [_get_pool(threads).submit(kernel, coefficients, matrix, output_kind, out_f32,

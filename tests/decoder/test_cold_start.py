@@ -144,3 +144,11 @@ def test_warmup_command_reports_each_kernel_and_the_cache(monkeypatch, capsys):
     assert "decode_fast_iid_32:" in err
     assert "1 decoder kernels ready" in err
     assert ("cached in" in err) == (dispatch.cache_folder() is not None)
+
+
+def test_right_matrix_product_of_zero_rows():
+    """A transform of a tensor with no rows (found by test_decoder_agreement's fuzzing)."""
+    out = np.zeros(0, np.float32)
+    dispatch.right_matrix_product(np.zeros((0, 3), np.float32), np.zeros((3, 2), np.float32),
+                                  kernels.OUTPUT_FLOAT32, out, np.zeros(0, np.uint16))
+    assert out.size == 0
