@@ -213,11 +213,13 @@ class ChunkDecoder:
             raise ValueError(f"unknown decoding method {method!r}")
         params, next_slot_bases, next_info_bases, value_table = self.kernel_arguments(
             out.dtype.itemsize)
+        symbols = int(np.sum(counts))
         if method == "small" or (
-                method == "auto" and small.worth_it(int(np.sum(counts)))
+                method == "auto" and symbols <= small.SMALL_TENSOR_SYMBOLS
                 and not dispatch.is_loaded(dispatch.first_kernel(
                     params, self.context_model, out.dtype.itemsize == 4, len(value_table),
-                    len(self.invalid_symbols)))):
+                    len(self.invalid_symbols)))
+                and small.worth_it(symbols)):
             if small.decode_small(self, buffer, offsets, sizes, first_rows, counts, out_starts,
                                   out):
                 return
