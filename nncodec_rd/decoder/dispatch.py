@@ -65,7 +65,7 @@ def cache_folder() -> str | None:
 def is_compiled(kernel) -> bool:
     """True when ``kernel`` will not compile at its next call: compiled in this process, or
     in the on-disk cache for this Numba version, this source and this CPU."""
-    if kernel.signatures:
+    if _loaded(kernel):
         return True
     try:
         # Numba's index keys are (signature, (target, CPU name, CPU features), code hashes):
@@ -76,10 +76,19 @@ def is_compiled(kernel) -> bool:
         return False
 
 
+def _loaded(kernel) -> bool:
+    # A plain function (NUMBA_DISABLE_JIT=1, for coverage) never compiles.
+    return bool(getattr(kernel, "signatures", True))
+
+
+def _name(kernel) -> str:
+    return getattr(kernel, "py_func", kernel).__name__
+
+
 def is_loaded(kernel) -> bool:
     """True when ``kernel`` is compiled or loaded from the cache in this process (the first
     kernel a process loads also costs Numba's start-up, about 0.3 s)."""
-    return bool(kernel.signatures)
+    return _loaded(kernel)
 
 
 def first_kernel(params, context_model: int, wide: bool, value_table_size: int,
@@ -95,7 +104,7 @@ def first_kernel(params, context_model: int, wide: bool, value_table_size: int,
 def _announce(kernel) -> None:
     """Say once per process that kernels compile, how long it takes, and what to do about it."""
     global _announced
-    name = kernel.py_func.__name__
+    name = _name(kernel)
     seconds = COMPILE_SECONDS.get(name, FAST_COMPILE_SECONDS)
     if _announced:
         logger.debug("compiling %s (about %.1f s)", name, seconds)
@@ -248,13 +257,12 @@ def warmup(progress=None) -> dict:
     empty = _empty_arguments()
     timings = {}
     for kernel in ALL_KERNELS:
-        name = kernel.py_func.__name__
+        name = _name(kernel)
         arguments = (empty["matrix"] if kernel is kernels.right_matrix_rows else
                      empty[("fast" if name.startswith("decode_fast") else "general")
                            + name[-3:]])
         start = time.perf_counter()
         call(kernel, *arguments)
-        name = kernel.py_func.__name__
         timings[name] = time.perf_counter() - start
         if progress is not None:
             progress(name, timings[name])
