@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test test-transformers-min docs fuzz fuzz-long bench bench-rd bench-grid bench-lazy bench-any-size clean
+.PHONY: setup demo test test-transformers-min docs fuzz fuzz-long bench bench-cold bench-rd bench-grid bench-lazy bench-any-size clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,15 @@ fuzz-long: $(VENV)/.fuzz-installed
 bench: setup .venv-nncodec/bin/python
 	mkdir -p bench/results
 	$(PY) bench/decode_speed.py --json bench/results/decode_speed.json --plot bench/results/decode_speed.png
+
+# The first decode after installing (docs/cold-start.md): a fresh decode-only venv under
+# out/bench-cold/, an empty Numba cache, three files cold then warm (about 2 minutes).
+out/demo/all-MiniLM-L6-v2.nrd:
+	$(MAKE) demo
+
+bench-cold: setup out/demo/all-MiniLM-L6-v2.nrd
+	mkdir -p bench/results
+	$(PY) bench/cold_start.py --json bench/results/cold_start.json
 
 # Rate-fidelity of rtn/optq/optq-rd/cerwu against NNCodec on the real models (about 20 minutes).
 bench-rd: $(VENV)/.demo-installed .venv-nncodec/bin/python

@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from .decoder.reader import NrdFile
-from .encoder.methods import model_entropy_settings
-from .encoder.quantize import quantize_rtn
-from .encoder.writer import NrdWriter
 from .format.grids import EntropySettings
 from .format.layout import RowGeometry
 
@@ -55,6 +52,11 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
             raise TypeError(f"{name!r} is a torch tensor: nncodec_rd.save_file takes NumPy "
                             f"arrays; use nncodec_rd.torch.save_file for torch tensors (every "
                             f"dtype, bfloat16 included)")
+    # The encoder is imported here, not with the package: decoding never loads it.
+    from .encoder.methods import model_entropy_settings
+    from .encoder.quantize import quantize_rtn
+    from .encoder.writer import NrdWriter
+
     settings = model_entropy_settings() if settings is None else settings
     writer = NrdWriter(path, metadata=metadata)
     for name, array in tensors.items():

@@ -130,6 +130,22 @@ def command_decode(arguments) -> int:
     return 0
 
 
+def command_warmup(arguments) -> int:
+    """Compile (or load from the cache) every decoder kernel, so that no later decode waits."""
+    from .decoder import dispatch
+
+    start = time.perf_counter()
+    timings = dispatch.warmup(progress=lambda name, seconds: print(
+        f"  {name}: {seconds:.2f} s", file=sys.stderr))
+    folder = dispatch.cache_folder()
+    where = (f"cached in {folder}" if folder is not None else
+             "NOT cached: no cache folder is writable, so every process compiles again; set "
+             "NUMBA_CACHE_DIR to a writable folder and run nncodec-rd warmup again")
+    print(f"{len(timings)} decoder kernels ready in {time.perf_counter() - start:.1f} s, {where}",
+          file=sys.stderr)
+    return 0
+
+
 def _is_folder_output(output: str) -> bool:
     """``-o`` names a folder: it ends with a slash, is an existing folder, or has no suffix."""
     return (output.endswith(("/", os.sep)) or os.path.isdir(output)
@@ -828,6 +844,15 @@ def build_parser() -> argparse.ArgumentParser:
     build_bench_parser(decode_bench)
     decode_bench.set_defaults(run=command_bench)
 
+    warmup = commands.add_parser(
+        "warmup", help="compile the decoder's kernels now, so that no decode waits for them",
+        description="Compile every decoder kernel for this machine and store it in Numba's "
+                    "cache (the package's __pycache__, or NUMBA_CACHE_DIR), so that the first "
+                    "decode of later processes compiles nothing: for a Dockerfile step or an "
+                    "installer. Without it each kernel compiles the first time a decode needs it.",
+        epilog="Example (Dockerfile): RUN nncodec-rd warmup")
+    warmup.set_defaults(run=command_warmup)
+
     demo = commands.add_parser("demo", help="compress the bundled MiniLM model end to end",
                                description="Compress a real model available offline, decode it and "
                                            "report size and fidelity.",
@@ -837,10 +862,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """The library's messages (a kernel about to compile) as ``nncodec-rd: ...`` lines on
+    stderr, unless the logger already has a handler."""
+    import logging
+
+    class StderrHandler(logging.Handler):
+        def emit(self, record):  # the stderr of the moment (tests replace it)
+            print(self.format(record), file=sys.stderr)
+
+    logger = logging.getLogger("nncodec_rd")
+    if not logger.handlers:
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter("nncodec-rd: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv=None) -> int:
     """Entry point of the ``nncodec-rd`` console script."""
     parser = build_parser()
     arguments = parser.parse_args(argv)
+    _log_to_stderr()
     check = getattr(arguments, "check", None)
     if check is not None:
         check(arguments)  # usage errors: argparse's message and exit status 2

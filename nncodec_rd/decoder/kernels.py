@@ -8,7 +8,7 @@ code with the encoder.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..format.constants import RANS_STATE_LOWER_BOUND, Limits
 from ..format.errors import ErrorCode
@@ -30,19 +30,37 @@ RANS_FINAL_STATE = int(ErrorCode.RANS_FINAL_STATE)
 ESCAPE_MISMATCH = int(ErrorCode.ESCAPE_MISMATCH)
 INDEX_OUT_OF_RANGE = int(ErrorCode.INDEX_OUT_OF_RANGE)
 
+# Why kernels are not cached (no writable cache folder), or None: see _jit.
+CACHE_PROBLEM: str | None = None
+
+
+def _jit(**options):
+    """``njit(cache=True, **options)``, or without the cache when Numba finds no writable cache
+    folder (read-only site-packages, an unwritable NUMBA_CACHE_DIR and home): decoding then
+    still works, and compiles in every process (CACHE_PROBLEM says why)."""
+    def decorate(function):
+        global CACHE_PROBLEM
+        try:
+            return njit(cache=True, **options)(function)
+        except RuntimeError as error:  # "cannot cache function ...: no locator available"
+            CACHE_PROBLEM = str(error)
+            return njit(cache=False, **options)(function)
+    return decorate
+
+
 STATE_LOWER_BOUND = RANS_STATE_LOWER_BOUND
 CANONICAL_NAN = np.array([0x7FC00000], dtype=np.uint32).view(np.float32)[0]
 MAX_ABS_INDEX = Limits.MAX_ABS_INDEX
 
 
-@njit(cache=True, inline="always")
+@_jit()
 def _read_u32(buffer, position):
     return (np.uint32(buffer[position]) | (np.uint32(buffer[position + 1]) << np.uint32(8))
             | (np.uint32(buffer[position + 2]) << np.uint32(16))
             | (np.uint32(buffer[position + 3]) << np.uint32(24)))
 
 
-@njit(cache=True)
+@_jit(nogil=True)
 def float32_bits_to_float16_bits(bits):
     """IEEE 754 binary32 -> binary16, round to nearest, ties to even (spec §6.5)."""
     sign = np.uint16((bits >> np.uint32(16)) & np.uint32(0x8000))
@@ -74,7 +92,7 @@ def float32_bits_to_float16_bits(bits):
     return np.uint16(sign | np.uint16(half))
 
 
-@njit(cache=True)
+@_jit()
 def float32_bits_to_bfloat16_bits(bits):
     """IEEE binary32 -> bfloat16, round to nearest, ties to even; NaN stays a quiet NaN."""
     if (bits & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (bits & np.uint32(0x007FFFFF)):
@@ -88,6 +106,32 @@ MAX_VALUE_TABLE_ENTRIES = 1 << 20
 _LOW32 = np.uint64(0xFFFFFFFF)
 _HIGH_SHIFT = np.uint64(32)
 
+# The kernels' scalar arguments, one int64 array (a kernel argument record): one type for
+# every file, so one compiled signature of each kernel serves them all. Indices into it:
+P_ROW_LENGTH = 0
+P_LANE_COUNT = 1
+P_PRECISION_BITS = 2
+P_CONTEXT_COUNT = 3
+P_CONTEXT_CENTER = 4
+P_ESCAPE_SYMBOL = 5  # -1: none
+P_INDEX_OFFSET = 6
+P_GRID_KIND = 7
+P_ROWS_PER_GROUP = 8
+P_CODEBOOK_FIRST = 9
+P_OUTPUT_KIND = 10
+P_WIDE_SLOTS = 11  # the slot table is the uint16 argument (alphabets over 256 symbols)
+P_WIDE_OUTPUT = 12  # 32-bit output elements (informative: each kernel has one width)
+P_ALPHABET_SIZE = 13
+P_FAST_ESCAPE = 14  # the escape symbol if some table can decode it, else -1
+P_FAST_ROWS_PER_GROUP = 15  # rows_per_group for the fast kernel's value table (0 for indices)
+P_CONTEXT_MODEL = 16  # 0: IID, 1: PREVIOUS_INDEX
+PARAMETER_COUNT = 17
+
+# Columns of the chunk table: one row per chunk.
+C_OFFSET, C_SIZE, C_FIRST_ROW, C_SYMBOL_COUNT, C_OUT_START = range(5)
+# errors[k, 0] of a chunk the fast kernel left to the general one.
+RETRY = -1
+
 
 def build_symbol_tables(frequencies: np.ndarray, precision_bits: int):
     """spec §7.4 as two lookup tables, contexts one after another.
@@ -95,53 +139,76 @@ def build_symbol_tables(frequencies: np.ndarray, precision_bits: int):
     ``slot_symbols[context * 2^n + slot]`` is the symbol that owns ``slot`` (uint8 when the
     alphabet allows, so that the table stays in the first-level cache); ``symbol_info[context *
     alphabet_size + symbol]`` packs the symbol's frequency (low 32 bits) and start (high 32 bits).
+    Plain NumPy: nothing to compile.
     """
+    frequencies = np.asarray(frequencies, dtype=np.int64)
     context_count, alphabet_size = frequencies.shape
     dtype = np.uint8 if alphabet_size <= 256 else np.uint16
     slot_symbols = np.zeros(context_count << precision_bits, dtype=dtype)
-    symbol_info = np.zeros(context_count * alphabet_size, dtype=np.uint64)
-    _fill_symbol_tables(frequencies, precision_bits, slot_symbols, symbol_info)
+    starts = np.zeros_like(frequencies)
+    if alphabet_size:
+        np.cumsum(frequencies[:, :-1], axis=1, out=starts[:, 1:])
+    symbols = np.arange(alphabet_size, dtype=dtype)
+    size = 1 << precision_bits
+    for context in range(context_count):
+        filled = np.repeat(symbols, frequencies[context])
+        slot_symbols[context * size:context * size + len(filled)] = filled
+    symbol_info = (frequencies.astype(np.uint64)
+                   | (starts.astype(np.uint64) << _HIGH_SHIFT)).reshape(-1)
     return slot_symbols, symbol_info
 
 
-@njit(cache=True)
-def _fill_symbol_tables(frequencies, precision_bits, slot_symbols, symbol_info):
-    context_count, alphabet_size = frequencies.shape
-    for context in range(context_count):
-        start = 0
-        base = context << precision_bits
-        for symbol in range(alphabet_size):
-            frequency = frequencies[context, symbol]
-            slot_symbols[base + start:base + start + frequency] = symbol
-            symbol_info[context * alphabet_size + symbol] = (np.uint64(frequency)
-                                                             | (np.uint64(start) << _HIGH_SHIFT))
-            start += frequency
-
-
-@njit(cache=True)
+@_jit()
 def uniform_value(step, index, zero_point):
     """spec §6.1: RN32(step x f32(index - zero_point)); the difference is exact in binary32."""
     return step * np.float32(index - zero_point)
 
 
-@njit(cache=True)
+def uniform_values(steps, indices, zero_points) -> np.ndarray:
+    """spec §6.1 in NumPy: RN32(step x f32(index - zero_point)), elementwise (the difference
+    is exact in binary32 for indices within the normative limits)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (np.asarray(steps, np.float32)
+                * (np.asarray(indices, np.int64) - zero_points).astype(np.float32))
+
+
+def float32_to_half_bits(values: np.ndarray, output_kind: int) -> np.ndarray:
+    """float32 values -> binary16 or bfloat16 bit patterns (uint16), round to nearest, ties to
+    even, every NaN the canonical quiet NaN (spec §6.5): NumPy's exact arithmetic, the same bits
+    as :func:`float32_bits_to_float16_bits` and :func:`float32_bits_to_bfloat16_bits`."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    nan = np.isnan(values)
+    if output_kind == OUTPUT_FLOAT16:
+        with np.errstate(over="ignore", invalid="ignore"):
+            bits = values.astype(np.float16).view(np.uint16)
+        bits[nan] = 0x7E00
+        return bits
+    wide = values.view(np.uint32).astype(np.uint64)
+    bits = ((wide + np.uint64(0x7FFF) + ((wide >> np.uint64(16)) & np.uint64(1)))
+            >> np.uint64(16)).astype(np.uint16)
+    bits[nan] = 0x7FC0
+    return bits
+
+
 def _value_table32(alphabet_size, index_offset, grid_kind, group_count, steps, zero_points,
                    codebook, codebook_first):
+    indices = np.arange(alphabet_size, dtype=np.int64) + index_offset
+    if grid_kind == GRID_UNIFORM:
+        values = uniform_values(np.repeat(np.asarray(steps, np.float32)[:group_count],
+                                          alphabet_size),
+                                np.tile(indices, group_count),
+                                np.repeat(np.asarray(zero_points, np.int64)[:group_count],
+                                          alphabet_size))
+        invalid = np.zeros(alphabet_size, dtype=np.uint8)
+        return values, invalid
+    entries = indices - codebook_first
+    outside = (entries < 0) | (entries >= len(codebook))
     values = np.zeros(group_count * alphabet_size, dtype=np.float32)
-    invalid = np.zeros(alphabet_size, dtype=np.uint8)
-    for group in range(group_count):
-        for symbol in range(alphabet_size):
-            index = np.int64(symbol) + index_offset
-            if grid_kind == GRID_UNIFORM:
-                values[group * alphabet_size + symbol] = uniform_value(steps[group], index,
-                                                                       zero_points[group])
-            else:
-                entry = index - codebook_first
-                if entry < 0 or entry >= len(codebook):
-                    invalid[symbol] = 1
-                else:
-                    values[group * alphabet_size + symbol] = codebook[entry]
-    return values, invalid
+    if group_count:
+        row = np.where(outside, 0, np.asarray(codebook, np.float32)[np.clip(
+            entries, 0, max(len(codebook) - 1, 0))] if len(codebook) else 0)
+        values[:] = np.tile(np.asarray(row, np.float32), group_count)
+    return values, outside.astype(np.uint8)
 
 
 def build_value_table(alphabet_size, index_offset, grid_kind, group_count, steps, zero_points,
@@ -150,7 +217,7 @@ def build_value_table(alphabet_size, index_offset, grid_kind, group_count, steps
     binary32 value, its binary16/bfloat16 pattern, or the index itself; plus which symbols fall
     outside a codebook. Each value is computed exactly as spec §6.1/§6.2 define it, so looking it
     up gives the same bits as computing it. The table is empty (values are then computed per
-    symbol) when groups x alphabet exceeds MAX_VALUE_TABLE_ENTRIES."""
+    symbol) when groups x alphabet exceeds MAX_VALUE_TABLE_ENTRIES. Plain NumPy."""
     if output_kind == OUTPUT_INDEX:
         # spec §6.2: direct symbols outside a codebook are flagged for the index output too, so
         # that get_indices refuses what get_tensor refuses (issue 17).
@@ -167,35 +234,55 @@ def build_value_table(alphabet_size, index_offset, grid_kind, group_count, steps
                                      zero_points, codebook, codebook_first)
     if output_kind == OUTPUT_FLOAT32:
         return values, invalid
-    bits16 = np.empty(len(values), dtype=np.uint16)
-    convert_float32_bits(values, output_kind, bits16)
-    return bits16, invalid
+    return float32_to_half_bits(values, output_kind), invalid
 
 
-@njit(cache=True)
 def contexts_of_symbols(alphabet_size, index_offset, context_model, context_count,
                         context_center, escape_symbol):
     """spec §7.4: the context that follows each direct symbol (the escape symbol's depends on
-    the escaped index and is computed when it occurs)."""
+    the escaped index and is computed when it occurs). Plain NumPy."""
     contexts = np.zeros(alphabet_size, dtype=np.int64)
-    if context_model == 1:
-        for symbol in range(alphabet_size):
-            if symbol == escape_symbol:
-                continue
-            distance = abs(np.int64(symbol) + index_offset - context_center)
-            contexts[symbol] = min(distance, context_count - 1)
+    if context_model == 1 and alphabet_size:
+        distance = np.abs(np.arange(alphabet_size, dtype=np.int64) + index_offset - context_center)
+        contexts[:] = np.minimum(distance, context_count - 1)
+        if 0 <= escape_symbol < alphabet_size:
+            contexts[escape_symbol] = 0
     return contexts
 
 
-@njit(inline="always")
-def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-                       lane_count, precision_bits, previous_index_context, context_count,
-                       context_center, escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts,
-                       grid_kind, rows_per_group, steps, zero_points, codebook, codebook_first,
-                       value_table, invalid_symbols, output_kind, out, out_start,
+@_jit()
+def _slot_symbol(slot_bytes, slot_words, wide_slots, position):
+    """The symbol at ``position`` of the slot table: ``slot_bytes`` (uint8) for alphabets of
+    at most 256 symbols, ``slot_words`` (uint16) with ``wide_slots``; the other one is empty.
+    Two arrays of fixed types, so that one signature serves both."""
+    if wide_slots:
+        return np.uint64(slot_words[position])
+    return np.uint64(slot_bytes[position])
+
+
+@_jit()
+def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, params,
+                       previous_index_context, slot_bytes, slot_words, symbol_info,
+                       symbol_contexts,
+                       steps, zero_points, codebook, value_table, invalid_symbols, out, out_start,
                        states, errors, chunk_number):
-    """Decode one chunk (spec §7.3-§7.7). Inlined into one kernel per next_context model, where
-    ``previous_index_context`` is a constant, so the IID kernel carries no next_context work."""
+    """Decode one chunk (spec §7.3-§7.7) into ``out`` (uint32 bits of float32 values or int32
+    indices, or uint16 binary16/bfloat16 patterns, as ``value_table``). The general kernel is
+    the slow path (escapes, other lane counts, faults), so the context model is a flag here
+    rather than a compiled variant: one compile serves both models."""
+    row_length = params[P_ROW_LENGTH]
+    lane_count = params[P_LANE_COUNT]
+    precision_bits = params[P_PRECISION_BITS]
+    context_count = params[P_CONTEXT_COUNT]
+    context_center = params[P_CONTEXT_CENTER]
+    escape_symbol = params[P_ESCAPE_SYMBOL]
+    index_offset = params[P_INDEX_OFFSET]
+    grid_kind = params[P_GRID_KIND]
+    rows_per_group = params[P_ROWS_PER_GROUP]
+    codebook_first = params[P_CODEBOOK_FIRST]
+    output_kind = params[P_OUTPUT_KIND]
+    wide_slots = params[P_WIDE_SLOTS] != 0
+    alphabet_size = params[P_ALPHABET_SIZE]
     end = chunk_offset + chunk_size
     # spec §7.3: the chunk's fixed part, in the order the spec gives.
     if chunk_size < 4:
@@ -221,7 +308,6 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
             return
         states[lane] = state
         position += 4
-    alphabet_size = len(symbol_contexts)
     one_value = np.zeros(1, dtype=np.float32)
     one_bits = one_value.view(np.uint32)
     slot_mask = np.uint64((1 << precision_bits) - 1)
@@ -246,10 +332,11 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
             state = states[lane]
             state_slot = state & slot_mask
             if previous_index_context:
-                symbol = np.int64(slot_symbols[lane_slot_bases[lane] + state_slot])
+                symbol = np.int64(_slot_symbol(slot_bytes, slot_words, wide_slots,
+                                               lane_slot_bases[lane] + state_slot))
                 symbol_entry = symbol_info[lane_info_bases[lane] + np.uint64(symbol)]
             else:
-                symbol = np.int64(slot_symbols[state_slot])
+                symbol = np.int64(_slot_symbol(slot_bytes, slot_words, wide_slots, state_slot))
                 symbol_entry = symbol_info[symbol]
             state = (symbol_entry & _LOW32) * (state >> shift) + state_slot - (symbol_entry >> _HIGH_SHIFT)
             # Renormalize without a branch: the word is read (from a clamped position) and used
@@ -269,7 +356,7 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
             lane += 1
             if lane == lane_count:
                 lane = 0
-            target = out_start + i
+            target = np.uint64(out_start + i)
             i += 1
             if symbol != escape_symbol:
                 if previous_index_context:
@@ -303,7 +390,7 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
                     lane_info_bases[decoded_lane] = np.uint64(next_context * alphabet_size)
             # The value computed from the index (escapes, and grids too large for a table).
             if output_kind == OUTPUT_INDEX:
-                out[target] = index
+                out[target] = np.uint32(index & 0xFFFFFFFF)
                 continue
             if grid_kind == GRID_UNIFORM:
                 value = uniform_value(steps[group], index, zero_points[group])
@@ -314,14 +401,13 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
                     errors[chunk_number, 1] = chunk_offset
                     return
                 value = codebook[entry_index]
+            one_value[0] = value
             if output_kind == OUTPUT_FLOAT32:
-                out[target] = value
+                out[target] = one_bits[0]
+            elif output_kind == OUTPUT_FLOAT16:
+                out[target] = np.uint32(float32_bits_to_float16_bits(one_bits[0]))
             else:
-                one_value[0] = value
-                if output_kind == OUTPUT_FLOAT16:
-                    out[target] = float32_bits_to_float16_bits(one_bits[0])
-                else:
-                    out[target] = float32_bits_to_bfloat16_bits(one_bits[0])
+                out[target] = np.uint32(float32_bits_to_bfloat16_bits(one_bits[0]))
         row += 1
         if rows_per_group > 0 and row % rows_per_group == 0:
             group += 1
@@ -342,33 +428,46 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
         errors[chunk_number, 1] = chunk_offset
 
 
-@njit(cache=True)
-def _decode_chunk_iid(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-                      lane_count, precision_bits, context_count, context_center, escape_symbol,
-                      index_offset, slot_symbols, symbol_info, symbol_contexts, grid_kind, rows_per_group, steps,
-                      zero_points, codebook, codebook_first, value_table,
-                      invalid_symbols, output_kind, out, out_start, states, errors, chunk_number):
-    _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-                       lane_count, precision_bits, False, context_count, context_center,
-                       escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts, grid_kind,
-                       rows_per_group, steps, zero_points, codebook, codebook_first, value_table,
-                       invalid_symbols, output_kind, out, out_start, states,
-                       errors, chunk_number)
+@_jit(nogil=True)
+def decode_general_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words, symbol_info,
+                      symbol_contexts, steps, zero_points, codebook, value_table,
+                      invalid_symbols, out, errors):
+    """The general chunk kernel, 32-bit outputs (spec §7.3-§7.7): decodes chunks
+    ``chunk_ids`` of ``chunks`` (rows of offset, size, first row, symbol count, output start)
+    with every check, writing ``errors[k] = (code, byte offset)`` (code 0: success); ``out``
+    and ``value_table`` are uint32 (the bits of float32 values or int32 indices). Arguments:
+    see :func:`nncodec_rd.decoder.dispatch.decode_chunks`."""
+    states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
+    previous_index_context = params[P_CONTEXT_MODEL] == 1
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        errors[k, 0] = 0
+        errors[k, 1] = 0
+        _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
+                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params,
+                           previous_index_context, slot_bytes, slot_words, symbol_info,
+                       symbol_contexts,
+                           steps, zero_points, codebook, value_table, invalid_symbols, out,
+                           chunks[k, C_OUT_START], states, errors, k)
 
 
-@njit(cache=True)
-def _decode_chunk_previous(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-                           lane_count, precision_bits, context_count, context_center,
-                           escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts, grid_kind,
-                           rows_per_group, steps, zero_points, codebook, codebook_first,
-                           value_table, invalid_symbols, output_kind, out,
-                           out_start, states, errors, chunk_number):
-    _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-                       lane_count, precision_bits, True, context_count, context_center,
-                       escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts, grid_kind,
-                       rows_per_group, steps, zero_points, codebook, codebook_first, value_table,
-                       invalid_symbols, output_kind, out, out_start, states,
-                       errors, chunk_number)
+@_jit(nogil=True)
+def decode_general_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words, symbol_info,
+                      symbol_contexts, steps, zero_points, codebook, value_table,
+                      invalid_symbols, out, errors):
+    """:func:`decode_general_32` for 16-bit outputs (uint16 binary16/bfloat16 patterns)."""
+    states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
+    previous_index_context = params[P_CONTEXT_MODEL] == 1
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        errors[k, 0] = 0
+        errors[k, 1] = 0
+        _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
+                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params,
+                           previous_index_context, slot_bytes, slot_words, symbol_info,
+                       symbol_contexts,
+                           steps, zero_points, codebook, value_table, invalid_symbols, out,
+                           chunks[k, C_OUT_START], states, errors, k)
 
 
 _U1 = np.uint64(1)
@@ -378,19 +477,20 @@ _U8 = np.uint64(8)
 _U16 = np.uint64(16)
 
 
-@njit(inline="always")
-def _lane_step(state, slot_base, info_base, slot_symbols, symbol_info, slot_mask, shift):
+@_jit()
+def _lane_step(state, slot_base, info_base, slot_bytes, slot_words, wide_slots, symbol_info,
+               slot_mask, shift):
     """spec §7.6, one lane's step up to renormalisation, in the table whose slots start at
     ``slot_base`` and symbols at ``info_base``: the symbol that owns the state's slot, and the
     state it leaves."""
     state_slot = state & slot_mask
-    symbol = slot_symbols[slot_base + state_slot]
+    symbol = _slot_symbol(slot_bytes, slot_words, wide_slots, slot_base + state_slot)
     symbol_entry = symbol_info[info_base + symbol]
     state = (symbol_entry & _LOW32) * (state >> shift) + state_slot - (symbol_entry >> _HIGH_SHIFT)
     return symbol, state
 
 
-@njit(inline="always")
+@_jit()
 def _renormalize(state, buffer, position):
     """spec §7.6: a state below 2^16 takes the u16 word at ``position`` (a uint64, so that
     indexing needs no negative-index fix-up), without a branch; the word is read either way,
@@ -405,11 +505,31 @@ def _renormalize(state, buffer, position):
 @njit(inline="always")
 def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, first_row,
                               row_length, precision_bits, previous_index_context, escape_symbol,
-                              slot_symbols, symbol_info, next_slot_bases, next_info_bases,
-                              alphabet_size, rows_per_group, value_table, out, out_start):
-    """_decode_chunk_4lanes for one context model and, with ``escape_symbol`` -1, for no
-    escape symbol: both are constants where it is inlined, so the IID copy carries no context
-    work and the copy without escapes no escape test."""
+                              slot_bytes, slot_words, wide_slots, symbol_info, next_slot_bases,
+                              next_info_bases, alphabet_size, rows_per_group, value_table, out,
+                              out_start):
+    """The fast kernel for one context model and, with ``escape_symbol`` -1, for no escape
+    symbol: both are constants where it is inlined, so the IID copy carries no context work and
+    the copy without escapes no escape test.
+
+    ``out`` and ``value_table`` have the output's width (uint32 bits of float32 values or int32
+    indices, or uint16 binary16/bfloat16 patterns): each entry point has one width, so that the
+    store needs no test (a test per store costs a third of the speed).
+
+    The common case of the chunk kernels, fast: 4 lanes, no escaped index in the chunk, every
+    output looked up in ``value_table`` (``rows_per_group`` 0: one table for every row), no
+    codebook check; ``escape_symbol`` -1 when no escape symbol can be decoded. With
+    ``previous_index_context`` (spec §7.4) a lane whose symbol is ``s`` next uses the table
+    whose slots start at ``next_slot_bases[s]`` and symbols at ``next_info_bases[s]``.
+
+    Returns True when the chunk decoded and passed every check of spec §7.3-§7.7; False as
+    soon as anything is unusual (a fault, an escape), without saying what: the caller then
+    decodes the chunk again with the general kernel, which finds the first fault and its byte
+    offset, so errors stay exactly the general kernel's.
+
+    Why it is faster: the four lanes' states (and tables) live in registers, the lanes staying
+    in one order within each round of four symbols, and rounds read words without clamping or
+    a per-symbol end check while at least 8 bytes, the most a round can read, are left."""
     end = np.uint64(chunk_offset + chunk_size)
     # spec §7.3 (a fault here: False, and the general kernel reports it).
     if chunk_size < 4 + 16 or _read_u32(buffer, chunk_offset) != 0:
@@ -430,6 +550,7 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
     info_base0 = info_base1 = info_base2 = info_base3 = np.uint64(0)
     slot_mask = np.uint64((1 << precision_bits) - 1)
     shift = np.uint64(precision_bits)
+    escape = np.uint64(escape_symbol) if escape_symbol >= 0 else np.uint64(0xFFFFFFFF)
     escape_seen = False  # with no escaped index in the chunk, an escape symbol is a fault
     rows_in_chunk = symbol_count // row_length if row_length > 0 else 0
     row = first_row
@@ -453,17 +574,17 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
             if rounds == 0:
                 break
             for _ in range(np.int64(rounds)):
-                symbol0, state0 = _lane_step(state0, slot_base0, info_base0, slot_symbols,
-                                             symbol_info, slot_mask, shift)
+                symbol0, state0 = _lane_step(state0, slot_base0, info_base0, slot_bytes,
+                                             slot_words, wide_slots, symbol_info, slot_mask, shift)
                 state0, position = _renormalize(state0, buffer, position)
-                symbol1, state1 = _lane_step(state1, slot_base1, info_base1, slot_symbols,
-                                             symbol_info, slot_mask, shift)
+                symbol1, state1 = _lane_step(state1, slot_base1, info_base1, slot_bytes,
+                                             slot_words, wide_slots, symbol_info, slot_mask, shift)
                 state1, position = _renormalize(state1, buffer, position)
-                symbol2, state2 = _lane_step(state2, slot_base2, info_base2, slot_symbols,
-                                             symbol_info, slot_mask, shift)
+                symbol2, state2 = _lane_step(state2, slot_base2, info_base2, slot_bytes,
+                                             slot_words, wide_slots, symbol_info, slot_mask, shift)
                 state2, position = _renormalize(state2, buffer, position)
-                symbol3, state3 = _lane_step(state3, slot_base3, info_base3, slot_symbols,
-                                             symbol_info, slot_mask, shift)
+                symbol3, state3 = _lane_step(state3, slot_base3, info_base3, slot_bytes,
+                                             slot_words, wide_slots, symbol_info, slot_mask, shift)
                 state3, position = _renormalize(state3, buffer, position)
                 if previous_index_context:
                     # spec §7.4: the next table of each lane, from the index just decoded.
@@ -476,8 +597,8 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
                     slot_base3 = next_slot_bases[symbol3]
                     info_base3 = next_info_bases[symbol3]
                 if escape_symbol >= 0:
-                    escape_seen |= ((symbol0 == escape_symbol) | (symbol1 == escape_symbol)
-                                    | (symbol2 == escape_symbol) | (symbol3 == escape_symbol))
+                    escape_seen |= ((symbol0 == escape) | (symbol1 == escape)
+                                    | (symbol2 == escape) | (symbol3 == escape))
                 out[target] = values[symbol0]
                 out[target + _U1] = values[symbol1]
                 out[target + _U2] = values[symbol2]
@@ -486,8 +607,8 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
         # The rest of the segment one symbol at a time, each read checked; the lanes turn
         # round so that lane 0's variables stay the next lane's.
         while target < segment_end:
-            symbol0, state0 = _lane_step(state0, slot_base0, info_base0, slot_symbols,
-                                         symbol_info, slot_mask, shift)
+            symbol0, state0 = _lane_step(state0, slot_base0, info_base0, slot_bytes, slot_words,
+                                         wide_slots, symbol_info, slot_mask, shift)
             if state0 < STATE_LOWER_BOUND:
                 if position + _U2 > end:
                     return False
@@ -495,7 +616,7 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
             if previous_index_context:
                 slot_base0 = next_slot_bases[symbol0]
                 info_base0 = next_info_bases[symbol0]
-            escape_seen |= symbol0 == escape_symbol
+            escape_seen |= symbol0 == escape
             out[target] = values[symbol0]
             target += _U1
             state0, state1, state2, state3 = state1, state2, state3, state0
@@ -511,119 +632,179 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
             and state3 == STATE_LOWER_BOUND)
 
 
-@njit(cache=True)
-def _decode_chunk_4lanes(buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-                         precision_bits, previous_index_context, escape_symbol, slot_symbols,
-                         symbol_info, next_slot_bases, next_info_bases, alphabet_size,
-                         rows_per_group, value_table, out, out_start):
-    """The common case of the chunk kernels, fast: 4 lanes, no escaped index in the chunk,
-    every output looked up in ``value_table`` (``rows_per_group`` 0: one table for every row),
-    no codebook check; ``escape_symbol`` -1 when no escape symbol can be decoded. With
-    ``previous_index_context`` (spec §7.4) a lane whose symbol is ``s`` next uses the table
-    whose slots start at ``next_slot_bases[s]`` and symbols at ``next_info_bases[s]``.
-
-    Returns True when the chunk decoded and passed every check of spec §7.3-§7.7; False as
-    soon as anything is unusual (a fault, an escape), without saying what: the caller then
-    decodes the chunk again with the general kernel, which finds the first fault and its byte
-    offset, so errors stay exactly the general kernel's.
-
-    Why it is faster: the four lanes' states (and tables) live in registers, the lanes staying
-    in one order within each round of four symbols, and rounds read words without clamping or
-    a per-symbol end check while at least 8 bytes, the most a round can read, are left."""
-    # Four inlined copies, each with its constants (see _decode_chunk_4lanes_body).
-    if previous_index_context:
-        if escape_symbol < 0:
-            return _decode_chunk_4lanes_body(
-                buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-                precision_bits, True, -1, slot_symbols, symbol_info, next_slot_bases,
-                next_info_bases, alphabet_size, rows_per_group, value_table, out, out_start)
-        return _decode_chunk_4lanes_body(
-            buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-            precision_bits, True, escape_symbol, slot_symbols, symbol_info, next_slot_bases,
-            next_info_bases, alphabet_size, rows_per_group, value_table, out, out_start)
-    if escape_symbol < 0:
-        return _decode_chunk_4lanes_body(
-            buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-            precision_bits, False, -1, slot_symbols, symbol_info, next_slot_bases,
-            next_info_bases, alphabet_size, rows_per_group, value_table, out, out_start)
-    return _decode_chunk_4lanes_body(
-        buffer, chunk_offset, chunk_size, symbol_count, first_row, row_length,
-        precision_bits, False, escape_symbol, slot_symbols, symbol_info, next_slot_bases,
-        next_info_bases, alphabet_size, rows_per_group, value_table, out, out_start)
+@_jit(nogil=True)
+def decode_fast_iid_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                       symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                       errors):
+    """The fast 4-lane kernel (see _decode_chunk_4lanes_body) for the IID model, no
+    escape symbol to look for, 32-bit outputs (``out``, ``value_table``: uint32):
+    chunks it cannot take get ``errors[k, 0] = RETRY`` for the general kernel. Its
+    seven siblings differ in context model, escape symbol and output width."""
+    escape_symbol = -1
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
 
 
-@njit(cache=True, parallel=True)
-def decode_chunks(buffer, chunk_offsets, chunk_sizes, chunk_first_rows, chunk_symbol_counts,
-                  chunk_out_starts, row_length, lane_count, precision_bits, context_model,
-                  context_count, context_center, escape_symbol, index_offset, slot_symbols,
-                  symbol_info, symbol_contexts, grid_kind, rows_per_group, steps, zero_points, codebook,
-                  codebook_first, value_table, invalid_symbols, output_kind, out,
-                  errors):
-    """Decode independent chunks in parallel into ``out``: float32 values, binary16/bfloat16
-    patterns (uint16) or int32 indices, per ``output_kind``; ``value_table`` has ``out``'s dtype.
-    ``errors[k] = (code, byte offset)`` for chunk k; code 0 means success."""
-    # The fast kernel's case (see _decode_chunk_4lanes); each chunk may still fall back.
-    fast = lane_count == 4 and len(value_table) > 0 and len(invalid_symbols) == 0
-    alphabet_size = len(symbol_contexts)
-    # An escape symbol of frequency 0 in every table is never decoded: the fast kernel need
-    # not look for it.
-    fast_escape = -1
-    if escape_symbol >= 0:
-        for context in range(len(symbol_info) // alphabet_size):
-            if (symbol_info[context * alphabet_size + escape_symbol] & _LOW32) != 0:
-                fast_escape = escape_symbol
-    # spec §7.4: the table that follows each direct symbol, as the bases of its two parts.
-    next_slot_bases = np.zeros(alphabet_size, dtype=np.uint64)
-    next_info_bases = np.zeros(alphabet_size, dtype=np.uint64)
-    if context_model == 1:
-        for symbol in range(alphabet_size):
-            next_slot_bases[symbol] = np.uint64(symbol_contexts[symbol] << precision_bits)
-            next_info_bases[symbol] = np.uint64(symbol_contexts[symbol] * alphabet_size)
-    fast_rows_per_group = rows_per_group if output_kind != OUTPUT_INDEX else 0
-    for k in prange(len(chunk_offsets)):
-        if fast and _decode_chunk_4lanes(buffer, chunk_offsets[k], chunk_sizes[k],
-                                         chunk_symbol_counts[k], chunk_first_rows[k],
-                                         row_length, precision_bits, context_model == 1,
-                                         fast_escape, slot_symbols, symbol_info,
-                                         next_slot_bases, next_info_bases, alphabet_size,
-                                         fast_rows_per_group, value_table, out,
-                                         chunk_out_starts[k]):
-            continue
-        states = np.empty(lane_count, dtype=np.uint64)
-        if context_model == 1:
-            _decode_chunk_previous(buffer, chunk_offsets[k], chunk_sizes[k],
-                                   chunk_symbol_counts[k], chunk_first_rows[k], row_length,
-                                   lane_count, precision_bits, context_count, context_center,
-                                   escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts,
-                                   grid_kind, rows_per_group, steps, zero_points, codebook,
-                                   codebook_first, value_table, invalid_symbols,
-                                   output_kind, out, chunk_out_starts[k], states, errors, k)
-        else:
-            _decode_chunk_iid(buffer, chunk_offsets[k], chunk_sizes[k], chunk_symbol_counts[k],
-                              chunk_first_rows[k], row_length, lane_count, precision_bits,
-                              context_count, context_center, escape_symbol, index_offset,
-                              slot_symbols, symbol_info, symbol_contexts, grid_kind, rows_per_group, steps,
-                              zero_points, codebook, codebook_first, value_table,
-                              invalid_symbols, output_kind, out, chunk_out_starts[k], states,
-                              errors, k)
+@_jit(nogil=True)
+def decode_fast_iid_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                       symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                       errors):
+    """:func:`decode_fast_iid_32` for the IID model, no escape symbol, 16-bit outputs (uint16)."""
+    escape_symbol = -1
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
 
 
-@njit(cache=True, parallel=True)
-def right_matrix_product(coefficients, matrix, output_kind, out_f32, out_u16):
-    """spec §6.4: out[r, j] = sum_k coefficients[r, k] * matrix[k, j], each product and the running
-    sum in binary64, k in increasing order, then rounded once to binary32 (and then to the dtype)."""
-    rows, inner = coefficients.shape
+@_jit(nogil=True)
+def decode_fast_iid_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                              symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                              errors):
+    """:func:`decode_fast_iid_32` for the IID model, an escape symbol that
+    can be decoded, 32-bit outputs (uint32)."""
+    escape_symbol = params[P_FAST_ESCAPE]
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def decode_fast_iid_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                              symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                              errors):
+    """:func:`decode_fast_iid_32` for the IID model, an escape symbol that
+    can be decoded, 16-bit outputs (uint16)."""
+    escape_symbol = params[P_FAST_ESCAPE]
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def decode_fast_previous_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                            symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                            errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 32-bit
+    outputs (uint32)."""
+    escape_symbol = -1
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def decode_fast_previous_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                            symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                            errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 16-bit
+    outputs (uint16)."""
+    escape_symbol = -1
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def decode_fast_previous_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                                   symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                                   errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, an escape symbol that
+    can be decoded, 32-bit outputs (uint32)."""
+    escape_symbol = params[P_FAST_ESCAPE]
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def decode_fast_previous_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
+                                   symbol_info, next_slot_bases, next_info_bases, value_table, out,
+                                   errors):
+    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, an escape symbol that
+    can be decoded, 16-bit outputs (uint16)."""
+    escape_symbol = params[P_FAST_ESCAPE]
+    for j in range(len(chunk_ids)):
+        k = chunk_ids[j]
+        if not _decode_chunk_4lanes_body(
+                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
+                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
+                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
+                symbol_info,
+                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
+                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
+            errors[k, 0] = RETRY
+
+
+@_jit(nogil=True)
+def right_matrix_rows(coefficients, matrix, output_kind, out_f32, out_u16, row_start, row_stop):
+    """spec §6.4 for rows ``row_start:row_stop``: out[r, j] = sum_k coefficients[r, k] *
+    matrix[k, j], each product and the running sum in binary64, k in increasing order, then
+    rounded once to binary32 (and then to the dtype). Serial and without the GIL: the caller
+    runs row ranges on threads (:func:`nncodec_rd.decoder.dispatch.right_matrix_product`)."""
+    inner = coefficients.shape[1]
     columns = matrix.shape[1]
-    for r in prange(rows):
+    totals = np.zeros(columns, dtype=np.float64)
+    row_bits = np.empty(columns, dtype=np.float32)
+    bits = row_bits.view(np.uint32)
+    for r in range(row_start, row_stop):
         # A whole row of running sums, k outermost: every sum still takes its products in
         # increasing k, one rounding each (spec §6.4), but the matrix is read row by row and
         # the j loop has independent lanes that vectorize (no reassociation, no FMA).
-        totals = np.zeros(columns, dtype=np.float64)
+        totals[:] = 0.0
         for k in range(inner):
             coefficient = np.float64(coefficients[r, k])
             for j in range(columns):
                 totals[j] += coefficient * np.float64(matrix[k, j])
-        row_bits = np.empty(columns, dtype=np.float32)
         for j in range(columns):
             if totals[j] != totals[j]:
                 row_bits[j] = CANONICAL_NAN  # spec §6.4: one NaN pattern for every decoder
@@ -633,20 +814,8 @@ def right_matrix_product(coefficients, matrix, output_kind, out_f32, out_u16):
             for j in range(columns):
                 out_f32[r * columns + j] = row_bits[j]
         else:
-            bits = row_bits.view(np.uint32)
             for j in range(columns):
                 if output_kind == OUTPUT_FLOAT16:
                     out_u16[r * columns + j] = float32_bits_to_float16_bits(bits[j])
                 else:
                     out_u16[r * columns + j] = float32_bits_to_bfloat16_bits(bits[j])
-
-
-@njit(cache=True)
-def convert_float32_bits(values, output_kind, out_u16):
-    """Round float32 values to binary16 or bfloat16 bits."""
-    bits = values.view(np.uint32)
-    for i in range(len(bits)):
-        if output_kind == OUTPUT_FLOAT16:
-            out_u16[i] = float32_bits_to_float16_bits(bits[i])
-        else:
-            out_u16[i] = float32_bits_to_bfloat16_bits(bits[i])

@@ -27,7 +27,7 @@ from ..format.container import read_container, to_plain
 from ..format.errors import ErrorCode, FormatError, NrdError, OutputTooLargeError, error_for_code
 from ..format.layout import RowGeometry, chunk_extents
 from ..format.validate import payload_refs
-from . import kernels
+from . import dispatch, kernels, small
 
 _NUMPY_DTYPES = {
     TensorDtype.FLOAT32: "<f4", TensorDtype.FLOAT16: "<f2", TensorDtype.FLOAT64: "<f8",
@@ -157,28 +157,91 @@ class ChunkDecoder:
         """Bytes of the tables held (the slot table is built at each decode, not held)."""
         return sum(value.nbytes for value in vars(self).values() if isinstance(value, np.ndarray))
 
+    def kernel_arguments(self, output_kind_width: int) -> tuple:
+        """The int64 argument record and the tables of the kernels (see
+        :mod:`~nncodec_rd.decoder.kernels`), for outputs of ``output_kind_width`` bytes."""
+        alphabet_size = int(self.frequencies.shape[1])
+        params = np.zeros(kernels.PARAMETER_COUNT, dtype=np.int64)
+        params[kernels.P_ROW_LENGTH] = self.row_length
+        params[kernels.P_LANE_COUNT] = self.lane_count
+        params[kernels.P_PRECISION_BITS] = self.precision_bits
+        params[kernels.P_CONTEXT_COUNT] = self.context_count
+        params[kernels.P_CONTEXT_CENTER] = self.context_center
+        params[kernels.P_ESCAPE_SYMBOL] = self.escape_symbol
+        params[kernels.P_INDEX_OFFSET] = self.index_offset
+        params[kernels.P_GRID_KIND] = self.grid_kind
+        params[kernels.P_ROWS_PER_GROUP] = self.rows_per_group
+        params[kernels.P_CODEBOOK_FIRST] = self.codebook_first
+        params[kernels.P_OUTPUT_KIND] = self.output_kind
+        params[kernels.P_WIDE_SLOTS] = alphabet_size > 256
+        params[kernels.P_WIDE_OUTPUT] = output_kind_width == 4
+        params[kernels.P_ALPHABET_SIZE] = alphabet_size
+        params[kernels.P_CONTEXT_MODEL] = self.context_model
+        # An escape symbol of frequency 0 in every table is never decoded: the fast kernel need
+        # not look for it.
+        escape = self.escape_symbol
+        params[kernels.P_FAST_ESCAPE] = (escape if escape >= 0 and self.frequencies.size
+                                         and self.frequencies[:, escape].any() else -1)
+        params[kernels.P_FAST_ROWS_PER_GROUP] = (self.rows_per_group if self.output_kind
+                                                 != kernels.OUTPUT_INDEX else 0)
+        # spec §7.4: the table that follows each direct symbol, as the bases of its two parts.
+        if self.context_model == 1:
+            next_slot_bases = (self.symbol_contexts << self.precision_bits).astype(np.uint64)
+            next_info_bases = (self.symbol_contexts * alphabet_size).astype(np.uint64)
+        else:
+            next_slot_bases = next_info_bases = np.zeros(alphabet_size, dtype=np.uint64)
+        table = self.value_table
+        value_table = (table.view(np.uint32) if table.dtype.itemsize == 4
+                       else table.astype(np.uint32))
+        return params, next_slot_bases, next_info_bases, value_table
+
     def decode(self, buffer: np.ndarray, offsets, sizes, first_rows, counts, out_starts,
-               out: np.ndarray, chunk_numbers, file_offsets=None) -> None:
+               out: np.ndarray, chunk_numbers, file_offsets=None, threads: int | None = None,
+               method: str = "auto") -> None:
         """Decode the chunks at ``offsets``/``sizes`` of ``buffer`` into ``out`` (flat, the
         output kind's dtype; chunk ``k`` from ``out_starts[k]``). Faults raise the typed error
         naming chunk ``chunk_numbers[k]``, at its byte offset in the file (``file_offsets`` are
-        the chunks' file offsets when ``buffer`` is not the file)."""
+        the chunks' file offsets when ``buffer`` is not the file). ``threads``: as
+        :class:`NrdFile`'s. ``method``: ``"auto"`` (Python for a tensor of at most
+        ``small.SMALL_TENSOR_SYMBOLS`` symbols while its kernel is not loaded in this process,
+        so that a small tensor never waits for a compile or for Numba's start-up, up to
+        ``small.PROCESS_BUDGET_SYMBOLS`` symbols per process; else the fast kernel, with the
+        general kernel for the chunks it leaves); for tests, ``"small"`` (Python only;
+        RuntimeError if it declines a chunk), ``"kernels"`` (fast and general kernels) or
+        ``"general"`` (general kernel)."""
+        if method not in ("auto", "small", "kernels", "general"):
+            raise ValueError(f"unknown decoding method {method!r}")
+        params, next_slot_bases, next_info_bases, value_table = self.kernel_arguments(
+            out.dtype.itemsize)
+        symbols = int(np.sum(counts))
+        if method == "small" or (
+                method == "auto" and symbols <= small.SMALL_TENSOR_SYMBOLS
+                and not dispatch.is_loaded(dispatch.first_kernel(
+                    params, self.context_model, out.dtype.itemsize == 4, len(value_table),
+                    len(self.invalid_symbols)))
+                and small.worth_it(symbols)):
+            if small.decode_small(self, buffer, offsets, sizes, first_rows, counts, out_starts,
+                                  out):
+                return
+            if method == "small":
+                raise RuntimeError("the Python decoder declined a chunk")
         slot_symbols, symbol_info = kernels.build_symbol_tables(self.frequencies,
                                                                 self.precision_bits)
         errors = np.zeros((len(offsets), 2), dtype=np.int64)
         if buffer.flags.writeable:
             # One type for every buffer (a mapped file is read-only): each Numba signature of
-            # the kernels costs about a minute of compiling on first use.
+            # the kernels costs seconds of compiling on first use.
             buffer = buffer.view()
             buffer.flags.writeable = False
-        kernels.decode_chunks(buffer, offsets, sizes, first_rows, counts, out_starts,
-                              self.row_length, self.lane_count, self.precision_bits,
-                              self.context_model, self.context_count, self.context_center,
-                              self.escape_symbol, self.index_offset, slot_symbols, symbol_info,
-                              self.symbol_contexts, self.grid_kind, self.rows_per_group,
-                              self.steps, self.zero_points, self.codebook, self.codebook_first,
-                              self.value_table, self.invalid_symbols, self.output_kind, out,
-                              errors)
+        chunks = np.empty((len(offsets), 5), dtype=np.int64)
+        for column, values in enumerate((offsets, sizes, first_rows, counts, out_starts)):
+            chunks[:, column] = values
+        dispatch.decode_chunks(buffer, chunks, params, self.context_model,
+                               *_slot_tables(slot_symbols), symbol_info,
+                               self.symbol_contexts, next_slot_bases, next_info_bases,
+                               self.steps, self.zero_points, self.codebook, value_table,
+                               self.invalid_symbols, *_output_words(out), errors,
+                               threads=threads, use_fast=method != "general")
         if errors[:, 0].any():
             k = int(np.flatnonzero(errors[:, 0])[0])
             code = ErrorCode(int(errors[k, 0]))
@@ -187,6 +250,21 @@ class ChunkDecoder:
                 at += int(file_offsets[k]) - int(offsets[k])
             raise error_for_code(code, _KERNEL_MESSAGES[code],
                                  field=f"{self.field}[{int(chunk_numbers[k])}]", offset=at)
+
+
+def _slot_tables(slot_symbols: np.ndarray) -> tuple:
+    """The slot table as the kernels' two arguments: (uint8 table, uint16 table), one empty."""
+    if slot_symbols.dtype == np.uint8:
+        return slot_symbols, np.zeros(0, np.uint16)
+    return np.zeros(0, np.uint8), slot_symbols
+
+
+def _output_words(out: np.ndarray) -> tuple:
+    """``out`` (flat) as the kernels' two outputs: (uint16 patterns, uint32 bits), one empty."""
+    flat = out.reshape(-1)
+    if out.dtype.itemsize == 4:
+        return np.zeros(0, np.uint16), flat.view(np.uint32)
+    return flat.view(np.uint16), np.zeros(0, np.uint32)
 
 
 class NrdFile:
@@ -242,6 +320,7 @@ class NrdFile:
             raise
         self._index = {record.name: position for position, record in enumerate(self.header.tensors)}
         self._verified_chunks: set = set()
+        self._method = "auto"  # how chunks are decoded (ChunkDecoder.decode); tests change it
 
     # -- file-level --------------------------------------------------------------------------
 
@@ -459,8 +538,9 @@ class NrdFile:
         out_u16 = np.empty((stop - start) * columns if kind != kernels.OUTPUT_FLOAT32 else 0,
                            np.uint16)
         with self._threads():
-            kernels.right_matrix_product(coefficients, np.ascontiguousarray(matrix, np.float32),
-                                         kind, out_f32, out_u16)
+            dispatch.right_matrix_product(np.ascontiguousarray(coefficients, np.float32),
+                                          np.ascontiguousarray(matrix, np.float32), kind,
+                                          out_f32, out_u16)
         return out_f32 if kind == kernels.OUTPUT_FLOAT32 else out_u16.view(numpy_dtype(dtype))
 
     def _read_raw(self, record, start: int, stop: int) -> np.ndarray:
@@ -545,7 +625,7 @@ class NrdFile:
         try:
             with self._threads():
                 decoder.decode(self._buffer, offsets, sizes, first_rows, counts, out_starts, out,
-                               selected)
+                               selected, method=self._method)
         except BaseException:
             if out is destination:
                 # The caller's buffer holds whole chunks decoded beside a chunk that failed half

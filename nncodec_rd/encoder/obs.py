@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, UniformGrid
+from .jit import cached_njit
 from .methods import (DEFAULT_GRID_CHOICE, GRID_CHOICES, METHODS,  # noqa: F401 (re-exported)
                       model_entropy_settings, resolved_grid_choice)
 from .rate import RateModel
@@ -307,7 +308,7 @@ def cerwu_target(weights: np.ndarray, mu: float, eigen: tuple[np.ndarray, np.nda
     return ((weights @ vectors) * (values / (values + mu))) @ vectors.T
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _price(k, cost_bits, first_index, outside_bits, half_gamma, low, high):
     if k < low or k > high:
         return np.inf  # outside the grid's bins: not a candidate
@@ -319,7 +320,7 @@ def _price(k, cost_bits, first_index, outside_bits, half_gamma, low, high):
     return bits - half_gamma * k * k
 
 
-@njit(cache=True, parallel=True)
+@cached_njit(parallel=True)
 def _sweep_block(block, upper, rate_weight, cost_bits, first_index, outside_bits, half_gamma,
                  low_index, high_index, indices, errors):
     """Quantize the columns of ``block`` (rows × width, index units) in order, with OBS updates

@@ -11,10 +11,10 @@ import heapq
 import math
 
 import numpy as np
-from numba import njit
 
 from ..format.constants import RANS_STATE_LOWER_BOUND, ContextModel
 from ..format.errors import EncoderError
+from .jit import cached_njit
 
 
 def frequency_table_bytes(frequencies: np.ndarray) -> int:
@@ -98,7 +98,7 @@ def context_of_previous(indices: np.ndarray, context_model: int, context_count: 
     return contexts
 
 
-@njit(cache=True)
+@cached_njit()
 def _encode_chunk_kernel(symbols, contexts, frequencies, starts, precision_bits, lane_count,
                          words):
     """Encode ``symbols`` backwards into ``words`` (filled from the end). Returns the index of the

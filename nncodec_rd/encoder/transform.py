@@ -41,9 +41,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..format.errors import EncoderError
+from .jit import cached_njit
 from .obs import (QuantizerSettings, damped_hessian, factor_with_retries, layer_distortion,
                   LayerProblem, obs_sweep)
 from .rate import RateModel
@@ -126,7 +127,7 @@ def keep_components(energy_ratio: np.ndarray, rows: int, matrix_row_bits: np.nda
     return (x > 1) & (saving > matrix_row_bits)
 
 
-@njit(cache=True, parallel=True)
+@cached_njit(parallel=True)
 def _right_matrix_product(values, matrix, out):
     rows, inner = values.shape
     columns = matrix.shape[1]

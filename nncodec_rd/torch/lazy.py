@@ -156,7 +156,7 @@ class CompressedWeight(torch.nn.Module):
     def decode_into(self, out: np.ndarray, chunks: np.ndarray | None = None) -> None:
         """Decode all chunks (or the chunk numbers ``chunks``) into ``out``, a flat C-contiguous
         byte array of ``decoded_bytes`` bytes, each chunk at its place in the tensor; in parallel
-        over chunks (:func:`nncodec_rd.decoder.kernels.decode_chunks`)."""
+        over chunks (:func:`nncodec_rd.decoder.dispatch.decode_chunks`)."""
         flat = out.view(np.float32 if self._output_kind == kernels.OUTPUT_FLOAT32 else np.uint16)
         if chunks is None:  # every chunk: the per-chunk arrays as they are (no copies)
             self._decoder.decode(self.payload, self._chunk_offsets, self._chunk_sizes,

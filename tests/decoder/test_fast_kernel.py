@@ -1,41 +1,17 @@
-"""The fast 4-lane kernel (kernels._decode_chunk_4lanes, used by decode_chunks) against the
-general chunk kernels: the same bytes for every chunk that decodes, the same error code and byte
-offset for every chunk that does not, on random chunks of both context models, damaged or not."""
+"""The fast 4-lane kernels (kernels.decode_fast_*, tried first by dispatch.decode_chunks) against
+the general chunk kernels: the same bytes for every chunk that decodes, the same error code and
+byte offset for every chunk that does not, on random chunks of both context models, damaged or
+not."""
 
 import struct
 
 import numpy as np
 from hypothesis import given, settings, strategies as st
-from numba import njit
 
 from conformance.strategies import frequency_tables
-from nncodec_rd.decoder import kernels
+from nncodec_rd.decoder import dispatch, kernels
+from nncodec_rd.decoder.reader import ChunkDecoder, _output_words, _slot_tables
 from nncodec_rd.encoder.rans import encode_chunk
-
-
-@njit(cache=True)
-def _general_only(buffer, offsets, sizes, first_rows, counts, out_starts, row_length,
-                  lane_count, precision_bits, context_model, context_count, context_center,
-                  escape_symbol, index_offset, slot_symbols, symbol_info, symbol_contexts,
-                  grid_kind, rows_per_group, steps, zero_points, codebook, value_table,
-                  invalid_symbols, output_kind, out, errors):
-    """decode_chunks without the fast kernel: the reference."""
-    for k in range(len(offsets)):
-        states = np.empty(lane_count, dtype=np.uint64)
-        if context_model == 1:
-            kernels._decode_chunk_previous(
-                buffer, offsets[k], sizes[k], counts[k], first_rows[k], row_length, lane_count,
-                precision_bits, context_count, context_center, escape_symbol, index_offset,
-                slot_symbols, symbol_info, symbol_contexts, grid_kind, rows_per_group, steps,
-                zero_points, codebook, 0, value_table, invalid_symbols, output_kind, out,
-                out_starts[k], states, errors, k)
-        else:
-            kernels._decode_chunk_iid(
-                buffer, offsets[k], sizes[k], counts[k], first_rows[k], row_length, lane_count,
-                precision_bits, context_count, context_center, escape_symbol, index_offset,
-                slot_symbols, symbol_info, symbol_contexts, grid_kind, rows_per_group, steps,
-                zero_points, codebook, 0, value_table, invalid_symbols, output_kind, out,
-                out_starts[k], states, errors, k)
 
 
 def _damage(draw, payload: bytes) -> bytes:
@@ -124,19 +100,40 @@ def chunk_sets(draw):
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
+def _decode(case, decoder, use_fast):
+    """dispatch.decode_chunks over the case's chunks: (output bytes per chunk, errors)."""
+    chunk_count = len(case["offsets"])
+    count = case["rows_per_chunk"] * case["row_length"]
+    chunks = np.zeros((chunk_count, 5), np.int64)
+    chunks[:, kernels.C_OFFSET] = case["offsets"]
+    chunks[:, kernels.C_SIZE] = case["sizes"]
+    chunks[:, kernels.C_FIRST_ROW] = np.arange(chunk_count) * case["rows_per_chunk"]
+    chunks[:, kernels.C_SYMBOL_COUNT] = count
+    chunks[:, kernels.C_OUT_START] = np.arange(chunk_count) * count
+    dtype = {kernels.OUTPUT_FLOAT32: np.float32, kernels.OUTPUT_INDEX: np.int32}.get(
+        case["output_kind"], np.uint16)
+    out = np.zeros(chunk_count * count, dtype)
+    errors = np.zeros((chunk_count, 2), np.int64)
+    params, next_slot_bases, next_info_bases, value_table = decoder.kernel_arguments(
+        out.dtype.itemsize)
+    slot_symbols, symbol_info = kernels.build_symbol_tables(decoder.frequencies,
+                                                            decoder.precision_bits)
+    buffer = case["buffer"]
+    arguments = (params, decoder.context_model, *_slot_tables(slot_symbols), symbol_info,
+                 decoder.symbol_contexts, next_slot_bases, next_info_bases, decoder.steps,
+                 decoder.zero_points, decoder.codebook, value_table, decoder.invalid_symbols,
+                 *_output_words(out), errors)
+    dispatch.decode_chunks(buffer, chunks, *arguments, threads=2, use_fast=use_fast)
+    parts = [out[k * count:(k + 1) * count].tobytes() for k in range(chunk_count)]
+    return parts, errors, chunks, arguments
+
+
 @settings(max_examples=400, deadline=None)
 @given(chunk_sets())
 def test_fast_kernel_agrees_with_the_general_kernels(case):
     alphabet_size = len(case["frequencies"][0])
     chunk_count = len(case["offsets"])
-    count = case["rows_per_chunk"] * case["row_length"]
-    offsets = np.array(case["offsets"], np.int64)
-    sizes = np.array(case["sizes"], np.int64)
-    first_rows = np.arange(chunk_count, dtype=np.int64) * case["rows_per_chunk"]
-    counts = np.full(chunk_count, count, np.int64)
-    out_starts = np.arange(chunk_count, dtype=np.int64) * count
-    slot_symbols, symbol_info = kernels.build_symbol_tables(
-        np.array(case["frequencies"], np.int64), case["precision_bits"])
+    frequencies = np.array(case["frequencies"], np.int64)
     symbol_contexts = kernels.contexts_of_symbols(
         alphabet_size, case["index_offset"], case["context_model"], case["context_count"],
         case["context_center"], case["escape_symbol"])
@@ -146,39 +143,33 @@ def test_fast_kernel_agrees_with_the_general_kernels(case):
     value_table, invalid_symbols = kernels.build_value_table(
         alphabet_size, case["index_offset"], kernels.GRID_UNIFORM, case["group_count"], steps,
         zero_points, np.zeros(0, np.float32), 0, case["output_kind"])
-    dtype = {kernels.OUTPUT_FLOAT32: np.float32, kernels.OUTPUT_INDEX: np.int32}.get(
-        case["output_kind"], np.uint16)
-    arguments = (case["row_length"], case["lane_count"], case["precision_bits"],
-                 case["context_model"], case["context_count"], case["context_center"],
-                 case["escape_symbol"], case["index_offset"], slot_symbols, symbol_info,
-                 symbol_contexts, kernels.GRID_UNIFORM, case["rows_per_group"], steps,
-                 zero_points, np.zeros(0, np.float32))
-    out_fast = np.zeros(chunk_count * count, dtype)
-    errors_fast = np.zeros((chunk_count, 2), np.int64)
-    kernels.decode_chunks(case["buffer"], offsets, sizes, first_rows, counts, out_starts,
-                          *arguments, 0, value_table, invalid_symbols[:0], case["output_kind"],
-                          out_fast, errors_fast)
-    out_general = np.zeros(chunk_count * count, dtype)
-    errors_general = np.zeros((chunk_count, 2), np.int64)
-    _general_only(case["buffer"], offsets, sizes, first_rows, counts, out_starts, *arguments,
-                  value_table, invalid_symbols[:0], case["output_kind"], out_general,
-                  errors_general)
+    decoder = ChunkDecoder("chunks", case["row_length"], case["lane_count"],
+                           case["precision_bits"], case["context_model"], case["context_count"],
+                           case["context_center"], case["escape_symbol"], case["index_offset"],
+                           frequencies, symbol_contexts, kernels.GRID_UNIFORM,
+                           case["rows_per_group"], steps, zero_points, np.zeros(0, np.float32),
+                           0, value_table, invalid_symbols[:0], case["output_kind"])
+    fast_parts, errors_fast, chunks, arguments = _decode(case, decoder, True)
+    general_parts, errors_general, _, _ = _decode(case, decoder, False)
     assert errors_fast.tolist() == errors_general.tolist()
     for k in range(chunk_count):
         if errors_general[k, 0] == 0:  # what a failed chunk leaves in the output is unspecified
-            part = slice(out_starts[k], out_starts[k] + count)
-            assert out_fast[part].tobytes() == out_general[part].tobytes()
+            assert fast_parts[k] == general_parts[k]
     # The fast kernel itself accepts every intact chunk it is meant for (it is not just
     # falling back every time).
-    next_slot_bases = (symbol_contexts << case["precision_bits"]).astype(np.uint64)
-    next_info_bases = (symbol_contexts * alphabet_size).astype(np.uint64)
-    rows_per_group = case["rows_per_group"] if case["output_kind"] != kernels.OUTPUT_INDEX else 0
+    params = arguments[0]
+    wide = case["output_kind"] in (kernels.OUTPUT_FLOAT32, kernels.OUTPUT_INDEX)
+    kernel = dispatch.FAST_KERNELS[(case["context_model"] == 1,
+                                    bool(params[kernels.P_FAST_ESCAPE] >= 0), wide)]
+    (_, _, slot_bytes, slot_words, symbol_info, _, next_slot_bases, next_info_bases, _, _, _,
+     table, _,
+     words16, words32, _) = arguments
     for k in range(chunk_count):
         if (case["lane_count"] == 4 and case["intact"][k] and errors_general[k, 0] == 0
-                and struct.unpack_from("<I", case["buffer"], offsets[k])[0] == 0):
-            out = np.zeros(chunk_count * count, dtype)
-            assert kernels._decode_chunk_4lanes(
-                case["buffer"], offsets[k], sizes[k], count, first_rows[k], case["row_length"],
-                case["precision_bits"], case["context_model"] == 1, case["escape_symbol"],
-                slot_symbols, symbol_info, next_slot_bases, next_info_bases, alphabet_size,
-                rows_per_group, value_table, out, out_starts[k])
+                and struct.unpack_from("<I", case["buffer"], case["offsets"][k])[0] == 0):
+            errors = np.zeros((chunk_count, 2), np.int64)
+            kernel(case["buffer"], chunks, np.array([k], np.int64), params, slot_bytes,
+                   slot_words, symbol_info, next_slot_bases, next_info_bases,
+                   table if wide else table.astype(np.uint16),
+                   words32.copy() if wide else words16.copy(), errors)
+            assert errors[k, 0] == 0
