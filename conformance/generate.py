@@ -824,6 +824,47 @@ def _sized_overrun() -> bytes:
     return patch(data, start, struct.pack("<I", size - 1))
 
 
+@invalid("grid_size_past_body_and_header", ErrorCode.INVALID_VALUE, ("2.1",), "a grid whose u32 "
+         "size is 2^32 - 1, past the end of its RansBody and of the Header: the body's fault")
+def _grid_size_past_both() -> bytes:
+    return patch_field(invalid_base(), "header.tensors[0].body.grid (size)",
+                       struct.pack("<I", 0xFFFFFFFF))
+
+
+@invalid("body_size_past_header", ErrorCode.HEADER_SIZE_MISMATCH, ("2.1", "4.3"), "a tensor body "
+         "whose u32 size is 2^32 - 1, past the end of the Header")
+def _body_size_past_header() -> bytes:
+    return patch_field(invalid_base(), "header.tensors[2].body (size)",
+                       struct.pack("<I", 0xFFFFFFFF))
+
+
+@invalid("grid_kind_unknown_short_grid", ErrorCode.UNSUPPORTED_FEATURE, ("4.8", "6", "3.2"),
+         "grid_kind 7 with a grid of 3 bytes, too few for any known grid: skipped, not parsed")
+def _grid_kind_short_grid() -> bytes:
+    def change(header, payloads):
+        _body(header).update(grid_kind=7, grid=b"\x01\x02\x03")
+    return mutate_header(invalid_base(), change)
+
+
+@invalid("extension_flags_reserved_and_required", ErrorCode.RESERVED_VALUE, ("3.4", "2.5"),
+         "an extension of unknown type with flags 0x0003: required, and reserved bit 1 set; the "
+         "reserved bits are checked first")
+def _extension_reserved_and_required() -> bytes:
+    def change(header, payloads):
+        header["extensions"].update(extension_count=1, extensions=[
+            dict(extension_type=3, extension_flags=3, body=b"")])
+    return mutate_header(invalid_base(), change)
+
+
+@invalid("chunk_damaged_checksum_stale", ErrorCode.CHECKSUM_PAYLOAD, ("4.8", "8.3", "7.3"),
+         "a chunk whose first lane state is damaged to 5, checksum not updated: the checksum is "
+         "verified before the chunk is decoded")
+def _chunk_damaged_checksum_stale() -> bytes:
+    header, payloads = split_file(invalid_base())
+    payloads[1] = payloads[1][:8] + struct.pack("<I", 5) + payloads[1][12:]
+    return assemble(header, payloads, fix_checksums=False)
+
+
 @invalid("metadata_int64_size", ErrorCode.INVALID_VALUE, ("5.5", "2.1"), "an INT64 metadata "
          "value of 4 bytes")
 def _metadata_size() -> bytes:

@@ -196,7 +196,8 @@ def string16():
 Preamble = Struct(
     "magic" / Const(MAGIC) * "File signature, the 8 bytes 89 4E 52 44 0D 0A 1A 0A.",
     "major_version" / Int16ul * "Major format version; 1 for this specification.",
-    "minor_version" / Int16ul * "Minor format version; 0 for this specification.",
+    "minor_version" / Int16ul
+    * "Minor format version; 0 for this specification. Never checked: a 1.0 decoder accepts any value (§3.1).",
     "required_features" / Int32ul
     * "Bit set of features a decoder MUST implement to decode the file; none are defined in 1.0 (MUST be 0).",
     "header_size" / Int64ul * "Size in bytes of the Header that follows the Preamble.",
