@@ -61,11 +61,19 @@ def prepare(folder: Path, model_folder: Path | None = None, texts: list[str] | N
     (folder / TEXTS_NAME).write_text("\n".join(texts) + "\n", encoding="utf-8")
 
 
+COMPILE_NOTICE = "nncodec-rd: compiling"
+"""A decode's notice that it compiles kernels first: printed or not by the state of the Numba
+cache, not by the command, so no block shows it (the quick start does)."""
+
+
 def condense(lines: list[str]) -> list[str]:
-    """The lines with each run of progress lines cut to its first and ``...``."""
+    """The lines with each run of progress lines cut to its first and ``...``, and without the
+    compile notice."""
     kept: list[str] = []
     in_run = False
     for line in lines:
+        if line.startswith(COMPILE_NOTICE):
+            continue
         if PROGRESS.match(line):
             if not in_run:
                 kept.append(line)

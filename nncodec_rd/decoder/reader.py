@@ -267,6 +267,24 @@ def _output_words(out: np.ndarray) -> tuple:
     return flat.view(np.uint16), np.zeros(0, np.uint32)
 
 
+@contextlib.contextmanager
+def numba_threads(threads: int | None):
+    """Run the kernels inside with ``threads`` threads (None: as they are), then give the calling
+    thread back the count it had: ``numba.set_num_threads`` is per calling thread and lasts, so
+    a reader opened with ``threads=1`` would otherwise slow every later decode of its caller."""
+    if threads is None:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 class NrdFile:
     """A lazily decoded .nrd file (use :func:`nncodec_rd.safe_open`).
 
@@ -572,22 +590,9 @@ class NrdFile:
                 field=f"header.tensors[{self._index[record.name]}]", requested=nbytes,
                 limit=limit)
 
-    @contextlib.contextmanager
     def _threads(self):
-        """Run the kernels with ``threads`` threads, then give the calling thread back the count
-        it had: ``numba.set_num_threads`` is per calling thread and lasts, so a reader opened
-        with ``threads=1`` would otherwise slow every later decode of its caller (issue 17)."""
-        if self.threads is None:
-            yield
-            return
-        import numba
-
-        before = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
-        try:
-            yield
-        finally:
-            numba.set_num_threads(before)
+        """Run the kernels with ``threads`` threads (:func:`numba_threads`)."""
+        return numba_threads(self.threads)
 
     def _decode_chunks(self, record, start_row: int, stop_row: int, output_kind: int,
                        destination: np.ndarray | None = None) -> np.ndarray:
@@ -668,7 +673,7 @@ _KERNEL_MESSAGES = {
     ErrorCode.INDEX_OUT_OF_RANGE: "an index falls outside the codebook",
 }
 
-__all__ = ["ChunkDecoder", "NrdFile", "TensorInfo", "numpy_dtype"]
+__all__ = ["ChunkDecoder", "NrdFile", "TensorInfo", "numba_threads", "numpy_dtype"]
 
 
 class TensorSlice:

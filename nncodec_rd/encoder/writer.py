@@ -607,13 +607,18 @@ class NrdWriter:
         """The bytes the file would have if closed now (header, padding and payloads of the
         tensors added so far, and the metadata); builds the header, so call it per block, not
         per tensor."""
-        records = [pending.record for pending in self._pending]
-        payloads = [payload for pending in self._pending for payload in pending.payloads]
-        header = dict(metadata=metadata_entries(self.metadata), tensor_count=len(records),
-                      tensors=records, extensions=NO_EXTENSIONS)
+        header, payloads = self._header_and_payloads()
         self._assign_offsets(header, payloads, provisional_header_size=0)
         head = _build_head(header)
         return canonical_offsets(len(head) - 32, [p.size for p in payloads])[1]
+
+    def _header_and_payloads(self) -> tuple[dict, list]:
+        """The header of the tensors added so far (offsets not assigned) and their payloads in
+        file order."""
+        records = [pending.record for pending in self._pending]
+        payloads = [payload for pending in self._pending for payload in pending.payloads]
+        return dict(metadata=metadata_entries(self.metadata), tensor_count=len(records),
+                    tensors=records, extensions=NO_EXTENSIONS), payloads
 
     def close(self) -> int:
         """Lay the payloads out canonically and write the file. Returns its size in bytes."""
@@ -698,10 +703,7 @@ class NrdWriter:
 
     def _write(self) -> int:
         self._resolve_transforms()
-        records = [pending.record for pending in self._pending]
-        payloads = [payload for pending in self._pending for payload in pending.payloads]
-        header = dict(metadata=metadata_entries(self.metadata), tensor_count=len(records),
-                      tensors=records, extensions=NO_EXTENSIONS)
+        header, payloads = self._header_and_payloads()
         # Offsets depend on the header size, which does not depend on the offsets' values
         # (they are fixed-width), so one provisional build fixes the layout.
         self._assign_offsets(header, payloads, provisional_header_size=0)

@@ -30,7 +30,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 from ..decoder import kernels
-from ..decoder.reader import ChunkDecoder, NrdFile, numpy_dtype
+from ..decoder.reader import ChunkDecoder, NrdFile, numba_threads, numpy_dtype
 from ..format.checksum import crc32c
 from ..format.constants import Coding, TensorDtype, TransformKind
 from ..format.errors import ChecksumMismatchError, EncoderError, ErrorCode
@@ -256,21 +255,9 @@ class LazyWeights:
 
     # -- decoding ------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def _threads(self):
-        """Decode with ``threads`` threads, then give the calling thread back the count it had
-        (``numba.set_num_threads`` is per calling thread and lasts)."""
-        if self.threads is None:
-            yield
-            return
-        import numba
-
-        before = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
-        try:
-            yield
-        finally:
-            numba.set_num_threads(before)
+        """Decode with ``threads`` threads (:func:`nncodec_rd.decoder.reader.numba_threads`)."""
+        return numba_threads(self.threads)
 
     def _buffer(self, nbytes: int, cacheable: bool) -> np.ndarray:
         """A flat, 64-byte aligned byte array for a decode: the scratch buffer when no tensor
