@@ -30,7 +30,8 @@ TEXTS = ["the model weights are small", "a codec of text and data", "the file is
 
 
 def masked(line: str) -> str:
-    line = re.sub(r"[A-Za-z_][\w-]*(\.[\w-]+)+/?", "NAME", line)  # tensor names, file names
+    # tensor names, file names and paths (1_Pooling/config.json)
+    line = re.sub(r"[\w/-]*[A-Za-z_][\w/-]*(\.[\w-]+)+/?", "NAME", line)
     return re.sub(r"[-+]?\d[\d,]*(\.\d+)?(e[-+]?\d+)?", "#", line)
 
 
