@@ -35,6 +35,23 @@ _NUMPY_DTYPES = {
     TensorDtype.INT32: "<i4", TensorDtype.INT64: "<i8", TensorDtype.BOOL: "u1",
     TensorDtype.UINT16: "<u2", TensorDtype.UINT32: "<u4", TensorDtype.UINT64: "<u8",
 }
+def _physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX, or not reported
+        return None
+
+
+#: The default of ``max_output_bytes``: the most bytes one decoded array may take unless the
+#: caller says otherwise: 64 GiB, or the machine's physical memory if that is less. 64 GiB is
+#: above any single tensor of a published model (the largest are embedding and output matrices:
+#: a vocabulary of 256k words by a width of 16k is 16 GiB in float32); an array larger than the
+#: machine's memory cannot be decoded anyway, and asking for it would end in the operating
+#: system's out-of-memory killer instead of an error. A file declaring 2^40 elements (4 TiB as
+#: float32, coded in a few kilobytes, spec §9 note) is thus refused with a typed error. Pass
+#: ``None`` for no bound, or a smaller bound for untrusted files.
+DEFAULT_MAX_OUTPUT_BYTES = min(64 << 30, _physical_memory_bytes() or 64 << 30)
+
 _OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
                 TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
                 TensorDtype.BFLOAT16: kernels.OUTPUT_BFLOAT16}
@@ -280,13 +297,16 @@ class NrdFile:
         thread count belongs to the calling thread; it is set for each decode and restored
         afterwards, so the caller's other Numba code keeps its own setting.
     max_output_bytes:
-        The most bytes one array decoded from the file may take, or ``None`` for no bound. A
-        conforming file may declare 2^40 elements and code them in a few bytes (spec §9 note), so
-        a reader of untrusted files should set it. Checked before anything is allocated, for each
+        The most bytes one array decoded from the file may take, or ``None`` for no bound;
+        by default :data:`DEFAULT_MAX_OUTPUT_BYTES` (64 GiB, above any single tensor of a
+        published model, or the machine's physical memory if less). A conforming file may declare 2^40 elements and code them in a few
+        bytes (spec §9 note), so a reader of untrusted files should set a smaller one. Checked before anything is allocated, for each
         array a decode allocates: the output (of the tensor or of the row range), the chunk buffer
         (whole chunks, which may be larger than a row range), a transform's coefficients and its
         matrix. Beyond it :class:`~nncodec_rd.format.errors.OutputTooLargeError` (a
-        ``LimitExceededError``, code ``limit_exceeded``) is raised and nothing is decoded.
+        ``LimitExceededError``, code ``output_too_large``) is raised and nothing is decoded. An
+        allocation within the bound that the machine cannot give raises the same error (never a
+        bare ``MemoryError``).
 
     Raises
     ------
@@ -297,7 +317,8 @@ class NrdFile:
         raise these too for faults in the payloads they decode, and ``OutputTooLargeError``.
     """
 
-    def __init__(self, path, threads: int | None = None, max_output_bytes: int | None = None):
+    def __init__(self, path, threads: int | None = None,
+                 max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES):
         self.path = os.fspath(path)
         self.threads = threads
         if max_output_bytes is not None and (isinstance(max_output_bytes, bool)
@@ -443,7 +464,11 @@ class NrdFile:
 
     def get_rows(self, name, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Decode rows ``start:stop`` (first dimension) of a tensor of rank >= 1, decoding only
-        the chunks that hold them; into ``out`` if given (see :meth:`get_tensor`)."""
+        the chunks that hold them; into ``out`` if given (see :meth:`get_tensor`).
+
+        A chunk is the unit of decoding (spec §7): rows inside a chunk are decoded with the
+        whole chunk, so one row of a tensor written as a single large chunk costs that chunk's
+        buffer, which ``max_output_bytes`` bounds as well."""
         record = self._record(name)
         if len(record.shape) == 0:
             raise ValueError(f"{name!r} is 0-d: it has no rows")
@@ -460,7 +485,29 @@ class NrdFile:
         self._record(name)  # KeyError now, not at the first index
         return TensorSlice(self, name)
 
+    @contextlib.contextmanager
+    def _typed_memory_errors(self, record, nbytes: int):
+        """Re-raise a ``MemoryError`` of a decode of ``record`` (about ``nbytes`` of output) as
+        :class:`OutputTooLargeError`: an allocation within ``max_output_bytes`` that the machine
+        cannot give still ends in a typed error (one line from the command line)."""
+        try:
+            yield
+        except MemoryError:
+            raise OutputTooLargeError(
+                f"{record.name!r}: the machine could not allocate the memory to decode it "
+                f"(about {nbytes} bytes of output); free memory, or decode fewer rows with "
+                "get_rows", field=f"header.tensors[{self._index[record.name]}]",
+                requested=nbytes, limit=self.max_output_bytes) from None
+
     def _decode_into(self, record, start: int, stop: int, shape: tuple, out) -> np.ndarray:
+        count = 1
+        for dimension in shape:
+            count *= int(dimension)
+        with self._typed_memory_errors(record, count * numpy_dtype(TensorDtype(record.dtype)).itemsize):
+            return self._decode_into_unchecked(record, start, stop, shape, out)
+
+    def _decode_into_unchecked(self, record, start: int, stop: int, shape: tuple,
+                               out) -> np.ndarray:
         if out is None:
             return self._decode_rows(record, start, stop).reshape(shape)
         dtype = numpy_dtype(TensorDtype(record.dtype))
@@ -487,7 +534,8 @@ class NrdFile:
         if record.coding != Coding.RANS:
             raise ValueError(f"{name!r} is stored raw: it has no indices")
         geometry = RowGeometry.of_shape(record.shape)
-        out = self._decode_chunks(record, 0, geometry.rows, kernels.OUTPUT_INDEX)
+        with self._typed_memory_errors(record, geometry.rows * record.body.coded_row_length * 4):
+            out = self._decode_chunks(record, 0, geometry.rows, kernels.OUTPUT_INDEX)
         if record.body.grid_kind == GridKind.CODEBOOK:
             self._check_codebook_indices(record, out)
         return out.reshape(geometry.rows, record.body.coded_row_length) \
@@ -567,8 +615,9 @@ class NrdFile:
         if limit is not None and nbytes > limit:
             raise OutputTooLargeError(
                 f"{record.name!r}: {what} needs {nbytes} bytes, more than "
-                f"max_output_bytes={limit}; open the file with a larger max_output_bytes (None "
-                "for no bound) if you trust it, or decode fewer rows with get_rows",
+                f"max_output_bytes={limit}; if you trust the file, open it with a larger "
+                "max_output_bytes (None for no bound; --max-output-bytes on the command line), "
+                "or decode fewer rows with get_rows",
                 field=f"header.tensors[{self._index[record.name]}]", requested=nbytes,
                 limit=limit)
 
@@ -668,7 +717,7 @@ _KERNEL_MESSAGES = {
     ErrorCode.INDEX_OUT_OF_RANGE: "an index falls outside the codebook",
 }
 
-__all__ = ["ChunkDecoder", "NrdFile", "TensorInfo", "numpy_dtype"]
+__all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "ChunkDecoder", "NrdFile", "TensorInfo", "numpy_dtype"]
 
 
 class TensorSlice:
