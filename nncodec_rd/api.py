@@ -114,7 +114,7 @@ def load_file(path, device="cpu", threads: int | None = None,
 
 
 def safe_open(path, framework: str = "np", device="cpu", threads: int | None = None,
-              max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES):
+              max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES, memory_map: bool = True):
     """Open an .nrd file lazily, as ``safetensors.safe_open``: ``keys()``, ``metadata()``,
     ``get_tensor(name)``, ``get_slice(name)`` (indexing decodes only the rows it needs),
     ``info(name)``, ``get_rows(name, start, stop)``. Use it as a context manager.
@@ -122,7 +122,9 @@ def safe_open(path, framework: str = "np", device="cpu", threads: int | None = N
     ``framework="np"`` (the default) gives NumPy arrays; ``"pt"`` gives torch tensors on
     ``device`` (needs torch). ``max_output_bytes`` bounds each decoded array (see
     :class:`NrdFile`; by default ``DEFAULT_MAX_OUTPUT_BYTES``, 64 GiB or the machine's memory
-    if less; ``None`` for no bound).
+    if less; ``None`` for no bound). ``memory_map=False`` reads the whole file into memory
+    instead of mapping it, for files that other processes may truncate or rewrite while they
+    are open (see :class:`NrdFile`).
 
     Examples
     --------
@@ -138,6 +140,7 @@ def safe_open(path, framework: str = "np", device="cpu", threads: int | None = N
     if _check_framework(framework, device) == "pt":
         from .torch.files import TorchFile
 
-        return TorchFile(NrdFile(path, threads=threads, max_output_bytes=max_output_bytes),
-                         device)
-    return NrdFile(path, threads=threads, max_output_bytes=max_output_bytes)
+        return TorchFile(NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
+                                 memory_map=memory_map), device)
+    return NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
+                   memory_map=memory_map)

@@ -307,6 +307,14 @@ class NrdFile:
         ``LimitExceededError``, code ``output_too_large``) is raised and nothing is decoded. An
         allocation within the bound that the machine cannot give raises the same error (never a
         bare ``MemoryError``).
+    memory_map:
+        ``True`` (the default): the file is memory-mapped, and only the pages a decode touches
+        are read. If the file is truncated in place while it is open, touching a page past its
+        new end kills the process with ``SIGBUS``; each decode therefore first compares the
+        file's size with its size at open and raises ``NrdError`` (code ``io``) when it changed,
+        which catches a change made before the decode but not one made during it. ``False``:
+        the whole file is read into memory at open and the file is closed, so nothing done to it
+        afterwards can affect the handle; use it for files that other processes may rewrite.
 
     Raises
     ------
@@ -318,7 +326,8 @@ class NrdFile:
     """
 
     def __init__(self, path, threads: int | None = None,
-                 max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES):
+                 max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+                 memory_map: bool = True):
         self.path = os.fspath(path)
         self.threads = threads
         if max_output_bytes is not None and (isinstance(max_output_bytes, bool)
@@ -333,8 +342,16 @@ class NrdFile:
             raise NrdError(f"cannot open {self.path}: {error.strerror}", code=ErrorCode.IO) from None
         try:
             size = os.fstat(self._file.fileno()).st_size
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-            self._buffer = np.frombuffer(self._map, dtype=np.uint8) if size else np.empty(0, np.uint8)
+            if memory_map:
+                self._map = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size
+                             else b"")
+            else:
+                self._map = self._file.read()
+                self._file.close()
+                self._file = None
+            self._size_at_open = len(self._map)
+            self._buffer = (np.frombuffer(self._map, dtype=np.uint8) if len(self._map)
+                            else np.empty(0, np.uint8))
             self.preamble, self.header, _ = read_container(self._map)
         except BaseException:
             self.close()
@@ -416,10 +433,25 @@ class NrdFile:
 
     # -- checksums ---------------------------------------------------------------------------
 
+    def _check_unchanged(self) -> None:
+        """Raise ``NrdError`` (code ``io``) when the mapped file's size changed since it was
+        opened: its pages past the new end would kill the process with ``SIGBUS``."""
+        if self._file is None or self._file.closed:
+            return  # read into memory (memory_map=False), or closed
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+        except OSError as error:
+            raise NrdError(f"cannot check {self.path}: {error.strerror}", code=ErrorCode.IO) from None
+        if size != self._size_at_open:
+            raise NrdError(f"{self.path} changed on disk while open ({self._size_at_open} bytes at "
+                           f"open, {size} now); open it again, or open files that other processes "
+                           "may rewrite with memory_map=False", code=ErrorCode.IO)
+
     def _verify_payload(self, field: str, ref) -> None:
         # spec §8.3: each payload reference carries its own CRC-32C. Zero-size payloads may share
         # an offset (spec §4.7), so a reference is known good only with its checksum in the key:
         # (offset, size) alone let a wrong CRC of a second empty payload pass (issue 17).
+        self._check_unchanged()
         key = (ref.offset, ref.size, ref.crc32c)
         if key in self._verified_chunks:
             return
