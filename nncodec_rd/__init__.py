@@ -10,6 +10,7 @@ The file API mirrors safetensors::
 """
 
 from .api import load_file, safe_open, save_file  # noqa: F401
+from .decoder.reader import DEFAULT_MAX_OUTPUT_BYTES  # noqa: F401
 from .format.constants import FORMAT_MAJOR_VERSION, FORMAT_MINOR_VERSION  # noqa: F401
 from .format.errors import (  # noqa: F401
     BadMagicError,
@@ -20,6 +21,7 @@ from .format.errors import (  # noqa: F401
     FormatError,
     LimitExceededError,
     NrdError,
+    OutputTooLargeError,
     ReservedValueError,
     TruncatedError,
     UnsupportedFeatureError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .decoder.reader import NrdFile
+from .decoder.reader import DEFAULT_MAX_OUTPUT_BYTES, NrdFile
 from .format.grids import EntropySettings
 from .format.layout import RowGeometry
 
@@ -98,12 +98,14 @@ def _check_framework(framework: str, device) -> str:
 
 
 def load_file(path, device="cpu", threads: int | None = None,
-              max_output_bytes: int | None = None) -> dict:
+              max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES) -> dict:
     """Decode every tensor of an .nrd file: name -> NumPy array (bfloat16 via ``ml_dtypes``);
     ``device`` is ``"cpu"`` (as in ``safetensors.numpy``; for torch tensors on a device,
     :func:`nncodec_rd.torch.load_file`).
 
-    ``max_output_bytes`` bounds each decoded array (see :class:`NrdFile`); set it for files from
+    ``max_output_bytes`` bounds each decoded array (see :class:`NrdFile`; by default
+    ``DEFAULT_MAX_OUTPUT_BYTES``, 64 GiB or the machine's memory if less; ``None`` for no
+    bound); lower it for files from
     untrusted sources, since a few bytes of file can declare terabytes of tensor (spec §9).
     """
     _check_framework("np", device)
@@ -112,14 +114,17 @@ def load_file(path, device="cpu", threads: int | None = None,
 
 
 def safe_open(path, framework: str = "np", device="cpu", threads: int | None = None,
-              max_output_bytes: int | None = None):
+              max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES, memory_map: bool = True):
     """Open an .nrd file lazily, as ``safetensors.safe_open``: ``keys()``, ``metadata()``,
     ``get_tensor(name)``, ``get_slice(name)`` (indexing decodes only the rows it needs),
     ``info(name)``, ``get_rows(name, start, stop)``. Use it as a context manager.
 
     ``framework="np"`` (the default) gives NumPy arrays; ``"pt"`` gives torch tensors on
     ``device`` (needs torch). ``max_output_bytes`` bounds each decoded array (see
-    :class:`NrdFile`).
+    :class:`NrdFile`; by default ``DEFAULT_MAX_OUTPUT_BYTES``, 64 GiB or the machine's memory
+    if less; ``None`` for no bound). ``memory_map=False`` reads the whole file into memory
+    instead of mapping it, for files that other processes may truncate or rewrite while they
+    are open (see :class:`NrdFile`).
 
     Examples
     --------
@@ -135,6 +140,7 @@ def safe_open(path, framework: str = "np", device="cpu", threads: int | None = N
     if _check_framework(framework, device) == "pt":
         from .torch.files import TorchFile
 
-        return TorchFile(NrdFile(path, threads=threads, max_output_bytes=max_output_bytes),
-                         device)
-    return NrdFile(path, threads=threads, max_output_bytes=max_output_bytes)
+        return TorchFile(NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
+                                 memory_map=memory_map), device)
+    return NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
+                   memory_map=memory_map)

@@ -17,7 +17,7 @@ import re
 import sys
 import time
 
-from . import FORMAT_VERSION, __version__
+from . import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION, __version__
 from .format.errors import EncoderError, InputMismatchError, NrdError
 
 EXIT_ERROR = 1
@@ -96,6 +96,24 @@ def command_info(arguments) -> int:
 
 def _jsonable(metadata: dict) -> dict:
     return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in metadata.items()}
+
+
+def _byte_count(text: str) -> int | None:
+    """``--max-output-bytes``: an integer with an optional K/M/G/T suffix (powers of 1024), or
+    ``none`` for no bound."""
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    if value == "none":
+        return None
+    scale = 1
+    if value[-1:] in _BYTE_SUFFIXES:
+        value, scale = value[:-1], _BYTE_SUFFIXES[value[-1]]
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected bytes such as 1000, 512M, 64G or none, "
+                                         f"not {text!r}")
+    return int(value) * scale
+
+
+_BYTE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def command_decode(arguments) -> int:
@@ -696,9 +714,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "with no suffix): the archived model folder (config, tokenizer) "
                              "with the tensors as safetensors, sharded like the original")
     decode.add_argument("--threads", type=int, default=None, help="decoding threads (default: all)")
-    decode.add_argument("--max-output-bytes", type=int, default=None, metavar="BYTES",
-                        help="refuse (limit_exceeded) any tensor that would decode to more bytes; "
-                             "set it for untrusted files (default: no bound)")
+    decode.add_argument("--max-output-bytes", type=_byte_count, default=DEFAULT_MAX_OUTPUT_BYTES,
+                        metavar="BYTES",
+                        help="refuse (output_too_large) any tensor that would decode to more "
+                             "bytes: an integer with an optional K, M, G or T suffix (powers of "
+                             "1024), or 'none' for no bound (default: 64G or this machine's "
+                             "memory if less, above any single tensor of a published model); "
+                             "lower it for untrusted files")
     decode.set_defaults(run=command_decode)
 
     encode = commands.add_parser(
@@ -798,9 +820,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: nncodec-rd validate model.nrd other.nrd --json")
     validate.add_argument("files", nargs="+")
     validate.add_argument("--json", action="store_true", help="machine-readable report")
-    validate.add_argument("--max-output-bytes", type=int, default=None, metavar="BYTES",
-                          help="largest array decoded while checking (default: no bound); a "
-                               "tensor beyond it is reported as limit_exceeded")
+    validate.add_argument("--max-output-bytes", type=_byte_count,
+                          default=DEFAULT_MAX_OUTPUT_BYTES, metavar="BYTES",
+                          help="largest array decoded while checking, as for decode (default: "
+                               "64G or this machine's memory; 'none' for no bound); a tensor beyond it is reported as "
+                               "output_too_large")
     validate.set_defaults(run=command_validate)
 
     conformance = commands.add_parser(

@@ -176,7 +176,7 @@ def test_decode_refuses_tensors_beyond_the_output_bound(tmp_path, capsys):
     nncodec_rd.save_file({"w": np.ones((64, 64), np.float32)}, tmp_path / "m.nrd")
     status = main(["decode", str(tmp_path / "m.nrd"), "-o", str(tmp_path / "m.npz"),
                    "--max-output-bytes", "1000"])
-    assert status != 0 and "limit_exceeded" in capsys.readouterr().err
+    assert status != 0 and "output_too_large" in capsys.readouterr().err
     assert not (tmp_path / "m.npz").exists()
     with pytest.raises(nncodec_rd.LimitExceededError):
         nncodec_rd.load_file(tmp_path / "m.nrd", max_output_bytes=1000)

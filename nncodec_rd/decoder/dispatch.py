@@ -11,7 +11,9 @@ application configures logging), with the time it takes; ``nncodec-rd warmup`` (
 compiles every kernel ahead of time, e.g. in a Dockerfile step.
 
 Kernels run serially and without the GIL; chunks (and rows of a transform) are spread over a
-pool of Python threads, so no Numba threading layer is needed.
+pool of Python threads, so no Numba threading layer is needed. The pool is per process: a child
+made by ``fork()`` (``multiprocessing``'s default start method on Linux) forgets the parent's
+pool and starts its own at its first parallel decode.
 """
 
 from __future__ import annotations
@@ -143,6 +145,20 @@ def thread_count(threads: int | None) -> int:
 
         threads = numba.get_num_threads()
     return max(1, int(threads))
+
+
+def _forget_pool_in_child() -> None:
+    """After ``fork()``: the child has none of the parent's pool threads, yet the inherited
+    executor counts them as idle and would queue work that no thread ever runs (a
+    ``multiprocessing.Pool`` child hung on its first decode, issue 17 item 7); the lock may
+    have been held by a parent thread at the fork. The child starts a pool of its own."""
+    global _pool, _lock
+    _pool = None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _get_pool(workers: int) -> ThreadPoolExecutor:

@@ -35,6 +35,23 @@ _NUMPY_DTYPES = {
     TensorDtype.INT32: "<i4", TensorDtype.INT64: "<i8", TensorDtype.BOOL: "u1",
     TensorDtype.UINT16: "<u2", TensorDtype.UINT32: "<u4", TensorDtype.UINT64: "<u8",
 }
+def _physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX, or not reported
+        return None
+
+
+#: The default of ``max_output_bytes``: the most bytes one decoded array may take unless the
+#: caller says otherwise: 64 GiB, or the machine's physical memory if that is less. 64 GiB is
+#: above any single tensor of a published model (the largest are embedding and output matrices:
+#: a vocabulary of 256k words by a width of 16k is 16 GiB in float32); an array larger than the
+#: machine's memory cannot be decoded anyway, and asking for it would end in the operating
+#: system's out-of-memory killer instead of an error. A file declaring 2^40 elements (4 TiB as
+#: float32, coded in a few kilobytes, spec §9 note) is thus refused with a typed error. Pass
+#: ``None`` for no bound, or a smaller bound for untrusted files.
+DEFAULT_MAX_OUTPUT_BYTES = min(64 << 30, _physical_memory_bytes() or 64 << 30)
+
 _OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
                 TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
                 TensorDtype.BFLOAT16: kernels.OUTPUT_BFLOAT16}
@@ -298,13 +315,24 @@ class NrdFile:
         thread count belongs to the calling thread; it is set for each decode and restored
         afterwards, so the caller's other Numba code keeps its own setting.
     max_output_bytes:
-        The most bytes one array decoded from the file may take, or ``None`` for no bound. A
-        conforming file may declare 2^40 elements and code them in a few bytes (spec §9 note), so
-        a reader of untrusted files should set it. Checked before anything is allocated, for each
+        The most bytes one array decoded from the file may take, or ``None`` for no bound;
+        by default :data:`DEFAULT_MAX_OUTPUT_BYTES` (64 GiB, above any single tensor of a
+        published model, or the machine's physical memory if less). A conforming file may declare 2^40 elements and code them in a few
+        bytes (spec §9 note), so a reader of untrusted files should set a smaller one. Checked before anything is allocated, for each
         array a decode allocates: the output (of the tensor or of the row range), the chunk buffer
         (whole chunks, which may be larger than a row range), a transform's coefficients and its
         matrix. Beyond it :class:`~nncodec_rd.format.errors.OutputTooLargeError` (a
-        ``LimitExceededError``, code ``limit_exceeded``) is raised and nothing is decoded.
+        ``LimitExceededError``, code ``output_too_large``) is raised and nothing is decoded. An
+        allocation within the bound that the machine cannot give raises the same error (never a
+        bare ``MemoryError``).
+    memory_map:
+        ``True`` (the default): the file is memory-mapped, and only the pages a decode touches
+        are read. If the file is truncated in place while it is open, touching a page past its
+        new end kills the process with ``SIGBUS``; each decode therefore first compares the
+        file's size with its size at open and raises ``NrdError`` (code ``io``) when it changed,
+        which catches a change made before the decode but not one made during it. ``False``:
+        the whole file is read into memory at open and the file is closed, so nothing done to it
+        afterwards can affect the handle; use it for files that other processes may rewrite.
 
     Raises
     ------
@@ -315,7 +343,9 @@ class NrdFile:
         raise these too for faults in the payloads they decode, and ``OutputTooLargeError``.
     """
 
-    def __init__(self, path, threads: int | None = None, max_output_bytes: int | None = None):
+    def __init__(self, path, threads: int | None = None,
+                 max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+                 memory_map: bool = True):
         self.path = os.fspath(path)
         self.threads = threads
         if max_output_bytes is not None and (isinstance(max_output_bytes, bool)
@@ -330,8 +360,16 @@ class NrdFile:
             raise NrdError(f"cannot open {self.path}: {error.strerror}", code=ErrorCode.IO) from None
         try:
             size = os.fstat(self._file.fileno()).st_size
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-            self._buffer = np.frombuffer(self._map, dtype=np.uint8) if size else np.empty(0, np.uint8)
+            if memory_map:
+                self._map = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size
+                             else b"")
+            else:
+                self._map = self._file.read()
+                self._file.close()
+                self._file = None
+            self._size_at_open = len(self._map)
+            self._buffer = (np.frombuffer(self._map, dtype=np.uint8) if len(self._map)
+                            else np.empty(0, np.uint8))
             self.preamble, self.header, _ = read_container(self._map)
         except BaseException:
             self.close()
@@ -413,10 +451,25 @@ class NrdFile:
 
     # -- checksums ---------------------------------------------------------------------------
 
+    def _check_unchanged(self) -> None:
+        """Raise ``NrdError`` (code ``io``) when the mapped file's size changed since it was
+        opened: its pages past the new end would kill the process with ``SIGBUS``."""
+        if self._file is None or self._file.closed:
+            return  # read into memory (memory_map=False), or closed
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+        except OSError as error:
+            raise NrdError(f"cannot check {self.path}: {error.strerror}", code=ErrorCode.IO) from None
+        if size != self._size_at_open:
+            raise NrdError(f"{self.path} changed on disk while open ({self._size_at_open} bytes at "
+                           f"open, {size} now); open it again, or open files that other processes "
+                           "may rewrite with memory_map=False", code=ErrorCode.IO)
+
     def _verify_payload(self, field: str, ref) -> None:
         # spec §8.3: each payload reference carries its own CRC-32C. Zero-size payloads may share
         # an offset (spec §4.7), so a reference is known good only with its checksum in the key:
         # (offset, size) alone let a wrong CRC of a second empty payload pass (issue 17).
+        self._check_unchanged()
         key = (ref.offset, ref.size, ref.crc32c)
         if key in self._verified_chunks:
             return
@@ -461,7 +514,11 @@ class NrdFile:
 
     def get_rows(self, name, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Decode rows ``start:stop`` (first dimension) of a tensor of rank >= 1, decoding only
-        the chunks that hold them; into ``out`` if given (see :meth:`get_tensor`)."""
+        the chunks that hold them; into ``out`` if given (see :meth:`get_tensor`).
+
+        A chunk is the unit of decoding (spec §7): rows inside a chunk are decoded with the
+        whole chunk, so one row of a tensor written as a single large chunk costs that chunk's
+        buffer, which ``max_output_bytes`` bounds as well."""
         record = self._record(name)
         if len(record.shape) == 0:
             raise ValueError(f"{name!r} is 0-d: it has no rows")
@@ -478,7 +535,29 @@ class NrdFile:
         self._record(name)  # KeyError now, not at the first index
         return TensorSlice(self, name)
 
+    @contextlib.contextmanager
+    def _typed_memory_errors(self, record, nbytes: int):
+        """Re-raise a ``MemoryError`` of a decode of ``record`` (about ``nbytes`` of output) as
+        :class:`OutputTooLargeError`: an allocation within ``max_output_bytes`` that the machine
+        cannot give still ends in a typed error (one line from the command line)."""
+        try:
+            yield
+        except MemoryError:
+            raise OutputTooLargeError(
+                f"{record.name!r}: the machine could not allocate the memory to decode it "
+                f"(about {nbytes} bytes of output); free memory, or decode fewer rows with "
+                "get_rows", field=f"header.tensors[{self._index[record.name]}]",
+                requested=nbytes, limit=self.max_output_bytes) from None
+
     def _decode_into(self, record, start: int, stop: int, shape: tuple, out) -> np.ndarray:
+        count = 1
+        for dimension in shape:
+            count *= int(dimension)
+        with self._typed_memory_errors(record, count * numpy_dtype(TensorDtype(record.dtype)).itemsize):
+            return self._decode_into_unchecked(record, start, stop, shape, out)
+
+    def _decode_into_unchecked(self, record, start: int, stop: int, shape: tuple,
+                               out) -> np.ndarray:
         if out is None:
             return self._decode_rows(record, start, stop).reshape(shape)
         dtype = numpy_dtype(TensorDtype(record.dtype))
@@ -505,7 +584,8 @@ class NrdFile:
         if record.coding != Coding.RANS:
             raise ValueError(f"{name!r} is stored raw: it has no indices")
         geometry = RowGeometry.of_shape(record.shape)
-        out = self._decode_chunks(record, 0, geometry.rows, kernels.OUTPUT_INDEX)
+        with self._typed_memory_errors(record, geometry.rows * record.body.coded_row_length * 4):
+            out = self._decode_chunks(record, 0, geometry.rows, kernels.OUTPUT_INDEX)
         if record.body.grid_kind == GridKind.CODEBOOK:
             self._check_codebook_indices(record, out)
         return out.reshape(geometry.rows, record.body.coded_row_length) \
@@ -585,8 +665,9 @@ class NrdFile:
         if limit is not None and nbytes > limit:
             raise OutputTooLargeError(
                 f"{record.name!r}: {what} needs {nbytes} bytes, more than "
-                f"max_output_bytes={limit}; open the file with a larger max_output_bytes (None "
-                "for no bound) if you trust it, or decode fewer rows with get_rows",
+                f"max_output_bytes={limit}; if you trust the file, open it with a larger "
+                "max_output_bytes (None for no bound; --max-output-bytes on the command line), "
+                "or decode fewer rows with get_rows",
                 field=f"header.tensors[{self._index[record.name]}]", requested=nbytes,
                 limit=limit)
 
@@ -673,7 +754,8 @@ _KERNEL_MESSAGES = {
     ErrorCode.INDEX_OUT_OF_RANGE: "an index falls outside the codebook",
 }
 
-__all__ = ["ChunkDecoder", "NrdFile", "TensorInfo", "numba_threads", "numpy_dtype"]
+__all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "ChunkDecoder", "NrdFile", "TensorInfo", "numba_threads",
+           "numpy_dtype"]
 
 
 class TensorSlice:

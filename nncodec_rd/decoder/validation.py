@@ -11,12 +11,12 @@ from __future__ import annotations
 import mmap
 import os
 
-from ..format.constants import Coding, TransformKind
+from ..format.constants import Coding, TensorDtype, TransformKind
 from ..format.container import read_container
 from ..format.errors import ErrorCode, NrdError
 from ..format.layout import RowGeometry, chunk_extents
 from ..format.validate import payload_refs
-from .reader import NrdFile
+from .reader import DEFAULT_MAX_OUTPUT_BYTES, NrdFile, numpy_dtype
 
 
 def _read_map(path: str):
@@ -26,7 +26,7 @@ def _read_map(path: str):
         return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def validate_file(path, *, max_output_bytes: int | None = None) -> list[NrdError]:
+def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES) -> list[NrdError]:
     """Every violation of the spec found in the file at ``path`` (an empty list: it conforms).
 
     Parameters
@@ -34,8 +34,9 @@ def validate_file(path, *, max_output_bytes: int | None = None) -> list[NrdError
     path:
         The file to judge.
     max_output_bytes:
-        Bound on any one array decoded while checking (see :class:`NrdFile`); a tensor beyond it
-        is reported as ``limit_exceeded`` and not decoded.
+        Bound on any one array decoded while checking (see :class:`NrdFile`; by default
+        ``DEFAULT_MAX_OUTPUT_BYTES``; ``None`` for no bound); a tensor beyond it is reported as
+        ``output_too_large`` (not a fault of the file: the caller's bound) and not decoded.
 
     Returns
     -------
@@ -83,6 +84,16 @@ def _decode_faults(handle: NrdFile, record) -> list[NrdError]:
         pieces = [(extent.first_row, extent.first_row + extent.row_count) for extent in
                   chunk_extents(geometry.rows, record.body.coded_row_length,
                                 record.body.rows_per_chunk)]
+    count = 1
+    for dimension in record.shape:
+        count *= int(dimension)
+    try:
+        # The whole tensor against the bound first: decoding it chunk by chunk allocates only a
+        # chunk, but a file declaring 2^40 elements would take hours to check.
+        handle._reserve(record, count * numpy_dtype(TensorDtype(record.dtype)).itemsize,
+                        "the output")
+    except NrdError as error:
+        return [error]
     faults = []
     for piece in pieces:
         try:

@@ -40,6 +40,10 @@ class ErrorCode(enum.IntEnum):
     ENCODER_SETTINGS = 40
     ENCODER_INPUT = 41
     IO = 50
+    #: Not a fault of the file: a decode would allocate more than the caller's
+    #: ``max_output_bytes`` allows, or more than the machine could give (a library code, like
+    #: ``io``; the spec's §10 list does not hold it).
+    OUTPUT_TOO_LARGE = 51
 
     @property
     def slug(self) -> str:
@@ -133,16 +137,20 @@ class LimitExceededError(NrdError, ValueError):
 
 
 class OutputTooLargeError(LimitExceededError):
-    """A decode would allocate more than the caller's ``max_output_bytes`` (spec §9 note).
+    """A decode would allocate more than the caller's ``max_output_bytes`` (spec §9 note), or
+    more than the machine could give (a ``MemoryError`` of the allocation, re-raised typed).
 
     Not a fault of the file: the spec's limits allow 2^40 elements, and a chunk of a one-symbol
-    table codes any number of them in a few bytes, so a reader serving untrusted files bounds
-    what it allocates. The code is ``limit_exceeded``; ``.requested`` and ``.limit`` are bytes.
+    table codes any number of them in a few bytes, so a reader bounds what it allocates. The
+    code is ``output_too_large`` (51, a library code: the caller's bound is not a format fault);
+    it is still a ``LimitExceededError`` and a ``ValueError`` for callers that catch those.
+    ``.requested`` and ``.limit`` are bytes (``.limit`` is ``None`` when no bound was set and
+    the machine refused the allocation).
     """
 
-    code = ErrorCode.LIMIT_EXCEEDED
+    code = ErrorCode.OUTPUT_TOO_LARGE
 
-    def __init__(self, message: str, *, requested: int, limit: int, **kwargs):
+    def __init__(self, message: str, *, requested: int, limit: int | None, **kwargs):
         self.requested = requested
         self.limit = limit
         super().__init__(message, **kwargs)

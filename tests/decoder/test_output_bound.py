@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conformance.fuzz import seeds
-from nncodec_rd.decoder.reader import NrdFile
+from nncodec_rd.decoder.reader import DEFAULT_MAX_OUTPUT_BYTES, NrdFile
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.errors import ErrorCode, LimitExceededError, OutputTooLargeError
 from nncodec_rd.format.grids import RightMatrixTransform, UniformGrid
@@ -30,7 +30,7 @@ def test_a_two_to_the_forty_element_tensor_is_refused_before_allocating(tmp_path
             handle.get_tensor("w")
         error = caught.value
         assert isinstance(error, LimitExceededError) and isinstance(error, ValueError)
-        assert error.code == ErrorCode.LIMIT_EXCEEDED
+        assert error.code == ErrorCode.OUTPUT_TOO_LARGE and error.code.slug == "output_too_large"
         assert error.requested == 4 << 40 and error.limit == 64 << 20
         assert "max_output_bytes" in str(error) and error.field == "header.tensors[0]"
         # A row range within the bound decodes, but only if its chunks do: a chunk here holds
@@ -57,8 +57,10 @@ def test_the_bound_is_inclusive_and_none_is_unbounded(tmp_path):
     with NrdFile(path, max_output_bytes=64 * 64 * 4 - 1) as handle:
         with pytest.raises(OutputTooLargeError):
             handle.get_tensor("w")
-    with NrdFile(path) as handle:
+    with NrdFile(path, max_output_bytes=None) as handle:
         assert handle.max_output_bytes is None and handle.get_tensor("w").shape == (64, 64)
+    with NrdFile(path) as handle:
+        assert handle.max_output_bytes == DEFAULT_MAX_OUTPUT_BYTES <= 64 << 30
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="max_output_bytes"):
             NrdFile(path, max_output_bytes=bad)

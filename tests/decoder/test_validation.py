@@ -61,7 +61,7 @@ def test_a_declared_tensor_beyond_the_bound_is_a_fault_not_an_allocation(tmp_pat
     with NrdWriter(path) as writer:
         writer.add_indices("zeros", np.zeros((64, 1024), np.int64), UniformGrid(1.0))
     faults = validate_file(path, max_output_bytes=1000)
-    assert faults and all(f.code == ErrorCode.LIMIT_EXCEEDED for f in faults)
+    assert faults and all(f.code == ErrorCode.OUTPUT_TOO_LARGE for f in faults)
     assert validate_file(path) == []
 
 
