@@ -661,7 +661,9 @@ Inputs:
                          memory for one block, not the model. Calibration: the lines of FILE,
                          or the bundled English sentences, tokenized with the folder's own
                          tokenizer. The file holds every tensor of the checkpoint, under its
-                         names and in its dtypes. --method defaults to cerwu.
+                         names and in its dtypes. --method defaults to cerwu. --target-bpw is
+                         met in the one pass (a float survey pass first); --target-fidelity
+                         searches λ by whole encodes.
   With a model, INPUT (if given) must hold every parameter and buffer of the model's state
   dict, loaded before compressing. MODULE is a module name, imported with the current
   directory on the path, or a file: path/to/file.py:FUNCTION. --lam or --target-bpw set the
