@@ -127,8 +127,11 @@ def test_temporary_files_name_their_target(tmp_path):
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGHUP])
 def test_a_terminated_write_leaves_no_temporary_file(tmp_path, signal_number):
+    # The child starts with the signal's default action, as a process in a terminal does
+    # (under nohup, SIGHUP is inherited as ignored, and nothing is to be cleaned up then).
     program = textwrap.dedent(f"""
-        import sys, time
+        import signal, sys, time
+        signal.signal({int(signal_number)}, signal.SIG_DFL)
         from nncodec_rd.io.atomic import atomic_write
 
         def write(stream):
