@@ -359,7 +359,8 @@ def _encode_to_fidelity(model_dir, path, encoder_of, model, settings, metadata, 
 def from_pretrained(path, *, mode: str = "eager", model_class=None, threads: int | None = None,
                     cache_bytes: int = 0, **options):
     """The transformers model archived in the .nrd file ``path`` (written by
-    :func:`compress_pretrained` or ``nncodec-rd encode MODEL_DIR``), decoded.
+    :func:`compress_pretrained` or ``nncodec-rd encode MODEL_DIR``), decoded; or, when ``path``
+    is a folder that ``nncodec-rd decode FILE -o FOLDER/`` restored, the model in it.
 
     ``mode="eager"``: the archived folder is restored into a temporary folder
     (:func:`nncodec_rd.io.hf_folder.write_folder`) and loaded by transformers' own
@@ -380,6 +381,17 @@ def from_pretrained(path, *, mode: str = "eager", model_class=None, threads: int
 
     if mode not in ("eager", "lazy"):
         raise ValueError(f"mode must be 'eager' or 'lazy', not {mode!r}")
+    if os.path.isdir(path):  # a folder restored already (nncodec-rd decode FILE -o FOLDER/)
+        if mode == "lazy":
+            raise EncoderError(f"{os.fspath(path)} is a decoded folder: nothing is compressed "
+                               f"in it; give the .nrd file for mode='lazy'")
+        from transformers import AutoConfig
+
+        if model_class is None:
+            model_class = model_class_for(AutoConfig.from_pretrained(path))
+        if "dtype" not in options and "torch_dtype" not in options:
+            options[_dtype_option()] = "auto"
+        return model_class.from_pretrained(path, **options)
     with tempfile.TemporaryDirectory(prefix="nncodec-rd-") as folder:
         target = os.path.join(folder, "model")
         with safe_open(path, threads=threads) as handle:

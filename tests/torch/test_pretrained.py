@@ -232,6 +232,9 @@ def test_from_pretrained_keeps_the_checkpoint_dtype_on_every_transformers(tmp_pa
     compress_pretrained(source, tmp_path / "m.nrd", calibration_text=["the model is small"] * 3,
                         sequences=2, sequence_length=8, progress=False)
     assert from_pretrained(tmp_path / "m.nrd").dtype == torch.bfloat16
+    assert main(["decode", str(tmp_path / "m.nrd"), "-o", str(tmp_path / "restored") + "/"]) == 0
+    restored = from_pretrained(tmp_path / "restored")  # a decoded folder works too
+    assert restored.dtype == torch.bfloat16 and type(restored).__name__ == "LlamaForCausalLM"
     assert from_pretrained(tmp_path / "m.nrd", **{
         "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype":
         torch.float32}).dtype == torch.float32
