@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .decoder.reader import DEFAULT_MAX_OUTPUT_BYTES, NrdFile
+from .decoder.reader import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_TRANSFORM_WORK, NrdFile
 from .format.grids import EntropySettings
 from .format.layout import RowGeometry
 
@@ -114,7 +114,8 @@ def load_file(path, device="cpu", threads: int | None = None,
 
 
 def safe_open(path, framework: str = "np", device="cpu", threads: int | None = None,
-              max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES, memory_map: bool = True):
+              max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES, memory_map: bool = True,
+              max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK):
     """Open an .nrd file lazily, as ``safetensors.safe_open``: ``keys()``, ``metadata()``,
     ``get_tensor(name)``, ``get_slice(name)`` (indexing decodes only the rows it needs),
     ``info(name)``, ``get_rows(name, start, stop)``. Use it as a context manager.
@@ -124,7 +125,8 @@ def safe_open(path, framework: str = "np", device="cpu", threads: int | None = N
     :class:`NrdFile`; by default ``DEFAULT_MAX_OUTPUT_BYTES``, 64 GiB or the machine's memory
     if less; ``None`` for no bound). ``memory_map=False`` reads the whole file into memory
     instead of mapping it, for files that other processes may truncate or rewrite while they
-    are open (see :class:`NrdFile`).
+    are open (see :class:`NrdFile`). ``max_transform_work`` bounds a transform's product in
+    multiply-adds (see :class:`NrdFile`).
 
     Examples
     --------
@@ -141,6 +143,7 @@ def safe_open(path, framework: str = "np", device="cpu", threads: int | None = N
         from .torch.files import TorchFile
 
         return TorchFile(NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
-                                 memory_map=memory_map), device)
+                                 memory_map=memory_map, max_transform_work=max_transform_work),
+                         device)
     return NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
-                   memory_map=memory_map)
+                   memory_map=memory_map, max_transform_work=max_transform_work)

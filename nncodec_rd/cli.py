@@ -18,6 +18,7 @@ import sys
 import time
 
 from . import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION, __version__
+from .decoder.reader import DEFAULT_MAX_TRANSFORM_WORK
 from .format.errors import EncoderError, InputMismatchError, NrdError
 
 EXIT_ERROR = 1
@@ -124,7 +125,8 @@ def command_decode(arguments) -> int:
     if _is_folder_output(arguments.output):
         return _decode_folder(arguments, start)
     with safe_open(arguments.file, threads=arguments.threads,
-                   max_output_bytes=arguments.max_output_bytes) as handle:
+                   max_output_bytes=arguments.max_output_bytes,
+                   max_transform_work=arguments.max_transform_work) as handle:
         infos = [handle.info(name) for name in handle.keys()]
         metadata = {k: v for k, v in handle.metadata().items() if not isinstance(v, bytes)}
         if arguments.output.lower().endswith(".safetensors"):
@@ -177,7 +179,8 @@ def _decode_folder(arguments, start: float) -> int:
     from .io.hf_folder import FILE_PREFIX, write_folder
 
     with safe_open(arguments.file, threads=arguments.threads,
-                   max_output_bytes=arguments.max_output_bytes) as handle:
+                   max_output_bytes=arguments.max_output_bytes,
+                   max_transform_work=arguments.max_transform_work) as handle:
         archived = [k for k in handle.metadata() if k.startswith(FILE_PREFIX)]
         written = write_folder(handle, arguments.output)
         count = sum(handle.info(name).element_count for name in handle.keys())
@@ -573,7 +576,8 @@ def command_validate(arguments) -> int:
     failures = 0
     reports = []
     for path in arguments.files:
-        errors = validate_file(path, max_output_bytes=arguments.max_output_bytes)
+        errors = validate_file(path, max_output_bytes=arguments.max_output_bytes,
+                               max_transform_work=arguments.max_transform_work)
         failures += bool(errors)
         reports.append({"file": path, "conforms": not errors, "errors": [
             {"code": int(e.code), "name": e.code.slug, "field": e.field, "offset": e.offset,
@@ -723,6 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "1024), or 'none' for no bound (default: 64G or this machine's "
                              "memory if less, above any single tensor of a published model); "
                              "lower it for untrusted files")
+    decode.add_argument("--max-transform-work", type=_byte_count,
+                        default=DEFAULT_MAX_TRANSFORM_WORK, metavar="COUNT",
+                        help="refuse (output_too_large) a transform whose product takes more "
+                             "multiply-adds: an integer with an optional K, M, G or T suffix, or "
+                             "'none' (default: 256G)")
     decode.set_defaults(run=command_decode)
 
     encode = commands.add_parser(
@@ -827,6 +836,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="largest array decoded while checking, as for decode (default: "
                                "64G or this machine's memory; 'none' for no bound); a tensor beyond it is reported as "
                                "output_too_large")
+    validate.add_argument("--max-transform-work", type=_byte_count,
+                          default=DEFAULT_MAX_TRANSFORM_WORK, metavar="COUNT",
+                          help="largest transform product computed while checking, in "
+                               "multiply-adds, as for decode")
     validate.set_defaults(run=command_validate)
 
     conformance = commands.add_parser(

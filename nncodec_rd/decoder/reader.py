@@ -52,6 +52,13 @@ def _physical_memory_bytes() -> int | None:
 #: ``None`` for no bound, or a smaller bound for untrusted files.
 DEFAULT_MAX_OUTPUT_BYTES = min(64 << 30, _physical_memory_bytes() or 64 << 30)
 
+#: The most multiply-adds the right-matrix product of one decode may take (spec §6.4: rows x
+#: coded row length x columns), by default 2^38: a transform of 4,096 x 16,384 coefficients by
+#: a 16,384 x 4,096 matrix fits, and the product of a few hundred bytes cannot run for hours. A
+#: conforming file of a few hundred bytes can declare a product of hours (one-symbol tables code
+#: any number of coefficients), so the product is bounded like the output. ``None``: no bound.
+DEFAULT_MAX_TRANSFORM_WORK = 1 << 38
+
 _OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
                 TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
                 TensorDtype.BFLOAT16: kernels.OUTPUT_BFLOAT16}
@@ -325,6 +332,11 @@ class NrdFile:
         ``LimitExceededError``, code ``output_too_large``) is raised and nothing is decoded. An
         allocation within the bound that the machine cannot give raises the same error (never a
         bare ``MemoryError``).
+    max_transform_work:
+        The most multiply-adds one decode's right-matrix product (spec §6.4) may take, or
+        ``None`` for no bound; by default :data:`DEFAULT_MAX_TRANSFORM_WORK`. Checked before
+        the coefficients are decoded; beyond it ``OutputTooLargeError`` (its ``requested`` and
+        ``limit`` are then multiply-adds).
     memory_map:
         ``True`` (the default): the file is memory-mapped, and only the pages a decode touches
         are read. If the file is truncated in place while it is open, touching a page past its
@@ -345,9 +357,15 @@ class NrdFile:
 
     def __init__(self, path, threads: int | None = None,
                  max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
-                 memory_map: bool = True):
+                 memory_map: bool = True,
+                 max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK):
         self.path = os.fspath(path)
         self.threads = threads
+        for option, value in (("max_transform_work", max_transform_work),):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ValueError(f"{option} must be a non-negative int or None, not {value!r}")
+        self.max_transform_work = max_transform_work
         if max_output_bytes is not None and (isinstance(max_output_bytes, bool)
                                              or not isinstance(max_output_bytes, int)
                                              or max_output_bytes < 0):
@@ -625,6 +643,14 @@ class NrdFile:
         matrix_record = self.header.tensors[body.transform_tensor]
         self._reserve(record, (stop - start) * RowGeometry.of_shape(record.shape).row_length
                       * numpy_dtype(dtype).itemsize, "the output")
+        work = (stop - start) * int(body.coded_row_length) * int(matrix_record.shape[1])
+        if self.max_transform_work is not None and work > self.max_transform_work:
+            raise OutputTooLargeError(
+                f"{record.name}: its transform (spec §6.4) takes {work:,} multiply-adds, beyond "
+                f"max_transform_work={self.max_transform_work:,}; open the file with a larger "
+                f"max_transform_work (None for no bound) if you trust it, or decode fewer rows",
+                field=f"header.tensors[{self._index[record.name]}].body.transform_tensor",
+                requested=work, limit=self.max_transform_work)
         coefficients = self._decode_chunks(record, start, stop, kernels.OUTPUT_FLOAT32)
         coefficients = coefficients.reshape(stop - start, body.coded_row_length)
         matrix = self._decode_rows(matrix_record, 0, matrix_record.shape[0]).reshape(
@@ -754,7 +780,7 @@ _KERNEL_MESSAGES = {
     ErrorCode.INDEX_OUT_OF_RANGE: "an index falls outside the codebook",
 }
 
-__all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "ChunkDecoder", "NrdFile", "TensorInfo", "numba_threads",
+__all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "DEFAULT_MAX_TRANSFORM_WORK", "ChunkDecoder", "NrdFile", "TensorInfo", "numba_threads",
            "numpy_dtype"]
 
 

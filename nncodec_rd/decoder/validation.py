@@ -16,7 +16,7 @@ from ..format.container import read_container
 from ..format.errors import ErrorCode, NrdError
 from ..format.layout import RowGeometry, chunk_extents
 from ..format.validate import payload_refs
-from .reader import DEFAULT_MAX_OUTPUT_BYTES, NrdFile, numpy_dtype
+from .reader import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_TRANSFORM_WORK, NrdFile, numpy_dtype
 
 
 def _read_map(path: str):
@@ -26,7 +26,8 @@ def _read_map(path: str):
         return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES) -> list[NrdError]:
+def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+                  max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK) -> list[NrdError]:
     """Every violation of the spec found in the file at ``path`` (an empty list: it conforms).
 
     Parameters
@@ -37,6 +38,9 @@ def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYT
         Bound on any one array decoded while checking (see :class:`NrdFile`; by default
         ``DEFAULT_MAX_OUTPUT_BYTES``; ``None`` for no bound); a tensor beyond it is reported as
         ``output_too_large`` (not a fault of the file: the caller's bound) and not decoded.
+    max_transform_work:
+        Bound on a transform's product, in multiply-adds (see :class:`NrdFile`); beyond it,
+        ``output_too_large`` as well.
 
     Returns
     -------
@@ -61,7 +65,8 @@ def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYT
         return list(errors)
     found: list[NrdError] = []
     damaged: set[str] = set()
-    with NrdFile(path, max_output_bytes=max_output_bytes) as handle:
+    with NrdFile(path, max_output_bytes=max_output_bytes,
+                 max_transform_work=max_transform_work) as handle:
         for field, ref in payload_refs(header):
             try:
                 handle._verify_payload(field, ref)
