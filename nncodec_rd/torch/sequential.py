@@ -531,9 +531,12 @@ class SequentialEncoder:
             self.lam = self._default_lam(first)
             if self.target_bpw is not None:
                 self._start_control(all_layers, writer)
+                first_table = self._unit_table(first)
+                del first  # block 0's problems: hundreds of MB the survey does not need
                 self._survey(blocks, stack_prefix, all_layers, before, after, waiting,
-                             first, inputs)
-            del first
+                             first_table, inputs)
+            else:
+                del first
         if before:
             hessians = collector.hessians(self.embedding_smoothing, before)
             layers = self._layers(modules, before, hessians)
@@ -935,8 +938,8 @@ class SequentialEncoder:
             table = table + self._survey_tables[unit]
         return table
 
-    def _survey(self, blocks, stack_prefix, all_layers, before, after, parked, first,
-                inputs) -> None:
+    def _survey(self, blocks, stack_prefix, all_layers, before, after, parked,
+                first_table: RateTable, inputs) -> None:
         """A float pass for a size target: each unit's predicted rates, in the order the units
         are quantized: the blocks on the float outputs of the blocks before them, the layers
         after the stack on the float final states. It costs the forward passes of the main
@@ -957,7 +960,7 @@ class SequentialEncoder:
             self.progress.step("survey for the size target", index + 1, units, label,
                                milestone=index == 0)
             if index == 0:
-                tables[label] = self._unit_table(first)  # done on every batch already
+                tables[label] = first_table  # block 0 was measured on every batch already
             else:
                 _, layers = self._block_layers(block, f"{stack_prefix}{index}.", all_layers,
                                                items)
