@@ -586,25 +586,7 @@ class SequentialEncoder:
         if waiting:
             materialize(model, waiting, self.weights, self.key_map, self.ties)
         if after:
-            collector = _SharedHessians(modules, after)
-            started = time.perf_counter()
-            try:
-                with self._replaying(blocks, inputs):
-                    for batch in self.batches:
-                        run_batch(model, batch)
-                        collector.batch_done()
-            finally:
-                collector.remove()
-            self.hessian_seconds += time.perf_counter() - started
-            layers = self._layers(modules, after, collector.hessians(self.embedding_smoothing))
-            del collector
-
-            def outputs_after():
-                with self._replaying(blocks, inputs):
-                    return [first_tensor(run_batch(model, batch))
-                            for batch in self.batches[:self.sensitivity_batches]]
-
-            self._sensitivities(layers, modules, outputs_after)
+            layers = self._layers_after_stack(modules, after, blocks, inputs)
             self._outside_originals.update(
                 self._quantize_unit("after the stack", layers, modules, writer))
         for key, value in model.state_dict().items():
@@ -752,6 +734,31 @@ class SequentialEncoder:
                 return False
 
         return Replay()
+
+    def _layers_after_stack(self, modules, after: dict, blocks, inputs) -> list:
+        """The layers after the stack with their Hessians and sensitivities, the blocks replayed
+        from ``inputs`` (the last block's outputs per batch)."""
+        model = self.model
+        collector = _SharedHessians(modules, after)
+        started = time.perf_counter()
+        try:
+            with self._replaying(blocks, inputs):
+                for batch in self.batches:
+                    run_batch(model, batch)
+                    collector.batch_done()
+        finally:
+            collector.remove()
+        self.hessian_seconds += time.perf_counter() - started
+        layers = self._layers(modules, after, collector.hessians(self.embedding_smoothing))
+        del collector
+
+        def outputs_after():
+            with self._replaying(blocks, inputs):
+                return [first_tensor(run_batch(model, batch))
+                        for batch in self.batches[:self.sensitivity_batches]]
+
+        self._sensitivities(layers, modules, outputs_after)
+        return layers
 
     def _layers(self, modules, layers: dict, hessians: dict) -> list:
         made = []
@@ -979,23 +986,7 @@ class SequentialEncoder:
             modules = dict(model.named_modules())
             if parked:
                 materialize(model, parked, self.weights, self.key_map, self.ties)
-            collector = _SharedHessians(modules, after)
-            try:
-                with self._replaying(blocks, items):
-                    for batch in self.batches:
-                        run_batch(model, batch)
-                        collector.batch_done()
-            finally:
-                collector.remove()
-            layers = self._layers(modules, after, collector.hessians(self.embedding_smoothing))
-            del collector
-
-            def outputs_after():
-                with self._replaying(blocks, items):
-                    return [first_tensor(run_batch(model, batch))
-                            for batch in self.batches[:self.sensitivity_batches]]
-
-            self._sensitivities(layers, modules, outputs_after)
+            layers = self._layers_after_stack(modules, after, blocks, items)
             tables["after the stack"] = self._unit_table(layers)
             del layers
             if parked:
