@@ -8,7 +8,8 @@ process with ``nncodec-rd encode MODEL_DIR -o FILE --method cerwu`` (calibration
 English sentences, 32 sequences of 256 tokens), and that process reports its own peak RSS
 (``getrusage``), so building the checkpoint never counts.
 
-    python bench/any_size.py --sizes 60m,250m --json bench/results/any_size.json
+    python bench/any_size.py --sizes 1.1b,1.1b-11,60m,250m,600m --single-lambda-sizes 60m \
+        --json bench/results/any_size.json
 
 The JSON holds, per size: parameters, checkpoint bytes, blocks, wall seconds of the encode
 (calibration included), seconds per million parameters, peak RSS, file bytes and bits per coded
@@ -159,9 +160,14 @@ def main() -> int:
         return 0
     os.makedirs(arguments.work, exist_ok=True)
     rows = []
-    runs = [(size, arguments.target_bpw or None) for size in arguments.sizes.split(",")]
-    if arguments.target_bpw:
-        runs += [(size, None) for size in arguments.single_lambda_sizes.split(",") if size]
+    # A size's single-λ run right after its target run: a run cut short keeps both halves of
+    # each comparison it reached.
+    single = set(arguments.single_lambda_sizes.split(",")) if arguments.target_bpw else set()
+    runs = []
+    for size in arguments.sizes.split(","):
+        runs.append((size, arguments.target_bpw or None))
+        if size in single:
+            runs.append((size, None))
     for size, target_bpw in runs:
         print(f"== {size} {'target ' + str(target_bpw) if target_bpw else 'default λ'}",
               file=sys.stderr, flush=True)
