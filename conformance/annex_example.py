@@ -105,6 +105,8 @@ def hex_dump(data: bytes) -> str:
 
 
 def _value_text(value, path: str = "") -> str:
+    if hasattr(value, "tolist"):  # an array the parser reads in one step (NumPy)
+        value = value.tolist()
     if path.endswith("crc32c") and isinstance(value, int):
         return f"0x{value:08x}"
     if isinstance(value, list) and not value:

@@ -26,7 +26,7 @@ from ..format.constants import (
 from ..format.container import read_container, to_plain
 from ..format.errors import ErrorCode, FormatError, NrdError, OutputTooLargeError, error_for_code
 from ..format.layout import RowGeometry, chunk_extents
-from ..format.validate import payload_refs
+from ..format.validate import payload_columns, payload_refs
 from . import dispatch, kernels, small
 
 _NUMPY_DTYPES = {
@@ -439,7 +439,7 @@ class NrdFile:
             grid, chunks, context, precision = "raw", 1, "-", None
         else:
             body = record.body
-            payload = sum(chunk.size for chunk in body.chunks)
+            payload = int(payload_columns(body.chunks)[1].sum())
             chunks = body.chunk_count
             context = ContextModel(body.context_model).name.lower()
             precision = int(body.precision_bits)
@@ -717,8 +717,10 @@ class NrdFile:
         first_row = extents[selected[0]].first_row if selected else start_row
         base_symbol = first_row * row_length
         total = sum(extents[k].symbol_count for k in selected)
-        offsets = np.array([body.chunks[k].offset for k in selected], dtype=np.int64)
-        sizes = np.array([body.chunks[k].size for k in selected], dtype=np.int64)
+        chosen = np.asarray(selected, dtype=np.intp)
+        all_offsets, all_sizes, _ = payload_columns(body.chunks)
+        offsets = all_offsets[chosen].astype(np.int64)
+        sizes = all_sizes[chosen].astype(np.int64)
         first_rows = np.array([extents[k].first_row for k in selected], dtype=np.int64)
         counts = np.array([extents[k].symbol_count for k in selected], dtype=np.int64)
         out_starts = np.array([extents[k].first_symbol - base_symbol for k in selected], np.int64)

@@ -8,8 +8,8 @@ library's own error with the field path and byte offset.
 
 from __future__ import annotations
 
+import numpy as np
 from construct import Container, ConstructError, ListContainer, StreamError
-from construct.core import BytesIOWithOffsets
 
 from .checksum import crc32c
 from .constants import (
@@ -31,7 +31,7 @@ from .errors import (
     UnsupportedFeatureError,
     UnsupportedVersionError,
 )
-from .syntax import Header, LimitViolation, Preamble
+from .syntax import Header, HeaderStream, LimitViolation, Preamble, RecordTable
 from .validate import Report, validate_header
 
 # The preamble bytes the header checksum covers: everything before header_crc32c.
@@ -113,8 +113,9 @@ def parse_preamble(buffer, file_size: int | None = None) -> Container:
 def check_header_checksum(buffer, preamble: Container) -> None:
     """spec §8.1: CRC-32C over preamble bytes 0-23 followed by the header bytes."""
     header_end = PREAMBLE_SIZE_BYTES + preamble.header_size
-    actual = crc32c(buffer[PREAMBLE_SIZE_BYTES:header_end],
-                    crc32c(buffer[:CHECKSUMMED_PREAMBLE_BYTES]))
+    with memoryview(buffer) as view:  # no copy of a header of up to 256 MiB
+        actual = crc32c(view[PREAMBLE_SIZE_BYTES:header_end],
+                        crc32c(view[:CHECKSUMMED_PREAMBLE_BYTES]))
     if actual != preamble.header_crc32c:
         raise ChecksumMismatchError(
             f"header CRC-32C is 0x{actual:08x}, the preamble says 0x{preamble.header_crc32c:08x}: "
@@ -128,12 +129,13 @@ def parse_header(buffer, preamble: Container) -> Container:
     The returned records carry ``_start``: the absolute byte offset at which each began.
     """
     header_end = PREAMBLE_SIZE_BYTES + preamble.header_size
-    stream = BytesIOWithOffsets(bytes(buffer[PREAMBLE_SIZE_BYTES:header_end]), None,
-                                PREAMBLE_SIZE_BYTES)
+    stream = HeaderStream.over(buffer, PREAMBLE_SIZE_BYTES, header_end)
     try:
         header = Header.parse_stream(stream)
     except ConstructError as error:
         _raise_parse_error(error, stream, header_end)
+    finally:
+        stream.release()  # the buffer may be a memory map that its owner closes later
     if stream.tell() != header_end:
         raise FormatError(f"the header's structures end at byte {stream.tell()} but header_size "
                           f"says {header_end}", field="preamble.header_size", offset=stream.tell(),
@@ -177,6 +179,8 @@ def to_plain(obj):
     if isinstance(obj, Container):
         return {key: to_plain(value) for key, value in obj.items()
                 if not key.startswith("_") or key.startswith("_reserved")}
-    if isinstance(obj, ListContainer):
+    if isinstance(obj, (ListContainer, RecordTable)):
         return [to_plain(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
     return obj

@@ -12,12 +12,19 @@ Semantic rules (limits, offsets, table sums, ...) are not checked here but in
 from __future__ import annotations
 
 import enum
+import io
+import struct
+from collections.abc import Sequence
 
+import numpy as np
 from construct import (
     Adapter,
     Array,
     Const,
     Construct,
+    Container,
+    FormatField,
+    ListContainer,
     ExplicitError,
     Float32l,
     Float64l,
@@ -35,7 +42,16 @@ from construct import (
     Tell,
     this,
 )
-from construct.core import BytesIOWithOffsets, stream_read, stream_write
+from construct.core import (
+    BytesIOWithOffsets,
+    RangeError,
+    StreamError,
+    evaluate,
+    stream_read,
+    stream_seek,
+    stream_tell,
+    stream_write,
+)
 
 from .constants import (
     MAGIC,
@@ -177,12 +193,233 @@ class ExactPrefixed(Prefixed):
 
     def _parse(self, stream, context, path):
         length = self.lengthfield._parsereport(stream, context, path)
-        substream = BytesIOWithOffsets.from_reading(stream, length, path)
+        start = stream_tell(stream, path)
+        if isinstance(stream, HeaderStream):
+            substream = stream.window(length, path)
+        else:
+            substream = BytesIOWithOffsets.from_reading(stream, length, path)
         obj = self.subcon._parsereport(substream, context, path)
-        left = length - (substream.tell() - substream.parent_stream_offset)
+        left = length - (substream.tell() - start)
         if left:
             raise ExplicitError(f"{left} bytes left over inside a field of stated size {length}", path=path)
         return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing a large header in one pass (issue 17): construct builds one Python object per field,
+# about 20 us and 20 bytes of memory per byte of a chunk table. The arrays below parse their
+# elements in one step when the bytes are well formed and fall back to construct's element-by-
+# element parse otherwise, so a malformed array fails exactly as its declaration says.
+
+
+class HeaderStream:
+    """A read-only stream over a window of a buffer, positions absolute in the file.
+
+    A size-prefixed field becomes a sub-window of the same memory (:meth:`window`) instead of a
+    copy, so parsing a header costs no copy of it; :meth:`release` lets the buffer (a memory map)
+    be closed afterwards.
+    """
+
+    def __init__(self, view: memoryview, base: int, views: list | None = None):
+        self.view = view
+        self.base = base
+        self.position = 0
+        self._views = [view] if views is None else views
+
+    @classmethod
+    def over(cls, buffer, start: int, end: int) -> "HeaderStream":
+        """The bytes ``start`` ... ``end`` of ``buffer`` (bytes, bytearray or a memory map)."""
+        return cls(memoryview(buffer)[start:end], start)
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self.view) if size is None or size < 0 else min(len(self.view),
+                                                                   self.position + size)
+        data = bytes(self.view[self.position:end])
+        self.position = max(self.position, end)
+        return data
+
+    def tell(self) -> int:
+        return self.base + self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        position = {io.SEEK_SET: offset - self.base, io.SEEK_CUR: self.position + offset,
+                    io.SEEK_END: len(self.view) + offset}[whence]
+        if position < 0:
+            raise ValueError("negative seek position")
+        self.position = position
+        return self.tell()
+
+    def window(self, length: int, path) -> "HeaderStream":
+        """The next ``length`` bytes as a stream of their own (this one moves past them)."""
+        available = len(self.view) - self.position
+        if length > available:  # as construct's stream_read words it
+            self.position = len(self.view)
+            raise StreamError(f"stream read less than specified amount, expected {length}, "
+                              f"found {available}", path=path)
+        view = self.view[self.position:self.position + length]
+        self._views.append(view)
+        child = HeaderStream(view, self.tell(), self._views)
+        self.position += length
+        return child
+
+    def release(self) -> None:
+        """Release every view of the buffer taken by this stream and its windows."""
+        for view in reversed(self._views):
+            view.release()
+        self._views.clear()
+
+
+class _Irregular(Exception):
+    """A fast parse met bytes it does not take; the element-by-element parse decides."""
+
+
+class FastArray(Array):
+    """An :class:`~construct.Array` that may parse all its elements at once (:meth:`_parse_all`)."""
+
+    def _parse(self, stream, context, path):
+        count = evaluate(self.count, context)
+        if not 0 <= count:
+            raise RangeError(f"invalid count {count}", path=path)
+        start = stream_tell(stream, path)
+        try:
+            return self._parse_all(stream, count, context, path)
+        except _Irregular:
+            stream_seek(stream, start, io.SEEK_SET, path)
+            return super()._parse(stream, context, path)
+
+    def _parse_all(self, stream, count, context, path):
+        raise _Irregular
+
+
+def _numpy_format(field: FormatField) -> str:
+    return "<" + {"B": "u1", "H": "u2", "I": "u4", "L": "u4", "Q": "u8", "b": "i1", "h": "i2", "l": "i4",
+                  "i": "i4", "q": "i8", "f": "f4", "d": "f8"}[field.fmtstr[1:]]
+
+
+class NumberArray(FastArray):
+    """An array of fixed-size numbers, parsed to a NumPy array in one read."""
+
+    def _parse_all(self, stream, count, context, path):
+        dtype = np.dtype(_numpy_format(self.subcon))
+        data = stream.read(count * dtype.itemsize)
+        if len(data) != count * dtype.itemsize:
+            raise _Irregular
+        return np.frombuffer(data, dtype)
+
+
+class RecordTable(Sequence):
+    """Records of fixed-size fields parsed in one read: a NumPy structured array with
+    per-field columns (:meth:`column`) for vectorized rules; indexing gives the record as a
+    :class:`~construct.Container` of Python ints, as construct's own parse would."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return RecordTable(self.array[position])
+        row = self.array[position]
+        return Container((name, row[name].item()) for name in self.array.dtype.names)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.array[name]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"RecordTable({len(self)} records of {', '.join(self.array.dtype.names)})"
+
+
+class RecordArray(FastArray):
+    """An array of a :class:`~construct.Struct` of fixed-size numbers, parsed to a
+    :class:`RecordTable` in one read."""
+
+    def _parse_all(self, stream, count, context, path):
+        fields = [(sub.name, _numpy_format(sub.subcon)) for sub in self.subcon.subcons]
+        dtype = np.dtype(fields)
+        data = stream.read(count * dtype.itemsize)
+        if len(data) != count * dtype.itemsize:
+            raise _Irregular
+        return RecordTable(np.frombuffer(data, dtype))
+
+
+class VarUIntArray(FastArray):
+    """An array of :class:`VarUInt`, decoded with NumPy when every element is well formed."""
+
+    def _parse_all(self, stream, count, context, path):
+        longest = self.subcon.max_bytes
+        data = np.frombuffer(stream.read(count * longest), np.uint8)
+        last = np.flatnonzero(data < 0x80)[:count]  # the byte that ends each element
+        if len(last) < count:
+            raise _Irregular
+        lengths = np.diff(last, prepend=-1)
+        if count and (lengths.max() > longest or np.any((data[last] == 0) & (lengths > 1))):
+            raise _Irregular  # too long, or not in minimal form: the declaration says how
+        used = int(last[-1]) + 1 if count else 0
+        owner = np.repeat(np.arange(count), lengths)
+        place = np.arange(used) - np.repeat(last - lengths + 1, lengths)
+        values = np.bincount(owner, weights=(data[:used] & 0x7F).astype(np.float64)
+                             * np.exp2(7.0 * place), minlength=count)  # exact below 2^53
+        stream_seek(stream, stream_tell(stream, path) - len(data) + used, io.SEEK_SET, path)
+        return values.astype(np.int64)
+
+
+class MetadataEntries(FastArray):
+    """The entries of a metadata block (spec §5.5), walked with ``struct`` on a
+    :class:`HeaderStream`'s memory; anything unusual is left to the declaration."""
+
+    _TYPES = {int(kind): kind for kind in MetadataType}
+    _FIXED = {MetadataType.INT64: ("<q", 8), MetadataType.FLOAT64: ("<d", 8),
+              MetadataType.BOOL: ("<B", 1)}
+
+    def _parse_all(self, stream, count, context, path):
+        if not isinstance(stream, HeaderStream):
+            raise _Irregular
+        view, base, position = stream.view, stream.base, stream.position
+        end = len(view)
+        entries = []
+        unpack = struct.unpack_from
+        for _ in range(count):
+            if position + 2 > end:
+                raise _Irregular
+            (key_size,) = unpack("<H", view, position)
+            value_at = position + 2 + key_size + 5
+            if value_at > end:
+                raise _Irregular
+            key = bytes(view[position + 2:position + 2 + key_size])
+            value_type, value_size = unpack("<BI", view, value_at - 5)
+            if value_at + value_size > end:
+                raise _Irregular
+            kind = self._TYPES.get(value_type)
+            try:
+                key = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Irregular from None
+            if kind is None:
+                raise _Irregular
+            if kind in self._FIXED:
+                form, size = self._FIXED[kind]
+                if value_size != size:
+                    raise _Irregular
+                (value,) = unpack(form, view, value_at)
+            else:
+                value = bytes(view[value_at:value_at + value_size])
+                if kind == MetadataType.STRING:
+                    try:
+                        value = value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise _Irregular from None
+            entry = Container()
+            entry["_start"], entry["key"], entry["value_type"], entry["value"] = \
+                base + position, key, kind, value
+            entries.append(entry)
+            position = value_at + value_size
+        stream.position = position
+        return ListContainer(entries)
 
 
 def string16():
@@ -229,7 +466,7 @@ MetadataEntry = Struct(
 Metadata = Struct(
     "entry_count" / Int32ul * "Number of entries.",
     "_limit_entry_count" / LimitCheck("entry_count", Limits.MAX_METADATA_ENTRIES),
-    "entries" / Array(this.entry_count, MetadataEntry) * "The entries, in any order.",
+    "entries" / MetadataEntries(this.entry_count, MetadataEntry) * "The entries, in any order.",
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -268,9 +505,9 @@ UniformGrid = Struct(
     * "Number of groups: 1 if `rows_per_group` is 0, else ceil(rows / `rows_per_group`) (at least 1).",
     "_limit_group_count" / LimitCheck("group_count", Limits.MAX_GROUP_COUNT),
     "has_zero_point" / Int8ul * "1 if `zero_points` is present, 0 if every zero point is 0.",
-    "steps" / Array(this.group_count, Float32l) * "Step of each group; finite and > 0.",
+    "steps" / NumberArray(this.group_count, Float32l) * "Step of each group; finite and > 0.",
     "zero_points"
-    / Array(lambda this: this.group_count if this.has_zero_point else 0, Int32sl)
+    / NumberArray(lambda this: this.group_count if this.has_zero_point else 0, Int32sl)
     * "Zero point (an index) of each group: `group_count` values if `has_zero_point` is not 0, else none.",
 )
 
@@ -278,7 +515,7 @@ CodebookGrid = Struct(
     "codebook_size" / Int32ul * "Number of reconstruction values.",
     "_limit_codebook_size" / LimitCheck("codebook_size", Limits.MAX_CODEBOOK_SIZE),
     "first_index" / Int32sl * "The index whose value is `codebook_values[0]`.",
-    "codebook_values" / Array(this.codebook_size, Float32l) * "Reconstruction value of indices `first_index`, `first_index`+1, ...; finite.",
+    "codebook_values" / NumberArray(this.codebook_size, Float32l) * "Reconstruction value of indices `first_index`, `first_index`+1, ...; finite.",
 )
 
 GRIDS = {GridKind.UNIFORM: UniformGrid, GridKind.CODEBOOK: CodebookGrid}
@@ -288,7 +525,7 @@ GRIDS = {GridKind.UNIFORM: UniformGrid, GridKind.CODEBOOK: CodebookGrid}
 
 FrequencyTable = Struct(
     "frequencies"
-    / Array(this._.alphabet_size, VarUInt(3))
+    / VarUIntArray(this._.alphabet_size, VarUInt(3))
     * "Frequency of each symbol 0 ... `alphabet_size`-1; they sum to 2^`precision_bits`.",
 )
 
@@ -320,7 +557,7 @@ RansBody = Struct(
     "rows_per_chunk" / Int64ul * "Rows per chunk (the last chunk may have fewer); >= 1.",
     "chunk_count" / Int32ul * "Number of chunks: ceil(rows / `rows_per_chunk`), or 0 if rows x `coded_row_length` is 0.",
     "_limit_chunk_count" / LimitCheck("chunk_count", Limits.MAX_CHUNK_COUNT),
-    "chunks" / Array(this.chunk_count, PayloadRef) * "Entry-point table: where each chunk's payload lies.",
+    "chunks" / RecordArray(this.chunk_count, PayloadRef) * "Entry-point table: where each chunk's payload lies.",
 )
 
 RawBody = Struct(

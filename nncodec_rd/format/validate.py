@@ -8,10 +8,14 @@ them are gathered (the validator lists every fault of a file).
 
 from __future__ import annotations
 
+import bisect
 import math
+
+import numpy as np
 
 from .constants import (
     DTYPE_SIZE_BYTES,
+    PAYLOAD_ALIGNMENT_BYTES,
     PREAMBLE_SIZE_BYTES,
     EXTENSION_KNOWN_FLAGS,
     EXTENSION_FLAG_REQUIRED,
@@ -34,7 +38,14 @@ from .errors import (
     TruncatedError,
     UnsupportedFeatureError,
 )
-from .layout import RowGeometry, canonical_offsets, chunk_count_for, element_count, group_count_for
+from .layout import (
+    RowGeometry,
+    align_up,
+    chunk_count_for,
+    element_count,
+    group_count_for,
+)
+from .syntax import RecordTable
 
 
 class Report:
@@ -65,24 +76,28 @@ def _in_index_range(value: int) -> bool:
 def check_metadata(metadata, path: str, offset: int | None, report: Report) -> None:
     """Keys are unique and short enough; value types are known; values have their type's size."""
     seen = set()
+    limit = Limits.MAX_METADATA_KEY_LENGTH_BYTES
+    # Item access, not attributes, and field paths only for an entry at fault: a header may hold
+    # hundreds of thousands of entries (issue 17).
     for position, entry in enumerate(metadata.entries):
-        field = f"{path}.entries[{position}]"
-        where = entry._start
-        key_bytes = len(entry.key.encode("utf-8"))
-        if key_bytes > Limits.MAX_METADATA_KEY_LENGTH_BYTES:
-            report(LimitExceededError(f"key is {key_bytes} bytes; the limit is "
-                                      f"{Limits.MAX_METADATA_KEY_LENGTH_BYTES}",
-                                      field=field + ".key", offset=where))
-        if entry.key in seen:
-            report(_invalid(f"duplicate metadata key {entry.key!r}", field + ".key", where,
-                            ErrorCode.DUPLICATE_KEY))
-        seen.add(entry.key)
-        if not isinstance(entry.value_type, MetadataType):
-            report(UnsupportedFeatureError(f"unknown metadata value_type {entry.value_type}",
-                                           field=field + ".value_type", offset=where))
+        key, value_type = entry["key"], entry["value_type"]
+        # UTF-8 takes 1 to 4 bytes a character: only a long key needs encoding to be measured.
+        if len(key) * 4 > limit and len(key.encode("utf-8")) > limit:
+            report(LimitExceededError(f"key is {len(key.encode('utf-8'))} bytes; the limit is "
+                                      f"{limit}", field=f"{path}.entries[{position}].key",
+                                      offset=entry["_start"]))
+        if key in seen:
+            report(_invalid(f"duplicate metadata key {key!r}", f"{path}.entries[{position}].key",
+                            entry["_start"], ErrorCode.DUPLICATE_KEY))
+        seen.add(key)
+        if value_type.__class__ is not MetadataType:
+            report(UnsupportedFeatureError(f"unknown metadata value_type {value_type}",
+                                           field=f"{path}.entries[{position}].value_type",
+                                           offset=entry["_start"]))
             continue
-        if entry.value_type == MetadataType.BOOL and entry.value not in (0, 1):
-            report(_invalid(f"BOOL value must be 0 or 1, not {entry.value}", field + ".value", where))
+        if value_type is MetadataType.BOOL and entry["value"] not in (0, 1):
+            report(_invalid(f"BOOL value must be 0 or 1, not {entry['value']}",
+                            f"{path}.entries[{position}].value", entry["_start"]))
 
 
 def check_extensions(extensions, path: str, report: Report) -> None:
@@ -296,11 +311,11 @@ def check_chunking(body, rows: int, path: str, report: Report) -> None:
         report(LimitExceededError(f"{symbols_per_full_chunk} symbols per chunk exceed "
                                   f"{Limits.MAX_CHUNK_SYMBOLS}", field=path + ".rows_per_chunk",
                                   offset=offset))
-    for position, chunk in enumerate(body.chunks):
-        if chunk.size > Limits.MAX_CHUNK_SIZE_BYTES:
-            report(LimitExceededError(f"chunk of {chunk.size} bytes exceeds "
-                                      f"{Limits.MAX_CHUNK_SIZE_BYTES}",
-                                      field=f"{path}.chunks[{position}].size", offset=offset))
+    sizes = payload_columns(body.chunks)[1]
+    for position in np.flatnonzero(sizes > Limits.MAX_CHUNK_SIZE_BYTES):
+        report(LimitExceededError(f"chunk of {int(sizes[position])} bytes exceeds "
+                                  f"{Limits.MAX_CHUNK_SIZE_BYTES}",
+                                  field=f"{path}.chunks[{position}].size", offset=offset))
 
 
 def check_rans_body(record, position: int, tensors, path: str, report: Report) -> None:
@@ -352,46 +367,156 @@ def check_tensor_record(record, position: int, tensors, earlier_names: set,
 # spec §4.7 payload layout
 
 
+class PayloadTable:
+    """Every payload reference of the file in canonical (declaration) order, read as NumPy
+    columns of each tensor's table: a file of millions of chunks is checked with a few array
+    operations on blocks of references, not an object per chunk (issue 17)."""
+
+    def __init__(self, header):
+        self._parts: list[tuple[int, int, int, object]] = []  # (first, tensor, coding, refs)
+        first = 0
+        for position, record in enumerate(header.tensors):
+            if record.coding == Coding.RAW:
+                refs = [record.body.payload]
+            elif record.coding == Coding.RANS:
+                refs = record.body.chunks
+            else:
+                continue
+            self._parts.append((first, position, int(record.coding), refs))
+            first += len(refs)
+        self._firsts = [part[0] for part in self._parts]
+        self.count = first
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _part(self, index: int):
+        return self._parts[bisect.bisect_right(self._firsts, index) - 1]
+
+    def field(self, index: int) -> str:
+        """The field path of reference ``index``."""
+        first, position, coding, _ = self._part(index)
+        if coding == Coding.RAW:
+            return f"header.tensors[{position}].body.payload"
+        return f"header.tensors[{position}].body.chunks[{index - first}]"
+
+    def ref(self, index: int) -> dict:
+        """Reference ``index`` as Python ints: ``offset``, ``size``, ``crc32c``."""
+        first, _, _, refs = self._part(index)
+        ref = refs[index - first]
+        return {name: int(ref[name]) for name in ("offset", "size", "crc32c")}
+
+    def blocks(self, length: int = 1 << 16):
+        """``(first index, offsets, sizes)`` of at most ``length`` references at a time, in order
+        (uint64 columns)."""
+        for first, _, _, refs in self._parts:
+            offsets, sizes, _ = payload_columns(refs)
+            for start in range(0, len(offsets), length):
+                yield first + start, offsets[start:start + length], sizes[start:start + length]
+
+
+def payload_columns(refs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``offset``, ``size`` and ``crc32c`` columns (uint64) of payload references: a parsed
+    chunk table (views of it, no copy), or any sequence of records with those fields."""
+    if isinstance(refs, RecordTable):
+        return tuple(refs.column(name).astype(np.uint64, copy=False)
+                     for name in ("offset", "size", "crc32c"))
+    return tuple(np.array([int(ref[name]) for ref in refs], dtype=np.uint64).reshape(-1)
+                 for name in ("offset", "size", "crc32c"))
+
+
 def payload_refs(header):
-    """Every payload reference of the file, in canonical (declaration) order, with its field path."""
-    refs = []
-    for position, record in enumerate(header.tensors):
-        if record.coding == Coding.RAW:
-            refs.append((f"header.tensors[{position}].body.payload", record.body.payload))
-        elif record.coding == Coding.RANS:
-            for chunk_position, chunk in enumerate(record.body.chunks):
-                refs.append((f"header.tensors[{position}].body.chunks[{chunk_position}]", chunk))
-    return refs
+    """Every payload reference of the file, in canonical (declaration) order, with its field path
+    (a generator of ``(field, ref)``; ``ref`` has ``offset``, ``size`` and ``crc32c``)."""
+    table = PayloadTable(header)
+    for index in range(len(table)):
+        yield table.field(index), _Ref(**table.ref(index))
+
+
+class _Ref:
+    __slots__ = ("offset", "size", "crc32c")
+
+    def __init__(self, offset: int, size: int, crc32c: int):
+        self.offset, self.size, self.crc32c = offset, size, crc32c
+
+
+def _canonical_count(offsets, sizes, expected_first: int, file_size: int) -> int:
+    """How many leading references of a block are at their canonical offsets (spec §4.7: each
+    at the next multiple of 64 after the previous; the first at ``expected_first``) and inside
+    the file."""
+    # A size past the file's end fails its own reference, so it can be capped there; the running
+    # sum then passes the file's size (and fails) long before it could overflow.
+    capped = np.minimum(sizes, np.uint64(file_size + 1)).astype(np.int64)
+    expected = np.empty(len(capped), np.int64)
+    expected[0] = expected_first
+    np.cumsum(-(-capped[:-1] // PAYLOAD_ALIGNMENT_BYTES) * PAYLOAD_ALIGNMENT_BYTES,
+              out=expected[1:])
+    expected[1:] += expected_first
+    with np.errstate(over="ignore"):
+        signed = offsets.astype(np.int64)  # >= 2^63 wraps negative: never canonical
+        bad = np.flatnonzero((signed != expected) | (signed + capped > file_size))
+    return int(bad[0]) if len(bad) else len(capped)
+
+
+def _nonzero_padding(offsets, sizes, previous_end: int, buffer) -> list:
+    """``(position in the block, byte offset)`` of the first non-zero padding byte before each
+    reference of a block that has one (all canonical and inside the file)."""
+    offsets = offsets.astype(np.int64)
+    starts = np.concatenate([[previous_end], offsets[:-1] + sizes[:-1].astype(np.int64)])
+    lengths = offsets - starts
+    padded = np.flatnonzero(lengths > 0)
+    found = []
+    try:
+        data = np.frombuffer(buffer, np.uint8) if len(buffer) else np.zeros(0, np.uint8)
+    except TypeError:  # a file-like stand-in that only slices (the writer's planned file)
+        for index in padded:
+            padding = bytes(buffer[int(starts[index]):int(offsets[index])])
+            if padding.strip(b"\0"):
+                found.append((int(index), int(starts[index]) + len(padding)
+                              - len(padding.lstrip(b"\0"))))
+        return found
+    try:
+        columns = np.arange(PAYLOAD_ALIGNMENT_BYTES)
+        where = starts[padded, None] + columns
+        inside = columns < lengths[padded, None]
+        nonzero = (data[np.where(inside, where, 0)] != 0) & inside
+        found = [(int(padded[row]), int(where[row, nonzero[row].argmax()]))
+                 for row in np.flatnonzero(nonzero.any(axis=1))]
+    finally:
+        del data  # the buffer may be a memory map its owner closes
+    return found
 
 
 def check_layout(header, header_size: int, buffer, report: Report) -> None:
     """spec §4.7, in the order of §4.9 step 11: for each payload in order, its offset is canonical,
     it lies within the file, and the padding before it is zero; then nothing follows the last."""
     file_size = len(buffer)
-    refs = payload_refs(header)
-    expected_offsets, expected_end = canonical_offsets(header_size, [ref.size for _, ref in refs])
+    table = PayloadTable(header)
     previous_end = PREAMBLE_SIZE_BYTES + header_size
-    for (field, ref), expected in zip(refs, expected_offsets):
-        if ref.offset != expected:
-            report(FormatError(f"payload offset {ref.offset} != {expected}: payloads must follow "
-                               "each other in declaration order, each at the next multiple of 64",
-                               field=field + ".offset", offset=ref.offset,
-                               code=ErrorCode.PAYLOAD_LAYOUT))
+    for first, offsets, sizes in table.blocks():
+        good = _canonical_count(offsets, sizes, align_up(previous_end), file_size)
+        for index, bad in _nonzero_padding(offsets[:good], sizes[:good], previous_end, buffer):
+            report(FormatError("padding byte is not zero", field=table.field(first + index),
+                               offset=bad, code=ErrorCode.NONZERO_PADDING))
+        if good < len(offsets):  # the first reference out of place or out of the file
+            if good:
+                previous_end = int(offsets[good - 1]) + int(sizes[good - 1])
+            ref, field = table.ref(first + good), table.field(first + good)
+            expected = align_up(previous_end)
+            if ref["offset"] != expected:
+                report(FormatError(f"payload offset {ref['offset']} != {expected}: payloads "
+                                   "must follow each other in declaration order, each at the "
+                                   "next multiple of 64", field=field + ".offset",
+                                   offset=ref["offset"], code=ErrorCode.PAYLOAD_LAYOUT))
+                return
+            report(TruncatedError(f"the payload needs bytes up to {ref['offset'] + ref['size']}"
+                                  f"; the file has {file_size}", field=field, offset=file_size,
+                                  needed=ref["offset"] + ref["size"]))
             return
-        if ref.offset + ref.size > file_size:
-            report(TruncatedError(f"the payload needs bytes up to {ref.offset + ref.size}; the "
-                                  f"file has {file_size}", field=field, offset=file_size,
-                                  needed=ref.offset + ref.size))
-            return
-        padding = bytes(buffer[previous_end:ref.offset])
-        if padding.strip(b"\0"):
-            bad = previous_end + len(padding) - len(padding.lstrip(b"\0"))
-            report(FormatError("padding byte is not zero", field=field, offset=bad,
-                               code=ErrorCode.NONZERO_PADDING))
-        previous_end = ref.offset + ref.size
-    if file_size > expected_end:
-        report(FormatError(f"{file_size - expected_end} bytes after the last payload",
-                           field="file", offset=expected_end, code=ErrorCode.TRAILING_BYTES))
+        previous_end = int(offsets[-1]) + int(sizes[-1])
+    if file_size > previous_end:
+        report(FormatError(f"{file_size - previous_end} bytes after the last payload",
+                           field="file", offset=previous_end, code=ErrorCode.TRAILING_BYTES))
 
 
 def validate_header(header, header_size: int, buffer, report: Report) -> None:
