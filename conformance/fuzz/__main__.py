@@ -33,7 +33,8 @@ def _have_atheris() -> bool:
     return True
 
 
-def builtin_engine(target: str, corpus: list[Path], seconds: float, crashes: Path) -> int:
+def builtin_engine(target: str, corpus: list[Path], seconds: float, crashes: Path,
+                   seed: int = 0) -> int:
     """Mutate corpus files for ``seconds``; keep inputs with a new outcome. Returns crashes."""
     import hashlib
     import importlib
@@ -45,7 +46,7 @@ def builtin_engine(target: str, corpus: list[Path], seconds: float, crashes: Pat
     pool = [path.read_bytes() for folder in corpus for path in sorted(folder.glob("*"))
             if path.is_file()]
     outcomes: set = set()
-    rng = random.Random(0)
+    rng = random.Random(seed)
     deadline = time.time() + seconds
     found = 0
     while time.time() < deadline:
@@ -81,36 +82,71 @@ def _libfuzzer_figures(log: str) -> dict:
     return figures
 
 
-def run_target(target: str, seconds: int, out: Path, engine: str) -> dict:
+def _start_target(target: str, seconds: float, out: Path, engine: str, replica: int | None):
+    """Start one fuzzing process of ``target`` (replica ``replica`` of several, or the only one)."""
     corpus = out / "corpus" / target
     corpus.mkdir(parents=True, exist_ok=True)
     for folder in ("logs", "stats", "crashes"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    stats = out / "stats" / f"{target}.json"
+    name = target if replica is None else f"{target}.{replica}"
+    stats = out / "stats" / f"{name}.json"
     env = dict(os.environ, NRD_FUZZ_STATS=str(stats), NRD_FUZZ_FINDINGS=str(out / "findings" / target),
                NUMBA_NUM_THREADS="1")
     if engine == "atheris":
         regressions = Path(__file__).resolve().parent / "regressions"
         command = [sys.executable, "-m", "conformance.fuzz.atheris_run", target, str(corpus),
-                   str(out / "seeds"), str(regressions), f"-max_total_time={seconds}",
+                   str(out / "seeds"), str(regressions), f"-max_total_time={int(seconds)}",
                    f"-timeout={TIMEOUT_SECONDS}", "-rss_limit_mb=4096",
                    f"-max_len={MAX_INPUT_BYTES}", f"-artifact_prefix={out / 'crashes'}/{target}-",
-                   "-print_final_stats=1"]
+                   "-print_final_stats=1", *([f"-seed={replica + 1}"] if replica is not None else [])]
     else:
         command = [sys.executable, "-m", "conformance.fuzz", "--builtin-child", target,
-                   "--seconds", str(seconds), "--out", str(out)]
-    started = time.time()
-    with open(out / "logs" / f"{target}.log", "w") as log:
-        process = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 preexec_fn=lambda: os.nice(10))
-    text = (out / "logs" / f"{target}.log").read_text(errors="replace")
-    report = json.loads(stats.read_text()) if stats.exists() else {}
-    report.update(engine=engine, wall_seconds=round(time.time() - started, 1),
-                  exit_status=process.returncode, libfuzzer=_libfuzzer_figures(text),
+                   "--seconds", str(seconds), "--out", str(out), "--replica", str(replica or 0)]
+    log_path = out / "logs" / f"{name}.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: os.nice(10))
+    return dict(target=target, process=process, log=log, log_path=log_path, stats=stats,
+                corpus=corpus, started=time.time())
+
+
+def _finish_target(run: dict, out: Path, engine: str) -> dict:
+    returncode = run["process"].wait()
+    run["log"].close()
+    text = run["log_path"].read_text(errors="replace")
+    report = json.loads(run["stats"].read_text()) if run["stats"].exists() else {}
+    corpus, target = run["corpus"], run["target"]
+    report.update(engine=engine, wall_seconds=round(time.time() - run["started"], 1),
+                  exit_status=returncode, libfuzzer=_libfuzzer_figures(text),
                   corpus_files=len(list(corpus.iterdir())),
                   corpus_bytes=sum(p.stat().st_size for p in corpus.iterdir()),
                   crashes=sorted(p.name for p in (out / "crashes").glob(f"{target}-*")))
     return report
+
+
+def run_target(target: str, seconds: int, out: Path, engine: str) -> dict:
+    return _finish_target(_start_target(target, seconds, out, engine, None), out, engine)
+
+
+def _merge(reports: list[dict]) -> dict:
+    """One target's figures over its replicas: sums of counts, maxima of the worst cases."""
+    merged = dict(reports[0])
+    merged["replicas"] = len(reports)
+    for key in ("executions", "seconds"):
+        merged[key] = sum(r.get(key, 0) for r in reports) if key == "executions" else \
+            max(r.get(key, 0) for r in reports)
+    merged["executions_per_second"] = round(sum(r.get("executions_per_second", 0)
+                                                for r in reports), 1)
+    for key in ("max_seconds_one_input", "max_peak_traced_bytes", "max_input_bytes"):
+        merged[key] = max(r.get(key, 0) for r in reports)
+    for key in ("outcomes", "findings"):
+        total: dict = {}
+        for report in reports:
+            for name, count in report.get(key, {}).items():
+                total[name] = total.get(name, 0) + count
+        merged[key] = dict(sorted(total.items()))
+    merged["exit_status"] = max(r["exit_status"] for r in reports)
+    return merged
 
 
 def main(argv=None) -> int:
@@ -119,15 +155,19 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets")
     parser.add_argument("--engine", choices=["auto", "atheris", "builtin"], default="auto")
     parser.add_argument("--out", default="out/fuzz")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes per target; above 1 every target runs at once, each "
+                             "process for the whole --minutes (a machine of many cores)")
     parser.add_argument("--builtin-child", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--replica", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.builtin_child:
         target = args.builtin_child
         found = builtin_engine(target, [out / "corpus" / target, out / "seeds",
                                         Path(__file__).resolve().parent / "regressions"],
-                               args.seconds, out / "crashes")
+                               args.seconds, out / "crashes", args.replica)
         return 1 if found else 0
     targets = [t for t in args.targets.split(",") if t]
     unknown = set(targets) - set(TARGETS)
@@ -137,12 +177,23 @@ def main(argv=None) -> int:
     from .seeds import write_seeds
 
     seed_count = write_seeds(out / "seeds")
-    seconds = max(10, int(args.minutes * 60 / len(targets)))
-    print(f"{len(targets)} targets x {seconds} s with {engine}; {seed_count} seeds in {out / 'seeds'}",
-          flush=True)
+    if args.jobs > 1:
+        seconds = max(10, int(args.minutes * 60))
+        print(f"{len(targets)} targets x {args.jobs} processes x {seconds} s at once with "
+              f"{engine}; {seed_count} seeds in {out / 'seeds'}", flush=True)
+        runs = [_start_target(target, seconds, out, engine, replica)
+                for target in targets for replica in range(args.jobs)]
+        finished = [_finish_target(run, out, engine) for run in runs]
+        grouped = [_merge([r for run, r in zip(runs, finished) if run["target"] == target])
+                   for target in targets]
+    else:
+        seconds = max(10, int(args.minutes * 60 / len(targets)))
+        print(f"{len(targets)} targets x {seconds} s with {engine}; {seed_count} seeds in "
+              f"{out / 'seeds'}", flush=True)
+        grouped = None
     reports = []
-    for target in targets:
-        report = run_target(target, seconds, out, engine)
+    for number, target in enumerate(targets):
+        report = grouped[number] if grouped else run_target(target, seconds, out, engine)
         reports.append(report)
         print(f"{target}: {report.get('executions', 0)} inputs, "
               f"{report.get('executions_per_second', 0)}/s, slowest {report.get('max_seconds_one_input')} s, "
@@ -151,6 +202,9 @@ def main(argv=None) -> int:
               f"findings {report.get('findings', {})}", flush=True)
     summary = dict(machine=f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
                    python=platform.python_version(), engine=engine, minutes=args.minutes,
+                   jobs=args.jobs, command="python -m conformance.fuzz " + " ".join(
+                       sys.argv[1:] if argv is None else argv),
+                   executions=sum(r.get("executions", 0) for r in reports),
                    seconds_per_input_limit=SECONDS_PER_INPUT, memory_ceiling_bytes=MEMORY_CEILING_BYTES,
                    seeds=seed_count, targets=reports)
     (out / "report.json").write_text(json.dumps(summary, indent=1))
