@@ -367,6 +367,10 @@ def check_tensor_record(record, position: int, tensors, earlier_names: set,
 # spec §4.7 payload layout
 
 
+LAYOUT_BLOCK_REFERENCES = 1 << 16
+"""Payload references checked at once by :func:`check_layout` (a few MB of temporaries)."""
+
+
 class PayloadTable:
     """Every payload reference of the file in canonical (declaration) order, read as NumPy
     columns of each tensor's table: a file of millions of chunks is checked with a few array
@@ -406,13 +410,44 @@ class PayloadTable:
         ref = refs[index - first]
         return {name: int(ref[name]) for name in ("offset", "size", "crc32c")}
 
-    def blocks(self, length: int = 1 << 16):
-        """``(first index, offsets, sizes)`` of at most ``length`` references at a time, in order
-        (uint64 columns)."""
+    def blocks(self, length: int | None = None):
+        """``(first index, offsets, sizes)`` of about ``length`` references at a time, in order
+        (uint64 columns): a large chunk table in slices, small tables and raw payloads gathered
+        (a file of a million one-payload tensors is not a million array operations)."""
+        length = length or LAYOUT_BLOCK_REFERENCES
+        offsets: list = []  # pieces of the block being gathered: arrays, or lists of ints
+        sizes: list = []
+        start = gathered = 0
+
+        def block():
+            return start, *(np.concatenate([np.asarray(piece, dtype=np.uint64)
+                                            for piece in pieces]) for pieces in (offsets, sizes))
+
         for first, _, _, refs in self._parts:
-            offsets, sizes, _ = payload_columns(refs)
-            for start in range(0, len(offsets), length):
-                yield first + start, offsets[start:start + length], sizes[start:start + length]
+            if isinstance(refs, RecordTable):
+                column_offsets, column_sizes, _ = payload_columns(refs)
+                for begin in range(0, len(refs), length):
+                    offsets.append(column_offsets[begin:begin + length])
+                    sizes.append(column_sizes[begin:begin + length])
+                    gathered += len(offsets[-1])
+                    if gathered >= length:
+                        yield block()
+                        start, gathered = first + begin + len(offsets[-1]), 0
+                        offsets, sizes = [], []
+                continue
+            if not offsets or not isinstance(offsets[-1], list):
+                offsets.append([])
+                sizes.append([])
+            for ref in refs:
+                offsets[-1].append(ref["offset"])
+                sizes[-1].append(ref["size"])
+            gathered += len(refs)
+            if gathered >= length:
+                yield block()
+                offsets, sizes = [], []
+                start, gathered = first + len(refs), 0
+        if gathered:
+            yield block()
 
 
 def payload_columns(refs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
