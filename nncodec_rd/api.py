@@ -98,7 +98,8 @@ def _check_framework(framework: str, device) -> str:
 
 
 def load_file(path, device="cpu", threads: int | None = None,
-              max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES) -> dict:
+              max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES, memory_map: bool = True,
+              max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK) -> dict:
     """Decode every tensor of an .nrd file: name -> NumPy array (bfloat16 via ``ml_dtypes``);
     ``device`` is ``"cpu"`` (as in ``safetensors.numpy``; for torch tensors on a device,
     :func:`nncodec_rd.torch.load_file`).
@@ -107,9 +108,11 @@ def load_file(path, device="cpu", threads: int | None = None,
     ``DEFAULT_MAX_OUTPUT_BYTES``, 64 GiB or the machine's memory if less; ``None`` for no
     bound); lower it for files from
     untrusted sources, since a few bytes of file can declare terabytes of tensor (spec §9).
+    ``memory_map`` and ``max_transform_work`` are :func:`safe_open`'s.
     """
     _check_framework("np", device)
-    with NrdFile(path, threads=threads, max_output_bytes=max_output_bytes) as handle:
+    with NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
+                 memory_map=memory_map, max_transform_work=max_transform_work) as handle:
         return {name: handle.get_tensor(name) for name in handle.keys()}
 
 

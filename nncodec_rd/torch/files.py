@@ -35,11 +35,15 @@ def save_file(tensors: dict, path, metadata: dict | None = None, **options) -> i
 
 
 def load_file(path, device: str | torch.device = "cpu", threads: int | None = None,
-              max_output_bytes: int | None = api.DEFAULT_MAX_OUTPUT_BYTES) -> dict:
+              max_output_bytes: int | None = api.DEFAULT_MAX_OUTPUT_BYTES,
+              memory_map: bool = True,
+              max_transform_work: int | None = api.DEFAULT_MAX_TRANSFORM_WORK) -> dict:
     """Decode every tensor of an .nrd file: name -> torch tensor on ``device`` (bfloat16 stays
     bfloat16). ``max_output_bytes`` bounds each decoded tensor (see
-    :class:`~nncodec_rd.decoder.reader.NrdFile`; ``None`` for no bound)."""
-    decoded = api.load_file(path, threads=threads, max_output_bytes=max_output_bytes)
+    :class:`~nncodec_rd.decoder.reader.NrdFile`; ``None`` for no bound); ``memory_map`` and
+    ``max_transform_work`` are :func:`nncodec_rd.safe_open`'s."""
+    decoded = api.load_file(path, threads=threads, max_output_bytes=max_output_bytes,
+                            memory_map=memory_map, max_transform_work=max_transform_work)
     return {name: _to_torch(array).to(device) for name, array in decoded.items()}
 
 

@@ -62,3 +62,16 @@ def test_memory_map_false_reads_the_file_and_closes_it(tmp_path):
         assert handle._file is None and handle.size_bytes == path.stat().st_size
         path.unlink()
         assert np.array_equal(handle.get_tensor("w"), weights)
+
+
+def test_load_file_takes_memory_map_false(tmp_path):
+    import numpy as np
+
+    import nncodec_rd
+
+    path = tmp_path / "w.nrd"
+    weights = np.random.default_rng(1).standard_normal((16, 32)).astype(np.float32)
+    nncodec_rd.save_file({"w": weights}, path)
+    mapped = nncodec_rd.load_file(path)["w"]
+    read = nncodec_rd.load_file(path, memory_map=False)["w"]
+    assert np.array_equal(read, mapped) and np.allclose(read, weights, atol=0.1)
