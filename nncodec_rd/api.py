@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .decoder.reader import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_TRANSFORM_WORK, NrdFile
+from .decoder.reader import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MAX_TRANSFORM_WORK,
+    NrdFile,
+)
 from .format.grids import EntropySettings
 from .format.layout import RowGeometry
 
@@ -99,7 +104,8 @@ def _check_framework(framework: str, device) -> str:
 
 def load_file(path, device="cpu", threads: int | None = None,
               max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES, memory_map: bool = True,
-              max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK) -> dict:
+              max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK,
+              max_header_bytes: int | None = DEFAULT_MAX_HEADER_BYTES) -> dict:
     """Decode every tensor of an .nrd file: name -> NumPy array (bfloat16 via ``ml_dtypes``);
     ``device`` is ``"cpu"`` (as in ``safetensors.numpy``; for torch tensors on a device,
     :func:`nncodec_rd.torch.load_file`).
@@ -108,17 +114,19 @@ def load_file(path, device="cpu", threads: int | None = None,
     ``DEFAULT_MAX_OUTPUT_BYTES``, 64 GiB or the machine's memory if less; ``None`` for no
     bound); lower it for files from
     untrusted sources, since a few bytes of file can declare terabytes of tensor (spec §9).
-    ``memory_map`` and ``max_transform_work`` are :func:`safe_open`'s.
+    ``memory_map``, ``max_transform_work`` and ``max_header_bytes`` are :func:`safe_open`'s.
     """
     _check_framework("np", device)
     with NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
-                 memory_map=memory_map, max_transform_work=max_transform_work) as handle:
+                 memory_map=memory_map, max_transform_work=max_transform_work,
+                 max_header_bytes=max_header_bytes) as handle:
         return {name: handle.get_tensor(name) for name in handle.keys()}
 
 
 def safe_open(path, framework: str = "np", device="cpu", threads: int | None = None,
               max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES, memory_map: bool = True,
-              max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK):
+              max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK,
+              max_header_bytes: int | None = DEFAULT_MAX_HEADER_BYTES):
     """Open an .nrd file lazily, as ``safetensors.safe_open``: ``keys()``, ``metadata()``,
     ``get_tensor(name)``, ``get_slice(name)`` (indexing decodes only the rows it needs),
     ``info(name)``, ``get_rows(name, start, stop)``. Use it as a context manager.
@@ -129,7 +137,8 @@ def safe_open(path, framework: str = "np", device="cpu", threads: int | None = N
     if less; ``None`` for no bound). ``memory_map=False`` reads the whole file into memory
     instead of mapping it, for files that other processes may truncate or rewrite while they
     are open (see :class:`NrdFile`). ``max_transform_work`` bounds a transform's product in
-    multiply-adds (see :class:`NrdFile`).
+    multiply-adds and ``max_header_bytes`` the header's size (100 MiB by default; see
+    :class:`NrdFile`).
 
     Examples
     --------
@@ -146,7 +155,8 @@ def safe_open(path, framework: str = "np", device="cpu", threads: int | None = N
         from .torch.files import TorchFile
 
         return TorchFile(NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
-                                 memory_map=memory_map, max_transform_work=max_transform_work),
-                         device)
+                                 memory_map=memory_map, max_transform_work=max_transform_work,
+                                 max_header_bytes=max_header_bytes), device)
     return NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
-                   memory_map=memory_map, max_transform_work=max_transform_work)
+                   memory_map=memory_map, max_transform_work=max_transform_work,
+                   max_header_bytes=max_header_bytes)

@@ -18,7 +18,7 @@ import sys
 import time
 
 from . import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION, __version__
-from .decoder.reader import DEFAULT_MAX_TRANSFORM_WORK
+from .decoder.reader import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TRANSFORM_WORK
 from .format.errors import EncoderError, InputMismatchError, NrdError
 
 EXIT_ERROR = 1
@@ -52,7 +52,7 @@ def _original_bytes(info) -> int:
 def command_info(arguments) -> int:
     from .api import safe_open
 
-    with safe_open(arguments.file) as handle:
+    with safe_open(arguments.file, max_header_bytes=arguments.max_header_bytes) as handle:
         infos = [handle.info(name) for name in handle.keys()]
         if arguments.json:
             print(json.dumps({
@@ -117,6 +117,14 @@ def _byte_count(text: str) -> int | None:
 _BYTE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
+def _add_max_header_bytes(parser) -> None:
+    parser.add_argument("--max-header-bytes", type=_byte_count, default=DEFAULT_MAX_HEADER_BYTES,
+                        metavar="BYTES",
+                        help="refuse (output_too_large) a file whose header is larger: bytes with "
+                             "an optional K, M, G or T suffix, or 'none' for the spec's limit of "
+                             "256M (default: 100M)")
+
+
 def command_decode(arguments) -> int:
     from .api import safe_open
     from .io.tensorio import write_tensors_streaming
@@ -126,7 +134,8 @@ def command_decode(arguments) -> int:
         return _decode_folder(arguments, start)
     with safe_open(arguments.file, threads=arguments.threads,
                    max_output_bytes=arguments.max_output_bytes,
-                   max_transform_work=arguments.max_transform_work) as handle:
+                   max_transform_work=arguments.max_transform_work,
+                   max_header_bytes=arguments.max_header_bytes) as handle:
         infos = [handle.info(name) for name in handle.keys()]
         metadata = {k: v for k, v in handle.metadata().items() if not isinstance(v, bytes)}
         if arguments.output.lower().endswith(".safetensors"):
@@ -180,7 +189,8 @@ def _decode_folder(arguments, start: float) -> int:
 
     with safe_open(arguments.file, threads=arguments.threads,
                    max_output_bytes=arguments.max_output_bytes,
-                   max_transform_work=arguments.max_transform_work) as handle:
+                   max_transform_work=arguments.max_transform_work,
+                   max_header_bytes=arguments.max_header_bytes) as handle:
         archived = [k for k in handle.metadata() if k.startswith(FILE_PREFIX)]
         written = write_folder(handle, arguments.output)
         count = sum(handle.info(name).element_count for name in handle.keys())
@@ -577,7 +587,8 @@ def command_validate(arguments) -> int:
     reports = []
     for path in arguments.files:
         errors = validate_file(path, max_output_bytes=arguments.max_output_bytes,
-                               max_transform_work=arguments.max_transform_work)
+                               max_transform_work=arguments.max_transform_work,
+                               max_header_bytes=arguments.max_header_bytes)
         failures += bool(errors)
         reports.append({"file": path, "conforms": not errors, "errors": [
             {"code": int(e.code), "name": e.code.slug, "field": e.field, "offset": e.offset,
@@ -709,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
                                epilog="Example: nncodec-rd info model.nrd --json")
     info.add_argument("file")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_max_header_bytes(info)
     info.set_defaults(run=command_info)
 
     decode = commands.add_parser("decode", help="decode an .nrd file to .safetensors or .npz",
@@ -732,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse (output_too_large) a transform whose product takes more "
                              "multiply-adds: an integer with an optional K, M, G or T suffix, or "
                              "'none' (default: 256G)")
+    _add_max_header_bytes(decode)
     decode.set_defaults(run=command_decode)
 
     encode = commands.add_parser(
@@ -840,6 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
                           default=DEFAULT_MAX_TRANSFORM_WORK, metavar="COUNT",
                           help="largest transform product computed while checking, in "
                                "multiply-adds, as for decode")
+    _add_max_header_bytes(validate)
     validate.set_defaults(run=command_validate)
 
     conformance = commands.add_parser(

@@ -23,9 +23,9 @@ from ..format.constants import (
     TensorDtype,
     TransformKind,
 )
-from ..format.container import read_container, to_plain
+from ..format.container import parse_preamble, read_container, to_plain
 from ..format.errors import ErrorCode, FormatError, NrdError, OutputTooLargeError, error_for_code
-from ..format.layout import RowGeometry, chunk_extents
+from ..format.layout import RowGeometry, chunk_extent, chunk_extents, chunks_covering
 from ..format.validate import payload_columns, payload_refs
 from . import dispatch, kernels, small
 
@@ -58,6 +58,15 @@ DEFAULT_MAX_OUTPUT_BYTES = min(64 << 30, _physical_memory_bytes() or 64 << 30)
 #: conforming file of a few hundred bytes can declare a product of hours (one-symbol tables code
 #: any number of coefficients), so the product is bounded like the output. ``None``: no bound.
 DEFAULT_MAX_TRANSFORM_WORK = 1 << 38
+
+#: The largest header a file may have unless the caller says otherwise: 100 MiB (safetensors
+#: refuses headers over 100 MB). The spec allows 256 MiB (§9). Opening costs up to about 40
+#: bytes of memory and 40 us per header byte for a header of tiny tensor records, 15 for one of
+#: metadata entries, 2.5 for chunk tables (docs/opening-files.md), so 100 MiB bounds what a
+#: hostile file can make an open cost to about 4 GB and a minute. A real model's header is far
+#: smaller (a 70 B model in chunks of 2^16 weights: about 1 M chunk entries, 20 MB). ``None``:
+#: the spec's limit only.
+DEFAULT_MAX_HEADER_BYTES = 100 << 20
 
 _OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
                 TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
@@ -309,6 +318,19 @@ def numba_threads(threads: int | None):
         numba.set_num_threads(before)
 
 
+def _check_header_size(buffer, limit: int | None) -> None:
+    """Refuse, before parsing it, a header larger than the caller's ``max_header_bytes``."""
+    if limit is None:
+        return
+    preamble = parse_preamble(buffer)
+    if preamble.header_size > limit:
+        raise OutputTooLargeError(
+            f"the header is {preamble.header_size} bytes, more than max_header_bytes={limit}; "
+            "if you trust the file, open it with a larger max_header_bytes (None: the spec's "
+            "limit of 256 MiB; --max-header-bytes on the command line)",
+            requested=preamble.header_size, limit=limit, field="preamble.header_size", offset=16)
+
+
 class NrdFile:
     """A lazily decoded .nrd file (use :func:`nncodec_rd.safe_open`).
 
@@ -337,6 +359,10 @@ class NrdFile:
         ``None`` for no bound; by default :data:`DEFAULT_MAX_TRANSFORM_WORK`. Checked before
         the coefficients are decoded; beyond it ``OutputTooLargeError`` (its ``requested`` and
         ``limit`` are then multiply-adds).
+    max_header_bytes:
+        The largest header the file may have, or ``None`` for the spec's limit (256 MiB); by
+        default :data:`DEFAULT_MAX_HEADER_BYTES` (100 MiB). Checked before the header is
+        parsed; beyond it ``OutputTooLargeError`` (``requested`` and ``limit`` in bytes).
     memory_map:
         ``True`` (the default): the file is memory-mapped, and only the pages a decode touches
         are read. If the file is truncated in place while it is open, touching a page past its
@@ -358,10 +384,12 @@ class NrdFile:
     def __init__(self, path, threads: int | None = None,
                  max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
                  memory_map: bool = True,
-                 max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK):
+                 max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK,
+                 max_header_bytes: int | None = DEFAULT_MAX_HEADER_BYTES):
         self.path = os.fspath(path)
         self.threads = threads
-        for option, value in (("max_transform_work", max_transform_work),):
+        for option, value in (("max_transform_work", max_transform_work),
+                              ("max_header_bytes", max_header_bytes)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 0):
                 raise ValueError(f"{option} must be a non-negative int or None, not {value!r}")
@@ -388,6 +416,7 @@ class NrdFile:
             self._size_at_open = len(self._map)
             self._buffer = (np.frombuffer(self._map, dtype=np.uint8) if len(self._map)
                             else np.empty(0, np.uint8))
+            _check_header_size(self._map, max_header_bytes)
             self.preamble, self.header, _ = read_container(self._map)
         except BaseException:
             self.close()
@@ -701,6 +730,21 @@ class NrdFile:
         """Run the kernels with ``threads`` threads (:func:`numba_threads`)."""
         return numba_threads(self.threads)
 
+    _DECODERS_KEPT = 4
+    """Chunk decoders kept per file (their value tables may be MBs): a tensor read in many row
+    ranges derives its tables once, not once per range."""
+
+    def _chunk_decoder(self, record, position: int, output_kind: int) -> ChunkDecoder:
+        kept = self.__dict__.setdefault("_decoders", {})
+        key = (position, output_kind)
+        decoder = kept.pop(key, None)
+        if decoder is None:
+            decoder = ChunkDecoder.of_record(record, position, output_kind)
+        kept[key] = decoder  # most recent last
+        while len(kept) > self._DECODERS_KEPT:
+            kept.pop(next(iter(kept)))
+        return decoder
+
     def _decode_chunks(self, record, start_row: int, stop_row: int, output_kind: int,
                        destination: np.ndarray | None = None) -> np.ndarray:
         """Decode the chunks covering rows [start_row, stop_row) and return exactly those rows,
@@ -709,9 +753,11 @@ class NrdFile:
         position = self._index[record.name]
         rows = RowGeometry.of_shape(record.shape).rows
         row_length = body.coded_row_length
-        extents = chunk_extents(rows, row_length, body.rows_per_chunk)
-        selected = [k for k, extent in enumerate(extents)
-                    if extent.first_row < stop_row and extent.first_row + extent.row_count > start_row]
+        # Only the chunks holding the rows: a tensor of millions of chunks read in row ranges
+        # (as the validator reads it) must not list them all for each range.
+        selected = list(chunks_covering(rows, row_length, body.rows_per_chunk, start_row,
+                                        stop_row))
+        extents = {k: chunk_extent(rows, row_length, body.rows_per_chunk, k) for k in selected}
         for k in selected:
             self._verify_payload(f"header.tensors[{position}].body.chunks[{k}]", body.chunks[k])
         first_row = extents[selected[0]].first_row if selected else start_row
@@ -724,7 +770,7 @@ class NrdFile:
         first_rows = np.array([extents[k].first_row for k in selected], dtype=np.int64)
         counts = np.array([extents[k].symbol_count for k in selected], dtype=np.int64)
         out_starts = np.array([extents[k].first_symbol - base_symbol for k in selected], np.int64)
-        decoder = ChunkDecoder.of_record(record, position, output_kind)
+        decoder = self._chunk_decoder(record, position, output_kind)
         lo = (start_row - first_row) * row_length
         hi = (stop_row - first_row) * row_length
         if destination is not None and (lo, hi) == (0, total):

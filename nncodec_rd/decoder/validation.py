@@ -16,7 +16,14 @@ from ..format.container import read_container
 from ..format.errors import ErrorCode, NrdError
 from ..format.layout import RowGeometry, chunk_extents
 from ..format.validate import payload_refs
-from .reader import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_TRANSFORM_WORK, NrdFile, numpy_dtype
+from .reader import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MAX_TRANSFORM_WORK,
+    NrdFile,
+    _check_header_size,
+    numpy_dtype,
+)
 
 
 def _read_map(path: str):
@@ -27,7 +34,8 @@ def _read_map(path: str):
 
 
 def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
-                  max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK) -> list[NrdError]:
+                  max_transform_work: int | None = DEFAULT_MAX_TRANSFORM_WORK,
+                  max_header_bytes: int | None = DEFAULT_MAX_HEADER_BYTES) -> list[NrdError]:
     """Every violation of the spec found in the file at ``path`` (an empty list: it conforms).
 
     Parameters
@@ -41,6 +49,9 @@ def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYT
     max_transform_work:
         Bound on a transform's product, in multiply-adds (see :class:`NrdFile`); beyond it,
         ``output_too_large`` as well.
+    max_header_bytes:
+        Bound on the header's size (see :class:`NrdFile`); a larger header is reported as
+        ``output_too_large`` and not parsed.
 
     Returns
     -------
@@ -55,6 +66,7 @@ def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYT
     except OSError as error:
         return [NrdError(f"cannot read {path}: {error.strerror}", code=ErrorCode.IO)]
     try:
+        _check_header_size(data, max_header_bytes)
         _, header, errors = read_container(data, collect=True)
     except NrdError as error:
         return [error]
@@ -65,8 +77,8 @@ def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYT
         return list(errors)
     found: list[NrdError] = []
     damaged: set[str] = set()
-    with NrdFile(path, max_output_bytes=max_output_bytes,
-                 max_transform_work=max_transform_work) as handle:
+    with NrdFile(path, max_output_bytes=max_output_bytes, max_transform_work=max_transform_work,
+                 max_header_bytes=max_header_bytes) as handle:
         for field, ref in payload_refs(header):
             try:
                 handle._verify_payload(field, ref)

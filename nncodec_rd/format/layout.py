@@ -68,6 +68,24 @@ def chunk_extents(rows: int, coded_row_length: int, rows_per_chunk: int) -> list
     return extents
 
 
+def chunk_extent(rows: int, coded_row_length: int, rows_per_chunk: int, index: int) -> ChunkExtent:
+    """The extent of chunk ``index`` (one of :func:`chunk_extents`, without listing them all)."""
+    first_row = index * rows_per_chunk
+    row_count = min(rows_per_chunk, rows - first_row)
+    return ChunkExtent(first_row, row_count, first_row * coded_row_length,
+                       row_count * coded_row_length)
+
+
+def chunks_covering(rows: int, coded_row_length: int, rows_per_chunk: int, start_row: int,
+                    stop_row: int) -> range:
+    """The indices of the chunks holding rows ``start_row`` ... ``stop_row - 1``."""
+    count = chunk_count_for(rows, coded_row_length, rows_per_chunk)
+    if stop_row <= start_row:
+        return range(0)
+    return range(min(count, start_row // rows_per_chunk),
+                 min(count, -(-stop_row // rows_per_chunk)))
+
+
 def group_count_for(rows: int, rows_per_group: int) -> int:
     """spec §6.1: number of step groups of a uniform grid."""
     if rows_per_group == 0:

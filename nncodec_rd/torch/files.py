@@ -37,13 +37,15 @@ def save_file(tensors: dict, path, metadata: dict | None = None, **options) -> i
 def load_file(path, device: str | torch.device = "cpu", threads: int | None = None,
               max_output_bytes: int | None = api.DEFAULT_MAX_OUTPUT_BYTES,
               memory_map: bool = True,
-              max_transform_work: int | None = api.DEFAULT_MAX_TRANSFORM_WORK) -> dict:
+              max_transform_work: int | None = api.DEFAULT_MAX_TRANSFORM_WORK,
+              max_header_bytes: int | None = api.DEFAULT_MAX_HEADER_BYTES) -> dict:
     """Decode every tensor of an .nrd file: name -> torch tensor on ``device`` (bfloat16 stays
     bfloat16). ``max_output_bytes`` bounds each decoded tensor (see
-    :class:`~nncodec_rd.decoder.reader.NrdFile`; ``None`` for no bound); ``memory_map`` and
-    ``max_transform_work`` are :func:`nncodec_rd.safe_open`'s."""
+    :class:`~nncodec_rd.decoder.reader.NrdFile`; ``None`` for no bound); ``memory_map``,
+    ``max_transform_work`` and ``max_header_bytes`` are :func:`nncodec_rd.safe_open`'s."""
     decoded = api.load_file(path, threads=threads, max_output_bytes=max_output_bytes,
-                            memory_map=memory_map, max_transform_work=max_transform_work)
+                            memory_map=memory_map, max_transform_work=max_transform_work,
+                            max_header_bytes=max_header_bytes)
     return {name: _to_torch(array).to(device) for name, array in decoded.items()}
 
 
