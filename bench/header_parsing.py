@@ -132,16 +132,63 @@ def _status_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def _code_measured() -> str:
+    """The commit (and whether its tree was clean) of the nncodec_rd the openings imported (the
+    children's PYTHONPATH may point at an earlier checkout, to measure code before a change)."""
+    package = subprocess.run([sys.executable, "-c", "import nncodec_rd, os; "
+                              "print(os.path.dirname(nncodec_rd.__file__))"],
+                             check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", package, "rev-parse", "--short", "HEAD"],
+                            stdout=subprocess.PIPE, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", package, "status", "--porcelain", "--", "."],
+                           stdout=subprocess.PIPE, text=True).stdout.strip()
+    return f"{commit or 'unknown'}{' with uncommitted changes' if dirty else ''}"
+
+
+def markdown_table(report: dict, before: dict | None = None) -> str:
+    """The rows of a report as a Markdown table, with those of an earlier code's report beside
+    them when given (docs/opening-files.md shows it)."""
+    earlier = {(row["kind"], row["entries"]): row for row in (before or {}).get("rows", [])}
+    head = "| header of | entries | file | open | added peak RSS | per file byte |"
+    rule = "|---|---:|---:|---:|---:|---:|"
+    if before:
+        head += " before: open | before: added peak RSS |"
+        rule += "---:|---:|"
+    lines = [head, rule]
+    for row in report["rows"]:
+        line = (f"| {row['kind']} | {row['entries']:,} | {row['file_bytes'] / 1e6:.1f} MB "
+                f"| {row['seconds']:.2f} s | {row['added_peak_rss_bytes'] / 1e6:.1f} MB "
+                f"| {row['added_memory_per_file_byte']:.1f}x |")
+        if before:
+            old = earlier.get((row["kind"], row["entries"]))
+            line += (f" {old['seconds']:.2f} s | {old['added_peak_rss_bytes'] / 1e6:.1f} MB |"
+                     if old else " not run | |")
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="bench/results/header_parsing.json")
     parser.add_argument("--chunks", default=",".join(map(str, CHUNK_COUNTS)))
     parser.add_argument("--metadata", default=",".join(map(str, METADATA_ENTRIES)))
     parser.add_argument("--records", default=",".join(map(str, TENSOR_RECORDS)))
+    parser.add_argument("--table", action="store_true",
+                        help="print the Markdown table of the --json report and stop")
+    parser.add_argument("--before", help="with --table: a report of earlier code to show beside")
     parser.add_argument("--open", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.open:
         print(json.dumps(_open(arguments.open)))
+        return 0
+    if arguments.table:
+        with open(arguments.json) as stream:
+            report = json.load(stream)
+        before = None
+        if arguments.before:
+            with open(arguments.before) as stream:
+                before = json.load(stream)
+        print(markdown_table(report, before))
         return 0
     cases = [("chunk entries", int(n), chunk_file) for n in arguments.chunks.split(",") if n]
     cases += [("metadata entries", int(n), metadata_file)
@@ -164,7 +211,7 @@ def main() -> int:
                   f"({row['added_memory_per_file_byte']:.2f}x)", flush=True)
     os.makedirs(os.path.dirname(arguments.json) or ".", exist_ok=True)
     with open(arguments.json, "w") as stream:
-        json.dump({"command": "python " + " ".join(sys.argv),
+        json.dump({"command": "python " + " ".join(sys.argv), "code": _code_measured(),
                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                    "rows": rows}, stream, indent=1)
     return 0
