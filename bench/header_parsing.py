@@ -137,7 +137,8 @@ def _code_measured() -> str:
     children's PYTHONPATH may point at an earlier checkout, to measure code before a change)."""
     package = subprocess.run([sys.executable, "-c", "import nncodec_rd, os; "
                               "print(os.path.dirname(nncodec_rd.__file__))"],
-                             check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+                             check=True, stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     commit = subprocess.run(["git", "-C", package, "rev-parse", "--short", "HEAD"],
                             stdout=subprocess.PIPE, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", package, "status", "--porcelain", "--", "."],
