@@ -60,12 +60,12 @@ DEFAULT_MAX_OUTPUT_BYTES = min(64 << 30, _physical_memory_bytes() or 64 << 30)
 DEFAULT_MAX_TRANSFORM_WORK = 1 << 38
 
 #: The largest header a file may have unless the caller says otherwise: 100 MiB (safetensors
-#: refuses headers over 100 MB). The spec allows 256 MiB (§9). Opening costs up to about 40
-#: bytes of memory and 40 us per header byte for a header of tiny tensor records, 15 for one of
-#: metadata entries, 2.5 for chunk tables (docs/opening-files.md), so 100 MiB bounds what a
-#: hostile file can make an open cost to about 4 GB and a minute. A real model's header is far
-#: smaller (a 70 B model in chunks of 2^16 weights: about 1 M chunk entries, 20 MB). ``None``:
-#: the spec's limit only.
+#: refuses headers over 100 MB). The spec allows 256 MiB (§9). An open costs about 2.5 bytes of
+#: memory per header byte of chunk tables, but 15 of metadata entries and 40 of tiny tensor
+#: records, each a Python object (docs/opening-files.md): 100 MiB bounds what a hostile header
+#: can make an open cost to about 2 GB and 50 s. A real model's header is far smaller (a 70 B
+#: model in chunks of 2^16 weights: about a million chunk entries, 20 MB). ``None``: the spec's
+#: limit only.
 DEFAULT_MAX_HEADER_BYTES = 100 << 20
 
 _OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
