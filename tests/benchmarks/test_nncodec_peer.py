@@ -17,15 +17,10 @@ from nncodec_rd.benchmarks.nncodec_peer import (
 
 
 def nncodec_step(qp: int, qp_density: int = 2) -> float:
-    """NNCodec's step for a qp (nncodec/nnc_core/common.py: get_stepsize_from_qp)."""
+    """NNCodec's step for a qp (nncodec/nnc_core/common.py: get_stepsize_from_qp), the
+    reference the sweep's decoded values are checked against (qp -38 gives 1.5 x 2^-10)."""
     k = 1 << qp_density
     return (k + (qp & (k - 1))) * 2.0 ** ((qp >> qp_density) - qp_density)
-
-
-def test_step_formula_matches_the_documented_values():
-    assert nncodec_step(-38) == 1.5 * 2.0 ** -10
-    assert nncodec_step(-28) == 2.0 ** -7 and nncodec_step(-24) == 2 * nncodec_step(-28)
-    assert nncodec_step(-75) == 1.25 * 2.0 ** -19
 
 
 def test_one_qp_sweep_on_two_tiny_tensors(tmp_path, rng):

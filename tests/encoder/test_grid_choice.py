@@ -48,7 +48,7 @@ def test_bounded_grid_spans_the_weights_with_zero_on_the_grid():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_keeps_its_indices_within_the_bins(rng, method):
+def test_every_method_keeps_its_indices_within_the_bins(rng, method, tmp_path):
     weights = rng.laplace(size=(16, 48)) * 0.05 + 0.02  # asymmetric
     problem = problem_of(rng, weights)
     settings = QuantizerSettings(method=method, lam=1e-4)
@@ -58,9 +58,14 @@ def test_every_method_keeps_its_indices_within_the_bins(rng, method):
     assert stored.min() >= 0 and stored.max() <= 4
     assert stored.min() == 0 or stored.max() == 4  # the clipped tails reach the last bins
     assert trial.result.bins == 5 and grid.zero_points.tolist() == trial.result.zero_points.tolist()
-    # value = step * (stored - zero point) is the quantizer's reconstruction
-    np.testing.assert_array_equal(grid.steps[0] * (stored - grid.zero_points[0]),
-                                  grid.steps[0] * trial.result.indices)
+    # The stored indices and grid, written and read back by the decoder (spec §6.1: value =
+    # step x (index - zero point)), give the quantizer's own reconstruction.
+    with NrdWriter(tmp_path / "w.nrd") as writer:
+        writer.add_indices("w", stored, grid)
+    with safe_open(tmp_path / "w.nrd") as handle:
+        decoded = handle.get_tensor("w")
+    expected = (trial.result.indices * trial.result.steps[0]).astype(np.float32)
+    np.testing.assert_array_equal(decoded, expected)
 
 
 @pytest.mark.parametrize("method", METHODS)
