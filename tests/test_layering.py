@@ -75,3 +75,33 @@ def test_the_conformance_runner_imports_no_test_tooling():
 def test_the_checker_sees_relative_imports():
     names = imports_of(PACKAGE / "decoder" / "reader.py")
     assert "nncodec_rd.format.container" in names and "nncodec_rd.decoder.kernels" in names
+
+
+def _private_names_of_nrdfile() -> set[str]:
+    """Attributes and methods of NrdFile whose names start with one underscore."""
+    tree = ast.parse((PACKAGE / "decoder" / "reader.py").read_text(encoding="utf-8"))
+    [cls] = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "NrdFile"]
+    names = set()
+    for node in ast.walk(cls):
+        if isinstance(node, ast.FunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "self":
+            names.add(node.attr)
+    return {name for name in names if name.startswith("_") and not name.startswith("__")}
+
+
+def test_no_module_outside_the_decoder_touches_its_privates():
+    """The torch layer, the command line and the API use NrdFile's public methods (record,
+    chunk_payloads, chunk_decoder, ...), never its private state."""
+    private = _private_names_of_nrdfile()
+    assert {"_record", "_index", "_buffer", "_verify_payload"} <= private
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] in ("decoder", "format"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in private \
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                raise AssertionError(f"{path.relative_to(PACKAGE)}:{node.lineno} uses "
+                                     f"NrdFile's private {node.attr}")

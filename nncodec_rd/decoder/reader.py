@@ -68,9 +68,10 @@ DEFAULT_MAX_TRANSFORM_WORK = 1 << 38
 #: limit only.
 DEFAULT_MAX_HEADER_BYTES = 100 << 20
 
-_OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
-                TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
-                TensorDtype.BFLOAT16: kernels.OUTPUT_BFLOAT16}
+OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
+               TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
+               TensorDtype.BFLOAT16: kernels.OUTPUT_BFLOAT16}
+"""The chunk kernels' output kind that decodes a coded tensor of each dtype (spec §6.5)."""
 
 
 def numpy_dtype(dtype: TensorDtype) -> np.dtype:
@@ -454,6 +455,42 @@ class NrdFile:
     def __len__(self) -> int:
         return len(self.header.tensors)
 
+    def record(self, name):
+        """The parsed tensor record of ``name`` (spec §5.2), as the header holds it."""
+        return self._record(name)
+
+    def position(self, name) -> int:
+        """Where ``name``'s record stands among the header's tensor records (field paths of
+        errors count from it: ``header.tensors[position]``)."""
+        self._record(name)
+        return self._index[name]
+
+    def chunk_payloads(self, name) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A copy of the chunk payloads of the rANS-coded tensor ``name``, one after another,
+        each checksum verified first (spec §8.3): ``(payload bytes, start of each chunk in
+        them, size of each chunk)``, for a caller that keeps a tensor compressed in memory."""
+        record, position = self._record(name), self.position(name)
+        offsets, sizes, _ = payload_columns(record.body.chunks)
+        sizes = sizes.astype(np.int64)
+        starts = np.zeros(len(sizes), dtype=np.int64)
+        np.cumsum(sizes[:-1], out=starts[1:])
+        self._reserve(record, int(sizes.sum()), "the chunk payloads")
+        payload = np.empty(int(sizes.sum()), dtype=np.uint8)
+        for k in range(len(sizes)):
+            self._verify_payload(f"header.tensors[{position}].body.chunks[{k}]",
+                                 record.body.chunks[k])
+            offset = int(offsets[k])
+            payload[starts[k]:starts[k] + sizes[k]] = self._buffer[offset:offset + sizes[k]]
+        return payload, starts, sizes
+
+    def chunk_decoder(self, name, max_value_table_bytes: int | None = None) -> "ChunkDecoder":
+        """The decoding tables of the rANS-coded tensor ``name`` for its own dtype (see
+        :meth:`ChunkDecoder.of_record`)."""
+        record = self._record(name)
+        return ChunkDecoder.of_record(record, self.position(name),
+                                      OUTPUT_KIND[TensorDtype(record.dtype)],
+                                      max_value_table_bytes=max_value_table_bytes)
+
     def _record(self, name):
         try:
             return self.header.tensors[self._index[name]]
@@ -614,7 +651,7 @@ class NrdFile:
                              f"{shape}, not {getattr(out, 'dtype', type(out).__name__)} "
                              f"{getattr(out, 'shape', '')}")
         if record.coding == Coding.RANS and record.body.transform_kind == TransformKind.NONE:
-            kind = _OUTPUT_KIND[TensorDtype(record.dtype)]
+            kind = OUTPUT_KIND[TensorDtype(record.dtype)]
             flat = out.reshape(-1).view(np.float32 if kind == kernels.OUTPUT_FLOAT32 else np.uint16)
             self._decode_chunks(record, start, stop, kind, destination=flat)
         else:
@@ -666,7 +703,7 @@ class NrdFile:
         body = record.body
         dtype = TensorDtype(record.dtype)
         if body.transform_kind == TransformKind.NONE:
-            out = self._decode_chunks(record, start, stop, _OUTPUT_KIND[dtype])
+            out = self._decode_chunks(record, start, stop, OUTPUT_KIND[dtype])
             return out.view(numpy_dtype(dtype)) if dtype != TensorDtype.FLOAT32 else out
         # spec §6.4: dequantize the coefficients to float32, then multiply by the matrix.
         matrix_record = self.header.tensors[body.transform_tensor]
@@ -685,7 +722,7 @@ class NrdFile:
         matrix = self._decode_rows(matrix_record, 0, matrix_record.shape[0]).reshape(
             tuple(matrix_record.shape))
         columns = matrix.shape[1]
-        kind = _OUTPUT_KIND[dtype]
+        kind = OUTPUT_KIND[dtype]
         out_f32 = np.empty((stop - start) * columns if kind == kernels.OUTPUT_FLOAT32 else 0,
                            np.float32)
         out_u16 = np.empty((stop - start) * columns if kind != kernels.OUTPUT_FLOAT32 else 0,

@@ -40,11 +40,11 @@ import numpy as np
 import torch
 
 from ..decoder import kernels
-from ..decoder.reader import ChunkDecoder, NrdFile, numba_threads, numpy_dtype
-from ..format.checksum import crc32c
+from ..decoder.reader import OUTPUT_KIND, NrdFile, numba_threads, numpy_dtype
 from ..format.constants import Coding, TensorDtype, TransformKind
-from ..format.errors import ChecksumMismatchError, EncoderError, ErrorCode
+from ..format.errors import EncoderError
 from ..format.layout import RowGeometry, chunk_extents
+from ..format.validate import payload_columns
 from .model_encoder import TRANSFORM_PREFIX, load_into
 
 #: A value table (decoded value per symbol and step group) is kept only if it takes at most
@@ -56,11 +56,6 @@ ALIGNMENT_BYTES = 64
 
 _TORCH_DTYPES = {TensorDtype.FLOAT32: torch.float32, TensorDtype.FLOAT16: torch.float16,
                  TensorDtype.BFLOAT16: torch.bfloat16}
-_OUTPUT_KIND = {TensorDtype.FLOAT32: kernels.OUTPUT_FLOAT32,
-                TensorDtype.FLOAT16: kernels.OUTPUT_FLOAT16,
-                TensorDtype.BFLOAT16: kernels.OUTPUT_BFLOAT16}
-
-
 def _aligned_empty(nbytes: int) -> tuple[np.ndarray, int]:
     """An uninitialised byte array with room for ``nbytes`` at a 64-byte aligned offset;
     returns (array, offset). Pages are not touched, so they cost no resident memory yet."""
@@ -88,7 +83,7 @@ class CompressedWeight(torch.nn.Module):
 
     def __init__(self, handle: NrdFile, name: str, context: "LazyWeights"):
         super().__init__()
-        record = handle._record(name)
+        record = handle.record(name)
         body = record.body
         self.name = name
         self.context = context
@@ -102,22 +97,7 @@ class CompressedWeight(torch.nn.Module):
         extents = chunk_extents(rows, self.row_length, body.rows_per_chunk)
         self.rows_per_chunk = int(body.rows_per_chunk)
         # The chunk payloads, copied out of the file into one array, checksums verified.
-        sizes = np.array([chunk.size for chunk in body.chunks], dtype=np.int64)
-        starts = np.zeros(len(sizes), dtype=np.int64)
-        if len(sizes) > 1:
-            starts[1:] = np.cumsum(sizes)[:-1]
-        self.payload = np.empty(int(sizes.sum()), dtype=np.uint8)
-        position = handle._index[name]
-        for k, chunk in enumerate(body.chunks):
-            data = handle._buffer[chunk.offset:chunk.offset + chunk.size]
-            actual = crc32c(data) if chunk.size else 0
-            if actual != chunk.crc32c:
-                raise ChecksumMismatchError(
-                    f"payload CRC-32C is 0x{actual:08x}, the header says 0x{chunk.crc32c:08x}: the "
-                    "file is corrupt", field=f"header.tensors[{position}].body.chunks[{k}].crc32c",
-                    offset=chunk.offset, expected=chunk.crc32c, actual=actual,
-                    code=ErrorCode.CHECKSUM_PAYLOAD)
-            self.payload[starts[k]:starts[k] + chunk.size] = data
+        self.payload, starts, sizes = handle.chunk_payloads(name)
         # Read-only from here on, as the kernels take their buffer (no view per decode).
         self.payload.flags.writeable = False
         self._chunk_offsets = starts
@@ -125,15 +105,14 @@ class CompressedWeight(torch.nn.Module):
         self._chunk_first_rows = np.array([e.first_row for e in extents], dtype=np.int64)
         self._chunk_symbol_counts = np.array([e.symbol_count for e in extents], dtype=np.int64)
         self._chunk_out_starts = np.array([e.first_symbol for e in extents], dtype=np.int64)
-        self._chunk_file_offsets = np.array([chunk.offset for chunk in body.chunks], np.int64)
+        self._chunk_file_offsets = payload_columns(body.chunks)[0].astype(np.int64)
         self._chunk_numbers = np.arange(len(sizes), dtype=np.int64)
         # The decoder's tables, built once; a value table per step group (an embedding with a
         # step per row) can outweigh the tensor, and is then left out (same bits, see
         # ChunkDecoder.of_record).
-        self._output_kind = _OUTPUT_KIND[self.dtype]
-        self._decoder = ChunkDecoder.of_record(
-            record, position, self._output_kind,
-            max_value_table_bytes=self.decoded_bytes // VALUE_TABLE_FRACTION)
+        self._output_kind = OUTPUT_KIND[self.dtype]
+        self._decoder = handle.chunk_decoder(
+            name, max_value_table_bytes=self.decoded_bytes // VALUE_TABLE_FRACTION)
 
     @property
     def compressed_bytes(self) -> int:
@@ -389,7 +368,7 @@ def _reads_rows_only(module) -> bool:
 
 
 def _can_stay_compressed(handle: NrdFile, key: str, parameter) -> bool:
-    record = handle._record(key)
+    record = handle.record(key)
     return (record.coding == Coding.RANS and record.body.transform_kind == TransformKind.NONE
             and TensorDtype(record.dtype) in _TORCH_DTYPES
             and _TORCH_DTYPES[TensorDtype(record.dtype)] == parameter.dtype
