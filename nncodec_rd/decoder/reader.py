@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -424,6 +425,8 @@ class NrdFile:
             raise
         self._index = {record.name: position for position, record in enumerate(self.header.tensors)}
         self._verified_chunks: set = set()
+        self._decoders: dict = {}  # (position, output kind) -> ChunkDecoder, see _chunk_decoder
+        self._decoders_lock = threading.Lock()
         self._method = "auto"  # how chunks are decoded (ChunkDecoder.decode); tests change it
 
     # -- file-level --------------------------------------------------------------------------
@@ -465,11 +468,20 @@ class NrdFile:
         self._record(name)
         return self._index[name]
 
+    def _coded_record(self, name):
+        """The record of ``name``, which must be rANS-coded without a transform."""
+        record = self._record(name)
+        if record.coding != Coding.RANS or record.body.transform_kind != TransformKind.NONE:
+            raise ValueError(f"{name!r} is not a rANS-coded tensor without a transform: its "
+                             "chunks alone do not give its values")
+        return record
+
     def chunk_payloads(self, name) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A copy of the chunk payloads of the rANS-coded tensor ``name``, one after another,
-        each checksum verified first (spec §8.3): ``(payload bytes, start of each chunk in
-        them, size of each chunk)``, for a caller that keeps a tensor compressed in memory."""
-        record, position = self._record(name), self.position(name)
+        """A copy of the chunk payloads of the rANS-coded tensor ``name`` (without a transform),
+        one after another, each checksum verified first (spec §8.3): ``(payload bytes, start of
+        each chunk in them, size of each chunk)``, for a caller that keeps a tensor compressed in
+        memory. ``ValueError`` for a raw or transformed tensor."""
+        record, position = self._coded_record(name), self.position(name)
         offsets, sizes, _ = payload_columns(record.body.chunks)
         sizes = sizes.astype(np.int64)
         starts = np.zeros(len(sizes), dtype=np.int64)
@@ -484,9 +496,10 @@ class NrdFile:
         return payload, starts, sizes
 
     def chunk_decoder(self, name, max_value_table_bytes: int | None = None) -> "ChunkDecoder":
-        """The decoding tables of the rANS-coded tensor ``name`` for its own dtype (see
-        :meth:`ChunkDecoder.of_record`)."""
-        record = self._record(name)
+        """The decoding tables of the rANS-coded tensor ``name`` (without a transform) for its
+        own dtype (see :meth:`ChunkDecoder.of_record`). ``ValueError`` for a raw or
+        transformed tensor."""
+        record = self._coded_record(name)
         return ChunkDecoder.of_record(record, self.position(name),
                                       OUTPUT_KIND[TensorDtype(record.dtype)],
                                       max_value_table_bytes=max_value_table_bytes)
@@ -505,7 +518,7 @@ class NrdFile:
             grid, chunks, context, precision = "raw", 1, "-", None
         else:
             body = record.body
-            payload = int(payload_columns(body.chunks)[1].sum())
+            payload = int(payload_columns(body.chunks, ("size",))[0].sum())
             chunks = body.chunk_count
             context = ContextModel(body.context_model).name.lower()
             precision = int(body.precision_bits)
@@ -772,14 +785,15 @@ class NrdFile:
     ranges derives its tables once, not once per range."""
 
     def _chunk_decoder(self, record, position: int, output_kind: int) -> ChunkDecoder:
-        kept = self.__dict__.setdefault("_decoders", {})
         key = (position, output_kind)
-        decoder = kept.pop(key, None)
+        with self._decoders_lock:  # one handle may serve several threads
+            decoder = self._decoders.pop(key, None)
         if decoder is None:
             decoder = ChunkDecoder.of_record(record, position, output_kind)
-        kept[key] = decoder  # most recent last
-        while len(kept) > self._DECODERS_KEPT:
-            kept.pop(next(iter(kept)))
+        with self._decoders_lock:
+            self._decoders[key] = decoder  # most recent last
+            while len(self._decoders) > self._DECODERS_KEPT:
+                del self._decoders[next(iter(self._decoders))]
         return decoder
 
     def _decode_chunks(self, record, start_row: int, stop_row: int, output_kind: int,
@@ -801,7 +815,7 @@ class NrdFile:
         base_symbol = first_row * row_length
         total = sum(extents[k].symbol_count for k in selected)
         chosen = np.asarray(selected, dtype=np.intp)
-        all_offsets, all_sizes, _ = payload_columns(body.chunks)
+        all_offsets, all_sizes = payload_columns(body.chunks, ("offset", "size"))  # views
         offsets = all_offsets[chosen].astype(np.int64)
         sizes = all_sizes[chosen].astype(np.int64)
         first_rows = np.array([extents[k].first_row for k in selected], dtype=np.int64)

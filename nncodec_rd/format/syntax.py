@@ -328,6 +328,8 @@ class RecordTable(Sequence):
         return self.array[name]
 
     def __eq__(self, other) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
         return list(self) == list(other)
 
     def __repr__(self) -> str:

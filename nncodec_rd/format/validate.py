@@ -311,7 +311,7 @@ def check_chunking(body, rows: int, path: str, report: Report) -> None:
         report(LimitExceededError(f"{symbols_per_full_chunk} symbols per chunk exceed "
                                   f"{Limits.MAX_CHUNK_SYMBOLS}", field=path + ".rows_per_chunk",
                                   offset=offset))
-    sizes = payload_columns(body.chunks)[1]
+    [sizes] = payload_columns(body.chunks, ("size",))
     for position in np.flatnonzero(sizes > Limits.MAX_CHUNK_SIZE_BYTES):
         report(LimitExceededError(f"chunk of {int(sizes[position])} bytes exceeds "
                                   f"{Limits.MAX_CHUNK_SIZE_BYTES}",
@@ -425,7 +425,7 @@ class PayloadTable:
 
         for first, _, _, refs in self._parts:
             if isinstance(refs, RecordTable):
-                column_offsets, column_sizes, _ = payload_columns(refs)
+                column_offsets, column_sizes = payload_columns(refs, ("offset", "size"))
                 for begin in range(0, len(refs), length):
                     offsets.append(column_offsets[begin:begin + length])
                     sizes.append(column_sizes[begin:begin + length])
@@ -450,14 +450,14 @@ class PayloadTable:
             yield block()
 
 
-def payload_columns(refs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``offset``, ``size`` and ``crc32c`` columns (uint64) of payload references: a parsed
-    chunk table (views of it, no copy), or any sequence of records with those fields."""
+def payload_columns(refs, fields=("offset", "size", "crc32c")) -> tuple[np.ndarray, ...]:
+    """The ``fields`` columns (uint64; by default ``offset``, ``size`` and ``crc32c``) of payload
+    references: a parsed chunk table (views of it, no copy, but for the 4-byte ``crc32c``), or
+    any sequence of records with those fields."""
     if isinstance(refs, RecordTable):
-        return tuple(refs.column(name).astype(np.uint64, copy=False)
-                     for name in ("offset", "size", "crc32c"))
+        return tuple(refs.column(name).astype(np.uint64, copy=False) for name in fields)
     return tuple(np.array([int(ref[name]) for ref in refs], dtype=np.uint64).reshape(-1)
-                 for name in ("offset", "size", "crc32c"))
+                 for name in fields)
 
 
 def payload_refs(header):
