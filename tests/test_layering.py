@@ -105,3 +105,15 @@ def test_no_module_outside_the_decoder_touches_its_privates():
                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
                 raise AssertionError(f"{path.relative_to(PACKAGE)}:{node.lineno} uses "
                                      f"NrdFile's private {node.attr}")
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """``from .x import _name`` couples two modules through a detail one of them may change."""
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (
+                    node.level or (node.module or "").startswith("nncodec_rd")):
+                for alias in node.names:
+                    assert not (alias.name.startswith("_") and not alias.name.startswith("__")), \
+                        f"{path.relative_to(PACKAGE)}:{node.lineno} imports {alias.name}"

@@ -113,6 +113,12 @@ def _pools() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return calibration, evaluation
 
 
+def calibration_pool() -> list[str]:
+    """The whole calibration pool: the sentences :func:`calibration_sentences` draws from (the
+    evaluation pool stays apart)."""
+    return list(_pools()[0])
+
+
 def all_sentences() -> list[str]:
     """Every prose sentence found in ``pydoc_data.topics``, deduplicated and sorted.
 

@@ -320,7 +320,7 @@ def numba_threads(threads: int | None):
         numba.set_num_threads(before)
 
 
-def _check_header_size(buffer, limit: int | None) -> None:
+def check_header_size(buffer, limit: int | None) -> None:
     """Refuse, before parsing it, a header larger than the caller's ``max_header_bytes``."""
     if limit is None:
         return
@@ -418,7 +418,7 @@ class NrdFile:
             self._size_at_open = len(self._map)
             self._buffer = (np.frombuffer(self._map, dtype=np.uint8) if len(self._map)
                             else np.empty(0, np.uint8))
-            _check_header_size(self._map, max_header_bytes)
+            check_header_size(self._map, max_header_bytes)
             self.preamble, self.header, _ = read_container(self._map)
         except BaseException:
             self.close()

@@ -21,7 +21,7 @@ from .reader import (
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_TRANSFORM_WORK,
     NrdFile,
-    _check_header_size,
+    check_header_size,
     numpy_dtype,
 )
 
@@ -66,7 +66,7 @@ def validate_file(path, *, max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYT
     except OSError as error:
         return [NrdError(f"cannot read {path}: {error.strerror}", code=ErrorCode.IO)]
     try:
-        _check_header_size(data, max_header_bytes)
+        check_header_size(data, max_header_bytes)
         _, header, errors = read_container(data, collect=True)
     except NrdError as error:
         return [error]

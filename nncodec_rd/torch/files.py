@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from .. import api
-from .model_encoder import _to_torch, compress, load_into
+from .model_encoder import compress, load_into
+from .state_dict import numpy_to_tensor
 from .state_dict import tensor_to_numpy
 
 
@@ -46,7 +47,7 @@ def load_file(path, device: str | torch.device = "cpu", threads: int | None = No
     decoded = api.load_file(path, threads=threads, max_output_bytes=max_output_bytes,
                             memory_map=memory_map, max_transform_work=max_transform_work,
                             max_header_bytes=max_header_bytes)
-    return {name: _to_torch(array).to(device) for name, array in decoded.items()}
+    return {name: numpy_to_tensor(array).to(device) for name, array in decoded.items()}
 
 
 class TorchFile:
@@ -67,10 +68,10 @@ class TorchFile:
         return self._handle.info(name)
 
     def get_tensor(self, name) -> torch.Tensor:
-        return _to_torch(self._handle.get_tensor(name)).to(self.device)
+        return numpy_to_tensor(self._handle.get_tensor(name)).to(self.device)
 
     def get_rows(self, name, start: int, stop: int) -> torch.Tensor:
-        return _to_torch(self._handle.get_rows(name, start, stop)).to(self.device)
+        return numpy_to_tensor(self._handle.get_rows(name, start, stop)).to(self.device)
 
     def get_slice(self, name):
         return _TorchSlice(self._handle.get_slice(name), self.device)
@@ -97,7 +98,7 @@ class _TorchSlice:
         return self._view.get_dtype()
 
     def __getitem__(self, index) -> torch.Tensor:
-        return _to_torch(self._view[index]).to(self._device)
+        return numpy_to_tensor(self._view[index]).to(self._device)
 
 
 def save_model(model: torch.nn.Module, path, calibration_batches=None, **options):

@@ -29,7 +29,7 @@ from ..encoder.writer import NrdWriter
 from .hessians import (collect_hessians, find_layers, first_tensor, matrix_to_stored_layout,
                        run_batch, weight_matrix)
 from .progress import Progress
-from .state_dict import tensor_to_numpy
+from .state_dict import numpy_to_tensor, tensor_to_numpy
 
 TRANSFORM_PREFIX = "__transform__/"
 """Names of the matrices of transform-coded layers (spec §6.4) start with this; they are no
@@ -676,20 +676,12 @@ def load_weights(model, weights: dict) -> dict:
                 raise EncoderError(f"{key}: the model has no such parameter or buffer")
             target = state[key]
             previous[key] = target.detach().clone()
-            source = value if isinstance(value, torch.Tensor) else _to_torch(value)
+            source = value if isinstance(value, torch.Tensor) else numpy_to_tensor(value)
             if tuple(source.shape) != tuple(target.shape):
                 raise EncoderError(f"{key}: the file holds shape {tuple(source.shape)}, the model "
                                    f"{tuple(target.shape)}")
             target.copy_(source.to(target.dtype))
     return previous
-
-
-def _to_torch(array: np.ndarray) -> torch.Tensor:
-    array = np.asarray(array)
-    if array.dtype.name == "bfloat16":
-        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-    # not np.ascontiguousarray: it turns a 0-d array (a BatchNorm's num_batches_tracked) 1-d
-    return torch.from_numpy(np.asarray(array, order="C"))
 
 
 def load_into(model, path, *, strict: bool = True, threads: int | None = None):

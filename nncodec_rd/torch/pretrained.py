@@ -64,9 +64,9 @@ def read_text_lines(path) -> list[str]:
 
 def bundled_texts() -> list[str]:
     """The bundled English calibration sentences (see the module docstring)."""
-    from ..benchmarks.sentences import _pools
+    from ..benchmarks.sentences import calibration_pool
 
-    return list(_pools()[0])  # the calibration pool, whole (evaluation text stays apart)
+    return calibration_pool()
 
 
 def is_causal_lm(config) -> bool:

@@ -19,6 +19,18 @@ def tensor_to_numpy(tensor) -> np.ndarray:
     return tensor.numpy().copy()
 
 
+def numpy_to_tensor(array: np.ndarray):
+    """A torch tensor of a NumPy array (``ml_dtypes.bfloat16`` becomes ``torch.bfloat16``);
+    the inverse of :func:`tensor_to_numpy`, sharing memory where torch can."""
+    import torch
+
+    array = np.asarray(array)
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    # not np.ascontiguousarray: it turns a 0-d array (a BatchNorm's num_batches_tracked) 1-d
+    return torch.from_numpy(np.asarray(array, order="C"))
+
+
 def read_state_dict(path) -> dict:
     """Name -> NumPy array from a PyTorch file holding a state dict (or a dict of tensors)."""
     try:
