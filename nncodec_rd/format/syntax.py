@@ -12,6 +12,7 @@ Semantic rules (limits, offsets, table sums, ...) are not checked here but in
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import struct
 from collections.abc import Sequence
@@ -336,13 +337,18 @@ class RecordTable(Sequence):
         return f"RecordTable({len(self)} records of {', '.join(self.array.dtype.names)})"
 
 
+@functools.lru_cache(maxsize=None)
+def _record_dtype(structure: Struct) -> np.dtype:
+    """The NumPy dtype of a :class:`~construct.Struct` of fixed-size numbers (packed, in order)."""
+    return np.dtype([(sub.name, _numpy_format(sub.subcon)) for sub in structure.subcons])
+
+
 class RecordArray(FastArray):
     """An array of a :class:`~construct.Struct` of fixed-size numbers, parsed to a
     :class:`RecordTable` in one read."""
 
     def _parse_all(self, stream, count, context, path):
-        fields = [(sub.name, _numpy_format(sub.subcon)) for sub in self.subcon.subcons]
-        dtype = np.dtype(fields)
+        dtype = _record_dtype(self.subcon)
         data = stream.read(count * dtype.itemsize)
         if len(data) != count * dtype.itemsize:
             raise _Irregular
@@ -447,7 +453,6 @@ def _enum(kind: type[enum.IntEnum], value: int):
         return value
 
 
-_CHUNK_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u8"), ("crc32c", "<u4")])
 _RANS_FIELDS = "<BIQBBBBBBiiI"  # transform_kind ... alphabet_size (spec §7.1)
 
 
@@ -519,10 +524,11 @@ def _walk_rans_body(view: memoryview, base: int, position: int, end: int) -> Con
         raise _Irregular
     position += 12
     body["rows_per_chunk"], body["chunk_count"] = rows_per_chunk, chunk_count
-    size = chunk_count * _CHUNK_DTYPE.itemsize
+    chunk_dtype = _record_dtype(PayloadRef)  # declared below; the walk runs after import
+    size = chunk_count * chunk_dtype.itemsize
     if position + size != end:
         raise _Irregular
-    body["chunks"] = RecordTable(np.frombuffer(_take(view, position, size), _CHUNK_DTYPE))
+    body["chunks"] = RecordTable(np.frombuffer(_take(view, position, size), chunk_dtype))
     return body
 
 

@@ -12,6 +12,7 @@ import bisect
 import math
 
 import numpy as np
+from construct import Container
 
 from .constants import (
     DTYPE_SIZE_BYTES,
@@ -465,14 +466,7 @@ def payload_refs(header):
     (a generator of ``(field, ref)``; ``ref`` has ``offset``, ``size`` and ``crc32c``)."""
     table = PayloadTable(header)
     for index in range(len(table)):
-        yield table.field(index), _Ref(**table.ref(index))
-
-
-class _Ref:
-    __slots__ = ("offset", "size", "crc32c")
-
-    def __init__(self, offset: int, size: int, crc32c: int):
-        self.offset, self.size, self.crc32c = offset, size, crc32c
+        yield table.field(index), Container(table.ref(index))
 
 
 def _canonical_count(offsets, sizes, expected_first: int, file_size: int) -> int:
