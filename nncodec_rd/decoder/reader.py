@@ -61,10 +61,10 @@ DEFAULT_MAX_OUTPUT_BYTES = min(64 << 30, _physical_memory_bytes() or 64 << 30)
 DEFAULT_MAX_TRANSFORM_WORK = 1 << 38
 
 #: The largest header a file may have unless the caller says otherwise: 100 MiB (safetensors
-#: refuses headers over 100 MB). The spec allows 256 MiB (§9). An open costs about 2.5 bytes of
+#: refuses headers over 100 MB). The spec allows 256 MiB (§9). An open costs about 2 bytes of
 #: memory per header byte of chunk tables, but 15 of metadata entries and 40 of tiny tensor
 #: records, each a Python object (docs/opening-files.md): 100 MiB bounds what a hostile header
-#: can make an open cost to about 2 GB and 50 s. A real model's header is far smaller (a 70 B
+#: can make an open cost to about 2 GB and 35 s. A real model's header is far smaller (a 70 B
 #: model in chunks of 2^16 weights: about a million chunk entries, 20 MB). ``None``: the spec's
 #: limit only.
 DEFAULT_MAX_HEADER_BYTES = 100 << 20
