@@ -1068,6 +1068,10 @@ def right_matrix_values(rec, coeff_values, t_values):
     binary64 addition, round to nearest, ties to even (RN64)."""
     rows, n_cols, K = rec.rows, rec.row_length, rec.rans.coded_row_length
     out = []
+    if n_cols == 0:
+        # No element: the loops below would still count through up to 2^40
+        # rows of nothing (found by fuzzing; docs/fuzzing.md).
+        return out
     for r in range(rows):
         for j in range(n_cols):
             s = 0.0

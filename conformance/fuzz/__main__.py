@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 
 from . import TARGETS
-from .common import MAX_INPUT_BYTES, MEMORY_CEILING_BYTES, SECONDS_PER_INPUT, TIMEOUT_SECONDS
+from .common import (
+    ATHERIS_SLOWDOWN,
+    MAX_INPUT_BYTES,
+    MEMORY_CEILING_BYTES,
+    SECONDS_PER_INPUT,
+    TIMEOUT_SECONDS,
+)
 
 
 def _have_atheris() -> bool:
@@ -31,6 +37,11 @@ def _have_atheris() -> bool:
     except ImportError:
         return False
     return True
+
+
+# The built-in engine's share of draws from inputs over LARGE_INPUT_BYTES.
+LARGE_INPUT_BYTES = 1 << 16
+LARGE_INPUT_SHARE = 0.01
 
 
 def builtin_engine(target: str, corpus: list[Path], seconds: float, crashes: Path,
@@ -43,13 +54,20 @@ def builtin_engine(target: str, corpus: list[Path], seconds: float, crashes: Pat
     from .mutate import mutate
 
     module = importlib.import_module(f"conformance.fuzz.{target}")
-    pool = [path.read_bytes() for folder in corpus for path in sorted(folder.glob("*"))
-            if path.is_file()]
+    inputs = [path.read_bytes() for folder in corpus for path in sorted(folder.glob("*"))
+              if path.is_file()]
+    # Large inputs (the large-header seeds and what grew from them) cost 50 to 300 times a small
+    # one to mutate and decode: drawn as often as the others they would take most of the run, so
+    # they get a fixed share of the draws instead (libFuzzer's scheduler also favours fast inputs).
+    pools = ([d for d in inputs if len(d) <= LARGE_INPUT_BYTES],
+             [d for d in inputs if len(d) > LARGE_INPUT_BYTES])
     outcomes: set = set()
     rng = random.Random(seed)
     deadline = time.time() + seconds
     found = 0
     while time.time() < deadline:
+        pool = pools[1] if pools[1] and (not pools[0] or rng.random() < LARGE_INPUT_SHARE) \
+            else pools[0]
         data = mutate(rng.choice(pool), MAX_INPUT_BYTES, rng.getrandbits(32)) if pool else b""
         before = dict(module.STATS.outcomes)
         try:
@@ -64,7 +82,7 @@ def builtin_engine(target: str, corpus: list[Path], seconds: float, crashes: Pat
         new = set(module.STATS.outcomes) - set(before)
         if new - outcomes:
             outcomes |= new
-            pool.append(data)
+            pools[len(data) > LARGE_INPUT_BYTES].append(data)
             (corpus[0] / hashlib.sha1(data).hexdigest()).write_bytes(data)
     module.STATS.flush()
     return found
@@ -93,10 +111,11 @@ def _start_target(target: str, seconds: float, out: Path, engine: str, replica: 
     env = dict(os.environ, NRD_FUZZ_STATS=str(stats), NRD_FUZZ_FINDINGS=str(out / "findings" / target),
                NUMBA_NUM_THREADS="1")
     if engine == "atheris":
+        env["NRD_FUZZ_SLOWDOWN"] = str(ATHERIS_SLOWDOWN)
         regressions = Path(__file__).resolve().parent / "regressions"
         command = [sys.executable, "-m", "conformance.fuzz.atheris_run", target, str(corpus),
                    str(out / "seeds"), str(regressions), f"-max_total_time={int(seconds)}",
-                   f"-timeout={TIMEOUT_SECONDS}", "-rss_limit_mb=4096",
+                   f"-timeout={TIMEOUT_SECONDS * ATHERIS_SLOWDOWN}", "-rss_limit_mb=4096",
                    f"-max_len={MAX_INPUT_BYTES}", f"-artifact_prefix={out / 'crashes'}/{target}-",
                    "-print_final_stats=1", *([f"-seed={replica + 1}"] if replica is not None else [])]
     else:
@@ -137,7 +156,7 @@ def _merge(reports: list[dict]) -> dict:
             max(r.get(key, 0) for r in reports)
     merged["executions_per_second"] = round(sum(r.get("executions_per_second", 0)
                                                 for r in reports), 1)
-    for key in ("max_seconds_one_input", "max_peak_traced_bytes", "max_input_bytes"):
+    for key in ("max_seconds_one_input", "max_peak_bytes", "max_input_bytes"):
         merged[key] = max(r.get(key, 0) for r in reports)
     for key in ("outcomes", "findings"):
         total: dict = {}
@@ -155,9 +174,10 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets")
     parser.add_argument("--engine", choices=["auto", "atheris", "builtin"], default="auto")
     parser.add_argument("--out", default="out/fuzz")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="processes per target; above 1 every target runs at once, each "
-                             "process for the whole --minutes (a machine of many cores)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="processes per target, every target at once, each process for the "
+                             "whole --minutes (0, the default: one target after another, "
+                             "sharing --minutes)")
     parser.add_argument("--builtin-child", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--replica", type=int, default=0, help=argparse.SUPPRESS)
@@ -177,7 +197,7 @@ def main(argv=None) -> int:
     from .seeds import write_seeds
 
     seed_count = write_seeds(out / "seeds")
-    if args.jobs > 1:
+    if args.jobs >= 1:
         seconds = max(10, int(args.minutes * 60))
         print(f"{len(targets)} targets x {args.jobs} processes x {seconds} s at once with "
               f"{engine}; {seed_count} seeds in {out / 'seeds'}", flush=True)
@@ -197,7 +217,7 @@ def main(argv=None) -> int:
         reports.append(report)
         print(f"{target}: {report.get('executions', 0)} inputs, "
               f"{report.get('executions_per_second', 0)}/s, slowest {report.get('max_seconds_one_input')} s, "
-              f"peak {report.get('max_peak_traced_bytes', 0) / 2**20:.1f} MiB traced, "
+              f"peak {report.get('max_peak_bytes', 0) / 2**20:.1f} MiB, "
               f"corpus {report['corpus_files']} files, crashes {len(report['crashes'])}, "
               f"findings {report.get('findings', {})}", flush=True)
     summary = dict(machine=f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",

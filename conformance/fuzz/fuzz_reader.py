@@ -1,4 +1,5 @@
-"""Fuzz target: the production decoder, :class:`NrdFile`, opened with ``max_output_bytes``.
+"""Fuzz target: the production decoder, :class:`NrdFile`, opened with ``max_output_bytes`` and
+``max_transform_work``.
 
 Per input: open it, read its metadata and every tensor's info, decode every tensor, a small row
 range of each (rows 1 to 3, and into ``out=``) and the indices of coded tensors. Contract: each
@@ -13,7 +14,14 @@ from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.format.constants import Coding
 from nncodec_rd.format.errors import NrdError, OutputTooLargeError
 
-from .common import MAX_OUTPUT_BYTES, ContractViolation, ScratchFile, Stats, warm_up
+from .common import (
+    MAX_OUTPUT_BYTES,
+    MAX_TRANSFORM_WORK,
+    ContractViolation,
+    ScratchFile,
+    Stats,
+    warm_up,
+)
 
 STATS = Stats("fuzz_reader")
 SCRATCH = ScratchFile()
@@ -21,7 +29,7 @@ SCRATCH = ScratchFile()
 
 def _calls(handle: NrdFile, name: str):
     """The decoding calls made for one tensor, each on its own (a fault stops only that call)."""
-    record = handle.header.tensors[handle._index[name]]
+    record = handle.record(name)
     yield lambda: handle.info(name)
     yield lambda: handle.get_tensor(name)
     if len(record.shape) >= 1:
@@ -43,7 +51,8 @@ def _calls(handle: NrdFile, name: str):
 def _run(data: bytes) -> str:
     path = SCRATCH.write(data)
     try:
-        handle = NrdFile(path, threads=1, max_output_bytes=MAX_OUTPUT_BYTES)
+        handle = NrdFile(path, threads=1, max_output_bytes=MAX_OUTPUT_BYTES,
+                         max_transform_work=MAX_TRANSFORM_WORK)
     except NrdError as error:
         return f"open:{error.code.slug}"
     outcome = "ok"

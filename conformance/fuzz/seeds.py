@@ -7,6 +7,8 @@
   chunks, a right-matrix transform, metadata of every type, raw tensors of every dtype, 0-d and
   empty tensors, and the spec's Annex A file;
 * one-symbol "output bombs": tiny files declaring large tensors (the spec §9 note);
+* transform bombs: tiny files whose right-matrix products take 2^18 to 2^36 multiply-adds;
+* large headers: 4,096 chunk entries, 8,192 metadata entries, 500 tensor records;
 * files drawn from the Hypothesis strategy :func:`conformance.strategies.nrd_files`;
 * every ``.nrd`` of ``conformance/vectors/`` (the frozen conformance vectors), when present.
 
@@ -150,6 +152,63 @@ def output_bombs() -> dict[str, bytes]:
                 ("4TiB", 1 << 20, 1 << 20, 1 << 12)]}
 
 
+def transform_bomb(rows: int, inner: int, columns: int) -> bytes:
+    """A conforming file of a few hundred bytes whose tensor ``product`` is the right-matrix
+    product (spec §6.4) of ``rows x inner`` coefficients by an ``inner x columns`` matrix, both of
+    one-symbol tables: ``rows * inner * columns`` multiply-adds to decode."""
+    from conformance.mutators import mutate_header
+    from nncodec_rd.format.grids import EntropySettings, RightMatrixTransform, UniformGrid
+
+    one_chunk = EntropySettings(symbols_per_chunk=8)
+    small = _write(lambda w: (
+        w.add_indices("product", np.ones((1, 1), np.int64), UniformGrid(0.5), "float32",
+                      transform=RightMatrixTransform("basis"), settings=one_chunk),
+        w.add_indices("basis", np.ones((1, 1), np.int64), UniformGrid(0.5), "float32",
+                      settings=one_chunk)))
+
+    def grow(header, payloads):
+        product, basis = header["tensors"]
+        product["shape"], basis["shape"] = [rows, columns], [inner, columns]
+        product["body"]["coded_row_length"] = inner
+        basis["body"]["coded_row_length"] = columns
+        for record in (product, basis):
+            body = record["body"]
+            body["rows_per_chunk"] = record["shape"][0]
+            body["chunk_count"] = 1
+    return mutate_header(small, grow)
+
+
+def transform_bombs() -> dict[str, bytes]:
+    """Small files whose transform products are large: within the fuzz targets' work bound
+    (2^18 and 2^27 multiply-adds), at it, and far beyond (2^36, the output arrays at 64 MiB)."""
+    return {f"transform_bomb_{label}": transform_bomb(rows, inner, columns)
+            for label, rows, inner, columns in [
+                ("2_18", 64, 64, 64), ("2_27", 512, 512, 512), ("2_28", 512, 1024, 512),
+                ("2_36", 4096, 4096, 4096)]}
+
+
+def large_headers() -> dict[str, bytes]:
+    """Conforming files whose headers are large (75 to 350 KB): many chunk entries, many
+    metadata entries, many tensor records: the parser's cost grows with the header (issue of
+    opening cost, docs/opening-files.md)."""
+    from nncodec_rd.format.grids import UniformGrid
+
+    def many_metadata(w):
+        w.add_indices("w", np.arange(8).reshape(2, 4), UniformGrid(0.5), "float32")
+    many_metadata.metadata = {f"k{i}": (i if i % 3 else f"v{i}") for i in range(8192)}
+
+    def many_tensors(w):
+        for i in range(500):
+            if i % 2:
+                w.add_raw(f"t{i}", np.full((1,), i, np.float32))
+            else:
+                w.add_indices(f"t{i}", np.array([[i % 5]]), UniformGrid(0.5), "float32")
+
+    return {"large_header_chunks_4096": one_symbol_file(4096, 8, 1),
+            "large_header_metadata_8192": _write(many_metadata),
+            "large_header_tensors_500": _write(many_tensors)}
+
+
 def strategy_files(count: int = 40) -> list[bytes]:
     """``count`` files drawn (derandomized) from :func:`conformance.strategies.nrd_files`."""
     from hypothesis import HealthCheck, Phase, given, settings
@@ -178,7 +237,8 @@ def vector_files() -> dict[str, bytes]:
 
 def all_seeds(strategy_count: int = 40) -> dict[str, bytes]:
     """Every seed by name, those over the fuzzers' input size left out."""
-    seeds = {**feature_files(), **output_bombs(), **vector_files()}
+    seeds = {**feature_files(), **output_bombs(), **transform_bombs(), **large_headers(),
+             **vector_files()}
     for data in strategy_files(strategy_count):
         seeds[f"strategy_{hashlib.sha1(data).hexdigest()[:10]}"] = data
     return {name: data for name, data in seeds.items() if len(data) <= MAX_INPUT_BYTES}
