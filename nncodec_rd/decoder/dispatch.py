@@ -228,6 +228,10 @@ def right_matrix_product(coefficients, matrix, output_kind, out_f32, out_u16,
     """spec §6.4 (see :func:`~nncodec_rd.decoder.kernels.right_matrix_rows`), rows spread over
     threads."""
     rows = coefficients.shape[0]
+    if matrix.shape[1] == 0:
+        # No element to compute: the kernel would still count through every row, and a
+        # conforming file may declare 2^40 rows of nothing (found by fuzzing, docs/fuzzing.md).
+        return
     work = rows * coefficients.shape[1] * max(matrix.shape[1], 1)
     threads = max(1, min(thread_count(threads), rows, work // (MIN_SYMBOLS_PER_THREAD * 16)))
     bounds = [rows * t // threads for t in range(threads + 1)]  # zero rows: one empty range

@@ -1,6 +1,9 @@
 """The right-matrix product's work is bounded (issue 17, item 6): a file of a few hundred bytes
 can declare a product of hours (one-symbol tables code any number of coefficients)."""
 
+import builtins
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -57,3 +60,31 @@ def test_the_command_line_says_it_in_one_line(tmp_path, capsys, command):
     text = captured.err + captured.out
     assert "output_too_large" in text and "max_transform_work" in text
     assert not (tmp_path / "t.npz").exists()
+
+
+REGRESSIONS = Path(__file__).resolve().parents[2] / "conformance" / "fuzz" / "regressions"
+
+
+def test_a_product_of_no_columns_does_no_work_whatever_its_rows(monkeypatch):
+    # Found by fuzzing: a 384-byte file whose tensor is 2^32 rows of nothing made both decoders
+    # count through every row (3 s here, 5 minutes in the spec-literal decoder).
+    from conformance import spec_literal_decoder as literal
+    from nncodec_rd.decoder import dispatch, kernels
+
+    def no_product_kernel(kernel, *arguments):
+        assert kernel is not kernels.right_matrix_rows, "the product kernel ran for no element"
+        return original(kernel, *arguments)
+
+    original = dispatch.call
+    monkeypatch.setattr(dispatch, "call", no_product_kernel)
+    path = REGRESSIONS / "transform_2_32_rows_no_columns.nrd"
+    with NrdFile(path) as handle:
+        assert handle.get_tensor("t0").shape == (1 << 32, 0)
+    def short_range(*arguments):  # the spec-literal decoder's loops count through range()
+        counted = builtins.range(*arguments)
+        assert len(counted) < 1 << 24, f"a loop of {len(counted)} steps"
+        return counted
+
+    monkeypatch.setattr(literal, "range", short_range, raising=False)
+    decoded = literal.decode_file(path.read_bytes())
+    assert decoded["t0"][1] == (1 << 32, 0) and decoded["t0"][2] == b""
