@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test test-transformers-min docs fuzz fuzz-long bench bench-cold bench-rd bench-grid bench-lazy bench-any-size clean
+.PHONY: setup demo test test-transformers-min docs fuzz fuzz-long bench bench-cold bench-rd bench-grid bench-lazy bench-any-size bench-ray clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: the CPU wheel lies on this machine's disk; a bare `torch` pulls a CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[torch,test,bench]'
+	$(PIP) install -q -e '.[torch,test,bench,ray]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -108,6 +108,11 @@ bench-lazy: $(VENV)/.demo-installed
 bench-any-size: $(VENV)/.demo-installed
 	mkdir -p bench/results
 	$(PY) bench/any_size.py --json bench/results/any_size.json
+
+# The same encode in this process and on local Ray clusters of 1, 2 and 4 workers (docs/ray.md).
+bench-ray: $(VENV)/.demo-installed
+	mkdir -p bench/results
+	$(PY) bench/ray_encode.py --configs local,ray:1,ray:2,ray:4 --json bench/results/ray_encode.json
 
 clean:
 	rm -rf $(VENV) $(TRANSFORMERS_MIN_DIR) out .hypothesis .pytest_cache docs/_build

@@ -248,7 +248,8 @@ def _encode_folder(arguments) -> int:
         per_channel=arguments.per_row, act_order=not arguments.no_act_order,
         sensitivity=not arguments.no_sensitivity, metadata=metadata,
         sequences=arguments.calibration_sequences, resume=arguments.resume,
-        target_fidelity=arguments.target_fidelity, target_bpw=arguments.target_bpw, **options)
+        target_fidelity=arguments.target_fidelity, target_bpw=arguments.target_bpw,
+        executor=arguments.ray, **options)
     fidelity = ""
     if outcome.fidelity is not None:
         fidelity = (f"; output fidelity {outcome.fidelity:.4f} (mean cosine on held-out "
@@ -354,6 +355,8 @@ def _check_encode_arguments(parser, arguments) -> None:
                          "MODULE:FUNCTION)")
         if arguments.method not in (None, "rtn"):
             parser.error(f"--method {arguments.method} needs calibration data: give --calibration")
+        if arguments.ray is not None:
+            given.append("--ray")
         if given:
             parser.error(f"{given[0]} needs a model: give --calibration or --model (the data-free "
                          f"encoder of a weights file sets its grid with --step, --relative-step "
@@ -564,7 +567,8 @@ def _encode_model(arguments) -> int:
                       per_channel=arguments.per_row, grid_scale=grid_scale,
                       grid_choice=grid_choice,
                       act_order=not arguments.no_act_order, entropy=settings,
-                      sensitivity=not arguments.no_sensitivity, metadata=metadata, progress=True)
+                      sensitivity=not arguments.no_sensitivity, metadata=metadata, progress=True,
+                      executor=arguments.ray)
     print(f"wrote {arguments.output}: {result.size_bytes} bytes, {result.bits_per_weight:.3f} bits "
           f"per coded weight ({result.coded_weights} weights), method {result.method}, lambda "
           f"{result.lam:.4g}, in {time.perf_counter() - start:.2f} s", file=sys.stderr)
@@ -777,6 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="context model of the entropy coder")
     encode.add_argument("--metadata", action="append", metavar="KEY=VALUE",
                         help="file metadata entry (repeatable)")
+    encode.add_argument("--ray", metavar="ADDRESS",
+                        help="quantize the layers as Ray tasks (pip install 'nncodec-rd[ray]'): "
+                             "local (a Ray instance on this machine for this run), auto (the "
+                             "cluster started here with ray start --head) or HOST:PORT; the "
+                             "file is the same as without (with a model or a model folder)")
     data_free = encode.add_argument_group("data-free encoder of a weights file (no model)")
     grid = data_free.add_mutually_exclusive_group()
     grid.add_argument("--step", type=float, help="absolute grid step")

@@ -1,5 +1,6 @@
 """The import directions of the README's layout hold: format imports nothing else of the package, the decoder
-only format, torch only in encoder/ and torch/, nothing imports conformance or tests."""
+only format, torch only in encoder/ and torch/, ray only in the encoder's executor, nothing imports
+conformance or tests."""
 
 import ast
 from pathlib import Path
@@ -52,6 +53,15 @@ def test_torch_only_in_encoder_and_torch():
             continue
         for name in imports_of(path):
             assert name.split(".")[0] != "torch", (path, name)
+
+
+def test_ray_only_in_the_executor():
+    """Ray is an optional extra: only the executor imports it (inside RayExecutor)."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).as_posix() == "encoder/executor.py":
+            continue
+        for name in imports_of(path):
+            assert name.split(".")[0] != "ray", (path, name)
 
 
 def test_nothing_imports_conformance_or_tests():

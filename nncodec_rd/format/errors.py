@@ -75,6 +75,11 @@ class NrdError(Exception):
         self.message = message
         super().__init__(self._render())
 
+    def __reduce__(self):
+        # Pickled (Ray tasks, multiprocessing) as its class, arguments and fields: the default
+        # would call __init__ with the rendered message and render it a second time.
+        return _restore_error, (type(self), self.args, dict(self.__dict__))
+
     def _render(self) -> str:
         where = []
         if self.field:
@@ -83,6 +88,13 @@ class NrdError(Exception):
             where.append(f"at byte {self.offset}")
         prefix = f"{self.code.slug}: " + (" ".join(where) + ": " if where else "")
         return prefix + self.message
+
+
+def _restore_error(cls, args, fields):
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(fields)
+    return error
 
 
 class FormatError(NrdError, ValueError):

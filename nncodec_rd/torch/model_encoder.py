@@ -20,6 +20,7 @@ import torch
 
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, RightMatrixTransform, UniformGrid
+from ..encoder.executor import executor_from, open_executor
 from ..encoder.methods import DEFAULT_GRID_CHOICE, model_entropy_settings
 from ..encoder.obs import (LayerProblem, LayerResult, QuantizerSettings, layer_distortion,
                            quantize_layer)
@@ -81,6 +82,9 @@ class CompressionResult:
     (:class:`~nncodec_rd.encoder.fidelity.SqnrReport`), where the encoder recorded them."""
     fidelity: float | None = None
     """The model output's mean cosine on held-out data, where a fidelity target was given."""
+    quantize_seconds: float = 0.0
+    """Wall time of the quantization phase: the layers quantized (wherever the executor ran
+    them) and written, calibration and the rest of the encode not included."""
 
     @property
     def bits_per_weight(self) -> float:
@@ -174,9 +178,11 @@ class ModelEncoder:
     def __init__(self, model, calibration_batches, *, include=None, per_channel: bool = False,
                  embedding_smoothing: float = 1.0, sensitivity: bool = True,
                  sensitivity_batches: int = 1, sensitivity_exponent: float = 0.7,
-                 progress=True):
+                 progress=True, executor=None):
         self.model = model
         self.progress = Progress(progress)
+        # Where the layers are quantized (nncodec_rd.encoder.executor); the file is the same.
+        self.executor = executor_from(executor)
         layers = find_layers(model, include)
         if not layers:
             raise EncoderError("the model has no supported layers (Linear, Conv1d/2d, Embedding, "
@@ -346,15 +352,19 @@ class ModelEncoder:
         if settings.method in TRANSFORM_METHODS:
             return self._quantize_transform(settings)
         results = {}
-        for number, layer in enumerate(self.layers, 1):
-            self.progress.step(f"{settings.method} lambda={settings.lam:.3g}", number,
-                               len(self.layers), f"{layer.parameter} "
-                               f"{'x'.join(map(str, layer.problem.weights.shape))}")
-            start = time.perf_counter()
-            layer_settings = replace(settings, per_channel=layer.per_channel,
-                                      lam=settings.lam / layer.sensitivity)
-            results[layer.parameter] = (quantize_layer(layer.problem, layer_settings),
-                                        time.perf_counter() - start)
+        # Every layer is independent here: the executor may quantize them all at once (Ray).
+        outcomes = self.executor.map(
+            (layer.problem, replace(settings, per_channel=layer.per_channel,
+                                    lam=settings.lam / layer.sensitivity))
+            for layer in self.layers)
+        try:
+            for number, layer in enumerate(self.layers, 1):
+                self.progress.step(f"{settings.method} lambda={settings.lam:.3g}", number,
+                                   len(self.layers), f"{layer.parameter} "
+                                   f"{'x'.join(map(str, layer.problem.weights.shape))}")
+                results[layer.parameter] = next(outcomes)
+        finally:
+            outcomes.close()
         return results
 
     def reconstruction(self, results: dict) -> dict:
@@ -467,7 +477,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
              embedding_smoothing: float = 1.0, sensitivity: bool = True,
              metadata: dict | None = None,
              progress=True, tolerance: float = 0.01, sequential: bool = False,
-             stack: str | None = None) -> CompressionResult:
+             stack: str | None = None, executor=None) -> CompressionResult:
     """Quantize and entropy-code ``model``'s weights; write an .nrd file.
 
     Parameters
@@ -525,6 +535,12 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         always encoded block by block.
     stack:
         With ``sequential``, the module name of the stack of blocks if the guess is wrong.
+    executor:
+        Where the layers are quantized (:mod:`nncodec_rd.encoder.executor`): ``None`` for this
+        process; a Ray address (``"local"``, ``"auto"``, ``"HOST:PORT"``) or a
+        :class:`~nncodec_rd.encoder.executor.RayExecutor` for Ray tasks (the ``ray`` extra;
+        docs/ray.md). The file is byte for byte the same. The transform methods' matrices are
+        computed in this process.
 
     Returns
     -------
@@ -541,58 +557,64 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     # Check the settings before the slow part (Hessians, sensitivities).
     QuantizerSettings(method=method, lam=1.0 if lam is None else lam, per_channel=per_channel,
                       grid_scale=grid_scale, act_order=act_order, grid_choice=grid_choice)
-    if sequential:
-        return _compress_sequential(model, calibration_batches, method=method, lam=lam,
-                                    target_bpw=target_bpw, target_metric=target_metric, path=path,
-                                    per_channel=per_channel, grid_scale=grid_scale,
-                                    act_order=act_order, grid_choice=grid_choice, entropy=entropy,
-                                    include=include, embedding_smoothing=embedding_smoothing,
-                                    sensitivity=sensitivity, metadata=metadata, progress=progress,
-                                    stack=stack)
-    encoder = ModelEncoder(model, calibration_batches, include=include, per_channel=per_channel,
-                           embedding_smoothing=embedding_smoothing, sensitivity=sensitivity,
-                           progress=progress)
-    base = QuantizerSettings(method=method, lam=encoder.default_lam() if lam is None else lam,
-                             per_channel=per_channel, grid_scale=grid_scale, act_order=act_order,
-                             grid_choice=grid_choice,
-                             entropy=entropy or model_entropy_settings())
-    path = os.fspath(path) if path is not None else None
-    if target_bpw is not None:
-        # The smallest λ whose file fits in target_bpw: the best model of that size.
-        _, chosen = search_lam(encoder, base, metadata,
-                               lambda outcome: outcome.bits_per_weight <= target_bpw,
-                               lambda outcome: abs(outcome.bits_per_weight / target_bpw - 1)
-                               <= tolerance)
-        if chosen is None:
-            smallest = min(trial["bits_per_weight"] for trial in encoder.trials)
-            raise EncoderError(f"no λ gives a file of {target_bpw} bits per coded weight or less "
-                               f"(the smallest reached: {smallest:.3f}, with everything not coded "
-                               f"stored raw); the target is out of reach")
-    elif target_metric is not None:
-        def fails(outcome):
-            originals = load_weights(model, encoder.reconstruction(outcome.results))
-            try:
-                return not bool(target_metric(model))
-            finally:
-                load_weights(model, originals)
+    executor, owned = open_executor(executor)
+    try:
+        if sequential:
+            return _compress_sequential(
+                model, calibration_batches, method=method, lam=lam, target_bpw=target_bpw,
+                target_metric=target_metric, path=path, per_channel=per_channel,
+                grid_scale=grid_scale, act_order=act_order, grid_choice=grid_choice,
+                entropy=entropy, include=include, embedding_smoothing=embedding_smoothing,
+                sensitivity=sensitivity, metadata=metadata, progress=progress, stack=stack,
+                executor=executor)
+        encoder = ModelEncoder(model, calibration_batches, include=include,
+                               per_channel=per_channel, embedding_smoothing=embedding_smoothing,
+                               sensitivity=sensitivity, progress=progress, executor=executor)
+        base = QuantizerSettings(method=method,
+                                 lam=encoder.default_lam() if lam is None else lam,
+                                 per_channel=per_channel, grid_scale=grid_scale,
+                                 act_order=act_order, grid_choice=grid_choice,
+                                 entropy=entropy or model_entropy_settings())
+        path = os.fspath(path) if path is not None else None
+        if target_bpw is not None:
+            # The smallest λ whose file fits in target_bpw: the best model of that size.
+            _, chosen = search_lam(encoder, base, metadata,
+                                   lambda outcome: outcome.bits_per_weight <= target_bpw,
+                                   lambda outcome: abs(outcome.bits_per_weight / target_bpw - 1)
+                                   <= tolerance)
+            if chosen is None:
+                smallest = min(trial["bits_per_weight"] for trial in encoder.trials)
+                raise EncoderError(f"no λ gives a file of {target_bpw} bits per coded weight or "
+                                   f"less (the smallest reached: {smallest:.3f}, with everything "
+                                   f"not coded stored raw); the target is out of reach")
+        elif target_metric is not None:
+            def fails(outcome):
+                originals = load_weights(model, encoder.reconstruction(outcome.results))
+                try:
+                    return not bool(target_metric(model))
+                finally:
+                    load_weights(model, originals)
 
-        # The largest λ (smallest file) whose model still passes.
-        chosen, _ = search_lam(encoder, base, metadata, fails)
-        if chosen is None:
-            raise EncoderError("target_metric fails even at the smallest λ tried; the target may "
-                               "be out of reach of this method")
-    else:
-        chosen = base.lam
-    outcome = encoder.encode(replace(base, lam=chosen), path, metadata)
-    outcome.lam_trials = list(encoder.trials)
-    if encoder.progress.enabled and encoder.progress.callback is None:
-        print(outcome.summary(), file=sys.stderr)
-    return outcome
+            # The largest λ (smallest file) whose model still passes.
+            chosen, _ = search_lam(encoder, base, metadata, fails)
+            if chosen is None:
+                raise EncoderError("target_metric fails even at the smallest λ tried; the "
+                                   "target may be out of reach of this method")
+        else:
+            chosen = base.lam
+        outcome = encoder.encode(replace(base, lam=chosen), path, metadata)
+        outcome.lam_trials = list(encoder.trials)
+        if encoder.progress.enabled and encoder.progress.callback is None:
+            print(outcome.summary(), file=sys.stderr)
+        return outcome
+    finally:
+        if owned:
+            executor.close()
 
 
 def _compress_sequential(model, calibration_batches, *, method, lam, target_bpw, target_metric,
                          path, per_channel, grid_scale, act_order, grid_choice, entropy, include,
-                         embedding_smoothing, sensitivity, metadata, progress, stack):
+                         embedding_smoothing, sensitivity, metadata, progress, stack, executor):
     from .sequential import SequentialEncoder
 
     if target_metric is not None:
@@ -602,7 +624,7 @@ def _compress_sequential(model, calibration_batches, *, method, lam, target_bpw,
         raise EncoderError("sequential=True writes as it goes: give path")
     encoder = SequentialEncoder(model, calibration_batches, stack=stack, include=include,
                                 per_channel=per_channel, embedding_smoothing=embedding_smoothing,
-                                sensitivity=sensitivity, progress=progress)
+                                sensitivity=sensitivity, progress=progress, executor=executor)
     settings = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
                                  per_channel=per_channel, grid_scale=grid_scale,
                                  act_order=act_order, grid_choice=grid_choice,

@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+from ..encoder.executor import open_executor
 from ..encoder.methods import DEFAULT_GRID_CHOICE, model_entropy_settings
 from ..encoder.obs import QuantizerSettings
 from ..format.errors import EncoderError
@@ -124,7 +125,8 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                         metadata: dict | None = None, progress=True,
                         resume: bool = False, target_bpw: float | None = None,
                         target_fidelity: float | None = None,
-                        held_out_fraction: float = HELD_OUT_FRACTION) -> CompressionResult:
+                        held_out_fraction: float = HELD_OUT_FRACTION,
+                        executor=None) -> CompressionResult:
     """Encode the Hugging Face model folder ``model_dir`` into the .nrd file ``path``, one block
     at a time (memory: one block, not the model).
 
@@ -143,6 +145,10 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     mean cosine of its output (:func:`output_fidelity`) on the last ``held_out_fraction`` of the
     texts, which the encoder does not calibrate on. λ is searched by whole encodes (about 6 to 9
     of them); the result's ``fidelity`` is the value measured on the file returned.
+
+    ``executor``: where each block's layers are quantized, as in
+    :func:`~nncodec_rd.torch.model_encoder.compress` (a Ray address such as ``"local"`` or
+    ``"auto"``, or a :class:`~nncodec_rd.encoder.executor.RayExecutor`); the same file.
     """
     model_dir = os.fspath(model_dir)
     weights = CheckpointWeights(model_dir)
@@ -182,20 +188,26 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                                  per_channel=per_channel, act_order=act_order,
                                  grid_choice=grid_choice, entropy=model_entropy_settings())
 
+    executor, owned = open_executor(executor)
+
     def encoder_of(model):
         return SequentialEncoder(model, batches, weights=weights, stack=stack,
                                  per_channel=per_channel, sensitivity=sensitivity,
-                                 progress=progress)
+                                 progress=progress, executor=executor)
 
-    if target_fidelity is None:
-        return encoder_of(model).encode(settings, path, metadata, lam=lam,
-                                        journal=os.fspath(path) + JOURNAL_SUFFIX, resume=resume,
-                                        target_bpw=target_bpw)
-    held_batches = text_batches(tokenizer, held_out, causal=causal,
-                                sequences=max(1, min(HELD_OUT_SEQUENCES, sequences)),
-                                sequence_length=sequence_length, batch_size=batch_size)
-    return _encode_to_fidelity(model_dir, path, encoder_of, model, settings, metadata,
-                               held_batches, target_fidelity, progress)
+    try:
+        if target_fidelity is None:
+            return encoder_of(model).encode(settings, path, metadata, lam=lam,
+                                            journal=os.fspath(path) + JOURNAL_SUFFIX,
+                                            resume=resume, target_bpw=target_bpw)
+        held_batches = text_batches(tokenizer, held_out, causal=causal,
+                                    sequences=max(1, min(HELD_OUT_SEQUENCES, sequences)),
+                                    sequence_length=sequence_length, batch_size=batch_size)
+        return _encode_to_fidelity(model_dir, path, encoder_of, model, settings, metadata,
+                                   held_batches, target_fidelity, progress)
+    finally:
+        if owned:
+            executor.close()
 
 
 def split_held_out(texts: list[str], fraction: float = HELD_OUT_FRACTION

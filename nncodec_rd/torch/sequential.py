@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from ..encoder.fidelity import CALIBRATED_WARN_BELOW_DB, SqnrReport
-from ..encoder.obs import QuantizerSettings, lambda_rule_steps, layer_distortion, quantize_layer
+from ..encoder.executor import executor_from
+from ..encoder.obs import QuantizerSettings, lambda_rule_steps, layer_distortion
 from ..encoder.rate_control import LAM_FACTORS, RateController, RateTable, rate_table
 from ..encoder.transform import TRANSFORM_METHODS
 from ..encoder.writer import NrdWriter
@@ -308,13 +309,17 @@ class SequentialEncoder:
         checkpoint's tensors under the checkpoint's names and dtypes, every one of them.
     stack:
         The module name of the stack of blocks, if :func:`find_stack` guesses wrong.
+    executor:
+        Where a unit's layers are quantized (:mod:`nncodec_rd.encoder.executor`): ``None`` for
+        this process, or a :class:`~nncodec_rd.encoder.executor.RayExecutor`. The file is the
+        same either way.
     """
 
     def __init__(self, model, calibration_batches, *, weights: CheckpointWeights | None = None,
                  stack: str | None = None, include=None, per_channel: bool = False,
                  embedding_smoothing: float = 1.0, sensitivity: bool = True,
                  sensitivity_batches: int = 1, sensitivity_exponent: float = 0.7,
-                 progress=True):
+                 progress=True, executor=None):
         if calibration_batches is None:
             raise EncoderError("the sequential encoder needs calibration batches")
         self.model = model
@@ -336,6 +341,7 @@ class SequentialEncoder:
         self.sensitivity_batches = max(1, sensitivity_batches)
         self.sensitivity_exponent = sensitivity_exponent
         self.progress = Progress(progress)
+        self.executor = executor_from(executor)
         self.hessian_seconds = 0.0
         self._check_checkpoint()
 
@@ -426,6 +432,7 @@ class SequentialEncoder:
         self.summaries: list = []
         self.coded_weights = 0
         self.layer_seconds = 0.0
+        self.quantize_seconds = 0.0
         self.sqnr = SqnrReport(advice="give a smaller --lam, or --target-fidelity",
                                warn_below_db=CALIBRATED_WARN_BELOW_DB,
                                evidence="all-MiniLM-L6-v2 encoded so fell to cosine 0.93 at "
@@ -480,6 +487,7 @@ class SequentialEncoder:
                                     float(self.lam), self.summaries, self.hessian_seconds,
                                     time.perf_counter() - start)
         outcome.sqnr = self.sqnr
+        outcome.quantize_seconds = self.quantize_seconds
         if self._controller is not None:
             outcome.lam_trials = list(self._controller.history)
         self.progress(f"{settings.method} lambda={self.lam:.4g}: {size:,} bytes, "
@@ -863,6 +871,13 @@ class SequentialEncoder:
         """Quantize ``layers``, write them, and put their dequantized weights into the model
         (to feed the next unit). Returns the original weights of a model the caller owns, to
         restore (empty when the weights came from the checkpoint)."""
+        started = time.perf_counter()
+        try:
+            return self._quantize_layers(label, layers, modules, writer)
+        finally:
+            self.quantize_seconds += time.perf_counter() - started
+
+    def _quantize_layers(self, label, layers, modules, writer) -> dict:
         if self.lam is None:
             self.lam = self._default_lam(layers)
         control = self._controller is not None and bool(layers)
@@ -875,47 +890,56 @@ class SequentialEncoder:
                           f"{self._controller.correction:.3f})", final=True)
             unit_payload = 0
         originals = {}
-        for number, layer in enumerate(layers, 1):
-            self._layers_started += 1
-            self.progress.step("quantize", self._layers_started, self._layer_total,
-                               f"{label}: layer {number}/{len(layers)} {layer.parameter} "
-                               f"{'x'.join(map(str, layer.problem.weights.shape))}",
-                               seconds_left=self._seconds_left(), milestone=number == 1)
-            started = time.perf_counter()
-            settings = replace(self.settings, per_channel=layer.per_channel,
-                               lam=self.lam / layer.sensitivity)
-            result = quantize_layer(layer.problem, settings)
-            seconds = time.perf_counter() - started
-            self.layer_seconds += seconds
-            payload = write_layer(writer, self._file_name(layer.parameter), layer, result,
-                                  seconds, settings, self.summaries)
-            if control:
-                unit_payload += payload
-            self.coded_weights += layer.problem.weights.size
-            steps = result.steps.astype(np.float32)
-            self.sqnr.add_rows(self._file_name(layer.parameter), layer.problem.weights,
-                               lambda rows: result.indices[rows].astype(np.float32)
-                               * (steps[rows, None] if len(steps) > 1 else steps[0]))
-            self._written.add(layer.parameter)
-            self._quantized[layer.parameter] = layer.parameter
-            for alias in self.ties.get(layer.parameter, []):
-                if alias != layer.parameter:
-                    self._quantized[alias] = layer.parameter
-                    # A tied copy is in the file when the checkpoint has it (or, for a model in
-                    # memory, since its state dict has it), with the same indices.
-                    name = self._file_name(alias)
-                    if self.weights is None or name in self.weights:
-                        write_layer(writer, name, layer, result, seconds, settings, None)
-                        self._written.add(alias)
-            weight = modules[layer.name].weight
-            if self.weights is None:
-                originals[layer.name] = weight.detach().clone()
-            weight.data.copy_(torch.from_numpy(reconstruction_of(layer, result)).to(weight.dtype))
-            # Done with this layer: its float64 weights, Hessian factors and curvatures (several
-            # times the layer's size) go now, not when the whole block is done.
-            layer.problem.cache.clear()
-            layer.problem = None
-            del result
+        # The unit's layers are independent: the executor may quantize them all at once (Ray);
+        # their results are taken, and written, in this order whoever computed them.
+        jobs = [(layer.problem, replace(self.settings, per_channel=layer.per_channel,
+                                        lam=self.lam / layer.sensitivity)) for layer in layers]
+        results = self.executor.map(jobs)
+        try:
+            for number, (layer, (_, settings)) in enumerate(zip(layers, jobs), 1):
+                self._layers_started += 1
+                self.progress.step("quantize", self._layers_started, self._layer_total,
+                                   f"{label}: layer {number}/{len(layers)} {layer.parameter} "
+                                   f"{'x'.join(map(str, layer.problem.weights.shape))}",
+                                   seconds_left=self._seconds_left(), milestone=number == 1)
+                started = time.perf_counter()
+                result, seconds = next(results)  # the layer's own time, wherever it ran
+                # This process's wait (the quantization phase's wall time, with Ray less than the
+                # sum of the layers' times).
+                self.layer_seconds += time.perf_counter() - started
+                payload = write_layer(writer, self._file_name(layer.parameter), layer, result,
+                                      seconds, settings, self.summaries)
+                if control:
+                    unit_payload += payload
+                self.coded_weights += layer.problem.weights.size
+                steps = result.steps.astype(np.float32)
+                self.sqnr.add_rows(self._file_name(layer.parameter), layer.problem.weights,
+                                   lambda rows: result.indices[rows].astype(np.float32)
+                                   * (steps[rows, None] if len(steps) > 1 else steps[0]))
+                self._written.add(layer.parameter)
+                self._quantized[layer.parameter] = layer.parameter
+                for alias in self.ties.get(layer.parameter, []):
+                    if alias != layer.parameter:
+                        self._quantized[alias] = layer.parameter
+                        # A tied copy is in the file when the checkpoint has it (or, for a model in
+                        # memory, since its state dict has it), with the same indices.
+                        name = self._file_name(alias)
+                        if self.weights is None or name in self.weights:
+                            write_layer(writer, name, layer, result, seconds, settings, None)
+                            self._written.add(alias)
+                weight = modules[layer.name].weight
+                if self.weights is None:
+                    originals[layer.name] = weight.detach().clone()
+                weight.data.copy_(torch.from_numpy(reconstruction_of(layer, result))
+                                  .to(weight.dtype))
+                # Done with this layer: its float64 weights, Hessian factors and curvatures
+                # (several times the layer's size) go now, not when the whole block is done.
+                layer.problem.cache.clear()
+                layer.problem = None
+                jobs[number - 1] = None
+                del result
+        finally:
+            results.close()  # a fault here: the tasks not taken yet are cancelled
         if control:
             surveyed = self._survey_tables.get(label)
             self._controller.record(label, self.lam, 8.0 * unit_payload, table.bits(self.lam),

@@ -9,6 +9,7 @@ import torch
 
 import nncodec_rd
 from conformance import spec_literal_decoder as literal
+from nncodec_rd.encoder import executor as executor_module
 from nncodec_rd.encoder.methods import model_entropy_settings
 from nncodec_rd.encoder.obs import QuantizerSettings
 from nncodec_rd.format.errors import EncoderError
@@ -196,7 +197,7 @@ def test_no_partial_output_or_spool_is_left_on_failure(tmp_path, monkeypatch):
     def failing(*args, **kwargs):
         raise EncoderError("a layer failed")
 
-    monkeypatch.setattr(sequential_module, "quantize_layer", failing)
+    monkeypatch.setattr(executor_module, "quantize_layer", failing)
     with pytest.raises(EncoderError, match="a layer failed"):
         encode_folder(tmp_path / "m", tmp_path / "out.nrd", token_batches())
     assert sorted(os.listdir(tmp_path)) == ["m"]

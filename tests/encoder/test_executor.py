@@ -1,0 +1,136 @@
+"""Layers quantized on a real local Ray cluster (nncodec_rd.encoder.executor): the file is byte for
+byte the one encoded in this process, a worker killed in the middle of a task changes nothing, and
+a layer that cannot be quantized stops the encode with its own error and no output.
+
+The cluster is started by the module's fixture (``ray.init(num_cpus=2)``) and torn down after.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nncodec_rd.encoder.executor import LocalExecutor, executor_from, open_executor
+from nncodec_rd.encoder.obs import LayerProblem, QuantizerSettings
+from nncodec_rd.format.errors import EncoderError
+
+
+def test_executor_from_none_is_this_process():
+    executor, owned = open_executor(None)
+    assert isinstance(executor, LocalExecutor) and not owned
+    with pytest.raises(EncoderError, match="executor must be"):
+        executor_from(42)
+
+
+def test_local_executor_is_lazy_and_in_order():
+    problems = [LayerProblem(np.full((2, 4), float(k))) for k in range(3)]
+    settings = QuantizerSettings(method="rtn", step=0.5)
+    results = LocalExecutor().map((problem, settings) for problem in problems)
+    assert [int(result.indices[0, 0]) for result, _ in results] == [0, 2, 4]
+
+
+ray = pytest.importorskip("ray")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from nncodec_rd.encoder.executor import RayExecutor  # noqa: E402
+from nncodec_rd.torch.model_encoder import compress  # noqa: E402
+from tests.torch.test_sequential import encode_folder, llama_folder, token_batches  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of 2 CPUs for this module's tests."""
+    executor = RayExecutor("local", num_cpus=2)
+    assert executor._owns  # started here, so torn down here
+    yield executor
+    executor.close()
+    assert not ray.is_initialized()
+
+
+def test_cluster_file_equals_local_file(tmp_path, cluster):
+    model = llama_folder(tmp_path / "m", blocks=2, hidden=32)
+    encode_folder(tmp_path / "m", tmp_path / "local.nrd", token_batches())
+    encode_folder(tmp_path / "m", tmp_path / "ray.nrd", token_batches(), executor=cluster)
+    assert (tmp_path / "ray.nrd").read_bytes() == (tmp_path / "local.nrd").read_bytes()
+    # The whole-model encoder (every layer of the model a task at once).
+    local = compress(model, token_batches(), path=tmp_path / "w_local.nrd", progress=False)
+    on_ray = compress(model, token_batches(), path=tmp_path / "w_ray.nrd", progress=False,
+                      executor=cluster)
+    assert on_ray.lam == local.lam and on_ray.size_bytes == local.size_bytes
+    assert (tmp_path / "w_ray.nrd").read_bytes() == (tmp_path / "w_local.nrd").read_bytes()
+
+
+def _task_processes() -> list[int]:
+    """Worker processes running a layer task now (Ray titles them ``ray::quantize_timed``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                    if stream.read().startswith(b"ray::quantize_timed"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_worker_killed_in_a_task_still_gives_the_same_file(tmp_path, cluster):
+    llama_folder(tmp_path / "m", blocks=2, hidden=128)
+    encode_folder(tmp_path / "m", tmp_path / "local.nrd", token_batches())
+    killed = []
+    done = threading.Event()
+
+    def kill_one():
+        while not done.is_set() and not killed:
+            for pid in _task_processes():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    try:
+        encode_folder(tmp_path / "m", tmp_path / "ray.nrd", token_batches(), executor=cluster)
+    finally:
+        done.set()
+        killer.join()
+    assert killed, "no layer task was caught running"
+    assert (tmp_path / "ray.nrd").read_bytes() == (tmp_path / "local.nrd").read_bytes()
+
+
+def test_a_failing_layer_stops_the_run_with_its_error_and_no_output(tmp_path, cluster):
+    model = llama_folder(tmp_path / "m", blocks=2, hidden=32)
+    path = tmp_path / "out" / "model.nrd"
+    path.parent.mkdir()
+    # cerwu cannot give each row its own step on a layer with a Hessian: quantize_layer raises
+    # in the worker, and the driver raises the same typed error.
+    with pytest.raises(EncoderError, match="cerwu needs one step") as raised:
+        compress(model, token_batches(), method="cerwu", per_channel=True, path=path,
+                 progress=False, executor=cluster)
+    assert raised.value.code.slug == "encoder_settings"
+    assert "encoder_settings: encoder_settings" not in str(raised.value)
+    assert os.listdir(path.parent) == []
+    with pytest.raises(EncoderError, match="cerwu needs one step"):
+        encode_folder(tmp_path / "m", path, token_batches(), executor=cluster,
+                      per_channel=True)
+    assert os.listdir(path.parent) == []
+
+
+def test_cli_encode_with_ray_writes_the_local_file(tmp_path, cluster, capsys):
+    from nncodec_rd.cli import main
+    from tests.torch.test_pretrained import model_folder, texts_file
+
+    model_folder(tmp_path / "m")
+    texts = texts_file(tmp_path / "texts.txt")
+    common = ["--calibration-text", str(texts), "--calibration-sequences", "2"]
+    assert main(["encode", str(tmp_path / "m"), "-o", str(tmp_path / "local.nrd"), *common]) == 0
+    # "local" finds this process's Ray instance (the fixture's) and leaves it running.
+    assert main(["encode", str(tmp_path / "m"), "-o", str(tmp_path / "ray.nrd"), *common,
+                 "--ray", "local"]) == 0
+    assert ray.is_initialized()
+    assert (tmp_path / "ray.nrd").read_bytes() == (tmp_path / "local.nrd").read_bytes()
