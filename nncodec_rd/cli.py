@@ -221,8 +221,30 @@ def command_encode(arguments) -> int:
     return _encode_model(arguments)
 
 
+@contextlib.contextmanager
+def _executor_of(arguments):
+    """The encode's executor: None (this process), or the Ray of ``--ray`` joined or started
+    first, so that an unreachable cluster is reported before the slow work; stopped at the end
+    if started here."""
+    if arguments.ray is None:
+        yield None
+        return
+    from .encoder.executor import RayExecutor
+
+    executor = RayExecutor(arguments.ray)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
 def _encode_folder(arguments) -> int:
     """A Hugging Face model folder, block by block (nncodec_rd.torch.pretrained)."""
+    with _executor_of(arguments) as executor:
+        return _encode_folder_with(arguments, executor)
+
+
+def _encode_folder_with(arguments, executor) -> int:
     try:
         from .torch.pretrained import compress_pretrained
     except ImportError as error:
@@ -249,7 +271,7 @@ def _encode_folder(arguments) -> int:
         sensitivity=not arguments.no_sensitivity, metadata=metadata,
         sequences=arguments.calibration_sequences, resume=arguments.resume,
         target_fidelity=arguments.target_fidelity, target_bpw=arguments.target_bpw,
-        executor=arguments.ray, **options)
+        executor=executor, **options)
     fidelity = ""
     if outcome.fidelity is not None:
         fidelity = (f"; output fidelity {outcome.fidelity:.4f} (mean cosine on held-out "
@@ -502,6 +524,11 @@ def _load_weights_file(model, path, load_weights) -> dict:
 
 
 def _encode_model(arguments) -> int:
+    with _executor_of(arguments) as executor:
+        return _encode_model_with(arguments, executor)
+
+
+def _encode_model_with(arguments, executor) -> int:
     from .format.grids import EntropySettings
 
     start = time.perf_counter()
@@ -568,7 +595,7 @@ def _encode_model(arguments) -> int:
                       grid_choice=grid_choice,
                       act_order=not arguments.no_act_order, entropy=settings,
                       sensitivity=not arguments.no_sensitivity, metadata=metadata, progress=True,
-                      executor=arguments.ray)
+                      executor=executor)
     print(f"wrote {arguments.output}: {result.size_bytes} bytes, {result.bits_per_weight:.3f} bits "
           f"per coded weight ({result.coded_weights} weights), method {result.method}, lambda "
           f"{result.lam:.4g}, in {time.perf_counter() - start:.2f} s", file=sys.stderr)

@@ -111,9 +111,9 @@ class RayExecutor:
             except EncoderError:
                 raise
             except Exception as error:  # Ray raises ConnectionError, ValueError, RuntimeError
+                reason = str(error).strip().strip("'\"").splitlines()
                 raise EncoderError(f"could not start or join Ray at {address!r}: "
-                                   f"{str(error).splitlines()[0] if str(error) else error!r}"
-                                   ) from None
+                                   f"{reason[0] if reason else type(error).__name__}") from None
             self._owns = True
         resources = {"num_cpus": cpus_per_task}
         if memory_per_task_bytes is not None:

@@ -41,6 +41,25 @@ from nncodec_rd.torch.model_encoder import compress  # noqa: E402
 from tests.torch.test_sequential import encode_folder, llama_folder, token_batches  # noqa: E402
 
 
+def test_an_unreachable_cluster_is_one_typed_line(monkeypatch, tmp_path, capsys):
+    from nncodec_rd.cli import main
+
+    def refuse(**options):
+        raise ConnectionError("'Could not find any running Ray instance.'")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(EncoderError, match="could not start or join Ray at 'auto': Could not"):
+        RayExecutor("auto")
+    # The command line joins Ray before anything slow, prints one line and writes nothing.
+    (tmp_path / "model").mkdir()
+    assert main(["encode", str(tmp_path / "model"), "-o", str(tmp_path / "out.nrd"),
+                 "--ray", "auto"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "could not start or join Ray" in error
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster of 2 CPUs for this module's tests."""
