@@ -31,7 +31,14 @@ from .errors import (
     UnsupportedFeatureError,
     UnsupportedVersionError,
 )
-from .syntax import Header, HeaderStream, LimitViolation, Preamble, RecordTable
+from .syntax import (
+    Header,
+    HeaderStream,
+    LimitViolation,
+    Preamble,
+    RecordTable,
+    SizedFieldOverrun,
+)
 from .validate import Report, validate_header
 
 # The preamble bytes the header checksum covers: everything before header_crc32c.
@@ -39,10 +46,18 @@ CHECKSUMMED_PREAMBLE_BYTES = 24
 
 
 def _construct_path(error: ConstructError) -> str:
+    """``header.tensors[3].body.chunks[1].size`` from construct's ``(parsing) -> tensors ->
+    tensors -> [3] -> body -> ...`` (a documented field is named twice: ``name / field * doc``)."""
     path = getattr(error, "path", None) or ""
     path = path.replace("(parsing)", "").replace("(building)", "").strip()
-    parts = [part.strip() for part in path.split("->") if part.strip()]
-    return ".".join(["header", *parts]) if parts else "header"
+    text = "header"
+    previous = None
+    for part in (part.strip() for part in path.split("->")):
+        if not part or part == previous:
+            continue
+        text += part if part.startswith("[") else f".{part}"
+        previous = part
+    return text
 
 
 def _raise_parse_error(error: Exception, stream, header_end: int) -> None:
@@ -52,6 +67,10 @@ def _raise_parse_error(error: Exception, stream, header_end: int) -> None:
     message = str(error).splitlines()[-1]
     if isinstance(error, LimitViolation):
         raise LimitExceededError(message, field=field, offset=offset) from None
+    if isinstance(error, SizedFieldOverrun):
+        raise FormatError("the field runs past the end of its enclosing size-prefixed field",
+                          field=field, offset=error.offset,
+                          code=ErrorCode.INVALID_VALUE) from None
     if isinstance(error, StreamError) and offset >= header_end:
         raise FormatError("the header's structures run past header_size", field=field,
                           offset=offset, code=ErrorCode.HEADER_SIZE_MISMATCH) from None

@@ -189,6 +189,15 @@ class LimitCheck(Construct):
         return 0
 
 
+class SizedFieldOverrun(ExplicitError):
+    """A field inside a sized field needs more bytes than remain in it: the sized field's fault
+    (``invalid_value``, spec §2.1), even where the Header ends at the same byte."""
+
+    def __init__(self, message: str, path, offset: int):
+        super().__init__(message, path=path)
+        self.offset = offset
+
+
 class ExactPrefixed(Prefixed):
     """A ``Prefixed`` field whose content MUST fill its stated size exactly (no bytes left over)."""
 
@@ -199,7 +208,12 @@ class ExactPrefixed(Prefixed):
             substream = stream.window(length, path)
         else:
             substream = BytesIOWithOffsets.from_reading(stream, length, path)
-        obj = self.subcon._parsereport(substream, context, path)
+        try:
+            obj = self.subcon._parsereport(substream, context, path)
+        except StreamError as error:
+            # spec §2.1: the innermost region holding the field is at fault: this one.
+            raise SizedFieldOverrun(str(error).splitlines()[-1], getattr(error, "path", path),
+                                    substream.tell()) from None
         left = length - (substream.tell() - start)
         if left:
             raise ExplicitError(f"{left} bytes left over inside a field of stated size {length}", path=path)
@@ -286,10 +300,20 @@ class FastArray(Array):
             return self._parse_all(stream, count, context, path)
         except _Irregular:
             stream_seek(stream, start, io.SEEK_SET, path)
-            return super()._parse(stream, context, path)
+            return _parse_elements(self, stream, count, context, path)
 
     def _parse_all(self, stream, count, context, path):
         raise _Irregular
+
+
+def _parse_elements(array: Array, stream, count: int, context, path) -> ListContainer:
+    """``array``'s elements one by one, as construct's Array does, with each element's index in
+    the path of an error (``header.tensors[3].body``)."""
+    elements = ListContainer()
+    for index in range(count):
+        context._index = index
+        elements.append(array.subcon._parsereport(stream, context, f"{path} -> [{index}]"))
+    return elements
 
 
 def _numpy_format(field: FormatField) -> str:
@@ -589,7 +613,7 @@ class TensorRecords(Array):
         if not 0 <= count:
             raise RangeError(f"invalid count {count}", path=path)
         if not isinstance(stream, HeaderStream):
-            return super()._parse(stream, context, path)
+            return _parse_elements(self, stream, count, context, path)
         records = ListContainer()
         for index in range(count):
             try:
@@ -597,7 +621,7 @@ class TensorRecords(Array):
                 stream.position = position
             except (_Irregular, struct.error, IndexError):
                 context._index = index
-                record = self.subcon._parsereport(stream, context, path)
+                record = self.subcon._parsereport(stream, context, f"{path} -> [{index}]")
             records.append(record)
         return records
 

@@ -7,8 +7,7 @@ import struct
 
 import numpy as np
 import pytest
-from construct import Array
-from construct.core import BytesIOWithOffsets
+from construct.core import BytesIOWithOffsets, evaluate
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conformance.strategies import nrd_files
@@ -35,9 +34,13 @@ def _outcome(data: bytes):
 
 def _by_declaration(data: bytes, monkeypatch):
     """:func:`_outcome` with every fast path off: construct parses each element from a copy."""
+    def element_by_element(self, stream, context, path):
+        # construct's Array._parse, with each element's index in an error's path
+        return syntax._parse_elements(self, stream, evaluate(self.count, context), context, path)
+
     with monkeypatch.context() as patch:
-        patch.setattr(syntax.FastArray, "_parse", Array._parse)
-        patch.setattr(syntax.TensorRecords, "_parse", Array._parse)
+        patch.setattr(syntax.FastArray, "_parse", element_by_element)
+        patch.setattr(syntax.TensorRecords, "_parse", element_by_element)
         patch.setattr(container.HeaderStream, "over", staticmethod(
             lambda buffer, start, end: BytesIOWithOffsets(bytes(buffer[start:end]), None, start)))
         patch.setattr(BytesIOWithOffsets, "release", lambda self: None, raising=False)

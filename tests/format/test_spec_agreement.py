@@ -53,3 +53,30 @@ def test_annex_hex_decodes_to_the_printed_values(tmp_path):
     assert np.array_equal(decoded.view(np.uint32), printed.view(np.uint32))
     expected = np.float32(annex_example.EXAMPLE_STEP) * annex_example.EXAMPLE_INDICES.astype(np.float32)
     assert np.array_equal(decoded, expected)
+
+
+REGRESSIONS = Path(__file__).resolve().parents[2] / "conformance" / "fuzz" / "regressions"
+
+
+def test_a_field_past_its_sized_field_is_that_fields_fault_where_the_header_also_ends():
+    # spec §2.1: the innermost region holding a field is at fault. Found by fuzzing (both decoders
+    # against each other): a chunk entry running past its tensor's body, which ends where the
+    # Header ends, was reported as the Header's fault (header_size_mismatch) with the field path
+    # "header.tensors.tensors.body.body.chunks.chunks.size.size"; the spec-literal decoder says
+    # invalid_value at header.tensors[0].body.chunks[1].size.
+    from conformance import spec_literal_decoder as literal
+    from nncodec_rd.format.container import read_container
+    from nncodec_rd.format.errors import NrdError
+
+    data = (REGRESSIONS / "chunk_entry_past_body_at_header_end.nrd").read_bytes()
+    try:
+        literal.decode_file(data)
+    except literal.SpecError as error:
+        expected = error
+    try:
+        read_container(data)
+    except NrdError as error:
+        ours = error
+    assert expected.name == "invalid_value" and ours.code == ErrorCode.INVALID_VALUE
+    assert ours.field == "header.tensors[0].body.chunks[1].size" == expected.field
+    assert ours.offset == expected.offset == 193
