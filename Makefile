@@ -64,8 +64,8 @@ FUZZ_MINUTES ?= 1
 fuzz: $(VENV)/.fuzz-installed
 	nice $(PY) -m conformance.fuzz --minutes $(FUZZ_MINUTES)
 
-fuzz-long: $(VENV)/.fuzz-installed
-	nice $(PY) -m conformance.fuzz --minutes 12
+fuzz-long: $(VENV)/.installed
+	nice $(PY) -m conformance.fuzz --minutes 40 --jobs 1 --engine builtin --out out/fuzz-1m
 
 .venv-nncodec/bin/python:
 	bash bench/setup_nncodec_env.sh
