@@ -59,7 +59,8 @@ $(VENV)/.fuzz-installed: $(VENV)/.installed
 	touch $@
 
 # Fuzz the container parser and both decoders (docs/fuzzing.md): a short run, and the long one
-# whose figures docs/fuzzing.md reports. Output, corpus and any crash under out/fuzz/.
+# whose figures docs/fuzzing.md reports. Output, corpus and any crash under out/fuzz/ (the long
+# one: out/fuzz-1m/).
 FUZZ_MINUTES ?= 1
 fuzz: $(VENV)/.fuzz-installed
 	nice $(PY) -m conformance.fuzz --minutes $(FUZZ_MINUTES)
