@@ -10,7 +10,8 @@ cluster is byte for byte the file encoded here (docs/ray.md).
 * :class:`LocalExecutor` (the default) quantizes each layer when its result is asked for, in
   this process: memory and behaviour of a plain run.
 * :class:`RayExecutor` puts every problem into Ray's object store at once and submits one task
-  per layer (one CPU each by default); results come back in order while later tasks still run.
+  per layer (one CPU each by default), the longest first; results come back in the order given
+  while later tasks still run.
   A task whose worker dies is run again (Ray's ``max_retries``); a task that raises (a layer that
   cannot be quantized) stops the encode with that layer's own error.
 
@@ -46,6 +47,13 @@ def quantize_timed(problem: LayerProblem, settings: QuantizerSettings):
     started = time.perf_counter()
     result = quantize_layer(problem, settings)
     return result, time.perf_counter() - started
+
+
+def estimated_cost(problem: LayerProblem) -> float:
+    """A layer's relative quantization time: rows x columns^2 (the OBS sweep's updates) plus
+    columns^3 (factoring the Hessian). Only the order of layers depends on it, never a result."""
+    rows, columns = problem.weights.shape
+    return float(rows) * columns * columns + float(columns) ** 3
 
 
 class LocalExecutor:
@@ -132,7 +140,14 @@ class RayExecutor:
         the layer raised) is raised here, for the first failing layer in the order given, and
         the tasks not yet finished are cancelled."""
         ray = self._ray
-        pending = [self._task.remote(ray.put(problem), settings) for problem, settings in jobs]
+        jobs = list(jobs)
+        # Submitted longest first (Ray starts tasks in the order they come): the longest layer
+        # of a block (a Llama's down_proj: most columns) would otherwise start last and finish
+        # alone while the other workers wait. Results are still taken in the order given.
+        pending = [None] * len(jobs)
+        for number in sorted(range(len(jobs)), key=lambda n: -estimated_cost(jobs[n][0])):
+            problem, settings = jobs[number]
+            pending[number] = self._task.remote(ray.put(problem), settings)
         try:
             for number, reference in enumerate(pending):
                 yield self._get(reference, number)

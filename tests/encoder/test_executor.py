@@ -153,3 +153,25 @@ def test_cli_encode_with_ray_writes_the_local_file(tmp_path, cluster, capsys):
                  "--ray", "local"]) == 0
     assert ray.is_initialized()
     assert (tmp_path / "ray.nrd").read_bytes() == (tmp_path / "local.nrd").read_bytes()
+
+
+def test_longest_layers_are_submitted_first_and_results_come_in_order(cluster, monkeypatch):
+    from nncodec_rd.encoder import executor as executor_module
+
+    sizes = [(4, 8), (2, 64), (16, 16), (8, 4)]
+    problems = [LayerProblem(np.full(size, 0.25 * (k + 1))) for k, size in enumerate(sizes)]
+    settings = QuantizerSettings(method="rtn", step=0.25)
+    submitted = []
+    original = cluster._task
+
+    class Recording:
+        def remote(self, reference, layer_settings):
+            submitted.append(ray.get(reference).weights.shape)
+            return original.remote(reference, layer_settings)
+
+    monkeypatch.setattr(cluster, "_task", Recording())
+    results = [result for result, _ in cluster.map([(p, settings) for p in problems])]
+    assert submitted == sorted(sizes, key=lambda s: -(s[0] * s[1] ** 2 + s[1] ** 3))
+    assert [r.indices.shape for r in results] == sizes
+    assert [int(r.indices[0, 0]) for r in results] == [1, 2, 3, 4]
+    assert executor_module.estimated_cost(problems[1]) > executor_module.estimated_cost(problems[2])
