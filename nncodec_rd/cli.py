@@ -221,21 +221,12 @@ def command_encode(arguments) -> int:
     return _encode_model(arguments)
 
 
-@contextlib.contextmanager
 def _executor_of(arguments):
-    """The encode's executor: None (this process), or the Ray of ``--ray`` joined or started
-    first, so that an unreachable cluster is reported before the slow work; stopped at the end
-    if started here."""
-    if arguments.ray is None:
-        yield None
-        return
-    from .encoder.executor import RayExecutor
+    """The encode's executor (``--ray``), joined or started first, so that an unreachable cluster
+    is reported before the slow work; a Ray instance started here stops at the end."""
+    from .encoder.executor import opened_executor
 
-    executor = RayExecutor(arguments.ray)
-    try:
-        yield executor
-    finally:
-        executor.close()
+    return opened_executor(arguments.ray)
 
 
 def _encode_folder(arguments) -> int:

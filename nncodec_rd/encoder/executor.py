@@ -30,6 +30,7 @@ Example (in this process; a ``RayExecutor`` gives the same results):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -58,9 +59,6 @@ def estimated_cost(problem: LayerProblem) -> float:
 
 class LocalExecutor:
     """Quantize each layer in this process, when its result is asked for."""
-
-    #: Shown in progress lines and results.
-    description = "this process"
 
     def map(self, jobs: Iterable[tuple[LayerProblem, QuantizerSettings]]
             ) -> Iterator[tuple[object, float]]:
@@ -93,8 +91,6 @@ class RayExecutor:
         Runs of a task whose worker died before the encode stops.
     """
 
-    description = "Ray"
-
     def __init__(self, address: str = "local", *, num_cpus: int | None = None,
                  cpus_per_task: float = 1, memory_per_task_bytes: int | None = None,
                  max_retries: int = DEFAULT_MAX_RETRIES):
@@ -103,21 +99,18 @@ class RayExecutor:
         except ImportError as error:
             raise EncoderError(f"encoding on Ray needs the ray extra: pip install "
                                f"'nncodec-rd[ray]' ({error})") from None
+        if num_cpus is not None and address != "local":
+            raise EncoderError("num_cpus applies to a local Ray instance only (the cluster's own "
+                               "CPUs are used)")
         self._ray = ray
         self._owns = False
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False,
                            configure_logging=False)
+            if address != "local":
+                options["address"] = address
             try:
-                if address == "local":
-                    ray.init(num_cpus=num_cpus, **options)
-                else:
-                    if num_cpus is not None:
-                        raise EncoderError("num_cpus applies to a local Ray instance only (the "
-                                           "cluster's own CPUs are used)")
-                    ray.init(address=address, **options)
-            except EncoderError:
-                raise
+                ray.init(num_cpus=num_cpus, **options)
             except Exception as error:  # Ray raises ConnectionError, ValueError, RuntimeError
                 reason = str(error).strip().strip("'\"").splitlines()
                 raise EncoderError(f"could not start or join Ray at {address!r}: "
@@ -128,8 +121,6 @@ class RayExecutor:
             resources["memory"] = int(memory_per_task_bytes)
         self._task = ray.remote(max_retries=max_retries, retry_exceptions=False,
                                 **resources)(quantize_timed)
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        self.description = f"Ray ({cpus} CPUs)"
 
     def map(self, jobs: Iterable[tuple[LayerProblem, QuantizerSettings]]
             ) -> Iterator[tuple[object, float]]:
@@ -156,7 +147,9 @@ class RayExecutor:
             left = [reference for reference in pending if reference is not None]
             for reference in left:
                 try:
-                    ray.cancel(reference, force=True)
+                    # Not force=True: that kills the worker processes, which Ray must then
+                    # replace; a running task is interrupted instead.
+                    ray.cancel(reference)
                 except Exception:  # already finished or gone: nothing to stop
                     pass
             for reference in left:
@@ -171,7 +164,7 @@ class RayExecutor:
         try:
             return ray.get(reference)
         except ray.exceptions.RayTaskError as error:
-            cause = error.cause if getattr(error, "cause", None) is not None else None
+            cause = getattr(error, "cause", None)
             if isinstance(cause, Exception):
                 raise cause from None  # the layer's own error: EncoderError and its kin
             raise EncoderError(f"layer task {number + 1} failed on Ray: "
@@ -208,8 +201,13 @@ def executor_from(value) -> LocalExecutor | RayExecutor:
     return value
 
 
-def open_executor(value) -> tuple[LocalExecutor | RayExecutor, bool]:
-    """``(executor_from(value), owned)``: ``owned`` is True when the executor was made here from
-    an address, and its caller must :meth:`~RayExecutor.close` it when done."""
+@contextlib.contextmanager
+def opened_executor(value):
+    """``executor_from(value)`` for a ``with`` block: an executor made here from an address is
+    closed at its end (a Ray instance it started stops); one given as an object is left open."""
     executor = executor_from(value)
-    return executor, executor is not value and value is not None
+    try:
+        yield executor
+    finally:
+        if executor is not value and value is not None:
+            executor.close()

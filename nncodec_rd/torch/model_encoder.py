@@ -20,7 +20,7 @@ import torch
 
 from ..format.errors import EncoderError
 from ..format.grids import EntropySettings, RightMatrixTransform, UniformGrid
-from ..encoder.executor import executor_from, open_executor
+from ..encoder.executor import executor_from, opened_executor
 from ..encoder.methods import DEFAULT_GRID_CHOICE, model_entropy_settings
 from ..encoder.obs import (LayerProblem, LayerResult, QuantizerSettings, layer_distortion,
                            quantize_layer)
@@ -557,8 +557,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     # Check the settings before the slow part (Hessians, sensitivities).
     QuantizerSettings(method=method, lam=1.0 if lam is None else lam, per_channel=per_channel,
                       grid_scale=grid_scale, act_order=act_order, grid_choice=grid_choice)
-    executor, owned = open_executor(executor)
-    try:
+    with opened_executor(executor) as executor:
         if sequential:
             return _compress_sequential(
                 model, calibration_batches, method=method, lam=lam, target_bpw=target_bpw,
@@ -607,9 +606,6 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         if encoder.progress.enabled and encoder.progress.callback is None:
             print(outcome.summary(), file=sys.stderr)
         return outcome
-    finally:
-        if owned:
-            executor.close()
 
 
 def _compress_sequential(model, calibration_batches, *, method, lam, target_bpw, target_metric,

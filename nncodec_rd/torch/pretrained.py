@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from ..encoder.executor import open_executor
+from ..encoder.executor import opened_executor
 from ..encoder.methods import DEFAULT_GRID_CHOICE, model_entropy_settings
 from ..encoder.obs import QuantizerSettings
 from ..format.errors import EncoderError
@@ -188,14 +188,12 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                                  per_channel=per_channel, act_order=act_order,
                                  grid_choice=grid_choice, entropy=model_entropy_settings())
 
-    executor, owned = open_executor(executor)
-
     def encoder_of(model):
         return SequentialEncoder(model, batches, weights=weights, stack=stack,
                                  per_channel=per_channel, sensitivity=sensitivity,
                                  progress=progress, executor=executor)
 
-    try:
+    with opened_executor(executor) as executor:
         if target_fidelity is None:
             return encoder_of(model).encode(settings, path, metadata, lam=lam,
                                             journal=os.fspath(path) + JOURNAL_SUFFIX,
@@ -205,9 +203,6 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                                     sequence_length=sequence_length, batch_size=batch_size)
         return _encode_to_fidelity(model_dir, path, encoder_of, model, settings, metadata,
                                    held_batches, target_fidelity, progress)
-    finally:
-        if owned:
-            executor.close()
 
 
 def split_held_out(texts: list[str], fraction: float = HELD_OUT_FRACTION

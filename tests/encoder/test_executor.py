@@ -13,14 +13,25 @@ import time
 import numpy as np
 import pytest
 
-from nncodec_rd.encoder.executor import LocalExecutor, executor_from, open_executor
+from nncodec_rd.encoder.executor import LocalExecutor, executor_from, opened_executor
 from nncodec_rd.encoder.obs import LayerProblem, QuantizerSettings
 from nncodec_rd.format.errors import EncoderError
 
 
 def test_executor_from_none_is_this_process():
-    executor, owned = open_executor(None)
-    assert isinstance(executor, LocalExecutor) and not owned
+    with opened_executor(None) as executor:
+        assert isinstance(executor, LocalExecutor)
+
+    class Given(LocalExecutor):
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    given = Given()
+    with opened_executor(given) as executor:
+        assert executor is given
+    assert not given.closed  # the caller's executor stays open
     with pytest.raises(EncoderError, match="executor must be"):
         executor_from(42)
 
