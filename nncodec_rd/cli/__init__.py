@@ -17,9 +17,9 @@ import re
 import sys
 import time
 
-from . import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION, __version__
-from .decoder.reader import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TRANSFORM_WORK
-from .format.errors import EncoderError, InputMismatchError, NrdError
+from .. import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION, __version__
+from ..decoder.reader import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_TRANSFORM_WORK
+from ..format.errors import EncoderError, InputMismatchError, NrdError
 
 EXIT_ERROR = 1
 
@@ -50,7 +50,7 @@ def _original_bytes(info) -> int:
 
 
 def command_info(arguments) -> int:
-    from .api import safe_open
+    from ..api import safe_open
 
     with safe_open(arguments.file, max_header_bytes=arguments.max_header_bytes) as handle:
         infos = [handle.info(name) for name in handle.keys()]
@@ -126,8 +126,8 @@ def _add_max_header_bytes(parser) -> None:
 
 
 def command_decode(arguments) -> int:
-    from .api import safe_open
-    from .io.tensorio import write_tensors_streaming
+    from ..api import safe_open
+    from ..io.tensorio import write_tensors_streaming
 
     start = time.perf_counter()
     if _is_folder_output(arguments.output):
@@ -161,7 +161,7 @@ def command_decode(arguments) -> int:
 
 def command_warmup(arguments) -> int:
     """Compile (or load from the cache) every decoder kernel, so that no later decode waits."""
-    from .decoder import dispatch
+    from ..decoder import dispatch
 
     start = time.perf_counter()
     timings = dispatch.warmup(progress=lambda name, seconds: print(
@@ -184,8 +184,8 @@ def _is_folder_output(output: str) -> bool:
 def _decode_folder(arguments, start: float) -> int:
     """A model folder: the archived files of a Hugging Face folder, and the tensors as
     safetensors (sharded like the original when it was)."""
-    from .api import safe_open
-    from .io.hf_folder import FILE_PREFIX, write_folder
+    from ..api import safe_open
+    from ..io.hf_folder import FILE_PREFIX, write_folder
 
     with safe_open(arguments.file, threads=arguments.threads,
                    max_output_bytes=arguments.max_output_bytes,
@@ -224,7 +224,7 @@ def command_encode(arguments) -> int:
 def _executor_of(arguments):
     """The encode's executor (``--ray``), joined or started first, so that an unreachable cluster
     is reported before the slow work; a Ray instance started here stops at the end."""
-    from .encoder.executor import opened_executor
+    from ..encoder.executor import opened_executor
 
     return opened_executor(arguments.ray)
 
@@ -237,7 +237,7 @@ def _encode_folder(arguments) -> int:
 
 def _encode_folder_with(arguments, executor) -> int:
     try:
-        from .torch.pretrained import compress_pretrained
+        from ..torch.pretrained import compress_pretrained
     except ImportError as error:
         raise NrdError(f"encoding a model folder needs torch and transformers: pip install "
                        f"'nncodec-rd[hf]' ({error})") from None
@@ -278,10 +278,10 @@ def _encode_folder_with(arguments, executor) -> int:
 
 
 def _encode_data_free(arguments) -> int:
-    from .api import save_file
-    from .encoder.fidelity import SqnrReport
-    from .format.grids import EntropySettings
-    from .io.tensorio import read_tensors
+    from ..api import save_file
+    from ..encoder.fidelity import SqnrReport
+    from ..format.grids import EntropySettings
+    from ..io.tensorio import read_tensors
 
     start = time.perf_counter()
     tensors, source_metadata = read_tensors(arguments.input)
@@ -480,8 +480,8 @@ def _call_entry_point(spec: str, option: str):
 def _torch_encoder():
     """The PyTorch side of the encoder, or an :class:`EncoderError` saying how to install it."""
     try:
-        from .torch import calibration
-        from .torch.model_encoder import compress, load_weights
+        from ..torch import calibration
+        from ..torch.model_encoder import compress, load_weights
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] == "torch":
             raise EncoderError("--calibration and --model need PyTorch: pip install "
@@ -493,7 +493,7 @@ def _torch_encoder():
 def _load_weights_file(model, path, load_weights) -> dict:
     """Load the tensors of a weights file into ``model`` (every parameter and buffer, nothing
     else: like ``load_state_dict(strict=True)``); returns the file's metadata."""
-    from .io.tensorio import read_tensors
+    from ..io.tensorio import read_tensors
 
     tensors, metadata = read_tensors(path)
     state_keys = list(model.state_dict().keys())
@@ -520,7 +520,7 @@ def _encode_model(arguments) -> int:
 
 
 def _encode_model_with(arguments, executor) -> int:
-    from .format.grids import EntropySettings
+    from ..format.grids import EntropySettings
 
     start = time.perf_counter()
     compress, load_weights, calibration_tools = _torch_encoder()
@@ -531,7 +531,7 @@ def _encode_model_with(arguments, executor) -> int:
     grid_scale = 1.0 if arguments.grid_scale is None else arguments.grid_scale
     if not (math.isfinite(grid_scale) and grid_scale > 0):  # before the slow Hessians
         raise EncoderError(f"--grid-scale must be finite and > 0, not {grid_scale}")
-    from .encoder.methods import DEFAULT_GRID_CHOICE
+    from ..encoder.methods import DEFAULT_GRID_CHOICE
 
     grid_choice = arguments.grid_choice or DEFAULT_GRID_CHOICE
     if calibration is not None and kind is None:
@@ -603,7 +603,7 @@ def _describe(value) -> str:
 
 
 def command_validate(arguments) -> int:
-    from .decoder.validation import validate_file
+    from ..decoder.validation import validate_file
 
     failures = 0
     reports = []
@@ -665,13 +665,13 @@ Examples:
 
 
 def command_demo(arguments) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     return run_demo(arguments.output)
 
 
 def command_bench(arguments) -> int:
-    from .benchmarks import decode_speed
+    from ..benchmarks import decode_speed
 
     return decode_speed.main(arguments=arguments)
 
@@ -723,7 +723,7 @@ Examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .encoder.methods import DEFAULT_GRID_CHOICE, GRID_CHOICES, METHODS
+    from ..encoder.methods import DEFAULT_GRID_CHOICE, GRID_CHOICES, METHODS
 
     parser = argparse.ArgumentParser(
         prog="nncodec-rd",
@@ -919,7 +919,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time decoding of a realistic 50 M-weight index tensor with nncodec-rd "
                     "(1 thread and all cores) and reference coders on the same symbols.",
         epilog="Example: nncodec-rd bench decode --weights 10000000 --json decode.json")
-    from .benchmarks.decode_speed import build_parser as build_bench_parser
+    from ..benchmarks.decode_speed import build_parser as build_bench_parser
 
     build_bench_parser(decode_bench)
     decode_bench.set_defaults(run=command_bench)
