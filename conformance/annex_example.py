@@ -18,7 +18,8 @@ from construct import Array, Container, Prefixed, Renamed, Struct, Switch, Tell
 from construct.core import BytesIOWithOffsets
 
 from nncodec_rd.encoder.writer import NrdWriter
-from nncodec_rd.format.grids import EntropySettings, UniformGrid
+from nncodec_rd.format.grids import UniformGrid
+from nncodec_rd.encoder.entropy import EntropySettings
 from nncodec_rd.format.spec_tables import MARKER, run_generator
 from nncodec_rd.format.syntax import Header, LimitCheck, Preamble, RansChunk
 
@@ -30,7 +31,8 @@ def build_example() -> bytes:
     """The bytes of the annex's example file."""
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, "example.nrd")
-    settings = EntropySettings(precision_bits=4, lane_count=1, context_model="iid")
+    settings = EntropySettings(precision_bits=4, lane_count=1, context_model="iid",
+                               choose_precision=False)
     with NrdWriter(path) as writer:
         writer.add_indices("w", EXAMPLE_INDICES, UniformGrid(EXAMPLE_STEP), "float32",
                            settings=settings)

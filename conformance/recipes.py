@@ -17,7 +17,8 @@ import numpy as np
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.constants import RANS_STATE_LOWER_BOUND
 from nncodec_rd.format.errors import ErrorCode
-from nncodec_rd.format.grids import EntropySettings, UniformGrid
+from nncodec_rd.format.grids import UniformGrid
+from nncodec_rd.encoder.entropy import EntropySettings
 
 from .annex_example import field_rows
 from .mutators import assemble, refresh_header_checksum, split_file
@@ -64,11 +65,23 @@ def invalid(name: str, error: ErrorCode, sections: tuple[str, ...], description:
 # Building blocks
 # ---------------------------------------------------------------------------------------------
 
+RECIPE_ENTROPY = dict(precision_bits=14, lane_count=4, context_model="auto", context_count=3,
+                      symbols_per_chunk=1 << 18, max_alphabet_size=4096, choose_precision=False)
+"""Every entropy setting of a recipe that does not state its own, spelled out: the frozen files
+follow these, not the library's defaults, which may change."""
+
+
+def recipe_entropy(**settings) -> EntropySettings:
+    """The entropy settings of a recipe: ``settings`` over :data:`RECIPE_ENTROPY`."""
+    return EntropySettings(**{**RECIPE_ENTROPY, **settings})
+
+
 def written(populate, metadata: dict | None = None) -> bytes:
-    """The bytes NrdWriter writes after ``populate(writer)``."""
+    """The bytes NrdWriter writes after ``populate(writer)`` (tensors added without settings get
+    :func:`recipe_entropy`'s)."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "vector.nrd")
-        with NrdWriter(path, metadata=metadata) as writer:
+        with NrdWriter(path, metadata=metadata, entropy=recipe_entropy()) as writer:
             populate(writer)
         return Path(path).read_bytes()
 
@@ -107,7 +120,7 @@ def escape_only_file(name: str, values: np.ndarray, lane_count: int, step: float
     """
     base = written(lambda w: w.add_indices(
         name, np.zeros(values.shape, np.int64), UniformGrid(step), "float32",
-        settings=EntropySettings(lane_count=lane_count, context_model="iid")))
+        settings=recipe_entropy(lane_count=lane_count, context_model="iid")))
     header, _ = split_file(base)
     body = header["tensors"][0]["body"]
     body.update(escape_mode=1, alphabet_size=1, index_offset=0,

@@ -12,12 +12,12 @@ import numpy as np
 
 from nncodec_rd.format.constants import RANS_STATE_LOWER_BOUND
 from nncodec_rd.format.errors import ErrorCode
-from nncodec_rd.format.grids import CodebookGrid, EntropySettings, UniformGrid
+from nncodec_rd.format.grids import CodebookGrid, UniformGrid
 
 from .annex_example import field_rows
 from .mutators import assemble, mutate_header, split_file
 from .recipes import (escape_only_file, field_offset, invalid, laplace_indices, patch,
-                      patch_field, written)
+                      patch_field, recipe_entropy, written)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -30,14 +30,14 @@ def invalid_base() -> bytes:
     codebook tensor, a raw tensor, file and tensor metadata."""
     indices = laplace_indices((4, 12), 2.0, 30)
     indices[0, 0] = 300  # escaped
-    settings = EntropySettings(symbols_per_chunk=24, max_alphabet_size=16, lane_count=2,
+    settings = recipe_entropy(symbols_per_chunk=24, max_alphabet_size=16, lane_count=2,
                                context_model="previous", context_count=3)
 
     def populate(w):
         w.add_indices("coded", indices, UniformGrid(0.1), "float32", settings=settings,
                       metadata={"original_dtype": "float32"})
         w.add_indices("book", np.array([[0, 1], [2, 1]]), CodebookGrid([-1.0, 0.0, 1.0]),
-                      "float16", settings=EntropySettings(context_model="iid", lane_count=1))
+                      "float16", settings=recipe_entropy(context_model="iid", lane_count=1))
         w.add_raw("raw", np.arange(6, dtype=np.float32))
     return written(populate, {"model_name": "base", "flag": True})
 
@@ -437,7 +437,7 @@ def _varint_minimal() -> bytes:
          "its continuation bit set")
 def _varint_long() -> bytes:
     data = written(lambda w: w.add_indices("t", np.array([0, 1, 1, 1, 1]), UniformGrid(1.0),
-                                           settings=EntropySettings(precision_bits=16,
+                                           settings=recipe_entropy(precision_bits=16,
                                                                     context_model="iid")))
     start = _varint_start(data, 3)
     return patch(data, start + 2, bytes([data[start + 2] | 0x80]))
@@ -526,7 +526,7 @@ for _name, _code, _sections, _description, _edit in [
          "that the lane ends in another state than 2^16")
 def _final_state() -> bytes:
     data = written(lambda w: w.add_indices("zeros", np.zeros((2, 4), np.int64), UniformGrid(1.0),
-                                           settings=EntropySettings(lane_count=1,
+                                           settings=recipe_entropy(lane_count=1,
                                                                     context_model="iid")))
     header, payloads = split_file(data)
     # one-symbol table: the state never changes, so a start state of 2^16 + 1 ends there

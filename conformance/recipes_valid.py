@@ -9,11 +9,11 @@ import struct
 
 import numpy as np
 
-from nncodec_rd.format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
+from nncodec_rd.format.grids import CodebookGrid, RightMatrixTransform, UniformGrid
 
 from .annex_example import build_example
 from .mutators import mutate_header
-from .recipes import escape_only_file, laplace_indices, patch, vector, written
+from .recipes import escape_only_file, laplace_indices, patch, recipe_entropy, vector, written
 
 
 @vector("annex_a_example", "The worked example of Annex A: one float32 tensor, UNIFORM step 0.5, "
@@ -25,7 +25,7 @@ def _annex_a() -> bytes:
 @vector("uniform_per_tensor_float32", "A 16x64 Laplacian weight matrix, one UNIFORM step, IID "
         "context, 4 lanes, float32, two chunks.")
 def _uniform_float32() -> bytes:
-    settings = EntropySettings(lane_count=4, context_model="iid", symbols_per_chunk=512)
+    settings = recipe_entropy(lane_count=4, context_model="iid", symbols_per_chunk=512)
     return written(lambda w: w.add_indices(
         "layer.weight", laplace_indices((16, 64), 2.5, 1), UniformGrid(0.0123), "float32",
         settings=settings))
@@ -39,7 +39,7 @@ def _uniform_groups() -> bytes:
     indices[0, :4] = [1, -1, 2, 7]
     indices[9, :3] = [30000, -30000, 5]
     steps = [2.0 ** -20, 0.37, 1.5, 3.0]  # group 0: float16 subnormals; group 3: beyond 65504
-    settings = EntropySettings(lane_count=2, context_model="iid", max_alphabet_size=64)
+    settings = recipe_entropy(lane_count=2, context_model="iid", max_alphabet_size=64)
     return written(lambda w: w.add_indices(
         "groups", indices, UniformGrid(steps, [0, 1, -2, 3], rows_per_group=3), "float16",
         settings=settings))
@@ -50,7 +50,7 @@ def _uniform_groups() -> bytes:
 def _uniform_per_row() -> bytes:
     indices = laplace_indices((6, 40), 1.5, 3)
     steps = [1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, 0.1, 1e-3, 7.25, 1.0 + 2.0 ** -9]
-    settings = EntropySettings(lane_count=1, context_model="previous", context_count=3)
+    settings = recipe_entropy(lane_count=1, context_model="previous", context_count=3)
     return written(lambda w: w.add_indices(
         "rows", indices, UniformGrid(steps, rows_per_group=1), "bfloat16", settings=settings))
 
@@ -61,7 +61,7 @@ def _rows_per_group_max() -> bytes:
     def populate(w):
         w.add_indices("one_group", laplace_indices((3, 5), 1.0, 24),
                       UniformGrid(0.5, [1], rows_per_group=(1 << 64) - 1), "float32",
-                      settings=EntropySettings(lane_count=2, context_model="iid"))
+                      settings=recipe_entropy(lane_count=2, context_model="iid"))
         w.add_raw("basis", np.eye(2, 3, dtype=np.float32))
         w.add_indices("projected", laplace_indices((4, 2), 1.0, 25),
                       UniformGrid(0.25, rows_per_group=1 << 63), "float16",
@@ -74,7 +74,7 @@ def _rows_per_group_max() -> bytes:
 def _uniform_extremes() -> bytes:
     tiny = laplace_indices((4, 8), 2.0, 4)
     huge = np.array([[-3, -2, -1, 0, 1, 2, 3, 4]] * 2)
-    settings = EntropySettings(lane_count=3, context_model="iid")
+    settings = recipe_entropy(lane_count=3, context_model="iid")
 
     def populate(w):
         w.add_indices("tiny", tiny, UniformGrid(float(np.float32(1e-45))), "float32",
@@ -89,7 +89,7 @@ def _uniform_extremes() -> bytes:
 def _codebook_float32() -> bytes:
     values = [-1.75, -0.5, -0.0, 0.25, 0.3333333, 2.0, 1e-40]
     indices = np.random.default_rng(5).integers(-3, 4, size=(7, 9))
-    settings = EntropySettings(lane_count=2, context_model="iid")
+    settings = recipe_entropy(lane_count=2, context_model="iid")
     return written(lambda w: w.add_indices(
         "book", indices, CodebookGrid(values, first_index=-3), "float32", settings=settings))
 
@@ -100,7 +100,7 @@ def _codebook_previous() -> bytes:
     rng = np.random.default_rng(6)
     indices = np.cumsum(rng.integers(-1, 2, size=(12, 30)), axis=1).clip(0, 9)
     values = [0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6]
-    settings = EntropySettings(lane_count=3, context_model="previous", context_count=4,
+    settings = recipe_entropy(lane_count=3, context_model="previous", context_count=4,
                                symbols_per_chunk=90)
     return written(lambda w: w.add_indices(
         "book", indices, CodebookGrid(values), "bfloat16", settings=settings))
@@ -110,7 +110,7 @@ def _codebook_previous() -> bytes:
         "context_center, 2 lanes.")
 def _previous_16() -> bytes:
     indices = laplace_indices((20, 50), 6.0, 7) + 40  # all positive: context_center is not 0
-    settings = EntropySettings(lane_count=2, context_model="previous", context_count=16,
+    settings = recipe_entropy(lane_count=2, context_model="previous", context_count=16,
                                symbols_per_chunk=400)
     return written(lambda w: w.add_indices(
         "shifted", indices, UniformGrid(0.05, [40]), "float32", settings=settings))
@@ -119,8 +119,8 @@ def _previous_16() -> bytes:
 @vector("lanes_32_short_chunks", "32 lanes with chunks of fewer symbols than lanes (one row of 5 "
         "per chunk), and one chunk of many symbols per lane.")
 def _lanes_32() -> bytes:
-    settings_short = EntropySettings(lane_count=32, context_model="iid", symbols_per_chunk=5)
-    settings_long = EntropySettings(lane_count=32, context_model="previous", context_count=2)
+    settings_short = recipe_entropy(lane_count=32, context_model="iid", symbols_per_chunk=5)
+    settings_long = recipe_entropy(lane_count=32, context_model="previous", context_count=2)
 
     def populate(w):
         w.add_indices("short", laplace_indices((9, 5), 1.0, 8), UniformGrid(0.5), "float32",
@@ -137,9 +137,9 @@ def _escapes() -> bytes:
     indices[0, 0], indices[3, 7], indices[3, 8], indices[7, 59] = 500, -8388607, 8388607, -90
 
     def populate(w):
-        w.add_indices("iid", indices, UniformGrid(0.01), "float32", settings=EntropySettings(
+        w.add_indices("iid", indices, UniformGrid(0.01), "float32", settings=recipe_entropy(
             lane_count=4, context_model="iid", max_alphabet_size=16, symbols_per_chunk=120))
-        w.add_indices("previous", indices, UniformGrid(0.01), "float32", settings=EntropySettings(
+        w.add_indices("previous", indices, UniformGrid(0.01), "float32", settings=recipe_entropy(
             lane_count=2, context_model="previous", context_count=3, max_alphabet_size=9))
     return written(populate)
 
@@ -156,9 +156,9 @@ def _escape_only() -> bytes:
 def _all_zero() -> bytes:
     def populate(w):
         w.add_indices("zeros", np.zeros((30, 17), np.int64), UniformGrid(0.1), "float32",
-                      settings=EntropySettings(lane_count=4, context_model="iid"))
+                      settings=recipe_entropy(lane_count=4, context_model="iid"))
         w.add_indices("sevens", np.full((3, 3), 7), UniformGrid(0.5), "bfloat16",
-                      settings=EntropySettings(precision_bits=1, lane_count=1,
+                      settings=recipe_entropy(precision_bits=1, lane_count=1,
                                                context_model="iid"))
     return written(populate)
 
@@ -168,7 +168,7 @@ def _precision_1() -> bytes:
     indices = np.array([[0, 1, 1, 0, 1], [1, 1, 0, 0, 0]])
     return written(lambda w: w.add_indices(
         "bits", indices, UniformGrid(1.0), "float32",
-        settings=EntropySettings(precision_bits=1, lane_count=1, context_model="iid")))
+        settings=recipe_entropy(precision_bits=1, lane_count=1, context_model="iid")))
 
 
 @vector("largest_alphabet", "The largest alphabet (65536 symbols) at precision_bits 16, with "
@@ -176,14 +176,14 @@ def _precision_1() -> bytes:
 def _largest_alphabet() -> bytes:
     indices = np.array([[-32768, 32767, 0, 1], [0, 0, 1, -32768]], dtype=np.int64)
     return written(lambda w: w.add_indices(
-        "wide", indices, UniformGrid(2.0 ** -10), "float32", settings=EntropySettings(
+        "wide", indices, UniformGrid(2.0 ** -10), "float32", settings=recipe_entropy(
             precision_bits=16, lane_count=2, context_model="iid", max_alphabet_size=65536)))
 
 
 @vector("zero_d_empty_single", "0-d, empty and single-element tensors, coded and raw: shapes "
         "[], [0, 5], [5, 0] (rows without symbols: no chunk), [1], [1, 1, 1].")
 def _degenerate_shapes() -> bytes:
-    settings = EntropySettings(lane_count=4, context_model="auto")
+    settings = recipe_entropy(lane_count=4, context_model="auto")
 
     def populate(w):
         w.add_indices("scalar", np.array(-3), UniformGrid(0.75), "float32", settings=settings)
@@ -208,7 +208,7 @@ def _largest_dimension() -> bytes:
         w.add_raw("wide", np.zeros((0, 1 << 40), np.uint8))
         w.add_indices("rank8", laplace_indices((1, 2, 1, 2, 1, 3, 1, 2), 1.0, 11),
                       UniformGrid(0.5), "float32",
-                      settings=EntropySettings(lane_count=2, context_model="iid"))
+                      settings=recipe_entropy(lane_count=2, context_model="iid"))
     return written(populate)
 
 
@@ -319,10 +319,10 @@ def _later_minor() -> bytes:
 def _many_chunks() -> bytes:
     def populate(w):
         w.add_indices("a", laplace_indices((50, 7), 1.0, 19), UniformGrid(0.1), "float32",
-                      settings=EntropySettings(lane_count=3, symbols_per_chunk=7))
+                      settings=recipe_entropy(lane_count=3, symbols_per_chunk=7))
         w.add_raw("between", np.ones(3, np.float32))
         w.add_indices("b", laplace_indices((2, 100), 4.0, 20), UniformGrid(0.1), "float32",
-                      settings=EntropySettings(lane_count=8, symbols_per_chunk=1))
+                      settings=recipe_entropy(lane_count=8, symbols_per_chunk=1))
     return written(populate)
 
 

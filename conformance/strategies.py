@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.constants import Limits
-from nncodec_rd.format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
+from nncodec_rd.format.grids import CodebookGrid, RightMatrixTransform, UniformGrid
+from nncodec_rd.encoder.entropy import EntropySettings
 from nncodec_rd.format.layout import RowGeometry
 
 RAW_DTYPES = ["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool",

@@ -27,7 +27,8 @@ from .format.errors import (  # noqa: F401
     UnsupportedFeatureError,
     UnsupportedVersionError,
 )
-from .format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid  # noqa: F401
+from .format.grids import CodebookGrid, RightMatrixTransform, UniformGrid  # noqa: F401
+from .encoder.entropy import EntropySettings  # noqa: F401
 
 __version__ = "0.1.0"
 FORMAT_VERSION = f"{FORMAT_MAJOR_VERSION}.{FORMAT_MINOR_VERSION}"

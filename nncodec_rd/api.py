@@ -10,7 +10,7 @@ from .decoder.reader import (
     DEFAULT_MAX_TRANSFORM_WORK,
     NrdFile,
 )
-from .format.grids import EntropySettings
+from .encoder.entropy import EntropySettings
 from .format.layout import RowGeometry
 
 
@@ -58,11 +58,10 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
                             f"arrays; use nncodec_rd.torch.save_file for torch tensors (every "
                             f"dtype, bfloat16 included)")
     # The encoder is imported here, not with the package: decoding never loads it.
-    from .encoder.settings import model_entropy_settings
     from .encoder.quantize import quantize_rtn
     from .encoder.writer import NrdWriter
 
-    settings = model_entropy_settings() if settings is None else settings
+    settings = EntropySettings() if settings is None else settings
     writer = NrdWriter(path, metadata=metadata)
     for name, array in tensors.items():
         array = np.asarray(array)

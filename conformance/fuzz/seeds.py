@@ -52,12 +52,8 @@ def feature_files() -> dict[str, bytes]:
     import ml_dtypes
 
     from conformance.annex_example import build_example
-    from nncodec_rd.format.grids import (
-        CodebookGrid,
-        EntropySettings,
-        RightMatrixTransform,
-        UniformGrid,
-    )
+    from nncodec_rd.format.grids import CodebookGrid, RightMatrixTransform, UniformGrid
+    from nncodec_rd.encoder.entropy import EntropySettings
 
     rng = np.random.default_rng(5)
     small = rng.integers(-3, 4, size=(6, 10))
@@ -128,7 +124,8 @@ def one_symbol_file(rows: int, columns: int, rows_per_chunk: int) -> bytes:
     """A conforming file whose tensor ``w`` is ``rows x columns`` zeros of a one-symbol table:
     every chunk is the same 20 bytes, however many symbols it codes (spec §9 note)."""
     from conformance.mutators import mutate_header
-    from nncodec_rd.format.grids import EntropySettings, UniformGrid
+    from nncodec_rd.format.grids import UniformGrid
+    from nncodec_rd.encoder.entropy import EntropySettings
 
     small = _write(lambda w: w.add_indices("w", np.zeros((1, 8), np.int64), UniformGrid(0.5),
                                            "float32", settings=EntropySettings(symbols_per_chunk=8)))
@@ -157,7 +154,8 @@ def transform_bomb(rows: int, inner: int, columns: int) -> bytes:
     product (spec §6.4) of ``rows x inner`` coefficients by an ``inner x columns`` matrix, both of
     one-symbol tables: ``rows * inner * columns`` multiply-adds to decode."""
     from conformance.mutators import mutate_header
-    from nncodec_rd.format.grids import EntropySettings, RightMatrixTransform, UniformGrid
+    from nncodec_rd.format.grids import RightMatrixTransform, UniformGrid
+    from nncodec_rd.encoder.entropy import EntropySettings
 
     one_chunk = EntropySettings(symbols_per_chunk=8)
     small = _write(lambda w: (

@@ -81,7 +81,8 @@ def best_time(function, repeats: int) -> float:
 def bench_nrd(indices: np.ndarray, folder: str, repeats: int, lanes: int) -> list[dict]:
     from nncodec_rd.decoder.reader import NrdFile
     from nncodec_rd.encoder.writer import NrdWriter
-    from nncodec_rd.format.grids import EntropySettings, UniformGrid
+    from nncodec_rd.format.grids import UniformGrid
+    from nncodec_rd.encoder.entropy import EntropySettings
 
     path = os.path.join(folder, "bench.nrd")
     start = time.perf_counter()

@@ -71,3 +71,20 @@ def parse_metadata(pairs) -> dict:
         key, value = pair.split("=", 1)
         metadata[key] = value
     return metadata
+
+
+def entropy_settings_of(arguments):
+    """The entropy coder's settings that ``encode``'s flags give (``--precision-bits``,
+    ``--fixed-precision``, ``--lanes``, ``--context``), for every kind of input alike."""
+    from ..encoder.entropy import EntropySettings
+
+    return EntropySettings(precision_bits=arguments.precision_bits, lane_count=arguments.lanes,
+                           context_model=arguments.context,
+                           choose_precision=not arguments.fixed_precision)
+
+
+def entropy_metadata_of(arguments) -> dict:
+    """The same settings as they are recorded in the file's ``encoder_settings`` metadata."""
+    return {"precision_bits": arguments.precision_bits,
+            "choose_precision": not arguments.fixed_precision, "lane_count": arguments.lanes,
+            "context_model": arguments.context}

@@ -11,7 +11,7 @@ import time
 
 from .. import __version__
 from ..format.errors import NrdError
-from .common import parse_metadata
+from .common import entropy_metadata_of, entropy_settings_of, parse_metadata
 from .encode_model import calibration_kind, encode_model, executor_of
 
 
@@ -40,7 +40,8 @@ def _encode_folder_with(arguments, executor) -> int:
         "method": arguments.method or "cerwu", "lam": arguments.lam, "sequential": True,
         "target_fidelity": arguments.target_fidelity, "target_bpw": arguments.target_bpw,
         "per_row": arguments.per_row, "grid_choice": arguments.grid_choice,
-        "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity}),
+        "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity,
+        **entropy_metadata_of(arguments)}),
         "source": os.path.basename(os.path.normpath(arguments.input))}
     metadata.update(parse_metadata(arguments.metadata))
     options = {}
@@ -56,7 +57,7 @@ def _encode_folder_with(arguments, executor) -> int:
         sensitivity=not arguments.no_sensitivity, metadata=metadata,
         sequences=arguments.calibration_sequences, resume=arguments.resume,
         target_fidelity=arguments.target_fidelity, target_bpw=arguments.target_bpw,
-        executor=executor, **options)
+        entropy=entropy_settings_of(arguments), executor=executor, **options)
     fidelity = ""
     if outcome.fidelity is not None:
         fidelity = (f"; output fidelity {outcome.fidelity:.4f} (mean cosine on held-out "
@@ -74,7 +75,6 @@ def _encode_folder_with(arguments, executor) -> int:
 def _encode_data_free(arguments) -> int:
     from ..api import save_file
     from ..encoder.fidelity import SqnrReport
-    from ..format.grids import EntropySettings
     from ..io.tensorio import read_tensors
 
     start = time.perf_counter()
@@ -82,15 +82,10 @@ def _encode_data_free(arguments) -> int:
     metadata = {k: str(v) for k, v in source_metadata.items()}
     metadata.update({"encoder": f"nncodec-rd {__version__}", "encoder_settings": json.dumps({
         "method": "rtn", "step": arguments.step, "relative_step": arguments.relative_step,
-        "bins": arguments.bins, "per_row": arguments.per_row,
-        "precision_bits": arguments.precision_bits,
-        "choose_precision": not arguments.fixed_precision, "lane_count": arguments.lanes,
-        "context_model": arguments.context}),
+        "bins": arguments.bins, "per_row": arguments.per_row, **entropy_metadata_of(arguments)}),
         "source": os.path.basename(arguments.input)})
     metadata.update(parse_metadata(arguments.metadata))
-    settings = EntropySettings(precision_bits=arguments.precision_bits, lane_count=arguments.lanes,
-                               context_model=arguments.context,
-                               choose_precision=not arguments.fixed_precision)
+    settings = entropy_settings_of(arguments)
     report = SqnrReport()
     size = save_file(tensors, arguments.output, metadata=metadata,
                      quantize=arguments.quantize or "auto",

@@ -14,7 +14,7 @@ import time
 
 from .. import __version__
 from ..format.errors import EncoderError, InputMismatchError
-from .common import parse_metadata
+from .common import entropy_metadata_of, entropy_settings_of, parse_metadata
 
 BATCH_FILE_SUFFIXES = (".pt", ".pth", ".npz")
 
@@ -164,8 +164,6 @@ def encode_model(arguments) -> int:
 
 
 def _encode_model_with(arguments, executor) -> int:
-    from ..format.grids import EntropySettings
-
     start = time.perf_counter()
     compress, load_weights, calibration_tools = _torch_encoder()
     calibration = arguments.calibration
@@ -207,17 +205,13 @@ def _encode_model_with(arguments, executor) -> int:
     if batches is not None:
         calibration_tools.check_runs(model, batches, calibration)
     method = arguments.method or ("cerwu" if batches is not None else "rtn")
-    settings = EntropySettings(precision_bits=arguments.precision_bits, lane_count=arguments.lanes,
-                               context_model=arguments.context,
-                               choose_precision=not arguments.fixed_precision)
+    settings = entropy_settings_of(arguments)
     metadata = {k: str(v) for k, v in source_metadata.items()}
     metadata.update({"encoder": f"nncodec-rd {__version__}", "encoder_settings": json.dumps({
         "method": method, "lam": arguments.lam, "target_bpw": arguments.target_bpw,
         "per_channel": arguments.per_row, "grid_scale": grid_scale, "grid_choice": grid_choice,
         "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity,
-        "precision_bits": arguments.precision_bits,
-        "choose_precision": not arguments.fixed_precision, "lane_count": arguments.lanes,
-        "context_model": arguments.context,
+        **entropy_metadata_of(arguments),
         "calibration": (os.path.basename(calibration) if kind == "file" else calibration),
         "model": arguments.model, "batch_size": arguments.batch_size})})
     if arguments.input is not None:

@@ -18,7 +18,7 @@ only decode): the entry points import it when they first factor a Hessian.
 >>> method_named("gptq")
 Traceback (most recent call last):
     ...
-nncodec_rd.format.errors.EncoderError: [encoder_settings] unknown method 'gptq'; choose one of rtn, optq, optq-rd, cerwu, transform, transform+cerwu
+nncodec_rd.format.errors.EncoderError: encoder_settings: unknown method 'gptq'; choose one of rtn, optq, optq-rd, cerwu, transform, transform+cerwu
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..format.grids import EntropySettings
+from .entropy import EntropySettings
 from .rans import build_frequency_table, frequency_table_bytes
 
 # Indices counted or priced at a time: a layer of 65 M weights needs no 500 MB temporaries.

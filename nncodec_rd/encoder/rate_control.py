@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..format.grids import EntropySettings
+from .entropy import EntropySettings
 from .rans import build_frequency_table, frequency_table_bytes
 from .rate import COUNT_CHUNK
 

@@ -1,5 +1,6 @@
-"""The settings of the layer quantizer (:class:`QuantizerSettings`) and the model-level
-entropy defaults; each setting is declared here once, and the model encoders take theirs from it.
+"""The settings of the layer quantizer (:class:`QuantizerSettings`); each setting is declared
+here once, and the model encoders take theirs from it. The entropy coder's settings are
+:class:`~nncodec_rd.encoder.entropy.EntropySettings`.
 
 >>> settings = QuantizerSettings(method="optq", lam=1e-3)
 >>> settings.quantization_method.rate_aware, settings.grid_choice
@@ -7,7 +8,7 @@ entropy defaults; each setting is declared here once, and the model encoders tak
 >>> QuantizerSettings(method="optq", lam=-1.0)
 Traceback (most recent call last):
     ...
-nncodec_rd.format.errors.EncoderError: [encoder_settings] lam must be finite and > 0, not -1.0
+nncodec_rd.format.errors.EncoderError: encoder_settings: lam must be finite and > 0, not -1.0
 """
 
 from __future__ import annotations
@@ -16,15 +17,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..format.errors import EncoderError
-from ..format.grids import EntropySettings
+from .entropy import EntropySettings
 from .methods import DEFAULT_GRID_CHOICE, GRID_CHOICES, QuantizationMethod, method_named
-
-
-def model_entropy_settings() -> EntropySettings:
-    """The entropy settings of the model-level encoders (``compress``, ``QuantizerSettings``,
-    ``save_file``): the writer's defaults, with each tensor's probability precision chosen by
-    size (``choose_precision``). A new object each call: the dataclass is mutable."""
-    return EntropySettings(choose_precision=True)
 
 
 @dataclass(frozen=True)
@@ -63,8 +57,8 @@ class QuantizerSettings:
         brings most of the gain: on a 768×384 heavy-tailed layer, a third lowered the objective
         by under 0.1% at 2.7 bits per weight, for 50% more time.
     entropy:
-        The coder's settings, whose table the rate model reproduces; by default each tensor's
-        probability precision is chosen by size (``EntropySettings(choose_precision=True)``).
+        The coder's settings, whose table the rate model reproduces (by default each tensor's
+        probability precision is chosen by size).
     grid_choice:
         ``"fixed"``: every layer's step from the λ rule, any index allowed. ``"rd"``: each layer
         tries several grids (step scales around the λ rule, and bounded grids of ``grid_bins``
@@ -86,7 +80,7 @@ class QuantizerSettings:
     damping: float = 0.01
     block_size: int = 128
     max_passes: int = 2
-    entropy: EntropySettings = field(default_factory=model_entropy_settings)
+    entropy: EntropySettings = field(default_factory=EntropySettings)
     grid_choice: str = DEFAULT_GRID_CHOICE
     grid_bins: tuple = (3, 5, 7, 15, 31)
     grid_search_below_bits: float = 2.0

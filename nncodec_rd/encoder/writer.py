@@ -34,9 +34,10 @@ from ..format.constants import (
 )
 from ..format.container import build_container_head
 from ..format.errors import EncoderError
-from ..format.grids import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid
+from ..format.grids import CodebookGrid, RightMatrixTransform, UniformGrid
 from ..format.layout import RowGeometry, canonical_offsets, chunk_extents, group_count_for
 from ..io.atomic import OutputPathError, atomic_write, resolve_output_path
+from .entropy import EntropySettings
 from .rans import build_frequency_table, context_of_previous, encode_chunk, frequency_table_bytes
 
 NUMPY_DTYPE_OF = {
@@ -334,9 +335,6 @@ def _plan_contexts(flat, symbols, extents, row_length, settings, index_offset, c
     probable value) when it lies in the alphabet, else from the alphabet's first index."""
     models = {"iid": [ContextModel.IID], "previous": [ContextModel.PREVIOUS_INDEX],
               "auto": [ContextModel.IID, ContextModel.PREVIOUS_INDEX]}
-    if settings.context_model not in models:
-        raise EncoderError(f"context_model must be iid, previous or auto, not "
-                           f"{settings.context_model!r}")
     last_index = index_offset + (int(symbols.max()) if symbols.size else 0)
     center = int(context_center) if index_offset <= context_center <= last_index \
         else int(index_offset)
@@ -376,14 +374,6 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
     if dtype not in RECONSTRUCTION_DTYPES:
         raise EncoderError(f"a coded tensor reconstructs to float32, float16 or bfloat16, not "
                            f"{dtype.name.lower()}")
-    if not 1 <= settings.precision_bits <= Limits.MAX_PRECISION_BITS:
-        raise EncoderError(f"precision_bits must be 1 ... {Limits.MAX_PRECISION_BITS}")
-    if not 1 <= settings.lane_count <= Limits.MAX_LANE_COUNT:
-        raise EncoderError(f"lane_count must be 1 ... {Limits.MAX_LANE_COUNT}")
-    if not 2 <= settings.context_count <= Limits.MAX_CONTEXT_COUNT:
-        raise EncoderError(f"context_count must be 2 ... {Limits.MAX_CONTEXT_COUNT}")
-    if not 2 <= settings.max_alphabet_size <= Limits.MAX_ALPHABET_SIZE:
-        raise EncoderError(f"max_alphabet_size must be 2 ... {Limits.MAX_ALPHABET_SIZE}")
     indices = np.asarray(indices)
     _check_rank(name, indices.ndim)
     if indices.dtype.kind not in "iu":
@@ -513,6 +503,8 @@ class NrdWriter:
     """Builds one .nrd file: add tensors and metadata, then :meth:`close` writes it atomically.
 
     Use as a context manager; on an exception inside the ``with`` block nothing is written.
+    ``entropy`` is the coding of the tensors added without settings of their own
+    (:class:`~nncodec_rd.encoder.entropy.EntropySettings` by default).
 
     Examples
     --------
@@ -524,8 +516,10 @@ class NrdWriter:
     (12, 140)
     """
 
-    def __init__(self, path, metadata: dict | None = None):
+    def __init__(self, path, metadata: dict | None = None, *,
+                 entropy: EntropySettings | None = None):
         self.path = os.fspath(path)
+        self.entropy = EntropySettings() if entropy is None else entropy
         # Refuse a device, FIFO or directory now, not after the encoding (io.atomic's notes).
         resolve_output_path(self.path)
         self.metadata = dict(metadata or {})
@@ -586,7 +580,8 @@ class NrdWriter:
         dequantized ``(rows, k)`` indices on the right; the decoded tensor is ``(rows, columns)``.
         """
         self._require_open("add a tensor")
-        pending = encode_rans_tensor(name, indices, grid, dtype, settings=settings,
+        pending = encode_rans_tensor(name, indices, grid, dtype,
+                                     settings=self.entropy if settings is None else settings,
                                      transformed=transform is not None, metadata=metadata,
                                      context_center=context_center)
         pending.transform_target = transform.tensor if transform is not None else None

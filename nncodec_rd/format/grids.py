@@ -54,39 +54,3 @@ class RightMatrixTransform:
     (the name of a float32 tensor of the same file)."""
 
     tensor: str
-
-
-@dataclass
-class EntropySettings:
-    """How a tensor's indices are entropy-coded (spec §7); the defaults suit weight matrices.
-
-    Parameters
-    ----------
-    precision_bits:
-        Probability precision, 1 ... 16; with ``choose_precision``, the highest one tried.
-    lane_count:
-        Interleaved rANS states per chunk, 1 ... 32.
-    context_model:
-        ``"iid"``, ``"previous"`` or ``"auto"`` (the smaller file, tables included).
-    context_count:
-        Tables for the ``"previous"`` model, 2 ... 16.
-    symbols_per_chunk:
-        Target number of symbols per chunk (chunks hold whole rows).
-    max_alphabet_size:
-        Indices outside a window of this many symbols are escaped.
-    choose_precision:
-        Give each tensor the precision in 1 ... ``precision_bits`` that codes it in the fewest
-        bytes, frequency tables included (spec §7.2 lets every tensor have its own). A small
-        tensor then gets smaller tables in the file and a smaller slot table in the decoder
-        (2^precision entries per context). Off by default, so that the writer's output for
-        given settings never changes; the model-level encoders (``compress``, ``nncodec-rd
-        encode``) turn it on.
-    """
-
-    precision_bits: int = 14
-    lane_count: int = 4
-    context_model: str = "auto"
-    context_count: int = 3
-    symbols_per_chunk: int = 1 << 18
-    max_alphabet_size: int = 4096
-    choose_precision: bool = False

@@ -7,6 +7,8 @@ The names below are imported on first use, so that importing one submodule (such
 :mod:`.digits_cnn`) does not load the encoder.
 """
 
+from ..lazy_exports import lazy_exports
+
 _EXPORTS = {"compress": "compress_model", "load_into": "load",
             "CompressionResult": "layers",
             "load_compressed": "lazy", "lazy_weights": "lazy", "CompressedWeight": "lazy",
@@ -14,17 +16,4 @@ _EXPORTS = {"compress": "compress_model", "load_into": "load",
             "save_model": "files", "load_model": "files",
             "compress_pretrained": "pretrained", "from_pretrained": "pretrained"}
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

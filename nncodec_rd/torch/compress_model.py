@@ -17,9 +17,9 @@ from dataclasses import replace
 
 from ..encoder.executor import opened_executor
 from ..encoder.methods import DEFAULT_GRID_CHOICE, METHODS, method_named
-from ..encoder.settings import QuantizerSettings, model_entropy_settings
+from ..encoder.entropy import EntropySettings
+from ..encoder.settings import QuantizerSettings
 from ..format.errors import EncoderError
-from ..format.grids import EntropySettings
 from .layers import (
     CompressionResult,
 )
@@ -136,7 +136,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
                                  lam=encoder.default_lam() if lam is None else lam,
                                  per_channel=per_channel, grid_scale=grid_scale,
                                  act_order=act_order, grid_choice=grid_choice,
-                                 entropy=entropy or model_entropy_settings())
+                                 entropy=entropy or EntropySettings())
         path = os.fspath(path) if path is not None else None
         if target_bpw is not None:
             # The smallest λ whose file fits in target_bpw: the best model of that size.
@@ -185,7 +185,7 @@ def _compress_sequential(model, calibration_batches, *, method, lam, target_bpw,
     settings = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
                                  per_channel=per_channel, grid_scale=grid_scale,
                                  act_order=act_order, grid_choice=grid_choice,
-                                 entropy=entropy or model_entropy_settings())
+                                 entropy=entropy or EntropySettings())
     return encoder.encode(settings, path, metadata, lam=lam, target_bpw=target_bpw)
 
 

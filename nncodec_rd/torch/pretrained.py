@@ -22,7 +22,8 @@ import torch
 
 from ..encoder.executor import opened_executor
 from ..encoder.methods import DEFAULT_GRID_CHOICE
-from ..encoder.settings import QuantizerSettings, model_entropy_settings
+from ..encoder.entropy import EntropySettings
+from ..encoder.settings import QuantizerSettings
 from ..format.errors import EncoderError
 from ..io.hf_folder import MAX_FILE_BYTES, folder_metadata
 from .checkpoint import CheckpointWeights, empty_model
@@ -126,6 +127,7 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                         resume: bool = False, target_bpw: float | None = None,
                         target_fidelity: float | None = None,
                         held_out_fraction: float = HELD_OUT_FRACTION,
+                        entropy: EntropySettings | None = None,
                         executor=None) -> CompressionResult:
     """Encode the Hugging Face model folder ``model_dir`` into the .nrd file ``path``, one block
     at a time (memory: one block, not the model).
@@ -145,6 +147,9 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     mean cosine of its output (:func:`output_fidelity`) on the last ``held_out_fraction`` of the
     texts, which the encoder does not calibrate on. λ is searched by whole encodes (about 6 to 9
     of them); the result's ``fidelity`` is the value measured on the file returned.
+
+    ``entropy``: the entropy coder's settings (:class:`~nncodec_rd.encoder.entropy.EntropySettings`
+    by default).
 
     ``executor``: where each block's layers are quantized, as in
     :func:`~nncodec_rd.torch.compress_model.compress` (a Ray address such as ``"local"`` or
@@ -186,7 +191,8 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     metadata = {**archived, **(metadata or {})}
     settings = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
                                  per_channel=per_channel, act_order=act_order,
-                                 grid_choice=grid_choice, entropy=model_entropy_settings())
+                                 grid_choice=grid_choice,
+                                 entropy=EntropySettings() if entropy is None else entropy)
 
     def encoder_of(model):
         return SequentialEncoder(model, batches, weights=weights, stack=stack,

@@ -26,8 +26,8 @@ import torch
 from .load import load_into, load_weights
 from .model_encoder import ModelEncoder
 from ..encoder.methods import METHODS, resolved_grid_choice
-from ..encoder.settings import QuantizerSettings, model_entropy_settings
-from ..format.grids import EntropySettings
+from ..encoder.entropy import EntropySettings
+from ..encoder.settings import QuantizerSettings
 from ..benchmarks import decode_speed
 from ..benchmarks.nncodec_peer import find_nncodec_python, run_nncodec_sweep
 
@@ -107,7 +107,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             settings = QuantizerSettings(method=method, lam=lam, grid_scale=grid_scale,
                                          per_channel=per_channel and method != "cerwu",
                                          grid_choice=grid_choice,
-                                         entropy=entropy or model_entropy_settings())
+                                         entropy=entropy or EntropySettings())
             if pipeline == "sequential":
                 # Its sensitivities are relative to each block's output, so its λ has other
                 # units: the sweep is around its own default λ (from the first block).

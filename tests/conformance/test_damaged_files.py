@@ -20,7 +20,8 @@ from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.encoder.rans import encode_chunk
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.errors import NrdError
-from nncodec_rd.format.grids import EntropySettings, UniformGrid
+from nncodec_rd.format.grids import UniformGrid
+from nncodec_rd.encoder.entropy import EntropySettings
 
 OUTPUT_BOUND_BYTES = 1 << 24  # what the tests let one decoded array take
 PEAK_BOUND_BYTES = 1 << 26    # what decoding one damaged file may allocate in all

@@ -11,7 +11,8 @@ from conformance.mutators import assemble, split_file
 from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.errors import CorruptStreamError, ErrorCode
-from nncodec_rd.format.grids import CodebookGrid, EntropySettings
+from nncodec_rd.format.grids import CodebookGrid
+from nncodec_rd.encoder.entropy import EntropySettings
 
 
 def _write(tmp_path, data: bytes):

@@ -17,7 +17,8 @@ from nncodec_rd.encoder.problem import LayerProblem
 from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.errors import EncoderError
-from nncodec_rd.format.grids import EntropySettings, UniformGrid
+from nncodec_rd.format.grids import UniformGrid
+from nncodec_rd.encoder.entropy import EntropySettings
 
 METHODS = ("rtn", "optq", "optq-rd", "cerwu")
 

@@ -103,7 +103,8 @@ def test_a_chosen_precision_never_makes_the_file_larger(tmp_path_factory, seed, 
     if distinct > 1 << highest:
         return  # more symbols than slots: the writer refuses any precision alike
     tmp_path = tmp_path_factory.mktemp("precision")
-    settings = EntropySettings(precision_bits=highest, context_model=context, lane_count=2)
+    settings = EntropySettings(precision_bits=highest, context_model=context, lane_count=2,
+                               choose_precision=False)
     fixed_bytes, fixed_precision, chunks = _written(tmp_path, "fixed", indices, settings)
     chosen_bytes, chosen_precision, _ = _written(
         tmp_path, "chosen", indices, EntropySettings(precision_bits=highest, context_model=context,
@@ -117,10 +118,11 @@ def test_a_small_tensor_gets_a_lower_precision_and_a_smaller_file(tmp_path):
     frequencies take two bytes of the header, at the chosen precision one; the file is a whole
     64-byte block smaller."""
     indices = np.round(np.random.default_rng(1).laplace(scale=6.0, size=(64, 9))).astype(np.int64)
-    fixed_bytes, fixed_precision, _ = _written(tmp_path, "fixed", indices, EntropySettings())
+    fixed_bytes, fixed_precision, _ = _written(tmp_path, "fixed", indices,
+                                               EntropySettings(choose_precision=False))
     chosen_bytes, chosen_precision, _ = _written(tmp_path, "chosen", indices,
                                                  EntropySettings(choose_precision=True))
-    assert fixed_precision == 14  # the writer's default does not change (frozen vectors)
+    assert fixed_precision == 14
     assert chosen_precision < 14 and chosen_bytes < fixed_bytes
     assert (tmp_path / "chosen.nrd").stat().st_size == (tmp_path / "fixed.nrd").stat().st_size - 64
 
@@ -143,5 +145,5 @@ def test_a_skewed_layer_with_three_contexts_gets_a_small_slot_table():
     counts = np.array([[1490, 27009, 1119, 5], [252, 2611, 275, 1], [3, 3, 0, 0]])
     _, precision, frequencies = _cheapest_tables(counts, EntropySettings(choose_precision=True))
     assert precision == 11 and np.all(frequencies.sum(axis=1) == 1 << 11)
-    _, precision, _ = _cheapest_tables(counts, EntropySettings())
+    _, precision, _ = _cheapest_tables(counts, EntropySettings(choose_precision=False))
     assert precision == 14

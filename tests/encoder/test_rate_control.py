@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from nncodec_rd.format.grids import EntropySettings
+from nncodec_rd.encoder.entropy import EntropySettings
 from nncodec_rd.encoder.rate_control import (RateController, RateTable, rate_table,
                                              rounding_bits)
 from nncodec_rd.encoder.rans import build_frequency_table, frequency_table_bytes

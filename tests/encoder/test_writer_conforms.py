@@ -10,7 +10,8 @@ from nncodec_rd.decoder.validation import validate_file
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.constants import Limits
 from nncodec_rd.format.errors import EncoderError, ErrorCode
-from nncodec_rd.format.grids import EntropySettings, RightMatrixTransform, UniformGrid
+from nncodec_rd.format.grids import RightMatrixTransform, UniformGrid
+from nncodec_rd.encoder.entropy import EntropySettings
 
 
 def _refused(tmp_path, populate, metadata=None, match=None):

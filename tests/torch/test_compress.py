@@ -151,3 +151,23 @@ def test_the_package_names_the_functions_not_the_modules():
     assert exported is compress and callable(exported)
     assert exported_load is load_into
     assert package.compress is compress
+
+
+def test_the_encoders_keywords_default_to_the_settings_declared_once():
+    """compress() and compress_pretrained() take the quantizer's settings as keywords; their
+    defaults are QuantizerSettings' own, so that a default is changed in one place."""
+    import dataclasses
+    import inspect
+
+    from nncodec_rd.encoder.settings import QuantizerSettings
+    from nncodec_rd.torch.pretrained import compress_pretrained
+
+    declared = {field.name: field.default for field in dataclasses.fields(QuantizerSettings)
+                if field.init and field.default is not dataclasses.MISSING
+                and field.name != "lam"}  # lam=None: a λ chosen from the weights
+    for function in (compress, compress_pretrained):
+        shared = {name: parameter.default
+                  for name, parameter in inspect.signature(function).parameters.items()
+                  if name in declared}
+        assert {"method", "per_channel", "act_order", "grid_choice"} <= set(shared), function
+        assert shared == {name: declared[name] for name in shared}, function.__name__

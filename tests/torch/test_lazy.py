@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nncodec_rd.format.errors import ChecksumMismatchError, EncoderError  # noqa: E402
-from nncodec_rd.format.grids import EntropySettings  # noqa: E402
+from nncodec_rd.encoder.entropy import EntropySettings  # noqa: E402
 from nncodec_rd.torch import CompressedWeight, lazy_weights, load_compressed  # noqa: E402
 from nncodec_rd.torch.compress_model import compress  # noqa: E402
 from nncodec_rd.torch.examples import tiny_mlp  # noqa: E402

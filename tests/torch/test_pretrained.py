@@ -238,3 +238,25 @@ def test_from_pretrained_keeps_the_checkpoint_dtype_on_every_transformers(tmp_pa
     assert from_pretrained(tmp_path / "m.nrd", **{
         "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype":
         torch.float32}).dtype == torch.float32
+
+
+def test_the_entropy_flags_reach_a_folder_encode(tmp_path, capsys):
+    """--precision-bits, --fixed-precision, --lanes and --context apply to a model folder as to
+    any other input (they were once dropped there without a word)."""
+    source = tmp_path / "source"
+    model_folder(source)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the model is small\n" * 3, encoding="utf-8")
+    assert main(["encode", str(source), "-o", str(tmp_path / "m.nrd"), "--calibration-text",
+                 str(texts), "--fixed-precision", "--precision-bits", "12", "--lanes", "2",
+                 "--context", "iid"]) == 0
+    with nncodec_rd.safe_open(tmp_path / "m.nrd") as handle:
+        coded = [name for name in handle.keys() if handle.info(name).coding == "rans"]
+        assert coded
+        for name in coded:
+            info = handle.info(name)
+            assert (info.precision_bits, info.context_model) == (12, "iid"), name
+            assert handle.record(name).body.lane_count == 2, name
+        settings = json.loads(handle.metadata()["encoder_settings"])
+    assert (settings["precision_bits"], settings["lane_count"], settings["context_model"],
+            settings["choose_precision"]) == (12, 2, "iid", False)

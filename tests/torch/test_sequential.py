@@ -10,7 +10,7 @@ import torch
 import nncodec_rd
 from conformance import spec_literal_decoder as literal
 from nncodec_rd.encoder import executor as executor_module
-from nncodec_rd.encoder.settings import model_entropy_settings
+from nncodec_rd.encoder.entropy import EntropySettings
 from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.format.errors import EncoderError
 from nncodec_rd.torch import checkpoint as checkpoint_module
@@ -48,7 +48,7 @@ def encode_folder(folder, path, batches, lam=None, target_bpw=None, **options):
     model, _ = empty_model(folder)
     encoder = SequentialEncoder(model, batches, weights=CheckpointWeights(folder),
                                 progress=False, **options)
-    return encoder.encode(QuantizerSettings(method="cerwu", entropy=model_entropy_settings()),
+    return encoder.encode(QuantizerSettings(method="cerwu", entropy=EntropySettings()),
                           path, lam=lam, target_bpw=target_bpw)
 
 
