@@ -1,0 +1,336 @@
+"""The measured figures of the pages, rendered from the benchmarks' JSON in ``bench/results/``.
+
+    python docs/figures.py            # check: exit 1, naming page, key and both values, on a drift
+    python docs/figures.py --write    # render every figure into the pages
+
+``make docs`` runs the check before Sphinx; ``tests/test_docs_figures.py`` runs it too. A page
+holds figures in two forms, both invisible in the rendered page and on GitHub:
+
+* **a block** between ``<!-- figures: KEY -->`` and ``<!-- /figures -->``: a table or a few
+  sentences written by the function :data:`BLOCKS` ``[KEY]`` from one JSON file, ending with the
+  commit and date that JSON was measured at;
+* **an inline figure** ``<!--f:FILE:EXPRESSION:FORMAT-->1.35<!--/f-->``: FILE is a JSON file in
+  ``bench/results/``, EXPRESSION a path into it (``runs[config=ray:2].quantize_seconds``: keys
+  after dots, ``[3]`` an index, ``[-1]`` the last, ``["odd key"]`` a key, ``[field=value]`` the
+  first element of a list whose ``field`` is ``value``) or arithmetic (``+ - * /``, parentheses,
+  numbers) over such paths, FORMAT a Python format specification (``.2f``, ``,d``, ``+.2%``;
+  empty for text).
+
+The commit and date of a JSON are its own ``commit`` and ``date`` (or ``date_utc``) where the
+benchmark recorded them (``bench/run_info.py``); else the commit that last changed the file in
+git ("recorded in commit X"), or ``recorded_in_commit`` where a file was restored from git
+history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+
+INLINE = re.compile(r"<!--f:(?P<spec>[^>]*?)-->(?P<text>.*?)<!--/f-->")
+BLOCK = re.compile(r"(?P<open><!-- figures: (?P<key>[\w.-]+) -->\n)(?P<body>.*?)"
+                   r"(?P<close><!-- /figures -->)", re.DOTALL)
+TOKEN = re.compile(r"(?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
+                   r"|(?P<path>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[[^\]]*\])*)")
+
+
+class FiguresError(Exception):
+    """A marker that cannot be rendered: unknown file or key, a path that is not in the JSON, a
+    bad expression or format."""
+
+
+def page_paths(root: Path) -> list[Path]:
+    """Every page that may hold figures: ``README.md``, ``docs/*.md``, ``docs/guides/*.md``."""
+    paths = [root / "README.md", *sorted((root / "docs").glob("*.md")),
+             *sorted((root / "docs" / "guides").glob("*.md"))]
+    return [path for path in paths if path.exists()]
+
+
+class Results:
+    """The JSON files of one ``bench/results`` folder, read once each."""
+
+    def __init__(self, folder: Path, git_root: Path = ROOT):
+        self.folder = folder
+        self.git_root = git_root  # where `git log` finds bench/results/NAME's history
+
+    @functools.lru_cache(maxsize=None)
+    def load(self, name: str):
+        path = self.folder / name
+        if not path.exists():
+            raise FiguresError(f"no file bench/results/{name}")
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+
+    @functools.lru_cache(maxsize=None)
+    def _git_commit(self, name: str) -> tuple[str, str] | None:
+        try:
+            line = subprocess.run(
+                ["git", "-C", str(self.git_root), "log", "-1", "--format=%h %cs",
+                 "--", f"bench/results/{name}"],
+                capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return tuple(line.split(" ", 1)) if line else None
+
+    def provenance(self, name: str) -> str:
+        """One sentence: the commit and date ``name`` was measured at, and where it lies."""
+        data = self.load(name)
+        link = f"[bench/results/{name}](../bench/results/{name})"
+        date = data.get("date") or data.get("date_utc")
+        if data.get("commit"):
+            when = f" on {date} UTC" if date else ""
+            return f"Measured at commit `{data['commit']}`{when}; raw: {link}."
+        recorded = data.get("recorded_in_commit")
+        if recorded:
+            return f"Recorded in commit `{recorded}` on {date}; raw: {link}."
+        found = self._git_commit(name)
+        if found is None:
+            return f"Measured on {date or 'an unrecorded date'}, not yet committed; raw: {link}."
+        commit, committed = found
+        if date:
+            return f"Measured on {date} UTC, recorded in commit `{commit}`; raw: {link}."
+        return f"Recorded in commit `{commit}` on {committed}; raw: {link}."
+
+
+def resolve(data, path: str):
+    """The value at ``path`` (see the module docstring) in ``data``."""
+    parts = re.findall(r"\.?([A-Za-z_]\w*)|\[([^\]]*)\]", path)
+    value = data
+    for name, bracket in parts:
+        try:
+            if name:
+                value = value[name]
+            elif re.fullmatch(r"-?\d+", bracket):
+                value = value[int(bracket)]
+            elif bracket.startswith('"'):
+                value = value[bracket.strip('"')]
+            else:
+                field, wanted = bracket.split("=", 1)
+                value = next(item for item in value if str(item.get(field)) == wanted)
+        except (KeyError, IndexError, TypeError, ValueError, StopIteration):
+            raise FiguresError(f"{path!r}: no {name or '[' + bracket + ']'} there") from None
+    return value
+
+
+def evaluate(data, expression: str):
+    """The value of ``expression``: a path, or arithmetic over paths and numbers."""
+    values = {}
+
+    def placeholder(match: re.Match) -> str:
+        if match.group("number"):
+            return match.group("number")
+        values[f"_v{len(values)}"] = resolve(data, match.group("path"))
+        return f"_v{len(values) - 1}"
+
+    # paths may contain '=' and spaces inside brackets; replace them before Python parses the rest
+    code = TOKEN.sub(placeholder, expression.strip())
+    try:
+        tree = ast.parse(code, mode="eval")
+    except SyntaxError:
+        raise FiguresError(f"{expression!r} is not an expression") from None
+    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, ast.Div,
+               ast.USub, ast.Constant, ast.Name, ast.Load)
+    for node in ast.walk(tree):
+        if not isinstance(node, allowed):
+            raise FiguresError(f"{expression!r}: only + - * / over paths and numbers")
+    return eval(compile(tree, "<figures>", "eval"), {"__builtins__": {}}, values)
+
+
+def format_value(value, spec: str) -> str:
+    """``value`` in the Python format ``spec`` (integral floats allowed for ``d``)."""
+    if spec.endswith("d") and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError) as error:
+        raise FiguresError(f"cannot format {value!r} as {spec!r}: {error}") from None
+
+
+def inline_value(results: Results, spec: str) -> str:
+    """The text of an inline marker ``FILE:EXPRESSION:FORMAT``."""
+    try:
+        name, rest = spec.split(":", 1)
+        expression, fmt = rest.rsplit(":", 1)  # a path may hold ':' (config=ray:2), a format not
+    except ValueError:
+        raise FiguresError(f"{spec!r}: want FILE:EXPRESSION:FORMAT") from None
+    try:
+        return format_value(evaluate(results.load(name), expression), fmt)
+    except FiguresError as error:
+        raise FiguresError(f"<!--f:{spec}-->: {error}") from None
+
+
+# -- blocks ---------------------------------------------------------------------------------------
+
+BLOCKS: dict[str, Callable[[Results], str]] = {}
+"""KEY -> the function that writes the block ``<!-- figures: KEY -->`` (Markdown, no final
+newline)."""
+
+
+def block(key: str):
+    """Register the decorated function as the writer of the block ``key``."""
+    def register(function):
+        BLOCKS[key] = function
+        return function
+    return register
+
+
+def table(header: list[str], align: str, rows: list[list]) -> str:
+    """A Markdown table; ``align`` holds one letter per column (``l`` left, ``r`` right)."""
+    rule = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- decode-speed.md ------------------------------------------------------------------------------
+
+DECODE_SPEED_LABELS = {
+    "nncodec-rd (1 thread, new array)": "nncodec-rd, 1 thread, new array",
+    "nncodec-rd (1 thread, reused buffer)": "nncodec-rd, 1 thread, reused buffer",
+    "nncodec-rd (2 threads, new array)": "nncodec-rd, 2 threads, new array",
+    "nncodec-rd (2 threads, reused buffer)": "nncodec-rd, 2 threads, reused buffer",
+    "constriction AnsCoder": "constriction `AnsCoder` (from Python)",
+    "zstd -19 (int8 indices)": "zstd -19",
+    "NNCodec 2.1.3 (DeepCABAC)": "NNCodec 2.1.3 (DeepCABAC, `use_dq=False`)",
+}
+DECODE_SPEED_OUTPUT = {"constriction AnsCoder": "int32 symbols",
+                       "zstd -19 (int8 indices)": "int8 indices"}
+
+
+def decode_speed_table(results: Results, name: str, first_column: str) -> str:
+    data = results.load(name)
+    entropy = data["entropy_bits_per_weight"]
+    rows = [[DECODE_SPEED_LABELS[row["coder"]], f"{row['weights_per_second'] / 1e6:.1f}",
+             f"{row['bits_per_weight']:.3f}", f"{row['bits_per_weight'] / entropy - 1:+.2%}",
+             DECODE_SPEED_OUTPUT.get(row["coder"], "float32 weights")]
+            for row in data["results"]]
+    machine = data["machine"]
+    return (table([first_column, "M weights/s", "bits/weight", "vs entropy", "what is decoded"],
+                  "lrrrl", rows)
+            + f"\n\n{data['weights']:,} weights, best of {data['repeats']} runs, on "
+              f"{machine['cpu']} ({machine['cores']} cores, {machine['machine']}), Python "
+              f"{machine['python']}, NumPy {machine['numpy']}, Numba {machine['numba']}. "
+            + results.provenance(name))
+
+
+@block("decode_speed.table")
+def _decode_speed(results: Results) -> str:
+    return decode_speed_table(results, "decode_speed.json", "coder")
+
+
+@block("decode_speed.general_kernel")
+def _decode_speed_general(results: Results) -> str:
+    return decode_speed_table(results, "decode_speed_general_kernel.json",
+                              "coder (general kernel)")
+
+
+@block("decode_speed.2026-11-23")
+def _decode_speed_1123(results: Results) -> str:
+    return decode_speed_table(results, "decode_speed_2026-11-23.json", "coder (2026-11-23)")
+
+
+# -- rendering and checking -----------------------------------------------------------------------
+
+def render(text: str, results: Results) -> tuple[str, list[tuple[int, str, str, str]]]:
+    """``text`` with every block and inline figure rendered, and the differences found:
+    (line, key, what the page says, what the results give)."""
+    differences = []
+    pieces = []
+    position = 0
+    for opening, matched in (("<!--f:", INLINE), ("<!-- figures:", BLOCK)):
+        if text.count(opening) != len(matched.findall(text)):
+            raise FiguresError(f"a marker {opening!r} without its closing marker")
+    for match in list(BLOCK.finditer(text)) + [None]:
+        # inline figures are looked for outside blocks only (a block is rendered as a whole)
+        end = match.start() if match else len(text)
+        for inline in INLINE.finditer(text, position, end):
+            spec = inline.group("spec")
+            made = inline_value(results, spec)
+            if made != inline.group("text"):
+                differences.append((text.count("\n", 0, inline.start()) + 1, spec,
+                                    inline.group("text"), made))
+            pieces += [text[position:inline.start()], f"<!--f:{spec}-->{made}<!--/f-->"]
+            position = inline.end()
+        pieces.append(text[position:end])
+        if match is None:
+            break
+        key = match.group("key")
+        if key not in BLOCKS:
+            raise FiguresError(f"no block {key!r} in docs/figures.py")
+        made = BLOCKS[key](results).strip("\n") + "\n"
+        if made != match.group("body"):
+            old, new = match.group("body").splitlines(), made.splitlines()
+            at = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b),
+                      min(len(old), len(new)))
+            differences.append((text.count("\n", 0, match.start("body")) + 1 + at,
+                                f"figures: {key}", old[at] if at < len(old) else "(nothing)",
+                                new[at] if at < len(new) else "(nothing)"))
+        pieces.append(match.group("open") + made + match.group("close"))
+        position = match.end()
+    return "".join(pieces), differences
+
+
+def check(root: Path = ROOT, git_root: Path = ROOT) -> list[str]:
+    """One message per figure whose page text and results disagree (or cannot be rendered)."""
+    results = Results(root / "bench" / "results", git_root)
+    problems = []
+    for path in page_paths(root):
+        page = path.relative_to(root).as_posix()
+        try:
+            _, differences = render(path.read_text(encoding="utf-8"), results)
+        except FiguresError as error:
+            problems.append(f"{page}: {error}")
+            continue
+        problems += [f"{page}:{line}: {key}: the page says {said!r}, the results give {given!r}"
+                     for line, key, said, given in differences]
+    return problems
+
+
+def write(root: Path = ROOT, git_root: Path = ROOT) -> list[str]:
+    """Render every page in place; returns the pages changed."""
+    results = Results(root / "bench" / "results", git_root)
+    changed = []
+    for path in page_paths(root):
+        text = path.read_text(encoding="utf-8")
+        new, _ = render(text, results)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(path.relative_to(root).as_posix())
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true",
+                        help="render the figures into the pages instead of checking them")
+    arguments = parser.parse_args(argv)
+    if arguments.write:
+        try:
+            print("changed:", ", ".join(write()) or "nothing")
+        except FiguresError as error:
+            print(error, file=sys.stderr)
+            return 1
+        return 0
+    problems = check()
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} figure(s) differ from bench/results/*.json; "
+              "run python docs/figures.py --write (after checking why)", file=sys.stderr)
+        return 1
+    print("every figure matches bench/results/*.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
