@@ -239,6 +239,25 @@ def _decode_speed_1123(results: Results) -> str:
     return decode_speed_table(results, "decode_speed_2026-11-23.json", "coder (2026-11-23)")
 
 
+# -- any-size.md ----------------------------------------------------------------------------------
+
+def bench_module(name: str):
+    """``bench/NAME.py`` of this repository, imported (for its table functions)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@block("any_size.table")
+def _any_size(results: Results) -> str:
+    data = results.load("any_size.json")
+    return (bench_module("any_size").markdown_table(data) + "\n\n"
+            + results.provenance("any_size.json"))
+
+
 # -- rendering and checking -----------------------------------------------------------------------
 
 def render(text: str, results: Results) -> tuple[str, list[tuple[int, str, str, str]]]:
@@ -247,13 +266,19 @@ def render(text: str, results: Results) -> tuple[str, list[tuple[int, str, str, 
     differences = []
     pieces = []
     position = 0
+    # markers quoted in code spans (`<!--f:...-->`, as in docs/README.md) are text, not markers
+    quoted = [span.span() for span in re.finditer(r"`[^`\n]+`", text)]
+
+    def real(matches):
+        return [m for m in matches if not any(a <= m.start() < b for a, b in quoted)]
+
     for opening, matched in (("<!--f:", INLINE), ("<!-- figures:", BLOCK)):
-        if text.count(opening) != len(matched.findall(text)):
+        if len(real(re.finditer(re.escape(opening), text))) != len(real(matched.finditer(text))):
             raise FiguresError(f"a marker {opening!r} without its closing marker")
-    for match in list(BLOCK.finditer(text)) + [None]:
+    for match in real(BLOCK.finditer(text)) + [None]:
         # inline figures are looked for outside blocks only (a block is rendered as a whole)
         end = match.start() if match else len(text)
-        for inline in INLINE.finditer(text, position, end):
+        for inline in real(INLINE.finditer(text, position, end)):
             spec = inline.group("spec")
             made = inline_value(results, spec)
             if made != inline.group("text"):
