@@ -258,6 +258,51 @@ def _any_size(results: Results) -> str:
             + results.provenance("any_size.json"))
 
 
+# -- ray.md ---------------------------------------------------------------------------------------
+
+RAY_CONFIGS = {"local": "in this process", "ray:1": "Ray, 1 worker", "ray:2": "Ray, 2 workers",
+               "ray:4": "Ray, 4 workers (2 cores)"}
+
+
+@block("ray.table")
+def _ray(results: Results) -> str:
+    data = results.load("ray_encode.json")
+    rows = [[RAY_CONFIGS[run["config"]], f"{run['wall_seconds']:.1f} s",
+             f"{run['ray_start_seconds']:.1f} s" if run["ray_start_seconds"] else "–",
+             f"{run['hessian_seconds']:.1f} s", f"{run['quantize_seconds']:.1f} s",
+             f"{run['layer_task_seconds']:.1f} s", f"{run['peak_rss_bytes'] / 1e9:.2f} GB",
+             f"{run['size_bytes']:,} B"] for run in data["runs"]]
+    return (table(["configuration", "wall time", "Ray start", "Hessians", "quantization phase",
+                   "layers' own time, summed", "driver peak RSS", "file"], "lrrrrrrr", rows)
+            + "\n\n" + results.provenance("ray_encode.json"))
+
+
+@block("ray.down_proj_share")
+def _ray_down_proj(results: Results) -> str:
+    run = next(run for run in results.load("ray_encode.json")["runs"] if run["config"] == "ray:1")
+    blocks: dict[str, dict[str, float]] = {}
+    for layer in run["layers"]:
+        parts = layer["name"].split(".")
+        if len(parts) > 3 and parts[1] == "layers":
+            blocks.setdefault(parts[2], {})[parts[-2]] = layer["seconds"]
+    shares = [layers["down_proj"] / sum(layers.values()) for layers in blocks.values()]
+    return (f"  that the other worker cannot share: `down_proj` took {min(shares) * 100:.0f} % to "
+            f"{max(shares) * 100:.0f} % of a block's\n  time with one worker, "
+            f"{sum(shares) / len(shares) * 100:.0f} % on average.")
+
+
+@block("ray.estimate_70b")
+def _ray_70b(results: Results) -> str:
+    estimate = results.load("ray_encode.json")["estimate_70b"]
+    def hours(value: float) -> str:
+        return f"{value:.0f} h" if value >= 100 else f"{value:.1f} h"
+
+    rows = [[workers, hours(estimate[f"workers_{workers}"]["sequential_hours"]),
+             hours(estimate[f"workers_{workers}"]["whole_model_hours"])] for workers in (1, 16, 64)]
+    return table(["workers", "block-sequential (`encode MODEL_DIR`)",
+                  "all layers at once (whole-model encoder)"], "rrr", rows)
+
+
 # -- rendering and checking -----------------------------------------------------------------------
 
 def render(text: str, results: Results) -> tuple[str, list[tuple[int, str, str, str]]]:
