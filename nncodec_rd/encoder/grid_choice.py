@@ -1,5 +1,5 @@
 """Per-layer grid choice by rate–distortion: mixed precision and zero-point grids
-(docs/methods.md §2, after Metz, Bichler and Dupret).
+(docs/algorithms.md §2, after Metz, Bichler and Dupret).
 
 The λ rule of :mod:`nncodec_rd.encoder.obs` gives every layer the step that is optimal at high
 rate. Low-rate layers, heavy tails and asymmetric weights move the optimum, so with
