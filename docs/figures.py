@@ -303,6 +303,29 @@ def _ray_70b(results: Results) -> str:
                   "all layers at once (whole-model encoder)"], "rrr", rows)
 
 
+# -- fuzzing.md -----------------------------------------------------------------------------------
+
+@block("fuzz.long")
+def _fuzz_long(results: Results) -> str:
+    data = results.load("fuzz_long.json")
+    targets = data["targets"]
+    mib = 1 << 20
+    rows = [[f"`{t['target']}`", f"{t['seconds']:.0f} s", f"{t['executions']:,}",
+             f"{t['executions_per_second']:.0f}",
+             f"{t['corpus_files']} files, {t['corpus_bytes'] / 1000:.0f} KB",
+             f"{t['max_seconds_one_input']:.2f} s", f"{t['max_peak_bytes'] / mib:.1f} MiB",
+             len(t["crashes"])] for t in targets]
+    rows.append(["all", f"{len(targets)} x {max(t['seconds'] for t in targets):.0f} s",
+                 f"**{data['executions']:,}**",
+                 f"{sum(t['executions_per_second'] for t in targets):.0f}", "",
+                 f"{max(t['max_seconds_one_input'] for t in targets):.2f} s",
+                 f"{max(t['max_peak_bytes'] for t in targets) / mib:.1f} MiB",
+                 f"**{sum(len(t['crashes']) for t in targets)}**"])
+    return (table(["target", "fuzzing time", "executions", "executions/s", "corpus at the end",
+                   "slowest input", "largest memory growth, one input", "crashes"],
+                  "lrrrrrrr", rows) + "\n\n" + results.provenance("fuzz_long.json"))
+
+
 # -- rendering and checking -----------------------------------------------------------------------
 
 def render(text: str, results: Results) -> tuple[str, list[tuple[int, str, str, str]]]:
