@@ -12,9 +12,10 @@ holds figures in two forms, both invisible in the rendered page and on GitHub:
 * **an inline figure** ``<!--f:FILE:EXPRESSION:FORMAT-->1.35<!--/f-->``: FILE is a JSON file in
   ``bench/results/``, EXPRESSION a path into it (``runs[config=ray:2].quantize_seconds``: keys
   after dots, ``[3]`` an index, ``[-1]`` the last, ``["odd key"]`` a key, ``[field=value]`` the
-  first element of a list whose ``field`` is ``value``) or arithmetic (``+ - * /``, parentheses,
-  numbers) over such paths, FORMAT a Python format specification (``.2f``, ``,d``, ``+.2%``;
-  empty for text).
+  first element of a list whose ``field`` is ``value``; ``[*]`` every element and
+  ``[?field=value]`` every matching one, giving a list) or arithmetic (``+ - * /``, parentheses,
+  numbers, ``min max sum len`` of a list) over such paths, FORMAT a Python format specification
+  (``.2f``, ``,d``, ``+.2%``; empty for text).
 
 The commit and date of a JSON are its own ``commit`` and ``date`` (or ``date_utc``) where the
 benchmark recorded them (``bench/run_info.py``); else the commit that last changed the file in
@@ -102,33 +103,58 @@ class Results:
         return f"Recorded in commit `{commit}` on {committed}; raw: {link}."
 
 
+class _Each(list):
+    """The values a ``[*]`` or ``[?field=value]`` step selected: later steps apply to each."""
+
+
+def _step(value, name: str, bracket: str):
+    if isinstance(value, _Each):
+        selected = _Each()
+        for item in value:
+            result = _step(item, name, bracket)
+            selected.extend(result if isinstance(result, _Each) else [result])
+        return selected
+    if name:
+        return value[name]
+    if re.fullmatch(r"-?\d+", bracket):
+        return value[int(bracket)]
+    if bracket.startswith('"'):
+        return value[bracket.strip('"')]
+    if bracket == "*":
+        return _Each(value)
+    field, wanted = bracket.lstrip("?").split("=", 1)
+    matching = [item for item in value if str(item.get(field)) == wanted]
+    if bracket.startswith("?"):
+        return _Each(matching)
+    return matching[0]
+
+
 def resolve(data, path: str):
-    """The value at ``path`` (see the module docstring) in ``data``."""
-    parts = re.findall(r"\.?([A-Za-z_]\w*)|\[([^\]]*)\]", path)
+    """The value at ``path`` (see the module docstring) in ``data``; a list after ``[*]`` or
+    ``[?field=value]``."""
     value = data
-    for name, bracket in parts:
+    for name, bracket in re.findall(r"\.?([A-Za-z_]\w*)|\[([^\]]*)\]", path):
         try:
-            if name:
-                value = value[name]
-            elif re.fullmatch(r"-?\d+", bracket):
-                value = value[int(bracket)]
-            elif bracket.startswith('"'):
-                value = value[bracket.strip('"')]
-            else:
-                field, wanted = bracket.split("=", 1)
-                value = next(item for item in value if str(item.get(field)) == wanted)
-        except (KeyError, IndexError, TypeError, ValueError, StopIteration):
+            value = _step(value, name, bracket)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             raise FiguresError(f"{path!r}: no {name or '[' + bracket + ']'} there") from None
-    return value
+    return list(value) if isinstance(value, _Each) else value
+
+
+FUNCTIONS = {"min": min, "max": max, "sum": sum, "len": len}
+"""The functions an expression may call (on the list a ``[*]`` path gives)."""
 
 
 def evaluate(data, expression: str):
-    """The value of ``expression``: a path, or arithmetic over paths and numbers."""
+    """The value of ``expression``: a path, or arithmetic (``+ - * /``) and :data:`FUNCTIONS`
+    over paths and numbers."""
     values = {}
 
     def placeholder(match: re.Match) -> str:
         if match.group("number"):
             return match.group("number")
+        if match.group("path") in FUNCTIONS:
+            return match.group("path")
         values[f"_v{len(values)}"] = resolve(data, match.group("path"))
         return f"_v{len(values) - 1}"
 
@@ -139,11 +165,17 @@ def evaluate(data, expression: str):
     except SyntaxError:
         raise FiguresError(f"{expression!r} is not an expression") from None
     allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, ast.Div,
-               ast.USub, ast.Constant, ast.Name, ast.Load)
+               ast.USub, ast.Constant, ast.Name, ast.Load, ast.Call)
     for node in ast.walk(tree):
-        if not isinstance(node, allowed):
-            raise FiguresError(f"{expression!r}: only + - * / over paths and numbers")
-    return eval(compile(tree, "<figures>", "eval"), {"__builtins__": {}}, values)
+        if not isinstance(node, allowed) or (
+                isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name)
+                                                    and node.func.id in FUNCTIONS)):
+            raise FiguresError(f"{expression!r}: only + - * /, {', '.join(FUNCTIONS)} over "
+                               "paths and numbers")
+    try:
+        return eval(compile(tree, "<figures>", "eval"), {"__builtins__": {}, **FUNCTIONS}, values)
+    except (TypeError, ValueError, ZeroDivisionError) as error:
+        raise FiguresError(f"{expression!r}: {error}") from None
 
 
 def format_value(value, spec: str) -> str:
@@ -247,7 +279,11 @@ def bench_module(name: str):
 
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "bench"))  # as when run as a script: bench/run_info.py
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
     return module
 
 
