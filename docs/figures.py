@@ -13,7 +13,8 @@ holds figures in two forms, both invisible in the rendered page and on GitHub:
   ``bench/results/``, EXPRESSION a path into it (``runs[config=ray:2].quantize_seconds``: keys
   after dots, ``[3]`` an index, ``[-1]`` the last, ``["odd key"]`` a key, ``[field=value]`` the
   first element of a list whose ``field`` is ``value``; ``[*]`` every element and
-  ``[?field=value]`` every matching one, giving a list) or arithmetic (``+ - * /``, parentheses,
+  ``[?field=value]`` every matching one, ``[?field~=REGEX]`` every one whose field the regular
+  expression finds, giving a list) or arithmetic (``+ - * /``, parentheses,
   numbers, ``min max sum len`` of a list) over such paths, FORMAT a Python format specification
   (``.2f``, ``,d``, ``+.2%``; empty for text).
 
@@ -123,7 +124,10 @@ def _step(value, name: str, bracket: str):
     if bracket == "*":
         return _Each(value)
     field, wanted = bracket.lstrip("?").split("=", 1)
-    matching = [item for item in value if str(item.get(field)) == wanted]
+    if field.endswith("~"):  # [?field~=REGEX]: a regular expression search
+        matching = [item for item in value if re.search(wanted, str(item.get(field[:-1])))]
+    else:
+        matching = [item for item in value if str(item.get(field)) == wanted]
     if bracket.startswith("?"):
         return _Each(matching)
     return matching[0]
@@ -360,6 +364,82 @@ def _fuzz_long(results: Results) -> str:
     return (table(["target", "fuzzing time", "executions", "executions/s", "corpus at the end",
                    "slowest input", "largest memory growth, one input", "crashes"],
                   "lrrrrrrr", rows) + "\n\n" + results.provenance("fuzz_long.json"))
+
+
+# -- cold-start.md --------------------------------------------------------------------------------
+
+COLD_START_FILES = {"tiny": "(a) tiny", "minilm": "(b) MiniLM", "every_kind": "(c) every kind"}
+COLD_START_TARGETS = {"tiny": ("≤ 3 s", "≤ 1 s"), "minilm": ("≤ 10 s", "≤ 1 s"),
+                      "every_kind": ("≤ 20 s", "–")}
+"""The targets of issue 18: first ``load_file`` cold and warm, on an idle machine."""
+
+
+def cold_start_rows(results: Results):
+    before = {row["file"]: row for row in results.load("cold_start_before.json")["rows"]}
+    for row in results.load("cold_start.json")["rows"]:
+        yield row["file"], before[row["file"]], row
+
+
+def cold_start_sources(results: Results) -> str:
+    return (f"Before: {results.provenance('cold_start_before.json')} "
+            f"After: {results.provenance('cold_start.json')}")
+
+
+@block("cold_start.first_load")
+def _cold_start_first_load(results: Results) -> str:
+    rows = [[COLD_START_FILES[name], f"{after['size_bytes']:,} B, {after['tensors']}",
+             f"{before['cold']['first_load_s']:.2f} s", f"{after['cold']['first_load_s']:.3f} s",
+             COLD_START_TARGETS[name][0], f"{before['warm']['first_load_s']:.2f} s",
+             f"{after['warm']['first_load_s']:.3f} s", COLD_START_TARGETS[name][1]]
+            for name, before, after in cold_start_rows(results)]
+    return (table(["file", "size, tensors", "cold: before", "cold: after", "target",
+                   "warm: before", "warm: after", "target"], "lrrrrrrr", rows)
+            + "\n\n" + cold_start_sources(results))
+
+
+@block("cold_start.import")
+def _cold_start_import(results: Results) -> str:
+    def pair(before, after, phase, key):
+        return f"{before[phase][key]:.2f} / {after[phase][key]:.2f} s"
+
+    rows = [[COLD_START_FILES[name], pair(before, after, "cold", "import_s"),
+             pair(before, after, "warm", "import_s"), pair(before, after, "cold", "process_wall_s"),
+             pair(before, after, "warm", "process_wall_s")]
+            for name, before, after in cold_start_rows(results)]
+    return table(["file", "import, cold: before / after", "import, warm: before / after",
+                  "cold process: before / after", "warm process: before / after"], "lrrrr", rows)
+
+
+@block("cold_start.compiled")
+def _cold_start_compiled(results: Results) -> str:
+    def kernels(row):
+        return f"{row['cold']['top_level_signatures']} ({row['cold']['all_signatures']} with callees)"
+
+    rows = [[COLD_START_FILES[name], kernels(before), kernels(after),
+             f"{before['cold']['compile_s']:.1f} s", f"{after['cold']['compile_s']:.1f} s"]
+            for name, before, after in cold_start_rows(results)]
+    return table(["file", "kernels compiled: before", "after", "compile time: before", "after"],
+                 "lrrrr", rows)
+
+
+@block("cold_start.per_kernel")
+def _cold_start_per_kernel(results: Results) -> str:
+    lines = []
+    for name, before, after in cold_start_rows(results):
+        for label, row in (("before", before), ("after", after)):
+            compiled = ", ".join(f"`{kernel['function']}` {kernel['seconds']:.2f} s"
+                                 for kernel in row["cold"]["top_level"])
+            lines.append(f"* {COLD_START_FILES[name]}, {label}: {compiled or 'nothing'}")
+    return "\n".join(lines)
+
+
+@block("cold_start.decode_before_after")
+def _decode_before_after(results: Results) -> str:
+    data = results.load("decode_before_after.json")
+    rows = [[row["case"], f"{row['before_m_per_s']:.1f}", f"{row['after_m_per_s']:.1f}",
+             f"{row['ratio']:.3f}"] for row in data["rows"]]
+    return (table(["case", "before (M weights/s)", "after", "after / before"], "lrrr", rows)
+            + "\n\n" + results.provenance("decode_before_after.json"))
 
 
 # -- rendering and checking -----------------------------------------------------------------------
