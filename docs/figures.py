@@ -89,8 +89,10 @@ class Results:
         data = self.load(name)
         link = f"[bench/results/{name}](../bench/results/{name})"
         date = data.get("date") or data.get("date_utc")
+        if date and not date.endswith("UTC") and " " in date:
+            date += " UTC"
         if data.get("commit"):
-            when = f" on {date} UTC" if date else ""
+            when = f" on {date}" if date else ""
             return f"Measured at commit `{data['commit']}`{when}; raw: {link}."
         recorded = data.get("recorded_in_commit")
         if recorded:
@@ -100,7 +102,7 @@ class Results:
             return f"Measured on {date or 'an unrecorded date'}, not yet committed; raw: {link}."
         commit, committed = found
         if date:
-            return f"Measured on {date} UTC, recorded in commit `{commit}`; raw: {link}."
+            return f"Measured on {date}, recorded in commit `{commit}`; raw: {link}."
         return f"Recorded in commit `{commit}` on {committed}; raw: {link}."
 
 
@@ -440,6 +442,67 @@ def _decode_before_after(results: Results) -> str:
              f"{row['ratio']:.3f}"] for row in data["rows"]]
     return (table(["case", "before (M weights/s)", "after", "after / before"], "lrrr", rows)
             + "\n\n" + results.provenance("decode_before_after.json"))
+
+
+# -- lazy-inference.md ----------------------------------------------------------------------------
+
+def megabytes(count: float) -> str:
+    """As bench/lazy_inference.py writes MB: two decimals, four below 1 MB."""
+    return bench_module("lazy_inference").megabytes(count)
+
+
+@block("lazy.latency")
+def _lazy_latency(results: Results) -> str:
+    data = results.load("lazy_inference.json")
+    rows = []
+    for model in data["models"]:
+        entry = data["results"][model]
+        for variant, timing in entry["latency"]["variants"].items():
+            memory = entry["memory"][variant]
+            label = variant
+            if variant == "lazy, cache on":
+                cached = memory["cached_bytes"] / 1e6
+                label += f" ({cached:.1f} MB)" if cached >= 1 else f" ({cached:.2f} MB)"
+            ratio = f"{timing['vs_eager']:.2f}x"
+            if model == "minilm" and variant == "lazy, cache off":
+                ratio = f"**{ratio}**"  # the latency target's figure
+            if "decode_ms_median" not in timing:
+                decode, share = "-", "-"
+            elif timing["decode_ms_median"] == 0:
+                decode, share = "0", "0 %"
+            else:
+                decode = f"{timing['decode_ms_median']:.2f}"
+                share = f"{100 * timing['decode_share_median']:.1f} %"
+            rows.append([entry["name"], label,
+                         f"{timing['forward_ms_median']:.2f} ({timing['forward_ms_min']:.2f})",
+                         ratio, decode, share, megabytes(memory["loaded_bytes"]),
+                         megabytes(memory["peak_during_forward_bytes"])])
+    return (table(["model", "variant", "forward ms, median (min)", "vs eager", "decode ms",
+                   "decode share", "loaded MB", "peak in forward MB"], "llrrrrrr", rows)
+            + "\n\n" + results.provenance("lazy_inference.json"))
+
+
+@block("lazy.memory_bound")
+def _lazy_memory_bound(results: Results) -> str:
+    data = results.load("lazy_inference.json")
+    rows = []
+    for model in data["models"]:
+        check = data["results"][model]["memory_check"]
+        peaks = check["lazy_model_peak_bytes_per_process"]
+        under = (1 - check["lazy_model_peak_bytes"] / check["bound_bytes"]) * 100
+        met = f"yes ({under:.0f} % under" if check["met"] else f"no ({-under:.0f} % over"
+        over = [peak for peak in peaks if peak > check["bound_bytes"]]
+        if over:
+            count = "one process" if len(over) == 1 else f"{len(over)} processes, up to"
+            met += f"; {count} {(max(over) / check['bound_bytes'] - 1) * 100:.0f} % over"
+        rows.append([data["results"][model]["name"], megabytes(check["file_bytes"]),
+                     megabytes(check["largest_decoded_bytes"]), megabytes(check["bound_bytes"]),
+                     f"**{megabytes(check['lazy_model_peak_bytes'])}**",
+                     ", ".join(map(megabytes, peaks)),
+                     f"{check['processes_within_bound']} of {len(peaks)}", met + ")"])
+    return table(["model", "file MB", "largest layer MB", "bound MB",
+                  "lazy model peak MB (median)", "peak of each process MB", "within the bound",
+                  "met"], "lrrrrlrl", rows)
 
 
 # -- rendering and checking -----------------------------------------------------------------------
