@@ -14,7 +14,7 @@ holds figures in two forms, both invisible in the rendered page and on GitHub:
   after dots, ``[3]`` an index, ``[-1]`` the last, ``["odd key"]`` a key, ``[field=value]`` the
   first element of a list whose ``field`` is ``value``; ``[*]`` every element and
   ``[?field=value]`` every matching one, ``[?field~=REGEX]`` every one whose field the regular
-  expression finds, giving a list) or arithmetic (``+ - * /``, parentheses,
+  expression finds, giving a list; arithmetic on a list of numbers applies to each) or arithmetic (``+ - * /``, parentheses,
   numbers, ``min max sum len median`` of a list) over such paths, FORMAT a Python format specification
   (``.2f``, ``,d``, ``+.2%``; empty for text).
 
@@ -36,6 +36,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
+
+import numpy
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -145,7 +147,12 @@ def resolve(data, path: str):
             value = _step(value, name, bracket)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             raise FiguresError(f"{path!r}: no {name or '[' + bracket + ']'} there") from None
-    return list(value) if isinstance(value, _Each) else value
+    if isinstance(value, _Each):
+        # numbers become an array, so that arithmetic applies to each (bytes * 8 / weights)
+        numeric = all(isinstance(item, (int, float)) and not isinstance(item, bool)
+                      for item in value)
+        return numpy.asarray(value, dtype=float) if numeric and value else list(value)
+    return value
 
 
 FUNCTIONS = {"min": min, "max": max, "sum": sum, "len": len, "median": statistics.median}
@@ -180,9 +187,12 @@ def evaluate(data, expression: str):
             raise FiguresError(f"{expression!r}: only + - * /, {', '.join(FUNCTIONS)} over "
                                "paths and numbers")
     try:
-        return eval(compile(tree, "<figures>", "eval"), {"__builtins__": {}, **FUNCTIONS}, values)
+        value = eval(compile(tree, "<figures>", "eval"), {"__builtins__": {}, **FUNCTIONS}, values)
     except (TypeError, ValueError, ZeroDivisionError) as error:
         raise FiguresError(f"{expression!r}: {error}") from None
+    if isinstance(value, numpy.ndarray):
+        raise FiguresError(f"{expression!r} is a list; take its min, max, sum, len or median")
+    return value.item() if isinstance(value, numpy.generic) else value
 
 
 def format_value(value, spec: str) -> str:
@@ -562,6 +572,86 @@ def _grid_choice_rerun(results: Results) -> str:
                        ("digits_grid_choice_first.json", "digits_grid_choice_seeds_first.json")))
 
 
+# -- rate-fidelity.md -------------------------------------------------------------------------------
+
+RATE_LABELS = {"rtn": "rtn (calibrated steps)", "optq": "optq", "optq-rd": "optq-rd",
+               "cerwu": "cerwu", "NNCodec": "NNCodec 2.1.3"}
+
+
+def rate_fidelity_table(results: Results, name: str, target: str) -> str:
+    """Bits per coded weight at the fidelity target and the ratio to NNCodec, per coder; the
+    smallest of ours in bold."""
+    comparison = results.load(name)["comparison"]
+    bits, ratio = comparison["bits_per_weight_at_target"], comparison["ratio_to_nncodec"]
+    best = min((method for method in RATE_LABELS if method != "NNCodec"), key=bits.get)
+    rows = []
+    for method, label in RATE_LABELS.items():
+        cells = [label, f"{bits[method]:.3f}", f"{ratio[method]:.3f}"]
+        rows.append([f"**{cell}**" for cell in cells] if method == best else cells)
+    return (table(["coder", f"bits per coded weight at {target}", "vs NNCodec"], "lrr", rows)
+            + "\n\n" + results.provenance(name))
+
+
+@block("rate_fidelity.minilm")
+def _rate_fidelity_minilm(results: Results) -> str:
+    return rate_fidelity_table(results, "minilm_rate_fidelity_2026-11-23.json", "cosine 0.99")
+
+
+@block("rate_fidelity.digits")
+def _rate_fidelity_digits(results: Results) -> str:
+    target = results.load("digits_rate_fidelity.json")["fidelity_target"]
+    return rate_fidelity_table(results, "digits_rate_fidelity.json",
+                               f"accuracy ≥ {target:.2f}%")
+
+
+@block("rate_fidelity.minilm_timings")
+def _rate_fidelity_timings(results: Results) -> str:
+    curves = results.load("minilm_rate_fidelity_2026-11-23.json")["ours"]["curves"]
+    rows = []
+    for method in ("rtn", "optq", "optq-rd", "cerwu"):
+        seconds = [point["encode_seconds"] for point in curves[method][1:]]  # after the first λ
+        rows.append([f"`{method}`", f"{min(seconds):.1f}–{max(seconds):.1f}"])
+    return ("  " + table(["method", "seconds"], "ll", rows).replace("\n", "\n  ")
+            + f"\n\n  The first λ of each method takes longer (compilation, and for `cerwu` the "
+              f"eigendecompositions):\n  " + ", ".join(
+                  f"`{method}` {curves[method][0]['encode_seconds']:.1f} s"
+                  for method in ("rtn", "optq", "optq-rd", "cerwu")) + ".")
+
+
+@block("rate_fidelity.sequential")
+def _rate_fidelity_sequential(results: Results) -> str:
+    data = results.load("minilm_sequential.json")
+    bits = data["comparison"]["bits_per_weight_at_target"]
+    rows = []
+    for curve, label in (("cerwu", "whole model (`compress(...)`, the default for a model in "
+                                   "memory)"),
+                         ("cerwu+seq", "block by block (`compress(..., sequential=True)`, and "
+                                       "every model folder)")):
+        seconds = [point["encode_seconds"] for point in data["ours"]["curves"][curve]]
+        rows.append([label, f"{bits[curve]:.3f}", f"{min(seconds):.1f}–{max(seconds):.1f}"])
+    return (table(["encoder", "bits per coded weight at cosine 0.99", "encode s per λ"], "lrr",
+                  rows) + "\n\n" + results.provenance("minilm_sequential.json"))
+
+
+@block("rate_fidelity.transform")
+def _rate_fidelity_transform(results: Results) -> str:
+    digits = results.load("digits_rate_fidelity.json")
+    single = results.load("minilm_rate_fidelity_2026-11-23.json")["comparison"]
+    merged = results.load("minilm_rate_fidelity.json")["comparison"]
+    d = digits["comparison"]["bits_per_weight_at_target"]
+    s, m = single["bits_per_weight_at_target"], merged["bits_per_weight_at_target"]
+    rows = [["DigitsCNN", f"accuracy ≥ {digits['fidelity_target']:.2f}%", f"{d['cerwu']:.3f}",
+             f"{d['optq']:.3f}", f"{d['transform']:.3f}", f"{d['transform+cerwu']:.3f}"],
+            ["all-MiniLM-L6-v2", "cosine ≥ 0.99", f"{s['cerwu']:.3f}", f"{s['optq']:.3f}",
+             f"{m['transform']:.3f}", "not run"]]
+    return (table(["model", "target", "`cerwu`", "`optq`", "`transform`", "`transform+cerwu`"],
+                  "llrrrr", rows)
+            + "\n\nDigitsCNN (one run): " + results.provenance("digits_rate_fidelity.json")
+            + " MiniLM `transform` (the reduced run below): "
+            + results.provenance("minilm_rate_fidelity.json")
+            + " MiniLM `cerwu` and `optq`: the run of 2026-11-23 (the table above).")
+
+
 # -- rendering and checking -----------------------------------------------------------------------
 
 def render(text: str, results: Results) -> tuple[str, list[tuple[int, str, str, str]]]:
@@ -596,7 +686,9 @@ def render(text: str, results: Results) -> tuple[str, list[tuple[int, str, str, 
         key = match.group("key")
         if key not in BLOCKS:
             raise FiguresError(f"no block {key!r} in docs/figures.py")
-        made = BLOCKS[key](results).strip("\n") + "\n"
+        # a block inside a list item keeps the item's indentation before its closing marker
+        indent = text[text.rfind("\n", 0, match.start()) + 1:match.start()]
+        made = BLOCKS[key](results).strip("\n") + "\n" + indent
         if made != match.group("body"):
             old, new = match.group("body").splitlines(), made.splitlines()
             at = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b),
