@@ -18,8 +18,8 @@ holds figures in two forms, both invisible in the rendered page and on GitHub:
   numbers, ``min max sum len median`` of a list) over such paths, FORMAT a Python format specification
   (``.2f``, ``,d``, ``+.2%``; empty for text).
 
-The commit and date of a JSON are its own ``commit`` and ``date`` (or ``date_utc``) where the
-benchmark recorded them (``bench/run_info.py``); else the commit that last changed the file in
+The commit and date of a JSON are its own ``commit`` (or ``code``: the commit of the package it
+measured) and ``date`` (or ``date_utc``) where the benchmark recorded them (``bench/run_info.py``); else the commit that last changed the file in
 git ("recorded in commit X"), or ``recorded_in_commit`` where a file was restored from git
 history.
 """
@@ -94,9 +94,12 @@ class Results:
         date = data.get("date") or data.get("date_utc")
         if date and not date.endswith("UTC") and " " in date:
             date += " UTC"
-        if data.get("commit"):
+        # "code": the commit of the package a benchmark measured, where it imports another
+        # checkout than its own (bench/header_parsing.py)
+        commit = data.get("code") or data.get("commit")
+        if commit:
             when = f" on {date}" if date else ""
-            return f"Measured at commit `{data['commit']}`{when}; raw: {link}."
+            return f"Measured at commit `{commit}`{when}; raw: {link}."
         recorded = data.get("recorded_in_commit")
         if recorded:
             return f"Recorded in commit `{recorded}` on {date}; raw: {link}."
@@ -114,7 +117,10 @@ class _Each(list):
 
 
 def _step(value, name: str, bracket: str):
-    if isinstance(value, _Each):
+    if isinstance(value, _Each) and "=" in bracket and all(isinstance(v, dict) for v in value):
+        # a selector after a selection of records selects among them: [?kind=a][?entries=2]
+        value = list(value)
+    elif isinstance(value, _Each):
         selected = _Each()
         for item in value:
             result = _step(item, name, bracket)
@@ -650,6 +656,16 @@ def _rate_fidelity_transform(results: Results) -> str:
             + " MiniLM `transform` (the reduced run below): "
             + results.provenance("minilm_rate_fidelity.json")
             + " MiniLM `cerwu` and `optq`: the run of 2026-11-23 (the table above).")
+
+
+# -- opening-files.md -------------------------------------------------------------------------------
+
+@block("header_parsing.table")
+def _header_parsing(results: Results) -> str:
+    table_text = bench_module("header_parsing").markdown_table(
+        results.load("header_parsing.json"), results.load("header_parsing_before.json"))
+    return (table_text + "\n\nAfter: " + results.provenance("header_parsing.json")
+            + " Before: " + results.provenance("header_parsing_before.json"))
 
 
 # -- rendering and checking -----------------------------------------------------------------------

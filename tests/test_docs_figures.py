@@ -82,7 +82,8 @@ def test_a_changed_result_fails_the_check_and_write_repairs_it(tmp_path):
     ('meta["odd key"]', "x"), ("(runs[0].size + runs[1].size) / 2 * 3", 45.0),
     ("runs[0].size / 1e1", 1.0), ("max(runs[*].size) - min(runs[*].size)", 20),
     ("len(runs[?config=local].size)", 1),
-    ("max(runs[?config~=^ray:].size)", 30), ("max(runs[*].size / runs[*].size * 2)", 2.0), ("min(runs[?config~=^ray:].size)", 20), ("sum(runs[*].size) / len(runs[*].size)", 20.0)])
+    ("max(runs[?config~=^ray:].size)", 30), ("max(runs[*].size / runs[*].size * 2)", 2.0),
+    ("sum(runs[?config~=^ray][?size=30].size)", 30), ("runs[?config~=^ray][config=ray:1].size", 20), ("min(runs[?config~=^ray:].size)", 20), ("sum(runs[*].size) / len(runs[*].size)", 20.0)])
 def test_expressions(expression, expected):
     data = {"runs": [{"config": "local", "size": 10}, {"config": "ray:1", "size": 20},
                      {"config": "ray:2", "size": 30}], "meta": {"odd key": "x"}}
