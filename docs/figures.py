@@ -385,6 +385,22 @@ def _fuzz_long(results: Results) -> str:
                   "lrrrrrrr", rows) + "\n\n" + results.provenance("fuzz_long.json"))
 
 
+@block("fuzz.outcomes")
+def _fuzz_outcomes(results: Results) -> str:
+    targets = {t["target"]: t["outcomes"] for t in results.load("fuzz_long.json")["targets"]}
+    parser, reader, literal = (targets[name] for name in
+                               ("fuzz_container", "fuzz_reader", "fuzz_spec_literal"))
+    parser_codes = sum(key.startswith("error:") for key in parser)
+    faults = sum(key.startswith("decode:") for key in reader)
+    literal_codes = sum(key.startswith("error:") for key in literal)
+    return (f"- **Outcomes**: the parser accepted {parser['ok']:,} inputs and rejected the rest "
+            f"with {parser_codes} different codes\n  (`duplicate_key` included, which the "
+            f"2026-12-01 runs never reached); the reader decoded {reader['ok']:,} files "
+            f"completely, stopped {reader['output_bound']:,} at its output or transform\n  bound "
+            f"and met {faults} different payload faults; the spec-literal decoder reported "
+            f"{literal_codes} different codes.")
+
+
 # -- cold-start.md --------------------------------------------------------------------------------
 
 COLD_START_FILES = {"tiny": "(a) tiny", "minilm": "(b) MiniLM", "every_kind": "(c) every kind"}
