@@ -698,6 +698,11 @@ def render(text: str, results: Results) -> tuple[str, list[tuple[int, str, str, 
     def real(matches):
         return [m for m in matches if not any(a <= m.start() < b for a, b in quoted)]
 
+    for line_number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("<!--f:"):
+            # Markdown reads a line that begins with "<!--" as an HTML block, not as text
+            raise FiguresError(f"line {line_number} begins with an inline figure; put a word "
+                               "before it (Markdown would read the line as raw HTML)")
     for opening, matched in (("<!--f:", INLINE), ("<!-- figures:", BLOCK)):
         if len(real(re.finditer(re.escape(opening), text))) != len(real(matched.finditer(text))):
             raise FiguresError(f"a marker {opening!r} without its closing marker")

@@ -77,6 +77,16 @@ def test_a_changed_result_fails_the_check_and_write_repairs_it(tmp_path):
     assert figures.check(root, git_root=ROOT) == []
 
 
+def test_a_line_may_not_begin_with_an_inline_figure(tmp_path):
+    # CommonMark reads a line that begins with "<!--" as an HTML block: the rest of the line
+    # would lose its Markdown and end the paragraph
+    results = figures.Results(ROOT / "bench" / "results")
+    text = "The second thread\n<!--f:decode_speed.json:lanes:d-->4<!--/f--> lanes.\n"
+    with pytest.raises(figures.FiguresError, match="line 2 begins with an inline figure"):
+        figures.render(text, results)
+    assert figures.render(text.replace("thread\n", "thread "), results)[1] == []
+
+
 @pytest.mark.parametrize("expression, expected", [
     ("runs[1].size", 20), ("runs[-1].size", 30), ("runs[config=ray:2].size", 30),
     ('meta["odd key"]', "x"), ("(runs[0].size + runs[1].size) / 2 * 3", 45.0),
