@@ -102,7 +102,7 @@ def write_files(folder: str, progress, models=MODELS) -> dict:
     """Compress the models; returns model -> file path and how it was made."""
     import torch
 
-    from nncodec_rd.torch.model_encoder import compress
+    from nncodec_rd.torch.compress_model import compress
     from nncodec_rd.torch.digits_cnn import calibration_batches, train_digits_cnn
 
     files = {}

@@ -21,7 +21,7 @@ from minilm_rate_fidelity import build_workload  # noqa: E402
 
 import nncodec_rd  # noqa: E402
 from nncodec_rd.encoder.fidelity import SqnrReport  # noqa: E402
-from nncodec_rd.torch.model_encoder import load_weights  # noqa: E402
+from nncodec_rd.torch.load import load_weights  # noqa: E402
 from nncodec_rd.torch.state_dict import tensor_to_numpy  # noqa: E402
 from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 

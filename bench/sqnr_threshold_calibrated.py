@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from minilm_rate_fidelity import build_workload  # noqa: E402
 
 import nncodec_rd  # noqa: E402
-from nncodec_rd.torch.model_encoder import load_weights  # noqa: E402
+from nncodec_rd.torch.load import load_weights  # noqa: E402
 from nncodec_rd.torch.pretrained import compress_pretrained  # noqa: E402
 from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 

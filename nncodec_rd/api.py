@@ -58,7 +58,7 @@ def save_file(tensors: dict, path, metadata: dict | None = None, *, quantize: st
                             f"arrays; use nncodec_rd.torch.save_file for torch tensors (every "
                             f"dtype, bfloat16 included)")
     # The encoder is imported here, not with the package: decoding never loads it.
-    from .encoder.methods import model_entropy_settings
+    from .encoder.settings import model_entropy_settings
     from .encoder.quantize import quantize_rtn
     from .encoder.writer import NrdWriter
 
@@ -152,7 +152,7 @@ def safe_open(path, framework: str = "np", device="cpu", threads: int | None = N
            [6., 7.]], dtype=float32)
     """
     if _check_framework(framework, device) == "pt":
-        from .torch.files import TorchFile
+        from .torch.torch_file import TorchFile
 
         return TorchFile(NrdFile(path, threads=threads, max_output_bytes=max_output_bytes,
                                  memory_map=memory_map, max_transform_work=max_transform_work,

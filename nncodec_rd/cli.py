@@ -481,7 +481,8 @@ def _torch_encoder():
     """The PyTorch side of the encoder, or an :class:`EncoderError` saying how to install it."""
     try:
         from .torch import calibration
-        from .torch.model_encoder import compress, load_weights
+        from .torch.compress_model import compress
+        from .torch.load import load_weights
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] == "torch":
             raise EncoderError("--calibration and --model need PyTorch: pip install "

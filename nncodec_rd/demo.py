@@ -38,8 +38,9 @@ def run_demo(output_folder: str, method: str = "cerwu", lam_factor: float = 3.0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .benchmarks.sentences import calibration_sentences, evaluation_sentences
-    from .encoder.obs import QuantizerSettings
-    from .torch.model_encoder import ModelEncoder, load_into, load_weights
+    from .encoder.settings import QuantizerSettings
+    from .torch.load import load_into, load_weights
+    from .torch.model_encoder import ModelEncoder
 
     folder = bundled_model_folder()
     sentence_model = SentenceTransformer(folder, device="cpu")

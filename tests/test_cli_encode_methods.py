@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from nncodec_rd.api import safe_open  # noqa: E402
 from nncodec_rd.cli import main  # noqa: E402
-from nncodec_rd.torch.model_encoder import load_into  # noqa: E402
+from nncodec_rd.torch.load import load_into  # noqa: E402
 from nncodec_rd.torch.examples import tiny_mlp  # noqa: E402
 
 ENTRY_POINT = "nncodec_rd.torch.examples:tiny_mlp"

@@ -87,7 +87,7 @@ def test_api_reference_has_the_public_entry_points(site):
                             "nncodec_rd.format.errors.ErrorCode"],
         "api/decoder.html": ["nncodec_rd.decoder.reader.NrdFile"],
         "api/encoder.html": ["nncodec_rd.encoder.writer.NrdWriter"],
-        "api/torch.html": ["nncodec_rd.torch.model_encoder.compress"],
+        "api/torch.html": ["nncodec_rd.torch.compress_model.compress"],
         "api/conformance.html": ["conformance.strategies.nrd_files"],
     }
     for page, names in expected.items():

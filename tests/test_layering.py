@@ -127,3 +127,109 @@ def test_no_module_imports_a_private_name_of_another():
                 for alias in node.names:
                     assert not (alias.name.startswith("_") and not alias.name.startswith("__")), \
                         f"{path.relative_to(PACKAGE)}:{node.lineno} imports {alias.name}"
+
+
+def _type_checking_blocks(tree) -> set[int]:
+    """Ids of the nodes inside ``if TYPE_CHECKING:`` blocks: imports for annotations only, which
+    never run."""
+    inside = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, (ast.Name, ast.Attribute)) and \
+                getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            for statement in node.body:
+                inside.update(id(child) for child in ast.walk(statement))
+    return inside
+
+
+def module_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module name -> the package's modules it imports, at its top or inside a function alike
+    (a function-level import is an edge too: it only defers the cycle to the first call)."""
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skipped = _type_checking_blocks(tree)
+        is_package = path.name == "__init__.py"
+        package = name.split(".") if is_package else name.split(".")[:-1]
+        targets = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[: len(package) - node.level + 1] + (
+                    [node.module] if node.module else [])) if node.level else node.module
+                candidates = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            else:
+                continue
+            for candidate in candidates:
+                # the longest name that is a module of the package (``from .x import name``
+                # names module x; ``from . import x`` names module x itself)
+                while candidate and candidate not in modules:
+                    candidate = candidate.rpartition(".")[0]
+                if candidate and candidate != name and not name.startswith(candidate + "."):
+                    targets.add(candidate)  # importing a parent package is no dependency
+        graph[name] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm), each
+    sorted: every module of one of them imports, through others, itself."""
+    index, low, on_stack, stack, components = {}, {}, set(), [], []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return components
+
+
+def test_no_import_cycles_in_the_package():
+    """Every module can be read before the modules that import it: no two import each other,
+    directly or through others (encoder/obs.py once dispatched to grid_choice.py and
+    transform.py, which imported obs.py back)."""
+    cycles = import_cycles(module_graph())
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(cycle) for cycle in cycles)
+
+
+def test_the_cycle_check_sees_a_cycle_through_a_function_level_import(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .b import helper\nfrom . import d, e\n")
+    (package / "e.py").write_text("")
+    (package / "b.py").write_text("def helper():\n    from .c import thing\n")
+    (package / "c.py").write_text("from . import a\nfrom typing import TYPE_CHECKING\n"
+                                  "if TYPE_CHECKING:\n    from .d import nothing\n")
+    (package / "d.py").write_text("from .c import thing\n")
+    graph = module_graph(package)
+    assert graph["pkg.c"] == {"pkg.a"}  # the TYPE_CHECKING import is no edge
+    assert graph["pkg.a"] == {"pkg.b", "pkg.d", "pkg.e"}
+    assert import_cycles(graph) == [["pkg.a", "pkg.b", "pkg.c", "pkg.d"]]

@@ -1,7 +1,7 @@
 """Where the per-layer quantization runs: in this process, or as tasks on a Ray cluster.
 
 Quantizing one layer is a pure function of its problem (weights, Hessian, row weights) and its
-settings (λ, grid, method): :func:`~nncodec_rd.encoder.obs.quantize_layer`. The encoders hand
+settings (λ, grid, method): :func:`~nncodec_rd.encoder.methods.quantize_layer`. The encoders hand
 an executor the layers that do not depend on each other (a block's layers in the block-sequential
 pipeline, every layer of a model in memory) and take the results back **in the order given**, so
 that the file is written in one fixed order whoever computed what and when: a file encoded on a
@@ -21,7 +21,8 @@ Ray is an optional extra (``pip install 'nncodec-rd[ray]'``), imported only by
 Example (in this process; a ``RayExecutor`` gives the same results):
 
 >>> import numpy as np
->>> from nncodec_rd.encoder.obs import LayerProblem, QuantizerSettings
+>>> from nncodec_rd.encoder.problem import LayerProblem
+>>> from nncodec_rd.encoder.settings import QuantizerSettings
 >>> problem = LayerProblem(np.linspace(-1, 1, 32).reshape(4, 8))
 >>> settings = QuantizerSettings(method="rtn", lam=1e-3)
 >>> [result.indices.shape for result, seconds in LocalExecutor().map([(problem, settings)])]
@@ -36,7 +37,9 @@ import time
 from collections.abc import Iterable, Iterator
 
 from ..format.errors import EncoderError
-from .obs import LayerProblem, QuantizerSettings, quantize_layer
+from .methods import quantize_layer
+from .problem import LayerProblem
+from .settings import QuantizerSettings
 
 #: A worker that dies while quantizing a layer (killed, out of memory, its machine gone) is
 #: replaced and the layer run again, up to this many times, before the encode stops.

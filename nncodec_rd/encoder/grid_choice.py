@@ -1,6 +1,10 @@
 """Per-layer grid choice by rate–distortion: mixed precision and zero-point grids
 (docs/algorithms.md §2, after Metz, Bichler and Dupret).
 
+:func:`quantize_on_chosen_grid` is the entry point of the methods that quantize a layer on one
+grid (``rtn``, ``optq``, ``optq-rd``, ``cerwu``): the λ rule's grid, or with
+``grid_choice="rd"`` the best of several.
+
 The λ rule of :mod:`nncodec_rd.encoder.obs` gives every layer the step that is optimal at high
 rate. Low-rate layers, heavy tails and asymmetric weights move the optimum, so with
 ``grid_choice="rd"`` each layer tries a few grids and keeps the one whose quantized layer has the
@@ -29,12 +33,17 @@ eigendecomposition of CERWU) are computed once per layer and shared.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .obs import (LayerProblem, LayerResult, QuantizerSettings, lambda_rule_steps,
-                  quantize_on_grid)
+from ..format.errors import EncoderError
+from .obs import lambda_rule_steps, quantize_on_grid
+from .problem import LayerProblem, LayerResult
 from .rate import RateModel
+
+if TYPE_CHECKING:  # annotations only: the settings module imports the methods, which import this
+    from .settings import QuantizerSettings
 
 # A zero point is an i32 in the header (spec §6.1).
 ZERO_POINT_BITS = 32.0
@@ -188,3 +197,19 @@ def quantize_layer_choosing_grid(problem: LayerProblem,
     best.result.grid = best.candidate.describe()
     return best.result
 
+
+
+def quantize_on_chosen_grid(problem: LayerProblem, settings: QuantizerSettings) -> LayerResult:
+    """Quantize one layer with ``settings.quantization_method`` on the λ rule's grid
+    (``grid_choice`` ``"fixed"``) or on the grid :func:`quantize_layer_choosing_grid` picks
+    (``"rd"``); ``"auto"`` is what the method states. The entry point of the methods built on
+    the OBS sweep (:mod:`nncodec_rd.encoder.methods`)."""
+    method = settings.quantization_method
+    if not method.per_channel_with_hessian and problem.hessian is not None and (
+            settings.per_channel or problem.row_scale is not None):
+        raise EncoderError(f"{method.name} needs one step and one weight for all rows of a layer "
+                           f"with a Hessian (per_channel=False): its transformed Hessian H + μI "
+                           f"is shared by all rows")
+    if method.resolved_grid_choice(settings.grid_choice) == "rd":
+        return quantize_layer_choosing_grid(problem, settings)
+    return quantize_on_grid(problem, settings, lambda_rule_steps(problem, settings))

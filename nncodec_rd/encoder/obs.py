@@ -1,6 +1,8 @@
-"""Rate-constrained Optimal Brain Surgeon quantization of one layer (docs/algorithms.md §1).
+"""The OBS column sweep: rate-constrained Optimal Brain Surgeon quantization of one layer onto a
+given grid (docs/algorithms.md §1).
 
-Four named methods share one column sweep:
+Four methods (:mod:`nncodec_rd.encoder.methods`) share this sweep, told apart by what their
+method object states (``error_feedback``, ``rate_aware``, ``folds_quadratic_rate``):
 
 ``rtn``
     Round each weight to the nearest grid point.
@@ -26,286 +28,31 @@ dD/dR equals −λ when ``Δ² = 12 λ / (ln 2 · h)``. Every layer then works a
 is the optimal bit allocation across layers; the rate-aware decisions refine it where the
 high-rate picture fails (near zero, at low rates).
 
-:func:`quantize_layer` is a pure function of its inputs (weights, Hessian, λ, settings), so
-layers can be quantized in any order or on a process pool.
+:func:`quantize_on_grid` is a pure function of its inputs (weights, Hessian, λ, settings, grid),
+so layers can be quantized in any order or on a process pool. The problem and result records
+are in :mod:`nncodec_rd.encoder.problem`, the factorisations in :mod:`nncodec_rd.encoder.linalg`,
+the choice of the grid in :mod:`nncodec_rd.encoder.grid_choice`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from numba import prange
 
-from ..format.errors import EncoderError
-from ..format.grids import EntropySettings, UniformGrid
 from .jit import cached_njit
-from .methods import (DEFAULT_GRID_CHOICE, GRID_CHOICES, METHODS,  # noqa: F401 (re-exported)
-                      model_entropy_settings, resolved_grid_choice)
+from .linalg import cerwu_shifted_hessian, cerwu_target, factor_with_retries
+from .problem import (LayerProblem, LayerResult, blocks_within, is_large, layer_distortion,
+                      row_blocks)
 from .rate import RateModel
+
+if TYPE_CHECKING:  # annotations only: the settings module imports the methods, which import this
+    from .settings import QuantizerSettings
 
 # Candidate indices tried per weight, walking from the nearest index towards zero.
 MAX_CANDIDATES = 48
-
-
-@dataclass
-class LayerProblem:
-    """One layer to quantize.
-
-    Parameters
-    ----------
-    weights:
-        ``(rows, columns)``: one row per output, one column per input (a convolution's kernel
-        flattened as ``in_channels/groups × kernel``).
-    hessian:
-        ``(columns, columns)``, or ``(groups, columns, columns)`` for a grouped convolution whose
-        rows split evenly into groups; ``None`` means the identity (no calibration data).
-    row_scale:
-        Optional ``(rows,)`` weight of each row's loss (an embedding's token frequencies).
-    """
-
-    weights: np.ndarray
-    hessian: np.ndarray | None = None
-    row_scale: np.ndarray | None = None
-    cache: dict = field(default_factory=dict, repr=False, compare=False)  # λ-independent factors
-
-    def __post_init__(self):
-        self.weights = np.asarray(self.weights, dtype=np.float64)
-        if self.weights.ndim != 2:
-            raise EncoderError(f"layer weights must be a (rows, columns) matrix, not shape "
-                               f"{self.weights.shape}")
-        if not np.all(np.isfinite(self.weights)):
-            raise EncoderError("weights contain NaN or infinity; they cannot be quantized")
-        rows, columns = self.weights.shape
-        if self.hessian is not None:
-            hessian = np.asarray(self.hessian, dtype=np.float64)
-            if hessian.ndim == 2:
-                hessian = hessian[None]
-            if hessian.shape[1:] != (columns, columns) or rows % hessian.shape[0]:
-                raise EncoderError(f"a Hessian of shape {self.hessian.shape} does not fit weights "
-                                   f"of shape {self.weights.shape}")
-            if not np.all(np.isfinite(hessian)):
-                raise EncoderError("the Hessian contains NaN or infinity")
-            self.hessian = hessian
-        if self.row_scale is not None:
-            self.row_scale = np.asarray(self.row_scale, dtype=np.float64).reshape(-1)
-            if self.row_scale.shape != (rows,) or np.any(self.row_scale <= 0):
-                raise EncoderError("row_scale needs one positive weight per row")
-
-    @property
-    def groups(self) -> int:
-        """Number of independent row groups (1 unless the Hessian is per group)."""
-        return 1 if self.hessian is None else self.hessian.shape[0]
-
-
-@dataclass
-class QuantizerSettings:
-    """How :func:`quantize_layer` works.
-
-    Parameters
-    ----------
-    method:
-        ``"rtn"``, ``"optq"``, ``"optq-rd"``, ``"cerwu"``, or the transform methods
-        ``"transform"`` and ``"transform+cerwu"`` (:mod:`nncodec_rd.encoder.transform`).
-    lam:
-        The rate–distortion trade-off λ (loss units per bit), > 0. It sets the grid step of every
-        layer (see the module docstring) and, for ``optq-rd`` and ``cerwu``, weighs the rate in
-        each decision.
-    per_channel:
-        One step per output row instead of one per tensor (with ``cerwu`` only for layers without
-        a Hessian, since its transformed problem shares H + μI across rows).
-    step:
-        An absolute step for every row, overriding the λ rule.
-    grid_scale:
-        Multiplies the step the λ rule gives: below 1 a finer grid, leaving more of the rate to
-        the rate-aware decisions.
-    act_order:
-        Quantize columns in order of decreasing Hessian diagonal (GPTQ's "act-order").
-    damping:
-        Added to the Hessian's diagonal, as a fraction of its mean diagonal. Raised ×10 and ×100
-        when the Cholesky factorisation fails.
-    block_size:
-        Columns per lazy-update block (GPTQ's lazy batch).
-    max_passes:
-        Quantize–recount–rebuild passes of the rate model (docs/algorithms.md §1). The second pass
-        brings most of the gain: on a 768×384 heavy-tailed layer, a third lowered the objective
-        by under 0.1% at 2.7 bits per weight, for 50% more time.
-    entropy:
-        The coder's settings, whose table the rate model reproduces; by default each tensor's
-        probability precision is chosen by size (``EntropySettings(choose_precision=True)``).
-    grid_choice:
-        ``"fixed"``: every layer's step from the λ rule, any index allowed. ``"rd"``: each layer
-        tries several grids (step scales around the λ rule, and bounded grids of ``grid_bins``
-        bins with a zero point, their step from the weights' clipped range) and keeps the one
-        with the least ``D/λ + R`` (:mod:`nncodec_rd.encoder.grid_choice`). ``"auto"`` (the
-        default): ``"rd"`` except for ``rtn``, where it lost on the benchmarks.
-    grid_bins:
-        The odd numbers of bins ``"rd"`` tries for layers with one step.
-    grid_search_below_bits:
-        ``"rd"`` searches only layers that the λ rule codes at fewer bits per weight than this.
-    """
-
-    method: str = "cerwu"
-    lam: float = 1e-6
-    per_channel: bool = False
-    step: float | None = None
-    grid_scale: float = 1.0
-    act_order: bool = True
-    damping: float = 0.01
-    block_size: int = 128
-    max_passes: int = 2
-    entropy: EntropySettings = field(default_factory=model_entropy_settings)
-    grid_choice: str = DEFAULT_GRID_CHOICE
-    grid_bins: tuple = (3, 5, 7, 15, 31)
-    grid_search_below_bits: float = 2.0
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise EncoderError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not (math.isfinite(self.lam) and self.lam > 0):
-            raise EncoderError(f"lam must be finite and > 0, not {self.lam}")
-        if self.step is not None and not (math.isfinite(self.step) and self.step > 0):
-            raise EncoderError(f"step must be finite and > 0, not {self.step}")
-        if not (math.isfinite(self.grid_scale) and self.grid_scale > 0):
-            raise EncoderError(f"grid_scale must be finite and > 0, not {self.grid_scale}")
-        if self.grid_choice not in GRID_CHOICES:
-            raise EncoderError(f"unknown grid_choice {self.grid_choice!r}; choose one of "
-                               f"{', '.join(GRID_CHOICES)}")
-        if any(int(bins) != bins or bins < 3 or bins % 2 == 0 for bins in self.grid_bins):
-            raise EncoderError(f"grid_bins must be odd numbers >= 3 (so 0 is a grid point), not "
-                               f"{self.grid_bins}")
-        if self.block_size < 1 or self.max_passes < 1 or self.damping < 0:
-            raise EncoderError("block_size and max_passes must be >= 1 and damping >= 0")
-
-
-@dataclass
-class LayerResult:
-    """What :func:`quantize_layer` returns.
-
-    Attributes
-    ----------
-    indices:
-        ``(rows, columns)`` int64 grid indices; the weights are ``steps[r] * indices[r]``.
-    steps:
-        float32, one per tensor (shape ``(1,)``) or one per row.
-    distortion:
-        ``½ Σ_r s_r (w_r − ŵ_r) H (w_r − ŵ_r)ᵀ`` with the undamped Hessian (identity if none).
-    rate_bits:
-        Code length of the indices under their own i.i.d. table (no tables or chunk overhead).
-    passes:
-        Rate-model passes made.
-    damping:
-        The damping fraction finally used.
-    zero_points:
-        ``None``, or one per step: the file stores ``indices + zero_points`` with these zero
-        points (spec §6.1), so a grid of B bins stores the indices 0 … B − 1.
-    bins:
-        The number of bins of a bounded grid, ``None`` if any index is allowed.
-    grid:
-        How the grid was chosen, in a few words (``grid_choice="rd"`` names the candidate).
-    """
-
-    indices: np.ndarray
-    steps: np.ndarray
-    distortion: float
-    rate_bits: float
-    passes: int
-    damping: float
-    zero_points: np.ndarray | None = None
-    bins: int | None = None
-    grid: str = "λ rule"
-
-    def stored_indices_and_grid(self):
-        """The indices as the file stores them and their grid (steps, zero points)."""
-        rows_per_group = 1 if len(self.steps) > 1 else 0
-        if self.zero_points is None:
-            return self.indices, UniformGrid(self.steps, rows_per_group=rows_per_group)
-        shift = self.zero_points[:, None] if len(self.zero_points) > 1 else self.zero_points[0]
-        return (self.indices + shift,
-                UniformGrid(self.steps, zero_points=self.zero_points,
-                            rows_per_group=rows_per_group))
-
-
-def damped_hessian(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
-    """``hessian`` with dead inputs (zero diagonal) set to 1 and ``damping`` × its mean diagonal
-    added to the diagonal; also returns the mask of dead inputs (their weights are set to 0)."""
-    result = np.array(hessian, dtype=np.float64, copy=True)
-    diagonal = np.diagonal(result).copy()
-    dead = diagonal <= 0
-    result[dead, :] = 0.0
-    result[:, dead] = 0.0
-    diagonal[dead] = 1.0
-    alive = diagonal[~dead]
-    mean_diagonal = float(alive.mean()) if alive.size else 1.0
-    np.fill_diagonal(result, diagonal + damping * mean_diagonal)
-    return result, dead
-
-
-def inverse_cholesky_upper(hessian: np.ndarray) -> np.ndarray:
-    """Upper Cholesky factor ``U`` of ``hessian⁻¹`` (``hessian⁻¹ = Uᵀ U``); raises
-    ``numpy.linalg.LinAlgError`` if the matrix is not positive definite.
-
-    With ``J`` the reversal permutation and ``J H J = L Lᵀ``: ``H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J)`` and
-    ``J L⁻¹ J`` is upper triangular, so one factorisation and one triangular inverse suffice
-    (no explicit inverse of ``H``).
-    """
-    # a copy, not np.ascontiguousarray: a 1 x 1 view counts as contiguous and keeps its
-    # negative strides, which torch refuses
-    reversed_hessian = torch.from_numpy(hessian[::-1, ::-1].copy())
-    lower, info = torch.linalg.cholesky_ex(reversed_hessian)
-    if int(info) != 0:
-        raise np.linalg.LinAlgError("not positive definite")
-    identity = torch.eye(len(hessian), dtype=lower.dtype)
-    inverse_lower = torch.linalg.solve_triangular(lower, identity, upper=False)
-    return inverse_lower.numpy()[::-1, ::-1].copy()
-
-
-def factor_with_retries(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray,
-                                                                        np.ndarray, float]:
-    """Damp and factor ``hessian``: (damped Hessian, U, dead-input mask, damping used).
-
-    Retries with 10× and 100× the damping before raising :class:`EncoderError`.
-    """
-    for attempt in (damping, damping * 10, damping * 100):
-        damped, dead = damped_hessian(hessian, max(attempt, 1e-12))
-        try:
-            upper = inverse_cholesky_upper(damped)
-        except np.linalg.LinAlgError:
-            continue
-        if np.all(np.isfinite(upper)) and np.all(np.diagonal(upper) > 0):
-            return damped, upper, dead, attempt
-    raise EncoderError(f"the Hessian is not positive definite even with {100 * damping:g} × its "
-                       f"mean diagonal added; check the calibration data (NaN, too few samples?)")
-
-
-def cerwu_transform(weights: np.ndarray, hessian: np.ndarray, mu: float,
-                    eigen: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray,
-                                                                             np.ndarray]:
-    """The transformed problem of CERWU: ``(W H (H + μI)⁻¹, H + μI)``.
-
-    For any ``Q``: ``½ (W−Q) H (W−Q)ᵀ + (μ/2) Q Qᵀ`` equals ``½ (W'−Q) H' (W'−Q)ᵀ`` plus a term
-    that does not depend on ``Q`` (row by row), so the sweep on the transformed problem minimises
-    distortion plus the quadratic part of the rate. ``eigen``, the eigendecomposition
-    ``(values, vectors)`` of ``hessian``, makes the product two matrix products for any μ.
-    """
-    if eigen is None:
-        eigen = np.linalg.eigh(hessian)
-    return cerwu_target(weights, mu, eigen), cerwu_shifted_hessian(hessian, mu)
-
-
-def cerwu_shifted_hessian(hessian: np.ndarray, mu: float) -> np.ndarray:
-    """``H + μI``, the Hessian of CERWU's transformed problem (:func:`cerwu_transform`)."""
-    return hessian + mu * np.eye(len(hessian))
-
-
-def cerwu_target(weights: np.ndarray, mu: float, eigen: tuple[np.ndarray, np.ndarray]
-                 ) -> np.ndarray:
-    """``W H (H + μI)⁻¹`` from the eigendecomposition of ``H`` (:func:`cerwu_transform`); row
-    by row, so a large layer is transformed a block of rows at a time."""
-    values, vectors = eigen
-    return ((weights @ vectors) * (values / (values + mu))) @ vectors.T
 
 
 @cached_njit(inline="always")
@@ -432,37 +179,6 @@ def _row_ranges(index_range, rows: int) -> tuple[np.ndarray, np.ndarray]:
             np.ascontiguousarray(np.broadcast_to(high, (rows,)), dtype=np.int64))
 
 
-def layer_distortion(problem: LayerProblem, reconstruction: np.ndarray) -> float:
-    """``½ Σ_r s_r (w_r − ŵ_r) H_g(r) (w_r − ŵ_r)ᵀ`` with the undamped Hessian."""
-    scale = np.ones(len(problem.weights)) if problem.row_scale is None else problem.row_scale
-    if problem.hessian is None:
-        # Rows by blocks: no (rows, columns) temporaries for an embedding of millions of rows.
-        rows, columns = problem.weights.shape
-        step = max(1, (1 << 20) // max(columns, 1))
-        return float(sum(0.5 * np.sum(scale[start:start + step, None]
-                                      * (problem.weights[start:start + step]
-                                         - reconstruction[start:start + step]) ** 2)
-                         for start in range(0, rows, step)))
-    rows, columns = problem.weights.shape
-    rows_per_group = rows // problem.groups
-    total = 0.0
-    if rows * columns > LARGE_LAYER_ELEMENTS:
-        # By blocks of rows: a head of 65 M weights would need five 500 MB temporaries.
-        chunks = _row_chunks(rows, columns)
-        for group, hessian in enumerate(problem.hessian):
-            group_rows = slice(group * rows_per_group, (group + 1) * rows_per_group)
-            for part in _within(chunks, group_rows):
-                difference = problem.weights[part] - reconstruction[part]
-                total += 0.5 * float(np.sum(scale[part, None] * (difference @ hessian)
-                                            * difference))
-        return total
-    difference = problem.weights - reconstruction
-    for group, hessian in enumerate(problem.hessian):
-        part = slice(group * rows_per_group, (group + 1) * rows_per_group)
-        total += 0.5 * float(np.sum(scale[part, None] * (difference[part] @ hessian)
-                                    * difference[part]))
-    return total
-
 
 def _curvatures(problem: LayerProblem, settings: QuantizerSettings):
     """Per group: (damped Hessian, U, dead mask, damping, order) and each weight's curvature.
@@ -472,7 +188,8 @@ def _curvatures(problem: LayerProblem, settings: QuantizerSettings):
     rows, columns = problem.weights.shape
     if problem.hessian is None:
         return None, np.broadcast_to(np.ones(1), (rows, columns))  # a view: no memory
-    key = ("factors", settings.act_order, settings.damping, settings.method == "rtn")
+    key = ("factors", settings.act_order, settings.damping,
+           settings.quantization_method.error_feedback)
     if key not in problem.cache:
         problem.cache[key] = _factor_groups(problem, settings)
     return problem.cache[key]
@@ -483,7 +200,7 @@ def _factor_groups(problem: LayerProblem, settings: QuantizerSettings):
     rows_per_group = rows // problem.groups
     # One group of a large layer: every row has the same curvatures, so one row, broadcast (a
     # 32,000 x 2,048 head would otherwise keep a 500 MB array of copies).
-    shared = problem.groups == 1 and rows * columns > LARGE_LAYER_ELEMENTS
+    shared = problem.groups == 1 and is_large(rows, columns)
     factors, curvature = [], np.empty((1 if shared else rows, columns))
     for group, hessian in enumerate(problem.hessian):
         order = (np.argsort(-np.diagonal(hessian), kind="stable") if settings.act_order
@@ -492,7 +209,7 @@ def _factor_groups(problem: LayerProblem, settings: QuantizerSettings):
         damped, upper, dead, used = factor_with_retries(permuted, settings.damping)
         factors.append((damped, upper, dead, used, order))
         part = slice(group * rows_per_group, (group + 1) * rows_per_group)
-        if settings.method == "rtn":
+        if not settings.quantization_method.error_feedback:
             per_column = np.diagonal(damped)
         else:
             per_column = 1.0 / np.diagonal(upper) ** 2  # the OBS cost of a unit error
@@ -524,29 +241,6 @@ def choose_steps(problem: LayerProblem, settings: QuantizerSettings,
     return np.maximum(steps, np.finfo(np.float32).tiny).astype(np.float32)
 
 
-def quantize_layer(problem: LayerProblem, settings: QuantizerSettings) -> LayerResult:
-    """Quantize one layer with ``settings.method`` (module docstring); a pure function.
-
-    The transform methods (:mod:`nncodec_rd.encoder.transform`) return a
-    :class:`~nncodec_rd.encoder.transform.TransformLayerResult` instead.
-    """
-    if settings.method in ("transform", "transform+cerwu"):
-        from .transform import quantize_layer_transform
-
-        return quantize_layer_transform(problem, settings)
-    rows, columns = problem.weights.shape
-    if settings.method == "cerwu" and problem.hessian is not None and (
-            settings.per_channel or problem.row_scale is not None):
-        raise EncoderError("cerwu needs one step and one weight for all rows of a layer with a "
-                           "Hessian (per_channel=False): its transformed Hessian H + μI is shared "
-                           "by all rows")
-    if resolved_grid_choice(settings.grid_choice, settings.method) == "rd":
-        from .grid_choice import quantize_layer_choosing_grid
-
-        return quantize_layer_choosing_grid(problem, settings)
-    return quantize_on_grid(problem, settings, lambda_rule_steps(problem, settings))
-
-
 def lambda_rule_steps(problem: LayerProblem, settings: QuantizerSettings) -> np.ndarray:
     """The layer's step(s) by the λ rule (:func:`choose_steps` with the layer's curvatures)."""
     return choose_steps(problem, settings, _curvatures(problem, settings)[1])
@@ -554,13 +248,15 @@ def lambda_rule_steps(problem: LayerProblem, settings: QuantizerSettings) -> np.
 
 def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: np.ndarray,
                      index_range: tuple[np.ndarray, np.ndarray] | None = None) -> LayerResult:
-    """Quantize one layer with ``settings.method`` onto the given grid: ``steps`` (one, or one
-    per row) and optionally ``index_range = (low, high)``, the indices each row may take.
+    """Quantize one layer with ``settings.quantization_method`` onto the given grid: ``steps``
+    (one, or one per row) and optionally ``index_range = (low, high)``, the indices each row may
+    take.
 
     Rows share the Hessian and the rate model within a pass, so a layer of more than
-    :data:`LARGE_LAYER_ELEMENTS` weights is swept :data:`CHUNK_ELEMENTS` weights of rows at a
-    time: the same decisions, with no full-size temporaries besides the transformed targets
-    (a language model's head of 65 M weights needed about ten 500 MB copies at once).
+    :data:`~nncodec_rd.encoder.problem.LARGE_LAYER_ELEMENTS` weights is swept
+    :data:`~nncodec_rd.encoder.problem.CHUNK_ELEMENTS` weights of rows at a time: the same
+    decisions, with no full-size temporaries besides the transformed targets (a language
+    model's head of 65 M weights needed about ten 500 MB copies at once).
     """
     rows, columns = problem.weights.shape
     factors, _ = _curvatures(problem, settings)
@@ -570,15 +266,16 @@ def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: 
     scaled = _ScaledRows(problem.weights, row_steps)  # index units, made a row block at a time
     row_scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
     low, high = _row_ranges(index_range, rows)
-    chunks = _row_chunks(rows, columns)
+    chunks = row_blocks(rows, columns)
     indices = np.empty((rows, columns), dtype=np.int64)  # nearest rounding first
     for part in chunks:
         indices[part] = np.clip(np.rint(scaled[part]), low[part, None], high[part, None])
     rate = RateModel.from_indices(indices, settings.entropy)
-    rate_aware = settings.method in ("optq-rd", "cerwu")
+    method = settings.quantization_method
+    rate_aware = method.rate_aware
     rate_weight = settings.lam / (row_scale * row_steps ** 2) if rate_aware else np.zeros(rows)
     used_damping = settings.damping
-    if settings.method == "rtn" or (factors is None and not rate_aware):
+    if not method.error_feedback or (factors is None and not rate_aware):
         passes = 1
     elif factors is None:
         # Identity Hessian: no coupling between weights, so every method is a per-weight
@@ -596,7 +293,7 @@ def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: 
                 break
     else:
         variance = _variance(scaled, chunks)
-        gamma = 1.0 / (math.log(2) * variance) if settings.method == "cerwu" and variance > 0 \
+        gamma = 1.0 / (math.log(2) * variance) if method.folds_quadratic_rate and variance > 0 \
             else 0.0
         rows_per_group = rows // problem.groups
         sweeps = []  # per row block: its rows, its target in sweep order, U, the column order
@@ -611,7 +308,7 @@ def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: 
                     problem.cache[eigen_key] = np.linalg.eigh(damped)
                 eigen, mu = problem.cache[eigen_key], float(rate_weight[0]) * gamma
                 upper = factor_with_retries(cerwu_shifted_hessian(damped, mu), 0.0)[1]
-            for part in _within(chunks, group_rows):
+            for part in blocks_within(chunks, group_rows):
                 target = scaled[part][:, order]
                 target[:, dead] = 0.0
                 if eigen is not None:
@@ -639,32 +336,6 @@ def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: 
                        distortion=layer_distortion(problem, reconstruction),
                        rate_bits=final_rate.total_bits(indices))
 
-
-LARGE_LAYER_ELEMENTS = 1 << 24
-"""Layers of more weights than this are quantized by blocks of rows (:func:`quantize_on_grid`);
-smaller ones in one block, exactly as a whole."""
-
-CHUNK_ELEMENTS = 1 << 22
-"""Weights per block of rows of a large layer."""
-
-
-def _row_chunks(rows: int, columns: int) -> list[slice]:
-    """The blocks of rows a layer is processed in: one for a layer up to
-    :data:`LARGE_LAYER_ELEMENTS` weights."""
-    if rows * columns <= LARGE_LAYER_ELEMENTS:
-        return [slice(0, rows)]
-    step = max(1, CHUNK_ELEMENTS // max(columns, 1))
-    return [slice(start, min(rows, start + step)) for start in range(0, rows, step)]
-
-
-def _within(chunks: list[slice], rows: slice) -> list[slice]:
-    """The parts of ``chunks`` inside ``rows`` (a group of rows)."""
-    parts = []
-    for chunk in chunks:
-        start, stop = max(chunk.start, rows.start), min(chunk.stop, rows.stop)
-        if start < stop:
-            parts.append(slice(start, stop))
-    return parts
 
 
 class _ScaledRows:

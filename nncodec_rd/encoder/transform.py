@@ -39,22 +39,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import prange
 
 from ..format.errors import EncoderError
 from .jit import cached_njit
-from .obs import (QuantizerSettings, damped_hessian, factor_with_retries, layer_distortion,
-                  LayerProblem, obs_sweep)
+from .linalg import damped_hessian, factor_with_retries
+from .obs import obs_sweep
+from .problem import LayerProblem, layer_distortion
 from .rate import RateModel
 
-TRANSFORM_METHODS = ("transform", "transform+cerwu")
-"""Methods of this module; the others are in :mod:`nncodec_rd.encoder.obs`."""
-
-FALLBACK_METHOD = {"transform": "optq", "transform+cerwu": "cerwu"}
-"""The method used for a layer that cannot take a transform (no Hessian, grouped convolution,
-row-weighted embedding, transposed storage)."""
+if TYPE_CHECKING:  # annotations only: the settings module imports the methods, which import this
+    from .settings import QuantizerSettings
 
 MATRIX_PRECISIONS = (4, 5, 6, 7, 8)
 """Candidate ``b`` of the matrix grid ``δ_k = Δ_k 2^-b``."""
@@ -247,10 +245,10 @@ def quantize_transform_group(weights: list, hessian: np.ndarray, lams: list,
 
     ``settings.method`` is ``"transform"`` or ``"transform+cerwu"``; ``settings.damping``,
     ``grid_scale``, ``max_passes``, ``block_size`` and ``entropy`` are used as in
-    :func:`nncodec_rd.encoder.obs.quantize_layer`. ``cache`` (a dict) keeps the eigenbasis for
+    :func:`nncodec_rd.encoder.methods.quantize_layer`. ``cache`` (a dict) keeps the eigenbasis for
     the next λ. A pure function otherwise.
     """
-    if settings.method not in TRANSFORM_METHODS:
+    if settings.quantization_method.quantize_group is None:
         raise EncoderError(f"method {settings.method!r} is not a transform method")
     weights = [np.asarray(w, dtype=np.float64) for w in weights]
     hessian = np.asarray(hessian, dtype=np.float64)
@@ -311,7 +309,7 @@ def _encode_group(weights, hessian, damped, lams, reference_lam, basis, steps, p
     coefficient_hessian = matrix64 @ damped @ matrix64.T
     _, upper, _, used = factor_with_retries(coefficient_hessian, 0.0)
     projector = damped @ matrix64.T  # c* = w H T̂ᵀ H_c⁻¹, solved by Cholesky
-    rate_aware = settings.method == "transform+cerwu"
+    rate_aware = settings.quantization_method.rate_aware
     problem = LayerProblem(np.zeros((1, hessian.shape[0])), hessian)  # for layer_distortion
     layers, objective = [], matrix_bits
     for w, lam in zip(weights, lams):
@@ -350,7 +348,7 @@ def quantize_layer_transform(problem: LayerProblem,
     The result's ``group`` attribute holds the :class:`TransformGroupResult` (the matrix)."""
     if problem.hessian is None or problem.groups != 1 or problem.row_scale is not None:
         raise EncoderError(f"{settings.method} needs one Hessian for all rows of the layer and no "
-                           f"row weights; use {FALLBACK_METHOD.get(settings.method, 'cerwu')} for "
+                           f"row weights; use {settings.quantization_method.fallback or 'cerwu'} for "
                            f"this layer")
     group = quantize_transform_group([problem.weights], problem.hessian[0], [settings.lam],
                                      settings, cache=problem.cache)

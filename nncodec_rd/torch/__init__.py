@@ -1,4 +1,4 @@
-"""PyTorch side of nncodec-rd: compress a model (:func:`compress`, :mod:`.model_encoder`), load a
+"""PyTorch side of nncodec-rd: compress a model (:func:`compress`, :mod:`.compress_model`), load a
 file back eagerly (:func:`load_into`) or with weights kept compressed until layers run
 (:func:`load_compressed`, :mod:`.lazy`), Hugging Face folders (:func:`compress_pretrained`,
 :func:`from_pretrained`), and the safetensors-style ``save_file``/``load_file``/``save_model``/``load_model`` (:mod:`.files`).
@@ -7,8 +7,8 @@ The names below are imported on first use, so that importing one submodule (such
 :mod:`.digits_cnn`) does not load the encoder.
 """
 
-_EXPORTS = {"compress": "model_encoder", "load_into": "model_encoder",
-            "CompressionResult": "model_encoder",
+_EXPORTS = {"compress": "compress_model", "load_into": "load",
+            "CompressionResult": "layers",
             "load_compressed": "lazy", "lazy_weights": "lazy", "CompressedWeight": "lazy",
             "LazyWeights": "lazy", "save_file": "files", "load_file": "files",
             "save_model": "files", "load_model": "files",

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 
 from .. import api
-from .model_encoder import compress, load_into
-from .state_dict import numpy_to_tensor
-from .state_dict import tensor_to_numpy
+from .compress_model import compress
+from .load import load_into
+from .state_dict import numpy_to_tensor, tensor_to_numpy
 
 
 def save_file(tensors: dict, path, metadata: dict | None = None, **options) -> int:
@@ -50,63 +50,12 @@ def load_file(path, device: str | torch.device = "cpu", threads: int | None = No
     return {name: numpy_to_tensor(array).to(device) for name, array in decoded.items()}
 
 
-class TorchFile:
-    """An open .nrd file giving torch tensors on ``device``
-    (``nncodec_rd.safe_open(path, framework="pt")``): ``keys()``, ``metadata()``,
-    ``get_tensor``, ``get_slice``, ``info``, ``get_rows``; a context manager."""
-
-    def __init__(self, handle, device="cpu"):
-        self._handle, self.device = handle, device
-
-    def keys(self) -> list:
-        return self._handle.keys()
-
-    def metadata(self) -> dict:
-        return self._handle.metadata()
-
-    def info(self, name):
-        return self._handle.info(name)
-
-    def get_tensor(self, name) -> torch.Tensor:
-        return numpy_to_tensor(self._handle.get_tensor(name)).to(self.device)
-
-    def get_rows(self, name, start: int, stop: int) -> torch.Tensor:
-        return numpy_to_tensor(self._handle.get_rows(name, start, stop)).to(self.device)
-
-    def get_slice(self, name):
-        return _TorchSlice(self._handle.get_slice(name), self.device)
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-class _TorchSlice:
-    def __init__(self, view, device):
-        self._view, self._device = view, device
-
-    def get_shape(self) -> list:
-        return self._view.get_shape()
-
-    def get_dtype(self) -> str:
-        return self._view.get_dtype()
-
-    def __getitem__(self, index) -> torch.Tensor:
-        return numpy_to_tensor(self._view[index]).to(self._device)
-
-
 def save_model(model: torch.nn.Module, path, calibration_batches=None, **options):
     """Compress ``model`` into an .nrd file: with ``calibration_batches`` by rate-constrained
     OBS (``method="cerwu"`` unless given), without them by data-free rounding (``rtn``). Tied
-    weights are stored once. ``options`` go to :func:`nncodec_rd.torch.model_encoder.compress`
+    weights are stored once. ``options`` go to :func:`nncodec_rd.torch.compress_model.compress`
     (``lam``, ``target_bpw``, ``target_metric``, ``metadata``, ...). Returns its
-    :class:`~nncodec_rd.torch.model_encoder.CompressionResult`."""
+    :class:`~nncodec_rd.torch.layers.CompressionResult`."""
     options.setdefault("method", "cerwu" if calibration_batches is not None else "rtn")
     options.setdefault("progress", False)
     return compress(model, calibration_batches, path=path, **options)

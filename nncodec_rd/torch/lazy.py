@@ -45,7 +45,8 @@ from ..format.constants import Coding, TensorDtype, TransformKind
 from ..format.errors import EncoderError
 from ..format.layout import RowGeometry, chunk_extents
 from ..format.validate import payload_columns
-from .model_encoder import TRANSFORM_PREFIX, load_into
+from .layers import TRANSFORM_PREFIX
+from .load import load_into
 
 #: A value table (decoded value per symbol and step group) is kept only if it takes at most
 #: 1/VALUE_TABLE_FRACTION of the decoded tensor.
@@ -385,7 +386,7 @@ def load_compressed(model, path, mode: str = "lazy", cache_bytes: int = 0,
     ----------
     model:
         A ``torch.nn.Module`` whose state-dict keys are the file's tensor names (the model the
-        file was made from, as for :func:`nncodec_rd.torch.model_encoder.load_into`).
+        file was made from, as for :func:`nncodec_rd.torch.load.load_into`).
     path:
         The .nrd file.
     mode:

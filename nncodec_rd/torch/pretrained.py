@@ -21,12 +21,12 @@ import sys
 import torch
 
 from ..encoder.executor import opened_executor
-from ..encoder.methods import DEFAULT_GRID_CHOICE, model_entropy_settings
-from ..encoder.obs import QuantizerSettings
+from ..encoder.methods import DEFAULT_GRID_CHOICE
+from ..encoder.settings import QuantizerSettings, model_entropy_settings
 from ..format.errors import EncoderError
 from ..io.hf_folder import MAX_FILE_BYTES, folder_metadata
 from .checkpoint import CheckpointWeights, empty_model
-from .model_encoder import CompressionResult
+from .layers import CompressionResult
 from .sequential import SequentialEncoder
 
 
@@ -132,7 +132,7 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
 
     ``calibration_text``: a text file (one text per line) or a list of strings; None uses the
     bundled English sentences (domain text of your own calibrates better). The other options
-    are those of :func:`nncodec_rd.torch.model_encoder.compress`.
+    are those of :func:`nncodec_rd.torch.compress_model.compress`.
 
     The run keeps a journal in ``path + ".journal"`` (removed when the file is written):
     ``resume=True`` continues a run that was stopped (killed, out of memory, a power cut) after
@@ -147,7 +147,7 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     of them); the result's ``fidelity`` is the value measured on the file returned.
 
     ``executor``: where each block's layers are quantized, as in
-    :func:`~nncodec_rd.torch.model_encoder.compress` (a Ray address such as ``"local"`` or
+    :func:`~nncodec_rd.torch.compress_model.compress` (a Ray address such as ``"local"`` or
     ``"auto"``, or a :class:`~nncodec_rd.encoder.executor.RayExecutor`); the same file.
     """
     model_dir = os.fspath(model_dir)

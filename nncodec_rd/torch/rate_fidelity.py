@@ -23,9 +23,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .model_encoder import ModelEncoder, load_into, load_weights
-from ..encoder.methods import METHODS, model_entropy_settings, resolved_grid_choice
-from ..encoder.obs import QuantizerSettings
+from .load import load_into, load_weights
+from .model_encoder import ModelEncoder
+from ..encoder.methods import METHODS, resolved_grid_choice
+from ..encoder.settings import QuantizerSettings, model_entropy_settings
 from ..format.grids import EntropySettings
 from ..benchmarks import decode_speed
 from ..benchmarks.nncodec_peer import find_nncodec_python, run_nncodec_sweep

@@ -42,15 +42,16 @@ import torch
 
 from ..encoder.fidelity import CALIBRATED_WARN_BELOW_DB, SqnrReport
 from ..encoder.executor import executor_from
-from ..encoder.obs import QuantizerSettings, lambda_rule_steps, layer_distortion
+from ..encoder.obs import lambda_rule_steps
+from ..encoder.problem import layer_distortion
+from ..encoder.settings import QuantizerSettings
 from ..encoder.rate_control import LAM_FACTORS, RateController, RateTable, rate_table
-from ..encoder.transform import TRANSFORM_METHODS
 from ..encoder.writer import NrdWriter
 from ..format.errors import EncoderError, InputMismatchError
 from ..io.atomic import removed_on_termination
 from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_parameters
-from .model_encoder import (CompressionResult, LayerSummary, make_layer,
-                       reconstruction_of, write_layer)
+from .layers import (CompressionResult, LayerSummary, default_lam, make_layer, reconstruction_of,
+                     write_layer)
 from .progress import Progress
 from .hessians import (HessianAccumulator, find_layers, first_tensor, matrix_to_stored_layout,
                        run_batch, weight_matrix)
@@ -424,7 +425,7 @@ class SequentialEncoder:
             raise EncoderError(f"target_bpw must be > 0, not {target_bpw}")
         self.target_bpw = target_bpw
         self._controller = None
-        if settings.method in TRANSFORM_METHODS:
+        if not settings.quantization_method.block_sequential:
             raise EncoderError(f"method {settings.method!r} needs sequential=False")
         start = time.perf_counter()
         self.settings = settings
@@ -861,11 +862,7 @@ class SequentialEncoder:
         return modules, layers
 
     def _default_lam(self, layers) -> float:
-        from .model_encoder import ModelEncoder
-
-        holder = ModelEncoder.__new__(ModelEncoder)
-        holder.layers = layers
-        return ModelEncoder.default_lam(holder)
+        return default_lam(layers)
 
     def _quantize_unit(self, label, layers, modules, writer) -> dict:
         """Quantize ``layers``, write them, and put their dequantized weights into the model

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from nncodec_rd.encoder.executor import LocalExecutor, executor_from, opened_executor
-from nncodec_rd.encoder.obs import LayerProblem, QuantizerSettings
+from nncodec_rd.encoder.problem import LayerProblem
+from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.format.errors import EncoderError
 
 
@@ -48,7 +49,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from nncodec_rd.encoder.executor import RayExecutor  # noqa: E402
-from nncodec_rd.torch.model_encoder import compress  # noqa: E402
+from nncodec_rd.torch.compress_model import compress  # noqa: E402
 from tests.torch.test_sequential import encode_folder, llama_folder, token_batches  # noqa: E402
 
 

@@ -11,8 +11,10 @@ from nncodec_rd.api import safe_open
 from nncodec_rd.encoder.grid_choice import (GridCandidate, bounded_grid, objective_bits,
                                             quantize_layer_choosing_grid, search_grids,
                                             try_candidate)
-from nncodec_rd.encoder.obs import (LayerProblem, QuantizerSettings, lambda_rule_steps,
-                                    quantize_layer, quantize_on_grid)
+from nncodec_rd.encoder.methods import quantize_layer
+from nncodec_rd.encoder.obs import lambda_rule_steps, quantize_on_grid
+from nncodec_rd.encoder.problem import LayerProblem
+from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.errors import EncoderError
 from nncodec_rd.format.grids import EntropySettings, UniformGrid

@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nncodec_rd.encoder.obs import (METHODS, LayerProblem, QuantizerSettings, cerwu_transform,
-                                    damped_hessian, factor_with_retries, layer_distortion,
-                                    quantize_layer)
+from nncodec_rd.encoder.linalg import cerwu_transform, damped_hessian, factor_with_retries
+from nncodec_rd.encoder.methods import METHODS, quantize_layer
+from nncodec_rd.encoder.problem import LayerProblem, layer_distortion
+from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.encoder.rans import build_frequency_table
 from nncodec_rd.encoder.rate import RateModel
 from nncodec_rd.format.errors import EncoderError
@@ -186,7 +187,7 @@ def test_settings_refuse_nonsense():
 @pytest.mark.parametrize("method", ["optq", "cerwu"])
 def test_large_layers_by_blocks_of_rows_make_the_same_decisions(monkeypatch, method):
     # The chunked path (layers above LARGE_LAYER_ELEMENTS) against the whole-layer path.
-    from nncodec_rd.encoder import obs
+    from nncodec_rd.encoder import problem as problem_module
 
     rng = np.random.default_rng(3)
     weights = rng.standard_normal((96, 24)) * 0.05
@@ -194,8 +195,8 @@ def test_large_layers_by_blocks_of_rows_make_the_same_decisions(monkeypatch, met
     hessian = inputs.T @ inputs / 200
     settings = QuantizerSettings(method=method, lam=1e-4, grid_choice="fixed")
     whole = quantize_layer(LayerProblem(weights=weights, hessian=[hessian]), settings)
-    monkeypatch.setattr(obs, "LARGE_LAYER_ELEMENTS", 24 * 10)
-    monkeypatch.setattr(obs, "CHUNK_ELEMENTS", 24 * 7)  # blocks of 7 rows, the last of 5
+    monkeypatch.setattr(problem_module, "LARGE_LAYER_ELEMENTS", 24 * 10)
+    monkeypatch.setattr(problem_module, "CHUNK_ELEMENTS", 24 * 7)  # blocks of 7 rows, the last of 5
     chunked = quantize_layer(LayerProblem(weights=weights, hessian=[hessian]), settings)
     assert np.array_equal(chunked.indices, whole.indices)
     assert chunked.distortion == pytest.approx(whole.distortion, rel=1e-12)

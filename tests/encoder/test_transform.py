@@ -10,7 +10,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from nncodec_rd.encoder.obs import LayerProblem, QuantizerSettings, quantize_layer  # noqa: E402
+from nncodec_rd.encoder.methods import quantize_layer  # noqa: E402
+from nncodec_rd.encoder.problem import LayerProblem  # noqa: E402
+from nncodec_rd.encoder.settings import QuantizerSettings  # noqa: E402
 from nncodec_rd.encoder.transform import (HIGH_RATE_GAP_BITS, keep_components,  # noqa: E402
                                           quantize_transform_group, reverse_water_filling,
                                           right_matrix_reconstruction)

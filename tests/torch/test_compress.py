@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 
 from nncodec_rd.api import safe_open  # noqa: E402
 from nncodec_rd.format.errors import EncoderError  # noqa: E402
-from nncodec_rd.torch.model_encoder import compress, load_into  # noqa: E402
+from nncodec_rd.torch.compress_model import compress  # noqa: E402
+from nncodec_rd.torch.load import load_into  # noqa: E402
 
 
 class SmallNet(torch.nn.Module):
@@ -59,7 +60,7 @@ def test_compress_file_decode_load_into(tmp_path, model_and_batches, method):
 
 def test_decoded_weights_equal_the_encoders_reconstruction(tmp_path, model_and_batches):
     from nncodec_rd.torch.model_encoder import ModelEncoder
-    from nncodec_rd.encoder.obs import QuantizerSettings
+    from nncodec_rd.encoder.settings import QuantizerSettings
 
     model, batches = model_and_batches
     encoder = ModelEncoder(model, batches, progress=False)
@@ -114,7 +115,7 @@ def test_errors_users_can_cause(model_and_batches, tmp_path):
 
 def test_per_layer_grids_reach_the_file_and_decode_to_the_reconstruction(tmp_path,
                                                                          model_and_batches):
-    from nncodec_rd.encoder.obs import QuantizerSettings
+    from nncodec_rd.encoder.settings import QuantizerSettings
     from nncodec_rd.torch.model_encoder import ModelEncoder
 
     model, batches = model_and_batches

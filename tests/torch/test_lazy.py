@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from nncodec_rd.format.errors import ChecksumMismatchError, EncoderError  # noqa: E402
 from nncodec_rd.format.grids import EntropySettings  # noqa: E402
 from nncodec_rd.torch import CompressedWeight, lazy_weights, load_compressed  # noqa: E402
-from nncodec_rd.torch.model_encoder import compress  # noqa: E402
+from nncodec_rd.torch.compress_model import compress  # noqa: E402
 from nncodec_rd.torch.examples import tiny_mlp  # noqa: E402
 
 
@@ -242,7 +242,7 @@ def test_a_failed_lookup_leaves_no_partial_weight_behind(tmp_path):
 
 def test_eager_mode_is_load_into(mlp_file):
     path, batches = mlp_file
-    from nncodec_rd.torch.model_encoder import load_into
+    from nncodec_rd.torch.load import load_into
 
     eager = load_compressed(tiny_mlp()[0], path, mode="eager")
     reference = load_into(tiny_mlp()[0], path)

@@ -10,13 +10,14 @@ import torch
 import nncodec_rd
 from conformance import spec_literal_decoder as literal
 from nncodec_rd.encoder import executor as executor_module
-from nncodec_rd.encoder.methods import model_entropy_settings
-from nncodec_rd.encoder.obs import QuantizerSettings
+from nncodec_rd.encoder.settings import model_entropy_settings
+from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.format.errors import EncoderError
 from nncodec_rd.torch import checkpoint as checkpoint_module
 from nncodec_rd.torch import sequential as sequential_module
 from nncodec_rd.torch.checkpoint import CheckpointWeights, empty_model
-from nncodec_rd.torch.model_encoder import compress, load_weights
+from nncodec_rd.torch.compress_model import compress
+from nncodec_rd.torch.load import load_weights
 from nncodec_rd.torch.sequential import SequentialEncoder, find_stack
 
 transformers = pytest.importorskip("transformers")

@@ -12,8 +12,10 @@ torch = pytest.importorskip("torch")
 from conformance.spec_literal_decoder import decode_file  # noqa: E402
 from nncodec_rd.api import load_file, safe_open  # noqa: E402
 from nncodec_rd.encoder.transform import TransformLayerResult  # noqa: E402
-from nncodec_rd.torch.model_encoder import (TRANSFORM_PREFIX, ModelEncoder, compress,  # noqa: E402
-                                       load_into)
+from nncodec_rd.torch.compress_model import compress  # noqa: E402
+from nncodec_rd.torch.layers import TRANSFORM_PREFIX  # noqa: E402
+from nncodec_rd.torch.load import load_into  # noqa: E402
+from nncodec_rd.torch.model_encoder import ModelEncoder  # noqa: E402
 
 
 class SharedInputNet(torch.nn.Module):
@@ -71,7 +73,7 @@ def test_transform_file_decodes_identically_in_both_decoders(tmp_path, model_and
 def test_load_into_restores_the_encoders_reconstruction(tmp_path, model_and_batches):
     model, batches = model_and_batches
     encoder = ModelEncoder(model, batches, progress=False)
-    from nncodec_rd.encoder.obs import QuantizerSettings
+    from nncodec_rd.encoder.settings import QuantizerSettings
 
     settings = QuantizerSettings(method="transform", lam=encoder.default_lam() * 4)
     path = tmp_path / "model.nrd"

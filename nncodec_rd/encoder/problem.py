@@ -1,0 +1,183 @@
+"""One layer's quantization problem and what a method makes of it (docs/algorithms.md §1).
+
+:class:`LayerProblem` holds a layer's weights (float64, ``(rows, columns)``), its Hessian and
+optional row weights; :class:`LayerResult` the grid indices a method chose, their steps and the
+layer's distortion and rate. :func:`layer_distortion` is the loss every method is judged by.
+Layers of more than :data:`LARGE_LAYER_ELEMENTS` weights are worked on in blocks of rows
+(:func:`row_blocks`), so that no full-size temporary exists besides the weights themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..format.errors import EncoderError
+from ..format.grids import UniformGrid
+
+LARGE_LAYER_ELEMENTS = 1 << 24
+"""Layers of more weights than this are quantized by blocks of rows
+(:func:`nncodec_rd.encoder.obs.quantize_on_grid`); smaller ones in one block, exactly as a whole."""
+
+CHUNK_ELEMENTS = 1 << 22
+"""Weights per block of rows of a large layer."""
+
+
+@dataclass
+class LayerProblem:
+    """One layer to quantize.
+
+    Parameters
+    ----------
+    weights:
+        ``(rows, columns)``: one row per output, one column per input (a convolution's kernel
+        flattened as ``in_channels/groups × kernel``).
+    hessian:
+        ``(columns, columns)``, or ``(groups, columns, columns)`` for a grouped convolution whose
+        rows split evenly into groups; ``None`` means the identity (no calibration data).
+    row_scale:
+        Optional ``(rows,)`` weight of each row's loss (an embedding's token frequencies).
+    """
+
+    weights: np.ndarray
+    hessian: np.ndarray | None = None
+    row_scale: np.ndarray | None = None
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # λ-independent factors
+
+    def __post_init__(self):
+        self.weights = np.asarray(self.weights, dtype=np.float64)
+        if self.weights.ndim != 2:
+            raise EncoderError(f"layer weights must be a (rows, columns) matrix, not shape "
+                               f"{self.weights.shape}")
+        if not np.all(np.isfinite(self.weights)):
+            raise EncoderError("weights contain NaN or infinity; they cannot be quantized")
+        rows, columns = self.weights.shape
+        if self.hessian is not None:
+            hessian = np.asarray(self.hessian, dtype=np.float64)
+            if hessian.ndim == 2:
+                hessian = hessian[None]
+            if hessian.shape[1:] != (columns, columns) or rows % hessian.shape[0]:
+                raise EncoderError(f"a Hessian of shape {self.hessian.shape} does not fit weights "
+                                   f"of shape {self.weights.shape}")
+            if not np.all(np.isfinite(hessian)):
+                raise EncoderError("the Hessian contains NaN or infinity")
+            self.hessian = hessian
+        if self.row_scale is not None:
+            self.row_scale = np.asarray(self.row_scale, dtype=np.float64).reshape(-1)
+            if self.row_scale.shape != (rows,) or np.any(self.row_scale <= 0):
+                raise EncoderError("row_scale needs one positive weight per row")
+
+    @property
+    def groups(self) -> int:
+        """Number of independent row groups (1 unless the Hessian is per group)."""
+        return 1 if self.hessian is None else self.hessian.shape[0]
+
+
+
+@dataclass
+class LayerResult:
+    """What :func:`quantize_layer` returns.
+
+    Attributes
+    ----------
+    indices:
+        ``(rows, columns)`` int64 grid indices; the weights are ``steps[r] * indices[r]``.
+    steps:
+        float32, one per tensor (shape ``(1,)``) or one per row.
+    distortion:
+        ``½ Σ_r s_r (w_r − ŵ_r) H (w_r − ŵ_r)ᵀ`` with the undamped Hessian (identity if none).
+    rate_bits:
+        Code length of the indices under their own i.i.d. table (no tables or chunk overhead).
+    passes:
+        Rate-model passes made.
+    damping:
+        The damping fraction finally used.
+    zero_points:
+        ``None``, or one per step: the file stores ``indices + zero_points`` with these zero
+        points (spec §6.1), so a grid of B bins stores the indices 0 … B − 1.
+    bins:
+        The number of bins of a bounded grid, ``None`` if any index is allowed.
+    grid:
+        How the grid was chosen, in a few words (``grid_choice="rd"`` names the candidate).
+    """
+
+    indices: np.ndarray
+    steps: np.ndarray
+    distortion: float
+    rate_bits: float
+    passes: int
+    damping: float
+    zero_points: np.ndarray | None = None
+    bins: int | None = None
+    grid: str = "λ rule"
+
+    def stored_indices_and_grid(self):
+        """The indices as the file stores them and their grid (steps, zero points)."""
+        rows_per_group = 1 if len(self.steps) > 1 else 0
+        if self.zero_points is None:
+            return self.indices, UniformGrid(self.steps, rows_per_group=rows_per_group)
+        shift = self.zero_points[:, None] if len(self.zero_points) > 1 else self.zero_points[0]
+        return (self.indices + shift,
+                UniformGrid(self.steps, zero_points=self.zero_points,
+                            rows_per_group=rows_per_group))
+
+
+
+def layer_distortion(problem: LayerProblem, reconstruction: np.ndarray) -> float:
+    """``½ Σ_r s_r (w_r − ŵ_r) H_g(r) (w_r − ŵ_r)ᵀ`` with the undamped Hessian."""
+    scale = np.ones(len(problem.weights)) if problem.row_scale is None else problem.row_scale
+    if problem.hessian is None:
+        # Rows by blocks: no (rows, columns) temporaries for an embedding of millions of rows.
+        rows, columns = problem.weights.shape
+        step = max(1, (1 << 20) // max(columns, 1))
+        return float(sum(0.5 * np.sum(scale[start:start + step, None]
+                                      * (problem.weights[start:start + step]
+                                         - reconstruction[start:start + step]) ** 2)
+                         for start in range(0, rows, step)))
+    rows, columns = problem.weights.shape
+    rows_per_group = rows // problem.groups
+    total = 0.0
+    if is_large(rows, columns):
+        # By blocks of rows: a head of 65 M weights would need five 500 MB temporaries.
+        chunks = row_blocks(rows, columns)
+        for group, hessian in enumerate(problem.hessian):
+            group_rows = slice(group * rows_per_group, (group + 1) * rows_per_group)
+            for part in blocks_within(chunks, group_rows):
+                difference = problem.weights[part] - reconstruction[part]
+                total += 0.5 * float(np.sum(scale[part, None] * (difference @ hessian)
+                                            * difference))
+        return total
+    difference = problem.weights - reconstruction
+    for group, hessian in enumerate(problem.hessian):
+        part = slice(group * rows_per_group, (group + 1) * rows_per_group)
+        total += 0.5 * float(np.sum(scale[part, None] * (difference[part] @ hessian)
+                                    * difference[part]))
+    return total
+
+
+
+def is_large(rows: int, columns: int) -> bool:
+    """Whether a layer of ``rows`` × ``columns`` weights is worked on in blocks of rows (more
+    than :data:`LARGE_LAYER_ELEMENTS` weights)."""
+    return rows * columns > LARGE_LAYER_ELEMENTS
+
+
+def row_blocks(rows: int, columns: int) -> list[slice]:
+    """The blocks of rows a layer is processed in: one for a layer up to
+    :data:`LARGE_LAYER_ELEMENTS` weights."""
+    if not is_large(rows, columns):
+        return [slice(0, rows)]
+    step = max(1, CHUNK_ELEMENTS // max(columns, 1))
+    return [slice(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def blocks_within(chunks: list[slice], rows: slice) -> list[slice]:
+    """The parts of ``chunks`` inside ``rows`` (a group of rows)."""
+    parts = []
+    for chunk in chunks:
+        start, stop = max(chunk.start, rows.start), min(chunk.stop, rows.stop)
+        if start < stop:
+            parts.append(slice(start, stop))
+    return parts
+
