@@ -202,11 +202,11 @@ BUILT_IN_METHODS = (
         "cerwu", "optq-rd with the rate's quadratic part folded into the Hessian",
         quantize_on_chosen_grid, rate_aware=True, folds_quadratic_rate=True),
     QuantizationMethod(
-        "transform", "Linear layers as coefficients x a stored matrix (spec §6.4); others "
+        "transform", "Linear layers as coefficients x a stored matrix (spec §6.4), others "
         "with optq", quantize_layer_transform, grid_kinds=("uniform", "right_matrix"),
         quantize_group=quantize_transform_group, fallback="optq", block_sequential=False),
     QuantizationMethod(
-        "transform+cerwu", "transform with rate-aware coefficients where it beats cerwu; "
+        "transform+cerwu", "transform with rate-aware coefficients where it beats cerwu, "
         "others with cerwu", quantize_layer_transform, rate_aware=True,
         grid_kinds=("uniform", "right_matrix"), quantize_group=quantize_transform_group,
         fallback="cerwu", group_must_beat_fallback=True, block_sequential=False),

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import nncodec_rd
-from nncodec_rd.cli import _byte_count, main
+from nncodec_rd.cli import main
+from nncodec_rd.cli.common import byte_count
 from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.format.errors import ErrorCode
 
@@ -48,10 +49,10 @@ def test_a_lower_bound_stops_the_1_gib_bomb_before_writing(tmp_path, capsys):
 
 
 def test_byte_counts_on_the_command_line():
-    assert _byte_count("1000") == 1000 and _byte_count("512M") == 512 << 20
-    assert _byte_count("64GiB") == 64 << 30 and _byte_count("none") is None
+    assert byte_count("1000") == 1000 and byte_count("512M") == 512 << 20
+    assert byte_count("64GiB") == 64 << 30 and byte_count("none") is None
     with pytest.raises(Exception, match="expected bytes"):
-        _byte_count("-5")
+        byte_count("-5")
 
 
 def test_a_memory_error_within_the_bound_is_typed(tmp_path, monkeypatch, capsys):

@@ -4,7 +4,13 @@ to end; names, capabilities and errors."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +21,8 @@ from nncodec_rd.encoder.obs import lambda_rule_steps, quantize_on_grid
 from nncodec_rd.encoder.problem import LayerProblem
 from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.format.errors import EncoderError, ErrorCode
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def half_step_rounding(problem, settings):
@@ -83,7 +91,9 @@ def test_settings_resolve_a_registered_name_only_while_it_is_registered(half_ste
 def test_settings_carry_their_method_to_another_process_by_value():
     settings = QuantizerSettings(method="cerwu", lam=1e-3)
     copy = pickle.loads(pickle.dumps(settings))
-    assert copy == settings and copy.quantization_method is METHODS["cerwu"]
+    # the method object by value, its entry point by name (what a Ray worker receives)
+    assert copy == settings and copy.quantization_method == METHODS["cerwu"]
+    assert copy.quantization_method.quantize is METHODS["cerwu"].quantize
 
 
 def test_the_registry_refuses_duplicates_strangers_and_removing_built_ins(half_step):
@@ -119,3 +129,54 @@ def test_the_built_in_methods_state_what_the_sweep_used_to_read_from_their_names
         "transform+cerwu": (True, True, True, False, "rd", "cerwu", False),
     }
     assert not METHODS["cerwu"].per_channel_with_hessian and METHODS["optq"].per_channel_with_hessian
+
+
+def apply_documented_diff(diff: str, root) -> list[str]:
+    """Apply a unified diff whose hunks carry no line numbers (as docs/architecture.md shows
+    them) to the files under ``root``: each hunk's context and removed lines must occur once, in
+    order, and are replaced by its context and added lines. Returns the paths changed."""
+    changed = []
+    for section in re.split(r"^--- ", diff, flags=re.MULTILINE)[1:]:
+        lines = section.splitlines()
+        path = re.match(r"\+\+\+ b/(\S+)", lines[1]).group(1)
+        target = root / path
+        text = "" if lines[0].startswith("/dev/null") else target.read_text(encoding="utf-8")
+        for hunk in re.split(r"^@@.*$", "\n".join(lines[2:]), flags=re.MULTILINE)[1:]:
+            body = [line for line in hunk.split("\n") if line]
+            old = "".join(line[1:] + "\n" for line in body if line[0] in " -")
+            new = "".join(line[1:] + "\n" for line in body if line[0] in " +")
+            assert not old or text.count(old) == 1, f"{path}: the hunk's context is not found " \
+                                                    f"once:\n{old}"
+            text = text.replace(old, new) if old else new
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        changed.append(path)
+    return changed
+
+
+def test_the_diff_in_docs_architecture_adds_a_working_method(tmp_path):
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    [diff] = re.findall(r"```diff\n(.*?)```", page, flags=re.DOTALL)
+    shutil.copytree(ROOT / "nncodec_rd", tmp_path / "nncodec_rd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    changed = apply_documented_diff(diff, tmp_path)
+    # one new module, and methods.py changed by its registry entry (and the import it needs)
+    assert changed == ["nncodec_rd/encoder/half_step.py", "nncodec_rd/encoder/methods.py"]
+    check = """
+import numpy as np
+import nncodec_rd
+from nncodec_rd.encoder.methods import METHODS, quantize_layer
+from nncodec_rd.encoder.problem import LayerProblem
+from nncodec_rd.encoder.settings import QuantizerSettings
+assert nncodec_rd.__file__.startswith(%r), nncodec_rd.__file__
+problem = LayerProblem(np.linspace(-1, 1, 64).reshape(8, 8))
+half = quantize_layer(problem, QuantizerSettings(method="half-step", lam=1e-3))
+rtn = quantize_layer(problem, QuantizerSettings(method="rtn", lam=1e-3))
+assert half.steps[0] == rtn.steps[0] / 2, (half.steps, rtn.steps)
+print(list(METHODS)[-1])
+""" % str(tmp_path)
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path), "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=environment,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "half-step"

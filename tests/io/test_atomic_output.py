@@ -172,12 +172,12 @@ def test_info_escapes_terminal_control_characters(tmp_path, capsys):
 
 def test_an_os_error_without_a_file_name_is_one_clean_line(tmp_path, capsys, monkeypatch):
     """No more ``error: : No space left on device``: a bare OSError prints its reason alone."""
-    import nncodec_rd.cli as cli
+    import nncodec_rd.cli.info as info_command
 
     def full(arguments):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cli, "command_info", full)
+    monkeypatch.setattr(info_command, "command_info", full)
     assert main(["info", str(tmp_path / "x.nrd")]) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert line == f"nncodec-rd: error: {os.strerror(errno.ENOSPC)}"

@@ -1,0 +1,73 @@
+"""What every command shares: the exit status of an error, text safe to print, byte counts."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..decoder.reader import DEFAULT_MAX_HEADER_BYTES
+from ..format.errors import NrdError
+
+EXIT_ERROR = 1
+
+
+def human_bytes(size: float) -> str:
+    """``size`` bytes for a person: ``512 B``, ``1.50 KiB``, ... up to GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} GiB"
+
+
+def printable(value) -> str:
+    """``value`` as text safe to print on a terminal: every character Python does not count as
+    printable (ESC, BEL, CR, C1 controls, bidirectional overrides, line separators) is shown as
+    its Python escape (``\\x1b``), so a name or metadata value in a file cannot move the cursor,
+    retitle the window or hide text (issue 17). Other text, accents included, prints as is."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def jsonable(metadata: dict) -> dict:
+    """``metadata`` with its bytes values as hex text, for ``json.dumps``."""
+    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in metadata.items()}
+
+
+def byte_count(text: str) -> int | None:
+    """``--max-output-bytes``: an integer with an optional K/M/G/T suffix (powers of 1024), or
+    ``none`` for no bound."""
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    if value == "none":
+        return None
+    scale = 1
+    if value[-1:] in _BYTE_SUFFIXES:
+        value, scale = value[:-1], _BYTE_SUFFIXES[value[-1]]
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected bytes such as 1000, 512M, 64G or none, "
+                                         f"not {text!r}")
+    return int(value) * scale
+
+
+_BYTE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def add_max_header_bytes(parser) -> None:
+    """Add ``--max-header-bytes`` (the commands that read a header: info, decode, validate)."""
+    parser.add_argument("--max-header-bytes", type=byte_count, default=DEFAULT_MAX_HEADER_BYTES,
+                        metavar="BYTES",
+                        help="refuse (output_too_large) a file whose header is larger: bytes with "
+                             "an optional K, M, G or T suffix, or 'none' for the spec's limit of "
+                             "256M (default: 100M)")
+
+
+def parse_metadata(pairs) -> dict:
+    """The ``--metadata KEY=VALUE`` entries as a dict; a pair without ``=`` is an error."""
+    metadata = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise NrdError(f"--metadata expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        metadata[key] = value
+    return metadata

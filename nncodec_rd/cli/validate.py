@@ -1,0 +1,54 @@
+"""``nncodec-rd validate``: check files against every rule of the spec."""
+
+from __future__ import annotations
+
+import json
+
+from .. import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION
+from ..decoder.reader import DEFAULT_MAX_TRANSFORM_WORK
+from .common import EXIT_ERROR, add_max_header_bytes, byte_count
+
+
+def command_validate(arguments) -> int:
+    from ..decoder.validation import validate_file
+
+    failures = 0
+    reports = []
+    for path in arguments.files:
+        errors = validate_file(path, max_output_bytes=arguments.max_output_bytes,
+                               max_transform_work=arguments.max_transform_work,
+                               max_header_bytes=arguments.max_header_bytes)
+        failures += bool(errors)
+        reports.append({"file": path, "conforms": not errors, "errors": [
+            {"code": int(e.code), "name": e.code.slug, "field": e.field, "offset": e.offset,
+             "message": e.message} for e in errors]})
+        if not arguments.json:
+            print(f"{path}: {'conforms to .nrd ' + FORMAT_VERSION if not errors else 'does NOT conform'}"
+                  + (f" ({len(errors)} faults)" if len(errors) > 1 else ""))
+            for error in errors:
+                print(f"  {error}")
+    if arguments.json:
+        print(json.dumps(reports, indent=2))
+    return EXIT_ERROR if failures else 0
+
+
+def add_command(commands) -> None:
+    """Add the ``validate`` command to the subparsers ``commands``."""
+    validate = commands.add_parser(
+        "validate", help="check files against every rule of the spec",
+        description="Check .nrd files against the specification and decode them fully; exits "
+                    "non-zero if any file does not conform.",
+        epilog="Example: nncodec-rd validate model.nrd other.nrd --json")
+    validate.add_argument("files", nargs="+")
+    validate.add_argument("--json", action="store_true", help="machine-readable report")
+    validate.add_argument("--max-output-bytes", type=byte_count,
+                          default=DEFAULT_MAX_OUTPUT_BYTES, metavar="BYTES",
+                          help="largest array decoded while checking, as for decode (default: "
+                               "64G or this machine's memory; 'none' for no bound); a tensor beyond it is reported as "
+                               "output_too_large")
+    validate.add_argument("--max-transform-work", type=byte_count,
+                          default=DEFAULT_MAX_TRANSFORM_WORK, metavar="COUNT",
+                          help="largest transform product computed while checking, in "
+                               "multiply-adds, as for decode")
+    add_max_header_bytes(validate)
+    validate.set_defaults(run=command_validate)
