@@ -49,8 +49,11 @@ $(VENV)/.docs-installed: $(VENV)/.installed
 	$(PIP) install -q -e '.[docs]'
 	touch $@
 
-# The Sphinx site (spec included from spec/, API from the docstrings), warnings as errors.
+# The Sphinx site (spec included from spec/, API from the docstrings), warnings as errors; first
+# the check that every measured figure of the pages is that of bench/results/*.json
+# (docs/figures.py; `$(PY) docs/figures.py --write` renders them).
 docs: $(VENV)/.docs-installed
+	$(PY) docs/figures.py
 	$(PY) -m sphinx -W --keep-going -b html -d docs/_build/doctrees docs docs/_build/html
 	@echo "open docs/_build/html/index.html"
 

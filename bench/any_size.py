@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 # name -> (hidden, intermediate, blocks, heads, key/value heads)
 SIZES = {
@@ -175,7 +176,7 @@ def main() -> int:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         os.makedirs(os.path.dirname(arguments.json) or ".", exist_ok=True)
         with open(arguments.json, "w") as stream:  # after every size: a long run keeps its rows
-            json.dump({"command": "python " + " ".join(sys.argv),
+            json.dump({**run_info(), "command": "python " + " ".join(sys.argv),
                        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                        "checkpoints": "Llama architecture, random init (std 0.02), bf16 shards; "
                                       "no real LLM weights can be downloaded here",

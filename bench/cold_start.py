@@ -31,6 +31,7 @@ import tempfile
 import time
 
 import numpy as np
+from run_info import run_info  # bench/ is sys.path[0] when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -233,7 +234,7 @@ def main(argv=None) -> int:
     report = run(arguments.ref, arguments.minilm, arguments.skip_minilm)
     os.makedirs(os.path.dirname(os.path.abspath(arguments.json)), exist_ok=True)
     with open(arguments.json, "w", encoding="utf-8") as stream:
-        json.dump(report, stream, indent=1)
+        json.dump({**run_info(), **report}, stream, indent=1)
     print_report(report)
     print(f"\nwritten to {arguments.json}")
     return 0

@@ -30,6 +30,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from cold_start import ROOT, WORK, export_source  # noqa: E402
+from run_info import run_info  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
               "rounds": rounds, "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(arguments.json)), exist_ok=True)
     with open(arguments.json, "w", encoding="utf-8") as stream:
-        json.dump(report, stream, indent=1)
+        json.dump({**run_info(), **report}, stream, indent=1)
     print("| case | before (M weights/s) | after | after / before |")
     print("| --- | ---: | ---: | ---: |")
     for row in rows:

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from digits_rate_fidelity import build_workload  # noqa: E402
 from nncodec_rd.torch.rate_fidelity import machine_description, run_workload  # noqa: E402
+from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                       "digits_grid_choice_seeds.json")
@@ -37,7 +38,7 @@ def main() -> int:
         print(f"seed {seed}: {report['seeds'][seed]['bits_per_weight_at_target']}", flush=True)
     os.makedirs(os.path.dirname(OUTPUT), exist_ok=True)
     with open(OUTPUT, "w", encoding="utf-8") as stream:
-        json.dump(report, stream, indent=1)
+        json.dump({**run_info(), **report}, stream, indent=1)
     return 0
 
 

@@ -27,6 +27,7 @@ import tempfile
 import time
 
 import numpy as np
+from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 CHUNK_COUNTS = (10_000, 100_000, 1_000_000, 2_000_000)
 METADATA_ENTRIES = (65_536, 524_288)
@@ -212,7 +213,7 @@ def main() -> int:
                   f"({row['added_memory_per_file_byte']:.2f}x)", flush=True)
     os.makedirs(os.path.dirname(arguments.json) or ".", exist_ok=True)
     with open(arguments.json, "w") as stream:
-        json.dump({"command": "python " + " ".join(sys.argv), "code": _code_measured(),
+        json.dump({**run_info(), "command": "python " + " ".join(sys.argv), "code": _code_measured(),
                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                    "rows": rows}, stream, indent=1)
     return 0

@@ -47,6 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("minilm", "digits")
@@ -449,7 +450,7 @@ def main(argv=None) -> int:
                                      lazy["peak_decoding_every_weight_bytes_per_process"])}}
     os.makedirs(os.path.dirname(arguments.output) or ".", exist_ok=True)
     with open(arguments.output + ".json", "w", encoding="utf-8") as stream:
-        json.dump(report, stream, indent=2)
+        json.dump({**run_info(), **report}, stream, indent=2)
         stream.write("\n")
     text = summarise(report)
     with open(arguments.output + ".md", "w", encoding="utf-8") as stream:

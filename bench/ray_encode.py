@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -151,7 +152,7 @@ def main() -> int:
               f"{row['quantize_seconds']} s, layers {row['layer_task_seconds']} s, "
               f"{row['size_bytes']:,} bytes, sha256 {row['sha256'][:12]}", file=sys.stderr)
         with open(arguments.json, "w") as stream:  # after every run: a stopped run keeps some
-            json.dump(report, stream, indent=1)
+            json.dump({**run_info(), **report}, stream, indent=1)
     runs = {row["config"]: row for row in report["runs"]}
     if "local" in runs:
         report["identical_to_local"] = {config: row["sha256"] == runs["local"]["sha256"]
@@ -163,7 +164,7 @@ def main() -> int:
     source = runs.get("local") or report["runs"][0]
     report["estimate_70b"] = estimate_70b(source["layers"], [1, 16, 64])
     with open(arguments.json, "w") as stream:
-        json.dump(report, stream, indent=1)
+        json.dump({**run_info(), **report}, stream, indent=1)
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1))
     return 0
 

@@ -23,6 +23,7 @@ import nncodec_rd  # noqa: E402
 from nncodec_rd.encoder.fidelity import SqnrReport  # noqa: E402
 from nncodec_rd.torch.load import load_weights  # noqa: E402
 from nncodec_rd.torch.state_dict import tensor_to_numpy  # noqa: E402
+from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 SETTINGS = [{"bins": b} for b in (3, 7, 15, 31, 63, 127, 255)] + \
     [{"relative_step": r} for r in (2.0, 1.0, 0.5, 0.25, 0.125, 1 / 16, 1 / 32)]
@@ -50,7 +51,7 @@ def main() -> int:
                          "lowest_db": lowest, "lowest_tensor": name, "mean_cosine": cosine})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     with open(arguments.json, "w") as stream:
-        json.dump({"command": "python " + " ".join(sys.argv), "model": "all-MiniLM-L6-v2",
+        json.dump({**run_info(), "command": "python " + " ".join(sys.argv), "model": "all-MiniLM-L6-v2",
                    "fidelity": workload.fidelity_name, "rows": rows}, stream, indent=1)
     return 0
 

@@ -23,6 +23,7 @@ from minilm_rate_fidelity import build_workload  # noqa: E402
 import nncodec_rd  # noqa: E402
 from nncodec_rd.torch.load import load_weights  # noqa: E402
 from nncodec_rd.torch.pretrained import compress_pretrained  # noqa: E402
+from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 FACTORS = (1, 4, 16, 64, 256, 1024)
 
@@ -56,7 +57,7 @@ def main() -> int:
                          "lowest_tensor": name, "mean_cosine": cosine})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     with open(arguments.json, "w") as stream:
-        json.dump({"command": "python " + " ".join(sys.argv), "model": "all-MiniLM-L6-v2",
+        json.dump({**run_info(), "command": "python " + " ".join(sys.argv), "model": "all-MiniLM-L6-v2",
                    "method": "cerwu (folder encode, bundled sentences)",
                    "fidelity": workload.fidelity_name, "rows": rows}, stream, indent=1)
     return 0

@@ -1,5 +1,5 @@
 """Per-layer grid choice by rate–distortion: mixed precision and zero-point grids
-(docs/methods.md §2, after Metz, Bichler and Dupret).
+(docs/algorithms.md §2, after Metz, Bichler and Dupret).
 
 :func:`quantize_on_chosen_grid` is the entry point of the methods that quantize a layer on one
 grid (``rtn``, ``optq``, ``optq-rd``, ``cerwu``): the λ rule's grid, or with

@@ -1,4 +1,4 @@
-"""The linear algebra of the OBS sweep (docs/methods.md §1): a damped Hessian, the upper
+"""The linear algebra of the OBS sweep (docs/algorithms.md §1): a damped Hessian, the upper
 Cholesky factor of its inverse, and CERWU's transformed problem ``(W H (H + μI)⁻¹, H + μI)``.
 
 torch is imported by :func:`inverse_cholesky_upper` only (its Cholesky and triangular solve are

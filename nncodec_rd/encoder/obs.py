@@ -1,5 +1,5 @@
 """The OBS column sweep: rate-constrained Optimal Brain Surgeon quantization of one layer onto a
-given grid (docs/methods.md §1).
+given grid (docs/algorithms.md §1).
 
 Four methods (:mod:`nncodec_rd.encoder.methods`) share this sweep, told apart by what their
 method object states (``error_feedback``, ``rate_aware``, ``folds_quadratic_rate``):

@@ -1,4 +1,4 @@
-"""One layer's quantization problem and what a method makes of it (docs/methods.md §1).
+"""One layer's quantization problem and what a method makes of it (docs/algorithms.md §1).
 
 :class:`LayerProblem` holds a layer's weights (float64, ``(rows, columns)``), its Hessian and
 optional row weights; :class:`LayerResult` the grid indices a method chose, their steps and the

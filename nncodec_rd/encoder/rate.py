@@ -4,7 +4,7 @@ static tables (spec §7), so that the rate the encoder minimises is the rate the
 A :class:`RateModel` is built from a tensor's current indices exactly as the writer builds its
 i.i.d. table (:func:`nncodec_rd.encoder.rans.build_frequency_table`), and prices each index at
 ``precision_bits - log2(frequency)`` bits. The quantizers iterate "quantize, recount, rebuild" until
-the indices stop changing (docs/methods.md §1, "An exact rate model").
+the indices stop changing (docs/algorithms.md §1, "An exact rate model").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 An encoder that quantizes a model one unit (a block of layers) at a time cannot bisect λ over
 whole files: each trial would repeat the pass. Instead, before each unit is quantized, the
 controller picks the λ that makes the *predicted* file meet the target, and after the unit is
-written it learns from the real payload (docs/methods.md, "A size target in one pass"):
+written it learns from the real payload (docs/algorithms.md, "A size target in one pass"):
 
 * **Predicted rate of a layer at any λ** (:func:`rate_table`). The λ rule sets the layer's step
   ``Δ ∝ √λ`` (:func:`nncodec_rd.encoder.obs.lambda_rule_steps`); rounding the weights to that grid

@@ -1,4 +1,4 @@
-"""Transform quantization of a layer (docs/methods.md §3; Young, Wang, Taubman, Girod 2021).
+"""Transform quantization of a layer (docs/algorithms.md §3; Young, Wang, Taubman, Girod 2021).
 
 The layer loss ``½ (w − ŵ) H (w − ŵ)ᵀ`` is a weighted squared error. In the eigenbasis of the
 (damped) Hessian, ``H = U Λ Uᵀ``, the weights ``Y = W U`` are decorrelated: component ``k``

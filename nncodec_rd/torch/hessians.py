@@ -1,5 +1,5 @@
 """Layer-wise Hessians ``H = (2/N) Σ x xᵀ`` from calibration batches, with forward hooks
-(docs/methods.md §1, "Hessian details").
+(docs/algorithms.md §1, "Hessian details").
 
 Supported layers and how their weights are seen as a ``(rows, columns)`` matrix:
 

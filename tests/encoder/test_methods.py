@@ -115,7 +115,7 @@ def test_the_registry_refuses_duplicates_strangers_and_removing_built_ins(half_s
 
 
 def test_the_built_in_methods_state_what_the_sweep_used_to_read_from_their_names():
-    # The capabilities that replaced the name comparisons, method by method (docs/methods.md).
+    # The capabilities that replaced the name comparisons, method by method (docs/algorithms.md).
     table = {name: (method.needs_calibration, method.error_feedback, method.rate_aware,
                     method.folds_quadratic_rate, method.resolved_grid_choice("auto"),
                     method.fallback, method.block_sequential)

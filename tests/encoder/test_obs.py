@@ -1,4 +1,4 @@
-"""The layer quantizers against brute-force and closed-form checks (docs/methods.md §1)."""
+"""The layer quantizers against brute-force and closed-form checks (docs/algorithms.md §1)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,33 @@
+"""The commit and date a benchmark measured at, for its JSON (docs/numbers.py states them).
+
+Every benchmark that writes a JSON to ``bench/results/`` puts ``**run_info()`` into it::
+
+    report = {"command": ..., **run_info(), "rows": rows}
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_info() -> dict:
+    """``{"commit": abbreviated hash of HEAD (+ "-dirty" with uncommitted changes to tracked
+    files), "date": UTC time "YYYY-MM-DD HH:MM"}``; the commit is "unknown" outside a git
+    checkout (an exported tree)."""
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", "-C", ROOT, *arguments], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        if git("status", "--porcelain", "--untracked-files=no"):
+            commit += "-dirty"
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return {"commit": commit, "date": date}
