@@ -217,3 +217,24 @@ def test_help_documents_the_combinations(capsys):
     for text in ("--calibration FILE --model MODULE:FUNCTION", "--model MODULE:FUNCTION [INPUT]",
                  "--target-bpw", "--no-sensitivity", "--per-channel", "--batch-size"):
         assert text in out, text
+
+
+def test_the_quantizer_flags_come_from_the_settings_declaration(capsys):
+    """--grid-scale, --grid-choice and --no-act-order are made from QuantizerSettings' fields:
+    each is in the help, is one of the options that need a model, and reaches its setting."""
+    import argparse
+
+    from nncodec_rd.cli.encode import MODEL_OPTIONS
+    from nncodec_rd.encoder.settings import command_line_flags, settings_from_flags
+
+    flags = {flag.flag: name for name, flag, _ in command_line_flags()}
+    assert set(flags) == {"--grid-scale", "--grid-choice", "--no-act-order"}
+    assert set(flags) <= {option for _, option in MODEL_OPTIONS}
+    with pytest.raises(SystemExit):
+        main(["encode", "--help"])
+    help_text = capsys.readouterr().out
+    assert all(flag in help_text for flag in flags)
+    given = argparse.Namespace(grid_scale=0.5, grid_choice=None, no_act_order=True)
+    assert settings_from_flags(given) == {"grid_scale": 0.5, "act_order": False}
+    assert settings_from_flags(argparse.Namespace(grid_scale=None, grid_choice="rd",
+                                                  no_act_order=False)) == {"grid_choice": "rd"}

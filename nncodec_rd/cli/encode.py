@@ -44,20 +44,19 @@ def _encode_folder_with(arguments, executor) -> int:
         **entropy_metadata_of(arguments)}),
         "source": os.path.basename(os.path.normpath(arguments.input))}
     metadata.update(parse_metadata(arguments.metadata))
-    options = {}
-    if arguments.grid_choice is not None:
-        options["grid_choice"] = arguments.grid_choice
+    from ..encoder.settings import settings_from_flags
+
     if arguments.calibration_text is None:
         print("calibrating on the bundled English sentences (text of your model's domain, "
               "--calibration-text FILE, calibrates better)", file=sys.stderr)
     outcome = compress_pretrained(
         arguments.input, arguments.output, method=arguments.method or "cerwu", lam=arguments.lam,
         calibration_text=arguments.calibration_text, stack=arguments.stack,
-        per_channel=arguments.per_row, act_order=not arguments.no_act_order,
-        sensitivity=not arguments.no_sensitivity, metadata=metadata,
+        per_channel=arguments.per_row, sensitivity=not arguments.no_sensitivity, metadata=metadata,
         sequences=arguments.calibration_sequences, resume=arguments.resume,
         target_fidelity=arguments.target_fidelity, target_bpw=arguments.target_bpw,
-        entropy=entropy_settings_of(arguments), executor=executor, **options)
+        entropy=entropy_settings_of(arguments), executor=executor,
+        **settings_from_flags(arguments))
     fidelity = ""
     if outcome.fidelity is not None:
         fidelity = (f"; output fidelity {outcome.fidelity:.4f} (mean cosine on held-out "
@@ -108,6 +107,8 @@ MODEL_OPTIONS = (("lam", "--lam"), ("target_bpw", "--target-bpw"), ("grid_scale"
                  ("grid_choice", "--grid-choice"),
                  ("no_act_order", "--no-act-order"), ("no_sensitivity", "--no-sensitivity"),
                  ("batch_size", "--batch-size"))
+"""Options that need a model (argument name, flag); the quantizer's settings among them are
+those of ``command_line_flags`` (a test keeps both lists alike)."""
 
 
 def _check_encode_arguments(parser, arguments) -> None:
@@ -232,7 +233,8 @@ Examples:
 
 def add_command(commands) -> None:
     """Add the ``encode`` command to the subparsers ``commands``."""
-    from ..encoder.methods import GRID_CHOICES, METHODS
+    from ..encoder.methods import METHODS
+    from ..encoder.settings import command_line_flags
 
     encode = commands.add_parser(
         "encode", help="compress a .safetensors, .npz or PyTorch state dict, or a PyTorch model",
@@ -295,17 +297,11 @@ def add_command(commands) -> None:
                       help="file bits per coded weight to reach (lambda found by bisection)")
     with_model.add_argument("--batch-size", type=int,
                             help="rows per batch when a file holds a single tensor (default 32)")
-    with_model.add_argument("--grid-scale", type=float,
-                            help="multiplies the grid step lambda gives (default 1; below 1: a "
-                                 "finer grid)")
-    with_model.add_argument("--grid-choice", choices=GRID_CHOICES,
-                            help="fixed: every layer's step from lambda; rd: each layer below "
-                                 "2 bits per weight picks its grid (step, or 3 to 31 bins with a "
-                                 "zero point) by rate-distortion, several quantizations per "
-                                 "layer; auto (default): rd except for rtn")
-    with_model.add_argument("--no-act-order", action="store_true",
-                            help="quantize columns in their order, not by decreasing Hessian "
-                                 "diagonal")
+    for _, flag, kind in command_line_flags():  # declared with the settings (encoder/settings.py)
+        if flag.negated:
+            with_model.add_argument(flag.flag, action="store_true", help=flag.help)
+        else:
+            with_model.add_argument(flag.flag, type=kind, choices=flag.choices, help=flag.help)
     with_model.add_argument("--no-sensitivity", action="store_true",
                             help="one lambda for every layer, not weighted by how much each "
                                  "moves the model's output")

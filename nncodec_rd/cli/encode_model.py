@@ -170,12 +170,14 @@ def _encode_model_with(arguments, executor) -> int:
     kind = calibration_kind(calibration) if calibration is not None else None
     if arguments.lam is not None and not (math.isfinite(arguments.lam) and arguments.lam > 0):
         raise EncoderError(f"--lam must be finite and > 0, not {arguments.lam}")
-    grid_scale = 1.0 if arguments.grid_scale is None else arguments.grid_scale
-    if not (math.isfinite(grid_scale) and grid_scale > 0):  # before the slow Hessians
-        raise EncoderError(f"--grid-scale must be finite and > 0, not {grid_scale}")
-    from ..encoder.methods import DEFAULT_GRID_CHOICE
+    from ..encoder.settings import QuantizerSettings, settings_from_flags
 
-    grid_choice = arguments.grid_choice or DEFAULT_GRID_CHOICE
+    quantizer = settings_from_flags(arguments)
+    if arguments.grid_scale is not None and not (math.isfinite(arguments.grid_scale)
+                                                 and arguments.grid_scale > 0):
+        # before the slow Hessians
+        raise EncoderError(f"--grid-scale must be finite and > 0, not {arguments.grid_scale}")
+    declared = QuantizerSettings(method="rtn", **quantizer)  # the defaults of what is not given
     if calibration is not None and kind is None:
         raise EncoderError(f"--calibration {calibration!r}: expected a .pt, .pth or .npz file of "
                            f"batches, or MODULE:FUNCTION returning (model, batches)")
@@ -209,8 +211,9 @@ def _encode_model_with(arguments, executor) -> int:
     metadata = {k: str(v) for k, v in source_metadata.items()}
     metadata.update({"encoder": f"nncodec-rd {__version__}", "encoder_settings": json.dumps({
         "method": method, "lam": arguments.lam, "target_bpw": arguments.target_bpw,
-        "per_channel": arguments.per_row, "grid_scale": grid_scale, "grid_choice": grid_choice,
-        "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity,
+        "per_channel": arguments.per_row, "grid_scale": declared.grid_scale,
+        "grid_choice": declared.grid_choice, "act_order": declared.act_order,
+        "sensitivity": not arguments.no_sensitivity,
         **entropy_metadata_of(arguments),
         "calibration": (os.path.basename(calibration) if kind == "file" else calibration),
         "model": arguments.model, "batch_size": arguments.batch_size})})
@@ -220,9 +223,7 @@ def _encode_model_with(arguments, executor) -> int:
     # progress=True: compress shows per-layer progress and prints its summary table on stderr.
     result = compress(model, batches, method=method, lam=arguments.lam,
                       target_bpw=arguments.target_bpw, path=arguments.output,
-                      per_channel=arguments.per_row, grid_scale=grid_scale,
-                      grid_choice=grid_choice,
-                      act_order=not arguments.no_act_order, entropy=settings,
+                      per_channel=arguments.per_row, entropy=settings, **quantizer,
                       sensitivity=not arguments.no_sensitivity, metadata=metadata, progress=True,
                       executor=executor)
     print(f"wrote {arguments.output}: {result.size_bytes} bytes, {result.bits_per_weight:.3f} bits "

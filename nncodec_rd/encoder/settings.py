@@ -14,11 +14,49 @@ nncodec_rd.format.errors.EncoderError: encoder_settings: lam must be finite and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ..format.errors import EncoderError
 from .entropy import EntropySettings
 from .methods import DEFAULT_GRID_CHOICE, GRID_CHOICES, QuantizationMethod, method_named
+
+
+@dataclass(frozen=True)
+class CommandLineFlag:
+    """How a setting of :class:`QuantizerSettings` is given to ``nncodec-rd encode``: the flag,
+    its help, its choices, and whether it turns off a setting that is on by default
+    (``--no-act-order``). The command line makes its flags from these (:func:`command_line_flags`).
+    """
+
+    flag: str
+    help: str
+    choices: tuple | None = None
+    negated: bool = False
+
+
+def command_line_flags() -> list[tuple[str, CommandLineFlag, type]]:
+    """``(setting, flag, type)`` for every setting of :class:`QuantizerSettings` that the
+    command line takes, in declaration order.
+
+    >>> [(name, flag.flag) for name, flag, _ in command_line_flags()]
+    [('grid_scale', '--grid-scale'), ('act_order', '--no-act-order'), ('grid_choice', '--grid-choice')]
+    """
+    return [(item.name, item.metadata["flag"], type(item.default))
+            for item in fields(QuantizerSettings) if "flag" in item.metadata]
+
+
+def settings_from_flags(arguments) -> dict:
+    """The keywords of :class:`QuantizerSettings` (and of ``compress()``) that the parsed
+    ``arguments`` give; a flag not given leaves its setting out (its default then holds)."""
+    given = {}
+    for name, flag, _ in command_line_flags():
+        value = getattr(arguments, flag.flag.lstrip("-").replace("-", "_"))
+        if flag.negated:
+            if value:
+                given[name] = False
+        elif value is not None:
+            given[name] = value
+    return given
 
 
 @dataclass(frozen=True)
@@ -75,13 +113,21 @@ class QuantizerSettings:
     lam: float = 1e-6
     per_channel: bool = False
     step: float | None = None
-    grid_scale: float = 1.0
-    act_order: bool = True
+    grid_scale: float = field(default=1.0, metadata={"flag": CommandLineFlag(
+        "--grid-scale", "multiplies the grid step lambda gives (default 1; below 1: a finer "
+                        "grid)")})
+    act_order: bool = field(default=True, metadata={"flag": CommandLineFlag(
+        "--no-act-order", "quantize columns in their order, not by decreasing Hessian "
+                          "diagonal", negated=True)})
     damping: float = 0.01
     block_size: int = 128
     max_passes: int = 2
     entropy: EntropySettings = field(default_factory=EntropySettings)
-    grid_choice: str = DEFAULT_GRID_CHOICE
+    grid_choice: str = field(default=DEFAULT_GRID_CHOICE, metadata={"flag": CommandLineFlag(
+        "--grid-choice", "fixed: every layer's step from lambda; rd: each layer below 2 bits per "
+                         "weight picks its grid (step, or 3 to 31 bins with a zero point) by "
+                         "rate-distortion, several quantizations per layer; auto (default): rd "
+                         "except for rtn", choices=GRID_CHOICES)})
     grid_bins: tuple = (3, 5, 7, 15, 31)
     grid_search_below_bits: float = 2.0
     quantization_method: QuantizationMethod = field(init=False, repr=False, compare=False)
