@@ -73,8 +73,8 @@ class QuantizerSettings:
         ``quantization_method``.
     lam:
         The rate–distortion trade-off λ (loss units per bit), > 0. It sets the grid step of every
-        layer (see the module docstring) and, for ``optq-rd`` and ``cerwu``, weighs the rate in
-        each decision.
+        layer (the λ rule of :mod:`nncodec_rd.encoder.obs`) and, for rate-aware methods, weighs
+        the rate in each decision.
     per_channel:
         One step per output row instead of one per tensor (with ``cerwu`` only for layers without
         a Hessian, since its transformed problem shares H + μI across rows).
