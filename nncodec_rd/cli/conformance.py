@@ -11,9 +11,9 @@ from .common import EXIT_ERROR
 
 
 def command_conformance_run(arguments) -> int:
-    # The runner and the frozen files ship in the `conformance` package of this distribution;
-    # only this command uses them, so the library itself never imports it.
-    from conformance.runner import run_conformance
+    # The runner and the frozen files ship as nncodec_rd.conformance (the repository's
+    # conformance/ folder); only this command uses them, so the library itself never imports it.
+    from nncodec_rd.conformance.runner import run_conformance
 
     def progress(result):
         if not arguments.json and not arguments.quiet:
@@ -42,7 +42,8 @@ manifest; for each invalid file it must exit non-zero and write nothing.
 
 Examples:
   nncodec-rd conformance run --decoder 'nncodec-rd decode {input} -o {output}'
-  nncodec-rd conformance run --decoder 'python -m conformance.spec_literal_decoder {input} {output}' \\
+  nncodec-rd conformance run \\
+      --decoder 'python -m nncodec_rd.conformance.spec_literal_decoder {input} {output}' \\
       --error-pattern 'error (\\d+)'
   nncodec-rd conformance run --decoder './mydecoder {input} {output}' --output-format safetensors \\
       --select 'escape|transform' --json
@@ -56,7 +57,7 @@ def add_command(commands) -> None:
         description="Conformance tools for decoders of the .nrd format (files: nncodec-rd "
                     "validate).",
         epilog="Example: nncodec-rd conformance run --decoder './mydecoder {input} {output}'")
-    conformance_commands = conformance.add_subparsers(dest="conformance_command", required=True,
+    conformance_commands = nncodec_rd.conformance.add_subparsers(dest="conformance_command", required=True,
                                                       metavar="ACTION")
     run = conformance_commands.add_parser(
         "run", help="run a decoder over every vector and invalid file and report per spec section",
