@@ -111,7 +111,8 @@ def test_nothing_imports_the_suite_under_a_second_name():
         for name in imports_of(path):
             assert name.split(".")[0] != "conformance", (path, name)
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and not re.fullmatch(r"conformance\.(py|md|html)", node.value):  # file names
                 assert not re.match(r"conformance\.\w", node.value), (path, node.lineno, node.value)
 
 
