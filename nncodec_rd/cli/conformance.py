@@ -57,7 +57,7 @@ def add_command(commands) -> None:
         description="Conformance tools for decoders of the .nrd format (files: nncodec-rd "
                     "validate).",
         epilog="Example: nncodec-rd conformance run --decoder './mydecoder {input} {output}'")
-    conformance_commands = nncodec_rd.conformance.add_subparsers(dest="conformance_command", required=True,
+    conformance_commands = conformance.add_subparsers(dest="conformance_command", required=True,
                                                       metavar="ACTION")
     run = conformance_commands.add_parser(
         "run", help="run a decoder over every vector and invalid file and report per spec section",
