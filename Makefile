@@ -66,10 +66,10 @@ $(VENV)/.fuzz-installed: $(VENV)/.installed
 # one: out/fuzz-1m/).
 FUZZ_MINUTES ?= 1
 fuzz: $(VENV)/.fuzz-installed
-	nice $(PY) -m conformance.fuzz --minutes $(FUZZ_MINUTES)
+	nice $(PY) -m nncodec_rd.conformance.fuzz --minutes $(FUZZ_MINUTES)
 
 fuzz-long: $(VENV)/.installed
-	nice $(PY) -m conformance.fuzz --minutes 40 --jobs 1 --engine builtin --out out/fuzz-1m
+	nice $(PY) -m nncodec_rd.conformance.fuzz --minutes 40 --jobs 1 --engine builtin --out out/fuzz-1m
 
 .venv-nncodec/bin/python:
 	bash bench/setup_nncodec_env.sh

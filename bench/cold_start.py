@@ -168,7 +168,7 @@ def summarize(compiles: list[dict]) -> dict:
 
 def run(ref: str | None, minilm: str, skip_minilm: bool = False) -> dict:
     """Build the venv and the files, run each file cold then warm."""
-    from nncodec_rd.benchmarks.decode_speed import machine_description
+    from nncodec_rd.decode_speed import machine_description
 
     label = ref or "working-tree"
     folder = os.path.join(WORK, label.replace("/", "_"))

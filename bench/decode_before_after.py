@@ -58,7 +58,7 @@ print(json.dumps({"module": nncodec_rd.__file__, "speeds": speeds}))
 def write_file(path: str) -> None:
     """The four tensors described in the module docstring."""
     from nncodec_rd import EntropySettings, UniformGrid
-    from nncodec_rd.benchmarks.decode_speed import draw_indices
+    from nncodec_rd.decode_speed import draw_indices
     from nncodec_rd.encoder import NrdWriter
 
     indices = draw_indices(20_000_000, "laplace", 3.0, 0).reshape(4000, 5000)
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         after = max(speeds[case] for speeds in rounds["after"])
         rows.append({"case": case, "before_m_per_s": round(before, 1),
                      "after_m_per_s": round(after, 1), "ratio": round(after / before, 3)})
-    from nncodec_rd.benchmarks.decode_speed import machine_description
+    from nncodec_rd.decode_speed import machine_description
 
     report = {"command": "python bench/decode_before_after.py " + " ".join(sys.argv[1:]),
               "before": arguments.ref, "after": "working tree",

@@ -1,4 +1,4 @@
-"""Decode-speed benchmark (see nncodec_rd/benchmarks/decode_speed.py).
+"""Decode-speed benchmark (the module nncodec_rd/decode_speed.py, also `nncodec-rd bench decode`).
 
     python bench/decode_speed.py --json bench/results/decode_speed.json \
         --plot bench/results/decode_speed.png
@@ -6,7 +6,7 @@
 
 import sys
 
-from nncodec_rd.benchmarks.decode_speed import main
+from nncodec_rd.decode_speed import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,10 +12,11 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the repository root: `import bench.x`
 
-from digits_rate_fidelity import build_workload  # noqa: E402
-from nncodec_rd.torch.rate_fidelity import machine_description, run_workload  # noqa: E402
+from bench.digits_rate_fidelity import build_workload  # noqa: E402
+from bench.rate_fidelity import machine_description, run_workload  # noqa: E402
 from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

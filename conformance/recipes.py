@@ -1,8 +1,8 @@
 """What every recipe of a frozen conformance file uses: the ``Recipe`` record, the two registries
 (``VALID``, ``INVALID``) with their decorators, and the building blocks that write a file with the
 reference encoder or patch one field of it. The recipes themselves are in
-:mod:`conformance.recipes_valid` and :mod:`conformance.recipes_invalid`; :mod:`conformance.generate`
-writes and checks the files they make."""
+:mod:`nncodec_rd.conformance.recipes_valid` and :mod:`nncodec_rd.conformance.recipes_invalid`;
+:mod:`nncodec_rd.conformance.generate` writes and checks the files they make."""
 
 from __future__ import annotations
 

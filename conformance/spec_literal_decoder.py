@@ -10,7 +10,7 @@ it implements ("# spec §7.6").
     decode_indices(data, name) -> [index, ...]           (section 7)
 
     python conformance/spec_literal_decoder.py INPUT.nrd OUTPUT.npz
-    python -m conformance.spec_literal_selftest    (its self-test, a file beside it)
+    python -m nncodec_rd.conformance.spec_literal_selftest    (its self-test, a file beside it)
 
 All decoding arithmetic uses Python integers (exact, spec §2.4) and, where the
 spec asks for binary64 arithmetic (§6.4), Python floats, which are IEEE 754

@@ -6,7 +6,7 @@ rounding of §2.4 / §6.5, mutations of Annex A for each step of §4.8, the orde
 §4.9, and files built by a small Annex B encoder written here (every dtype, metadata, extensions,
 rANS variants), which the decoder must decode back or reject with the right error.
 
-    python -m conformance.spec_literal_selftest
+    python -m nncodec_rd.conformance.spec_literal_selftest
 
 tests/conformance/test_spec_literal_selftest.py runs it with the test suite.
 """

@@ -3,7 +3,7 @@
 Public so that implementers can property-test their own decoders::
 
     from hypothesis import given
-    from conformance.strategies import damaged_files, nrd_files
+    from nncodec_rd.conformance.strategies import damaged_files, nrd_files
 
     @given(nrd_files())
     def test_my_decoder_round_trips(data):

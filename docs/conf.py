@@ -13,7 +13,7 @@ import sys
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
-sys.path.insert(0, ROOT)  # autodoc imports nncodec_rd and conformance from this checkout
+sys.path.insert(0, ROOT)  # autodoc imports nncodec_rd (and its conformance suite) from this checkout
 
 import nncodec_rd  # noqa: E402
 

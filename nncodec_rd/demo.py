@@ -37,10 +37,10 @@ def run_demo(output_folder: str, method: str = "cerwu", lam_factor: float = 3.0)
     from sentence_transformers import SentenceTransformer
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .benchmarks.sentences import calibration_sentences, evaluation_sentences
     from .encoder.settings import QuantizerSettings
     from .torch.load import load_into, load_weights
     from .torch.model_encoder import ModelEncoder
+    from .torch.sentences import calibration_sentences, evaluation_sentences
 
     folder = bundled_model_folder()
     sentence_model = SentenceTransformer(folder, device="cpu")

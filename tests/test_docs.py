@@ -88,7 +88,7 @@ def test_api_reference_has_the_public_entry_points(site):
         "api/decoder.html": ["nncodec_rd.decoder.reader.NrdFile"],
         "api/encoder.html": ["nncodec_rd.encoder.writer.NrdWriter"],
         "api/torch.html": ["nncodec_rd.torch.compress_model.compress"],
-        "api/conformance.html": ["conformance.strategies.nrd_files"],
+        "api/conformance.html": ["nncodec_rd.conformance.strategies.nrd_files"],
     }
     for page, names in expected.items():
         text = read(html, page)

@@ -1,17 +1,29 @@
 """The import directions of the README's layout hold: format imports nothing else of the package, the decoder
-only format, torch only in encoder/ and torch/, ray only in the encoder's executor, nothing imports
-conformance or tests."""
+only format, torch only in encoder/ and torch/, ray only in the encoder's executor; the library
+reaches the conformance suite only for `nncodec-rd conformance run`, never bench/ or tests/, and
+nothing anywhere imports the suite under a second name (the top-level `conformance`)."""
 
 import ast
+import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "nncodec_rd"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "nncodec_rd"
+# The suite's home is the repository's conformance/ folder; it is the package
+# nncodec_rd.conformance (pyproject.toml's package-dir), installed and editable alike.
+SUITE = ROOT / "conformance"
+
+
+def module_parts(path: Path) -> list[str]:
+    """The dotted name of a file's module as parts (conformance/x.py is nncodec_rd.conformance.x)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ["nncodec_rd", *parts] if parts[0] == "conformance" else parts
 
 
 def imports_of(path: Path) -> set[str]:
     """Absolute module names imported by a file (relative imports resolved)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    parts = module_parts(path)
     package = parts[:-1]  # the package a relative import of this file starts from
     found = set()
     for node in ast.walk(tree):
@@ -64,22 +76,56 @@ def test_ray_only_in_the_executor():
             assert name.split(".")[0] != "ray", (path, name)
 
 
-def test_nothing_imports_conformance_or_tests():
+def test_the_library_reaches_the_suite_only_for_conformance_run():
     """The library never needs the conformance tools; only the command line's `conformance run`
-    reaches the runner (shipped in the same distribution), and nothing reaches tests/."""
+    reaches the runner (shipped in the same wheel as nncodec_rd.conformance)."""
     for path in PACKAGE.rglob("*.py"):
         for name in imports_of(path):
             if path == PACKAGE / "cli" / "conformance.py" \
-                    and name.startswith("conformance.runner"):
+                    and name.startswith("nncodec_rd.conformance.runner"):
                 continue
-            assert name.split(".")[0] not in ("conformance", "tests"), (path, name)
+            assert not name.startswith("nncodec_rd.conformance"), (path, name)
+
+
+def test_neither_the_library_nor_the_suite_imports_bench_or_tests():
+    """bench/ and tests/ are never installed: an import of either fails in every wheel install."""
+    for path in [*PACKAGE.rglob("*.py"), *SUITE.rglob("*.py")]:
+        for name in imports_of(path):
+            assert name.split(".")[0] not in ("bench", "tests"), (path, name)
+
+
+def python_files_of_the_repository():
+    return [path for folder in ("nncodec_rd", "conformance", "tests", "bench", "docs")
+            for path in (ROOT / folder).rglob("*.py") if "_build" not in path.parts]
+
+
+def test_nothing_imports_the_suite_under_a_second_name():
+    """With the repository root on sys.path (pytest, docs/conf.py, bench scripts) the folder
+    conformance/ is also importable as a top-level `conformance`: the same file a second time,
+    as other module objects (another identity for its classes and caches). Everything uses
+    nncodec_rd.conformance, in imports and in the module names of `python -m` and
+    importlib.import_module."""
+    files = python_files_of_the_repository()
+    assert SUITE / "runner.py" in files and ROOT / "bench" / "rate_fidelity.py" in files
+    for path in files:
+        for name in imports_of(path):
+            assert name.split(".")[0] != "conformance", (path, name)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and not re.fullmatch(r"conformance\.(py|md|html)", node.value):  # file names
+                assert not re.match(r"conformance\.\w", node.value), (path, node.lineno, node.value)
+
+
+def test_the_checker_resolves_the_suites_relative_imports():
+    assert "nncodec_rd.conformance.manifest" in imports_of(SUITE / "runner.py")
+    assert "nncodec_rd.conformance.mutators.integer_fields" in imports_of(SUITE / "fuzz" / "mutate.py")
+    assert "nncodec_rd.conformance.fuzz.TARGETS" in imports_of(SUITE / "fuzz" / "__main__.py")
 
 
 def test_the_conformance_runner_imports_no_test_tooling():
     """`nncodec-rd conformance run` works on an install without Hypothesis or pytest."""
-    root = PACKAGE.parent / "conformance"
     for module in ("runner.py", "manifest.py", "spec_literal_decoder.py", "mutators.py"):
-        for name in imports_of(root / module):
+        for name in imports_of(SUITE / module):
             assert name.split(".")[0] not in ("hypothesis", "pytest", "tests"), (module, name)
 
 

@@ -11,7 +11,7 @@ from hypothesis import example, given, strategies as st
 
 from nncodec_rd import CodebookGrid, EntropySettings, RightMatrixTransform, UniformGrid, load_file, safe_open
 from nncodec_rd.encoder.writer import NrdWriter
-from conformance.strategies import coded_tensors, shapes
+from nncodec_rd.conformance.strategies import coded_tensors, shapes
 from nncodec_rd.format.layout import RowGeometry
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}

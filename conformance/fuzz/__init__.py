@@ -2,8 +2,8 @@
 
 One target per module, each with ``test_one_input(data: bytes)``, the atheris/libFuzzer entry
 point: ``fuzz_container``, ``fuzz_reader``, ``fuzz_spec_literal`` and ``fuzz_agreement``.
-``python -m conformance.fuzz`` runs them (atheris if installed, else a Hypothesis-free built-in
-mutator), ``seeds`` writes the seed corpus, ``regressions/`` keeps every crash input found.
+``python -m nncodec_rd.conformance.fuzz`` runs them (atheris if installed, else a Hypothesis-free
+built-in mutator), ``seeds`` writes the seed corpus, ``regressions/`` keeps every crash input found.
 """
 
 TARGETS = ("fuzz_container", "fuzz_reader", "fuzz_spec_literal", "fuzz_agreement")

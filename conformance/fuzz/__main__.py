@@ -1,4 +1,4 @@
-"""Run the fuzz targets: ``python -m conformance.fuzz --minutes 12`` (docs/fuzzing.md).
+"""Run the fuzz targets: ``python -m nncodec_rd.conformance.fuzz --minutes 12`` (docs/fuzzing.md).
 
 Each target runs in its own process, niced, one Numba thread, for an equal share of the time:
 under atheris (libFuzzer) when it is installed (``pip install -e '.[fuzz]'``), else under the
@@ -53,7 +53,7 @@ def builtin_engine(target: str, corpus: list[Path], seconds: float, crashes: Pat
 
     from .mutate import mutate
 
-    module = importlib.import_module(f"conformance.fuzz.{target}")
+    module = importlib.import_module(f"nncodec_rd.conformance.fuzz.{target}")
     inputs = [path.read_bytes() for folder in corpus for path in sorted(folder.glob("*"))
               if path.is_file()]
     # Large inputs (the large-header seeds and what grew from them) cost 50 to 300 times a small
@@ -113,13 +113,13 @@ def _start_target(target: str, seconds: float, out: Path, engine: str, replica: 
     if engine == "atheris":
         env["NRD_FUZZ_SLOWDOWN"] = str(ATHERIS_SLOWDOWN)
         regressions = Path(__file__).resolve().parent / "regressions"
-        command = [sys.executable, "-m", "conformance.fuzz.atheris_run", target, str(corpus),
-                   str(out / "seeds"), str(regressions), f"-max_total_time={int(seconds)}",
+        command = [sys.executable, "-m", "nncodec_rd.conformance.fuzz.atheris_run", target,
+                   str(corpus), str(out / "seeds"), str(regressions), f"-max_total_time={int(seconds)}",
                    f"-timeout={TIMEOUT_SECONDS * ATHERIS_SLOWDOWN}", "-rss_limit_mb=4096",
                    f"-max_len={MAX_INPUT_BYTES}", f"-artifact_prefix={out / 'crashes'}/{target}-",
                    "-print_final_stats=1", *([f"-seed={replica + 1}"] if replica is not None else [])]
     else:
-        command = [sys.executable, "-m", "conformance.fuzz", "--builtin-child", target,
+        command = [sys.executable, "-m", "nncodec_rd.conformance.fuzz", "--builtin-child", target,
                    "--seconds", str(seconds), "--out", str(out), "--replica", str(replica or 0)]
     log_path = out / "logs" / f"{name}.log"
     log = open(log_path, "w")
@@ -169,7 +169,8 @@ def _merge(reports: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conformance.fuzz", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nncodec_rd.conformance.fuzz",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=1.0, help="total time, shared equally")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets")
     parser.add_argument("--engine", choices=["auto", "atheris", "builtin"], default="auto")
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
               f"findings {report.get('findings', {})}", flush=True)
     summary = dict(machine=f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
                    python=platform.python_version(), engine=engine, minutes=args.minutes,
-                   jobs=args.jobs, command="python -m conformance.fuzz " + " ".join(
+                   jobs=args.jobs, command="python -m nncodec_rd.conformance.fuzz " + " ".join(
                        sys.argv[1:] if argv is None else argv),
                    executions=sum(r.get("executions", 0) for r in reports),
                    seconds_per_input_limit=SECONDS_PER_INPUT, memory_ceiling_bytes=MEMORY_CEILING_BYTES,

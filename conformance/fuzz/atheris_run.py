@@ -1,8 +1,9 @@
-"""Run one target under atheris: ``python -m conformance.fuzz.atheris_run TARGET [libFuzzer args]``.
+"""Run one target under atheris:
+``python -m nncodec_rd.conformance.fuzz.atheris_run TARGET [libFuzzer args]``.
 
 The parser, both decoders and construct are instrumented for coverage; the Numba kernels are not
 (atheris rewrites bytecode, Numba compiles it) and neither is the harness. Inputs are mutated by
-:func:`conformance.fuzz.mutate.mutate` around libFuzzer's own mutator.
+:func:`nncodec_rd.conformance.fuzz.mutate.mutate` around libFuzzer's own mutator.
 """
 
 from __future__ import annotations
@@ -12,20 +13,21 @@ import sys
 
 import atheris
 
-INSTRUMENTED = ["nncodec_rd", "conformance", "construct"]
+INSTRUMENTED = ["nncodec_rd", "construct"]  # nncodec_rd.conformance included
 # Exact module names (atheris matches excludes exactly): everything that defines Numba kernels,
 # and the harness itself.
 NOT_INSTRUMENTED = ["nncodec_rd.decoder.kernels", "nncodec_rd.encoder.rans",
-                    "nncodec_rd.encoder.obs", "conformance.fuzz.common", "conformance.fuzz.mutate",
-                    "conformance.fuzz.seeds", "conformance.strategies"]
+                    "nncodec_rd.encoder.obs", "nncodec_rd.conformance.fuzz.common",
+                    "nncodec_rd.conformance.fuzz.mutate", "nncodec_rd.conformance.fuzz.seeds",
+                    "nncodec_rd.conformance.strategies"]
 
 
 def main(argv: list[str]) -> None:
     target = argv[1]
     with atheris.instrument_imports(include=INSTRUMENTED, exclude=NOT_INSTRUMENTED):
-        module = importlib.import_module(f"conformance.fuzz.{target}")
+        module = importlib.import_module(f"nncodec_rd.conformance.fuzz.{target}")
         importlib.import_module("nncodec_rd.format.container")
-        importlib.import_module("conformance.mutators")
+        importlib.import_module("nncodec_rd.conformance.mutators")
     from .common import warm_up
     from .mutate import mutate
 

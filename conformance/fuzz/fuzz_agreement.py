@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance import spec_literal_decoder as literal
+from nncodec_rd.conformance import spec_literal_decoder as literal
 from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.format.errors import NrdError, OutputTooLargeError
 

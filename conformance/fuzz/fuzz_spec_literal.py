@@ -6,7 +6,7 @@ Contract: it returns the decoded tensors or raises :class:`SpecError` whose code
 
 from __future__ import annotations
 
-from conformance import spec_literal_decoder as literal
+from nncodec_rd.conformance import spec_literal_decoder as literal
 
 from .common import SPEC_LITERAL_MAX_OUTPUT_BYTES, ContractViolation, Stats
 

@@ -50,7 +50,7 @@ def repair_payload_checksums(data: bytearray) -> None:
 
 def edit_field(data: bytes, rng: random.Random) -> bytes | None:
     """One integer field of the header set to an edge value; offsets and CRCs fixed (or not)."""
-    from conformance.mutators import assemble, split_file
+    from nncodec_rd.conformance.mutators import assemble, split_file
 
     try:
         header, payloads = split_file(data)

@@ -1,6 +1,6 @@
 """Write the seed corpus: small valid files covering every feature of the format.
 
-``python -m conformance.fuzz.seeds FOLDER`` writes (deterministically, a few seconds):
+``python -m nncodec_rd.conformance.fuzz.seeds FOLDER`` writes (deterministically, a few seconds):
 
 * hand-made files from :class:`NrdWriter`, one per feature: uniform grids (one step, per-row
   groups, zero points), codebooks, escapes, the PREVIOUS_INDEX context model, 1 to 32 lanes, many
@@ -9,7 +9,7 @@
 * one-symbol "output bombs": tiny files declaring large tensors (the spec §9 note);
 * transform bombs: tiny files whose right-matrix products take 2^18 to 2^36 multiply-adds;
 * large headers: 4,096 chunk entries, 8,192 metadata entries, 500 tensor records;
-* files drawn from the Hypothesis strategy :func:`conformance.strategies.nrd_files`;
+* files drawn from the Hypothesis strategy :func:`nncodec_rd.conformance.strategies.nrd_files`;
 * every ``.nrd`` of ``conformance/vectors/`` (the frozen conformance vectors), when present.
 
 Nothing of it is committed: only ``regressions/`` is.
@@ -51,7 +51,7 @@ def feature_files() -> dict[str, bytes]:
     """One small file per feature, named for it."""
     import ml_dtypes
 
-    from conformance.annex_example import build_example
+    from nncodec_rd.conformance.annex_example import build_example
     from nncodec_rd.format.grids import CodebookGrid, RightMatrixTransform, UniformGrid
     from nncodec_rd.encoder.entropy import EntropySettings
 
@@ -123,7 +123,7 @@ def feature_files() -> dict[str, bytes]:
 def one_symbol_file(rows: int, columns: int, rows_per_chunk: int) -> bytes:
     """A conforming file whose tensor ``w`` is ``rows x columns`` zeros of a one-symbol table:
     every chunk is the same 20 bytes, however many symbols it codes (spec §9 note)."""
-    from conformance.mutators import mutate_header
+    from nncodec_rd.conformance.mutators import mutate_header
     from nncodec_rd.format.grids import UniformGrid
     from nncodec_rd.encoder.entropy import EntropySettings
 
@@ -153,7 +153,7 @@ def transform_bomb(rows: int, inner: int, columns: int) -> bytes:
     """A conforming file of a few hundred bytes whose tensor ``product`` is the right-matrix
     product (spec §6.4) of ``rows x inner`` coefficients by an ``inner x columns`` matrix, both of
     one-symbol tables: ``rows * inner * columns`` multiply-adds to decode."""
-    from conformance.mutators import mutate_header
+    from nncodec_rd.conformance.mutators import mutate_header
     from nncodec_rd.format.grids import RightMatrixTransform, UniformGrid
     from nncodec_rd.encoder.entropy import EntropySettings
 
@@ -208,10 +208,11 @@ def large_headers() -> dict[str, bytes]:
 
 
 def strategy_files(count: int = 40) -> list[bytes]:
-    """``count`` files drawn (derandomized) from :func:`conformance.strategies.nrd_files`."""
+    """``count`` files drawn (derandomized) from
+    :func:`nncodec_rd.conformance.strategies.nrd_files`."""
     from hypothesis import HealthCheck, Phase, given, settings
 
-    from conformance.strategies import nrd_files
+    from nncodec_rd.conformance.strategies import nrd_files
 
     drawn: list[bytes] = []
 

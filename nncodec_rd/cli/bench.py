@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def command_bench(arguments) -> int:
-    from ..benchmarks import decode_speed
+    from .. import decode_speed
 
     return decode_speed.main(arguments=arguments)
 
@@ -19,7 +19,7 @@ def add_command(commands) -> None:
         description="Time decoding of a realistic 50 M-weight index tensor with nncodec-rd "
                     "(1 thread and all cores) and reference coders on the same symbols.",
         epilog="Example: nncodec-rd bench decode --weights 10000000 --json decode.json")
-    from ..benchmarks.decode_speed import build_parser as build_bench_parser
+    from ..decode_speed import build_parser as build_bench_parser
 
     build_bench_parser(decode_bench)
     decode_bench.set_defaults(run=command_bench)

@@ -11,9 +11,9 @@ from .common import EXIT_ERROR
 
 
 def command_conformance_run(arguments) -> int:
-    # The runner and the frozen files ship in the `conformance` package of this distribution;
-    # only this command uses them, so the library itself never imports it.
-    from conformance.runner import run_conformance
+    # The runner and the frozen files ship as nncodec_rd.conformance (the repository's
+    # conformance/ folder); only this command uses them, so the library itself never imports it.
+    from nncodec_rd.conformance.runner import run_conformance
 
     def progress(result):
         if not arguments.json and not arguments.quiet:
@@ -42,7 +42,8 @@ manifest; for each invalid file it must exit non-zero and write nothing.
 
 Examples:
   nncodec-rd conformance run --decoder 'nncodec-rd decode {input} -o {output}'
-  nncodec-rd conformance run --decoder 'python -m conformance.spec_literal_decoder {input} {output}' \\
+  nncodec-rd conformance run \\
+      --decoder 'python -m nncodec_rd.conformance.spec_literal_decoder {input} {output}' \\
       --error-pattern 'error (\\d+)'
   nncodec-rd conformance run --decoder './mydecoder {input} {output}' --output-format safetensors \\
       --select 'escape|transform' --json

@@ -4,7 +4,7 @@ file back eagerly (:func:`load_into`) or with weights kept compressed until laye
 :func:`from_pretrained`), and the safetensors-style ``save_file``/``load_file``/``save_model``/``load_model`` (:mod:`.files`).
 
 The names below are imported on first use, so that importing one submodule (such as
-:mod:`.digits_cnn`) does not load the encoder.
+:mod:`.sentences`) does not load the encoder.
 """
 
 from ..lazy_exports import lazy_exports

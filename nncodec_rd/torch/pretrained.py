@@ -7,7 +7,7 @@ its config with empty parameters, and the block-sequential encoder
 The file holds every tensor of the checkpoint, under the checkpoint's names and in its dtypes.
 
 Calibration batches come from text: one text per line of a file, or the bundled English
-sentences (prose of the Python documentation, :mod:`nncodec_rd.benchmarks.sentences`) when none
+sentences (prose of the Python documentation, :mod:`nncodec_rd.torch.sentences`) when none
 is given, tokenized with the folder's own tokenizer. A causal language model gets the text packed
 into sequences of ``sequence_length`` tokens; other models get batches of padded sentences.
 """
@@ -66,7 +66,7 @@ def read_text_lines(path) -> list[str]:
 
 def bundled_texts() -> list[str]:
     """The bundled English calibration sentences (see the module docstring)."""
-    from ..benchmarks.sentences import calibration_pool
+    from .sentences import calibration_pool
 
     return calibration_pool()
 

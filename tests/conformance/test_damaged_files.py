@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from conformance.generate import VECTORS_FOLDER
+from nncodec_rd.conformance.generate import VECTORS_FOLDER
 
-from conformance import spec_literal_decoder as literal
-from conformance.mutators import assemble, split_file
-from conformance.strategies import damaged_files, frequency_tables
+from nncodec_rd.conformance import spec_literal_decoder as literal
+from nncodec_rd.conformance.mutators import assemble, split_file
+from nncodec_rd.conformance.strategies import damaged_files, frequency_tables
 from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.encoder.rans import encode_chunk
 from nncodec_rd.encoder.writer import NrdWriter

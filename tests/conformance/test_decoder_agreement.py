@@ -4,8 +4,8 @@ bytes for every generated file, and reject damaged files with the same error cod
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from conformance import spec_literal_decoder as literal
-from conformance.strategies import nrd_files
+from nncodec_rd.conformance import spec_literal_decoder as literal
+from nncodec_rd.conformance.strategies import nrd_files
 from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.format.errors import NrdError
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conformance.fuzz import TARGETS, fuzz_agreement, fuzz_container, fuzz_reader, fuzz_spec_literal
-from conformance.fuzz.mutate import mutate
-from conformance.fuzz.seeds import feature_files, output_bombs
+from nncodec_rd.conformance.fuzz import (TARGETS, fuzz_agreement, fuzz_container, fuzz_reader,
+                                         fuzz_spec_literal)
+from nncodec_rd.conformance.fuzz.mutate import mutate
+from nncodec_rd.conformance.fuzz.seeds import feature_files, output_bombs
 
 REGRESSIONS = sorted((Path(__file__).resolve().parents[2] / "conformance" / "fuzz" /
                       "regressions").glob("*.nrd"))

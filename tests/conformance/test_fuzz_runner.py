@@ -1,6 +1,6 @@
 """The fuzz runner's merge of several processes of one target (``--jobs``)."""
 
-from conformance.fuzz.__main__ import _merge
+from nncodec_rd.conformance.fuzz.__main__ import _merge
 
 
 def test_replicas_add_counts_and_keep_the_worst_cases():

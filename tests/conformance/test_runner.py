@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance import spec_literal_decoder
-from conformance.runner import compare_output, read_npz, read_safetensors, run_conformance
+from nncodec_rd.conformance import spec_literal_decoder
+from nncodec_rd.conformance.runner import (compare_output, read_npz, read_safetensors,
+                                           run_conformance)
 from nncodec_rd.cli import main as cli_main
 from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.format.errors import NrdError
@@ -59,7 +60,7 @@ def _broken_decoder(tmp_path, patch_source: str) -> str:
     script.write_text(textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from conformance import spec_literal_decoder as d
+        from nncodec_rd.conformance import spec_literal_decoder as d
         {patch_source}
         sys.exit(d.main(sys.argv[1:]))
     """))
@@ -132,8 +133,9 @@ def test_readers_agree_on_both_output_formats(tmp_path):
 def test_cli_runs_both_decoders_as_commands(capsys):
     """`nncodec-rd conformance run` with real processes (a few files, to stay fast)."""
     select = "^(annex_a_example|escape_only_alphabet|zero_d_empty_single|trailing_bytes|bad_magic)$"
+    literal = "nncodec_rd.conformance.spec_literal_decoder"
     for command in (f"{sys.executable} -m nncodec_rd decode {{input}} -o {{output}}",
-                    f"{sys.executable} -m conformance.spec_literal_decoder {{input}} {{output}}"):
+                    f"{sys.executable} -m {literal} {{input}} {{output}}"):
         status = cli_main(["conformance", "run", "--decoder", command, "--select", select,
                            "--json", "--quiet"])
         report = json.loads(capsys.readouterr().out)

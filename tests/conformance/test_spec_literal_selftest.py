@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conformance import spec_literal_selftest
+from nncodec_rd.conformance import spec_literal_selftest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ def test_the_self_test_passes_and_checks_no_less_than_before():
 
 
 def test_the_self_test_runs_from_the_command_line():
-    result = subprocess.run([sys.executable, "-m", "conformance.spec_literal_selftest"],
+    result = subprocess.run([sys.executable, "-m", "nncodec_rd.conformance.spec_literal_selftest"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("self-test passed: ") and "272 error cases" in result.stdout

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from conformance import generate, manifest
+from nncodec_rd.conformance import generate, manifest
 
 
 @pytest.fixture(scope="module")

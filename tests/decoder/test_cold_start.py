@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import generate, manifest
+from nncodec_rd.conformance import generate, manifest
 from nncodec_rd import EntropySettings, UniformGrid
 from nncodec_rd.decoder import dispatch, kernels, small
 from nncodec_rd.decoder.reader import NrdFile

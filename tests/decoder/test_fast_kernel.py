@@ -8,7 +8,7 @@ import struct
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from conformance.strategies import frequency_tables
+from nncodec_rd.conformance.strategies import frequency_tables
 from nncodec_rd.decoder import dispatch, kernels
 from nncodec_rd.decoder.reader import ChunkDecoder, _output_words, _slot_tables
 from nncodec_rd.encoder.rans import encode_chunk

@@ -7,7 +7,7 @@ bytes can declare a tensor of 2^40 elements; the bound refuses it before allocat
 import numpy as np
 import pytest
 
-from conformance.fuzz import seeds
+from nncodec_rd.conformance.fuzz import seeds
 from nncodec_rd.decoder.reader import DEFAULT_MAX_OUTPUT_BYTES, NrdFile
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.errors import ErrorCode, LimitExceededError, OutputTooLargeError

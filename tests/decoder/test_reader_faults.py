@@ -6,8 +6,8 @@ import numba
 import numpy as np
 import pytest
 
-from conformance import generate
-from conformance.mutators import assemble, split_file
+from nncodec_rd.conformance import generate
+from nncodec_rd.conformance.mutators import assemble, split_file
 from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.encoder.writer import NrdWriter
 from nncodec_rd.format.errors import CorruptStreamError, ErrorCode

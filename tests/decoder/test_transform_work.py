@@ -68,7 +68,7 @@ REGRESSIONS = Path(__file__).resolve().parents[2] / "conformance" / "fuzz" / "re
 def test_a_product_of_no_columns_does_no_work_whatever_its_rows(monkeypatch):
     # Found by fuzzing: a 384-byte file whose tensor is 2^32 rows of nothing made both decoders
     # count through every row (3 s here, 5 minutes in the spec-literal decoder).
-    from conformance import spec_literal_decoder as literal
+    from nncodec_rd.conformance import spec_literal_decoder as literal
     from nncodec_rd.decoder import dispatch, kernels
 
     def no_product_kernel(kernel, *arguments):

@@ -4,8 +4,8 @@ payload, every chunk that fails to decode."""
 
 import numpy as np
 
-from conformance import generate
-from conformance.mutators import assemble, mutate_header, split_file
+from nncodec_rd.conformance import generate
+from nncodec_rd.conformance.mutators import assemble, mutate_header, split_file
 from nncodec_rd.decoder.validation import validate_file
 from nncodec_rd.format.errors import ErrorCode
 

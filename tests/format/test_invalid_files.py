@@ -5,8 +5,8 @@ import struct
 import numpy as np
 import pytest
 
-from conformance import spec_literal_decoder
-from conformance.mutators import assemble, mutate_header, split_file
+from nncodec_rd.conformance import spec_literal_decoder
+from nncodec_rd.conformance.mutators import assemble, mutate_header, split_file
 from nncodec_rd import EntropySettings, UniformGrid, CodebookGrid
 from nncodec_rd.decoder.reader import NrdFile
 from nncodec_rd.encoder.writer import NrdWriter

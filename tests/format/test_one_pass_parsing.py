@@ -10,7 +10,7 @@ import pytest
 from construct.core import BytesIOWithOffsets, evaluate
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conformance.strategies import nrd_files
+from nncodec_rd.conformance.strategies import nrd_files
 from nncodec_rd.format import container, syntax, validate
 from nncodec_rd.format.container import parse_preamble, read_container, to_plain
 from nncodec_rd.format.errors import ErrorCode, NrdError

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance import annex_example
+from nncodec_rd.conformance import annex_example
 from nncodec_rd.format import spec_tables
 from nncodec_rd.format.errors import ErrorCode
 from nncodec_rd.format.syntax import ENUMERATIONS, STRUCTURES
@@ -64,7 +64,7 @@ def test_a_field_past_its_sized_field_is_that_fields_fault_where_the_header_also
     # Header ends, was reported as the Header's fault (header_size_mismatch) with the field path
     # "header.tensors.tensors.body.body.chunks.chunks.size.size"; the spec-literal decoder says
     # invalid_value at header.tensors[0].body.chunks[1].size.
-    from conformance import spec_literal_decoder as literal
+    from nncodec_rd.conformance import spec_literal_decoder as literal
     from nncodec_rd.format.container import read_container
     from nncodec_rd.format.errors import NrdError
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import nncodec_rd
-from conformance import spec_literal_decoder as literal
+from nncodec_rd.conformance import spec_literal_decoder as literal
 from nncodec_rd.encoder import executor as executor_module
 from nncodec_rd.encoder.entropy import EntropySettings
 from nncodec_rd.encoder.settings import QuantizerSettings

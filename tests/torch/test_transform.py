@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conformance.spec_literal_decoder import decode_file  # noqa: E402
+from nncodec_rd.conformance.spec_literal_decoder import decode_file  # noqa: E402
 from nncodec_rd.api import load_file, safe_open  # noqa: E402
 from nncodec_rd.encoder.transform import TransformLayerResult  # noqa: E402
 from nncodec_rd.torch.compress_model import compress  # noqa: E402

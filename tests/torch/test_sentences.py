@@ -4,7 +4,7 @@ import platform
 
 import pytest
 
-from nncodec_rd.benchmarks.sentences import (
+from nncodec_rd.torch.sentences import (
     CODE_CHARACTERS,
     SOURCE_DESCRIPTION,
     all_sentences,

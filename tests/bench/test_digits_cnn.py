@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from nncodec_rd.torch.digits_cnn import (
+from bench.digits_cnn import (
     CALIBRATION_COUNT,
     DigitsCNN,
     accuracy,

@@ -88,53 +88,7 @@ import subprocess
 
 import numpy as np
 
-TORCHVISION_STUB = r'''
-import importlib.abc, importlib.machinery, sys, types
-
-
-class _AnyMeta(type):
-    def __getattr__(cls, name):
-        return _Any
-
-
-class _Any(metaclass=_AnyMeta):
-    # Stands in for any torchvision object (nncodec imports torchvision for its datasets only).
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Any()
-
-    def __getattr__(self, name):
-        return _Any()
-
-
-class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torchvision" or name.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-
-    def create_module(self, spec):
-        module = types.ModuleType(spec.name)
-        module.__path__ = []
-        module.__getattr__ = lambda attribute: _Any
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
-sys.meta_path.insert(0, _TorchvisionStub())
-import nncodec.nnc as nnc
-sys.meta_path.pop(0)
-'''
-"""Python source that imports ``nncodec.nnc`` as ``nnc`` in an environment without torchvision.
-
-Executing it installs an import hook that answers every ``torchvision`` import with an empty
-module whose attributes are inert placeholders (nncodec uses torchvision only in its dataset
-helpers), imports ``nncodec.nnc`` under the name ``nnc``, and removes the hook again. Prepend it
-to a script that runs in the NNCodec environment.
-"""
+from nncodec_rd.decode_speed import TORCHVISION_STUB, find_nncodec_python
 
 DEFAULT_QPS = [-42, -38, -34, -30, -26, -22]
 """qp sweep of about 7 down to 2 bits per weight, DQ, weight RMS 0.04 (see :func:`suggest_qps`)."""
@@ -180,27 +134,6 @@ for qp in config["qps"]:
         "qp": qp, "bitstream_path": bitstream, "encode_seconds": encode_seconds,
         "decode_seconds": decode_seconds, "decoded_path": decoded_path}), flush=True)
 '''
-
-
-def find_nncodec_python(explicit: str | None = None) -> str | None:
-    """The Python interpreter of the NNCodec environment.
-
-    Parameters
-    ----------
-    explicit : str or None
-        An interpreter to use; returned as it is when given.
-
-    Returns
-    -------
-    str or None
-        ``explicit``, else ``.venv-nncodec/bin/python`` in the repository (two folders above
-        this module; ``bench/setup_nncodec_env.sh`` makes it) if it exists, else None.
-    """
-    if explicit:
-        return explicit
-    repository = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    default = os.path.join(repository, ".venv-nncodec", "bin", "python")
-    return default if os.path.exists(default) else None
 
 
 def suggest_qps(rms: float | dict[str, np.ndarray] = _REFERENCE_RMS, *,

@@ -2,7 +2,7 @@
 
 For each method a sweep of λ writes real .nrd files; each file is decoded by the production
 decoder into the model, whose fidelity is then measured. NNCodec (in its own environment, see
-:mod:`nncodec_rd.benchmarks.nncodec_peer`) codes the same state dict at a sweep of its
+:mod:`bench.nncodec_peer`) codes the same state dict at a sweep of its
 quantization parameter; its decoded tensors go into the same model and the same measurement.
 
 Sizes are real file sizes, reported in bits per coded weight: 8 × file bytes / the number of
@@ -23,13 +23,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .load import load_into, load_weights
-from .model_encoder import ModelEncoder
-from ..encoder.methods import METHODS, resolved_grid_choice
-from ..encoder.entropy import EntropySettings
-from ..encoder.settings import QuantizerSettings
-from ..benchmarks import decode_speed
-from ..benchmarks.nncodec_peer import find_nncodec_python, run_nncodec_sweep
+from bench.nncodec_peer import find_nncodec_python, run_nncodec_sweep
+from nncodec_rd import decode_speed
+from nncodec_rd.encoder.entropy import EntropySettings
+from nncodec_rd.encoder.methods import METHODS, resolved_grid_choice
+from nncodec_rd.encoder.settings import QuantizerSettings
+from nncodec_rd.torch.load import load_into, load_weights
+from nncodec_rd.torch.model_encoder import ModelEncoder
 
 DEFAULT_LAM_FACTORS = (0.5, 1, 2, 4, 8, 16, 32)
 
@@ -111,7 +111,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             if pipeline == "sequential":
                 # Its sensitivities are relative to each block's output, so its λ has other
                 # units: the sweep is around its own default λ (from the first block).
-                from .sequential import SequentialEncoder
+                from nncodec_rd.torch.sequential import SequentialEncoder
 
                 sequential_encoder = SequentialEncoder(
                     workload.model, workload.calibration_batches, sensitivity=sensitivity,

@@ -1,4 +1,6 @@
-"""Real English sentences available offline on any CPython, for sentence-embedding benchmarks.
+"""Real English sentences available offline on any CPython: the calibration text that
+:func:`nncodec_rd.torch.pretrained.compress_pretrained` and the demo use when none is given, and
+the sentences of the sentence-embedding benchmarks.
 
 The source is the text of the Python documentation that CPython ships in the standard-library
 module ``pydoc_data.topics`` (the ``topics`` dictionary behind ``help("topic")``): reference-manual

@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from nncodec_rd.torch.rate_fidelity import (Workload, interpolate_bits_at,  # noqa: E402
-                                                 run_workload, write_report)
+from bench.rate_fidelity import (Workload, interpolate_bits_at, run_workload,  # noqa: E402
+                                  write_report)
 
 
 def test_interpolation_brackets_the_target():

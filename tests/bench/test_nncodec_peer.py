@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from nncodec_rd.benchmarks import nncodec_peer
-from nncodec_rd.benchmarks.nncodec_peer import (
+from bench import nncodec_peer
+from bench.nncodec_peer import (
     DEFAULT_QPS,
     find_nncodec_python,
     run_nncodec_sweep,
