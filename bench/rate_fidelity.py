@@ -101,11 +101,13 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
         label = curve_label(method, grid_choice) + ("+seq" if pipeline == "sequential" else "")
         points = []
         sequential_base = None
+        # a method that folds the quadratic rate (cerwu) takes one step per layer with a Hessian
+        channel_steps = per_channel and METHODS[method].per_channel_with_hessian
         for factor in (lams or {}).get(label, lam_factors):
             lam = base_lam * factor
             path = os.path.join(folder, f"{workload.name}-{label}-{factor:g}.nrd")
             settings = QuantizerSettings(method=method, lam=lam, grid_scale=grid_scale,
-                                         per_channel=per_channel and method != "cerwu",
+                                         per_channel=channel_steps,
                                          grid_choice=grid_choice,
                                          entropy=entropy or EntropySettings())
             if pipeline == "sequential":
@@ -115,7 +117,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
 
                 sequential_encoder = SequentialEncoder(
                     workload.model, workload.calibration_batches, sensitivity=sensitivity,
-                    per_channel=per_channel and method != "cerwu", progress=False)
+                    per_channel=channel_steps, progress=False)
                 if sequential_base is None:
                     sequential_base = sequential_encoder.initial_lam()
                 lam = sequential_base * factor
