@@ -3,6 +3,12 @@
 Kernels never raise: they write an error code and the byte offset of the fault into a buffer the
 wrapper allocated, and :mod:`nncodec_rd.decoder.reader` turns codes into exceptions. They share no
 code with the encoder.
+
+Every chunk kernel takes three arguments: a tensor's tables and geometry (:class:`ChunkTables`,
+built by :func:`chunk_tables` and :func:`with_slot_tables`), what one call reads and writes
+(:class:`ChunkBatch`, built by :func:`chunk_batch`) and the numbers of the chunks to decode.
+Named fields instead of positional arguments: two arguments of one type cannot be swapped
+unnoticed, and the argument list is declared once.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from numba import njit
 from ..format.constants import RANS_STATE_LOWER_BOUND, Limits
 from ..format.errors import ErrorCode
 
-# Output kinds of decode_chunks (what the kernel writes per element).
+# Output kinds of the chunk kernels (what they write per element; ChunkTables.output_kind).
 OUTPUT_INDEX = 0  # int32 index
 OUTPUT_FLOAT32 = 1  # float32 value
 OUTPUT_FLOAT16 = 2  # binary16 bits of the value
