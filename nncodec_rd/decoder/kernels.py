@@ -356,11 +356,9 @@ def _decode_chunk_body(tables, batch, chunk_number, states):
     kernel is the slow path (escapes, other lane counts, faults), so the context model is a flag
     here rather than a compiled variant: one compile serves both models."""
     buffer, out, errors = batch.buffer, batch.out, batch.errors
-    chunk_offset = batch.chunks[chunk_number, C_OFFSET]
-    chunk_size = batch.chunks[chunk_number, C_SIZE]
-    symbol_count = batch.chunks[chunk_number, C_SYMBOL_COUNT]
-    first_row = batch.chunks[chunk_number, C_FIRST_ROW]
-    out_start = batch.chunks[chunk_number, C_OUT_START]
+    chunk = batch.chunks[chunk_number]
+    chunk_offset, chunk_size, first_row = chunk[C_OFFSET], chunk[C_SIZE], chunk[C_FIRST_ROW]
+    symbol_count, out_start = chunk[C_SYMBOL_COUNT], chunk[C_OUT_START]
     row_length = tables.row_length
     lane_count = tables.lane_count
     precision_bits = tables.precision_bits
@@ -595,12 +593,6 @@ def _decode_chunk_4lanes_body(tables, batch, chunk_number, previous_index_contex
     Why it is faster: the four lanes' states (and tables) live in registers, the lanes staying
     in one order within each round of four symbols, and rounds read words without clamping or
     a per-symbol end check while at least 8 bytes, the most a round can read, are left."""
-    buffer, out = batch.buffer, batch.out
-    chunk_offset = batch.chunks[chunk_number, C_OFFSET]
-    chunk_size = batch.chunks[chunk_number, C_SIZE]
-    symbol_count = batch.chunks[chunk_number, C_SYMBOL_COUNT]
-    first_row = batch.chunks[chunk_number, C_FIRST_ROW]
-    out_start = batch.chunks[chunk_number, C_OUT_START]
     row_length = tables.row_length
     precision_bits = tables.precision_bits
     alphabet_size = tables.alphabet_size
@@ -609,6 +601,10 @@ def _decode_chunk_4lanes_body(tables, batch, chunk_number, previous_index_contex
     slot_bytes, slot_words, symbol_info = tables.slot_bytes, tables.slot_words, tables.symbol_info
     next_slot_bases, next_info_bases = tables.next_slot_bases, tables.next_info_bases
     value_table = tables.value_table
+    buffer, out = batch.buffer, batch.out
+    chunk = batch.chunks[chunk_number]
+    chunk_offset, chunk_size, first_row = chunk[C_OFFSET], chunk[C_SIZE], chunk[C_FIRST_ROW]
+    symbol_count, out_start = chunk[C_SYMBOL_COUNT], chunk[C_OUT_START]
     end = np.uint64(chunk_offset + chunk_size)
     # spec §7.3 (a fault here: False, and the general kernel reports it).
     if chunk_size < 4 + 16 or _read_u32(buffer, chunk_offset) != 0:
