@@ -6,10 +6,11 @@ reads and writes (:class:`~nncodec_rd.decoder.kernels.ChunkBatch`) and the chunk
 decode; their field types are fixed, so each kernel has one compiled signature per output width
 (32 or 16 bits) for every file. There is one fast kernel per context model and escape case and
 one general kernel. A signature is compiled only when a decode first needs it, and is then kept
-in Numba's on-disk cache, so that a later process loads it in milliseconds. Before a kernel compiles, the library says so once per process
-through :mod:`logging` (logger ``nncodec_rd``, level WARNING, so it reaches stderr unless the
-application configures logging), with the time it takes; ``nncodec-rd warmup`` (:func:`warmup`)
-compiles every kernel ahead of time, e.g. in a Dockerfile step.
+in Numba's on-disk cache, so that a later process loads it in milliseconds. Before a kernel
+compiles, the library says so once per process through :mod:`logging` (logger ``nncodec_rd``,
+level WARNING, so it reaches stderr unless the application configures logging), with the time
+it takes; ``nncodec-rd warmup`` (:func:`warmup`) compiles every signature ahead of time, e.g. in
+a Dockerfile step.
 
 Kernels run serially and without the GIL; chunks (and rows of a transform) are spread over a
 pool of Python threads, so no Numba threading layer is needed. The pool is per process: a child
