@@ -120,8 +120,7 @@ _HIGH_SHIFT = np.uint64(32)
 # order (tests/decoder/test_kernel_records.py checks it); Python reads ChunkTables.scalar(name).
 SCALAR_FIELDS = (
     "row_length",  # coded row length: symbols per row (spec §5.2)
-    # Entropy coding (spec §7.2-§7.5).
-    "lane_count",
+    "lane_count",  # spec §7.2-§7.5 ...
     "precision_bits",
     "alphabet_size",
     "context_model",  # 0: IID, 1: PREVIOUS_INDEX
@@ -130,12 +129,11 @@ SCALAR_FIELDS = (
     "escape_symbol",  # -1: none
     "fast_escape_symbol",  # the escape symbol if some table can decode it, else -1
     "index_offset",
-    # Grid and output (spec §6.1-§6.2, §6.5).
-    "grid_kind",  # GRID_UNIFORM or GRID_CODEBOOK
+    "grid_kind",  # GRID_UNIFORM or GRID_CODEBOOK (spec §6.1-§6.2)
     "rows_per_group",  # rows of one step group (0: one group for every row)
     "fast_rows_per_group",  # the fast kernel's rows per value-table part (0 for indices)
     "codebook_first",
-    "output_kind",  # OUTPUT_INDEX, OUTPUT_FLOAT32, OUTPUT_FLOAT16 or OUTPUT_BFLOAT16
+    "output_kind",  # OUTPUT_INDEX, OUTPUT_FLOAT32, OUTPUT_FLOAT16 or OUTPUT_BFLOAT16 (spec §6.5)
     "wide_slots",  # 1: the slot table is slot_words (alphabets over 256 symbols); set last
 )
 P_ROW_LENGTH = 0
@@ -249,7 +247,6 @@ def chunk_batch(buffer: np.ndarray, chunks: np.ndarray, out: np.ndarray,
     flat = out.reshape(-1)
     return ChunkBatch(buffer, chunks, flat.view(np.uint32 if out.dtype.itemsize == 4
                                                 else np.uint16), errors)
-
 
 # Columns of the chunk table: one row per chunk.
 C_OFFSET, C_SIZE, C_FIRST_ROW, C_SYMBOL_COUNT, C_OUT_START = range(5)
