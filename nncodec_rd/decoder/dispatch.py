@@ -132,10 +132,8 @@ def first_kernel(tables: kernels.ChunkTables):
     """The kernel :func:`decode_chunks` tries first for a tensor: its fast kernel when the
     tensor suits one (4 lanes, every value in the value table, no codebook check), else the
     general kernel."""
-    if (tables.scalar("lane_count") == 4 and len(tables.value_table) > 0
-            and len(tables.invalid_symbols) == 0):
-        return FAST_KERNELS[(tables.scalar("context_model") == 1,
-                             tables.scalar("fast_escape_symbol") >= 0)]
+    if tables.lane_count == 4 and len(tables.value_table) > 0 and len(tables.invalid_symbols) == 0:
+        return FAST_KERNELS[(tables.context_model == 1, tables.fast_escape_symbol >= 0)]
     return GENERAL_KERNEL
 
 
@@ -287,7 +285,7 @@ def _empty_arguments(width: int) -> tuple:
     output words of ``width`` bytes, built as every decode builds them."""
     words = np.zeros(0, np.uint32 if width == 4 else np.uint16)
     tables = kernels.chunk_tables(
-        value_table=words, **{name: 0 for name in kernels.SCALAR_FIELDS[:kernels.P_WIDE_SLOTS]},
+        value_table=words, **{name: 0 for name in kernels.SCALAR_FIELDS},
         **{name: np.zeros(0, dtype) for name, dtype in kernels.TABLE_ARRAY_DTYPES.items()})
     tables = kernels.with_slot_tables(tables, np.zeros(0, np.uint8), np.zeros(0, np.uint64))
     batch = kernels.chunk_batch(np.zeros(0, np.uint8), np.zeros((0, 5), np.int64), words,

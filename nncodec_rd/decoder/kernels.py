@@ -13,7 +13,7 @@ unnoticed, and the argument list is declared once.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, get_type_hints
 
 import numpy as np
 from numba import njit
@@ -114,54 +114,32 @@ MAX_VALUE_TABLE_ENTRIES = 1 << 20
 _LOW32 = np.uint64(0xFFFFFFFF)
 _HIGH_SHIFT = np.uint64(32)
 
-# The integers of a tensor's tables, in the order of ChunkTables.scalars: one int64 array, so
-# that a kernel signature unboxes one field for them all (sixteen integer fields cost about 0.1 s
-# more compiling per signature). Kernels read them at the P_ indices below, which follow this
-# order (tests/decoder/test_kernel_records.py checks it); Python reads ChunkTables.scalar(name).
-SCALAR_FIELDS = (
-    "row_length",  # coded row length: symbols per row (spec §5.2)
-    "lane_count",  # spec §7.2-§7.5 ...
-    "precision_bits",
-    "alphabet_size",
-    "context_model",  # 0: IID, 1: PREVIOUS_INDEX
-    "context_count",
-    "context_center",
-    "escape_symbol",  # -1: none
-    "fast_escape_symbol",  # the escape symbol if some table can decode it, else -1
-    "index_offset",
-    "grid_kind",  # GRID_UNIFORM or GRID_CODEBOOK (spec §6.1-§6.2)
-    "rows_per_group",  # rows of one step group (0: one group for every row)
-    "fast_rows_per_group",  # the fast kernel's rows per value-table part (0 for indices)
-    "codebook_first",
-    "output_kind",  # OUTPUT_INDEX, OUTPUT_FLOAT32, OUTPUT_FLOAT16 or OUTPUT_BFLOAT16 (spec §6.5)
-    "wide_slots",  # 1: the slot table is slot_words (alphabets over 256 symbols); set last
-)
-P_ROW_LENGTH = 0
-P_LANE_COUNT = 1
-P_PRECISION_BITS = 2
-P_ALPHABET_SIZE = 3
-P_CONTEXT_MODEL = 4
-P_CONTEXT_COUNT = 5
-P_CONTEXT_CENTER = 6
-P_ESCAPE_SYMBOL = 7
-P_FAST_ESCAPE_SYMBOL = 8
-P_INDEX_OFFSET = 9
-P_GRID_KIND = 10
-P_ROWS_PER_GROUP = 11
-P_FAST_ROWS_PER_GROUP = 12
-P_CODEBOOK_FIRST = 13
-P_OUTPUT_KIND = 14
-P_WIDE_SLOTS = 15
-
-
 class ChunkTables(NamedTuple):
     """One tensor's decoding tables and geometry, for one output width: the first argument of
-    every chunk kernel. Numba takes a named tuple of arrays as one argument and compiles one
-    signature per tuple of field types, so the field types are fixed (build it with
-    :func:`chunk_tables`) and the only type that varies is ``value_table``'s, which has the
+    every chunk kernel. Numba takes a named tuple of integers and arrays as one argument and
+    compiles one signature per tuple of field types, so the field types are fixed (build it
+    with :func:`chunk_tables`) and the only type that varies is ``value_table``'s, which has the
     output's width: one signature of each kernel per width serves every file."""
 
-    scalars: np.ndarray  # int64: the integers named by SCALAR_FIELDS, in that order
+    # Rows (spec §5.2).
+    row_length: int  # coded row length: symbols per row
+    # Entropy coding (spec §7.2-§7.5).
+    lane_count: int
+    precision_bits: int
+    alphabet_size: int
+    context_model: int  # 0: IID, 1: PREVIOUS_INDEX
+    context_count: int
+    context_center: int
+    escape_symbol: int  # -1: none
+    fast_escape_symbol: int  # the escape symbol if some table can decode it, else -1
+    index_offset: int
+    # Grid and output (spec §6.1-§6.2, §6.5).
+    grid_kind: int  # GRID_UNIFORM or GRID_CODEBOOK
+    rows_per_group: int  # rows of one step group (0: one group for every row)
+    fast_rows_per_group: int  # the fast kernel's rows per value-table part (0 for indices)
+    codebook_first: int
+    output_kind: int  # OUTPUT_INDEX, OUTPUT_FLOAT32, OUTPUT_FLOAT16 or OUTPUT_BFLOAT16
+    wide_slots: int  # 1: the slot table is slot_words (alphabets over 256 symbols)
     # spec §7.4 as lookup tables (see build_symbol_tables), contexts one after another.
     slot_bytes: np.ndarray  # uint8 symbol of each slot; empty with wide_slots
     slot_words: np.ndarray  # uint16 symbol of each slot; empty without wide_slots
@@ -178,37 +156,29 @@ class ChunkTables(NamedTuple):
     value_table: np.ndarray
     invalid_symbols: np.ndarray  # uint8: direct symbols outside a codebook; empty: no check
 
-    def scalar(self, name: str) -> int:
-        """The integer ``name`` of :data:`SCALAR_FIELDS` (kernels index ``scalars`` instead)."""
-        return int(self.scalars[SCALAR_FIELDS.index(name)])
 
-
-# chunk_tables' arrays, taken as they are, with their dtypes.
+# chunk_tables' arguments: the scalar fields of ChunkTables, and the arrays it takes as they are
+# with their dtypes.
+SCALAR_FIELDS = tuple(name for name, kind in get_type_hints(ChunkTables).items()
+                      if kind is int and name != "wide_slots")
 TABLE_ARRAY_DTYPES = {"symbol_contexts": np.int64, "next_slot_bases": np.uint64,
                       "next_info_bases": np.uint64, "steps": np.float32, "zero_points": np.int64,
                       "codebook": np.float32, "invalid_symbols": np.uint8}
 
 
 def chunk_tables(*, value_table: np.ndarray, **fields) -> ChunkTables:
-    """The kernels' :class:`ChunkTables`, every field in its one type (C-contiguous arrays of
-    the dtypes it documents), so that no call compiles a signature of its own: ``fields`` are
-    the :data:`SCALAR_FIELDS` but ``wide_slots``, and the arrays of
-    :data:`TABLE_ARRAY_DTYPES`, each by name (TypeError for one missing or unknown);
+    """The kernels' :class:`ChunkTables`, every field in its one type (Python ints, C-contiguous
+    arrays of the dtypes it documents), so that no call compiles a signature of its own:
+    ``fields`` are the :data:`SCALAR_FIELDS` and the arrays of :data:`TABLE_ARRAY_DTYPES`;
     ``value_table`` (float32, int32 or uint16) becomes output words. The slot tables are left
     empty: :func:`with_slot_tables` adds them (they are built at each decode, not held)."""
-    expected = {*SCALAR_FIELDS[:P_WIDE_SLOTS], *TABLE_ARRAY_DTYPES}
-    if set(fields) != expected:
-        raise TypeError(f"chunk_tables: missing {sorted(expected - set(fields))}, "
-                        f"unknown {sorted(set(fields) - expected)}")
-    scalars = np.array([int(fields[name]) for name in SCALAR_FIELDS[:P_WIDE_SLOTS]] + [0],
-                       dtype=np.int64)
+    arrays = {name: np.ascontiguousarray(fields.pop(name), dtype)
+              for name, dtype in TABLE_ARRAY_DTYPES.items()}
     words = np.uint32 if value_table.dtype.itemsize == 4 else np.uint16
-    return ChunkTables(
-        scalars=scalars, slot_bytes=np.zeros(0, np.uint8), slot_words=np.zeros(0, np.uint16),
-        symbol_info=np.zeros(0, np.uint64),
-        value_table=np.ascontiguousarray(value_table).view(words),
-        **{name: np.ascontiguousarray(fields[name], dtype)
-           for name, dtype in TABLE_ARRAY_DTYPES.items()})
+    return ChunkTables(**{name: int(value) for name, value in fields.items()}, **arrays,
+                       wide_slots=0, slot_bytes=np.zeros(0, np.uint8),
+                       slot_words=np.zeros(0, np.uint16), symbol_info=np.zeros(0, np.uint64),
+                       value_table=np.ascontiguousarray(value_table).view(words))
 
 
 def with_slot_tables(tables: ChunkTables, slot_symbols: np.ndarray,
@@ -218,9 +188,7 @@ def with_slot_tables(tables: ChunkTables, slot_symbols: np.ndarray,
     ``slot_words``."""
     wide = slot_symbols.dtype == np.uint16
     slots = np.ascontiguousarray(slot_symbols, np.uint16 if wide else np.uint8)
-    scalars = tables.scalars.copy()
-    scalars[P_WIDE_SLOTS] = wide
-    return tables._replace(scalars=scalars,
+    return tables._replace(wide_slots=int(wide),
                            slot_bytes=np.zeros(0, np.uint8) if wide else slots,
                            slot_words=slots if wide else np.zeros(0, np.uint16),
                            symbol_info=np.ascontiguousarray(symbol_info, np.uint64))
@@ -391,20 +359,20 @@ def _decode_chunk_body(tables, batch, chunk_number, states):
     chunk = batch.chunks[chunk_number]
     chunk_offset, chunk_size, first_row = chunk[C_OFFSET], chunk[C_SIZE], chunk[C_FIRST_ROW]
     symbol_count, out_start = chunk[C_SYMBOL_COUNT], chunk[C_OUT_START]
-    row_length = tables.scalars[P_ROW_LENGTH]
-    lane_count = tables.scalars[P_LANE_COUNT]
-    precision_bits = tables.scalars[P_PRECISION_BITS]
-    previous_index_context = tables.scalars[P_CONTEXT_MODEL] == 1
-    context_count = tables.scalars[P_CONTEXT_COUNT]
-    context_center = tables.scalars[P_CONTEXT_CENTER]
-    escape_symbol = tables.scalars[P_ESCAPE_SYMBOL]
-    index_offset = tables.scalars[P_INDEX_OFFSET]
-    grid_kind = tables.scalars[P_GRID_KIND]
-    rows_per_group = tables.scalars[P_ROWS_PER_GROUP]
-    codebook_first = tables.scalars[P_CODEBOOK_FIRST]
-    output_kind = tables.scalars[P_OUTPUT_KIND]
-    wide_slots = tables.scalars[P_WIDE_SLOTS] != 0
-    alphabet_size = tables.scalars[P_ALPHABET_SIZE]
+    row_length = tables.row_length
+    lane_count = tables.lane_count
+    precision_bits = tables.precision_bits
+    previous_index_context = tables.context_model == 1
+    context_count = tables.context_count
+    context_center = tables.context_center
+    escape_symbol = tables.escape_symbol
+    index_offset = tables.index_offset
+    grid_kind = tables.grid_kind
+    rows_per_group = tables.rows_per_group
+    codebook_first = tables.codebook_first
+    output_kind = tables.output_kind
+    wide_slots = tables.wide_slots != 0
+    alphabet_size = tables.alphabet_size
     slot_bytes, slot_words, symbol_info = tables.slot_bytes, tables.slot_words, tables.symbol_info
     symbol_contexts, value_table = tables.symbol_contexts, tables.value_table
     steps, zero_points, codebook = tables.steps, tables.zero_points, tables.codebook
@@ -560,7 +528,7 @@ def decode_general(tables, batch, chunk_ids):
     (:class:`ChunkBatch`) with ``tables`` (:class:`ChunkTables`) and every check, writing
     ``batch.errors[k] = (code, byte offset)`` (code 0: success). One compiled signature per
     output width (uint32 or uint16 words, as ``tables.value_table`` and ``batch.out``)."""
-    states = np.empty(max(tables.scalars[P_LANE_COUNT], 1), dtype=np.uint64)
+    states = np.empty(max(tables.lane_count, 1), dtype=np.uint64)
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
         batch.errors[k, 0] = 0
@@ -625,11 +593,11 @@ def _decode_chunk_4lanes_body(tables, batch, chunk_number, previous_index_contex
     Why it is faster: the four lanes' states (and tables) live in registers, the lanes staying
     in one order within each round of four symbols, and rounds read words without clamping or
     a per-symbol end check while at least 8 bytes, the most a round can read, are left."""
-    row_length = tables.scalars[P_ROW_LENGTH]
-    precision_bits = tables.scalars[P_PRECISION_BITS]
-    alphabet_size = tables.scalars[P_ALPHABET_SIZE]
-    rows_per_group = tables.scalars[P_FAST_ROWS_PER_GROUP]
-    wide_slots = tables.scalars[P_WIDE_SLOTS] != 0
+    row_length = tables.row_length
+    precision_bits = tables.precision_bits
+    alphabet_size = tables.alphabet_size
+    rows_per_group = tables.fast_rows_per_group
+    wide_slots = tables.wide_slots != 0
     slot_bytes, slot_words, symbol_info = tables.slot_bytes, tables.slot_words, tables.symbol_info
     next_slot_bases, next_info_bases = tables.next_slot_bases, tables.next_info_bases
     value_table = tables.value_table
@@ -758,9 +726,8 @@ def decode_fast_iid(tables, batch, chunk_ids):
 @_jit(nogil=True)
 def decode_fast_iid_escape(tables, batch, chunk_ids):
     """:func:`decode_fast_iid` for the IID model with an escape symbol that can be decoded."""
-    escape_symbol = tables.scalars[P_FAST_ESCAPE_SYMBOL]
     for k in chunk_ids:
-        if not _decode_chunk_4lanes_body(tables, batch, k, False, escape_symbol):
+        if not _decode_chunk_4lanes_body(tables, batch, k, False, tables.fast_escape_symbol):
             batch.errors[k, 0] = RETRY
 
 
@@ -776,9 +743,8 @@ def decode_fast_previous(tables, batch, chunk_ids):
 def decode_fast_previous_escape(tables, batch, chunk_ids):
     """:func:`decode_fast_iid` for the PREVIOUS_INDEX model with an escape symbol that can be
     decoded."""
-    escape_symbol = tables.scalars[P_FAST_ESCAPE_SYMBOL]
     for k in chunk_ids:
-        if not _decode_chunk_4lanes_body(tables, batch, k, True, escape_symbol):
+        if not _decode_chunk_4lanes_body(tables, batch, k, True, tables.fast_escape_symbol):
             batch.errors[k, 0] = RETRY
 
 

@@ -153,7 +153,7 @@ def test_fast_kernel_agrees_with_the_general_kernels(case):
     # The fast kernel itself accepts every intact chunk it is meant for (it is not just
     # falling back every time).
     kernel = dispatch.FAST_KERNELS[(case["context_model"] == 1,
-                                    tables.scalar("fast_escape_symbol") >= 0)]
+                                    tables.fast_escape_symbol >= 0)]
     for k in range(chunk_count):
         if (case["lane_count"] == 4 and case["intact"][k] and errors_general[k, 0] == 0
                 and struct.unpack_from("<I", case["buffer"], case["offsets"][k])[0] == 0):

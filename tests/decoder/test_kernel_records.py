@@ -34,7 +34,7 @@ def test_one_numba_type_per_output_width_for_every_kind_of_tensor(tmp_path):
         for name in tensors:
             for kind in (kernels.OUTPUT_INDEX, kernels.OUTPUT_FLOAT32, kernels.OUTPUT_FLOAT16):
                 tables = _tables_of(handle, name, kind)
-                slot_kinds.add(tables.scalar("wide_slots"))
+                slot_kinds.add(tables.wide_slots)
                 by_width.setdefault(dispatch.output_width(tables), set()).add(
                     numba.typeof(tables))
     assert slot_kinds == {0, 1}  # both slot tables were exercised
@@ -57,7 +57,7 @@ def test_output_words_must_match_the_value_table(tmp_path):
 def test_chunk_tables_takes_every_field_by_name():
     """A field left out, or one the record does not have, is refused (no positional slot to
     fall into)."""
-    fields = {name: 0 for name in kernels.SCALAR_FIELDS[:kernels.P_WIDE_SLOTS]}
+    fields = {name: 0 for name in kernels.SCALAR_FIELDS}
     arrays = {name: np.zeros(0, dtype) for name, dtype in kernels.TABLE_ARRAY_DTYPES.items()}
     kernels.chunk_tables(value_table=np.zeros(0, np.float32), **fields, **arrays)
     with pytest.raises(TypeError):
@@ -66,15 +66,3 @@ def test_chunk_tables_takes_every_field_by_name():
     del fields["row_length"]
     with pytest.raises(TypeError):
         kernels.chunk_tables(value_table=np.zeros(0, np.float32), **fields, **arrays)
-
-
-def test_the_kernels_scalar_indices_follow_scalar_fields():
-    """Each P_ index the kernels read names the integer at that place of SCALAR_FIELDS."""
-    assert [getattr(kernels, "P_" + name.upper()) for name in kernels.SCALAR_FIELDS] == list(
-        range(len(kernels.SCALAR_FIELDS)))
-    assert kernels.SCALAR_FIELDS[-1] == "wide_slots"  # set by with_slot_tables, not chunk_tables
-    values = {name: 100 + i for i, name in enumerate(kernels.SCALAR_FIELDS[:-1])}
-    tables = kernels.chunk_tables(
-        value_table=np.zeros(0, np.float32), **values,
-        **{name: np.zeros(0, dtype) for name, dtype in kernels.TABLE_ARRAY_DTYPES.items()})
-    assert {name: tables.scalar(name) for name in values} == values
