@@ -216,6 +216,7 @@ def chunk_batch(buffer: np.ndarray, chunks: np.ndarray, out: np.ndarray,
     return ChunkBatch(buffer, chunks, flat.view(np.uint32 if out.dtype.itemsize == 4
                                                 else np.uint16), errors)
 
+
 # Columns of the chunk table: one row per chunk.
 C_OFFSET, C_SIZE, C_FIRST_ROW, C_SYMBOL_COUNT, C_OUT_START = range(5)
 # errors[k, 0] of a chunk the fast kernel left to the general one.
