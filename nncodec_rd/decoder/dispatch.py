@@ -1,14 +1,16 @@
 """Running the decoder's kernels: which kernel a tensor needs, threads, and first-use compiling.
 
-Every kernel of :mod:`nncodec_rd.decoder.kernels` has one signature for every file (scalars in
-one int64 argument record, chunks in one int64 table, the slot table as a uint8 and a uint16
-array of which one is empty); there is one fast kernel per context model, escape case and output
-width and one general kernel per output width. Each is compiled only when a decode first needs
-it, and is then kept in Numba's on-disk cache, so that a later process loads it in
-milliseconds. Before a kernel compiles, the library says so once per process
-through :mod:`logging` (logger ``nncodec_rd``, level WARNING, so it reaches stderr unless the
-application configures logging), with the time it takes; ``nncodec-rd warmup`` (:func:`warmup`)
-compiles every kernel ahead of time, e.g. in a Dockerfile step.
+Every chunk kernel of :mod:`nncodec_rd.decoder.kernels` takes the same three arguments: a
+tensor's tables and geometry (:class:`~nncodec_rd.decoder.kernels.ChunkTables`), what one call
+reads and writes (:class:`~nncodec_rd.decoder.kernels.ChunkBatch`) and the chunk numbers to
+decode; their field types are fixed, so each kernel has one compiled signature per output width
+(32 or 16 bits) for every file. There is one fast kernel per context model and escape case and
+one general kernel. A signature is compiled only when a decode first needs it, and is then kept
+in Numba's on-disk cache, so that a later process loads it in milliseconds. Before a kernel
+compiles, the library says so once per process through :mod:`logging` (logger ``nncodec_rd``,
+level WARNING, so it reaches stderr unless the application configures logging), with the time
+it takes; ``nncodec-rd warmup`` (:func:`warmup`) compiles every signature ahead of time, e.g. in
+a Dockerfile step.
 
 Kernels run serially and without the GIL; chunks (and rows of a transform) are spread over a
 pool of Python threads, so no Numba threading layer is needed. The pool is per process: a child
@@ -36,14 +38,19 @@ logger = logging.getLogger("nncodec_rd")
 COMPILE_SECONDS = {"decode_general_32": 3.5, "decode_general_16": 2.0, "right_matrix_rows": 1.0}
 FAST_COMPILE_SECONDS = 1.5
 TYPICAL_FILE_COMPILE_SECONDS = 6
-# The fast kernel by (PREVIOUS_INDEX model, escape symbol decodable, 32-bit output).
+# The fast kernel by (PREVIOUS_INDEX model, escape symbol decodable).
 FAST_KERNELS = {
-    (previous, escape, wide): getattr(kernels, "decode_fast_" + ("previous" if previous else "iid")
-                                      + ("_escape" if escape else "") + ("_32" if wide else "_16"))
-    for previous in (False, True) for escape in (False, True) for wide in (True, False)}
-# The general kernel by 32-bit output.
-GENERAL_KERNELS = {True: kernels.decode_general_32, False: kernels.decode_general_16}
-ALL_KERNELS = (*FAST_KERNELS.values(), *GENERAL_KERNELS.values(), kernels.right_matrix_rows)
+    (previous, escape): getattr(kernels, "decode_fast_" + ("previous" if previous else "iid")
+                                + ("_escape" if escape else ""))
+    for previous in (False, True) for escape in (False, True)}
+GENERAL_KERNEL = kernels.decode_general
+CHUNK_KERNELS = (*FAST_KERNELS.values(), GENERAL_KERNEL)
+# Bytes of an output word of the chunk kernels: each has one compiled signature per width.
+OUTPUT_WIDTHS = (4, 2)
+# Every compiled signature, as (kernel, output width; None for the product kernel's one): what
+# warmup compiles, and what a decode may compile on first use.
+ALL_SIGNATURES = (*((kernel, width) for kernel in CHUNK_KERNELS for width in OUTPUT_WIDTHS),
+                  (kernels.right_matrix_rows, None))
 # Below this many symbols a tensor is not worth a thread.
 MIN_SYMBOLS_PER_THREAD = 1 << 16
 
@@ -59,54 +66,81 @@ def cache_folder() -> str | None:
     if kernels.CACHE_PROBLEM is not None:
         return None
     try:
-        return kernels.decode_fast_iid_32._cache.cache_path
+        return GENERAL_KERNEL._cache.cache_path
     except AttributeError:
         return None
 
 
-def is_compiled(kernel) -> bool:
-    """True when ``kernel`` will not compile at its next call: compiled in this process, or
-    in the on-disk cache for this Numba version, this source and this CPU."""
-    if _loaded(kernel):
+def is_compiled(kernel, width: int | None = None) -> bool:
+    """True when ``kernel``'s signature for output words of ``width`` bytes (None: the product
+    kernel's one signature) will not compile at its next call: compiled in this process, or in
+    the on-disk cache for this Numba version, this source and this CPU."""
+    if is_loaded(kernel, width):
         return True
     try:
         # Numba's index keys are (signature, (target, CPU name, CPU features), code hashes):
-        # an entry compiled for another CPU does not count.
+        # an entry compiled for another CPU, or for the other width, does not count.
         magic = kernel.targetctx.codegen().magic_tuple()
-        return any(key[1] == magic for key in kernel._cache._cache_file._load_index())
+        signature = _signature(width)
+        return any(key[1] == magic and (signature is None or key[0] == signature)
+                   for key in kernel._cache._cache_file._load_index())
     except Exception:  # noqa: BLE001 - no cache, or a Numba without this layout
         return False
 
 
-def _loaded(kernel) -> bool:
-    # A plain function (NUMBA_DISABLE_JIT=1, for coverage) never compiles.
-    return bool(getattr(kernel, "signatures", True))
+def is_loaded(kernel, width: int | None = None) -> bool:
+    """True when ``kernel``'s signature for output words of ``width`` bytes (None: the product
+    kernel's) is compiled or loaded from the cache in this process (the first kernel a process
+    loads also costs Numba's start-up, about 0.3 s)."""
+    if (kernel, width) in _ready:
+        return True
+    overloads = getattr(kernel, "overloads", None)
+    if overloads is None:
+        return True  # a plain function (NUMBA_DISABLE_JIT=1, for coverage) never compiles
+    return bool(overloads) if width is None else _signature(width) in overloads
 
 
-def _name(kernel) -> str:
-    return getattr(kernel, "py_func", kernel).__name__
+_signatures: dict = {}
 
 
-def is_loaded(kernel) -> bool:
-    """True when ``kernel`` is compiled or loaded from the cache in this process (the first
-    kernel a process loads also costs Numba's start-up, about 0.3 s)."""
-    return _loaded(kernel)
+def _signature(width: int | None):
+    """The Numba argument types of a chunk kernel called with output words of ``width`` bytes
+    (one for every file: :func:`~nncodec_rd.decoder.kernels.chunk_tables` fixes them), or None
+    for None."""
+    if width is None:
+        return None
+    if width not in _signatures:
+        import numba
+
+        _signatures[width] = tuple(numba.typeof(value) for value in _empty_arguments(width))
+    return _signatures[width]
 
 
-def first_kernel(params, context_model: int, wide: bool, value_table_size: int,
-                 invalid_symbol_count: int):
+def signature_name(kernel, width: int | None = None) -> str:
+    """What a compiled signature is called in messages and timings: the kernel's name, with the
+    output width in bits for a chunk kernel (``decode_general_32``)."""
+    name = getattr(kernel, "py_func", kernel).__name__
+    return name if width is None else f"{name}_{8 * width}"
+
+
+def output_width(tables: kernels.ChunkTables) -> int:
+    """Bytes of the output words ``tables`` decodes to (4 or 2)."""
+    return tables.value_table.dtype.itemsize
+
+
+def first_kernel(tables: kernels.ChunkTables):
     """The kernel :func:`decode_chunks` tries first for a tensor: its fast kernel when the
-    tensor suits one, else its general kernel."""
-    if (params[kernels.P_LANE_COUNT] == 4 and value_table_size > 0
-            and invalid_symbol_count == 0):
-        return FAST_KERNELS[(context_model == 1, bool(params[kernels.P_FAST_ESCAPE] >= 0), wide)]
-    return GENERAL_KERNELS[wide]
+    tensor suits one (4 lanes, every value in the value table, no codebook check), else the
+    general kernel."""
+    if tables.lane_count == 4 and len(tables.value_table) > 0 and len(tables.invalid_symbols) == 0:
+        return FAST_KERNELS[(tables.context_model == 1, tables.fast_escape_symbol >= 0)]
+    return GENERAL_KERNEL
 
 
-def _announce(kernel) -> None:
-    """Say once per process that kernels compile, how long it takes, and what to do about it."""
+def _announce(name: str) -> None:
+    """Say once per process that kernels compile, how long it takes, and what to do about it;
+    ``name``: the signature about to compile (:func:`signature_name`)."""
     global _announced
-    name = _name(kernel)
     seconds = COMPILE_SECONDS.get(name, FAST_COMPILE_SECONDS)
     if _announced:
         logger.debug("compiling %s (about %.1f s)", name, seconds)
@@ -124,17 +158,24 @@ def _announce(kernel) -> None:
                    "file); %s", seconds, TYPICAL_FILE_COMPILE_SECONDS, where)
 
 
+def _width_of_call(kernel, arguments) -> int | None:
+    """The output width of a call's signature: a chunk kernel's ``batch.out`` words; None for
+    the product kernel."""
+    return arguments[1].out.dtype.itemsize if kernel in CHUNK_KERNELS else None
+
+
 def call(kernel, *arguments):
-    """Call ``kernel``, announcing first if the call will compile it."""
-    if kernel not in _ready:
+    """Call ``kernel``, announcing first if the call will compile its signature."""
+    key = (kernel, _width_of_call(kernel, arguments))
+    if key not in _ready:
         with _lock:
-            if kernel not in _ready:
-                if not is_compiled(kernel):
-                    _announce(kernel)
+            if key not in _ready:
+                if not is_compiled(*key):
+                    _announce(signature_name(*key))
                     kernel(*arguments)
-                    _ready.add(kernel)
+                    _ready.add(key)
                     return
-                _ready.add(kernel)
+                _ready.add(key)
     kernel(*arguments)
 
 
@@ -170,56 +211,51 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def run_parallel(kernel, before: tuple, items: np.ndarray, after: tuple, threads: int,
-                 weight: int) -> None:
-    """``kernel(*before, part, *after)`` for ``threads`` interleaved parts of ``items``, on
+def run_parallel(kernel, tables: kernels.ChunkTables, batch: kernels.ChunkBatch,
+                 chunk_ids: np.ndarray, threads: int, weight: int) -> None:
+    """``kernel(tables, batch, part)`` for ``threads`` interleaved parts of ``chunk_ids``, on
     threads (the calling thread takes the first part); ``weight`` (symbols) below
     MIN_SYMBOLS_PER_THREAD per thread runs it all in the calling thread."""
-    threads = min(threads, len(items), max(1, weight // MIN_SYMBOLS_PER_THREAD))
+    threads = min(threads, len(chunk_ids), max(1, weight // MIN_SYMBOLS_PER_THREAD))
     if threads <= 1:
-        call(kernel, *before, items, *after)
+        call(kernel, tables, batch, chunk_ids)
         return
-    if kernel not in _ready:
-        call(kernel, *before, items[:1], *after)  # compile (and announce) once, in this thread
-        items = items[1:]
-    parts = [np.ascontiguousarray(items[t::threads]) for t in range(threads)]
-    futures = [_get_pool(threads).submit(kernel, *before, part, *after) for part in parts[1:]]
-    kernel(*before, parts[0], *after)
+    if (kernel, output_width(tables)) not in _ready:
+        call(kernel, tables, batch, chunk_ids[:1])  # compile (and announce) once, in this thread
+        chunk_ids = chunk_ids[1:]
+    parts = [np.ascontiguousarray(chunk_ids[t::threads]) for t in range(threads)]
+    futures = [_get_pool(threads).submit(kernel, tables, batch, part) for part in parts[1:]]
+    kernel(tables, batch, parts[0])
     for future in futures:
         future.result()
 
 
-def decode_chunks(buffer, chunks, params, context_model, slot_bytes, slot_words, symbol_info,
-                  symbol_contexts, next_slot_bases, next_info_bases, steps, zero_points, codebook,
-                  value_table, invalid_symbols, out16, out32, errors, threads: int | None = None,
-                  use_fast: bool = True) -> None:
-    """Decode the chunks of one tensor (rows of ``chunks``: offset, size, first row, symbol
-    count, output start) from ``buffer`` (read-only uint8) into ``out32`` (the bits of 32-bit
-    outputs: float32 values, int32 indices) or ``out16`` (binary16/bfloat16 patterns); the
-    other one is empty. ``errors[k] = (code, byte offset)`` for chunk k, code 0 on
-    success. ``params``: the int64 argument record of :mod:`~nncodec_rd.decoder.kernels`.
+def decode_chunks(tables: kernels.ChunkTables, batch: kernels.ChunkBatch,
+                  threads: int | None = None, use_fast: bool = True) -> None:
+    """Decode every chunk of ``batch`` (rows of ``batch.chunks``: offset, size, first row,
+    symbol count, output start, in ``batch.buffer``) into ``batch.out`` with one tensor's
+    ``tables``, writing ``batch.errors[k] = (code, byte offset)`` for chunk k, code 0 on
+    success. Build both with :func:`~nncodec_rd.decoder.kernels.chunk_tables` and
+    :func:`~nncodec_rd.decoder.kernels.chunk_batch`.
 
     The fast 4-lane kernel takes every chunk it can (when the tensor suits it and
     ``use_fast``); the general kernel decodes the others and finds the first fault of a broken
-    chunk. Only the kernels a tensor needs are compiled (on first use)."""
+    chunk. Only the signatures a tensor needs are compiled (on first use)."""
+    if batch.out.dtype != tables.value_table.dtype:
+        # Another pair of word types would compile a signature of its own, and store truncated
+        # or widened words.
+        raise TypeError(f"output words {batch.out.dtype} differ from the value table's "
+                        f"{tables.value_table.dtype}")
     threads = thread_count(threads)
-    count = len(chunks)
-    weight = int(chunks[:, kernels.C_SYMBOL_COUNT].sum()) if count else 0
-    previous = context_model == 1
+    count = len(batch.chunks)
+    weight = int(batch.chunks[:, kernels.C_SYMBOL_COUNT].sum()) if count else 0
     pending = np.arange(count, dtype=np.int64)
-    wide = len(out32) > 0 or len(out16) == 0
-    table = value_table if wide else value_table.astype(np.uint16)
-    out = out32 if wide else out16
-    kernel = first_kernel(params, context_model, wide, len(value_table), len(invalid_symbols))
-    if use_fast and count and kernel in FAST_KERNELS.values():
-        run_parallel(kernel, (buffer, chunks), pending,
-                     (params, slot_bytes, slot_words, symbol_info, next_slot_bases, next_info_bases,
-                      table, out, errors), threads, weight)
-        pending = np.flatnonzero(errors[:, 0] == kernels.RETRY).astype(np.int64)
+    kernel = first_kernel(tables)
+    if use_fast and count and kernel is not GENERAL_KERNEL:
+        run_parallel(kernel, tables, batch, pending, threads, weight)
+        pending = np.flatnonzero(batch.errors[:, 0] == kernels.RETRY).astype(np.int64)
     if len(pending):
-        run_parallel(GENERAL_KERNELS[wide], (buffer, chunks), pending,
-                     (params, slot_bytes, slot_words, symbol_info, symbol_contexts, steps,
-                      zero_points, codebook, table, invalid_symbols, out, errors), threads,
+        run_parallel(GENERAL_KERNEL, tables, batch, pending, threads,
                      weight * len(pending) // max(count, 1))
 
 
@@ -244,43 +280,35 @@ def right_matrix_product(coefficients, matrix, output_kind, out_f32, out_u16,
         future.result()
 
 
-def _empty_arguments():
-    """Arguments of every kernel's one signature, with nothing to decode."""
-    buffer = np.zeros(0, np.uint8)
-    buffer.flags.writeable = False
-    chunks = np.zeros((0, 5), np.int64)
-    ids = np.zeros(0, np.int64)
-    params = np.zeros(kernels.PARAMETER_COUNT, np.int64)
-    u64 = np.zeros(0, np.uint64)
-    slots = (np.zeros(0, np.uint8), np.zeros(0, np.uint16))
-    fast32 = (buffer, chunks, ids, params, *slots, u64, u64, u64, np.zeros(0, np.uint32),
-              np.zeros(0, np.uint32), np.zeros((0, 2), np.int64))
-    fast16 = (*fast32[:9], np.zeros(0, np.uint16), np.zeros(0, np.uint16), fast32[-1])
-    general32 = (buffer, chunks, ids, params, *slots, u64, np.zeros(0, np.int64),
-                 np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                 np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.uint32),
-                 np.zeros((0, 2), np.int64))
-    general16 = (*general32[:11], np.zeros(0, np.uint16), general32[12], np.zeros(0, np.uint16),
-                 general32[-1])
-    matrix = (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), kernels.OUTPUT_FLOAT32,
-              np.zeros(0, np.float32), np.zeros(0, np.uint16), 0, 0)
-    return {"fast_32": fast32, "fast_16": fast16, "general_32": general32,
-            "general_16": general16, "matrix": matrix}
+def _empty_arguments(width: int) -> tuple:
+    """A chunk kernel's arguments (tables, batch, chunk numbers) with nothing to decode and
+    output words of ``width`` bytes, built as every decode builds them."""
+    words = np.zeros(0, np.uint32 if width == 4 else np.uint16)
+    tables = kernels.chunk_tables(
+        value_table=words, **{name: 0 for name in kernels.SCALAR_FIELDS},
+        **{name: np.zeros(0, dtype) for name, dtype in kernels.TABLE_ARRAY_DTYPES.items()})
+    tables = kernels.with_slot_tables(tables, np.zeros(0, np.uint8), np.zeros(0, np.uint64))
+    batch = kernels.chunk_batch(np.zeros(0, np.uint8), np.zeros((0, 5), np.int64), words,
+                                np.zeros((0, 2), np.int64))
+    return tables, batch, np.zeros(0, np.int64)
+
+
+def _empty_product_arguments() -> tuple:
+    """The product kernel's arguments with nothing to compute."""
+    return (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), kernels.OUTPUT_FLOAT32,
+            np.zeros(0, np.float32), np.zeros(0, np.uint16), 0, 0)
 
 
 def warmup(progress=None) -> dict:
-    """Compile every kernel now (or load it from the cache), so that no later decode
-    compiles: for a Dockerfile step or an installer. Returns seconds per kernel;
-    ``progress(name, seconds)`` is called after each."""
+    """Compile every kernel signature now (or load it from the cache), so that no later decode
+    compiles: for a Dockerfile step or an installer. Returns seconds per signature (by
+    :func:`signature_name`); ``progress(name, seconds)`` is called after each."""
     global _announced
     _announced = True  # the caller reports progress itself: no notice about compiling
-    empty = _empty_arguments()
     timings = {}
-    for kernel in ALL_KERNELS:
-        name = _name(kernel)
-        arguments = (empty["matrix"] if kernel is kernels.right_matrix_rows else
-                     empty[("fast" if name.startswith("decode_fast") else "general")
-                           + name[-3:]])
+    for kernel, width in ALL_SIGNATURES:
+        name = signature_name(kernel, width)
+        arguments = _empty_product_arguments() if width is None else _empty_arguments(width)
         start = time.perf_counter()
         call(kernel, *arguments)
         timings[name] = time.perf_counter() - start

@@ -3,9 +3,17 @@
 Kernels never raise: they write an error code and the byte offset of the fault into a buffer the
 wrapper allocated, and :mod:`nncodec_rd.decoder.reader` turns codes into exceptions. They share no
 code with the encoder.
+
+Every chunk kernel takes three arguments: a tensor's tables and geometry (:class:`ChunkTables`,
+built by :func:`chunk_tables` and :func:`with_slot_tables`), what one call reads and writes
+(:class:`ChunkBatch`, built by :func:`chunk_batch`) and the numbers of the chunks to decode.
+Named fields instead of positional arguments: two arguments of one type cannot be swapped
+unnoticed, and the argument list is declared once.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple, get_type_hints
 
 import numpy as np
 from numba import njit
@@ -13,7 +21,7 @@ from numba import njit
 from ..format.constants import RANS_STATE_LOWER_BOUND, Limits
 from ..format.errors import ErrorCode
 
-# Output kinds of decode_chunks (what the kernel writes per element).
+# Output kinds of the chunk kernels (what they write per element; ChunkTables.output_kind).
 OUTPUT_INDEX = 0  # int32 index
 OUTPUT_FLOAT32 = 1  # float32 value
 OUTPUT_FLOAT16 = 2  # binary16 bits of the value
@@ -106,26 +114,108 @@ MAX_VALUE_TABLE_ENTRIES = 1 << 20
 _LOW32 = np.uint64(0xFFFFFFFF)
 _HIGH_SHIFT = np.uint64(32)
 
-# The kernels' scalar arguments, one int64 array (a kernel argument record): one type for
-# every file, so one compiled signature of each kernel serves them all. Indices into it:
-P_ROW_LENGTH = 0
-P_LANE_COUNT = 1
-P_PRECISION_BITS = 2
-P_CONTEXT_COUNT = 3
-P_CONTEXT_CENTER = 4
-P_ESCAPE_SYMBOL = 5  # -1: none
-P_INDEX_OFFSET = 6
-P_GRID_KIND = 7
-P_ROWS_PER_GROUP = 8
-P_CODEBOOK_FIRST = 9
-P_OUTPUT_KIND = 10
-P_WIDE_SLOTS = 11  # the slot table is the uint16 argument (alphabets over 256 symbols)
-P_WIDE_OUTPUT = 12  # 32-bit output elements (informative: each kernel has one width)
-P_ALPHABET_SIZE = 13
-P_FAST_ESCAPE = 14  # the escape symbol if some table can decode it, else -1
-P_FAST_ROWS_PER_GROUP = 15  # rows_per_group for the fast kernel's value table (0 for indices)
-P_CONTEXT_MODEL = 16  # 0: IID, 1: PREVIOUS_INDEX
-PARAMETER_COUNT = 17
+class ChunkTables(NamedTuple):
+    """One tensor's decoding tables and geometry, for one output width: the first argument of
+    every chunk kernel. Numba takes a named tuple of integers and arrays as one argument and
+    compiles one signature per tuple of field types, so the field types are fixed (build it
+    with :func:`chunk_tables`) and the only type that varies is ``value_table``'s, which has the
+    output's width: one signature of each kernel per width serves every file."""
+
+    # Rows (spec §5.2).
+    row_length: int  # coded row length: symbols per row
+    # Entropy coding (spec §7.2-§7.5).
+    lane_count: int
+    precision_bits: int
+    alphabet_size: int
+    context_model: int  # 0: IID, 1: PREVIOUS_INDEX
+    context_count: int
+    context_center: int
+    escape_symbol: int  # -1: none
+    fast_escape_symbol: int  # the escape symbol if some table can decode it, else -1
+    index_offset: int
+    # Grid and output (spec §6.1-§6.2, §6.5).
+    grid_kind: int  # GRID_UNIFORM or GRID_CODEBOOK
+    rows_per_group: int  # rows of one step group (0: one group for every row)
+    fast_rows_per_group: int  # the fast kernel's rows per value-table part (0 for indices)
+    codebook_first: int
+    output_kind: int  # OUTPUT_INDEX, OUTPUT_FLOAT32, OUTPUT_FLOAT16 or OUTPUT_BFLOAT16
+    wide_slots: int  # 1: the slot table is slot_words (alphabets over 256 symbols)
+    # spec §7.4 as lookup tables (see build_symbol_tables), contexts one after another.
+    slot_bytes: np.ndarray  # uint8 symbol of each slot; empty with wide_slots
+    slot_words: np.ndarray  # uint16 symbol of each slot; empty without wide_slots
+    symbol_info: np.ndarray  # uint64: frequency (low 32 bits) and start (high 32 bits)
+    symbol_contexts: np.ndarray  # int64 context that follows each direct symbol
+    next_slot_bases: np.ndarray  # uint64: where the slots of that context start
+    next_info_bases: np.ndarray  # uint64: where the symbol_info of that context starts
+    # The grid, for values computed per symbol (escapes, value tables left out).
+    steps: np.ndarray  # float32, one per step group
+    zero_points: np.ndarray  # int64, one per step group
+    codebook: np.ndarray  # float32
+    # What each direct symbol writes, per step group (see build_value_table), as output words:
+    # uint32 (float32 bits, int32 indices) or uint16 (binary16/bfloat16 patterns).
+    value_table: np.ndarray
+    invalid_symbols: np.ndarray  # uint8: direct symbols outside a codebook; empty: no check
+
+
+# chunk_tables' arguments: the scalar fields of ChunkTables, and the arrays it takes as they are
+# with their dtypes.
+SCALAR_FIELDS = tuple(name for name, kind in get_type_hints(ChunkTables).items()
+                      if kind is int and name != "wide_slots")
+TABLE_ARRAY_DTYPES = {"symbol_contexts": np.int64, "next_slot_bases": np.uint64,
+                      "next_info_bases": np.uint64, "steps": np.float32, "zero_points": np.int64,
+                      "codebook": np.float32, "invalid_symbols": np.uint8}
+
+
+def chunk_tables(*, value_table: np.ndarray, **fields) -> ChunkTables:
+    """The kernels' :class:`ChunkTables`, every field in its one type (Python ints, C-contiguous
+    arrays of the dtypes it documents), so that no call compiles a signature of its own:
+    ``fields`` are the :data:`SCALAR_FIELDS` and the arrays of :data:`TABLE_ARRAY_DTYPES`;
+    ``value_table`` (float32, int32 or uint16) becomes output words. The slot tables are left
+    empty: :func:`with_slot_tables` adds them (they are built at each decode, not held)."""
+    arrays = {name: np.ascontiguousarray(fields.pop(name), dtype)
+              for name, dtype in TABLE_ARRAY_DTYPES.items()}
+    words = np.uint32 if value_table.dtype.itemsize == 4 else np.uint16
+    return ChunkTables(**{name: int(value) for name, value in fields.items()}, **arrays,
+                       wide_slots=0, slot_bytes=np.zeros(0, np.uint8),
+                       slot_words=np.zeros(0, np.uint16), symbol_info=np.zeros(0, np.uint64),
+                       value_table=np.ascontiguousarray(value_table).view(words))
+
+
+def with_slot_tables(tables: ChunkTables, slot_symbols: np.ndarray,
+                     symbol_info: np.ndarray) -> ChunkTables:
+    """``tables`` with the lookup tables of :func:`build_symbol_tables`: ``slot_symbols``
+    (uint8, or uint16 for alphabets over 256 symbols) becomes ``slot_bytes`` or
+    ``slot_words``."""
+    wide = slot_symbols.dtype == np.uint16
+    slots = np.ascontiguousarray(slot_symbols, np.uint16 if wide else np.uint8)
+    return tables._replace(wide_slots=int(wide),
+                           slot_bytes=np.zeros(0, np.uint8) if wide else slots,
+                           slot_words=slots if wide else np.zeros(0, np.uint16),
+                           symbol_info=np.ascontiguousarray(symbol_info, np.uint64))
+
+
+class ChunkBatch(NamedTuple):
+    """What one call of a chunk kernel reads and writes (its second argument): build it with
+    :func:`chunk_batch`."""
+
+    buffer: np.ndarray  # uint8, read-only: the bytes holding the chunks (a file, or payloads)
+    chunks: np.ndarray  # int64, one row per chunk: columns C_OFFSET ... C_OUT_START
+    out: np.ndarray  # output words, the width of ChunkTables.value_table
+    errors: np.ndarray  # int64 (chunks, 2): error code (0: none) and byte offset, per chunk
+
+
+def chunk_batch(buffer: np.ndarray, chunks: np.ndarray, out: np.ndarray,
+                errors: np.ndarray) -> ChunkBatch:
+    """The kernels' :class:`ChunkBatch`: ``buffer`` as a read-only view (a mapped file is
+    read-only, and each signature costs seconds of compiling on first use), ``out`` (flat,
+    4- or 2-byte elements) as uint32 or uint16 words."""
+    if buffer.flags.writeable:
+        buffer = buffer.view()
+        buffer.flags.writeable = False
+    flat = out.reshape(-1)
+    return ChunkBatch(buffer, chunks, flat.view(np.uint32 if out.dtype.itemsize == 4
+                                                else np.uint16), errors)
+
 
 # Columns of the chunk table: one row per chunk.
 C_OFFSET, C_SIZE, C_FIRST_ROW, C_SYMBOL_COUNT, C_OUT_START = range(5)
@@ -261,28 +351,33 @@ def _slot_symbol(slot_bytes, slot_words, wide_slots, position):
 
 
 @_jit()
-def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row, params,
-                       previous_index_context, slot_bytes, slot_words, symbol_info,
-                       symbol_contexts,
-                       steps, zero_points, codebook, value_table, invalid_symbols, out, out_start,
-                       states, errors, chunk_number):
-    """Decode one chunk (spec §7.3-§7.7) into ``out`` (uint32 bits of float32 values or int32
-    indices, or uint16 binary16/bfloat16 patterns, as ``value_table``). The general kernel is
-    the slow path (escapes, other lane counts, faults), so the context model is a flag here
-    rather than a compiled variant: one compile serves both models."""
-    row_length = params[P_ROW_LENGTH]
-    lane_count = params[P_LANE_COUNT]
-    precision_bits = params[P_PRECISION_BITS]
-    context_count = params[P_CONTEXT_COUNT]
-    context_center = params[P_CONTEXT_CENTER]
-    escape_symbol = params[P_ESCAPE_SYMBOL]
-    index_offset = params[P_INDEX_OFFSET]
-    grid_kind = params[P_GRID_KIND]
-    rows_per_group = params[P_ROWS_PER_GROUP]
-    codebook_first = params[P_CODEBOOK_FIRST]
-    output_kind = params[P_OUTPUT_KIND]
-    wide_slots = params[P_WIDE_SLOTS] != 0
-    alphabet_size = params[P_ALPHABET_SIZE]
+def _decode_chunk_body(tables, batch, chunk_number, states):
+    """Decode chunk ``chunk_number`` of ``batch`` (spec §7.3-§7.7) into ``batch.out``, writing
+    ``batch.errors[chunk_number]`` on a fault; ``states`` holds the lanes' states. The general
+    kernel is the slow path (escapes, other lane counts, faults), so the context model is a flag
+    here rather than a compiled variant: one compile serves both models."""
+    buffer, out, errors = batch.buffer, batch.out, batch.errors
+    chunk = batch.chunks[chunk_number]
+    chunk_offset, chunk_size, first_row = chunk[C_OFFSET], chunk[C_SIZE], chunk[C_FIRST_ROW]
+    symbol_count, out_start = chunk[C_SYMBOL_COUNT], chunk[C_OUT_START]
+    row_length = tables.row_length
+    lane_count = tables.lane_count
+    precision_bits = tables.precision_bits
+    previous_index_context = tables.context_model == 1
+    context_count = tables.context_count
+    context_center = tables.context_center
+    escape_symbol = tables.escape_symbol
+    index_offset = tables.index_offset
+    grid_kind = tables.grid_kind
+    rows_per_group = tables.rows_per_group
+    codebook_first = tables.codebook_first
+    output_kind = tables.output_kind
+    wide_slots = tables.wide_slots != 0
+    alphabet_size = tables.alphabet_size
+    slot_bytes, slot_words, symbol_info = tables.slot_bytes, tables.slot_words, tables.symbol_info
+    symbol_contexts, value_table = tables.symbol_contexts, tables.value_table
+    steps, zero_points, codebook = tables.steps, tables.zero_points, tables.codebook
+    invalid_symbols = tables.invalid_symbols
     end = chunk_offset + chunk_size
     # spec §7.3: the chunk's fixed part, in the order the spec gives.
     if chunk_size < 4:
@@ -429,45 +524,17 @@ def _decode_chunk_body(buffer, chunk_offset, chunk_size, symbol_count, first_row
 
 
 @_jit(nogil=True)
-def decode_general_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words, symbol_info,
-                      symbol_contexts, steps, zero_points, codebook, value_table,
-                      invalid_symbols, out, errors):
-    """The general chunk kernel, 32-bit outputs (spec §7.3-§7.7): decodes chunks
-    ``chunk_ids`` of ``chunks`` (rows of offset, size, first row, symbol count, output start)
-    with every check, writing ``errors[k] = (code, byte offset)`` (code 0: success); ``out``
-    and ``value_table`` are uint32 (the bits of float32 values or int32 indices). Arguments:
-    see :func:`nncodec_rd.decoder.dispatch.decode_chunks`."""
-    states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
-    previous_index_context = params[P_CONTEXT_MODEL] == 1
+def decode_general(tables, batch, chunk_ids):
+    """The general chunk kernel (spec §7.3-§7.7): decodes chunks ``chunk_ids`` of ``batch``
+    (:class:`ChunkBatch`) with ``tables`` (:class:`ChunkTables`) and every check, writing
+    ``batch.errors[k] = (code, byte offset)`` (code 0: success). One compiled signature per
+    output width (uint32 or uint16 words, as ``tables.value_table`` and ``batch.out``)."""
+    states = np.empty(max(tables.lane_count, 1), dtype=np.uint64)
     for j in range(len(chunk_ids)):
         k = chunk_ids[j]
-        errors[k, 0] = 0
-        errors[k, 1] = 0
-        _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
-                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params,
-                           previous_index_context, slot_bytes, slot_words, symbol_info,
-                       symbol_contexts,
-                           steps, zero_points, codebook, value_table, invalid_symbols, out,
-                           chunks[k, C_OUT_START], states, errors, k)
-
-
-@_jit(nogil=True)
-def decode_general_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words, symbol_info,
-                      symbol_contexts, steps, zero_points, codebook, value_table,
-                      invalid_symbols, out, errors):
-    """:func:`decode_general_32` for 16-bit outputs (uint16 binary16/bfloat16 patterns)."""
-    states = np.empty(max(params[P_LANE_COUNT], 1), dtype=np.uint64)
-    previous_index_context = params[P_CONTEXT_MODEL] == 1
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        errors[k, 0] = 0
-        errors[k, 1] = 0
-        _decode_chunk_body(buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE],
-                           chunks[k, C_SYMBOL_COUNT], chunks[k, C_FIRST_ROW], params,
-                           previous_index_context, slot_bytes, slot_words, symbol_info,
-                       symbol_contexts,
-                           steps, zero_points, codebook, value_table, invalid_symbols, out,
-                           chunks[k, C_OUT_START], states, errors, k)
+        batch.errors[k, 0] = 0
+        batch.errors[k, 1] = 0
+        _decode_chunk_body(tables, batch, k, states)
 
 
 _U1 = np.uint64(1)
@@ -503,21 +570,18 @@ def _renormalize(state, buffer, position):
 
 
 @njit(inline="always")
-def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, first_row,
-                              row_length, precision_bits, previous_index_context, escape_symbol,
-                              slot_bytes, slot_words, wide_slots, symbol_info, next_slot_bases,
-                              next_info_bases, alphabet_size, rows_per_group, value_table, out,
-                              out_start):
-    """The fast kernel for one context model and, with ``escape_symbol`` -1, for no escape
-    symbol: both are constants where it is inlined, so the IID copy carries no context work and
-    the copy without escapes no escape test.
+def _decode_chunk_4lanes_body(tables, batch, chunk_number, previous_index_context,
+                              escape_symbol):
+    """The fast kernel for chunk ``chunk_number`` of ``batch``, for one context model and, with
+    ``escape_symbol`` -1, for no escape symbol: both are constants where it is inlined, so the
+    IID copy carries no context work and the copy without escapes no escape test.
 
-    ``out`` and ``value_table`` have the output's width (uint32 bits of float32 values or int32
-    indices, or uint16 binary16/bfloat16 patterns): each entry point has one width, so that the
-    store needs no test (a test per store costs a third of the speed).
+    ``batch.out`` and ``tables.value_table`` have the output's width (uint32 bits of float32
+    values or int32 indices, or uint16 binary16/bfloat16 patterns): each compiled signature has
+    one width, so that the store needs no test (a test per store costs a third of the speed).
 
     The common case of the chunk kernels, fast: 4 lanes, no escaped index in the chunk, every
-    output looked up in ``value_table`` (``rows_per_group`` 0: one table for every row), no
+    output looked up in ``value_table`` (``fast_rows_per_group`` 0: one table for every row), no
     codebook check; ``escape_symbol`` -1 when no escape symbol can be decoded. With
     ``previous_index_context`` (spec §7.4) a lane whose symbol is ``s`` next uses the table
     whose slots start at ``next_slot_bases[s]`` and symbols at ``next_info_bases[s]``.
@@ -530,6 +594,18 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
     Why it is faster: the four lanes' states (and tables) live in registers, the lanes staying
     in one order within each round of four symbols, and rounds read words without clamping or
     a per-symbol end check while at least 8 bytes, the most a round can read, are left."""
+    row_length = tables.row_length
+    precision_bits = tables.precision_bits
+    alphabet_size = tables.alphabet_size
+    rows_per_group = tables.fast_rows_per_group
+    wide_slots = tables.wide_slots != 0
+    slot_bytes, slot_words, symbol_info = tables.slot_bytes, tables.slot_words, tables.symbol_info
+    next_slot_bases, next_info_bases = tables.next_slot_bases, tables.next_info_bases
+    value_table = tables.value_table
+    buffer, out = batch.buffer, batch.out
+    chunk = batch.chunks[chunk_number]
+    chunk_offset, chunk_size, first_row = chunk[C_OFFSET], chunk[C_SIZE], chunk[C_FIRST_ROW]
+    symbol_count, out_start = chunk[C_SYMBOL_COUNT], chunk[C_OUT_START]
     end = np.uint64(chunk_offset + chunk_size)
     # spec §7.3 (a fault here: False, and the general kernel reports it).
     if chunk_size < 4 + 16 or _read_u32(buffer, chunk_offset) != 0:
@@ -632,157 +708,45 @@ def _decode_chunk_4lanes_body(buffer, chunk_offset, chunk_size, symbol_count, fi
             and state3 == STATE_LOWER_BOUND)
 
 
-@_jit(nogil=True)
-def decode_fast_iid_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
-                       symbol_info, next_slot_bases, next_info_bases, value_table, out,
-                       errors):
-    """The fast 4-lane kernel (see _decode_chunk_4lanes_body) for the IID model, no
-    escape symbol to look for, 32-bit outputs (``out``, ``value_table``: uint32):
-    chunks it cannot take get ``errors[k, 0] = RETRY`` for the general kernel. Its
-    seven siblings differ in context model, escape symbol and output width."""
-    escape_symbol = -1
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        if not _decode_chunk_4lanes_body(
-                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
-                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
-                symbol_info,
-                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
-            errors[k, 0] = RETRY
+# The fast kernels' entry points, one per context model and escape case (constants of the
+# inlined body, so that each compiles without the other cases' work); each has one compiled
+# signature per output width. A chunk one cannot take gets errors[k, 0] = RETRY for the general
+# kernel.
 
 
 @_jit(nogil=True)
-def decode_fast_iid_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
-                       symbol_info, next_slot_bases, next_info_bases, value_table, out,
-                       errors):
-    """:func:`decode_fast_iid_32` for the IID model, no escape symbol, 16-bit outputs (uint16)."""
-    escape_symbol = -1
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        if not _decode_chunk_4lanes_body(
-                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
-                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
-                symbol_info,
-                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
-            errors[k, 0] = RETRY
+def decode_fast_iid(tables, batch, chunk_ids):
+    """The fast 4-lane kernel (see _decode_chunk_4lanes_body), IID model, no escape symbol to
+    look for: decodes chunks ``chunk_ids`` of ``batch`` (:class:`ChunkBatch`) with ``tables``
+    (:class:`ChunkTables`)."""
+    for k in chunk_ids:
+        if not _decode_chunk_4lanes_body(tables, batch, k, False, -1):
+            batch.errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_iid_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
-                              symbol_info, next_slot_bases, next_info_bases, value_table, out,
-                              errors):
-    """:func:`decode_fast_iid_32` for the IID model, an escape symbol that
-    can be decoded, 32-bit outputs (uint32)."""
-    escape_symbol = params[P_FAST_ESCAPE]
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        if not _decode_chunk_4lanes_body(
-                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
-                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
-                symbol_info,
-                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
-            errors[k, 0] = RETRY
+def decode_fast_iid_escape(tables, batch, chunk_ids):
+    """:func:`decode_fast_iid` for the IID model with an escape symbol that can be decoded."""
+    for k in chunk_ids:
+        if not _decode_chunk_4lanes_body(tables, batch, k, False, tables.fast_escape_symbol):
+            batch.errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_iid_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
-                              symbol_info, next_slot_bases, next_info_bases, value_table, out,
-                              errors):
-    """:func:`decode_fast_iid_32` for the IID model, an escape symbol that
-    can be decoded, 16-bit outputs (uint16)."""
-    escape_symbol = params[P_FAST_ESCAPE]
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        if not _decode_chunk_4lanes_body(
-                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
-                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                False, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
-                symbol_info,
-                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
-            errors[k, 0] = RETRY
+def decode_fast_previous(tables, batch, chunk_ids):
+    """:func:`decode_fast_iid` for the PREVIOUS_INDEX model, no escape symbol to look for."""
+    for k in chunk_ids:
+        if not _decode_chunk_4lanes_body(tables, batch, k, True, -1):
+            batch.errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)
-def decode_fast_previous_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
-                            symbol_info, next_slot_bases, next_info_bases, value_table, out,
-                            errors):
-    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 32-bit
-    outputs (uint32)."""
-    escape_symbol = -1
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        if not _decode_chunk_4lanes_body(
-                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
-                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
-                symbol_info,
-                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
-            errors[k, 0] = RETRY
-
-
-@_jit(nogil=True)
-def decode_fast_previous_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
-                            symbol_info, next_slot_bases, next_info_bases, value_table, out,
-                            errors):
-    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, no escape symbol, 16-bit
-    outputs (uint16)."""
-    escape_symbol = -1
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        if not _decode_chunk_4lanes_body(
-                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
-                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
-                symbol_info,
-                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
-            errors[k, 0] = RETRY
-
-
-@_jit(nogil=True)
-def decode_fast_previous_escape_32(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
-                                   symbol_info, next_slot_bases, next_info_bases, value_table, out,
-                                   errors):
-    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, an escape symbol that
-    can be decoded, 32-bit outputs (uint32)."""
-    escape_symbol = params[P_FAST_ESCAPE]
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        if not _decode_chunk_4lanes_body(
-                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
-                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
-                symbol_info,
-                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
-            errors[k, 0] = RETRY
-
-
-@_jit(nogil=True)
-def decode_fast_previous_escape_16(buffer, chunks, chunk_ids, params, slot_bytes, slot_words,
-                                   symbol_info, next_slot_bases, next_info_bases, value_table, out,
-                                   errors):
-    """:func:`decode_fast_iid_32` for the PREVIOUS_INDEX model, an escape symbol that
-    can be decoded, 16-bit outputs (uint16)."""
-    escape_symbol = params[P_FAST_ESCAPE]
-    for j in range(len(chunk_ids)):
-        k = chunk_ids[j]
-        if not _decode_chunk_4lanes_body(
-                buffer, chunks[k, C_OFFSET], chunks[k, C_SIZE], chunks[k, C_SYMBOL_COUNT],
-                chunks[k, C_FIRST_ROW], params[P_ROW_LENGTH], params[P_PRECISION_BITS],
-                True, escape_symbol, slot_bytes, slot_words, params[P_WIDE_SLOTS] != 0,
-                symbol_info,
-                next_slot_bases, next_info_bases, params[P_ALPHABET_SIZE],
-                params[P_FAST_ROWS_PER_GROUP], value_table, out, chunks[k, C_OUT_START]):
-            errors[k, 0] = RETRY
+def decode_fast_previous_escape(tables, batch, chunk_ids):
+    """:func:`decode_fast_iid` for the PREVIOUS_INDEX model with an escape symbol that can be
+    decoded."""
+    for k in chunk_ids:
+        if not _decode_chunk_4lanes_body(tables, batch, k, True, tables.fast_escape_symbol):
+            batch.errors[k, 0] = RETRY
 
 
 @_jit(nogil=True)

@@ -7,6 +7,7 @@ demand with the Numba kernels; only the output and small per-chunk state are all
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import threading
@@ -192,43 +193,36 @@ class ChunkDecoder:
         """Bytes of the tables held (the slot table is built at each decode, not held)."""
         return sum(value.nbytes for value in vars(self).values() if isinstance(value, np.ndarray))
 
-    def kernel_arguments(self, output_kind_width: int) -> tuple:
-        """The int64 argument record and the tables of the kernels (see
-        :mod:`~nncodec_rd.decoder.kernels`), for outputs of ``output_kind_width`` bytes."""
+    @functools.cached_property
+    def kernel_tables(self) -> kernels.ChunkTables:
+        """The chunk kernels' first argument (:class:`~nncodec_rd.decoder.kernels.ChunkTables`),
+        derived once; without the slot tables, which :meth:`decode` adds at each decode."""
         alphabet_size = int(self.frequencies.shape[1])
-        params = np.zeros(kernels.PARAMETER_COUNT, dtype=np.int64)
-        params[kernels.P_ROW_LENGTH] = self.row_length
-        params[kernels.P_LANE_COUNT] = self.lane_count
-        params[kernels.P_PRECISION_BITS] = self.precision_bits
-        params[kernels.P_CONTEXT_COUNT] = self.context_count
-        params[kernels.P_CONTEXT_CENTER] = self.context_center
-        params[kernels.P_ESCAPE_SYMBOL] = self.escape_symbol
-        params[kernels.P_INDEX_OFFSET] = self.index_offset
-        params[kernels.P_GRID_KIND] = self.grid_kind
-        params[kernels.P_ROWS_PER_GROUP] = self.rows_per_group
-        params[kernels.P_CODEBOOK_FIRST] = self.codebook_first
-        params[kernels.P_OUTPUT_KIND] = self.output_kind
-        params[kernels.P_WIDE_SLOTS] = alphabet_size > 256
-        params[kernels.P_WIDE_OUTPUT] = output_kind_width == 4
-        params[kernels.P_ALPHABET_SIZE] = alphabet_size
-        params[kernels.P_CONTEXT_MODEL] = self.context_model
         # An escape symbol of frequency 0 in every table is never decoded: the fast kernel need
         # not look for it.
         escape = self.escape_symbol
-        params[kernels.P_FAST_ESCAPE] = (escape if escape >= 0 and self.frequencies.size
-                                         and self.frequencies[:, escape].any() else -1)
-        params[kernels.P_FAST_ROWS_PER_GROUP] = (self.rows_per_group if self.output_kind
-                                                 != kernels.OUTPUT_INDEX else 0)
+        fast_escape_symbol = (escape if escape >= 0 and self.frequencies.size
+                              and self.frequencies[:, escape].any() else -1)
         # spec §7.4: the table that follows each direct symbol, as the bases of its two parts.
         if self.context_model == 1:
-            next_slot_bases = (self.symbol_contexts << self.precision_bits).astype(np.uint64)
-            next_info_bases = (self.symbol_contexts * alphabet_size).astype(np.uint64)
+            next_slot_bases = self.symbol_contexts << self.precision_bits
+            next_info_bases = self.symbol_contexts * alphabet_size
         else:
             next_slot_bases = next_info_bases = np.zeros(alphabet_size, dtype=np.uint64)
-        table = self.value_table
-        value_table = (table.view(np.uint32) if table.dtype.itemsize == 4
-                       else table.astype(np.uint32))
-        return params, next_slot_bases, next_info_bases, value_table
+        return kernels.chunk_tables(
+            row_length=self.row_length, lane_count=self.lane_count,
+            precision_bits=self.precision_bits, alphabet_size=alphabet_size,
+            context_model=self.context_model, context_count=self.context_count,
+            context_center=self.context_center, escape_symbol=self.escape_symbol,
+            fast_escape_symbol=fast_escape_symbol, index_offset=self.index_offset,
+            grid_kind=self.grid_kind, rows_per_group=self.rows_per_group,
+            fast_rows_per_group=(self.rows_per_group if self.output_kind != kernels.OUTPUT_INDEX
+                                 else 0),
+            codebook_first=self.codebook_first, output_kind=self.output_kind,
+            symbol_contexts=self.symbol_contexts, next_slot_bases=next_slot_bases,
+            next_info_bases=next_info_bases, steps=self.steps, zero_points=self.zero_points,
+            codebook=self.codebook, value_table=self.value_table,
+            invalid_symbols=self.invalid_symbols)
 
     def decode(self, buffer: np.ndarray, offsets, sizes, first_rows, counts, out_starts,
                out: np.ndarray, chunk_numbers, file_offsets=None, threads: int | None = None,
@@ -246,36 +240,24 @@ class ChunkDecoder:
         ``"general"`` (general kernel)."""
         if method not in ("auto", "small", "kernels", "general"):
             raise ValueError(f"unknown decoding method {method!r}")
-        params, next_slot_bases, next_info_bases, value_table = self.kernel_arguments(
-            out.dtype.itemsize)
+        tables = self.kernel_tables
         symbols = int(np.sum(counts))
         if method == "small" or (
                 method == "auto" and symbols <= small.SMALL_TENSOR_SYMBOLS
-                and not dispatch.is_loaded(dispatch.first_kernel(
-                    params, self.context_model, out.dtype.itemsize == 4, len(value_table),
-                    len(self.invalid_symbols)))
+                and not dispatch.is_loaded(dispatch.first_kernel(tables), out.dtype.itemsize)
                 and small.worth_it(symbols)):
             if small.decode_small(self, buffer, offsets, sizes, first_rows, counts, out_starts,
                                   out):
                 return
             if method == "small":
                 raise RuntimeError("the Python decoder declined a chunk")
-        slot_symbols, symbol_info = kernels.build_symbol_tables(self.frequencies,
-                                                                self.precision_bits)
-        errors = np.zeros((len(offsets), 2), dtype=np.int64)
-        if buffer.flags.writeable:
-            # One type for every buffer (a mapped file is read-only): each Numba signature of
-            # the kernels costs seconds of compiling on first use.
-            buffer = buffer.view()
-            buffer.flags.writeable = False
+        tables = kernels.with_slot_tables(
+            tables, *kernels.build_symbol_tables(self.frequencies, self.precision_bits))
         chunks = np.empty((len(offsets), 5), dtype=np.int64)
         for column, values in enumerate((offsets, sizes, first_rows, counts, out_starts)):
             chunks[:, column] = values
-        dispatch.decode_chunks(buffer, chunks, params, self.context_model,
-                               *_slot_tables(slot_symbols), symbol_info,
-                               self.symbol_contexts, next_slot_bases, next_info_bases,
-                               self.steps, self.zero_points, self.codebook, value_table,
-                               self.invalid_symbols, *_output_words(out), errors,
+        errors = np.zeros((len(offsets), 2), dtype=np.int64)
+        dispatch.decode_chunks(tables, kernels.chunk_batch(buffer, chunks, out, errors),
                                threads=threads, use_fast=method != "general")
         if errors[:, 0].any():
             k = int(np.flatnonzero(errors[:, 0])[0])
@@ -285,21 +267,6 @@ class ChunkDecoder:
                 at += int(file_offsets[k]) - int(offsets[k])
             raise error_for_code(code, _KERNEL_MESSAGES[code],
                                  field=f"{self.field}[{int(chunk_numbers[k])}]", offset=at)
-
-
-def _slot_tables(slot_symbols: np.ndarray) -> tuple:
-    """The slot table as the kernels' two arguments: (uint8 table, uint16 table), one empty."""
-    if slot_symbols.dtype == np.uint8:
-        return slot_symbols, np.zeros(0, np.uint16)
-    return np.zeros(0, np.uint8), slot_symbols
-
-
-def _output_words(out: np.ndarray) -> tuple:
-    """``out`` (flat) as the kernels' two outputs: (uint16 patterns, uint32 bits), one empty."""
-    flat = out.reshape(-1)
-    if out.dtype.itemsize == 4:
-        return np.zeros(0, np.uint16), flat.view(np.uint32)
-    return flat.view(np.uint16), np.zeros(0, np.uint32)
 
 
 @contextlib.contextmanager

@@ -119,8 +119,8 @@ def test_decoding_works_when_no_cache_folder_is_writable(tmp_path):
 def test_compiling_is_announced_once_per_process(monkeypatch, caplog):
     monkeypatch.setattr(dispatch, "_announced", False)
     with caplog.at_level(logging.DEBUG, logger="nncodec_rd"):
-        dispatch._announce(kernels.decode_fast_iid_32)
-        dispatch._announce(kernels.decode_general_32)
+        dispatch._announce("decode_fast_iid_32")
+        dispatch._announce("decode_general_32")
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "compiling the decoder's kernels" in warnings[0].getMessage()
@@ -128,17 +128,17 @@ def test_compiling_is_announced_once_per_process(monkeypatch, caplog):
 
 
 def test_warmup_compiles_each_kernel_and_then_nothing_compiles(monkeypatch):
-    monkeypatch.setattr(dispatch, "ALL_KERNELS", (kernels.decode_fast_iid_32,))
+    monkeypatch.setattr(dispatch, "ALL_SIGNATURES", ((kernels.decode_fast_iid, 4),))
     seen = []
     timings = dispatch.warmup(progress=lambda name, seconds: seen.append(name))
     assert list(timings) == seen == ["decode_fast_iid_32"]
-    assert dispatch.is_compiled(kernels.decode_fast_iid_32)
+    assert dispatch.is_compiled(kernels.decode_fast_iid, 4)
 
 
 def test_warmup_command_reports_each_kernel_and_the_cache(monkeypatch, capsys):
     from nncodec_rd.cli import main
 
-    monkeypatch.setattr(dispatch, "ALL_KERNELS", (kernels.decode_fast_iid_32,))
+    monkeypatch.setattr(dispatch, "ALL_SIGNATURES", ((kernels.decode_fast_iid, 4),))
     assert main(["warmup"]) == 0
     err = capsys.readouterr().err
     assert "decode_fast_iid_32:" in err

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from nncodec_rd.conformance.strategies import frequency_tables
 from nncodec_rd.decoder import dispatch, kernels
-from nncodec_rd.decoder.reader import ChunkDecoder, _output_words, _slot_tables
+from nncodec_rd.decoder.reader import ChunkDecoder
 from nncodec_rd.encoder.rans import encode_chunk
 
 
@@ -114,18 +114,13 @@ def _decode(case, decoder, use_fast):
         case["output_kind"], np.uint16)
     out = np.zeros(chunk_count * count, dtype)
     errors = np.zeros((chunk_count, 2), np.int64)
-    params, next_slot_bases, next_info_bases, value_table = decoder.kernel_arguments(
-        out.dtype.itemsize)
-    slot_symbols, symbol_info = kernels.build_symbol_tables(decoder.frequencies,
-                                                            decoder.precision_bits)
-    buffer = case["buffer"]
-    arguments = (params, decoder.context_model, *_slot_tables(slot_symbols), symbol_info,
-                 decoder.symbol_contexts, next_slot_bases, next_info_bases, decoder.steps,
-                 decoder.zero_points, decoder.codebook, value_table, decoder.invalid_symbols,
-                 *_output_words(out), errors)
-    dispatch.decode_chunks(buffer, chunks, *arguments, threads=2, use_fast=use_fast)
+    tables = kernels.with_slot_tables(
+        decoder.kernel_tables,
+        *kernels.build_symbol_tables(decoder.frequencies, decoder.precision_bits))
+    batch = kernels.chunk_batch(case["buffer"], chunks, out, errors)
+    dispatch.decode_chunks(tables, batch, threads=2, use_fast=use_fast)
     parts = [out[k * count:(k + 1) * count].tobytes() for k in range(chunk_count)]
-    return parts, errors, chunks, arguments
+    return parts, errors, tables, batch
 
 
 @settings(max_examples=400, deadline=None)
@@ -149,7 +144,7 @@ def test_fast_kernel_agrees_with_the_general_kernels(case):
                            frequencies, symbol_contexts, kernels.GRID_UNIFORM,
                            case["rows_per_group"], steps, zero_points, np.zeros(0, np.float32),
                            0, value_table, invalid_symbols[:0], case["output_kind"])
-    fast_parts, errors_fast, chunks, arguments = _decode(case, decoder, True)
+    fast_parts, errors_fast, tables, batch = _decode(case, decoder, True)
     general_parts, errors_general, _, _ = _decode(case, decoder, False)
     assert errors_fast.tolist() == errors_general.tolist()
     for k in range(chunk_count):
@@ -157,19 +152,12 @@ def test_fast_kernel_agrees_with_the_general_kernels(case):
             assert fast_parts[k] == general_parts[k]
     # The fast kernel itself accepts every intact chunk it is meant for (it is not just
     # falling back every time).
-    params = arguments[0]
-    wide = case["output_kind"] in (kernels.OUTPUT_FLOAT32, kernels.OUTPUT_INDEX)
     kernel = dispatch.FAST_KERNELS[(case["context_model"] == 1,
-                                    bool(params[kernels.P_FAST_ESCAPE] >= 0), wide)]
-    (_, _, slot_bytes, slot_words, symbol_info, _, next_slot_bases, next_info_bases, _, _, _,
-     table, _,
-     words16, words32, _) = arguments
+                                    tables.fast_escape_symbol >= 0)]
     for k in range(chunk_count):
         if (case["lane_count"] == 4 and case["intact"][k] and errors_general[k, 0] == 0
                 and struct.unpack_from("<I", case["buffer"], case["offsets"][k])[0] == 0):
             errors = np.zeros((chunk_count, 2), np.int64)
-            kernel(case["buffer"], chunks, np.array([k], np.int64), params, slot_bytes,
-                   slot_words, symbol_info, next_slot_bases, next_info_bases,
-                   table if wide else table.astype(np.uint16),
-                   words32.copy() if wide else words16.copy(), errors)
+            kernel(tables, batch._replace(out=batch.out.copy(), errors=errors),
+                   np.array([k], np.int64))
             assert errors[k, 0] == 0
