@@ -76,7 +76,10 @@ GRID_CHOICE_SUFFIX = "+grid"
 
 
 def curve_label(method: str, grid_choice: str) -> str:
-    """The name of a curve: the method, with :data:`GRID_CHOICE_SUFFIX` for per-layer grids."""
+    """The name of a curve: the method alone with the library's default grid choice
+    (``auto``), else with :data:`GRID_CHOICE_SUFFIX` where the layers pick their grids."""
+    if grid_choice == "auto":
+        return method
     return method + (GRID_CHOICE_SUFFIX if resolved_grid_choice(grid_choice, method) == "rd"
                      else "")
 
@@ -325,11 +328,11 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
     parser.add_argument("--qps", default=",".join(map(str, qps)),
                         help="NNCodec quantization parameters ('' to skip NNCodec)")
     parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
-    parser.add_argument("--grid-choice", default="fixed", choices=("fixed", "rd", "auto", "both"),
-                        help="fixed (default, the curves of docs/rate-fidelity.md): the λ rule's "
-                             "grid for every layer; rd: each layer picks its grid by "
-                             "rate-distortion (curves named METHOD+grid); auto: the library's "
-                             "default; both: fixed and rd")
+    parser.add_argument("--grid-choice", default="auto", choices=("fixed", "rd", "auto", "both"),
+                        help="auto (default): the library's default, what users get (curves "
+                             "named METHOD); fixed: the λ rule's grid for every layer; rd: each "
+                             "layer picks its grid by rate-distortion (curves named METHOD+grid); "
+                             "both: fixed and rd")
     parser.add_argument("--pipeline", default="whole", choices=("whole", "sequential", "both"),
                         help="whole (default): Hessians of the whole model at once; sequential: "
                              "block by block, each block calibrated on the quantized blocks "
