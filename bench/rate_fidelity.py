@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bench.nncodec_peer import find_nncodec_python, run_nncodec_sweep
+from bench.run_info import run_info
 from nncodec_rd import decode_speed
 from nncodec_rd.encoder.entropy import EntropySettings
 from nncodec_rd.encoder.methods import METHODS, resolved_grid_choice
@@ -342,6 +343,7 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                         help="keep the stored results (OUTPUT.json) of the methods not run now, "
                              "and its NNCodec curve if NNCodec is skipped")
     arguments = parser.parse_args(argv)
+    measured_at = run_info()  # the code measured: HEAD when the run starts
     factors = [float(f) for f in arguments.lam_factors.split(",")]
     chosen_qps = [int(q) for q in arguments.qps.split(",") if q.strip()]
     if arguments.quick:
@@ -356,8 +358,11 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                                             else (arguments.grid_choice,)),
                               pipelines=(("whole", "sequential") if arguments.pipeline == "both"
                                          else (arguments.pipeline,)))
+    report.update(measured_at)
     if arguments.merge and os.path.exists(arguments.output + ".json"):
+        # the stored curves kept were measured at other commits: the page must say so
         report = merge_reports(load_report(arguments.output + ".json"), report)
+        report["merged"] = True
     write_report(report, arguments.output)
     with open(arguments.output + ".md", encoding="utf-8") as stream:
         print(stream.read())
