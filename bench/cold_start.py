@@ -75,7 +75,8 @@ def write_tiny(path: str) -> None:
     indices = np.random.default_rng(0).integers(-8, 9, size=(16, 16))
     with NrdWriter(path) as writer:
         writer.add_indices("w", indices, UniformGrid(steps=0.01), "float32",
-                           settings=EntropySettings(lane_count=4, context_model="iid"))
+                           settings=EntropySettings(choose_precision=False,
+                                                    lane_count=4, context_model="iid"))
 
 
 def write_every_kind(path: str) -> None:
@@ -91,17 +92,20 @@ def write_every_kind(path: str) -> None:
     with NrdWriter(path) as writer:
         for dtype in ("float32", "float16", "bfloat16"):
             for context in ("iid", "previous"):
-                settings = EntropySettings(lane_count=4, context_model=context)
+                settings = EntropySettings(choose_precision=False,
+                                           lane_count=4, context_model=context)
                 writer.add_indices(f"{dtype}.{context}.small", small, UniformGrid(0.01), dtype,
                                    settings=settings)
                 writer.add_indices(f"{dtype}.{context}.large", large, UniformGrid(0.001), dtype,
                                    settings=settings)
                 writer.add_indices(f"{dtype}.{context}.escapes", small, UniformGrid(0.01), dtype,
-                                   settings=EntropySettings(lane_count=4, context_model=context,
+                                   settings=EntropySettings(choose_precision=False,
+                                                            lane_count=4, context_model=context,
                                                             max_alphabet_size=16))
         writer.add_indices("codebook", np.clip(small, -4, 4) + 4,
                            CodebookGrid(np.linspace(-1, 1, 9)), "float32",
-                           settings=EntropySettings(lane_count=2, context_model="iid"))
+                           settings=EntropySettings(choose_precision=False,
+                                                    lane_count=2, context_model="iid"))
         writer.add_raw("basis", rng.standard_normal((96, 32)).astype(np.float32))
         writer.add_indices("projected", small, UniformGrid(0.01), "bfloat16",
                            transform=RightMatrixTransform("basis"))

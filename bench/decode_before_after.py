@@ -64,15 +64,17 @@ def write_file(path: str) -> None:
     indices = draw_indices(20_000_000, "laplace", 3.0, 0).reshape(4000, 5000)
     rng = np.random.default_rng(0)
     wide = np.clip(np.rint(rng.laplace(scale=300.0, size=(2000, 5000))), -4000, 4000)
-    iid = EntropySettings(lane_count=4, context_model="iid")
+    iid = EntropySettings(choose_precision=False, lane_count=4, context_model="iid")
     with NrdWriter(path) as writer:
         writer.add_indices("float32 IID", indices, UniformGrid(0.01), "float32", settings=iid)
         writer.add_indices("float16 IID", indices, UniformGrid(0.01), "float16", settings=iid)
         writer.add_indices("float32 PREVIOUS_INDEX", indices, UniformGrid(0.01), "float32",
-                           settings=EntropySettings(lane_count=4, context_model="previous"))
+                           settings=EntropySettings(choose_precision=False,
+                                                    lane_count=4, context_model="previous"))
         writer.add_indices("float32 4096 symbols + escapes", wide.astype(np.int64),
                            UniformGrid(0.001), "float32",
-                           settings=EntropySettings(lane_count=4, context_model="iid",
+                           settings=EntropySettings(choose_precision=False,
+                                                    lane_count=4, context_model="iid",
                                                     max_alphabet_size=4096))
 
 

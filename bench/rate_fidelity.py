@@ -87,7 +87,7 @@ def curve_label(method: str, grid_choice: str) -> str:
 
 def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivity: bool = True,
              per_channel: bool = False, grid_scale: float = 1.0, lams: dict | None = None,
-             entropy: EntropySettings | None = None, grid_choices=("fixed",),
+             entropy: EntropySettings | None = None, grid_choices=("auto",),
              pipelines=("whole",)) -> dict:
     """Every method (for each of ``grid_choices`` and ``pipelines``: ``"whole"``, the
     :class:`ModelEncoder` of the whole model, ``"sequential"``, the block-sequential encoder of
@@ -344,6 +344,14 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                              "and its NNCodec curve if NNCodec is skipped")
     arguments = parser.parse_args(argv)
     measured_at = run_info()  # the code measured: HEAD when the run starts
+    stored = None
+    if arguments.merge and os.path.exists(arguments.output + ".json"):
+        stored = load_report(arguments.output + ".json")
+        if stored.get("grid_choice", "fixed") != arguments.grid_choice:
+            # curves are named by method alone under auto and fixed alike: never mix them
+            parser.error(f"--merge: {arguments.output}.json holds --grid-choice "
+                         f"{stored.get('grid_choice', 'fixed')} curves, not "
+                         f"{arguments.grid_choice}")
     factors = [float(f) for f in arguments.lam_factors.split(",")]
     chosen_qps = [int(q) for q in arguments.qps.split(",") if q.strip()]
     if arguments.quick:
@@ -358,10 +366,10 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                                             else (arguments.grid_choice,)),
                               pipelines=(("whole", "sequential") if arguments.pipeline == "both"
                                          else (arguments.pipeline,)))
-    report.update(measured_at)
-    if arguments.merge and os.path.exists(arguments.output + ".json"):
+    report.update(measured_at, grid_choice=arguments.grid_choice)
+    if stored is not None:
         # the stored curves kept were measured at other commits: the page must say so
-        report = merge_reports(load_report(arguments.output + ".json"), report)
+        report = merge_reports(stored, report)
         report["merged"] = True
     write_report(report, arguments.output)
     with open(arguments.output + ".md", encoding="utf-8") as stream:

@@ -88,7 +88,8 @@ def bench_nrd(indices: np.ndarray, folder: str, repeats: int, lanes: int) -> lis
     start = time.perf_counter()
     with NrdWriter(path) as writer:
         writer.add_indices("w", indices, UniformGrid(0.01), "float32",
-                           settings=EntropySettings(context_model="iid", lane_count=lanes))
+                           settings=EntropySettings(choose_precision=False,
+                                                    context_model="iid", lane_count=lanes))
     encode_seconds = time.perf_counter() - start
     size = os.path.getsize(path)
     results = []

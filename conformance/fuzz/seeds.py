@@ -32,12 +32,15 @@ VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 
 def _write(build) -> bytes:
     """The bytes of the file ``build(writer)`` writes."""
+    from nncodec_rd.conformance.recipes import recipe_entropy
     from nncodec_rd.encoder.writer import NrdWriter
 
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, "seed.nrd")
     try:
-        writer = NrdWriter(path, metadata=getattr(build, "metadata", None))
+        # the recipes' pinned entropy settings: seeds keep their precision whatever the defaults
+        writer = NrdWriter(path, metadata=getattr(build, "metadata", None),
+                           entropy=recipe_entropy())
         with writer:
             build(writer)
         return Path(path).read_bytes()
@@ -53,7 +56,7 @@ def feature_files() -> dict[str, bytes]:
 
     from nncodec_rd.conformance.annex_example import build_example
     from nncodec_rd.format.grids import CodebookGrid, RightMatrixTransform, UniformGrid
-    from nncodec_rd.encoder.entropy import EntropySettings
+    from nncodec_rd.conformance.recipes import recipe_entropy
 
     rng = np.random.default_rng(5)
     small = rng.integers(-3, 4, size=(6, 10))
@@ -73,17 +76,17 @@ def feature_files() -> dict[str, bytes]:
         "w", small, CodebookGrid(np.linspace(-1, 1, 9), first_index=-4), "float32"))
     add("escapes", lambda w: w.add_indices(
         "w", np.where(small == 3, 900, small), UniformGrid(0.5), "float32",
-        settings=EntropySettings(max_alphabet_size=5)))
+        settings=recipe_entropy(max_alphabet_size=5)))
     add("context_previous", lambda w: w.add_indices(
         "w", wide, UniformGrid(0.5), "float32",
-        settings=EntropySettings(context_model="previous", context_count=5)))
+        settings=recipe_entropy(context_model="previous", context_count=5)))
     for lanes in (1, 3, 32):
         add(f"lanes_{lanes}", lambda w, lanes=lanes: w.add_indices(
-            "w", wide, UniformGrid(0.5), "float32", settings=EntropySettings(lane_count=lanes)))
+            "w", wide, UniformGrid(0.5), "float32", settings=recipe_entropy(lane_count=lanes)))
     add("many_chunks", lambda w: w.add_indices(
-        "w", wide, UniformGrid(0.5), "float32", settings=EntropySettings(symbols_per_chunk=16)))
+        "w", wide, UniformGrid(0.5), "float32", settings=recipe_entropy(symbols_per_chunk=16)))
     add("precision_bits_10", lambda w: w.add_indices(
-        "w", wide, UniformGrid(0.5), "float32", settings=EntropySettings(precision_bits=10)))
+        "w", wide, UniformGrid(0.5), "float32", settings=recipe_entropy(precision_bits=10)))
 
     def transform(w):
         w.add_raw("basis", rng.standard_normal((4, 12)).astype(np.float32))
@@ -125,10 +128,10 @@ def one_symbol_file(rows: int, columns: int, rows_per_chunk: int) -> bytes:
     every chunk is the same 20 bytes, however many symbols it codes (spec §9 note)."""
     from nncodec_rd.conformance.mutators import mutate_header
     from nncodec_rd.format.grids import UniformGrid
-    from nncodec_rd.encoder.entropy import EntropySettings
+    from nncodec_rd.conformance.recipes import recipe_entropy
 
     small = _write(lambda w: w.add_indices("w", np.zeros((1, 8), np.int64), UniformGrid(0.5),
-                                           "float32", settings=EntropySettings(symbols_per_chunk=8)))
+                                           "float32", settings=recipe_entropy(symbols_per_chunk=8)))
 
     def grow(header, payloads):
         body = header["tensors"][0]["body"]
@@ -155,9 +158,9 @@ def transform_bomb(rows: int, inner: int, columns: int) -> bytes:
     one-symbol tables: ``rows * inner * columns`` multiply-adds to decode."""
     from nncodec_rd.conformance.mutators import mutate_header
     from nncodec_rd.format.grids import RightMatrixTransform, UniformGrid
-    from nncodec_rd.encoder.entropy import EntropySettings
+    from nncodec_rd.conformance.recipes import recipe_entropy
 
-    one_chunk = EntropySettings(symbols_per_chunk=8)
+    one_chunk = recipe_entropy(symbols_per_chunk=8)
     small = _write(lambda w: (
         w.add_indices("product", np.ones((1, 1), np.int64), UniformGrid(0.5), "float32",
                       transform=RightMatrixTransform("basis"), settings=one_chunk),

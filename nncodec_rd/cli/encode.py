@@ -242,8 +242,8 @@ def add_command(commands) -> None:
                     "weights file by rounding to a uniform grid (data-free rtn) and entropy-code "
                     "them; other tensors are stored raw. With a model (--calibration or "
                     "--model): quantize the layers of a torch.nn.Module with one global "
-                    "rate-distortion trade-off lambda, using calibration inputs (rtn, optq, "
-                    "optq-rd, cerwu), and store the rest of its state dict raw.",
+                    "rate-distortion trade-off lambda, using calibration inputs (see --method), "
+                    "and store the rest of its state dict raw.",
         epilog=ENCODE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     encode.add_argument("input", nargs="?",
                         help="weights file: .safetensors, .npz or weights-only PyTorch state dict "
@@ -256,8 +256,8 @@ def add_command(commands) -> None:
                              + "; ".join(f"{name}: {method.summary}"
                                          for name, method in METHODS.items()))
     encode.add_argument("--per-row", "--per-channel", action="store_true",
-                        help="one step per row (output channel; with cerwu, for layers "
-                             "without a Hessian only)")
+                        help="one step per row (output channel; with cerwu and "
+                             "transform+cerwu, for layers without a Hessian only)")
     encode.add_argument("--precision-bits", type=int, default=14,
                         help="highest rANS probability precision: each tensor gets the one up to "
                              "it that codes it smallest, tables included (default 14)")

@@ -70,6 +70,9 @@ class EntropySettings:
                 raise EncoderError(f"{name} must be {low} ... {high}, not {value!r}")
         if _integer(self, "symbols_per_chunk") < 1:
             raise EncoderError(f"symbols_per_chunk must be >= 1, not {self.symbols_per_chunk!r}")
+        if not isinstance(self.choose_precision, bool):
+            raise EncoderError(f"choose_precision must be True or False, not "
+                               f"{self.choose_precision!r}")
         if self.context_model not in CONTEXT_MODELS:
             raise EncoderError(f"context_model must be iid, previous or auto, not "
                                f"{self.context_model!r}")

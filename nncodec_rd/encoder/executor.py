@@ -45,6 +45,9 @@ from .settings import QuantizerSettings
 #: replaced and the layer run again, up to this many times, before the encode stops.
 DEFAULT_MAX_RETRIES = 3
 
+#: After a failure, how long the tasks already submitted may still run before the encode stops.
+LEFT_OVER_WAIT_SECONDS = 30.0
+
 
 def quantize_timed(problem: LayerProblem, settings: QuantizerSettings):
     """``(quantize_layer(problem, settings), seconds)``: the unit of work of every executor."""
@@ -131,8 +134,9 @@ class RayExecutor:
 
         Every problem goes into the object store and every task is submitted before the first
         result is awaited; a task's error (its worker died more than ``max_retries`` times, or
-        the layer raised) is raised here, for the first failing layer in the order given, and
-        the tasks not yet finished are cancelled."""
+        the layer raised) is raised here, for the first failing layer in the order given. The
+        tasks not yet finished are left to finish and their results dropped (an instance this
+        executor started stops them when it closes)."""
         ray = self._ray
         jobs = list(jobs)
         # Submitted longest first (Ray starts tasks in the order they come): the longest layer
@@ -147,20 +151,20 @@ class RayExecutor:
                 yield self._get(reference, number)
                 pending[number] = None  # its result is the caller's now
         finally:
+            # Not cancelled: ray.cancel of a task that completes at that moment aborts the
+            # driver in Ray 2.60 (task_manager.cc "Check failed: it != submissible_tasks_.end()",
+            # seen in this test suite), and force=True kills workers Ray must then replace.
+            # Each task is left to finish: those done within LEFT_OVER_WAIT_SECONDS are taken
+            # (so that Ray does not print each failed one as unhandled), the rest dropped.
             left = [reference for reference in pending if reference is not None]
-            for reference in left:
-                try:
-                    # Not force=True: that kills the worker processes, which Ray must then
-                    # replace; a running task is interrupted instead.
-                    ray.cancel(reference)
-                except Exception:  # already finished or gone: nothing to stop
-                    pass
-            for reference in left:
-                # Taken, so that Ray does not log each cancelled or failed task as unhandled.
-                try:
-                    ray.get(reference, timeout=30)
-                except Exception:
-                    pass
+            if left:
+                done, _ = ray.wait(left, num_returns=len(left), timeout=LEFT_OVER_WAIT_SECONDS)
+                for reference in done:
+                    try:
+                        ray.get(reference)
+                    except Exception:  # noqa: BLE001 (a later layer's error: the first one counts)
+                        pass
+            pending.clear()
 
     def _get(self, reference, number: int):
         ray = self._ray

@@ -114,12 +114,32 @@ class QuantizationMethod:
                                f"{self.auto_grid_choice!r}")
         if (self.quantize_group is None) != (self.fallback is None):
             raise EncoderError(f"method {self.name!r}: quantize_group and fallback go together")
+        # Capabilities the sweep would silently ignore are refused here.
+        for given, needed, words in (
+                (self.rate_aware, self.error_feedback, "rate_aware needs error_feedback (the "
+                                                       "sweep's rate-aware decisions)"),
+                (self.folds_quadratic_rate, self.rate_aware, "folds_quadratic_rate needs "
+                                                             "rate_aware"),
+                (self.group_must_beat_fallback, self.quantize_group is not None,
+                 "group_must_beat_fallback needs quantize_group"),
+                (self.quantize_group is not None, not self.block_sequential,
+                 "quantize_group needs block_sequential=False (the block-sequential encoder "
+                 "quantizes layer by layer)")):
+            if given and not needed:
+                raise EncoderError(f"method {self.name!r}: {words}")
 
     @property
     def per_channel_with_hessian(self) -> bool:
-        """Whether layers with a Hessian may have one step per output channel (not with the
-        folded quadratic rate: its ``H + μI`` is shared by all rows)."""
-        return not self.folds_quadratic_rate
+        """Whether layers with a Hessian may have one step per output channel: not with the
+        folded quadratic rate (its ``H + μI`` is shared by all rows), nor where the fallback
+        method, which codes some of the layers, cannot.
+
+        >>> METHODS["optq"].per_channel_with_hessian, METHODS["transform+cerwu"].per_channel_with_hessian
+        (True, False)
+        """
+        if self.folds_quadratic_rate:
+            return False
+        return self.fallback is None or method_named(self.fallback).per_channel_with_hessian
 
     def resolved_grid_choice(self, grid_choice: str) -> str:
         """``"fixed"`` or ``"rd"``: what ``grid_choice`` (one of :data:`GRID_CHOICES`) means
@@ -151,9 +171,10 @@ def register_method(method: QuantizationMethod) -> QuantizationMethod:
         raise EncoderError(f"register a QuantizationMethod, not {type(method).__name__}")
     if method.name in _REGISTRY:
         raise EncoderError(f"a method named {method.name!r} is registered already")
-    if method.fallback is not None and method.fallback not in _REGISTRY:
+    if method.fallback is not None and (method.fallback not in _REGISTRY or
+                                        _REGISTRY[method.fallback].quantize_group is not None):
         raise EncoderError(f"method {method.name!r} falls back to {method.fallback!r}, which is "
-                           f"not registered")
+                           f"not a registered method of single layers")
     _REGISTRY[method.name] = method
     return method
 
@@ -162,6 +183,9 @@ def unregister_method(name: str) -> None:
     """Remove a method added by :func:`register_method` (the built-in ones stay)."""
     if name in _BUILT_IN:
         raise EncoderError(f"{name!r} is a built-in method; it cannot be removed")
+    users = [other.name for other in _REGISTRY.values() if other.fallback == name]
+    if users:
+        raise EncoderError(f"{name!r} is the fallback of {', '.join(users)}; remove those first")
     if _REGISTRY.pop(name, None) is None:
         raise EncoderError(f"no method named {name!r} is registered")
 

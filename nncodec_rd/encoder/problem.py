@@ -77,7 +77,7 @@ class LayerProblem:
 
 @dataclass
 class LayerResult:
-    """What :func:`quantize_layer` returns.
+    """What :func:`~nncodec_rd.encoder.methods.quantize_layer` returns.
 
     Attributes
     ----------

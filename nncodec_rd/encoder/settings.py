@@ -76,8 +76,9 @@ class QuantizerSettings:
         layer (the λ rule of :mod:`nncodec_rd.encoder.obs`) and, for rate-aware methods, weighs
         the rate in each decision.
     per_channel:
-        One step per output row instead of one per tensor (with ``cerwu`` only for layers without
-        a Hessian, since its transformed problem shares H + μI across rows).
+        One step per output row instead of one per tensor; for layers with a Hessian only with
+        methods whose ``per_channel_with_hessian`` holds (not ``cerwu``, whose transformed problem
+        shares H + μI across rows, nor ``transform+cerwu``, which falls back to it).
     step:
         An absolute step for every row, overriding the λ rule.
     grid_scale:

@@ -118,8 +118,11 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     if target_bpw is not None and not (math.isfinite(target_bpw) and target_bpw > 0):
         raise EncoderError(f"target_bpw must be > 0, not {target_bpw}")
     # Check the settings before the slow part (Hessians, sensitivities).
-    QuantizerSettings(method=method, lam=1.0 if lam is None else lam, per_channel=per_channel,
-                      grid_scale=grid_scale, act_order=act_order, grid_choice=grid_choice)
+    checked = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
+                                per_channel=per_channel, grid_scale=grid_scale,
+                                act_order=act_order, grid_choice=grid_choice)
+    if sequential and not checked.quantization_method.block_sequential:
+        raise EncoderError(f"method {method!r} needs sequential=False")
     with opened_executor(executor) as executor:
         if sequential:
             return _compress_sequential(

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from ..encoder.executor import opened_executor
-from ..encoder.methods import DEFAULT_GRID_CHOICE
+from ..encoder.methods import DEFAULT_GRID_CHOICE, method_named
 from ..encoder.entropy import EntropySettings
 from ..encoder.settings import QuantizerSettings
 from ..format.errors import EncoderError
@@ -155,6 +155,9 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     :func:`~nncodec_rd.torch.compress_model.compress` (a Ray address such as ``"local"`` or
     ``"auto"``, or a :class:`~nncodec_rd.encoder.executor.RayExecutor`); the same file.
     """
+    if not method_named(method).block_sequential:  # a folder is encoded block by block
+        raise EncoderError(f"method {method!r} cannot encode a model folder (block by block); "
+                           f"use it on a model in memory with compress()")
     model_dir = os.fspath(model_dir)
     weights = CheckpointWeights(model_dir)
     model, config = empty_model(model_dir)

@@ -101,9 +101,22 @@ def test_the_registry_refuses_duplicates_strangers_and_removing_built_ins(half_s
         register_method(half_step)
     with pytest.raises(EncoderError, match="built-in"):
         unregister_method("cerwu")
-    with pytest.raises(EncoderError, match="not registered"):
+    with pytest.raises(EncoderError, match="not a registered method of single layers"):
         register_method(dataclasses.replace(half_step, name="grouped", fallback="nothing",
-                                            quantize_group=half_step_rounding))
+                                            quantize_group=half_step_rounding,
+                                            block_sequential=False))
+    with pytest.raises(EncoderError, match="not a registered method of single layers"):
+        register_method(dataclasses.replace(half_step, name="grouped", fallback="transform",
+                                            quantize_group=half_step_rounding,
+                                            block_sequential=False))
+    grouped = register_method(dataclasses.replace(
+        half_step, name="grouped", fallback="half-step", quantize_group=half_step_rounding,
+        block_sequential=False))
+    with pytest.raises(EncoderError, match="fallback of grouped"):
+        unregister_method("half-step")
+    unregister_method(grouped.name)
+    with pytest.raises(EncoderError, match="rate_aware needs error_feedback"):
+        QuantizationMethod("rtn-rd", "", half_step_rounding, rate_aware=True, error_feedback=False)
     with pytest.raises(EncoderError, match="lower-case"):
         QuantizationMethod("Half Step", "", half_step_rounding)
     with pytest.raises(EncoderError) as error:
@@ -128,7 +141,8 @@ def test_the_built_in_methods_state_what_the_sweep_used_to_read_from_their_names
         "transform": (True, True, False, False, "rd", "optq", False),
         "transform+cerwu": (True, True, True, False, "rd", "cerwu", False),
     }
-    assert not METHODS["cerwu"].per_channel_with_hessian and METHODS["optq"].per_channel_with_hessian
+    assert [name for name, method in METHODS.items() if method.per_channel_with_hessian] == [
+        "rtn", "optq", "optq-rd", "transform"]  # cerwu folds the rate; transform+cerwu falls back to it
 
 
 def apply_documented_diff(diff: str, root) -> list[str]:

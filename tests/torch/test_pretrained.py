@@ -260,3 +260,13 @@ def test_the_entropy_flags_reach_a_folder_encode(tmp_path, capsys):
         settings = json.loads(handle.metadata()["encoder_settings"])
     assert (settings["precision_bits"], settings["lane_count"], settings["context_model"],
             settings["choose_precision"]) == (12, 2, "iid", False)
+
+
+def test_a_method_the_block_encoder_cannot_run_is_refused_before_any_work(tmp_path):
+    from nncodec_rd.format.errors import EncoderError
+    from nncodec_rd.torch import compress_pretrained
+
+    # the folder does not even exist: the method is checked first
+    with pytest.raises(EncoderError, match="'transform' cannot encode a model folder"):
+        compress_pretrained(tmp_path / "absent", tmp_path / "m.nrd", method="transform")
+    assert not (tmp_path / "m.nrd").exists()
