@@ -97,7 +97,11 @@ def is_loaded(kernel, width: int | None = None) -> bool:
     overloads = getattr(kernel, "overloads", None)
     if overloads is None:
         return True  # a plain function (NUMBA_DISABLE_JIT=1, for coverage) never compiles
-    return bool(overloads) if width is None else _signature(width) in overloads
+    if not overloads:
+        # Before the signature: numba.typeof of the first array imports numpy.ma (16 ms), which
+        # a small tensor decoded in Python (the caller's question) would pay for nothing.
+        return False
+    return width is None or _signature(width) in overloads
 
 
 _signatures: dict = {}
