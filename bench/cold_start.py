@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -158,6 +159,17 @@ def run_child(python: str, path: str, cache: str) -> dict:
     return report
 
 
+OUTPUT_WORDS = re.compile(r"ChunkBatch\(array\([^)]*\), array\([^)]*\), array\(uint(\d+)")
+
+
+def kernel_name(entry: dict) -> str:
+    """A compiled signature's name as the decoder's messages give it: the kernel's, with the
+    output width of a chunk kernel (``decode_general_32``; dispatch.signature_name)."""
+    name = entry["function"].rsplit(".", 1)[-1]
+    width = OUTPUT_WORDS.search(entry["signature"])
+    return f"{name}_{width.group(1)}" if width else name
+
+
 def summarize(compiles: list[dict]) -> dict:
     """Signatures compiled (top level: the kernels the decoder calls; all: with callees)."""
     top = [entry for entry in compiles if entry["depth"] == 0
@@ -165,7 +177,7 @@ def summarize(compiles: list[dict]) -> dict:
     return {"top_level_signatures": len(top),
             "all_signatures": len(compiles),
             "compile_s": sum(entry["seconds"] for entry in compiles if entry["depth"] == 0),
-            "top_level": [{"function": entry["function"].rsplit(".", 1)[-1],
+            "top_level": [{"function": kernel_name(entry),
                            "seconds": round(entry["seconds"], 3),
                            "signature": entry["signature"][:300]} for entry in top]}
 
