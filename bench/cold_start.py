@@ -159,7 +159,8 @@ def run_child(python: str, path: str, cache: str) -> dict:
     return report
 
 
-OUTPUT_WORDS = re.compile(r"ChunkBatch\(array\([^)]*\), array\([^)]*\), array\(uint(\d+)")
+# ChunkBatch(buffer, chunks, out, errors): the third array holds the output words
+OUTPUT_WORDS = re.compile(r"ChunkBatch\((?:[^()]*array\([^)]*\), ){2}array\(uint(\d+)")
 
 
 def kernel_name(entry: dict) -> str:
