@@ -16,8 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_info() -> dict:
     """``{"commit": abbreviated hash of HEAD (+ "-dirty" with uncommitted changes to tracked
-    files), "date": UTC time "YYYY-MM-DD HH:MM"}``; the commit is "unknown" outside a git
-    checkout (an exported tree)."""
+    files other than the results in ``bench/results/``, which a benchmark rewrites as it
+    records this), "date": UTC time "YYYY-MM-DD HH:MM"}``; the commit is "unknown" outside a
+    git checkout (an exported tree)."""
 
     def git(*arguments: str) -> str:
         return subprocess.run(["git", "-C", ROOT, *arguments], capture_output=True, text=True,
@@ -25,7 +26,8 @@ def run_info() -> dict:
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        if git("status", "--porcelain", "--untracked-files=no"):
+        if git("status", "--porcelain", "--untracked-files=no", "--", ".",
+               ":(exclude)bench/results"):
             commit += "-dirty"
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
