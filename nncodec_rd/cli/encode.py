@@ -68,6 +68,8 @@ def _encode_folder_with(arguments, executor) -> int:
           f"{outcome.sqnr.summary()}{fidelity}", file=sys.stderr)
     if outcome.sqnr.warning() and outcome.fidelity is None:  # a measured fidelity says more
         print(outcome.sqnr.warning(), file=sys.stderr)
+    if outcome.raw_weights:  # the summary's line: weight matrices no coded layer type holds
+        print(outcome.summary().splitlines()[-1], file=sys.stderr)
     return 0
 
 

@@ -78,6 +78,10 @@ class CompressionResult:
     quantize_seconds: float = 0.0
     """Wall time of the quantization phase: the layers quantized (wherever the executor ran
     them) and written, calibration and the rest of the encode not included."""
+    raw_weights: dict = field(default_factory=dict)
+    """Weight matrices stored raw because no layer the encoder codes holds them (an LSTM's, a
+    custom module's): file name -> elements (:func:`is_uncoded_weight`). The summary names
+    them; biases, norms and other small or one-dimensional tensors are not counted."""
 
     @property
     def bits_per_weight(self) -> float:
@@ -101,7 +105,25 @@ class CompressionResult:
                         if self.transform_layers else "")
                      + f"Hessians {self.hessian_seconds:.1f} s, "
                      f"quantize+code {self.encode_seconds:.1f} s")
+        if self.raw_weights:
+            names = list(self.raw_weights)
+            lines.append(f"stored raw, not coded: {len(names)} weight tensors, "
+                         f"{sum(self.raw_weights.values()):,} weights ({', '.join(names[:4])}"
+                         f"{', ...' if len(names) > 4 else ''}): no coded layer type holds them "
+                         f"(coded: Linear, Conv1d, Conv2d, Embedding, transformers' Conv1D)")
         return "\n".join(lines)
+
+
+RAW_NOTICE_ELEMENTS = 1024
+"""A weight matrix stored raw is named in the summary from this many elements on."""
+
+
+def is_uncoded_weight(array: np.ndarray) -> bool:
+    """Whether a tensor stored raw is a weight matrix the user should hear about: floating
+    point, two or more dimensions, at least :data:`RAW_NOTICE_ELEMENTS` elements (an LSTM's
+    ``weight_ih_l0``, not a bias or a norm's scale)."""
+    floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+    return floating and array.ndim >= 2 and array.size >= RAW_NOTICE_ELEMENTS
 
 
 @dataclass

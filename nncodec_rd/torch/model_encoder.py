@@ -36,6 +36,7 @@ from .layers import (
     CompressionResult,
     LayerSummary,
     default_lam,
+    is_uncoded_weight,
     make_layer,
     reconstruction_of,
     write_layer,
@@ -262,6 +263,7 @@ class ModelEncoder:
                          "lambda": float(settings.lam), **(metadata or {})}
         summaries = []
         written_matrices = set()
+        self.raw_weights = {}
         state = self.model.state_dict()
         with NrdWriter(path, metadata=file_metadata) as writer:
             for number, (key, value) in enumerate(state.items(), 1):
@@ -277,7 +279,10 @@ class ModelEncoder:
                     write_layer(writer, key, layer, result, seconds, settings,
                                 summaries if key == source else None)
                 else:
-                    writer.add_raw(key, tensor_to_numpy(value))
+                    array = tensor_to_numpy(value)
+                    if is_uncoded_weight(array):
+                        self.raw_weights[key] = int(array.size)
+                    writer.add_raw(key, array)
         return os.path.getsize(path), summaries
 
     def _write_transformed(self, writer, key, source, layer, result, seconds, settings,
@@ -323,6 +328,7 @@ class ModelEncoder:
         outcome = CompressionResult(path, size, self.coded_weights, settings.method, settings.lam,
                                     summaries, self.hessian_seconds, time.perf_counter() - start)
         outcome.results = results
+        outcome.raw_weights = dict(self.raw_weights)
         outcome.transform_bytes = sum(summary.payload_bytes for summary in summaries
                                       if summary.kind == TRANSFORM_MATRIX_KIND)
         outcome.transform_layers = sum(isinstance(result, TransformLayerResult)

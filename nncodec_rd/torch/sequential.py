@@ -50,8 +50,8 @@ from ..encoder.writer import NrdWriter
 from ..format.errors import EncoderError, InputMismatchError
 from ..io.atomic import removed_on_termination
 from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_parameters
-from .layers import (CompressionResult, LayerSummary, default_lam, make_layer, reconstruction_of,
-                     write_layer)
+from .layers import (CompressionResult, LayerSummary, default_lam, is_uncoded_weight, make_layer,
+                     reconstruction_of, write_layer)
 from .progress import Progress
 from .hessians import (HessianAccumulator, find_layers, first_tensor, matrix_to_stored_layout,
                        run_batch, weight_matrix)
@@ -431,6 +431,7 @@ class SequentialEncoder:
         self.settings = settings
         self.lam = lam
         self.summaries: list = []
+        self.raw_weights: dict = {}
         self.coded_weights = 0
         self.layer_seconds = 0.0
         self.quantize_seconds = 0.0
@@ -489,6 +490,7 @@ class SequentialEncoder:
                                     time.perf_counter() - start)
         outcome.sqnr = self.sqnr
         outcome.quantize_seconds = self.quantize_seconds
+        outcome.raw_weights = dict(self.raw_weights)
         if self._controller is not None:
             outcome.lam_trials = list(self._controller.history)
         self.progress(f"{settings.method} lambda={self.lam:.4g}: {size:,} bytes, "
@@ -642,6 +644,7 @@ class SequentialEncoder:
                  "coded_weights": self.coded_weights,
                  "summaries": [dataclasses.asdict(summary) for summary in self.summaries],
                  "written": sorted(self._written), "quantized": self._quantized,
+                 "raw_weights": self.raw_weights,
                  "output_is_tuple": bool(getattr(self, "_output_is_tuple", False)),
                  "sqnr": {name: list(energies) for name, energies in self.sqnr.tensors.items()},
                  "control": None if self._controller is None else {
@@ -661,6 +664,7 @@ class SequentialEncoder:
         self.summaries = [LayerSummary(**{**summary, "shape": tuple(summary["shape"])})
                           for summary in state["summaries"]]
         self._written = set(state["written"])
+        self.raw_weights = dict(state.get("raw_weights", {}))  # journals of older runs lack it
         self._quantized = dict(state["quantized"])
         self._output_is_tuple = state["output_is_tuple"]
         self.sqnr.tensors = {name: tuple(energies)
@@ -1087,7 +1091,7 @@ class SequentialEncoder:
             if name not in self.weights:
                 return  # a buffer the model computes (not in the checkpoint)
             value = self.weights.get(name)
-        writer.add_raw(name, tensor_to_numpy(value))
+        self._add_raw(writer, name, tensor_to_numpy(value))
         self._written.add(key)
 
     def _write_checkpoint_extras(self, writer: NrdWriter) -> None:
@@ -1098,7 +1102,13 @@ class SequentialEncoder:
         mapped = set(self.key_map.to_checkpoint.values())
         for name in self.weights.keys():
             if name not in mapped:
-                writer.add_raw(name, tensor_to_numpy(self.weights.get(name)))
+                self._add_raw(writer, name, tensor_to_numpy(self.weights.get(name)))
+
+    def _add_raw(self, writer: NrdWriter, name: str, array) -> None:
+        """Store a tensor raw, noting a weight matrix no coded layer holds (the summary's)."""
+        if is_uncoded_weight(array):
+            self.raw_weights[name] = int(array.size)
+        writer.add_raw(name, array)
 
 
 __all__ = ["SequentialEncoder", "find_stack"]

@@ -171,3 +171,31 @@ def test_the_encoders_keywords_default_to_the_settings_declared_once():
                   if name in declared}
         assert {"method", "per_channel", "act_order", "grid_choice"} <= set(shared), function
         assert shared == {name: declared[name] for name in shared}, function.__name__
+
+
+def test_weights_of_layers_no_method_codes_are_named_not_silently_stored_raw(tmp_path):
+    """An LSTM's weight matrices have no coded layer type: they are stored raw (the file
+    decodes them exactly) and the result and its summary name them; the Linear is coded."""
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(16, 32, batch_first=True)
+            self.head = torch.nn.Linear(32, 40)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+
+    torch.manual_seed(0)
+    model = Tagger()
+    batches = [torch.randn(4, 6, 16) for _ in range(2)]
+    result = compress(model, batches, method="optq", path=tmp_path / "t.nrd", progress=False)
+    assert result.raw_weights == {"lstm.weight_ih_l0": 128 * 16, "lstm.weight_hh_l0": 128 * 32}
+    assert [layer.name for layer in result.layers] == ["head.weight"]
+    summary = result.summary()
+    assert "stored raw, not coded: 2 weight tensors, 6,144 weights" in summary
+    assert "lstm.weight_ih_l0" in summary and "lstm.bias_ih_l0" not in summary
+    with safe_open(tmp_path / "t.nrd") as handle:
+        assert handle.info("lstm.weight_ih_l0").coding == "raw"
+        np.testing.assert_array_equal(handle.get_tensor("lstm.weight_hh_l0"),
+                                      model.lstm.weight_hh_l0.detach().numpy())
