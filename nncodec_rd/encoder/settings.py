@@ -70,7 +70,9 @@ class QuantizerSettings:
         The name of a registered method (:data:`nncodec_rd.encoder.methods.METHODS`): ``"rtn"``,
         ``"optq"``, ``"optq-rd"``, ``"cerwu"``, or the transform methods ``"transform"`` and
         ``"transform+cerwu"`` (:mod:`nncodec_rd.encoder.transform`). The method object is
-        ``quantization_method``.
+        ``quantization_method``, looked up on construction; ``dataclasses.replace`` carries it
+        over while ``method`` stays the same, so settings that reached a Ray worker by value
+        keep their method there even if the worker never registered it.
     lam:
         The rate–distortion trade-off λ (loss units per bit), > 0. It sets the grid step of every
         layer (the λ rule of :mod:`nncodec_rd.encoder.obs`) and, for rate-aware methods, weighs
@@ -131,12 +133,14 @@ class QuantizerSettings:
                          "except for rtn", choices=GRID_CHOICES)})
     grid_bins: tuple = (3, 5, 7, 15, 31)
     grid_search_below_bits: float = 2.0
-    quantization_method: QuantizationMethod = field(init=False, repr=False, compare=False)
+    quantization_method: QuantizationMethod | None = field(default=None, repr=False,
+                                                           compare=False)
 
     def __post_init__(self):
         # The method object travels with the settings (to Ray workers too): the sweep and the
-        # model encoders ask it, never the name.
-        object.__setattr__(self, "quantization_method", method_named(self.method))
+        # model encoders ask it, never the name. A given object of the same name is kept.
+        if self.quantization_method is None or self.quantization_method.name != self.method:
+            object.__setattr__(self, "quantization_method", method_named(self.method))
         object.__setattr__(self, "grid_bins", tuple(self.grid_bins))
         if not (math.isfinite(self.lam) and self.lam > 0):
             raise EncoderError(f"lam must be finite and > 0, not {self.lam}")

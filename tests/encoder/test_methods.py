@@ -84,6 +84,11 @@ def test_settings_resolve_a_registered_name_only_while_it_is_registered(half_ste
     try:
         with pytest.raises(EncoderError, match="unknown method 'half-step'"):
             QuantizerSettings(method="half-step", lam=1e-3)
+        # settings made while it was registered keep it through replace() (what a Ray worker
+        # that never registered it does with them), unless the method is changed
+        assert dataclasses.replace(settings, grid_choice="fixed").quantization_method is half_step
+        result = quantize_layer(problem, dataclasses.replace(settings, grid_choice="rd"))
+        assert result.steps[0] > 0
     finally:
         register_method(half_step)
 
