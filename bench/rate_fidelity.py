@@ -27,7 +27,7 @@ from bench.nncodec_peer import find_nncodec_python, run_nncodec_sweep
 from bench.run_info import run_info
 from nncodec_rd import decode_speed
 from nncodec_rd.encoder.entropy import EntropySettings
-from nncodec_rd.encoder.methods import METHODS, resolved_grid_choice
+from nncodec_rd.encoder.methods import METHODS
 from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.torch.load import load_into, load_weights
 from nncodec_rd.torch.model_encoder import ModelEncoder
@@ -81,7 +81,7 @@ def curve_label(method: str, grid_choice: str) -> str:
     (``auto``), else with :data:`GRID_CHOICE_SUFFIX` where the layers pick their grids."""
     if grid_choice == "auto":
         return method
-    return method + (GRID_CHOICE_SUFFIX if resolved_grid_choice(grid_choice, method) == "rd"
+    return method + (GRID_CHOICE_SUFFIX if METHODS[method].resolved_grid_choice(grid_choice) == "rd"
                      else "")
 
 

@@ -225,7 +225,8 @@ def test_the_quantizer_flags_come_from_the_settings_declaration(capsys):
     import argparse
 
     from nncodec_rd.cli.encode import MODEL_OPTIONS
-    from nncodec_rd.encoder.settings import command_line_flags, settings_from_flags
+    from nncodec_rd.cli.common import quantizer_settings_of as settings_from_flags
+    from nncodec_rd.encoder.settings import command_line_flags
 
     flags = {flag.flag: name for name, flag, _ in command_line_flags()}
     assert set(flags) == {"--grid-scale", "--grid-choice", "--no-act-order"}

@@ -73,6 +73,32 @@ def parse_metadata(pairs) -> dict:
     return metadata
 
 
+def quantizer_settings_of(arguments) -> dict:
+    """The keywords of ``QuantizerSettings`` (and of ``compress()``) that ``encode``'s flags give
+    (the flags declared with the settings, ``command_line_flags``); a flag not given leaves its
+    setting out, so that its declared default holds."""
+    from ..encoder.settings import command_line_flags
+
+    given = {}
+    for name, flag, _ in command_line_flags():
+        value = getattr(arguments, flag.flag.lstrip("-").replace("-", "_"))
+        if flag.negated:
+            if value:
+                given[name] = False
+        elif value is not None:
+            given[name] = value
+    return given
+
+
+def quantizer_metadata_of(given: dict) -> dict:
+    """Every flagged setting as the file's ``encoder_settings`` records it: the value given, or
+    the declared default."""
+    from ..encoder.settings import QuantizerSettings, command_line_flags
+
+    defaults = QuantizerSettings.__dataclass_fields__
+    return {name: given.get(name, defaults[name].default) for name, _, _ in command_line_flags()}
+
+
 def entropy_settings_of(arguments):
     """The entropy coder's settings that ``encode``'s flags give (``--precision-bits``,
     ``--fixed-precision``, ``--lanes``, ``--context``), for every kind of input alike."""

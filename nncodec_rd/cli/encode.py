@@ -11,7 +11,8 @@ import time
 
 from .. import __version__
 from ..format.errors import NrdError
-from .common import entropy_metadata_of, entropy_settings_of, parse_metadata
+from .common import (entropy_metadata_of, entropy_settings_of, parse_metadata,
+                     quantizer_settings_of)
 from .encode_model import calibration_kind, encode_model, executor_of
 
 
@@ -44,8 +45,6 @@ def _encode_folder_with(arguments, executor) -> int:
         **entropy_metadata_of(arguments)}),
         "source": os.path.basename(os.path.normpath(arguments.input))}
     metadata.update(parse_metadata(arguments.metadata))
-    from ..encoder.settings import settings_from_flags
-
     if arguments.calibration_text is None:
         print("calibrating on the bundled English sentences (text of your model's domain, "
               "--calibration-text FILE, calibrates better)", file=sys.stderr)
@@ -56,7 +55,7 @@ def _encode_folder_with(arguments, executor) -> int:
         sequences=arguments.calibration_sequences, resume=arguments.resume,
         target_fidelity=arguments.target_fidelity, target_bpw=arguments.target_bpw,
         entropy=entropy_settings_of(arguments), executor=executor,
-        **settings_from_flags(arguments))
+        **quantizer_settings_of(arguments))
     fidelity = ""
     if outcome.fidelity is not None:
         fidelity = (f"; output fidelity {outcome.fidelity:.4f} (mean cosine on held-out "
@@ -171,12 +170,10 @@ def _check_encode_arguments(parser, arguments) -> None:
     if kind != "file" and arguments.batch_size is not None:
         parser.error("--batch-size applies only to a file of calibration batches")
     if arguments.calibration is None and needs_calibration(arguments.method):
-        from ..encoder.methods import METHODS
+        from ..encoder.methods import data_free_methods
 
-        data_free = ", ".join(name for name, method in METHODS.items()
-                              if not method.needs_calibration)
         parser.error(f"--method {arguments.method} needs calibration data: give --calibration "
-                     f"(only {data_free} is data-free)")
+                     f"(only {', '.join(data_free_methods())} is data-free)")
 
 
 def needs_calibration(method: str | None) -> bool:

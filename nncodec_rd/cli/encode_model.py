@@ -14,7 +14,8 @@ import time
 
 from .. import __version__
 from ..format.errors import EncoderError, InputMismatchError
-from .common import entropy_metadata_of, entropy_settings_of, parse_metadata
+from .common import (entropy_metadata_of, entropy_settings_of, parse_metadata,
+                     quantizer_metadata_of, quantizer_settings_of)
 
 BATCH_FILE_SUFFIXES = (".pt", ".pth", ".npz")
 
@@ -170,14 +171,11 @@ def _encode_model_with(arguments, executor) -> int:
     kind = calibration_kind(calibration) if calibration is not None else None
     if arguments.lam is not None and not (math.isfinite(arguments.lam) and arguments.lam > 0):
         raise EncoderError(f"--lam must be finite and > 0, not {arguments.lam}")
-    from ..encoder.settings import QuantizerSettings, settings_from_flags
-
-    quantizer = settings_from_flags(arguments)
+    quantizer = quantizer_settings_of(arguments)
     if arguments.grid_scale is not None and not (math.isfinite(arguments.grid_scale)
                                                  and arguments.grid_scale > 0):
         # before the slow Hessians
         raise EncoderError(f"--grid-scale must be finite and > 0, not {arguments.grid_scale}")
-    declared = QuantizerSettings(method="rtn", **quantizer)  # the defaults of what is not given
     if calibration is not None and kind is None:
         raise EncoderError(f"--calibration {calibration!r}: expected a .pt, .pth or .npz file of "
                            f"batches, or MODULE:FUNCTION returning (model, batches)")
@@ -211,8 +209,7 @@ def _encode_model_with(arguments, executor) -> int:
     metadata = {k: str(v) for k, v in source_metadata.items()}
     metadata.update({"encoder": f"nncodec-rd {__version__}", "encoder_settings": json.dumps({
         "method": method, "lam": arguments.lam, "target_bpw": arguments.target_bpw,
-        "per_channel": arguments.per_row, "grid_scale": declared.grid_scale,
-        "grid_choice": declared.grid_choice, "act_order": declared.act_order,
+        "per_channel": arguments.per_row, **quantizer_metadata_of(quantizer),
         "sensitivity": not arguments.no_sensitivity,
         **entropy_metadata_of(arguments),
         "calibration": (os.path.basename(calibration) if kind == "file" else calibration),

@@ -199,9 +199,13 @@ def method_named(name: str) -> QuantizationMethod:
                            f"{', '.join(_REGISTRY)}") from None
 
 
-def resolved_grid_choice(grid_choice: str, method: str) -> str:
-    """``fixed`` or ``rd``: what ``grid_choice`` means for the method named ``method``."""
-    return method_named(method).resolved_grid_choice(grid_choice)
+def data_free_methods() -> list[str]:
+    """The names of the registered methods that need no calibration data.
+
+    >>> data_free_methods()
+    ['rtn']
+    """
+    return [name for name, method in _REGISTRY.items() if not method.needs_calibration]
 
 
 def quantize_layer(problem, settings):

@@ -45,20 +45,6 @@ def command_line_flags() -> list[tuple[str, CommandLineFlag, type]]:
             for item in fields(QuantizerSettings) if "flag" in item.metadata]
 
 
-def settings_from_flags(arguments) -> dict:
-    """The keywords of :class:`QuantizerSettings` (and of ``compress()``) that the parsed
-    ``arguments`` give; a flag not given leaves its setting out (its default then holds)."""
-    given = {}
-    for name, flag, _ in command_line_flags():
-        value = getattr(arguments, flag.flag.lstrip("-").replace("-", "_"))
-        if flag.negated:
-            if value:
-                given[name] = False
-        elif value is not None:
-            given[name] = value
-    return given
-
-
 @dataclass(frozen=True)
 class QuantizerSettings:
     """How a layer is quantized (:func:`nncodec_rd.encoder.methods.quantize_layer`): frozen, and

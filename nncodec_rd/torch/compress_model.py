@@ -16,7 +16,7 @@ import sys
 from dataclasses import replace
 
 from ..encoder.executor import opened_executor
-from ..encoder.methods import DEFAULT_GRID_CHOICE, METHODS, method_named
+from ..encoder.methods import DEFAULT_GRID_CHOICE, data_free_methods, method_named
 from ..encoder.entropy import EntropySettings
 from ..encoder.settings import QuantizerSettings
 from ..format.errors import EncoderError
@@ -111,8 +111,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     if sum(option is not None for option in (lam, target_bpw, target_metric)) > 1:
         raise EncoderError("give at most one of lam, target_bpw and target_metric")
     if calibration_batches is None and method_named(method).needs_calibration:
-        data_free = ", ".join(repr(name) for name, known in METHODS.items()
-                              if not known.needs_calibration)
+        data_free = ", ".join(repr(name) for name in data_free_methods())
         raise EncoderError(f"method {method!r} needs calibration_batches (only {data_free} is "
                            f"data-free)")
     if target_bpw is not None and not (math.isfinite(target_bpw) and target_bpw > 0):
