@@ -7,6 +7,7 @@
 import sys
 
 from nncodec_rd.decode_speed import main
+from run_info import run_info  # bench/ is sys.path[0] when run as a script
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(recorded={**run_info(), "command": "python " + " ".join(sys.argv)}))

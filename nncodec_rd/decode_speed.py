@@ -339,10 +339,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def main(argv=None, arguments=None) -> int:
+def main(argv=None, arguments=None, recorded: dict | None = None) -> int:
+    """Run the benchmark from the command line; ``recorded`` (such as the commit and date the
+    repository's benchmark script measures at) goes into the JSON first."""
     arguments = arguments or build_parser().parse_args(argv)
     report = run(arguments.weights, arguments.distribution, arguments.entropy_bits,
                  arguments.repeats, arguments.lanes, nncodec_python=arguments.nncodec_python)
+    report = {**(recorded or {}), **report}
     print_report(report)
     if arguments.json:
         with open(arguments.json, "w", encoding="utf-8") as stream:
