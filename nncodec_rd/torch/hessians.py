@@ -10,6 +10,12 @@ Supported layers and how their weights are seen as a ``(rows, columns)`` matrix:
   (im2col) patches. A grouped or depthwise convolution gets one Hessian per group.
 - ``nn.Embedding``: an identity Hessian with each row (token) weighted by its smoothed frequency
   in the calibration data, since an embedding's output error for a token is that token's row error.
+- ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` (without ``proj_size``): each of their weight matrices
+  (``weight_ih_l0``, ``weight_hh_l0``, ``weight_ih_l0_reverse``, ...) is a Linear layer of the
+  gates: ``(gates · hidden, in)`` for the input weights, fed the layer's input at every time step,
+  and ``(gates · hidden, hidden)`` for the recurrent weights, fed the hidden state the step
+  before (the step after, in reverse). :class:`RecurrentHessianAccumulator` recomputes those
+  inputs layer by layer from the module's own weights.
 """
 
 from __future__ import annotations
@@ -21,6 +27,14 @@ import torch
 import torch.nn.functional as functional
 
 from ..format.errors import EncoderError
+
+RECURRENT = "recurrent"
+"""The kind of ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` modules: several weight matrices a module
+(:func:`weight_attributes`)."""
+
+# The torch classes of the recurrent modes, to rerun one layer of a module (RNNBase.mode).
+_RECURRENT_CLASSES = {"LSTM": ("LSTM", None), "GRU": ("GRU", None),
+                      "RNN_TANH": ("RNN", "tanh"), "RNN_RELU": ("RNN", "relu")}
 
 
 def is_transformers_conv1d(module) -> bool:
@@ -41,22 +55,50 @@ def layer_kind(module) -> str | None:
         return "embedding"
     if is_transformers_conv1d(module):
         return "transposed_linear"
+    if (isinstance(module, torch.nn.RNNBase) and module.mode in _RECURRENT_CLASSES
+            and getattr(module, "proj_size", 0) == 0):
+        # proj_size > 0 feeds the recurrent weights a projection of h; not modelled: raw.
+        return RECURRENT
     return None
 
 
-def weight_matrix(module, kind: str) -> np.ndarray:
-    """The layer's weight as a float64 ``(rows, columns)`` matrix (module docstring)."""
-    weight = module.weight.detach().to(torch.float64).cpu()
+def weight_attributes(module, kind: str) -> list[str]:
+    """The attribute names of the weights a layer of ``kind`` codes: ``["weight"]``, or for a
+    recurrent module its input and recurrent matrices of every layer and direction.
+
+    >>> weight_attributes(torch.nn.LSTM(4, 3, num_layers=2, bidirectional=True), RECURRENT)[:4]
+    ['weight_ih_l0', 'weight_hh_l0', 'weight_ih_l0_reverse', 'weight_hh_l0_reverse']
+    """
+    if kind != RECURRENT:
+        return ["weight"]
+    suffixes = ("", "_reverse") if module.bidirectional else ("",)
+    return [f"weight_{which}_l{layer}{suffix}" for layer in range(module.num_layers)
+            for suffix in suffixes for which in ("ih", "hh")]
+
+
+def parameter_name(module_name: str, attribute: str) -> str:
+    """The state-dict key of ``attribute`` of the module named ``module_name`` ("" is the
+    model itself).
+
+    >>> parameter_name("encoder.rnn", "weight_hh_l0"), parameter_name("", "weight")
+    ('encoder.rnn.weight_hh_l0', 'weight')
+    """
+    return f"{module_name}.{attribute}" if module_name else attribute
+
+
+def weight_matrix(weight: torch.Tensor, kind: str) -> np.ndarray:
+    """A layer's weight tensor as a float64 ``(rows, columns)`` matrix (module docstring)."""
+    weight = weight.detach().to(torch.float64).cpu()
     if kind == "transposed_linear":
         return weight.T.contiguous().numpy()
     return weight.reshape(weight.shape[0], -1).numpy()
 
 
-def matrix_to_stored_layout(matrix: np.ndarray, module, kind: str) -> np.ndarray:
-    """Undo :func:`weight_matrix`: an array of the shape of ``module.weight``."""
+def matrix_to_stored_layout(matrix: np.ndarray, shape: tuple, kind: str) -> np.ndarray:
+    """Undo :func:`weight_matrix`: an array of the weight's stored ``shape``."""
     if kind == "transposed_linear":
         return np.ascontiguousarray(matrix.T)
-    return matrix.reshape(tuple(module.weight.shape))
+    return matrix.reshape(tuple(shape))
 
 
 @dataclass
@@ -112,9 +154,11 @@ class HessianAccumulator:
         patches = patches.reshape(batch, self.groups, features // self.groups, locations)
         return patches.permute(1, 0, 3, 2).reshape(self.groups, batch * locations, -1)
 
-    def hessian(self, smoothing: float = 1.0) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def hessian(self, smoothing: float = 1.0, attribute: str = "weight"
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(Hessian, row scale): ``2/N Σ x xᵀ`` per group, or for an embedding (None, the
-        token frequencies ``2 (n_t + smoothing) / (N + smoothing · V)``)."""
+        token frequencies ``2 (n_t + smoothing) / (N + smoothing · V)``). ``attribute``: the
+        layer's one weight (the signature of :meth:`RecurrentHessianAccumulator.hessian`)."""
         if self.kind == "embedding":
             counts = np.zeros(self.vocabulary) if self.token_counts is None else self.token_counts
             total = counts.sum() + smoothing * self.vocabulary
@@ -123,6 +167,115 @@ class HessianAccumulator:
             raise EncoderError("a layer saw no calibration inputs: the calibration batches do "
                                "not reach it (check that the model's forward uses it)")
         return (2.0 / self.samples * self.total).numpy(), None
+
+
+class RecurrentHessianAccumulator:
+    """The Hessians of every weight matrix of an ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN``
+    (:data:`RECURRENT`), from the module's inputs (a forward pre-hook, like
+    :class:`HessianAccumulator`).
+
+    The gates of layer ``l`` are ``W_ih x_t + W_hh h_(t-1)`` (+ biases): ``weight_ih_l{l}`` is a
+    Linear layer fed the layer's input ``x_t``, ``weight_hh_l{l}`` one fed the hidden state of
+    the step before (``h_(t+1)`` for the ``_reverse`` direction; the initial state where there
+    is none). Only the module's output is visible from outside, so each layer is rerun here, one
+    layer at a time, with the module's own weights; its output is the next layer's input.
+    Padded steps of a ``PackedSequence`` are left out.
+    """
+
+    kind = RECURRENT
+
+    def __init__(self, module):
+        self.attributes = weight_attributes(module, RECURRENT)
+        self.totals: dict[str, torch.Tensor] = {}
+        self.samples: dict[str, int] = {}
+
+    @property
+    def seen(self) -> int:
+        """Time steps seen (of the first layer's input)."""
+        return self.samples.get(self.attributes[0], 0)
+
+    def add(self, module, inputs) -> None:
+        """Add one batch of the module's inputs ``(input, hx)`` (``hx`` optional)."""
+        x, hx = inputs[0], (inputs[1] if len(inputs) > 1 else None)
+        packed = isinstance(x, torch.nn.utils.rnn.PackedSequence)
+        if packed:
+            # pad_packed_sequence restores the batch's own order, the order of hx.
+            x, lengths = torch.nn.utils.rnn.pad_packed_sequence(x, batch_first=True)
+        else:
+            if x.dim() == 2:  # unbatched: (time, features), and hx (layers · directions, H)
+                x = x.unsqueeze(0)
+                hx = None if hx is None else (tuple(h.unsqueeze(1) for h in hx)
+                                              if isinstance(hx, tuple) else hx.unsqueeze(1))
+            elif not module.batch_first:
+                x = x.transpose(0, 1)
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.int64)
+        x = x.detach().to(torch.float32)
+        batch, steps = x.shape[:2]
+        directions = 2 if module.bidirectional else 1
+        hidden = module.hidden_size
+        initial_h = hx[0] if isinstance(hx, tuple) else hx  # (layers · directions, batch, H)
+        valid = torch.arange(steps)[None, :] < lengths[:, None]          # (batch, steps)
+        last = torch.arange(steps)[None, :] == (lengths - 1)[:, None]
+        for layer in range(module.num_layers):
+            suffixes = ("", "_reverse")[:directions]
+            self._accumulate(f"weight_ih_l{layer}", x[valid])
+            output = self._rerun_layer(module, layer, x, hx, lengths, packed)
+            for direction, suffix in enumerate(suffixes):
+                h_all = output[..., direction * hidden:(direction + 1) * hidden]
+                start = (torch.zeros(batch, hidden) if initial_h is None else
+                         initial_h[layer * directions + direction].detach().to(torch.float32))
+                if direction == 0:  # h_(t-1); the initial state at t = 0
+                    before = torch.cat([start[:, None, :], h_all[:, :-1]], dim=1)
+                else:  # h_(t+1); the initial state at each sequence's last step
+                    before = torch.cat([h_all[:, 1:], h_all.new_zeros(batch, 1, hidden)], dim=1)
+                    before = torch.where(last[..., None], start[:, None, :], before)
+                self._accumulate(f"weight_hh_l{layer}{suffix}", before[valid])
+                if suffix:
+                    self._accumulate(f"weight_ih_l{layer}{suffix}", x[valid])
+            x = output
+
+    def _rerun_layer(self, module, layer: int, x, hx, lengths, packed: bool) -> torch.Tensor:
+        """The output (batch, steps, directions · hidden) of layer ``layer`` alone."""
+        class_name, nonlinearity = _RECURRENT_CLASSES[module.mode]
+        options = {} if nonlinearity is None else {"nonlinearity": nonlinearity}
+        directions = 2 if module.bidirectional else 1
+        single = getattr(torch.nn, class_name)(
+            x.shape[-1], module.hidden_size, num_layers=1, bias=module.bias, batch_first=True,
+            bidirectional=module.bidirectional, **options)
+        with torch.no_grad():
+            for suffix in ("", "_reverse")[:directions]:
+                for which in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh")
+                                                           if module.bias else ()):
+                    getattr(single, f"{which}_l0{suffix}").copy_(
+                        getattr(module, f"{which}_l{layer}{suffix}").to(torch.float32))
+        state = None
+        if hx is not None:
+            part = slice(layer * directions, (layer + 1) * directions)
+            state = (tuple(h[part].detach().to(torch.float32) for h in hx)
+                     if isinstance(hx, tuple) else hx[part].detach().to(torch.float32))
+        source = (torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                          enforce_sorted=False)
+                  if packed else x)
+        with torch.no_grad():
+            output, _ = single(source, state)
+        if packed:
+            output, _ = torch.nn.utils.rnn.pad_packed_sequence(output, batch_first=True,
+                                                               total_length=x.shape[1])
+        return output
+
+    def _accumulate(self, attribute: str, rows: torch.Tensor) -> None:
+        gram = (rows.T @ rows).to(torch.float64)[None]  # one group
+        total = self.totals.get(attribute)
+        self.totals[attribute] = gram if total is None else total + gram
+        self.samples[attribute] = self.samples.get(attribute, 0) + rows.shape[0]
+
+    def hessian(self, smoothing: float = 1.0, attribute: str = "weight_ih_l0"):
+        """(Hessian ``2/N Σ x xᵀ`` of the weight ``attribute``, None)."""
+        if not self.samples.get(attribute):
+            raise EncoderError("a recurrent layer saw no calibration inputs: the calibration "
+                               "batches do not reach it (check that the model's forward uses "
+                               "it)")
+        return (2.0 / self.samples[attribute] * self.totals[attribute]).numpy(), None
 
 
 def _explicit_padding(module) -> tuple:
@@ -142,15 +295,19 @@ class CollectedHessians:
     batches: int = 0
 
 
-def find_layers(model, include=None) -> dict:
-    """Module name -> kind for every supported layer with a floating-point weight
-    (``include``: an optional predicate on the name)."""
+def find_layers(model, include=None, recurrent: bool = True) -> dict:
+    """Module name -> kind for every supported layer with floating-point weights
+    (``include``: an optional predicate on the name; ``recurrent``: whether LSTM, GRU and RNN
+    modules are layers too)."""
     layers = {}
     for name, module in model.named_modules():
         kind = layer_kind(module)
-        if kind is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+        if kind is None or (kind == RECURRENT and not recurrent):
             continue
-        if not module.weight.dtype.is_floating_point or module.weight.numel() == 0:
+        weights = [getattr(module, attribute, None)
+                   for attribute in weight_attributes(module, kind)]
+        if not all(isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point
+                   and weight.numel() > 0 for weight in weights):
             continue
         if include is not None and not include(name):
             continue
@@ -205,11 +362,14 @@ def collect_hessians(model, batches, layers: dict, progress=None) -> CollectedHe
     handles = []
     for name, kind in layers.items():
         module = modules[name]
-        groups = getattr(module, "groups", 1) if kind in ("conv1d", "conv2d") else 1
-        columns = weight_matrix(module, kind).shape[1] if kind != "embedding" else 0
-        accumulator = HessianAccumulator(kind, groups, columns,
-                                         vocabulary=module.num_embeddings if kind == "embedding"
-                                         else 0)
+        if kind == RECURRENT:
+            accumulator = RecurrentHessianAccumulator(module)
+        else:
+            groups = getattr(module, "groups", 1) if kind in ("conv1d", "conv2d") else 1
+            columns = weight_matrix(module.weight, kind).shape[1] if kind != "embedding" else 0
+            accumulator = HessianAccumulator(kind, groups, columns,
+                                             vocabulary=module.num_embeddings
+                                             if kind == "embedding" else 0)
         collected.accumulators[name] = accumulator
         handles.append(module.register_forward_pre_hook(
             lambda module, inputs, accumulator=accumulator: accumulator.add(module, inputs)))

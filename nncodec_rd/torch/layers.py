@@ -31,6 +31,15 @@ parameters of the model, and :func:`load_into` skips them."""
 
 TRANSFORM_MATRIX_KIND = "transform matrix"  # LayerSummary.kind of a transform's matrix
 
+CODED_LAYER_TYPES = ("Linear, Conv1d, Conv2d, Embedding, transformers' Conv1D, LSTM, GRU and RNN "
+                     "(without proj_size)")
+"""The layer types whose weights the whole-model encoder codes, in words
+(:func:`~nncodec_rd.torch.hessians.find_layers`)."""
+
+SEQUENTIAL_CODED_LAYER_TYPES = ("Linear, Conv1d, Conv2d, Embedding, transformers' Conv1D; the "
+                                "block-sequential encoder leaves LSTM, GRU and RNN weights raw")
+"""The same for the block-sequential encoder, which leaves recurrent modules raw."""
+
 FORMAT_OF_TORCH_DTYPE = {torch.float32: "float32", torch.float16: "float16",
                          torch.bfloat16: "bfloat16"}
 
@@ -83,6 +92,9 @@ class CompressionResult:
     custom module's): file name -> elements (:func:`is_uncoded_weight`). The summary names
     them; biases, norms and other small or one-dimensional tensors are not counted."""
 
+    coded_layer_types: str = CODED_LAYER_TYPES
+    """The layer types the encoder codes, in words (for the summary's line on raw weights)."""
+
     @property
     def bits_per_weight(self) -> float:
         """File bits (everything included) per coded weight."""
@@ -110,7 +122,7 @@ class CompressionResult:
             lines.append(f"stored raw, not coded: {len(names)} weight tensors, "
                          f"{sum(self.raw_weights.values()):,} weights ({', '.join(names[:4])}"
                          f"{', ...' if len(names) > 4 else ''}): no coded layer type holds them "
-                         f"(coded: Linear, Conv1d, Conv2d, Embedding, transformers' Conv1D)")
+                         f"(coded: {self.coded_layer_types})")
         return "\n".join(lines)
 
 
@@ -140,21 +152,22 @@ class CodedLayer:
     sensitivity: float = 1.0  # output error per unit of layer loss (measure_sensitivities)
 
 
-def make_layer(name: str, parameter: str, module, kind: str, hessian, row_scale,
+def make_layer(name: str, parameter: str, weight: torch.Tensor, kind: str, hessian, row_scale,
                per_channel: bool, dtype: torch.dtype | None = None) -> CodedLayer:
     """A layer to quantize: its float64 weight matrix and Hessian, and how the file stores it
-    (``dtype``: the stored dtype if not the module's, such as a checkpoint's bfloat16)."""
-    problem = LayerProblem(weight_matrix(module, kind), hessian, row_scale)
-    stored = FORMAT_OF_TORCH_DTYPE.get(dtype or module.weight.dtype)
+    (``weight``: the module's tensor named ``parameter``; ``dtype``: the stored dtype if not the
+    weight's, such as a checkpoint's bfloat16)."""
+    problem = LayerProblem(weight_matrix(weight, kind), hessian, row_scale)
+    stored = FORMAT_OF_TORCH_DTYPE.get(dtype or weight.dtype)
     if stored is None:
-        raise EncoderError(f"{parameter}: dtype {dtype or module.weight.dtype} cannot be coded "
+        raise EncoderError(f"{parameter}: dtype {dtype or weight.dtype} cannot be coded "
                            f"(float32, float16 or bfloat16)")
     # The file keeps the stored layout, whose rows are the inputs for transformers' Conv1D: a
     # step per output would be a step per column there, so it gets one step. Embeddings get a
     # step per row (token) always: rows are weighted by token frequency, and rare tokens can
     # take coarser steps (measured: smaller files at equal fidelity).
     row_steps = kind == "embedding" or (per_channel and kind != "transposed_linear")
-    return CodedLayer(name, parameter, kind, problem, tuple(module.weight.shape), stored, row_steps)
+    return CodedLayer(name, parameter, kind, problem, tuple(weight.shape), stored, row_steps)
 
 
 def write_layer(writer: NrdWriter, key: str, layer: CodedLayer, result, seconds: float,
@@ -181,7 +194,7 @@ def reconstruction_of(layer: CodedLayer, result) -> np.ndarray:
         return result.reconstruction.reshape(layer.stored_shape)
     steps = result.steps.astype(np.float32)
     matrix = result.indices.astype(np.float32) * (steps[:, None] if len(steps) > 1 else steps[0])
-    return matrix_to_stored_layout(matrix, None, layer.kind) \
+    return matrix_to_stored_layout(matrix, layer.stored_shape, layer.kind) \
         if layer.kind == "transposed_linear" else matrix.reshape(layer.stored_shape)
 
 

@@ -458,6 +458,10 @@ def load_compressed(model, path, mode: str = "lazy", cache_bytes: int = 0,
             if any(isinstance(module, torch.nn.Embedding) and not _reads_rows_only(module)
                    for _, module, _ in places):
                 continue  # max_norm renormalises rows in place: keep it a dense parameter
+            if any(isinstance(module, torch.nn.RNNBase) for _, module, _ in places):
+                # LSTM/GRU/RNN run on _flat_weights, a list of the parameter tensors that an
+                # attribute property would not reach: decoded now, dense
+                continue
             compressed_of[id(parameter)] = CompressedWeight(handle, coded[0], context)
             lazy_keys.update(key for key, _, _ in places)
         # Everything else is decoded now, as load_into does.

@@ -27,9 +27,12 @@ from .hessians import (
     find_layers,
     first_tensor,
     matrix_to_stored_layout,
+    parameter_name,
     run_batch,
+    weight_attributes,
 )
 from .layers import (
+    CODED_LAYER_TYPES,
     TRANSFORM_MATRIX_KIND,
     TRANSFORM_PREFIX,
     CodedLayer,
@@ -62,8 +65,7 @@ class ModelEncoder:
         self.executor = executor_from(executor)
         layers = find_layers(model, include)
         if not layers:
-            raise EncoderError("the model has no supported layers (Linear, Conv1d/2d, Embedding, "
-                               "transformers Conv1D)")
+            raise EncoderError(f"the model has no supported layers ({CODED_LAYER_TYPES})")
         start = time.perf_counter()
         if calibration_batches is not None:
             # Used twice (Hessians, sensitivities): a one-shot iterator must not run dry.
@@ -84,17 +86,21 @@ class ModelEncoder:
         seen = {}
         for name, kind in layers.items():
             module = modules[name]
-            parameter = f"{name}.weight" if name else "weight"
-            pointer = module.weight.data_ptr()
-            if pointer in seen:
-                self.aliases[parameter] = seen[pointer]
-                continue
-            seen[pointer] = parameter
-            hessian, row_scale = (None, None)
-            if collected is not None:
-                hessian, row_scale = collected.accumulators[name].hessian(embedding_smoothing)
-            self.layers.append(make_layer(name, parameter, module, kind, hessian, row_scale,
-                                          per_channel))
+            # one weight a layer; an LSTM's every matrix, each coded as a Linear of its gates
+            for attribute in weight_attributes(module, kind):
+                parameter = parameter_name(name, attribute)
+                weight = getattr(module, attribute)
+                pointer = weight.data_ptr()
+                if pointer in seen:
+                    self.aliases[parameter] = seen[pointer]
+                    continue
+                seen[pointer] = parameter
+                hessian, row_scale = (None, None)
+                if collected is not None:
+                    hessian, row_scale = collected.accumulators[name].hessian(
+                        embedding_smoothing, attribute)
+                self.layers.append(make_layer(name, parameter, weight, kind, hessian, row_scale,
+                                              per_channel))
         self.progress(f"Hessians of {len(self.layers)} layers collected in "
                       f"{self.hessian_seconds:.1f} s", final=True)
         self.sensitivity_seconds = 0.0
@@ -122,7 +128,6 @@ class ModelEncoder:
         cosine 0.99: about 3.06 bits per weight with exponent 0.7, 3.1 with 0.5, 3.3 with 1;
         ``bench/minilm_rate_fidelity.py``).
         """
-        modules = dict(self.model.named_modules())
         was_training = self.model.training
         self.model.eval()
         generator = np.random.default_rng(seed)
@@ -136,10 +141,10 @@ class ModelEncoder:
                     rms = float(np.sqrt(np.mean(problem.weights ** 2))) or 1.0
                     noise = generator.standard_normal(problem.weights.shape) * relative_noise * rms
                     layer_loss = layer_distortion(problem, problem.weights + noise)
-                    weight = modules[layer.name].weight
+                    weight = self.model.get_parameter(layer.parameter)
                     original = weight.detach().clone()
-                    perturbed = matrix_to_stored_layout(problem.weights + noise, modules[layer.name],
-                                                        layer.kind)
+                    perturbed = matrix_to_stored_layout(problem.weights + noise,
+                                                        layer.stored_shape, layer.kind)
                     weight.copy_(torch.from_numpy(np.ascontiguousarray(perturbed)).to(weight.dtype))
                     try:
                         change = [float(torch.mean((first_tensor(run_batch(self.model, batch))

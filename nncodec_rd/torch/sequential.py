@@ -50,8 +50,8 @@ from ..encoder.writer import NrdWriter
 from ..format.errors import EncoderError, InputMismatchError
 from ..io.atomic import removed_on_termination
 from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_parameters
-from .layers import (CompressionResult, LayerSummary, default_lam, is_uncoded_weight, make_layer,
-                     reconstruction_of, write_layer)
+from .layers import (SEQUENTIAL_CODED_LAYER_TYPES, CompressionResult, LayerSummary, default_lam,
+                     is_uncoded_weight, make_layer, reconstruction_of, write_layer)
 from .progress import Progress
 from .hessians import (HessianAccumulator, find_layers, first_tensor, matrix_to_stored_layout,
                        run_batch, weight_matrix)
@@ -252,7 +252,7 @@ class _SharedHessians:
         for name, kind in layers.items():
             module = modules[name]
             groups = getattr(module, "groups", 1) if kind in ("conv1d", "conv2d") else 1
-            columns = weight_matrix(module, kind).shape[1] if kind != "embedding" else 0
+            columns = weight_matrix(module.weight, kind).shape[1] if kind != "embedding" else 0
             self.accumulators[name] = HessianAccumulator(
                 kind, groups, columns,
                 vocabulary=module.num_embeddings if kind == "embedding" else 0)
@@ -384,7 +384,9 @@ class SequentialEncoder:
         model's inputs), without encoding anything."""
         model = self.model
         stack_prefix = self.stack_name + "."
-        all_layers = find_layers(model, self.include)
+        # recurrent modules stay raw here (named in the summary): the pipeline is built for
+        # transformer stacks, whose blocks hold none
+        all_layers = find_layers(model, self.include, recurrent=False)
         outside = [name for name, _ in model.named_parameters(remove_duplicate=False)
                    if not name.startswith(stack_prefix)]
         was_training = model.training
@@ -491,6 +493,7 @@ class SequentialEncoder:
         outcome.sqnr = self.sqnr
         outcome.quantize_seconds = self.quantize_seconds
         outcome.raw_weights = dict(self.raw_weights)
+        outcome.coded_layer_types = SEQUENTIAL_CODED_LAYER_TYPES
         if self._controller is not None:
             outcome.lam_trials = list(self._controller.history)
         self.progress(f"{settings.method} lambda={self.lam:.4g}: {size:,} bytes, "
@@ -501,7 +504,7 @@ class SequentialEncoder:
     def _run(self, writer: NrdWriter) -> None:
         model = self.model
         stack_prefix = self.stack_name + "."
-        all_layers = find_layers(model, self.include)
+        all_layers = find_layers(model, self.include, recurrent=False)  # see initial_lam
         outside = {name: kind for name, kind in all_layers.items()
                    if not name.startswith(stack_prefix)}
         # Everything outside the stack is loaded now (embeddings, norms, the head): small
@@ -784,7 +787,7 @@ class SequentialEncoder:
                 self._quantized[parameter] = source
                 continue
             hessian, row_scale = hessians[name]
-            made.append(make_layer(name, parameter, module, kind, hessian, row_scale,
+            made.append(make_layer(name, parameter, module.weight, kind, hessian, row_scale,
                                    self.per_channel, self._stored_dtype(parameter)))
         return made
 
@@ -807,7 +810,7 @@ class SequentialEncoder:
             layer_loss = layer_distortion(problem, perturbed)
             weight = modules[layer.name].weight
             original = weight.detach().clone()
-            perturbed = matrix_to_stored_layout(perturbed, modules[layer.name], layer.kind)
+            perturbed = matrix_to_stored_layout(perturbed, layer.stored_shape, layer.kind)
             weight.copy_(torch.from_numpy(np.ascontiguousarray(perturbed)).to(weight.dtype))
             del perturbed
             try:

@@ -174,28 +174,72 @@ def test_the_encoders_keywords_default_to_the_settings_declared_once():
 
 
 def test_weights_of_layers_no_method_codes_are_named_not_silently_stored_raw(tmp_path):
-    """An LSTM's weight matrices have no coded layer type: they are stored raw (the file
-    decodes them exactly) and the result and its summary name them; the Linear is coded."""
+    """A custom module's weight matrix has no coded layer type: it is stored raw (the file
+    decodes it exactly) and the result and its summary name it; the Linear is coded."""
+
+    class Mixer(torch.nn.Module):  # a weight used as x @ W: no layer type the encoder knows
+        def __init__(self):
+            super().__init__()
+            self.mixing = torch.nn.Parameter(torch.randn(16, 64))
+            self.scale = torch.nn.Parameter(torch.ones(64))
+
+        def forward(self, x):
+            return (x @ self.mixing) * self.scale
 
     class Tagger(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.lstm = torch.nn.LSTM(16, 32, batch_first=True)
-            self.head = torch.nn.Linear(32, 40)
+            self.mixer = Mixer()
+            self.head = torch.nn.Linear(64, 40)
 
         def forward(self, x):
-            return self.head(self.lstm(x)[0])
+            return self.head(self.mixer(x))
 
     torch.manual_seed(0)
     model = Tagger()
     batches = [torch.randn(4, 6, 16) for _ in range(2)]
     result = compress(model, batches, method="optq", path=tmp_path / "t.nrd", progress=False)
-    assert result.raw_weights == {"lstm.weight_ih_l0": 128 * 16, "lstm.weight_hh_l0": 128 * 32}
+    assert result.raw_weights == {"mixer.mixing": 16 * 64}
     assert [layer.name for layer in result.layers] == ["head.weight"]
     summary = result.summary()
-    assert "stored raw, not coded: 2 weight tensors, 6,144 weights" in summary
-    assert "lstm.weight_ih_l0" in summary and "lstm.bias_ih_l0" not in summary
+    assert "stored raw, not coded: 1 weight tensors, 1,024 weights" in summary
+    assert "mixer.mixing" in summary and "mixer.scale" not in summary
     with safe_open(tmp_path / "t.nrd") as handle:
-        assert handle.info("lstm.weight_ih_l0").coding == "raw"
-        np.testing.assert_array_equal(handle.get_tensor("lstm.weight_hh_l0"),
-                                      model.lstm.weight_hh_l0.detach().numpy())
+        assert handle.info("mixer.mixing").coding == "raw"
+        np.testing.assert_array_equal(handle.get_tensor("mixer.mixing"),
+                                      model.mixer.mixing.detach().numpy())
+
+
+@pytest.mark.parametrize("module_class", ["LSTM", "GRU"])
+def test_recurrent_weights_are_coded_as_layers_and_decode_close(tmp_path, module_class):
+    """Every weight matrix of a two-layer bidirectional LSTM (GRU) is coded with a Hessian,
+    nothing is left raw, and the decoded model's output stays close to the original's."""
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(torch.nn, module_class)(16, 32, num_layers=2, batch_first=True,
+                                                       bidirectional=True)
+            self.head = torch.nn.Linear(64, 40)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    torch.manual_seed(0)
+    model = Tagger().eval()
+    batches = [torch.randn(8, 12, 16) for _ in range(3)]
+    result = compress(model, batches, method="cerwu", path=tmp_path / "r.nrd", progress=False)
+    assert result.raw_weights == {}
+    coded = {layer.name for layer in result.layers}
+    expected = {f"rnn.weight_{which}_l{layer}{suffix}" for which in ("ih", "hh")
+                for layer in (0, 1) for suffix in ("", "_reverse")}
+    assert expected | {"head.weight"} == coded
+    with safe_open(tmp_path / "r.nrd") as handle:
+        assert handle.info("rnn.weight_hh_l1_reverse").coding != "raw"
+        assert handle.info("rnn.bias_hh_l1_reverse").coding == "raw"
+    with torch.no_grad():
+        reference = model(batches[0])
+        load_into(model, tmp_path / "r.nrd")
+        decoded = model(batches[0])
+    cosine = torch.nn.functional.cosine_similarity(reference.flatten(), decoded.flatten(), dim=0)
+    assert float(cosine) > 0.99

@@ -73,4 +73,86 @@ def test_conv1d_and_embedding_and_transposed_layers_are_found():
     assert token_weights[1] == pytest.approx(2 * 6 / 18) and token_weights[0] == pytest.approx(2 / 18)
     hessian, _ = collected.accumulators["projection"].hessian()
     assert hessian.shape == (1, 5, 5)
-    assert weight_matrix(model.projection, "transposed_linear").shape == (3, 5)
+    assert weight_matrix(model.projection.weight, "transposed_linear").shape == (3, 5)
+
+
+def _lstm_inputs_by_hand(lstm, x, lengths, initial=None):
+    """Per weight: the rows it is fed, from an explicit loop over time steps of the LSTM
+    equations (the independent reference of RecurrentHessianAccumulator)."""
+    batch, _, _ = x.shape
+    hidden = lstm.hidden_size
+    directions = 2 if lstm.bidirectional else 1
+    rows = {}
+    layer_input = [x[b, :lengths[b]] for b in range(batch)]  # valid steps only
+    for layer in range(lstm.num_layers):
+        outputs = [[None] * directions for _ in range(batch)]
+        for direction, suffix in enumerate(("", "_reverse")[:directions]):
+            w_ih = getattr(lstm, f"weight_ih_l{layer}{suffix}")
+            w_hh = getattr(lstm, f"weight_hh_l{layer}{suffix}")
+            bias = (getattr(lstm, f"bias_ih_l{layer}{suffix}")
+                    + getattr(lstm, f"bias_hh_l{layer}{suffix}"))
+            for b in range(batch):
+                steps = list(range(int(lengths[b])))
+                if direction:
+                    steps.reverse()
+                state = (torch.zeros(hidden), torch.zeros(hidden)) if initial is None else (
+                    initial[0][layer * directions + direction, b],
+                    initial[1][layer * directions + direction, b])
+                h, c = state
+                out = torch.zeros(int(lengths[b]), hidden)
+                for t in steps:
+                    rows.setdefault(f"weight_ih_l{layer}{suffix}", []).append(layer_input[b][t])
+                    rows.setdefault(f"weight_hh_l{layer}{suffix}", []).append(h)
+                    gates = w_ih @ layer_input[b][t] + w_hh @ h + bias
+                    i, f, g, o = gates.chunk(4)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                    out[t] = h
+                outputs[b][direction] = out
+        layer_input = [torch.cat(outputs[b], dim=1) for b in range(batch)]
+    return {name: torch.stack(value).double().numpy() for name, value in rows.items()}
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_lstm_hessians_are_those_of_each_matrix_inputs(packed):
+    """Each matrix of a two-layer bidirectional LSTM gets 2/N Σ x xᵀ over exactly the inputs
+    the LSTM equations feed it (the step before for weight_hh, the step after in reverse,
+    the initial state at the ends), padded steps left out."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 4, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(3, 6, 5)
+    lengths = torch.tensor([6, 4, 2]) if packed else torch.tensor([6, 6, 6])
+    initial = (torch.randn(4, 3, 4), torch.randn(4, 3, 4))
+    batch = (torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                     enforce_sorted=False) if packed else x)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = lstm
+
+        def forward(self, inputs):
+            return self.lstm(inputs, initial)[0]
+
+    model = Wrapper()
+    layers = find_layers(model)
+    assert layers == {"lstm": "recurrent"}
+    # a PackedSequence is a tuple: wrapped, or run_batch would spread it as arguments
+    accumulator = collect_hessians(model, [(batch,)], layers).accumulators["lstm"]
+    with torch.no_grad():
+        expected_rows = _lstm_inputs_by_hand(lstm, x, lengths, initial)
+    assert set(expected_rows) == set(accumulator.attributes)
+    for name, rows in expected_rows.items():
+        hessian, row_scale = accumulator.hessian(attribute=name)
+        expected = 2.0 / len(rows) * rows.T @ rows
+        np.testing.assert_allclose(hessian[0], expected, rtol=1e-4,
+                                   atol=1e-5 * np.abs(expected).max(), err_msg=name)
+        assert row_scale is None
+
+
+def test_lstm_with_a_projection_is_not_a_layer():
+    """proj_size feeds the recurrent weights a projection, which the Hessians do not model:
+    such a module's weights stay raw (and are named in the summary)."""
+    model = torch.nn.Sequential(torch.nn.LSTM(5, 8, proj_size=3))
+    assert find_layers(model) == {}
+    assert find_layers(torch.nn.Sequential(torch.nn.GRU(5, 8)), recurrent=False) == {}

@@ -282,3 +282,29 @@ def test_lazy_decoding_gives_back_numbas_thread_count(tmp_path):
         assert numba.get_num_threads() == expected
     finally:
         numba.set_num_threads(before)
+
+
+def test_lstm_weights_are_decoded_now_and_the_lazy_model_equals_the_eager_one(tmp_path):
+    """An LSTM runs on its _flat_weights list, which no lazy attribute reaches: its coded
+    weights are decoded at load time (a model of other weights would run silently)."""
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+            self.head = torch.nn.Linear(32, 5)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+
+    model = seeded(Tagger)
+    batches = [torch.randn(4, 7, 8, generator=torch.Generator().manual_seed(i))
+               for i in range(2)]
+    path = write(tmp_path, model, batches)
+    eager = load_compressed(seeded(Tagger, 1), path, mode="eager").eval()
+    lazy = load_compressed(seeded(Tagger, 1), path).eval()
+    assert [name for name, _ in lazy.named_parameters() if name.endswith("weight")] == []
+    assert "lstm.weight_ih_l0" in dict(lazy.named_parameters())
+    with torch.no_grad():
+        for batch in batches:
+            assert torch.equal(lazy(batch), eager(batch))
