@@ -569,6 +569,16 @@ class NrdWriter:
         self._add(pending)
         return sum(payload.size for payload in pending.payloads)
 
+    def add_pending(self, pending: PendingTensor) -> int:
+        """Add a tensor made by :func:`encode_rans_tensor` or :func:`encode_raw_tensor` (to
+        weigh it before adding it). Returns its payload size in bytes."""
+        self._require_open("add a tensor")
+        if pending.record["coding"] != Coding.RAW \
+                and pending.record["body"]["transform_kind"] != TransformKind.NONE:
+            raise EncoderError("a transformed tensor is added with add_indices(transform=...)")
+        self._add(pending)
+        return sum(payload.size for payload in pending.payloads)
+
     def add_indices(self, name: str, indices: np.ndarray, grid, dtype="float32", *,
                     settings: EntropySettings | None = None, transform: RightMatrixTransform | None = None,
                     metadata: dict | None = None, context_center: int = 0) -> int:

@@ -34,7 +34,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
              grid_choice: str = DEFAULT_GRID_CHOICE,
              entropy: EntropySettings | None = None, include=None,
              embedding_smoothing: float = 1.0, sensitivity: bool = True,
-             metadata: dict | None = None,
+             nonweights: bool = True, metadata: dict | None = None,
              progress=True, tolerance: float = 0.01, sequential: bool = False,
              stack: str | None = None, executor=None) -> CompressionResult:
     """Quantize and entropy-code ``model``'s weights; write an .nrd file.
@@ -78,6 +78,10 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     sensitivity:
         Weigh each layer's λ by how much its output error moves the model's output
         (:meth:`ModelEncoder.measure_sensitivities`); needs calibration data.
+    nonweights:
+        Code biases, norms and BatchNorm statistics on a fine grid each role of them keeps
+        within a measured output error (:mod:`nncodec_rd.torch.nonweights`); needs calibration
+        data. ``False`` (and always with ``sequential``) stores them raw, losslessly.
     metadata:
         Extra file metadata.
     progress:
@@ -133,7 +137,8 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
                 executor=executor)
         encoder = ModelEncoder(model, calibration_batches, include=include,
                                per_channel=per_channel, embedding_smoothing=embedding_smoothing,
-                               sensitivity=sensitivity, progress=progress, executor=executor)
+                               sensitivity=sensitivity, nonweights=nonweights,
+                               progress=progress, executor=executor)
         base = QuantizerSettings(method=method,
                                  lam=encoder.default_lam() if lam is None else lam,
                                  per_channel=per_channel, grid_scale=grid_scale,

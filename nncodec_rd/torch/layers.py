@@ -92,6 +92,10 @@ class CompressionResult:
     custom module's): file name -> elements (:func:`is_uncoded_weight`). The summary names
     them; biases, norms and other small or one-dimensional tensors are not counted."""
 
+    coded_nonweights: dict = field(default_factory=dict)
+    """Non-weight tensors (biases, norms, statistics) coded on a fine grid: file name -> the
+    relative bits of its step ``RMS · 2^-bits`` (:mod:`nncodec_rd.torch.nonweights`); the others
+    are raw."""
     coded_layer_types: str = CODED_LAYER_TYPES
     """The layer types the encoder codes, in words (for the summary's line on raw weights)."""
 
@@ -117,6 +121,10 @@ class CompressionResult:
                         if self.transform_layers else "")
                      + f"Hessians {self.hessian_seconds:.1f} s, "
                      f"quantize+code {self.encode_seconds:.1f} s")
+        if self.coded_nonweights:
+            lines.append(f"non-weight tensors coded on a fine grid: {len(self.coded_nonweights)} "
+                         f"(steps RMS/2^{min(self.coded_nonweights.values())} ... "
+                         f"RMS/2^{max(self.coded_nonweights.values())}); the rest raw")
         if self.raw_weights:
             names = list(self.raw_weights)
             lines.append(f"stored raw, not coded: {len(names)} weight tensors, "

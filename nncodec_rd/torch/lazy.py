@@ -370,7 +370,9 @@ def _reads_rows_only(module) -> bool:
 
 def _can_stay_compressed(handle: NrdFile, key: str, parameter) -> bool:
     record = handle.record(key)
-    return (record.coding == Coding.RANS and record.body.transform_kind == TransformKind.NONE
+    # A vector (a coded bias, a norm's scale) is decoded now: it is small, and a lazy one would
+    # be decoded again beside its layer's weight at every forward.
+    return (parameter.dim() >= 2 and record.coding == Coding.RANS and record.body.transform_kind == TransformKind.NONE
             and TensorDtype(record.dtype) in _TORCH_DTYPES
             and _TORCH_DTYPES[TensorDtype(record.dtype)] == parameter.dtype
             and tuple(int(d) for d in record.shape) == tuple(parameter.shape)

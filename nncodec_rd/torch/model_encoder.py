@@ -1,7 +1,8 @@
 """The whole-model encoder: :class:`ModelEncoder` collects every layer's Hessian once (and each
 layer's sensitivity), quantizes the layers with one global λ (:mod:`nncodec_rd.encoder.methods`)
-and writes the whole state dict: quantized layer weights entropy-coded, everything else (biases,
-norms, buffers) stored raw. :func:`nncodec_rd.torch.compress_model.compress` drives it.
+and writes the whole state dict: quantized layer weights entropy-coded, biases, norms and
+statistics on the fine grids :mod:`nncodec_rd.torch.nonweights` measures, everything else
+(integer buffers, small tensors, matrices of layer types it does not code) stored raw. :func:`nncodec_rd.torch.compress_model.compress` drives it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .layers import (
     reconstruction_of,
     write_layer,
 )
+from .nonweights import NonWeightPlan, plan_nonweights, write_nonweight
 from .progress import Progress
 from .state_dict import tensor_to_numpy
 
@@ -58,7 +60,7 @@ class ModelEncoder:
     def __init__(self, model, calibration_batches, *, include=None, per_channel: bool = False,
                  embedding_smoothing: float = 1.0, sensitivity: bool = True,
                  sensitivity_batches: int = 1, sensitivity_exponent: float = 0.7,
-                 progress=True, executor=None):
+                 nonweights: bool = True, progress=True, executor=None):
         self.model = model
         self.progress = Progress(progress)
         # Where the layers are quantized (nncodec_rd.encoder.executor); the file is the same.
@@ -111,6 +113,18 @@ class ModelEncoder:
             self.sensitivity_seconds = time.perf_counter() - start
             self.progress(f"layer sensitivities measured in {self.sensitivity_seconds:.1f} s",
                           final=True)
+        # Biases, norms, statistics: each role's grid measured on a calibration batch.
+        self.nonweight_plan = NonWeightPlan()
+        self.nonweight_seconds = 0.0
+        if nonweights and calibration_batches is not None:
+            start = time.perf_counter()
+            coded = {layer.parameter for layer in self.layers} | set(self.aliases)
+            self.nonweight_plan = plan_nonweights(
+                model, calibration_batches[:1], coded,
+                progress=lambda role, bits, count: self.progress(
+                    f"non-weight tensors '{role}' ({count}): "
+                    + (f"step RMS/2^{bits}" if bits is not None else "raw")))
+            self.nonweight_seconds = time.perf_counter() - start
 
     def measure_sensitivities(self, batches, relative_noise: float = 0.01, seed: int = 0,
                               exponent: float = 0.7) -> None:
@@ -269,6 +283,7 @@ class ModelEncoder:
         summaries = []
         written_matrices = set()
         self.raw_weights = {}
+        self.coded_nonweights = {}
         state = self.model.state_dict()
         with NrdWriter(path, metadata=file_metadata) as writer:
             for number, (key, value) in enumerate(state.items(), 1):
@@ -287,7 +302,9 @@ class ModelEncoder:
                     array = tensor_to_numpy(value)
                     if is_uncoded_weight(array):
                         self.raw_weights[key] = int(array.size)
-                    writer.add_raw(key, array)
+                    bits = self.nonweight_plan.bits_of(key)
+                    if write_nonweight(writer, key, array, bits):
+                        self.coded_nonweights[key] = bits
         return os.path.getsize(path), summaries
 
     def _write_transformed(self, writer, key, source, layer, result, seconds, settings,
@@ -334,6 +351,7 @@ class ModelEncoder:
                                     summaries, self.hessian_seconds, time.perf_counter() - start)
         outcome.results = results
         outcome.raw_weights = dict(self.raw_weights)
+        outcome.coded_nonweights = dict(self.coded_nonweights)
         outcome.transform_bytes = sum(summary.payload_bytes for summary in summaries
                                       if summary.kind == TRANSFORM_MATRIX_KIND)
         outcome.transform_layers = sum(isinstance(result, TransformLayerResult)

@@ -1,0 +1,177 @@
+"""Non-weight tensors on a fine uniform grid: biases, norms' scales and shifts, BatchNorm's running
+statistics, an LSTM's biases (docs/guides/compressing-pytorch.md, "Which tensors are coded how").
+
+A state dict holds more than the layers' weights. Stored raw they cost 32 bits a value: on a CNN
+with BatchNorm that is a tenth of a file whose weights are coded at 4 bits. Each such tensor
+gets one step relative to its own RMS, ``RMS · 2^-bits``, so that its indices span a small
+alphabet. How fine a grid a kind of tensor needs is measured, not assumed: tensors are grouped by
+their **role** (the attribute's name: ``bias``, ``weight`` of a norm, ``running_var``, ...) and
+each role takes the coarsest of :data:`RELATIVE_BITS` at which the model's output, on a
+calibration batch, with every tensor of that role quantized and all else exact, moves by at most
+:data:`OUTPUT_ERROR_BUDGET` of its mean square. A role that no candidate keeps within the budget
+stays raw, and so does every tensor whose coded form (chunks, frequency tables and the grid's
+record) would not be smaller than its raw bytes: small tensors, whose tables cost more than
+their values.
+
+A decoded value is within half a step of the original: ``|x̂ - x| <= RMS · 2^-bits / 2``, the
+error every coded non-weight tensor keeps (its grid's step is in the file).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..encoder.entropy import EntropySettings
+from ..encoder.rans import frequency_table_bytes
+from ..encoder.writer import NrdWriter, encode_rans_tensor
+from ..format.grids import UniformGrid
+from .hessians import first_tensor, run_batch
+from .state_dict import tensor_to_numpy
+
+RELATIVE_BITS = (3, 4, 5, 6, 7, 8, 10, 12)
+"""Candidate steps ``RMS · 2^-bits``, tried coarsest first."""
+
+OUTPUT_ERROR_BUDGET = 5e-5
+"""What quantizing one role may cost: the mean square change of the model's output over its
+mean square. At mean cosine 0.99 the weights' own error is about 2e-2 of it."""
+
+MIN_ELEMENTS = 16
+"""Tensors smaller than this stay raw: their record alone outweighs their values."""
+
+RECORD_EXTRA_BYTES = 40
+"""Bytes a coded tensor's record takes beyond a raw one's (grid, context and chunk fields),
+counted against it when choosing between the two."""
+
+SMALL_TENSOR_ENTROPY = EntropySettings(lane_count=1, context_model="iid")
+"""One rANS lane and one table: small tensors decode in microseconds either way, and every
+lane's final state costs 4 bytes."""
+
+FLOATING = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def role_of(key: str) -> str:
+    """The role of the state-dict entry ``key``: its attribute name without layer numbers and
+    directions.
+
+    >>> role_of("encoder.layer.3.output.LayerNorm.bias"), role_of("rnn.bias_hh_l1_reverse")
+    ('bias', 'bias_hh')
+    >>> role_of("features.1.running_var")
+    'running_var'
+    """
+    attribute = key.rpartition(".")[2]
+    return re.sub(r"_l\d+(_reverse)?$", "", attribute)
+
+
+@dataclass
+class NonWeightPlan:
+    """For each non-weight tensor that may be coded, its role's relative bits (None: raw), and
+    what was measured."""
+
+    bits_of_role: dict = field(default_factory=dict)
+    roles: dict = field(default_factory=dict)  # state-dict key -> role
+    measured: dict = field(default_factory=dict)  # role -> [(bits, relative output error)]
+
+    def bits_of(self, key: str):
+        """The relative bits of ``key``, or None where it stays raw."""
+        role = self.roles.get(key)
+        return None if role is None else self.bits_of_role.get(role)
+
+
+def candidate_keys(model, coded: set) -> dict:
+    """State-dict key -> role of every floating-point tensor outside the coded layers' weights,
+    of at least :data:`MIN_ELEMENTS` values (matrices of uncoded layer types excluded: they are
+    weights, stored raw and named)."""
+    keys = {}
+    for key, value in model.state_dict().items():
+        if key in coded or value.dtype not in FLOATING or value.numel() < MIN_ELEMENTS:
+            continue
+        if value.dim() >= 2:
+            continue
+        keys[key] = role_of(key)
+    return keys
+
+
+def quantized(array: np.ndarray, bits: int):
+    """(indices, step) of ``array`` on the grid ``RMS · 2^-bits``; None if it is all zero or
+    not finite.
+
+    >>> indices, step = quantized(np.array([0.5, -1.0, 0.25], np.float32), 3)
+    >>> round(float(step), 6), indices.tolist()
+    (0.08268, [6, -12, 3])
+    """
+    values = array.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        return None
+    rms = float(np.sqrt(np.mean(values ** 2)))
+    if rms == 0.0:
+        return None
+    step = np.float32(rms * 2.0 ** -bits)
+    return np.rint(values / np.float64(step)).astype(np.int64), step
+
+
+def plan_nonweights(model, batches, coded: set, progress=None) -> NonWeightPlan:
+    """Measure each role's coarsest grid within :data:`OUTPUT_ERROR_BUDGET` (module docstring)
+    on ``batches`` (one or two calibration batches are enough: the budget is far from the
+    weights' error)."""
+    plan = NonWeightPlan(roles=candidate_keys(model, coded))
+    if not plan.roles:
+        return plan
+    state = model.state_dict()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            reference = [first_tensor(run_batch(model, batch)).double() for batch in batches]
+            power = float(np.mean([torch.mean(out ** 2) for out in reference])) or 1.0
+            for role in sorted(set(plan.roles.values())):
+                keys = [key for key, other in plan.roles.items() if other == role]
+                originals = {key: state[key].detach().clone() for key in keys}
+                plan.measured[role] = []
+                plan.bits_of_role[role] = None
+                try:
+                    for bits in RELATIVE_BITS:
+                        for key in keys:
+                            array = tensor_to_numpy(originals[key]).astype(np.float32)
+                            coded_values = quantized(array, bits)
+                            if coded_values is not None:
+                                indices, step = coded_values
+                                state[key].copy_(torch.from_numpy(
+                                    (indices * np.float64(step)).astype(np.float32)))
+                        change = float(np.mean([
+                            torch.mean((first_tensor(run_batch(model, batch)).double()
+                                        - expected) ** 2)
+                            for batch, expected in zip(batches, reference)])) / power
+                        plan.measured[role].append((bits, change))
+                        if np.isfinite(change) and change <= OUTPUT_ERROR_BUDGET:
+                            plan.bits_of_role[role] = bits
+                            break
+                finally:
+                    for key, original in originals.items():
+                        state[key].copy_(original)
+                if progress is not None:
+                    progress(role, plan.bits_of_role[role], len(keys))
+    finally:
+        model.train(was_training)
+    return plan
+
+
+def write_nonweight(writer: NrdWriter, key: str, array: np.ndarray, bits: int | None) -> bool:
+    """Add ``array`` to ``writer``: coded at ``bits`` where that is smaller than raw, else raw.
+    Returns whether it was coded."""
+    coded_values = None if bits is None else quantized(array, bits)
+    if coded_values is not None and array.dtype.name in ("float32", "float16", "bfloat16"):
+        indices, step = coded_values
+        pending = encode_rans_tensor(key, indices, UniformGrid(np.array([step], np.float32)),
+                                     array.dtype.name, settings=SMALL_TENSOR_ENTROPY)
+        tables = [row["frequencies"] for row in pending.record["body"]["tables"]]
+        coded_bytes = (sum(len(payload) for payload in pending.payloads)
+                       + frequency_table_bytes(np.array(tables)) + RECORD_EXTRA_BYTES)
+        if coded_bytes < array.nbytes:
+            writer.add_pending(pending)
+            return True
+    writer.add_raw(key, array)
+    return False
