@@ -86,7 +86,7 @@ def curve_label(method: str, grid_choice: str) -> str:
 
 
 def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivity: bool = True,
-             per_channel: bool = False, grid_scale: float = 1.0, lams: dict | None = None,
+             per_channel: bool | str = False, grid_scale: float = 1.0, lams: dict | None = None,
              entropy: EntropySettings | None = None, grid_choices=("auto",),
              pipelines=("whole",)) -> dict:
     """Every method (for each of ``grid_choices`` and ``pipelines``: ``"whole"``, the
@@ -105,8 +105,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
         label = curve_label(method, grid_choice) + ("+seq" if pipeline == "sequential" else "")
         points = []
         sequential_base = None
-        # a method that folds the quadratic rate (cerwu) takes one step per layer with a Hessian
-        channel_steps = per_channel and METHODS[method].per_channel_with_hessian
+        channel_steps = per_channel
         for factor in (lams or {}).get(label, lam_factors):
             lam = base_lam * factor
             path = os.path.join(folder, f"{workload.name}-{label}-{factor:g}.nrd")

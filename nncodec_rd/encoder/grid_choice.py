@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..format.errors import EncoderError
+from .obs import CHANNEL_STEP_CLASS_RATIO as CHANNEL_STEP_RATIO
 from .obs import lambda_rule_steps, quantize_on_grid
 from .problem import LayerProblem, LayerResult
 from .rate import RateModel
@@ -199,17 +200,85 @@ def quantize_layer_choosing_grid(problem: LayerProblem,
 
 
 
+STEP_BITS = 32.0
+"""A step is a float32 in the header (spec §6.1): each step beyond a layer's first costs this."""
+
+
 def quantize_on_chosen_grid(problem: LayerProblem, settings: QuantizerSettings) -> LayerResult:
     """Quantize one layer with ``settings.quantization_method`` on the λ rule's grid
     (``grid_choice`` ``"fixed"``) or on the grid :func:`quantize_layer_choosing_grid` picks
-    (``"rd"``); ``"auto"`` is what the method states. The entry point of the methods built on
-    the OBS sweep (:mod:`nncodec_rd.encoder.methods`)."""
-    method = settings.quantization_method
-    if not method.per_channel_with_hessian and problem.hessian is not None and (
-            settings.per_channel or problem.row_scale is not None):
-        raise EncoderError(f"{method.name} needs one step and one weight for all rows of a layer "
-                           f"with a Hessian (per_channel=False): its transformed Hessian H + μI "
-                           f"is shared by all rows")
-    if method.resolved_grid_choice(settings.grid_choice) == "rd":
+    (``"rd"``); ``"auto"`` is what the method states. With ``per_channel="rd"`` the layer is
+    quantized with one step and with a step per row, and keeps the one of least ``D/λ + R``
+    with the extra steps' bits counted (:func:`choose_channel_steps`). The entry point of the
+    methods built on the OBS sweep (:mod:`nncodec_rd.encoder.methods`)."""
+    if settings.per_channel == "rd":
+        return choose_channel_steps(problem, settings)
+    if settings.quantization_method.resolved_grid_choice(settings.grid_choice) == "rd":
         return quantize_layer_choosing_grid(problem, settings)
     return quantize_on_grid(problem, settings, lambda_rule_steps(problem, settings))
+
+
+ROW_SCALE_EXPONENTS = (-2, -1, 0, 1, 2, 3, 4)
+"""Each row's step is the λ rule's times √2 to these powers (a half to four times it)."""
+
+
+def choose_channel_steps(problem: LayerProblem, settings: QuantizerSettings) -> LayerResult:
+    """One step for the layer, or one per row (output channel), whichever has the least
+    ``D/λ + R``: the indices' and tables' bits (:func:`objective_bits`) plus
+    :data:`STEP_BITS` for each step beyond the first. A layer of one row keeps one step.
+
+    Only layers whose rows do not share one Hessian are tried: grouped and depthwise
+    convolutions, whose groups see inputs of different scales. Rows of one Hessian get the same
+    λ-rule step whatever their own scale (the equal-slope optimum at high rate, and with rate-
+    aware decisions close to it at low rate): in trials on such layers whose rows' scales spanned
+    up to 300 times, at 0.1 to 8 bits per weight, per-row steps never beat one step once their
+    table was counted, while groups whose inputs differed in scale did
+    (``tests/encoder/test_grid_choice.py`` keeps both cases).
+
+    The layer is quantized once for each scale of :data:`ROW_SCALE_EXPONENTS` around the
+    per-row λ-rule steps, each row takes the scale of its least ``D_r/λ + R_r`` (its own
+    distortion and its indices' bits under that run's table), and the layer is quantized once
+    more with those steps. For ``cerwu`` the steps stay in the classes of
+    :data:`~nncodec_rd.encoder.obs.CHANNEL_STEP_CLASS_RATIO`. The choice costs about nine
+    quantizations of a grouped layer (small ones, as a rule).
+    """
+    one = quantize_on_chosen_grid(problem, replace(settings, per_channel=False))
+    rows = problem.weights.shape[0]
+    if rows < 2 or settings.step is not None or (problem.groups == 1
+                                                 and problem.row_scale is None):
+        return one
+    fixed = replace(settings, per_channel=True, grid_choice="fixed")
+    base = lambda_rule_steps(problem, fixed).astype(np.float64)
+    row_objectives = []
+    for exponent in ROW_SCALE_EXPONENTS:
+        steps = (base * CHANNEL_STEP_RATIO ** exponent).astype(np.float32)
+        trial = quantize_on_grid(problem, fixed, steps)
+        rate = RateModel.from_indices(trial.indices, settings.entropy)
+        reconstruction = trial.indices * steps.astype(np.float64)[:, None]
+        row_objectives.append(row_distortions(problem, reconstruction) / settings.lam
+                              + rate.bits(trial.indices).sum(axis=1))
+    best = np.asarray(ROW_SCALE_EXPONENTS)[np.argmin(np.stack(row_objectives), axis=0)]
+    per_row = quantize_on_grid(problem, fixed,
+                               (base * CHANNEL_STEP_RATIO ** best).astype(np.float32))
+    extra_bits = STEP_BITS * (len(per_row.steps) - len(one.steps))
+    if objective_bits(per_row, settings.lam, settings) + extra_bits \
+            < objective_bits(one, settings.lam, settings):
+        per_row.grid = "a step per row"
+        return per_row
+    return one
+
+
+def row_distortions(problem: LayerProblem, reconstruction: np.ndarray) -> np.ndarray:
+    """Each row's share ``½ s_r (w_r − ŵ_r) H (w_r − ŵ_r)ᵀ`` of the layer's distortion."""
+    rows = problem.weights.shape[0]
+    scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
+    difference = problem.weights - reconstruction
+    if problem.hessian is None:
+        return 0.5 * scale * np.sum(difference ** 2, axis=1)
+    rows_per_group = rows // problem.groups
+    out = np.empty(rows)
+    for group, hessian in enumerate(problem.hessian):
+        part = slice(group * rows_per_group, (group + 1) * rows_per_group)
+        out[part] = 0.5 * scale[part] * np.sum((difference[part] @ hessian) * difference[part],
+                                               axis=1)
+    return out

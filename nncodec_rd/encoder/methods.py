@@ -128,19 +128,6 @@ class QuantizationMethod:
             if given and not needed:
                 raise EncoderError(f"method {self.name!r}: {words}")
 
-    @property
-    def per_channel_with_hessian(self) -> bool:
-        """Whether layers with a Hessian may have one step per output channel: not with the
-        folded quadratic rate (its ``H + μI`` is shared by all rows), nor where the fallback
-        method, which codes some of the layers, cannot.
-
-        >>> METHODS["optq"].per_channel_with_hessian, METHODS["transform+cerwu"].per_channel_with_hessian
-        (True, False)
-        """
-        if self.folds_quadratic_rate:
-            return False
-        return self.fallback is None or method_named(self.fallback).per_channel_with_hessian
-
     def resolved_grid_choice(self, grid_choice: str) -> str:
         """``"fixed"`` or ``"rd"``: what ``grid_choice`` (one of :data:`GRID_CHOICES`) means
         for this method.

@@ -37,6 +37,7 @@ the choice of the grid in :mod:`nncodec_rd.encoder.grid_choice`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -241,9 +242,31 @@ def choose_steps(problem: LayerProblem, settings: QuantizerSettings,
     return np.maximum(steps, np.finfo(np.float32).tiny).astype(np.float32)
 
 
+CHANNEL_STEP_CLASS_RATIO = 2.0 ** 0.5
+"""Per-row steps of a method that folds the rate into the Hessian are rounded to the layer's
+one step times powers of this: rows of a class share one factor of ``H + μI``."""
+
+CHANNEL_STEP_CLASS_RANGE = 8.0
+"""... and kept within this factor of it either way (at most 13 classes, 13 factorisations)."""
+
+
 def lambda_rule_steps(problem: LayerProblem, settings: QuantizerSettings) -> np.ndarray:
-    """The layer's step(s) by the λ rule (:func:`choose_steps` with the layer's curvatures)."""
-    return choose_steps(problem, settings, _curvatures(problem, settings)[1])
+    """The layer's step(s) by the λ rule (:func:`choose_steps` with the layer's curvatures).
+
+    With a step per row, a method that folds the quadratic rate (``cerwu``) and a Hessian, the
+    steps are rounded to :data:`CHANNEL_STEP_CLASS_RATIO` classes around the layer's one step:
+    the folded rate ``μ`` depends on the step, and each distinct ``μ`` costs a Cholesky
+    factorisation of ``H + μI``."""
+    curvature = _curvatures(problem, settings)[1]
+    steps = choose_steps(problem, settings, curvature)
+    if (len(steps) > 1 and problem.hessian is not None and settings.step is None
+            and settings.quantization_method.folds_quadratic_rate):
+        one = float(choose_steps(problem, replace(settings, per_channel=False), curvature)[0])
+        limit = math.log(CHANNEL_STEP_CLASS_RANGE, CHANNEL_STEP_CLASS_RATIO)
+        exponents = np.clip(np.rint(np.log(steps / one) / math.log(CHANNEL_STEP_CLASS_RATIO)),
+                            -limit, limit)
+        steps = (one * CHANNEL_STEP_CLASS_RATIO ** exponents).astype(np.float32)
+    return steps
 
 
 def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: np.ndarray,
@@ -300,20 +323,32 @@ def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: 
         for group, (damped, upper, dead, used, order) in enumerate(factors):
             used_damping = max(used_damping, used)
             group_rows = slice(group * rows_per_group, (group + 1) * rows_per_group)
-            eigen = mu = None
-            if gamma > 0:
-                # Row weights are all equal here (checked above).
-                eigen_key = ("eigen", settings.act_order, settings.damping, group)
-                if eigen_key not in problem.cache:
-                    problem.cache[eigen_key] = np.linalg.eigh(damped)
-                eigen, mu = problem.cache[eigen_key], float(rate_weight[0]) * gamma
-                upper = factor_with_retries(cerwu_shifted_hessian(damped, mu), 0.0)[1]
-            for part in blocks_within(chunks, group_rows):
-                target = scaled[part][:, order]
-                target[:, dead] = 0.0
-                if eigen is not None:
-                    target = cerwu_target(target, mu, eigen)
-                sweeps.append((part, target, upper, order))
+            if gamma == 0:
+                for part in blocks_within(chunks, group_rows):
+                    target = scaled[part][:, order]
+                    target[:, dead] = 0.0
+                    sweeps.append((part, target, upper, order))
+                continue
+            # The folded rate μ = γ λ / (s_r Δ_r²) is a row's: rows of equal rate weight (one
+            # step for the layer, or a few step classes, channel_step_classes) share one
+            # H + μI and its factor.
+            eigen_key = ("eigen", settings.act_order, settings.damping, group)
+            if eigen_key not in problem.cache:
+                problem.cache[eigen_key] = np.linalg.eigh(damped)
+            eigen = problem.cache[eigen_key]
+            for weight in np.unique(rate_weight[group_rows]):
+                mu = float(weight) * gamma
+                shifted_upper = factor_with_retries(cerwu_shifted_hessian(damped, mu), 0.0)[1]
+                for part in blocks_within(chunks, group_rows):
+                    rows_of_class = np.flatnonzero(rate_weight[part] == weight) + part.start
+                    if rows_of_class.size == 0:
+                        continue
+                    if rows_of_class.size == part.stop - part.start:
+                        rows_of_class = part  # all of them: a view, not a copy
+                    target = scaled[rows_of_class][:, order]
+                    target[:, dead] = 0.0
+                    sweeps.append((rows_of_class, cerwu_target(target, mu, eigen),
+                                   shifted_upper, order))
         passes = 0
         for passes in range(1, (settings.max_passes if rate_aware else 1) + 1):
             changed = 0

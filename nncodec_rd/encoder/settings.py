@@ -45,6 +45,10 @@ def command_line_flags() -> list[tuple[str, CommandLineFlag, type]]:
             for item in fields(QuantizerSettings) if "flag" in item.metadata]
 
 
+PER_CHANNEL_CHOICES = (False, True, "rd")
+"""The values of :attr:`QuantizerSettings.per_channel`."""
+
+
 @dataclass(frozen=True)
 class QuantizerSettings:
     """How a layer is quantized (:func:`nncodec_rd.encoder.methods.quantize_layer`): frozen, and
@@ -64,9 +68,11 @@ class QuantizerSettings:
         layer (the λ rule of :mod:`nncodec_rd.encoder.obs`) and, for rate-aware methods, weighs
         the rate in each decision.
     per_channel:
-        One step per output row instead of one per tensor; for layers with a Hessian only with
-        methods whose ``per_channel_with_hessian`` holds (not ``cerwu``, whose transformed problem
-        shares H + μI across rows, nor ``transform+cerwu``, which falls back to it).
+        ``False``: one step per tensor. ``True``: one step per output row (for ``cerwu``, rounded
+        to classes a factor √2 apart, :data:`~nncodec_rd.encoder.obs.CHANNEL_STEP_CLASS_RATIO`:
+        its ``H + μI`` is shared by the rows of a class). ``"rd"``: each layer takes whichever of
+        the two has the least ``D/λ + R``, the extra steps' bits counted
+        (:func:`~nncodec_rd.encoder.grid_choice.choose_channel_steps`).
     step:
         An absolute step for every row, overriding the λ rule.
     grid_scale:
@@ -100,7 +106,7 @@ class QuantizerSettings:
 
     method: str = "cerwu"
     lam: float = 1e-6
-    per_channel: bool = False
+    per_channel: bool | str = False
     step: float | None = None
     grid_scale: float = field(default=1.0, metadata={"flag": CommandLineFlag(
         "--grid-scale", "multiplies the grid step lambda gives (default 1; below 1: a finer "
@@ -134,6 +140,10 @@ class QuantizerSettings:
             raise EncoderError(f"step must be finite and > 0, not {self.step}")
         if not (math.isfinite(self.grid_scale) and self.grid_scale > 0):
             raise EncoderError(f"grid_scale must be finite and > 0, not {self.grid_scale}")
+        if not (self.per_channel in PER_CHANNEL_CHOICES
+                and isinstance(self.per_channel, (bool, str))):
+            raise EncoderError(f"per_channel must be False, True or 'rd', not "
+                               f"{self.per_channel!r}")
         if self.grid_choice not in GRID_CHOICES:
             raise EncoderError(f"unknown grid_choice {self.grid_choice!r}; choose one of "
                                f"{', '.join(GRID_CHOICES)}")

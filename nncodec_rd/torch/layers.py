@@ -156,7 +156,7 @@ class CodedLayer:
     problem: LayerProblem
     stored_shape: tuple
     dtype: str
-    per_channel: bool
+    per_channel: bool | str  # QuantizerSettings.per_channel for this layer
     sensitivity: float = 1.0  # output error per unit of layer loss (measure_sensitivities)
 
 
@@ -174,7 +174,8 @@ def make_layer(name: str, parameter: str, weight: torch.Tensor, kind: str, hessi
     # step per output would be a step per column there, so it gets one step. Embeddings get a
     # step per row (token) always: rows are weighted by token frequency, and rare tokens can
     # take coarser steps (measured: smaller files at equal fidelity).
-    row_steps = kind == "embedding" or (per_channel and kind != "transposed_linear")
+    row_steps = True if kind == "embedding" else (False if kind == "transposed_linear"
+                                                  else per_channel)
     return CodedLayer(name, parameter, kind, problem, tuple(weight.shape), stored, row_steps)
 
 

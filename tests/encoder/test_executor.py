@@ -9,11 +9,13 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from nncodec_rd.encoder.executor import LocalExecutor, executor_from, opened_executor
+from nncodec_rd.encoder.methods import quantize_layer
 from nncodec_rd.encoder.problem import LayerProblem
 from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.format.errors import EncoderError
@@ -134,21 +136,46 @@ def test_worker_killed_in_a_task_still_gives_the_same_file(tmp_path, cluster):
     assert (tmp_path / "ray.nrd").read_bytes() == (tmp_path / "local.nrd").read_bytes()
 
 
-def test_a_failing_layer_stops_the_run_with_its_error_and_no_output(tmp_path, cluster):
+def _quantize_refusing_wide_layers(problem, settings):
+    """A method's entry point that refuses layers of more than 40 columns (importable by the
+    workers: they unpickle it by its qualified name)."""
+    if problem.weights.shape[1] > 40:
+        raise EncoderError(f"refuses a layer of {problem.weights.shape[1]} columns")
+    return quantize_layer(problem, replace(settings, method="optq"))
+
+
+@pytest.fixture
+def refusing_method():
+    from nncodec_rd.encoder.methods import QuantizationMethod, register_method, unregister_method
+
+    register_method(QuantizationMethod("refuses-wide", "fails on wide layers (a test's)",
+                                       _quantize_refusing_wide_layers))
+    yield "refuses-wide"
+    unregister_method("refuses-wide")
+
+
+def test_a_failing_layer_stops_the_run_with_its_error_and_no_output(tmp_path, cluster,
+                                                                    refusing_method):
     model = llama_folder(tmp_path / "m", blocks=2, hidden=32)
     path = tmp_path / "out" / "model.nrd"
     path.parent.mkdir()
-    # cerwu cannot give each row its own step on a layer with a Hessian: quantize_layer raises
-    # in the worker, and the driver raises the same typed error.
-    with pytest.raises(EncoderError, match="cerwu needs one step") as raised:
-        compress(model, token_batches(), method="cerwu", per_channel=True, path=path,
-                 progress=False, executor=cluster)
+    # The MLP's down projection (64 columns) raises in the worker, and the driver raises the
+    # same typed error.
+    with pytest.raises(EncoderError, match="refuses a layer of 64 columns") as raised:
+        compress(model, token_batches(), method=refusing_method, path=path, progress=False,
+                 executor=cluster)
     assert raised.value.code.slug == "encoder_settings"
     assert "encoder_settings: encoder_settings" not in str(raised.value)
     assert os.listdir(path.parent) == []
-    with pytest.raises(EncoderError, match="cerwu needs one step"):
-        encode_folder(tmp_path / "m", path, token_batches(), executor=cluster,
-                      per_channel=True)
+    from nncodec_rd.torch.checkpoint import CheckpointWeights
+    from nncodec_rd.torch.sequential import SequentialEncoder
+    from tests.torch.test_sequential import empty_model
+
+    encoder = SequentialEncoder(empty_model(tmp_path / "m")[0], token_batches(),
+                                weights=CheckpointWeights(tmp_path / "m"), progress=False,
+                                executor=cluster)
+    with pytest.raises(EncoderError, match="refuses a layer of 64 columns"):
+        encoder.encode(QuantizerSettings(method=refusing_method), path)
     assert os.listdir(path.parent) == []
 
 

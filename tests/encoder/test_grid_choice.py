@@ -162,3 +162,100 @@ def test_auto_searches_for_every_method_but_rtn(rng):
     for method in METHODS:
         result = quantize_layer(problem, QuantizerSettings(method=method, lam=1e-3))  # ~1 bit
         assert (result.grid == "λ rule") == (method == "rtn"), (method, result.grid)
+
+
+# -- a step per row, chosen by rate-distortion (per_channel="rd") ------------------------------
+
+from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+from nncodec_rd.encoder.grid_choice import STEP_BITS  # noqa: E402
+from nncodec_rd.encoder.obs import CHANNEL_STEP_CLASS_RANGE, CHANNEL_STEP_CLASS_RATIO  # noqa: E402
+
+
+def channel_scaled_problem(seed: int, spread: float, rows=16, columns=48):
+    """Rows of Laplacian weights whose scales span ``spread`` (a convolution's output channels
+    before BatchNorm), with a Hessian of inputs of uneven scales."""
+    rng = np.random.default_rng(seed)
+    scales = spread ** rng.uniform(-0.5, 0.5, rows)
+    return problem_of(rng, rng.laplace(size=(rows, columns)) * 0.05 * scales[:, None])
+
+
+def total_objective(result, settings) -> float:
+    """D/λ + R with every step beyond the first counted (what the choice weighs)."""
+    return objective_bits(result, settings.lam, settings) + STEP_BITS * (len(result.steps) - 1)
+
+
+@hypothesis_settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), spread=st.sampled_from([1.0, 3.0, 30.0]),
+       method=st.sampled_from(METHODS), lam=st.sampled_from([1e-6, 1e-5, 1e-4]),
+       grouped=st.booleans())
+def test_a_step_per_row_by_rd_never_ends_above_one_step(seed, spread, method, lam, grouped):
+    problem = (grouped_problem(seed, spread, groups=4, rows_per_group=4, columns=18) if grouped
+               else channel_scaled_problem(seed, spread))
+    settings = QuantizerSettings(method=method, lam=lam)
+    one = quantize_layer(problem, settings)
+    chosen = quantize_layer(problem, replace(settings, per_channel="rd"))
+    assert total_objective(chosen, settings) <= total_objective(one, settings) * (1 + 1e-12)
+    assert len(chosen.steps) in (1, problem.weights.shape[0])
+
+
+def grouped_problem(seed: int, spread: float, groups=8, rows_per_group=8, columns=72):
+    """A grouped convolution: each group's inputs (and so its Hessian) of a scale spanning
+    ``spread``: the λ rule's step of one group is not another's."""
+    rng = np.random.default_rng(seed)
+    hessians = []
+    for _ in range(groups):
+        inputs = rng.standard_normal((200, columns)) * spread ** rng.uniform(-0.5, 0.5)
+        hessians.append(inputs.T @ inputs / 200)
+    weights = rng.laplace(size=(groups * rows_per_group, columns)) * 0.1
+    return LayerProblem(weights, np.stack(hessians))
+
+
+@pytest.mark.parametrize("method", METHODS[1:])
+def test_groups_of_very_different_curvatures_take_a_step_per_row(method):
+    problem = grouped_problem(3, spread=300.0)
+    settings = QuantizerSettings(method=method, lam=1e-4, per_channel="rd")
+    result = quantize_layer(problem, settings)
+    assert len(result.steps) == 64 and result.grid == "a step per row"
+    one = quantize_layer(problem, replace(settings, per_channel=False))
+    assert total_objective(result, settings) < total_objective(one, settings)
+
+
+def test_rows_sharing_a_hessian_keep_one_step():
+    """Rows of one Hessian get the same λ-rule step whatever their scale (the high-rate
+    optimum); a table of per-row steps costs more than the rows' own steps save."""
+    problem = channel_scaled_problem(3, spread=100.0)
+    result = quantize_layer(problem, QuantizerSettings(method="cerwu", lam=1e-5,
+                                                       per_channel="rd"))
+    assert len(result.steps) == 1
+
+
+def test_cerwu_steps_per_row_come_in_classes_around_the_layer_step():
+    """cerwu's folded rate μ depends on the step: rows share H + μI within a class of steps a
+    factor √2 apart, at most 8x from the layer's one step."""
+    problem = grouped_problem(5, spread=1000.0)
+    settings = QuantizerSettings(method="cerwu", lam=1e-5, per_channel=True)
+    steps = lambda_rule_steps(problem, settings).astype(np.float64)
+    one = float(lambda_rule_steps(problem, replace(settings, per_channel=False))[0])
+    exponents = np.log(steps / one) / np.log(CHANNEL_STEP_CLASS_RATIO)
+    np.testing.assert_allclose(exponents, np.rint(exponents), atol=1e-4)
+    assert np.all(np.abs(steps / one) <= CHANNEL_STEP_CLASS_RANGE * (1 + 1e-6))
+    assert len(np.unique(exponents.round())) > 2
+    result = quantize_layer(problem, replace(settings, grid_choice="fixed"))
+    np.testing.assert_array_equal(result.steps, steps.astype(np.float32))
+    chosen = quantize_layer(problem, replace(settings, per_channel="rd"))
+    chosen_exponents = np.log(chosen.steps.astype(np.float64) / one) / np.log(
+        CHANNEL_STEP_CLASS_RATIO)
+    np.testing.assert_allclose(chosen_exponents, np.rint(chosen_exponents), atol=1e-4)
+
+
+def test_cerwu_with_every_row_in_one_class_equals_one_step():
+    """Rows of one class take the same H + μI as the layer with one step: same indices."""
+    problem = channel_scaled_problem(7, spread=1.0)
+    one_step = QuantizerSettings(method="cerwu", lam=1e-5, grid_choice="fixed")
+    step = float(lambda_rule_steps(problem, one_step)[0])
+    rows = problem.weights.shape[0]
+    one = quantize_on_grid(problem, one_step, np.array([step], np.float32))
+    per_row = quantize_on_grid(problem, replace(one_step, per_channel=True),
+                               np.full(rows, step, np.float32))
+    np.testing.assert_array_equal(per_row.indices, one.indices)
