@@ -42,7 +42,7 @@ class Workload:
     name: str
     model: torch.nn.Module
     calibration_batches: list
-    evaluate: object          # callable(model) -> float
+    evaluate: object          # callable(model) -> float, or a mapping (see :func:`measure`)
     fidelity_name: str
     fidelity_target: float    # "equal fidelity": the level at which sizes are compared
     description: str = ""
@@ -52,6 +52,17 @@ def machine_description() -> dict:
     """CPU, cores and versions (those of the decode benchmark, plus torch)."""
     return {**decode_speed.machine_description(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
+
+
+def measure(workload: Workload, model) -> tuple[float, dict]:
+    """``model``'s fidelity and the further figures of the same measurement: ``evaluate``
+    returns the fidelity, or a mapping with it under ``"fidelity"`` and further figures (numbers,
+    by name) beside it, which every point of the report records under ``"figures"``."""
+    value = workload.evaluate(model)
+    if isinstance(value, dict):
+        figures = {name: float(figure) for name, figure in value.items() if name != "fidelity"}
+        return float(value["fidelity"]), figures
+    return float(value), {}
 
 
 def interpolate_bits_at(points: list[dict], target: float) -> float | None:
@@ -100,6 +111,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
     base_lam = encoder.default_lam()
     originals = {key: value.detach().clone() for key, value in workload.model.state_dict().items()}
     curves = {}
+    raw_weights: dict = {}
     for method, grid_choice, pipeline in [(m, g, p) for m in methods for g in grid_choices
                                           for p in pipelines]:
         label = curve_label(method, grid_choice) + ("+seq" if pipeline == "sequential" else "")
@@ -131,7 +143,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             decode_start = time.perf_counter()
             load_into(workload.model, path)
             decode_seconds = time.perf_counter() - decode_start
-            fidelity = float(workload.evaluate(workload.model))
+            fidelity, figures = measure(workload, workload.model)
             load_weights(workload.model, originals)
             grids = [layer.grid for layer in outcome.layers]
             points.append({"lam": lam, "lam_factor": factor, "bytes": outcome.size_bytes,
@@ -140,13 +152,18 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
                            "transform_bytes": outcome.transform_bytes,
                            "transform_layers": outcome.transform_layers,
                            "encode_seconds": outcome.encode_seconds,
-                           "decode_seconds": decode_seconds})
+                           "decode_seconds": decode_seconds,
+                           # weight matrices no coded layer holds (an LSTM's), stored raw
+                           "raw_weights": sum(outcome.raw_weights.values()),
+                           **({"figures": figures} if figures else {})})
+            raw_weights = dict(outcome.raw_weights)
             _progress(f"{workload.name} {label:8s} lambda x{factor:<5g} "
                       f"{outcome.bits_per_weight:6.3f} bits/weight  {workload.fidelity_name} "
                       f"{fidelity:.5f}  encode {outcome.encode_seconds:.1f} s")
             os.unlink(path)
         curves[label] = points
     return {"curves": curves, "coded_weights": encoder.coded_weights,
+            "raw_weights": raw_weights,
             "hessian_seconds": encoder.hessian_seconds,
             "sensitivity_seconds": encoder.sensitivity_seconds,
             "setup_seconds": setup_seconds, "base_lam": base_lam}
@@ -169,12 +186,13 @@ def run_nncodec(workload: Workload, folder: str, qps, coded_weights: int,
     for result in results:
         with np.load(result["decoded_path"]) as decoded:
             load_weights(workload.model, {key: decoded[key] for key in decoded.files})
-        fidelity = float(workload.evaluate(workload.model))
+        fidelity, figures = measure(workload, workload.model)
         load_weights(workload.model, originals)
         points.append({"qp": result["qp"], "bytes": result["bytes"],
                        "bits_per_weight": 8.0 * result["bytes"] / coded_weights,
                        "fidelity": fidelity, "encode_seconds": result["encode_seconds"],
-                       "decode_seconds": result["decode_seconds"]})
+                       "decode_seconds": result["decode_seconds"],
+                       **({"figures": figures} if figures else {})})
         _progress(f"{workload.name} NNCodec qp {result['qp']:4d} "
                   f"{points[-1]['bits_per_weight']:6.3f} bits/weight  {workload.fidelity_name} "
                   f"{fidelity:.5f}")
@@ -203,8 +221,10 @@ def run_workload(workload: Workload, folder: str, *, methods=METHODS,
                  baseline: float | None = None, **options) -> dict:
     """The whole benchmark for one workload: our curves, NNCodec's, and the comparison."""
     os.makedirs(folder, exist_ok=True)
+    start = time.perf_counter()
+    original_figures = {}
     if baseline is None:
-        baseline = float(workload.evaluate(workload.model))
+        baseline, original_figures = measure(workload, workload.model)
     ours = run_ours(workload, folder, methods, lam_factors, **options)
     nncodec = (run_nncodec(workload, folder, qps, ours["coded_weights"], nncodec_python)
                if qps else {"measured": False, "reason": "skipped"})
@@ -213,7 +233,10 @@ def run_workload(workload: Workload, folder: str, *, methods=METHODS,
               "fidelity_target": workload.fidelity_target, "original_fidelity": baseline,
               "machine": machine_description(), "options": {k: str(v) for k, v in
                                                              options.items()},
-              "ours": ours, "nncodec": nncodec}
+              "ours": ours, "nncodec": nncodec,
+              "wall_seconds": time.perf_counter() - start}
+    if original_figures:
+        report["original_figures"] = original_figures
     report["comparison"] = compare_at_target(report)
     return report
 
@@ -261,8 +284,17 @@ def markdown_table(report: dict) -> str:
         ratio = comparison["ratio_to_nncodec"].get(method)
         lines.append(f"| {method} | {'not reached' if bits is None else f'{bits:.3f}'} | "
                      f"{'-' if ratio is None else f'{ratio:.3f}'} |")
-    lines += ["", f"| coder | setting | bits/weight | {name} | encode s | decode s |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    nncodec_points = report["nncodec"]["curve"] if report["nncodec"].get("measured") else []
+    # further figures of the measurement (string agreement), one column each
+    extra = list(report.get("original_figures", {}))
+    lines += ["", f"| coder | setting | bits/weight | {name} | "
+                  + "".join(f"{figure} | " for figure in extra) + "encode s | decode s |",
+              "| --- " * (6 + len(extra)) + "|"]
+
+    def extra_cells(point: dict) -> str:
+        return "".join(f"{point.get('figures', {}).get(figure, float('nan')):.4f} | "
+                       for figure in extra)
+
     for method, points in report["ours"]["curves"].items():
         for point in points:
             matrix = (f" (matrices {8.0 * point['transform_bytes'] / report['ours']['coded_weights']:.3f}"
@@ -270,15 +302,18 @@ def markdown_table(report: dict) -> str:
                       if point.get("transform_bytes") else "")
             lines.append(f"| {method} | λ×{point['lam_factor']:g} | "
                          f"{point['bits_per_weight']:.3f}{matrix} | {point['fidelity']:.5f} | "
+                         f"{extra_cells(point)}"
                          f"{point['encode_seconds']:.1f} | {point['decode_seconds']:.2f} |")
-    if report["nncodec"].get("measured"):
-        for point in report["nncodec"]["curve"]:
-            lines.append(f"| NNCodec | qp {point['qp']} | {point['bits_per_weight']:.3f} | "
-                         f"{point['fidelity']:.5f} | {point['encode_seconds']:.1f} | "
-                         f"{point['decode_seconds']:.2f} |")
+    for point in nncodec_points:
+        lines.append(f"| NNCodec | qp {point['qp']} | {point['bits_per_weight']:.3f} | "
+                     f"{point['fidelity']:.5f} | {extra_cells(point)}"
+                     f"{point['encode_seconds']:.1f} | {point['decode_seconds']:.2f} |")
     ours = report["ours"]
+    raw = ours.get("raw_weights") or {}
     lines += ["", f"Hessians: {ours['hessian_seconds']:.1f} s, layer sensitivities: "
-                  f"{ours['sensitivity_seconds']:.1f} s, {ours['coded_weights']:,} coded weights.",
+                  f"{ours['sensitivity_seconds']:.1f} s, {ours['coded_weights']:,} coded weights"
+                  + (f"; stored raw in our files (no coded layer holds them): {len(raw)} weight "
+                     f"tensors, {sum(raw.values()):,} weights" if raw else "") + ".",
               *([f"Curves of {', '.join(report['merged_from']['methods'])} are from the stored "
                  f"results of an earlier run (merged with --merge)."]
                 if report.get("merged_from") else []),
@@ -356,6 +391,7 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
     chosen_qps = [int(q) for q in arguments.qps.split(",") if q.strip()]
     if arguments.quick:
         factors, chosen_qps = list(quick_factors), []
+    started = time.perf_counter()
     workload = build_workload()
     os.makedirs(os.path.dirname(arguments.output) or ".", exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
@@ -366,7 +402,9 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                                             else (arguments.grid_choice,)),
                               pipelines=(("whole", "sequential") if arguments.pipeline == "both"
                                          else (arguments.pipeline,)))
-    report.update(measured_at, grid_choice=arguments.grid_choice)
+    # the whole run, the model, images and calibration batches built included
+    report.update(measured_at, grid_choice=arguments.grid_choice, quick=arguments.quick,
+                  total_seconds=time.perf_counter() - started)
     if stored is not None:
         # the stored curves kept were measured at other commits: the page must say so
         report = merge_reports(stored, report)
