@@ -162,8 +162,13 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
                       f"{fidelity:.5f}  encode {outcome.encode_seconds:.1f} s")
             os.unlink(path)
         curves[label] = points
+    kinds: dict = {}
+    for layer in encoder.layers:  # what the encoder codes, by layer type
+        entry = kinds.setdefault(layer.kind, {"layers": 0, "weights": 0})
+        entry["layers"] += 1
+        entry["weights"] += int(layer.problem.weights.size)
     return {"curves": curves, "coded_weights": encoder.coded_weights,
-            "raw_weights": raw_weights,
+            "coded_layer_kinds": kinds, "raw_weights": raw_weights,
             "hessian_seconds": encoder.hessian_seconds,
             "sensitivity_seconds": encoder.sensitivity_seconds,
             "setup_seconds": setup_seconds, "base_lam": base_lam}
@@ -403,7 +408,13 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                               pipelines=(("whole", "sequential") if arguments.pipeline == "both"
                                          else (arguments.pipeline,)))
     # the whole run, the model, images and calibration batches built included
+    # the sweep run, and whether it is the script's whole default sweep (the page says so)
+    full = (arguments.methods == ",".join(METHODS) and factors == [float(f) for f in
+                                                                   lam_factors.split(",")]
+            and chosen_qps == list(qps))
     report.update(measured_at, grid_choice=arguments.grid_choice, quick=arguments.quick,
+                  sweep={"full": full, "methods": arguments.methods.split(","),
+                         "lam_factors": factors, "qps": chosen_qps},
                   total_seconds=time.perf_counter() - started)
     if stored is not None:
         # the stored curves kept were measured at other commits: the page must say so
