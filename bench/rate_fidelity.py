@@ -357,21 +357,24 @@ def plot_report(report: dict, path: str) -> None:
 
 
 def bench_main(argv, *, description: str, build_workload, output: str, lam_factors: str,
-               qps, quick_factors) -> int:
+               qps, quick_factors, methods=None, grid_choice: str = "auto") -> int:
     """The command line shared by the scripts in ``bench/``: sweep, NNCodec, write results
-    (``output``: the default path stem of the results)."""
+    (``output``: the default path stem of the results; ``methods`` and ``grid_choice``: the
+    script's defaults, every method and the library's default grid choice unless given)."""
+    default_methods = ",".join(methods or METHODS)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--output", default=output,
                         help="path stem of the .json/.png/.md results")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=default_methods)
     parser.add_argument("--lam-factors", default=lam_factors,
                         help="λ values as multiples of the default λ (steps ≈ RMS/16)")
     parser.add_argument("--qps", default=",".join(map(str, qps)),
                         help="NNCodec quantization parameters ('' to skip NNCodec)")
     parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
-    parser.add_argument("--grid-choice", default="auto", choices=("fixed", "rd", "auto", "both"),
-                        help="auto (default): the library's default, what users get (curves "
-                             "named METHOD); fixed: the λ rule's grid for every layer; rd: each "
+    parser.add_argument("--grid-choice", default=grid_choice,
+                        choices=("fixed", "rd", "auto", "both"),
+                        help=f"(default here: {grid_choice}) auto: the library's default, "
+                             "what users get (curves named METHOD); fixed: the λ rule's grid for every layer; rd: each "
                              "layer picks its grid by rate-distortion (curves named METHOD+grid); "
                              "both: fixed and rd")
     parser.add_argument("--pipeline", default="whole", choices=("whole", "sequential", "both"),
@@ -409,11 +412,12 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                                          else (arguments.pipeline,)))
     # the whole run, the model, images and calibration batches built included
     # the sweep run, and whether it is the script's whole default sweep (the page says so)
-    full = (arguments.methods == ",".join(METHODS) and factors == [float(f) for f in
+    full = (arguments.methods == default_methods and factors == [float(f) for f in
                                                                    lam_factors.split(",")]
             and chosen_qps == list(qps))
     report.update(measured_at, grid_choice=arguments.grid_choice, quick=arguments.quick,
-                  sweep={"full": full, "methods": arguments.methods.split(","),
+                  sweep={"full": full and arguments.grid_choice == grid_choice,
+                         "methods": arguments.methods.split(","),
                          "lam_factors": factors, "qps": chosen_qps},
                   total_seconds=time.perf_counter() - started)
     if stored is not None:
