@@ -42,7 +42,7 @@ class Workload:
     name: str
     model: torch.nn.Module
     calibration_batches: list
-    evaluate: object          # callable(model) -> float
+    evaluate: object          # callable(model) -> float, or a mapping (see :func:`measure`)
     fidelity_name: str
     fidelity_target: float    # "equal fidelity": the level at which sizes are compared
     description: str = ""
@@ -52,6 +52,17 @@ def machine_description() -> dict:
     """CPU, cores and versions (those of the decode benchmark, plus torch)."""
     return {**decode_speed.machine_description(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
+
+
+def measure(workload: Workload, model) -> tuple[float, dict]:
+    """``model``'s fidelity and the further figures of the same measurement: ``evaluate``
+    returns the fidelity, or a mapping with it under ``"fidelity"`` and further figures (numbers,
+    by name) beside it, which every point of the report records under ``"figures"``."""
+    value = workload.evaluate(model)
+    if isinstance(value, dict):
+        figures = {name: float(figure) for name, figure in value.items() if name != "fidelity"}
+        return float(value["fidelity"]), figures
+    return float(value), {}
 
 
 def interpolate_bits_at(points: list[dict], target: float) -> float | None:
@@ -100,6 +111,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
     base_lam = encoder.default_lam()
     originals = {key: value.detach().clone() for key, value in workload.model.state_dict().items()}
     curves = {}
+    raw_weights: dict = {}
     for method, grid_choice, pipeline in [(m, g, p) for m in methods for g in grid_choices
                                           for p in pipelines]:
         label = curve_label(method, grid_choice) + ("+seq" if pipeline == "sequential" else "")
@@ -130,7 +142,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             decode_start = time.perf_counter()
             load_into(workload.model, path)
             decode_seconds = time.perf_counter() - decode_start
-            fidelity = float(workload.evaluate(workload.model))
+            fidelity, figures = measure(workload, workload.model)
             load_weights(workload.model, originals)
             grids = [layer.grid for layer in outcome.layers]
             points.append({"lam": lam, "lam_factor": factor, "bytes": outcome.size_bytes,
@@ -139,13 +151,23 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
                            "transform_bytes": outcome.transform_bytes,
                            "transform_layers": outcome.transform_layers,
                            "encode_seconds": outcome.encode_seconds,
-                           "decode_seconds": decode_seconds})
+                           "decode_seconds": decode_seconds,
+                           # weight matrices no coded layer holds (an LSTM's), stored raw
+                           "raw_weights": sum(outcome.raw_weights.values()),
+                           **({"figures": figures} if figures else {})})
+            raw_weights = dict(outcome.raw_weights)
             _progress(f"{workload.name} {label:8s} lambda x{factor:<5g} "
                       f"{outcome.bits_per_weight:6.3f} bits/weight  {workload.fidelity_name} "
                       f"{fidelity:.5f}  encode {outcome.encode_seconds:.1f} s")
             os.unlink(path)
         curves[label] = points
+    kinds: dict = {}
+    for layer in encoder.layers:  # what the encoder codes, by layer type
+        entry = kinds.setdefault(layer.kind, {"layers": 0, "weights": 0})
+        entry["layers"] += 1
+        entry["weights"] += int(layer.problem.weights.size)
     return {"curves": curves, "coded_weights": encoder.coded_weights,
+            "coded_layer_kinds": kinds, "raw_weights": raw_weights,
             "hessian_seconds": encoder.hessian_seconds,
             "sensitivity_seconds": encoder.sensitivity_seconds,
             "setup_seconds": setup_seconds, "base_lam": base_lam}
@@ -168,12 +190,13 @@ def run_nncodec(workload: Workload, folder: str, qps, coded_weights: int,
     for result in results:
         with np.load(result["decoded_path"]) as decoded:
             load_weights(workload.model, {key: decoded[key] for key in decoded.files})
-        fidelity = float(workload.evaluate(workload.model))
+        fidelity, figures = measure(workload, workload.model)
         load_weights(workload.model, originals)
         points.append({"qp": result["qp"], "bytes": result["bytes"],
                        "bits_per_weight": 8.0 * result["bytes"] / coded_weights,
                        "fidelity": fidelity, "encode_seconds": result["encode_seconds"],
-                       "decode_seconds": result["decode_seconds"]})
+                       "decode_seconds": result["decode_seconds"],
+                       **({"figures": figures} if figures else {})})
         _progress(f"{workload.name} NNCodec qp {result['qp']:4d} "
                   f"{points[-1]['bits_per_weight']:6.3f} bits/weight  {workload.fidelity_name} "
                   f"{fidelity:.5f}")
@@ -202,8 +225,10 @@ def run_workload(workload: Workload, folder: str, *, methods=METHODS,
                  baseline: float | None = None, **options) -> dict:
     """The whole benchmark for one workload: our curves, NNCodec's, and the comparison."""
     os.makedirs(folder, exist_ok=True)
+    start = time.perf_counter()
+    original_figures = {}
     if baseline is None:
-        baseline = float(workload.evaluate(workload.model))
+        baseline, original_figures = measure(workload, workload.model)
     ours = run_ours(workload, folder, methods, lam_factors, **options)
     nncodec = (run_nncodec(workload, folder, qps, ours["coded_weights"], nncodec_python)
                if qps else {"measured": False, "reason": "skipped"})
@@ -212,7 +237,10 @@ def run_workload(workload: Workload, folder: str, *, methods=METHODS,
               "fidelity_target": workload.fidelity_target, "original_fidelity": baseline,
               "machine": machine_description(), "options": {k: str(v) for k, v in
                                                              options.items()},
-              "ours": ours, "nncodec": nncodec}
+              "ours": ours, "nncodec": nncodec,
+              "wall_seconds": time.perf_counter() - start}
+    if original_figures:
+        report["original_figures"] = original_figures
     report["comparison"] = compare_at_target(report)
     return report
 
@@ -260,8 +288,17 @@ def markdown_table(report: dict) -> str:
         ratio = comparison["ratio_to_nncodec"].get(method)
         lines.append(f"| {method} | {'not reached' if bits is None else f'{bits:.3f}'} | "
                      f"{'-' if ratio is None else f'{ratio:.3f}'} |")
-    lines += ["", f"| coder | setting | bits/weight | {name} | encode s | decode s |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    nncodec_points = report["nncodec"]["curve"] if report["nncodec"].get("measured") else []
+    # further figures of the measurement (string agreement), one column each
+    extra = list(report.get("original_figures", {}))
+    lines += ["", f"| coder | setting | bits/weight | {name} | "
+                  + "".join(f"{figure} | " for figure in extra) + "encode s | decode s |",
+              "| --- " * (6 + len(extra)) + "|"]
+
+    def extra_cells(point: dict) -> str:
+        return "".join(f"{point.get('figures', {}).get(figure, float('nan')):.4f} | "
+                       for figure in extra)
+
     for method, points in report["ours"]["curves"].items():
         for point in points:
             matrix = (f" (matrices {8.0 * point['transform_bytes'] / report['ours']['coded_weights']:.3f}"
@@ -269,15 +306,18 @@ def markdown_table(report: dict) -> str:
                       if point.get("transform_bytes") else "")
             lines.append(f"| {method} | λ×{point['lam_factor']:g} | "
                          f"{point['bits_per_weight']:.3f}{matrix} | {point['fidelity']:.5f} | "
+                         f"{extra_cells(point)}"
                          f"{point['encode_seconds']:.1f} | {point['decode_seconds']:.2f} |")
-    if report["nncodec"].get("measured"):
-        for point in report["nncodec"]["curve"]:
-            lines.append(f"| NNCodec | qp {point['qp']} | {point['bits_per_weight']:.3f} | "
-                         f"{point['fidelity']:.5f} | {point['encode_seconds']:.1f} | "
-                         f"{point['decode_seconds']:.2f} |")
+    for point in nncodec_points:
+        lines.append(f"| NNCodec | qp {point['qp']} | {point['bits_per_weight']:.3f} | "
+                     f"{point['fidelity']:.5f} | {extra_cells(point)}"
+                     f"{point['encode_seconds']:.1f} | {point['decode_seconds']:.2f} |")
     ours = report["ours"]
+    raw = ours.get("raw_weights") or {}
     lines += ["", f"Hessians: {ours['hessian_seconds']:.1f} s, layer sensitivities: "
-                  f"{ours['sensitivity_seconds']:.1f} s, {ours['coded_weights']:,} coded weights.",
+                  f"{ours['sensitivity_seconds']:.1f} s, {ours['coded_weights']:,} coded weights"
+                  + (f"; stored raw in our files (no coded layer holds them): {len(raw)} weight "
+                     f"tensors, {sum(raw.values()):,} weights" if raw else "") + ".",
               *([f"Curves of {', '.join(report['merged_from']['methods'])} are from the stored "
                  f"results of an earlier run (merged with --merge)."]
                 if report.get("merged_from") else []),
@@ -316,21 +356,24 @@ def plot_report(report: dict, path: str) -> None:
 
 
 def bench_main(argv, *, description: str, build_workload, output: str, lam_factors: str,
-               qps, quick_factors) -> int:
+               qps, quick_factors, methods=None, grid_choice: str = "auto") -> int:
     """The command line shared by the scripts in ``bench/``: sweep, NNCodec, write results
-    (``output``: the default path stem of the results)."""
+    (``output``: the default path stem of the results; ``methods`` and ``grid_choice``: the
+    script's defaults, every method and the library's default grid choice unless given)."""
+    default_methods = ",".join(methods or METHODS)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--output", default=output,
                         help="path stem of the .json/.png/.md results")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=default_methods)
     parser.add_argument("--lam-factors", default=lam_factors,
                         help="λ values as multiples of the default λ (steps ≈ RMS/16)")
     parser.add_argument("--qps", default=",".join(map(str, qps)),
                         help="NNCodec quantization parameters ('' to skip NNCodec)")
     parser.add_argument("--nncodec-python", help="python of the NNCodec environment")
-    parser.add_argument("--grid-choice", default="auto", choices=("fixed", "rd", "auto", "both"),
-                        help="auto (default): the library's default, what users get (curves "
-                             "named METHOD); fixed: the λ rule's grid for every layer; rd: each "
+    parser.add_argument("--grid-choice", default=grid_choice,
+                        choices=("fixed", "rd", "auto", "both"),
+                        help=f"(default here: {grid_choice}) auto: the library's default, "
+                             "what users get (curves named METHOD); fixed: the λ rule's grid for every layer; rd: each "
                              "layer picks its grid by rate-distortion (curves named METHOD+grid); "
                              "both: fixed and rd")
     parser.add_argument("--pipeline", default="whole", choices=("whole", "sequential", "both"),
@@ -355,6 +398,7 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
     chosen_qps = [int(q) for q in arguments.qps.split(",") if q.strip()]
     if arguments.quick:
         factors, chosen_qps = list(quick_factors), []
+    started = time.perf_counter()
     workload = build_workload()
     os.makedirs(os.path.dirname(arguments.output) or ".", exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
@@ -365,7 +409,16 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                                             else (arguments.grid_choice,)),
                               pipelines=(("whole", "sequential") if arguments.pipeline == "both"
                                          else (arguments.pipeline,)))
-    report.update(measured_at, grid_choice=arguments.grid_choice)
+    # the whole run, the model, images and calibration batches built included
+    # the sweep run, and whether it is the script's whole default sweep (the page says so)
+    full = (arguments.methods == default_methods and factors == [float(f) for f in
+                                                                   lam_factors.split(",")]
+            and chosen_qps == list(qps))
+    report.update(measured_at, grid_choice=arguments.grid_choice, quick=arguments.quick,
+                  sweep={"full": full and arguments.grid_choice == grid_choice,
+                         "methods": arguments.methods.split(","),
+                         "lam_factors": factors, "qps": chosen_qps},
+                  total_seconds=time.perf_counter() - started)
     if stored is not None:
         # the stored curves kept were measured at other commits: the page must say so
         report = merge_reports(stored, report)

@@ -45,3 +45,43 @@ def test_run_workload_writes_real_files_and_reports(tmp_path):
     assert json.loads((tmp_path / "tiny.json").read_text())["workload"] == "tiny"
     assert "| cerwu |" in (tmp_path / "tiny.md").read_text()
     assert (tmp_path / "tiny.png").stat().st_size > 1000
+
+
+class _TinyRecurrent(torch.nn.Module):
+    """An LSTM (stored raw by an encoder that codes no LSTM) and a Linear (coded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(16, 32, batch_first=True)
+        self.head = torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def test_further_figures_and_raw_weights_are_recorded(tmp_path):
+    torch.manual_seed(0)
+    model = _TinyRecurrent()
+    batches = [torch.randn(8, 5, 16) for _ in range(2)]
+    reference = model(batches[0]).detach()
+
+    @torch.no_grad()
+    def figures(candidate):
+        output = candidate(batches[0])
+        cosine = torch.nn.functional.cosine_similarity(output, reference, dim=-1).mean()
+        same = (output.argmax(-1) == reference.argmax(-1)).float().mean()
+        return {"fidelity": float(cosine), "argmax agreement": float(same)}
+
+    workload = Workload("recurrent", model, batches, figures, "cosine", 0.99)
+    report = run_workload(workload, str(tmp_path), methods=("rtn",), lam_factors=(1, 16),
+                          qps=None)
+    assert report["original_figures"] == {"argmax agreement": 1.0}
+    points = report["ours"]["curves"]["rtn"]
+    assert all(0.0 <= point["figures"]["argmax agreement"] <= 1.0 for point in points)
+    lstm_weights = sum(p.numel() for name, p in model.named_parameters()
+                       if name.startswith("rnn.weight"))
+    if report["ours"]["raw_weights"]:  # until the encoder codes LSTMs
+        assert sum(report["ours"]["raw_weights"].values()) == lstm_weights
+        assert all(point["raw_weights"] == lstm_weights for point in points)
+    write_report(report, str(tmp_path / "recurrent"))
+    assert "| argmax agreement |" in (tmp_path / "recurrent.md").read_text()
