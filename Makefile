@@ -88,11 +88,17 @@ bench-cold: setup out/demo/all-MiniLM-L6-v2.nrd
 	mkdir -p bench/results
 	$(PY) bench/cold_start.py --json bench/results/cold_start.json
 
-# Rate-fidelity of rtn/optq/optq-rd/cerwu against NNCodec on the real models (about 20 minutes).
+# Rate-fidelity against NNCodec on the four benchmark models, NNCodec in each model's run
+# (docs/rate-fidelity.md): the digits CNN, all-MiniLM-L6-v2, EasyOCR's CRNN recogniser and CRAFT
+# detector; every method, and cerwu with one lever changed at a time (bench/rate_fidelity.py
+# LEVERS). Then the page's figures are rendered from the four JSONs.
 bench-rd: $(VENV)/.demo-installed .venv-nncodec/bin/python
 	mkdir -p bench/results
 	$(PY) bench/digits_rate_fidelity.py
+	$(PY) bench/crnn_rate_fidelity.py
+	$(PY) bench/craft_rate_fidelity.py
 	$(PY) bench/minilm_rate_fidelity.py
+	$(PY) docs/figures.py --write
 
 # Per-layer grid choice (fixed vs rd) for rtn, optq and cerwu on both models (docs/grid-choice.md;
 # about 25 minutes).

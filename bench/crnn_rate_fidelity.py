@@ -27,14 +27,12 @@ from bench.easyocr_models import greedy_ctc_decode, recogniser_model  # noqa: E4
 from bench.rate_fidelity import Workload, bench_main  # noqa: E402
 from nncodec_rd.torch.sentences import SOURCE_DESCRIPTION  # noqa: E402
 
-# Probed (qp -30, -22, -14; λ x32 to x2048 with rtn and cerwu, then x64 and x256 with every
-# method): NNCodec crosses cosine 0.99 between qp -22 and -14, our methods between λ x64 and
-# x256 while the LSTMs are stored raw (the quantization noise is then the convolutions' and
-# Linears' alone; once LSTMs are coded the crossing moves to smaller λ: probe again). Four λ,
-# not five: below 2 bits per weight the per-layer grid search makes cerwu's encode 60-100 s per λ
-# on the 2-core machine.
+# Probed (qp -30, -22, -14): NNCodec crosses cosine 0.99 between qp -22 and -14. Our cerwu, with
+# the LSTMs coded, crosses it between λ x64 and x256 (probed at x4, x16, x64, x256). Below 2 bits
+# per weight the per-layer grid search makes cerwu's encode about 30 s per λ on the 2-core
+# machine.
 NNCODEC_QPS = (-28, -24, -22, -20, -18, -14)
-LAM_FACTORS = "32,64,128,256"
+LAM_FACTORS = "16,32,64,128,256"
 QUICK_FACTORS = (64.0, 256.0)
 
 

@@ -13,6 +13,7 @@ raw in ours and at NNCodec's fine ``nonweight_qp`` in NNCodec's, and count in th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ from nncodec_rd.encoder.methods import METHODS
 from nncodec_rd.encoder.settings import QuantizerSettings
 from nncodec_rd.torch.load import load_into, load_weights
 from nncodec_rd.torch.model_encoder import ModelEncoder
+from nncodec_rd.torch.nonweights import NonWeightPlan
 
 DEFAULT_LAM_FACTORS = (0.5, 1, 2, 4, 8, 16, 32)
 
@@ -96,14 +98,50 @@ def curve_label(method: str, grid_choice: str) -> str:
                      else "")
 
 
+LEVERS = {
+    "raw non-weights": "biases, norms and statistics stored raw (compress(nonweights=False))",
+    "per-row rd": "a step per row where it pays (compress(per_channel=\"rd\"))",
+}
+"""One change at a time against the library's defaults: curves of ``cerwu`` named
+``cerwu [LEVER]``, in the same run as the default's (the lever table of docs/rate-fidelity.md);
+``optq`` (no rate-aware decisions) and ``rtn`` (no OBS update) are the methods' own curves."""
+
+LEVER_METHOD = "cerwu"
+
+
+@contextlib.contextmanager
+def lever_applied(encoder: ModelEncoder, lever: str):
+    """``encoder`` with one lever of :data:`LEVERS` changed, restored on leaving."""
+    if lever == "raw non-weights":
+        kept = encoder.nonweight_plan
+        encoder.nonweight_plan = NonWeightPlan()
+        try:
+            yield
+        finally:
+            encoder.nonweight_plan = kept
+    elif lever == "per-row rd":
+        kept = [layer.per_channel for layer in encoder.layers]
+        for layer in encoder.layers:
+            if layer.per_channel is False and layer.kind != "transposed_linear":
+                layer.per_channel = "rd"
+        try:
+            yield
+        finally:
+            for layer, value in zip(encoder.layers, kept):
+                layer.per_channel = value
+    else:
+        raise ValueError(f"unknown lever {lever!r}; choose from {', '.join(LEVERS)}")
+
+
 def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivity: bool = True,
              per_channel: bool | str = False, grid_scale: float = 1.0, lams: dict | None = None,
              entropy: EntropySettings | None = None, grid_choices=("auto",),
-             pipelines=("whole",)) -> dict:
+             pipelines=("whole",), levers=()) -> dict:
     """Every method (for each of ``grid_choices`` and ``pipelines``: ``"whole"``, the
     :class:`ModelEncoder` of the whole model, ``"sequential"``, the block-sequential encoder of
     :mod:`nncodec_rd.torch.sequential`, curves named METHOD+seq) over the λ sweep: real files,
-    decoded, measured. Returns the curves."""
+    decoded, measured; then ``cerwu`` with each of ``levers`` (:data:`LEVERS`) changed, curves
+    named ``cerwu [LEVER]``. Returns the curves."""
     start = time.perf_counter()
     encoder = ModelEncoder(workload.model, workload.calibration_batches,
                            sensitivity=sensitivity, progress=False)
@@ -112,9 +150,12 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
     originals = {key: value.detach().clone() for key, value in workload.model.state_dict().items()}
     curves = {}
     raw_weights: dict = {}
-    for method, grid_choice, pipeline in [(m, g, p) for m in methods for g in grid_choices
-                                          for p in pipelines]:
+    runs = [(m, g, p, None) for m in methods for g in grid_choices for p in pipelines]
+    runs += [(LEVER_METHOD, grid_choices[0], "whole", lever) for lever in levers]
+    for method, grid_choice, pipeline, lever in runs:
         label = curve_label(method, grid_choice) + ("+seq" if pipeline == "sequential" else "")
+        if lever is not None:
+            label += f" [{lever}]"
         points = []
         sequential_base = None
         channel_steps = per_channel
@@ -137,6 +178,9 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
                     sequential_base = sequential_encoder.initial_lam()
                 lam = sequential_base * factor
                 outcome = sequential_encoder.encode(replace(settings, lam=lam), path, lam=lam)
+            elif lever is not None:
+                with lever_applied(encoder, lever):
+                    outcome = encoder.encode(settings, path)
             else:
                 outcome = encoder.encode(settings, path)
             decode_start = time.perf_counter()
@@ -380,6 +424,9 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                         help="whole (default): Hessians of the whole model at once; sequential: "
                              "block by block, each block calibrated on the quantized blocks "
                              "before it (curves named METHOD+seq); both")
+    parser.add_argument("--levers", default=",".join(LEVERS),
+                        help=f"cerwu curves with one change each ('' for none): "
+                             f"{'; '.join(f'{k}: {v}' for k, v in LEVERS.items())}")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 λ, no NNCodec")
     parser.add_argument("--merge", action="store_true",
                         help="keep the stored results (OUTPUT.json) of the methods not run now, "
@@ -408,12 +455,13 @@ def bench_main(argv, *, description: str, build_workload, output: str, lam_facto
                               grid_choices=(("fixed", "rd") if arguments.grid_choice == "both"
                                             else (arguments.grid_choice,)),
                               pipelines=(("whole", "sequential") if arguments.pipeline == "both"
-                                         else (arguments.pipeline,)))
+                                         else (arguments.pipeline,)),
+                              levers=[lever for lever in arguments.levers.split(",") if lever])
     # the whole run, the model, images and calibration batches built included
     # the sweep run, and whether it is the script's whole default sweep (the page says so)
     full = (arguments.methods == default_methods and factors == [float(f) for f in
                                                                    lam_factors.split(",")]
-            and chosen_qps == list(qps))
+            and chosen_qps == list(qps) and arguments.levers == ",".join(LEVERS))
     report.update(measured_at, grid_choice=arguments.grid_choice, quick=arguments.quick,
                   sweep={"full": full and arguments.grid_choice == grid_choice,
                          "methods": arguments.methods.split(","),
