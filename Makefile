@@ -88,11 +88,17 @@ bench-cold: setup out/demo/all-MiniLM-L6-v2.nrd
 	mkdir -p bench/results
 	$(PY) bench/cold_start.py --json bench/results/cold_start.json
 
-# Rate-fidelity of rtn/optq/optq-rd/cerwu against NNCodec on the real models (about 20 minutes).
+# Rate-fidelity of our methods against NNCodec (in the same run) on the four real models:
+# DigitsCNN, all-MiniLM-L6-v2, EasyOCR's CRAFT detector and its English CRNN recogniser
+# (docs/rate-fidelity.md). About an hour on the shared 2-core machine: digits and MiniLM about
+# 20 minutes, CRAFT and the CRNN about 20 each (estimated from smoke runs of 11 minutes each
+# that ran a third of their sweeps; each JSON records its run's total_seconds).
 bench-rd: $(VENV)/.demo-installed .venv-nncodec/bin/python
 	mkdir -p bench/results
 	$(PY) bench/digits_rate_fidelity.py
 	$(PY) bench/minilm_rate_fidelity.py
+	$(PY) bench/craft_rate_fidelity.py
+	$(PY) bench/crnn_rate_fidelity.py
 
 # Per-layer grid choice (fixed vs rd) for rtn, optq and cerwu on both models (docs/grid-choice.md;
 # about 25 minutes).
