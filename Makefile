@@ -89,9 +89,10 @@ bench-cold: setup out/demo/all-MiniLM-L6-v2.nrd
 	$(PY) bench/cold_start.py --json bench/results/cold_start.json
 
 # Rate-fidelity against NNCodec on the four benchmark models, NNCodec in each model's run
-# (docs/rate-fidelity.md): the digits CNN, all-MiniLM-L6-v2, EasyOCR's CRNN recogniser and CRAFT
-# detector; every method, and cerwu with one lever changed at a time (bench/rate_fidelity.py
-# LEVERS). Then the page's figures are rendered from the four JSONs.
+# (docs/rate-fidelity.md): the digits CNN, EasyOCR's CRNN recogniser and CRAFT detector, and
+# all-MiniLM-L6-v2; every method, and cerwu with one lever changed at a time
+# (bench/rate_fidelity.py LEVERS). Each JSON records its run's wall time. Then the page's figures
+# are rendered from the four JSONs.
 bench-rd: $(VENV)/.demo-installed .venv-nncodec/bin/python
 	mkdir -p bench/results
 	$(PY) bench/digits_rate_fidelity.py

@@ -673,6 +673,156 @@ def _rate_fidelity_transform(results: Results) -> str:
             + results.provenance("minilm_rate_fidelity.json"))
 
 
+# -- rate-fidelity.md: the four models, EasyOCR's two ----------------------------------------------
+
+RATE_FIDELITY_MODELS = (("digits_rate_fidelity.json", "DigitsCNN"),
+                        ("minilm_rate_fidelity.json", "all-MiniLM-L6-v2"),
+                        ("craft_rate_fidelity.json", "EasyOCR CRAFT (text detector)"),
+                        ("crnn_rate_fidelity.json", "EasyOCR english_g2 (CRNN recogniser)"))
+LAYER_KIND_LABELS = {"linear": "Linear", "conv2d": "Conv2d", "conv1d": "Conv1d",
+                     "embedding": "Embedding", "transposed_linear": "transformers Conv1D"}
+LAYER_KIND_CODING = {
+    "linear": "its `(out, in)` weight matrix, Hessian of the layer's inputs",
+    "conv2d": "its weight as an `(out, in × kh × kw)` matrix, Hessian of the unfolded (im2col) "
+              "input patches",
+    "conv1d": "its weight as an `(out, in × k)` matrix, Hessian of the unfolded input patches",
+    "embedding": "one step per row (token), rows weighted by token frequency",
+    "transposed_linear": "its transposed weight, Hessian of the layer's inputs"}
+
+
+def bits_text(bits) -> str:
+    """Bits per weight at a target, or why there is none: no two points of the curve on either
+    side of it (never reached, or reached at every point of the sweep)."""
+    return "not bracketed" if bits is None else f"{bits:.3f}"
+
+
+def target_text(data: dict) -> str:
+    """The fidelity target of a rate-fidelity JSON, in its own words."""
+    return f"{data['fidelity_name']} ≥ {data['fidelity_target']:.4g}"
+
+
+def sweep_note(data: dict) -> str:
+    """Empty for a JSON of the script's whole default sweep; else which sweep it holds."""
+    sweep = data.get("sweep", {"full": True})  # JSONs from before the field were whole sweeps
+    if sweep["full"]:
+        return ""
+    qps = ", ".join(str(qp) for qp in sweep["qps"]) or "none"
+    return (f" A partial sweep, not the script's whole one: "
+            f"{', '.join(sweep['methods'])} at λ × {', '.join(f'{f:g}' for f in sweep['lam_factors'])}"
+            f"; NNCodec qp {qps}.")
+
+
+def raw_weights_text(data: dict) -> str:
+    """How many weights our files store raw (not recorded in JSONs from before the field)."""
+    raw = data["ours"].get("raw_weights")
+    if raw is None:
+        return "not recorded"
+    return f"{sum(raw.values()):,}"
+
+
+@block("rate_fidelity.summary")
+def _rate_fidelity_summary(results: Results) -> str:
+    rows = []
+    for name, label in RATE_FIDELITY_MODELS:
+        data = results.load(name)
+        bits = data["comparison"]["bits_per_weight_at_target"]
+        ours, theirs = bits.get("cerwu"), bits.get("NNCodec")
+        measured = data["nncodec"].get("measured")
+        ratio = f"{ours / theirs:.3f}" if ours is not None and theirs else "–"
+        rows.append([label, f"{data['ours']['coded_weights']:,}", target_text(data),
+                     bits_text(ours), bits_text(theirs) if measured else "not measured", ratio,
+                     raw_weights_text(data)])
+    return (table(["model", "coded weights", "target", "`cerwu` bits/weight",
+                   "NNCodec bits/weight", "`cerwu` / NNCodec", "weights stored raw by ours"],
+                  "lrlrrrr", rows) + "\n\n"
+            + " ".join(f"{label}: {results.provenance(name)}{sweep_note(results.load(name))}"
+                       for name, label in RATE_FIDELITY_MODELS))
+
+
+def rate_fidelity_any_table(results: Results, name: str) -> str:
+    """Bits per coded weight at the target and the ratio to NNCodec for every curve of the JSON
+    (``not reached`` where a curve does not bracket the target); the smallest of ours in bold."""
+    data = results.load(name)
+    comparison = data["comparison"]
+    bits, ratio = comparison["bits_per_weight_at_target"], comparison["ratio_to_nncodec"]
+    reached = [method for method in data["ours"]["curves"] if bits.get(method) is not None]
+    best = min(reached, key=bits.get) if reached else None
+    rows = []
+    for method in bits:
+        cells = [RATE_LABELS.get(method, method), bits_text(bits[method]),
+                 "–" if ratio.get(method) is None else f"{ratio[method]:.3f}"]
+        rows.append([f"**{cell}**" for cell in cells] if method == best else cells)
+    return (table(["coder", f"bits per coded weight at {target_text(data)}", "vs NNCodec"],
+                  "lrr", rows)
+            + f"\n\nOriginal model: {data['original_fidelity']:.4f}. "
+            + results.provenance(name) + sweep_note(data))
+
+
+def layers_text(results: Results, name: str) -> str:
+    """What the encoder coded (by layer type, from the JSON) and what it stored raw."""
+    data = results.load(name)
+    ours = data["ours"]
+    lines = [f"- **{LAYER_KIND_LABELS.get(kind, kind)}**: {entry['layers']} layers, "
+             f"{entry['weights']:,} weights, coded ({LAYER_KIND_CODING.get(kind, 'coded')})."
+             for kind, entry in ours["coded_layer_kinds"].items()]
+    raw = ours.get("raw_weights") or {}
+    if raw:
+        lines.append(f"- **Stored raw** (float32, lossless) because no coded layer type holds "
+                     f"them: {len(raw)} weight tensors, {sum(raw.values()):,} weights "
+                     f"(`{'`, `'.join(raw)}`); they add "
+                     f"{32.0 * sum(raw.values()) / ours['coded_weights']:.2f} bits per coded "
+                     f"weight to every file of ours. NNCodec codes them like any other matrix.")
+    else:
+        lines.append("- No weight matrix is stored raw: every one is in a coded layer.")
+    lines.append("- Biases and batch-norm parameters and statistics: raw in ours, at NNCodec's "
+                 "fine `nonweight_qp` in NNCodec's.")
+    return "\n".join(lines)
+
+
+@block("rate_fidelity.craft")
+def _rate_fidelity_craft(results: Results) -> str:
+    return rate_fidelity_any_table(results, "craft_rate_fidelity.json")
+
+
+@block("rate_fidelity.craft_layers")
+def _rate_fidelity_craft_layers(results: Results) -> str:
+    return layers_text(results, "craft_rate_fidelity.json")
+
+
+@block("rate_fidelity.crnn")
+def _rate_fidelity_crnn(results: Results) -> str:
+    return rate_fidelity_any_table(results, "crnn_rate_fidelity.json")
+
+
+@block("rate_fidelity.crnn_layers")
+def _rate_fidelity_crnn_layers(results: Results) -> str:
+    return layers_text(results, "crnn_rate_fidelity.json")
+
+
+@block("rate_fidelity.crnn_strings")
+def _rate_fidelity_crnn_strings(results: Results) -> str:
+    data = results.load("crnn_rate_fidelity.json")
+    curves = dict(data["ours"]["curves"])
+    if data["nncodec"].get("measured"):
+        curves["NNCodec"] = data["nncodec"]["curve"]
+    rows = []
+    for method, points in curves.items():
+        passing = [point for point in points if point["fidelity"] >= data["fidelity_target"]]
+        if not passing:
+            rows.append([RATE_LABELS.get(method, method), "no point reaches it", "", "", ""])
+            continue
+        point = min(passing, key=lambda point: point["bits_per_weight"])
+        setting = f"qp {point['qp']}" if "qp" in point else f"λ × {point['lam_factor']:g}"
+        rows.append([RATE_LABELS.get(method, method), setting, f"{point['bits_per_weight']:.3f}",
+                     f"{point['fidelity']:.4f}",
+                     f"{point['figures']['string agreement'] * 100:.1f} %"])
+    original = data["original_figures"]["strings read"] * 100
+    return (table(["coder", "smallest file at the target", "bits/weight", "cosine",
+                   "lines read as the original reads them"], "llrrr", rows)
+            + f"\n\nThe original model reads {original:.1f} % of the evaluation lines exactly as "
+              f"rendered. " + results.provenance("crnn_rate_fidelity.json"))
+
+
 # -- opening-files.md -------------------------------------------------------------------------------
 
 @block("header_parsing.table")
