@@ -152,10 +152,16 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
     raw_weights: dict = {}
     runs = [(m, g, p, None) for m in methods for g in grid_choices for p in pipelines]
     runs += [(LEVER_METHOD, grid_choices[0], "whole", lever) for lever in levers]
+    skipped_levers = {}
     for method, grid_choice, pipeline, lever in runs:
         label = curve_label(method, grid_choice) + ("+seq" if pipeline == "sequential" else "")
         if lever is not None:
             label += f" [{lever}]"
+        if lever == "per-row rd" and not any(layer.problem.groups > 1
+                                             for layer in encoder.layers):
+            # per_channel="rd" tries only grouped layers: the files would be cerwu's own
+            skipped_levers[lever] = "no grouped or depthwise layer: the files would be cerwu's"
+            continue
         points = []
         sequential_base = None
         channel_steps = per_channel
@@ -212,6 +218,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
         entry["weights"] += int(layer.problem.weights.size)
     return {"curves": curves, "coded_weights": encoder.coded_weights,
             "coded_layer_kinds": kinds, "raw_weights": raw_weights,
+            "skipped_levers": skipped_levers,
             "hessian_seconds": encoder.hessian_seconds,
             "sensitivity_seconds": encoder.sensitivity_seconds,
             "setup_seconds": setup_seconds, "base_lam": base_lam}
