@@ -255,8 +255,8 @@ def add_command(commands) -> None:
                              + "; ".join(f"{name}: {method.summary}"
                                          for name, method in METHODS.items()))
     encode.add_argument("--per-row", "--per-channel", action="store_true",
-                        help="one step per row (output channel; with cerwu and "
-                             "transform+cerwu, for layers without a Hessian only)")
+                        help="one step per row (output channel; for cerwu rounded to classes a "
+                             "factor sqrt(2) apart)")
     encode.add_argument("--precision-bits", type=int, default=14,
                         help="highest rANS probability precision: each tensor gets the one up to "
                              "it that codes it smallest, tables included (default 14)")

@@ -38,8 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..format.errors import EncoderError
-from .obs import CHANNEL_STEP_CLASS_RATIO as CHANNEL_STEP_RATIO
-from .obs import lambda_rule_steps, quantize_on_grid
+from .obs import CHANNEL_STEP_CLASS_RATIO, lambda_rule_steps, quantize_on_grid
 from .problem import LayerProblem, LayerResult
 from .rate import RateModel
 
@@ -211,6 +210,11 @@ def quantize_on_chosen_grid(problem: LayerProblem, settings: QuantizerSettings) 
     quantized with one step and with a step per row, and keeps the one of least ``D/λ + R``
     with the extra steps' bits counted (:func:`choose_channel_steps`). The entry point of the
     methods built on the OBS sweep (:mod:`nncodec_rd.encoder.methods`)."""
+    if (settings.quantization_method.folds_quadratic_rate and problem.hessian is not None
+            and problem.row_scale is not None):
+        raise EncoderError(f"{settings.method} needs one weight for all rows of a layer with a "
+                           f"Hessian (row_scale=None): its H + μI would need a factorisation "
+                           f"per row")
     if settings.per_channel == "rd":
         return choose_channel_steps(problem, settings)
     if settings.quantization_method.resolved_grid_choice(settings.grid_choice) == "rd":
@@ -219,7 +223,8 @@ def quantize_on_chosen_grid(problem: LayerProblem, settings: QuantizerSettings) 
 
 
 ROW_SCALE_EXPONENTS = (-2, -1, 0, 1, 2, 3, 4)
-"""Each row's step is the λ rule's times √2 to these powers (a half to four times it)."""
+"""Each row's step is the λ rule's times :data:`~nncodec_rd.encoder.obs.CHANNEL_STEP_CLASS_RATIO`
+(√2) to these powers: a half to four times it."""
 
 
 def choose_channel_steps(problem: LayerProblem, settings: QuantizerSettings) -> LayerResult:
@@ -251,7 +256,7 @@ def choose_channel_steps(problem: LayerProblem, settings: QuantizerSettings) -> 
     base = lambda_rule_steps(problem, fixed).astype(np.float64)
     row_objectives = []
     for exponent in ROW_SCALE_EXPONENTS:
-        steps = (base * CHANNEL_STEP_RATIO ** exponent).astype(np.float32)
+        steps = (base * CHANNEL_STEP_CLASS_RATIO ** exponent).astype(np.float32)
         trial = quantize_on_grid(problem, fixed, steps)
         rate = RateModel.from_indices(trial.indices, settings.entropy)
         reconstruction = trial.indices * steps.astype(np.float64)[:, None]
@@ -259,7 +264,7 @@ def choose_channel_steps(problem: LayerProblem, settings: QuantizerSettings) -> 
                               + rate.bits(trial.indices).sum(axis=1))
     best = np.asarray(ROW_SCALE_EXPONENTS)[np.argmin(np.stack(row_objectives), axis=0)]
     per_row = quantize_on_grid(problem, fixed,
-                               (base * CHANNEL_STEP_RATIO ** best).astype(np.float32))
+                               (base * CHANNEL_STEP_CLASS_RATIO ** best).astype(np.float32))
     extra_bits = STEP_BITS * (len(per_row.steps) - len(one.steps))
     if objective_bits(per_row, settings.lam, settings) + extra_bits \
             < objective_bits(one, settings.lam, settings):

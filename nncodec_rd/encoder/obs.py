@@ -247,7 +247,8 @@ CHANNEL_STEP_CLASS_RATIO = 2.0 ** 0.5
 one step times powers of this: rows of a class share one factor of ``H + μI``."""
 
 CHANNEL_STEP_CLASS_RANGE = 8.0
-"""... and kept within this factor of it either way (at most 13 classes, 13 factorisations)."""
+"""... and kept within this factor of it either way: at most 13 classes from the λ rule (and
+19 once ``per_channel="rd"`` scales a row's step by √2^-2 … √2^4), as many factorisations."""
 
 
 def lambda_rule_steps(problem: LayerProblem, settings: QuantizerSettings) -> np.ndarray:
@@ -330,8 +331,8 @@ def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: 
                     sweeps.append((part, target, upper, order))
                 continue
             # The folded rate μ = γ λ / (s_r Δ_r²) is a row's: rows of equal rate weight (one
-            # step for the layer, or a few step classes, channel_step_classes) share one
-            # H + μI and its factor.
+            # step for the layer, or the step classes of lambda_rule_steps) share one H + μI
+            # and its factor.
             eigen_key = ("eigen", settings.act_order, settings.damping, group)
             if eigen_key not in problem.cache:
                 problem.cache[eigen_key] = np.linalg.eigh(damped)

@@ -30,7 +30,7 @@ from .sequential import SequentialEncoder
 
 def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: float | None = None,
              target_bpw: float | None = None, target_metric=None, path=None,
-             per_channel: bool = False, grid_scale: float = 1.0, act_order: bool = True,
+             per_channel: bool | str = False, grid_scale: float = 1.0, act_order: bool = True,
              grid_choice: str = DEFAULT_GRID_CHOICE,
              entropy: EntropySettings | None = None, include=None,
              embedding_smoothing: float = 1.0, sensitivity: bool = True,

@@ -189,14 +189,11 @@ class RecurrentHessianAccumulator:
         self.totals: dict[str, torch.Tensor] = {}
         self.samples: dict[str, int] = {}
 
-    @property
-    def seen(self) -> int:
-        """Time steps seen (of the first layer's input)."""
-        return self.samples.get(self.attributes[0], 0)
-
-    def add(self, module, inputs) -> None:
-        """Add one batch of the module's inputs ``(input, hx)`` (``hx`` optional)."""
-        x, hx = inputs[0], (inputs[1] if len(inputs) > 1 else None)
+    def add(self, module, inputs, keywords=None) -> None:
+        """Add one batch of the module's inputs ``(input, hx)`` (``hx`` optional, positional or
+        the keyword ``hx``)."""
+        x = inputs[0]
+        hx = inputs[1] if len(inputs) > 1 else (keywords or {}).get("hx")
         packed = isinstance(x, torch.nn.utils.rnn.PackedSequence)
         if packed:
             # pad_packed_sequence restores the batch's own order, the order of hx.
@@ -304,7 +301,9 @@ def find_layers(model, include=None, recurrent: bool = True) -> dict:
         kind = layer_kind(module)
         if kind is None or (kind == RECURRENT and not recurrent):
             continue
-        weights = [getattr(module, attribute, None)
+        # A parameter or buffer of the module's own (a state-dict entry): a weight computed by
+        # weight_norm or a parametrization is no tensor the file could hold under that name.
+        weights = [module._parameters.get(attribute, module._buffers.get(attribute))
                    for attribute in weight_attributes(module, kind)]
         if not all(isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point
                    and weight.numel() > 0 for weight in weights):
@@ -371,6 +370,11 @@ def collect_hessians(model, batches, layers: dict, progress=None) -> CollectedHe
                                              vocabulary=module.num_embeddings
                                              if kind == "embedding" else 0)
         collected.accumulators[name] = accumulator
+        if kind == RECURRENT:  # hx may come as a keyword
+            handles.append(module.register_forward_pre_hook(
+                lambda module, inputs, keywords, accumulator=accumulator:
+                accumulator.add(module, inputs, keywords), with_kwargs=True))
+            continue
         handles.append(module.register_forward_pre_hook(
             lambda module, inputs, accumulator=accumulator: accumulator.add(module, inputs)))
     was_training = model.training

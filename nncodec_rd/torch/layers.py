@@ -161,7 +161,7 @@ class CodedLayer:
 
 
 def make_layer(name: str, parameter: str, weight: torch.Tensor, kind: str, hessian, row_scale,
-               per_channel: bool, dtype: torch.dtype | None = None) -> CodedLayer:
+               per_channel: bool | str, dtype: torch.dtype | None = None) -> CodedLayer:
     """A layer to quantize: its float64 weight matrix and Hessian, and how the file stores it
     (``weight``: the module's tensor named ``parameter``; ``dtype``: the stored dtype if not the
     weight's, such as a checkpoint's bfloat16)."""

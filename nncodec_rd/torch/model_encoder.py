@@ -45,7 +45,7 @@ from .layers import (
     reconstruction_of,
     write_layer,
 )
-from .nonweights import NonWeightPlan, plan_nonweights, write_nonweight
+from .nonweights import NonWeightPlan, coded_nonweight, plan_nonweights, write_nonweight
 from .progress import Progress
 from .state_dict import tensor_to_numpy
 
@@ -57,7 +57,7 @@ class ModelEncoder:
     writes a file for one λ.
     """
 
-    def __init__(self, model, calibration_batches, *, include=None, per_channel: bool = False,
+    def __init__(self, model, calibration_batches, *, include=None, per_channel: bool | str = False,
                  embedding_smoothing: float = 1.0, sensitivity: bool = True,
                  sensitivity_batches: int = 1, sensitivity_exponent: float = 0.7,
                  nonweights: bool = True, progress=True, executor=None):
@@ -120,7 +120,7 @@ class ModelEncoder:
             start = time.perf_counter()
             coded = {layer.parameter for layer in self.layers} | set(self.aliases)
             self.nonweight_plan = plan_nonweights(
-                model, calibration_batches[:1], coded,
+                model, calibration_batches[:1], coded, include=include,
                 progress=lambda role, bits, count: self.progress(
                     f"non-weight tensors '{role}' ({count}): "
                     + (f"step RMS/2^{bits}" if bits is not None else "raw")))
@@ -185,7 +185,7 @@ class ModelEncoder:
             for layer in self.layers:
                 problem = layer.problem
                 if (layer.kind != "linear" or problem.hessian is None or problem.groups != 1
-                        or problem.row_scale is not None or layer.per_channel):
+                        or problem.row_scale is not None or layer.per_channel is True):
                     continue
                 for group in groups:
                     other = group[0].problem.hessian
@@ -267,11 +267,18 @@ class ModelEncoder:
         return results
 
     def reconstruction(self, results: dict) -> dict:
-        """Parameter name -> dequantized weights (float32, stored layout) for ``results``."""
+        """State-dict key -> what the file would decode for ``results``: the dequantized weights
+        (float32, stored layout), and the non-weight tensors the file would code."""
         weights = {layer.parameter: reconstruction_of(layer, results[layer.parameter][0])
                    for layer in self.layers}
         for alias, original in self.aliases.items():
             weights[alias] = weights[original]
+        state = self.model.state_dict()
+        for key in self.nonweight_plan.roles:
+            coded = coded_nonweight(key, tensor_to_numpy(state[key]),
+                                    self.nonweight_plan.bits_of(key))
+            if coded is not None:
+                weights[key] = coded[1]
         return weights
 
     def write(self, results: dict, path: str, settings: QuantizerSettings,

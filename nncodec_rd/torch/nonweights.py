@@ -13,8 +13,10 @@ stays raw, and so does every tensor whose coded form (chunks, frequency tables a
 record) would not be smaller than its raw bytes: small tensors, whose tables cost more than
 their values.
 
-A decoded value is within half a step of the original: ``|x̂ - x| <= RMS · 2^-bits / 2``, the
-error every coded non-weight tensor keeps (its grid's step is in the file).
+A decoded float32 value is within half a step of the original: ``|x̂ - x| <= RMS · 2^-bits / 2``
+(its grid's step is in the file); float16 and bfloat16 tensors take at most
+:data:`MAX_BITS_OF_DTYPE` bits and add their dtype's rounding of ``index × step``. A variance
+stays positive: one below half a step decodes to one step, not to 0 (:data:`POSITIVE_ROLES`).
 """
 
 from __future__ import annotations
@@ -81,23 +83,47 @@ class NonWeightPlan:
         return None if role is None else self.bits_of_role.get(role)
 
 
-def candidate_keys(model, coded: set) -> dict:
-    """State-dict key -> role of every floating-point tensor outside the coded layers' weights,
-    of at least :data:`MIN_ELEMENTS` values (matrices of uncoded layer types excluded: they are
-    weights, stored raw and named)."""
+STATISTICS = ("running_mean", "running_var")
+"""The buffers that may be coded: batch and instance norms' statistics. Other buffers (a rotary
+embedding's frequencies, masks) may matter outside the calibration's range: raw."""
+
+
+def candidate_keys(model, coded: set, include=None) -> dict:
+    """State-dict key -> role of every vector (one dimension, at least :data:`MIN_ELEMENTS`
+    floating-point values) among the model's parameters and its norms' statistics, outside the
+    coded layers' weights; ``include``: the encoder's predicate on module names (the tensors
+    of modules it rejects stay raw)."""
     keys = {}
-    for key, value in model.state_dict().items():
-        if key in coded or value.dtype not in FLOATING or value.numel() < MIN_ELEMENTS:
+    for module_name, module in model.named_modules():
+        if include is not None and not include(module_name):
             continue
-        if value.dim() >= 2:
-            continue
-        keys[key] = role_of(key)
+        statistics = isinstance(module, (torch.nn.modules.batchnorm._BatchNorm,
+                                         torch.nn.modules.instancenorm._InstanceNorm))
+        tensors = list(module._parameters.items()) + [
+            (name, buffer) for name, buffer in module._buffers.items()
+            if statistics and name in STATISTICS]
+        for attribute, value in tensors:
+            key = f"{module_name}.{attribute}" if module_name else attribute
+            if (value is None or key in coded or value.dtype not in FLOATING
+                    or value.dim() != 1 or value.numel() < MIN_ELEMENTS):
+                continue
+            keys[key] = role_of(key)
     return keys
 
 
-def quantized(array: np.ndarray, bits: int):
-    """(indices, step) of ``array`` on the grid ``RMS · 2^-bits``; None if it is all zero or
-    not finite.
+MAX_BITS_OF_DTYPE = {"float16": 10, "bfloat16": 7}
+"""A 16-bit tensor's grid is no finer than its dtype holds near its RMS (its mantissa bits)."""
+
+
+POSITIVE_ROLES = ("running_var",)
+"""Roles whose positive values must stay positive: a variance of 0 is no variance (tools that
+fold BatchNorm divide by it)."""
+
+
+def quantized(array: np.ndarray, bits: int, keep_positive: bool = False):
+    """(indices, step) of ``array`` on the grid ``RMS · 2^-bits`` (``bits`` at most
+    :data:`MAX_BITS_OF_DTYPE` of a 16-bit array); None if it is all zero or not finite.
+    With ``keep_positive``, a positive value below half a step takes index 1, not 0.
 
     >>> indices, step = quantized(np.array([0.5, -1.0, 0.25], np.float32), 3)
     >>> round(float(step), 6), indices.tolist()
@@ -109,15 +135,20 @@ def quantized(array: np.ndarray, bits: int):
     rms = float(np.sqrt(np.mean(values ** 2)))
     if rms == 0.0:
         return None
+    bits = min(bits, MAX_BITS_OF_DTYPE.get(array.dtype.name, bits))
     step = np.float32(rms * 2.0 ** -bits)
-    return np.rint(values / np.float64(step)).astype(np.int64), step
+    indices = np.rint(values / np.float64(step)).astype(np.int64)
+    if keep_positive:
+        indices = np.where((values > 0) & (indices == 0), 1, indices)
+    return indices, step
 
 
-def plan_nonweights(model, batches, coded: set, progress=None) -> NonWeightPlan:
+def plan_nonweights(model, batches, coded: set, progress=None, include=None) -> NonWeightPlan:
     """Measure each role's coarsest grid within :data:`OUTPUT_ERROR_BUDGET` (module docstring)
     on ``batches`` (one or two calibration batches are enough: the budget is far from the
-    weights' error)."""
-    plan = NonWeightPlan(roles=candidate_keys(model, coded))
+    weights' error). A role whose coarsest grid leaves the output exactly unchanged was not
+    measured (its tensors do not reach the output the encoder sees): raw."""
+    plan = NonWeightPlan(roles=candidate_keys(model, coded, include))
     if not plan.roles:
         return plan
     state = model.state_dict()
@@ -136,7 +167,7 @@ def plan_nonweights(model, batches, coded: set, progress=None) -> NonWeightPlan:
                     for bits in RELATIVE_BITS:
                         for key in keys:
                             array = tensor_to_numpy(originals[key]).astype(np.float32)
-                            coded_values = quantized(array, bits)
+                            coded_values = quantized(array, bits, role in POSITIVE_ROLES)
                             if coded_values is not None:
                                 indices, step = coded_values
                                 state[key].copy_(torch.from_numpy(
@@ -146,6 +177,8 @@ def plan_nonweights(model, batches, coded: set, progress=None) -> NonWeightPlan:
                                         - expected) ** 2)
                             for batch, expected in zip(batches, reference)])) / power
                         plan.measured[role].append((bits, change))
+                        if change == 0.0 and bits == RELATIVE_BITS[0]:
+                            break  # not measured: raw
                         if np.isfinite(change) and change <= OUTPUT_ERROR_BUDGET:
                             plan.bits_of_role[role] = bits
                             break
@@ -159,19 +192,32 @@ def plan_nonweights(model, batches, coded: set, progress=None) -> NonWeightPlan:
     return plan
 
 
+def coded_nonweight(key: str, array: np.ndarray, bits: int | None):
+    """``(tensor record to add, decoded values)`` of ``array`` coded at ``bits``, or None where
+    it stays raw: no bits, or a coded form (chunks, tables, record) not smaller than raw."""
+    coded_values = None if bits is None else quantized(array, bits,
+                                                       role_of(key) in POSITIVE_ROLES)
+    if coded_values is None or array.dtype.name not in ("float32", "float16", "bfloat16"):
+        return None
+    indices, step = coded_values
+    pending = encode_rans_tensor(key, indices, UniformGrid(np.array([step], np.float32)),
+                                 array.dtype.name, settings=SMALL_TENSOR_ENTROPY)
+    tables = [row["frequencies"] for row in pending.record["body"]["tables"]]
+    coded_bytes = (sum(len(payload) for payload in pending.payloads)
+                   + frequency_table_bytes(np.array(tables)) + RECORD_EXTRA_BYTES)
+    if coded_bytes >= array.nbytes:
+        return None
+    # what a decoder makes of it: index × step in float32, then the stored dtype (spec §6)
+    decoded = (indices.astype(np.float32) * step).astype(array.dtype)
+    return pending, decoded
+
+
 def write_nonweight(writer: NrdWriter, key: str, array: np.ndarray, bits: int | None) -> bool:
-    """Add ``array`` to ``writer``: coded at ``bits`` where that is smaller than raw, else raw.
-    Returns whether it was coded."""
-    coded_values = None if bits is None else quantized(array, bits)
-    if coded_values is not None and array.dtype.name in ("float32", "float16", "bfloat16"):
-        indices, step = coded_values
-        pending = encode_rans_tensor(key, indices, UniformGrid(np.array([step], np.float32)),
-                                     array.dtype.name, settings=SMALL_TENSOR_ENTROPY)
-        tables = [row["frequencies"] for row in pending.record["body"]["tables"]]
-        coded_bytes = (sum(len(payload) for payload in pending.payloads)
-                       + frequency_table_bytes(np.array(tables)) + RECORD_EXTRA_BYTES)
-        if coded_bytes < array.nbytes:
-            writer.add_pending(pending)
-            return True
-    writer.add_raw(key, array)
-    return False
+    """Add ``array`` to ``writer``: coded at ``bits`` where :func:`coded_nonweight` says so,
+    else raw. Returns whether it was coded."""
+    coded = coded_nonweight(key, array, bits)
+    if coded is None:
+        writer.add_raw(key, array)
+        return False
+    writer.add_pending(coded[0])
+    return True

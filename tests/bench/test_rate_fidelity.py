@@ -48,15 +48,17 @@ def test_run_workload_writes_real_files_and_reports(tmp_path):
 
 
 class _TinyRecurrent(torch.nn.Module):
-    """An LSTM (stored raw by an encoder that codes no LSTM) and a Linear (coded)."""
+    """An LSTM (coded), a custom matrix (stored raw: no coded layer type holds it) and a
+    Linear (coded)."""
 
     def __init__(self):
         super().__init__()
         self.rnn = torch.nn.LSTM(16, 32, batch_first=True)
+        self.mixing = torch.nn.Parameter(torch.randn(32, 32) / 6)
         self.head = torch.nn.Linear(32, 4)
 
     def forward(self, x):
-        return self.head(self.rnn(x)[0])
+        return self.head(self.rnn(x)[0] @ self.mixing)
 
 
 def test_further_figures_and_raw_weights_are_recorded(tmp_path):
@@ -78,10 +80,9 @@ def test_further_figures_and_raw_weights_are_recorded(tmp_path):
     assert report["original_figures"] == {"argmax agreement": 1.0}
     points = report["ours"]["curves"]["rtn"]
     assert all(0.0 <= point["figures"]["argmax agreement"] <= 1.0 for point in points)
-    lstm_weights = sum(p.numel() for name, p in model.named_parameters()
-                       if name.startswith("rnn.weight"))
-    if report["ours"]["raw_weights"]:  # until the encoder codes LSTMs
-        assert sum(report["ours"]["raw_weights"].values()) == lstm_weights
-        assert all(point["raw_weights"] == lstm_weights for point in points)
+    assert report["ours"]["raw_weights"] == {"mixing": 32 * 32}
+    assert all(point["raw_weights"] == 32 * 32 for point in points)
+    assert report["ours"]["coded_layer_kinds"]["recurrent"] == {"layers": 2,
+                                                                "weights": 128 * (16 + 32)}
     write_report(report, str(tmp_path / "recurrent"))
     assert "| argmax agreement |" in (tmp_path / "recurrent.md").read_text()

@@ -177,6 +177,10 @@ def test_settings_refuse_nonsense():
         QuantizerSettings(method="gptq")
     with pytest.raises(EncoderError, match="per_channel"):
         QuantizerSettings(method="cerwu", per_channel="yes")
+    rng = np.random.default_rng(0)
+    weighted = LayerProblem(rng.standard_normal((4, 6)), np.eye(6), row_scale=np.ones(4))
+    with pytest.raises(EncoderError, match="one weight for all rows"):
+        quantize_layer(weighted, QuantizerSettings(method="cerwu"))
     with pytest.raises(EncoderError, match="lam"):
         QuantizerSettings(lam=0.0)
     with pytest.raises(EncoderError, match="NaN"):

@@ -156,3 +156,41 @@ def test_lstm_with_a_projection_is_not_a_layer():
     model = torch.nn.Sequential(torch.nn.LSTM(5, 8, proj_size=3))
     assert find_layers(model) == {}
     assert find_layers(torch.nn.Sequential(torch.nn.GRU(5, 8)), recurrent=False) == {}
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_gru_with_hx_as_keyword_and_time_first_sees_the_states_it_ran_on(unbatched):
+    """weight_hh's rows are the hidden states the module itself computed, from the initial
+    state given as the keyword hx (time-first layout, batched or not)."""
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(3, 5)  # batch_first=False: (time, batch, features)
+    x = torch.randn(7, 2, 3) if not unbatched else torch.randn(7, 3)
+    hx = torch.randn(1, 2, 5) if not unbatched else torch.randn(1, 5)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = gru
+
+        def forward(self, inputs):
+            return self.gru(inputs, hx=hx)[0]
+
+    model = Wrapper()
+    accumulator = collect_hessians(model, [x], find_layers(model)).accumulators["gru"]
+    with torch.no_grad():
+        output = gru(x, hx)[0]
+    if unbatched:
+        states = torch.cat([hx, output[:-1]])                        # (time, H)
+    else:
+        states = torch.cat([hx, output[:-1]]).reshape(-1, 5)       # (time · batch, H)
+    rows = states.double().numpy()
+    expected = 2.0 / len(rows) * rows.T @ rows
+    hessian, _ = accumulator.hessian(attribute="weight_hh_l0")
+    np.testing.assert_allclose(hessian[0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_weight_computed_by_a_parametrization_is_no_layer():
+    """weight_norm's weight is computed from weight_g and weight_v, not a tensor of the state
+    dict: the layer is left to the raw path (its matrices named there)."""
+    layer = torch.nn.utils.weight_norm(torch.nn.Linear(4, 3))
+    assert find_layers(torch.nn.Sequential(layer, torch.nn.Linear(3, 2))) == {"1": "linear"}

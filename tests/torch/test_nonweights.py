@@ -64,8 +64,13 @@ def test_coded_non_weights_decode_within_half_a_step_of_rms_over_2_to_the_bits(
         for key, bits in result.coded_nonweights.items():
             assert handle.info(key).coding == "rans"
             rms = np.sqrt(np.mean(original[key] ** 2))
-            error = np.abs(handle.get_tensor(key).astype(np.float64) - original[key]).max()
-            assert error <= rms * 2.0 ** -bits / 2 * (1 + 1e-6), key
+            step = rms * 2.0 ** -bits
+            decoded = handle.get_tensor(key).astype(np.float64)
+            small_variance = (role_of(key) == "running_var") & (original[key] < step / 2)
+            error = np.abs(decoded - original[key])
+            assert np.all(error[~small_variance] <= step / 2 * (1 + 1e-6)), key
+            if role_of(key) == "running_var":  # variances stay positive
+                assert np.all(decoded[original[key] > 0] > 0), key
         for key in set(original) - set(result.coded_nonweights) - {
                 layer.name for layer in result.layers}:
             np.testing.assert_array_equal(handle.get_tensor(key), original[key])  # raw
@@ -128,3 +133,24 @@ def test_small_tensors_stay_raw(tmp_path):
     assert "2.bias" not in result.coded_nonweights
     with safe_open(tmp_path / "s.nrd") as handle:
         assert handle.info("2.bias").coding == "raw"
+
+
+def test_a_role_the_measured_output_does_not_depend_on_stays_raw(tmp_path):
+    """A vector used only for a second output: quantizing it leaves the measured (first)
+    output exactly unchanged, so nothing was measured and it stays raw."""
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(8, 32)
+            self.aux_scale = torch.nn.Parameter(torch.rand(32) + 0.5)
+
+        def forward(self, x):
+            hidden = self.body(x)
+            return hidden, hidden * self.aux_scale
+
+    torch.manual_seed(0)
+    result = compress(TwoHeads().eval(), [torch.randn(16, 8)], path=tmp_path / "t.nrd",
+                      progress=False, method="rtn")
+    assert "aux_scale" not in result.coded_nonweights
+    assert "body.bias" in result.coded_nonweights
