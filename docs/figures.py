@@ -680,14 +680,18 @@ RATE_FIDELITY_MODELS = (("digits_rate_fidelity.json", "DigitsCNN"),
                         ("craft_rate_fidelity.json", "EasyOCR CRAFT (text detector)"),
                         ("crnn_rate_fidelity.json", "EasyOCR english_g2 (CRNN recogniser)"))
 LAYER_KIND_LABELS = {"linear": "Linear", "conv2d": "Conv2d", "conv1d": "Conv1d",
-                     "embedding": "Embedding", "transposed_linear": "transformers Conv1D"}
+                     "embedding": "Embedding", "transposed_linear": "transformers Conv1D",
+                     "recurrent": "LSTM weight matrices"}
 LAYER_KIND_CODING = {
     "linear": "its `(out, in)` weight matrix, Hessian of the layer's inputs",
     "conv2d": "its weight as an `(out, in × kh × kw)` matrix, Hessian of the unfolded (im2col) "
               "input patches",
     "conv1d": "its weight as an `(out, in × k)` matrix, Hessian of the unfolded input patches",
     "embedding": "one step per row (token), rows weighted by token frequency",
-    "transposed_linear": "its transposed weight, Hessian of the layer's inputs"}
+    "transposed_linear": "its transposed weight, Hessian of the layer's inputs",
+    "recurrent": "each `weight_ih_l*` and `weight_hh_l*` as a Linear of the gates, Hessian of "
+                 "the inputs it is fed: the layer's input, or the hidden state of the step "
+                 "before (after, in reverse)"}
 
 
 def bits_text(bits) -> str:
@@ -774,9 +778,73 @@ def layers_text(results: Results, name: str) -> str:
                      f"weight to every file of ours. NNCodec codes them like any other matrix.")
     else:
         lines.append("- No weight matrix is stored raw: every one is in a coded layer.")
-    lines.append("- Biases and batch-norm parameters and statistics: raw in ours, at NNCodec's "
-                 "fine `nonweight_qp` in NNCodec's.")
+    lines.append("- Biases, norms and batch-norm statistics: in ours, each role on the grid "
+                 "`RMS / 2^b` that keeps its measured output error within budget, where that "
+                 "is smaller than raw (the `raw non-weights` lever below shows what it buys); "
+                 "at NNCodec's fine `nonweight_qp` in NNCodec's.")
     return "\n".join(lines)
+
+
+LEVER_COLUMNS = (("cerwu", "`cerwu`, defaults"),
+                 ("cerwu [raw non-weights]", "non-weights raw instead"),
+                 ("cerwu [per-row rd]", "with per-row steps by RD"),
+                 ("optq", "`optq`: no rate-aware decisions"),
+                 ("rtn", "`rtn`: no OBS update"),
+                 ("NNCodec", "NNCodec 2.1.3"))
+
+
+@block("rate_fidelity.levers")
+def _rate_fidelity_levers(results: Results) -> str:
+    rows = []
+    for name, label in RATE_FIDELITY_MODELS:
+        data = results.load(name)
+        bits = data["comparison"]["bits_per_weight_at_target"]
+        default = bits.get("cerwu")
+        skipped = data["ours"].get("skipped_levers", {})
+        cells = [label, target_text(data)]
+        for curve, _ in LEVER_COLUMNS:
+            lever = curve[len("cerwu ["):-1] if curve.startswith("cerwu [") else None
+            if lever in skipped:
+                cells.append("same files")
+            elif curve not in bits:
+                cells.append("not run")
+            elif bits[curve] is None:
+                cells.append("not bracketed")
+            elif curve == "cerwu" or default is None:
+                cells.append(f"{bits[curve]:.3f}")
+            else:
+                cells.append(f"{bits[curve]:.3f} ({bits[curve] / default - 1:+.1%})")
+        rows.append(cells)
+    notes = []
+    for name, label in RATE_FIDELITY_MODELS:
+        for lever, why in results.load(name)["ours"].get("skipped_levers", {}).items():
+            notes.append(f"{label}, {lever}: {why}.")
+    return (table(["model", "target", *[title for _, title in LEVER_COLUMNS]], "llrrrrrr", rows)
+            + "\n\n" + (" ".join(notes) + " " if notes else "")
+            + " ".join(f"{label}: {results.provenance(name)}{sweep_note(results.load(name))}"
+                       for name, label in RATE_FIDELITY_MODELS))
+
+
+DOMAIN_FIGURE = "cosine on license text"
+
+
+@block("rate_fidelity.domain")
+def _rate_fidelity_domain(results: Results) -> str:
+    data = results.load("minilm_rate_fidelity.json")
+    curves = {"cerwu": data["ours"]["curves"]["cerwu"]}
+    if data["nncodec"].get("measured"):
+        curves["NNCodec"] = data["nncodec"]["curve"]
+    rows = []
+    for method, points in curves.items():
+        for point in sorted(points, key=lambda point: point["bits_per_weight"]):
+            other = point["figures"][DOMAIN_FIGURE]
+            setting = f"qp {point['qp']}" if "qp" in point else f"λ × {point['lam_factor']:g}"
+            rows.append([RATE_LABELS.get(method, method), setting,
+                         f"{point['bits_per_weight']:.3f}", f"{point['fidelity']:.4f}",
+                         f"{other:.4f}", f"{point['fidelity'] - other:.4f}"])
+    return (table(["coder", "setting", "bits/weight", "cosine, Python documentation",
+                   "cosine, license text", "gap"], "llrrrr", rows)
+            + "\n\n" + results.provenance("minilm_rate_fidelity.json"))
 
 
 @block("rate_fidelity.craft")
