@@ -301,12 +301,21 @@ def bench_module(name: str):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    if spec.name in sys.modules:
+        return sys.modules[spec.name]
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "bench"))  # as when run as a script: bench/run_info.py
+    # registered before it runs, as an import does (its dataclasses look their module up); the
+    # repository root too, for the scripts' `import bench.x`
+    sys.modules[spec.name] = module
+    sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]  # as when run as a script
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
     finally:
         sys.path.remove(str(ROOT / "bench"))
+        sys.path.remove(str(ROOT))
     return module
 
 
@@ -810,7 +819,7 @@ def _rate_fidelity_levers(results: Results) -> str:
                 cells.append("not run")
             elif bits[curve] is None:
                 cells.append("not bracketed")
-            elif curve == "cerwu" or default is None:
+            elif curve in ("cerwu", "NNCodec") or default is None:
                 cells.append(f"{bits[curve]:.3f}")
             else:
                 cells.append(f"{bits[curve]:.3f} ({bits[curve] / default - 1:+.1%})")
@@ -842,9 +851,17 @@ def _rate_fidelity_domain(results: Results) -> str:
             rows.append([RATE_LABELS.get(method, method), setting,
                          f"{point['bits_per_weight']:.3f}", f"{point['fidelity']:.4f}",
                          f"{other:.4f}", f"{point['fidelity'] - other:.4f}"])
+    at_target = []
+    for method, points in curves.items():
+        other = [{"bits_per_weight": point["bits_per_weight"],
+                  "fidelity": point["figures"][DOMAIN_FIGURE]} for point in points]
+        bits = bench_module("rate_fidelity").interpolate_bits_at(other, data["fidelity_target"])
+        at_target.append(f"{RATE_LABELS.get(method, method)} {bits_text(bits)}")
     return (table(["coder", "setting", "bits/weight", "cosine, Python documentation",
                    "cosine, license text", "gap"], "llrrrr", rows)
-            + "\n\n" + results.provenance("minilm_rate_fidelity.json"))
+            + f"\n\nBits per coded weight at cosine {data['fidelity_target']:g} on the license "
+              f"text (interpolated as at the main target): {', '.join(at_target)}. "
+            + results.provenance("minilm_rate_fidelity.json"))
 
 
 @block("rate_fidelity.craft")
