@@ -39,7 +39,7 @@ import numpy as np
 
 from ..format.errors import EncoderError
 from .obs import CHANNEL_STEP_CLASS_RATIO, lambda_rule_steps, quantize_on_grid
-from .problem import LayerProblem, LayerResult
+from .problem import LayerProblem, LayerResult, row_distortions
 from .rate import RateModel
 
 if TYPE_CHECKING:  # annotations only: the settings module imports the methods, which import this
@@ -271,19 +271,3 @@ def choose_channel_steps(problem: LayerProblem, settings: QuantizerSettings) -> 
         per_row.grid = "a step per row"
         return per_row
     return one
-
-
-def row_distortions(problem: LayerProblem, reconstruction: np.ndarray) -> np.ndarray:
-    """Each row's share ``½ s_r (w_r − ŵ_r) H (w_r − ŵ_r)ᵀ`` of the layer's distortion."""
-    rows = problem.weights.shape[0]
-    scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
-    difference = problem.weights - reconstruction
-    if problem.hessian is None:
-        return 0.5 * scale * np.sum(difference ** 2, axis=1)
-    rows_per_group = rows // problem.groups
-    out = np.empty(rows)
-    for group, hessian in enumerate(problem.hessian):
-        part = slice(group * rows_per_group, (group + 1) * rows_per_group)
-        out[part] = 0.5 * scale[part] * np.sum((difference[part] @ hessian) * difference[part],
-                                               axis=1)
-    return out

@@ -181,3 +181,19 @@ def blocks_within(chunks: list[slice], rows: slice) -> list[slice]:
             parts.append(slice(start, stop))
     return parts
 
+
+def row_distortions(problem: LayerProblem, reconstruction: np.ndarray) -> np.ndarray:
+    """Each row's share ``½ s_r (w_r − ŵ_r) H (w_r − ŵ_r)ᵀ`` of :func:`layer_distortion` (whole
+    arrays: for the layers of a per-row step choice, grouped convolutions, which are small)."""
+    rows = problem.weights.shape[0]
+    scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
+    difference = problem.weights - reconstruction
+    if problem.hessian is None:
+        return 0.5 * scale * np.sum(difference ** 2, axis=1)
+    rows_per_group = rows // problem.groups
+    out = np.empty(rows)
+    for group, hessian in enumerate(problem.hessian):
+        part = slice(group * rows_per_group, (group + 1) * rows_per_group)
+        out[part] = 0.5 * scale[part] * np.sum((difference[part] @ hessian) * difference[part],
+                                               axis=1)
+    return out

@@ -32,6 +32,9 @@ RECURRENT = "recurrent"
 """The kind of ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` modules: several weight matrices a module
 (:func:`weight_attributes`)."""
 
+DIRECTION_SUFFIXES = ("", "_reverse")
+"""What a recurrent module's parameter names end with, per direction (``weight_hh_l0_reverse``)."""
+
 # The torch classes of the recurrent modes, to rerun one layer of a module (RNNBase.mode).
 _RECURRENT_CLASSES = {"LSTM": ("LSTM", None), "GRU": ("GRU", None),
                       "RNN_TANH": ("RNN", "tanh"), "RNN_RELU": ("RNN", "relu")}
@@ -71,7 +74,7 @@ def weight_attributes(module, kind: str) -> list[str]:
     """
     if kind != RECURRENT:
         return ["weight"]
-    suffixes = ("", "_reverse") if module.bidirectional else ("",)
+    suffixes = DIRECTION_SUFFIXES[:2 if module.bidirectional else 1]
     return [f"weight_{which}_l{layer}{suffix}" for layer in range(module.num_layers)
             for suffix in suffixes for which in ("ih", "hh")]
 
@@ -214,7 +217,7 @@ class RecurrentHessianAccumulator:
         valid = torch.arange(steps)[None, :] < lengths[:, None]          # (batch, steps)
         last = torch.arange(steps)[None, :] == (lengths - 1)[:, None]
         for layer in range(module.num_layers):
-            suffixes = ("", "_reverse")[:directions]
+            suffixes = DIRECTION_SUFFIXES[:directions]
             self._accumulate(f"weight_ih_l{layer}", x[valid])
             output = self._rerun_layer(module, layer, x, hx, lengths, packed)
             for direction, suffix in enumerate(suffixes):
@@ -240,7 +243,7 @@ class RecurrentHessianAccumulator:
             x.shape[-1], module.hidden_size, num_layers=1, bias=module.bias, batch_first=True,
             bidirectional=module.bidirectional, **options)
         with torch.no_grad():
-            for suffix in ("", "_reverse")[:directions]:
+            for suffix in DIRECTION_SUFFIXES[:directions]:
                 for which in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh")
                                                            if module.bias else ()):
                     getattr(single, f"{which}_l0{suffix}").copy_(

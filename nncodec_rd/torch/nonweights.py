@@ -32,6 +32,7 @@ from ..encoder.rans import frequency_table_bytes
 from ..encoder.writer import NrdWriter, encode_rans_tensor
 from ..format.grids import UniformGrid
 from .hessians import first_tensor, run_batch
+from .layers import FORMAT_OF_TORCH_DTYPE
 from .state_dict import tensor_to_numpy
 
 RELATIVE_BITS = (3, 4, 5, 6, 7, 8, 10, 12)
@@ -52,7 +53,6 @@ SMALL_TENSOR_ENTROPY = EntropySettings(lane_count=1, context_model="iid")
 """One rANS lane and one table: small tensors decode in microseconds either way, and every
 lane's final state costs 4 bytes."""
 
-FLOATING = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def role_of(key: str) -> str:
@@ -104,7 +104,7 @@ def candidate_keys(model, coded: set, include=None) -> dict:
             if statistics and name in STATISTICS]
         for attribute, value in tensors:
             key = f"{module_name}.{attribute}" if module_name else attribute
-            if (value is None or key in coded or value.dtype not in FLOATING
+            if (value is None or key in coded or value.dtype not in FORMAT_OF_TORCH_DTYPE
                     or value.dim() != 1 or value.numel() < MIN_ELEMENTS):
                 continue
             keys[key] = role_of(key)
@@ -197,7 +197,7 @@ def coded_nonweight(key: str, array: np.ndarray, bits: int | None):
     it stays raw: no bits, or a coded form (chunks, tables, record) not smaller than raw."""
     coded_values = None if bits is None else quantized(array, bits,
                                                        role_of(key) in POSITIVE_ROLES)
-    if coded_values is None or array.dtype.name not in ("float32", "float16", "bfloat16"):
+    if coded_values is None or array.dtype.name not in FORMAT_OF_TORCH_DTYPE.values():
         return None
     indices, step = coded_values
     pending = encode_rans_tensor(key, indices, UniformGrid(np.array([step], np.float32)),

@@ -54,7 +54,7 @@ from .layers import (SEQUENTIAL_CODED_LAYER_TYPES, CompressionResult, LayerSumma
                      is_uncoded_weight, make_layer, reconstruction_of, write_layer)
 from .progress import Progress
 from .hessians import (HessianAccumulator, find_layers, first_tensor, matrix_to_stored_layout,
-                       run_batch, weight_matrix)
+                       parameter_name, run_batch, weight_matrix)
 from .state_dict import tensor_to_numpy
 
 
@@ -518,7 +518,7 @@ class SequentialEncoder:
         blocks = list(self.stack)
         self.block_count = len(blocks)
         # Layers to quantize: tied copies are coded once.
-        firsts = {min(self.ties.get(f"{name}.weight" if name else "weight", [name]))
+        firsts = {min(self.ties.get(parameter_name(name, "weight"), [name]))
                   for name in all_layers}
         self._layer_total, self._layers_started = len(firsts), 0
 
@@ -561,7 +561,7 @@ class SequentialEncoder:
             inputs = self._capture(blocks[0], None)  # block 0 sees the quantized layers
         del collector
         if resumed is None:
-            self._record(writer, 0, None, {f"{name}.weight": modules[name].weight
+            self._record(writer, 0, None, {parameter_name(name, "weight"): modules[name].weight
                                            for name in before})
 
         # 2. The blocks.
@@ -780,7 +780,7 @@ class SequentialEncoder:
         made = []
         for name, kind in layers.items():
             module = modules[name]
-            parameter = f"{name}.weight" if name else "weight"
+            parameter = parameter_name(name, "weight")
             source = next((other for other in self.ties.get(parameter, [])
                            if other in self._quantized), None)
             if source is not None:  # tied to a layer already coded
@@ -827,7 +827,7 @@ class SequentialEncoder:
         checkpoint and are not tied to a layer ``before``); returns their parameter names."""
         if self.weights is None:
             return []
-        needed = {n for name in before for n in self.ties.get(f"{name}.weight", [])}
+        needed = {n for name in before for n in self.ties.get(parameter_name(name, "weight"), [])}
         parked = []
         for name in after:
             names = [f"{name}.{attribute}" if name else attribute
@@ -983,9 +983,9 @@ class SequentialEncoder:
         model = self.model
         items = [_BlockInput(i.hidden, i.args, i.kwargs) for i in inputs]
         # Layers after the stack tied to one before it are not coded again.
-        coded_before = {f"{name}.weight" for name in before}
+        coded_before = {parameter_name(name, "weight") for name in before}
         after = {name: kind for name, kind in after.items()
-                 if not coded_before & set(self.ties.get(f"{name}.weight", []))}
+                 if not coded_before & set(self.ties.get(parameter_name(name, "weight"), []))}
         units = len(blocks) + bool(after)
         tables = {}
         if before:
@@ -1050,7 +1050,7 @@ class SequentialEncoder:
         parameters = dict(self.model.named_parameters(remove_duplicate=False))
         coded_names, firsts = set(), set()
         for name in all_layers:
-            parameter = f"{name}.weight" if name else "weight"
+            parameter = parameter_name(name, "weight")
             tied = self.ties.get(parameter, [parameter])
             coded_names.update(tied)
             firsts.add(min(tied))
