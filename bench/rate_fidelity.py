@@ -221,6 +221,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             "skipped_levers": skipped_levers,
             "hessian_seconds": encoder.hessian_seconds,
             "sensitivity_seconds": encoder.sensitivity_seconds,
+            "nonweight_seconds": encoder.nonweight_seconds,
             "setup_seconds": setup_seconds, "base_lam": base_lam}
 
 
@@ -365,8 +366,11 @@ def markdown_table(report: dict) -> str:
                      f"{point['encode_seconds']:.1f} | {point['decode_seconds']:.2f} |")
     ours = report["ours"]
     raw = ours.get("raw_weights") or {}
+    nonweights = (f", non-weight grids: {ours['nonweight_seconds']:.1f} s"
+                  if "nonweight_seconds" in ours else "")
     lines += ["", f"Hessians: {ours['hessian_seconds']:.1f} s, layer sensitivities: "
-                  f"{ours['sensitivity_seconds']:.1f} s, {ours['coded_weights']:,} coded weights"
+                  f"{ours['sensitivity_seconds']:.1f} s{nonweights}, "
+                  f"{ours['coded_weights']:,} coded weights"
                   + (f"; stored raw in our files (no coded layer holds them): {len(raw)} weight "
                      f"tensors, {sum(raw.values()):,} weights" if raw else "") + ".",
               *([f"Curves of {', '.join(report['merged_from']['methods'])} are from the stored "

@@ -124,6 +124,24 @@ class LayerResult:
 
 
 
+def expected_noise_distortion(problem: LayerProblem, variance: float) -> float:
+    """The mean of :func:`layer_distortion` over reconstructions ``W + N`` whose noise ``N`` has
+    independent entries of ``variance``: ``½ σ² Σ_r s_r tr(H_g(r))``.
+
+    >>> problem = LayerProblem(np.zeros((2, 3)), np.diag([1.0, 2.0, 3.0]))
+    >>> expected_noise_distortion(problem, 0.5)  # ½ · 0.5 · 2 rows · 6
+    1.5
+    """
+    rows, columns = problem.weights.shape
+    scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
+    if problem.hessian is None:
+        return 0.5 * variance * columns * float(np.sum(scale))
+    rows_per_group = rows // problem.groups
+    return 0.5 * variance * float(sum(
+        np.trace(hessian) * np.sum(scale[group * rows_per_group:(group + 1) * rows_per_group])
+        for group, hessian in enumerate(problem.hessian)))
+
+
 def layer_distortion(problem: LayerProblem, reconstruction: np.ndarray) -> float:
     """``½ Σ_r s_r (w_r − ŵ_r) H_g(r) (w_r − ŵ_r)ᵀ`` with the undamped Hessian."""
     scale = np.ones(len(problem.weights)) if problem.row_scale is None else problem.row_scale

@@ -17,13 +17,14 @@ import torch
 
 from ..encoder.executor import executor_from
 from ..encoder.methods import quantize_layer
-from ..encoder.problem import layer_distortion
+from ..encoder.problem import expected_noise_distortion, layer_distortion
 from ..encoder.settings import QuantizerSettings
 from ..encoder.transform import TransformLayerResult
 from ..encoder.writer import NrdWriter
 from ..format.errors import EncoderError
 from ..format.grids import RightMatrixTransform, UniformGrid
 from .hessians import (
+    CONVOLUTION_GRAMS,
     collect_hessians,
     find_layers,
     first_tensor,
@@ -50,6 +51,15 @@ from .progress import Progress
 from .state_dict import tensor_to_numpy
 
 
+SENSITIVITY_ESTIMATORS = ("gradient", "perturbation")
+"""How :meth:`ModelEncoder.measure_sensitivities` measures each layer's sensitivity; the first is
+the default."""
+
+
+class _NotDifferentiable(Exception):
+    """The model's output cannot be differentiated by its weights (the reason as the message)."""
+
+
 class ModelEncoder:
     """The model's layers with their Hessians, ready to be quantized at any λ.
 
@@ -60,6 +70,8 @@ class ModelEncoder:
     def __init__(self, model, calibration_batches, *, include=None, per_channel: bool | str = False,
                  embedding_smoothing: float = 1.0, sensitivity: bool = True,
                  sensitivity_batches: int = 1, sensitivity_exponent: float = 0.7,
+                 sensitivity_estimator: str = SENSITIVITY_ESTIMATORS[0],
+                 convolution_gram: str = CONVOLUTION_GRAMS[0],
                  nonweights: bool = True, progress=True, executor=None):
         self.model = model
         self.progress = Progress(progress)
@@ -77,7 +89,8 @@ class ModelEncoder:
             collected = collect_hessians(
                 model, calibration_batches, layers,
                 progress=lambda done, total: self.progress.step("calibration batch", done,
-                                                                total))
+                                                                total),
+                convolution_gram=convolution_gram)
         else:
             collected = None
         self.hessian_seconds = time.perf_counter() - start
@@ -109,7 +122,8 @@ class ModelEncoder:
         if sensitivity and calibration_batches is not None:
             start = time.perf_counter()
             batches = list(calibration_batches)[:max(1, sensitivity_batches)]
-            self.measure_sensitivities(batches, exponent=sensitivity_exponent)
+            self.measure_sensitivities(batches, exponent=sensitivity_exponent,
+                                       estimator=sensitivity_estimator)
             self.sensitivity_seconds = time.perf_counter() - start
             self.progress(f"layer sensitivities measured in {self.sensitivity_seconds:.1f} s",
                           final=True)
@@ -127,49 +141,116 @@ class ModelEncoder:
             self.nonweight_seconds = time.perf_counter() - start
 
     def measure_sensitivities(self, batches, relative_noise: float = 0.01, seed: int = 0,
-                              exponent: float = 0.7) -> None:
+                              exponent: float = 0.7, estimator: str = "gradient") -> None:
         """Weigh each layer's loss by how much it moves the model's output.
 
         The layer loss ``½ tr(D H Dᵀ)`` measures the error of the layer's own output; layers
-        differ in how much of that error reaches the model's output. Adding Gaussian noise of
-        known layer loss δ to one layer at a time and measuring the mean squared change ε of
-        the model's first output tensor gives the layer's sensitivity ε / δ; the layer's λ is
-        then the global λ divided by it, so one λ is a slope in units of output error per bit
-        for every layer.
+        differ in how much of that error reaches the model's output. A layer's sensitivity is
+        the mean squared change ε of the model's first output tensor per unit of layer loss δ
+        when the layer's weights take small Gaussian noise; the layer's λ is then the global λ
+        divided by it, so one λ is a slope in units of output error per bit for every layer.
+
+        ``estimator`` (:data:`SENSITIVITY_ESTIMATORS`) says how ε / δ is measured:
+
+        - ``"gradient"`` (the default): every layer at once, from one backward pass a batch.
+          For noise of variance σ², the mean of ε is ``σ² ‖J‖²_F / M`` (``J`` the Jacobian of
+          the ``M`` outputs by the layer's weights) and that of δ is ``½ σ² Σ_r s_r tr(H)``
+          (:func:`~nncodec_rd.encoder.problem.expected_noise_distortion`); ``‖J‖²_F`` is the
+          mean of ``‖Jᵀ v‖²`` over Gaussian probes ``v`` of the output (Hutchinson), and one
+          probe a batch is one gradient. A model whose output autograd cannot differentiate
+          falls back to ``"perturbation"`` (and says so).
+        - ``"perturbation"``: one layer at a time, noise of ``relative_noise`` × the weights'
+          RMS added and the batches run again: a forward pass per layer and batch.
+
+        Both measure the same ratio of means, each from one random draw a layer and batch
+        (``bench/calibration_speed.py`` compares them).
 
         The sensitivity is raised to ``exponent``: random noise is not the quantization error's
         direction, and trusting the measurement partly was best on all-MiniLM-L6-v2 (at mean
         cosine 0.99: about 3.06 bits per weight with exponent 0.7, 3.1 with 0.5, 3.3 with 1;
         ``bench/minilm_rate_fidelity.py``).
         """
+        if estimator not in SENSITIVITY_ESTIMATORS:
+            raise EncoderError(f"unknown sensitivity estimator {estimator!r}; choose one of "
+                               f"{', '.join(SENSITIVITY_ESTIMATORS)}")
         was_training = self.model.training
         self.model.eval()
-        generator = np.random.default_rng(seed)
         try:
-            with torch.no_grad():
-                reference = [first_tensor(run_batch(self.model, batch)).double()
-                             for batch in batches]
-                for number, layer in enumerate(self.layers, 1):
-                    self.progress.step("sensitivity", number, len(self.layers), layer.parameter)
-                    problem = layer.problem
-                    rms = float(np.sqrt(np.mean(problem.weights ** 2))) or 1.0
-                    noise = generator.standard_normal(problem.weights.shape) * relative_noise * rms
-                    layer_loss = layer_distortion(problem, problem.weights + noise)
-                    weight = self.model.get_parameter(layer.parameter)
-                    original = weight.detach().clone()
-                    perturbed = matrix_to_stored_layout(problem.weights + noise,
-                                                        layer.stored_shape, layer.kind)
-                    weight.copy_(torch.from_numpy(np.ascontiguousarray(perturbed)).to(weight.dtype))
-                    try:
-                        change = [float(torch.mean((first_tensor(run_batch(self.model, batch))
-                                                    .double() - expected) ** 2))
-                                  for batch, expected in zip(batches, reference)]
-                    finally:
-                        weight.copy_(original)
-                    if layer_loss > 0 and np.mean(change) > 0:
-                        layer.sensitivity = (float(np.mean(change)) / layer_loss) ** exponent
+            ratios = None
+            if estimator == "gradient":
+                try:
+                    ratios = self._sensitivities_by_gradient(batches, seed)
+                except _NotDifferentiable as reason:
+                    self.progress(f"layer sensitivities: {reason}; measured by perturbing "
+                                  f"each layer instead", final=True)
+            if ratios is None:
+                ratios = self._sensitivities_by_perturbation(batches, relative_noise, seed)
         finally:
             self.model.train(was_training)
+        for layer, ratio in zip(self.layers, ratios):
+            if ratio > 0:
+                layer.sensitivity = ratio ** exponent
+
+    def _sensitivities_by_gradient(self, batches, seed: int) -> list[float]:
+        """ε / δ of every layer from one backward pass a batch (:meth:`measure_sensitivities`)."""
+        weights = [self.model.get_parameter(layer.parameter) for layer in self.layers]
+        wanted = {id(weight) for weight in weights}
+        flags = [(parameter, parameter.requires_grad) for parameter in self.model.parameters()]
+        generator = torch.Generator().manual_seed(seed)
+        squares = np.zeros(len(weights))
+        try:
+            for parameter, _ in flags:  # gradients of the coded weights only
+                parameter.requires_grad_(id(parameter) in wanted)
+            with torch.enable_grad():
+                for number, batch in enumerate(batches, 1):
+                    self.progress.step("sensitivity (gradient)", number, len(batches))
+                    output = first_tensor(run_batch(self.model, batch))
+                    if not output.requires_grad:
+                        raise _NotDifferentiable("the model's output carries no gradient")
+                    probe = torch.randn(output.shape, generator=generator,
+                                        dtype=torch.float64).to(output.dtype)
+                    try:
+                        gradients = torch.autograd.grad((output * probe).sum(), weights,
+                                                        allow_unused=True)
+                    except RuntimeError as error:  # an operation autograd cannot go back through
+                        raise _NotDifferentiable(f"backward failed ({str(error)[:80]})") from None
+                    for index, gradient in enumerate(gradients):
+                        if gradient is not None:
+                            squares[index] += (float(gradient.double().pow(2).sum())
+                                               / output.numel())
+        finally:
+            for parameter, flag in flags:
+                parameter.requires_grad_(flag)
+        return [float(total / len(batches)) / expected_noise_distortion(layer.problem, 1.0)
+                for total, layer in zip(squares, self.layers)]
+
+    def _sensitivities_by_perturbation(self, batches, relative_noise: float,
+                                       seed: int) -> list[float]:
+        """ε / δ of every layer, one layer perturbed at a time (:meth:`measure_sensitivities`)."""
+        generator = np.random.default_rng(seed)
+        ratios = []
+        with torch.no_grad():
+            reference = [first_tensor(run_batch(self.model, batch)).double()
+                         for batch in batches]
+            for number, layer in enumerate(self.layers, 1):
+                self.progress.step("sensitivity", number, len(self.layers), layer.parameter)
+                problem = layer.problem
+                rms = float(np.sqrt(np.mean(problem.weights ** 2))) or 1.0
+                noise = generator.standard_normal(problem.weights.shape) * relative_noise * rms
+                layer_loss = layer_distortion(problem, problem.weights + noise)
+                weight = self.model.get_parameter(layer.parameter)
+                original = weight.detach().clone()
+                perturbed = matrix_to_stored_layout(problem.weights + noise,
+                                                    layer.stored_shape, layer.kind)
+                weight.copy_(torch.from_numpy(np.ascontiguousarray(perturbed)).to(weight.dtype))
+                try:
+                    change = [float(torch.mean((first_tensor(run_batch(self.model, batch))
+                                                .double() - expected) ** 2))
+                              for batch, expected in zip(batches, reference)]
+                finally:
+                    weight.copy_(original)
+                ratios.append(float(np.mean(change)) / layer_loss if layer_loss > 0 else 0.0)
+        return ratios
 
     @property
     def coded_weights(self) -> int:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-from nncodec_rd.torch.hessians import collect_hessians, find_layers, weight_matrix  # noqa: E402
+from nncodec_rd.torch.hessians import (  # noqa: E402
+    collect_hessians,
+    convolution_gram_by_shifts,
+    convolution_gram_by_unfold,
+    find_layers,
+    weight_matrix,
+)
 
 
 def test_linear_hessian_is_the_mean_outer_product_of_inputs():
@@ -194,3 +202,49 @@ def test_a_weight_computed_by_a_parametrization_is_no_layer():
     dict: the layer is left to the raw path (its matrices named there)."""
     layer = torch.nn.utils.weight_norm(torch.nn.Linear(4, 3))
     assert find_layers(torch.nn.Sequential(layer, torch.nn.Linear(3, 2))) == {"1": "linear"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_the_gram_by_shifts_equals_the_gram_of_the_unfolded_patches(data):
+    # Independent reference: torch's unfold materialises every patch.
+    groups = data.draw(st.sampled_from([1, 2, 3]), label="groups")
+    per_group = data.draw(st.integers(1, 3), label="channels per group")
+    kernel = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
+    dilation = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)))
+    height = data.draw(st.integers((kernel[0] - 1) * dilation[0] + 1, 12), label="height")
+    width = data.draw(st.integers((kernel[1] - 1) * dilation[1] + 1, 12), label="width")
+    batch = data.draw(st.integers(1, 3), label="batch")
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 1000)))
+    x = torch.randn(batch, groups * per_group, height, width, generator=generator)
+    gram, samples = convolution_gram_by_shifts(x, kernel, dilation, groups)
+    expected, expected_samples = convolution_gram_by_unfold(x, kernel, dilation, (1, 1), groups)
+    assert samples == expected_samples
+    assert gram.shape == expected.shape
+    np.testing.assert_allclose(gram.numpy(), expected.numpy(), rtol=0,
+                               atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+@pytest.mark.parametrize("conv", ["2d", "1d"])
+def test_convolution_hessians_by_shifts_and_by_unfold_agree_through_the_hooks(conv,
+                                                                            padding_mode):
+    torch.manual_seed(1)
+    if conv == "2d":
+        layer = torch.nn.Conv2d(6, 4, (3, 2), padding=(1, 2), dilation=(1, 2), groups=2,
+                                padding_mode=padding_mode)
+        batches = [torch.randn(2, 6, 7, 8), torch.randn(1, 6, 5, 9)]
+    else:
+        layer = torch.nn.Conv1d(3, 5, 5, padding="same", padding_mode=padding_mode)
+        batches = [torch.randn(2, 3, 11)]
+    hessians = {}
+    for method in ("shifts", "unfold"):
+        collected = collect_hessians(layer, batches, find_layers(layer))
+        accumulator = collected.accumulators[""]
+        if method == "unfold":  # the same batches, through the patches
+            accumulator.total, accumulator.samples, accumulator.method = None, 0, "unfold"
+            for batch in batches:
+                accumulator.add(layer, (batch,))
+        hessians[method] = accumulator.hessian()[0]
+    np.testing.assert_allclose(hessians["shifts"], hessians["unfold"], rtol=0,
+                               atol=1e-5 * np.abs(hessians["unfold"]).max())
