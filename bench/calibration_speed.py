@@ -14,9 +14,11 @@ Two settings of it:
 
 Each model's seconds are measured with nothing else running. Then, for the models with real
 weights and data, ``cerwu`` files at one λ near the model's fidelity target (its
-rate–fidelity benchmark's grid choice): with each calibration and, to show what "noise" is here,
-with each one's sensitivities measured again from another random draw (seed 1). Sizes are
-real file sizes; fidelity is the rate–fidelity benchmark's measure.
+rate–fidelity benchmark's grid choice): files at λ values a factor 2 apart until two bracket
+the model's fidelity target, the bits per weight there by interpolation (as in
+``bench/rate_fidelity.py``); with each calibration and, to show what "noise" is here, with each
+one's sensitivities measured again from another random draw (seed 1). Sizes are real file
+sizes; fidelity is the rate–fidelity benchmark's measure.
 
 Models: the three CNN benchmarks of ``make bench-rd`` (digits CNN, EasyOCR CRNN, EasyOCR CRAFT,
 each with its own calibration batches) and a MobileNetV2-shaped network (53 layers: BatchNorm,
@@ -36,6 +38,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root: `import bench.x`
@@ -44,9 +47,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.rate_fidelity import Workload, machine_description, measure  # noqa: E402
+from bench.rate_fidelity import (  # noqa: E402
+    Workload,
+    interpolate_bits_at,
+    machine_description,
+    measure,
+)
 from bench.run_info import run_info  # noqa: E402
 from nncodec_rd.encoder.settings import QuantizerSettings  # noqa: E402
+from nncodec_rd.torch.hessians import run_batch  # noqa: E402
 from nncodec_rd.torch.load import load_into, load_weights  # noqa: E402
 from nncodec_rd.torch.model_encoder import ModelEncoder  # noqa: E402
 
@@ -55,9 +64,9 @@ CALIBRATIONS = {
     "now": {},  # the defaults
 }
 
-# λ factor (× the encoder's default λ) of the smallest cerwu file that met each model's target
-# in bench/results/<model>_rate_fidelity.json of 2026-12-05 (digits at x16, CRNN at x64,
-# CRAFT at x64); the grid choice is that benchmark's.
+# The first λ factor (× the encoder's default λ) tried when bracketing each model's target: that
+# of the smallest cerwu file that met it in bench/results/<model>_rate_fidelity.json of
+# 2026-12-05; the grid choice is that benchmark's.
 FILE_LAM_FACTORS = {"digits": 16.0, "crnn": 64.0, "craft": 64.0}
 
 
@@ -150,9 +159,34 @@ def _file(workload: Workload, encoder: ModelEncoder, settings: QuantizerSettings
             "fidelity": fidelity, "sha256_16": digest}
 
 
+def _bits_at_target(workload: Workload, encoder: ModelEncoder, settings: QuantizerSettings,
+                    base_lam: float, factor: float, originals: dict, folder: str) -> dict:
+    """Files at λ factors a factor 2 apart, from ``factor`` on, until two neighbours bracket
+    the fidelity target; the bits there by linear interpolation (the rate–fidelity
+    benchmark's rule)."""
+    points, tried = [], set()
+    for _ in range(6):
+        tried.add(factor)
+        point = _file(workload, encoder, replace(settings, lam=base_lam * factor), originals,
+                      folder)
+        points.append({"lam_factor": factor, **point})
+        passing = [p["lam_factor"] for p in points if p["fidelity"] >= workload.fidelity_target]
+        failing = [p["lam_factor"] for p in points if p["fidelity"] < workload.fidelity_target]
+        if passing and failing and any(2 * f in failing for f in passing):
+            break
+        factor = max(passing) * 2 if passing else min(failing) / 2
+        if factor in tried:
+            break
+    return {"points": points,
+            "bits_at_target": interpolate_bits_at(points, workload.fidelity_target)}
+
+
 def run_model(name: str, workload: Workload, grid_choice: str | None, folder: str) -> dict:
     """Both calibrations of one model: seconds, Hessian agreement, sensitivities, files."""
     entry = {"description": workload.description, "calibrations": {}}
+    with torch.no_grad():  # one pass first: start-up costs fall on neither calibration
+        for batch in workload.calibration_batches:
+            run_batch(workload.model, batch)
     encoders = {}
     for label, calibration in CALIBRATIONS.items():
         encoder, seconds = _calibrate(workload, calibration)
@@ -175,27 +209,32 @@ def run_model(name: str, workload: Workload, grid_choice: str | None, folder: st
     if workload.evaluate is None:
         return entry
     originals = {key: value.detach().clone() for key, value in workload.model.state_dict().items()}
-    lam = now.default_lam() * FILE_LAM_FACTORS[name]
-    settings = QuantizerSettings(method="cerwu", lam=lam, grid_choice=grid_choice or "auto")
-    entry["files"] = {"lam_factor": FILE_LAM_FACTORS[name], "lam": lam,
-                      "grid_choice": settings.grid_choice}
+    base_lam = now.default_lam()
+    settings = QuantizerSettings(method="cerwu", lam=base_lam, grid_choice=grid_choice or "auto")
+    entry["files"] = {"first_lam_factor": FILE_LAM_FACTORS[name], "base_lam": base_lam,
+                      "grid_choice": settings.grid_choice,
+                      "fidelity_target": workload.fidelity_target}
     for label, encoder in encoders.items():
         estimator = CALIBRATIONS[label].get("sensitivity_estimator", "gradient")
         first = [layer.sensitivity for layer in encoder.layers]
-        entry["files"][label] = _file(workload, encoder, settings, originals, folder)
+        entry["files"][label] = _bits_at_target(workload, encoder, settings, base_lam,
+                                                FILE_LAM_FACTORS[name], originals, folder)
         # the same calibration with the sensitivities drawn again: the files' own noise
         encoder.measure_sensitivities(workload.calibration_batches[:1], seed=1,
                                       estimator=estimator)
         second = [layer.sensitivity for layer in encoder.layers]
-        entry["files"][f"{label}, sensitivities seed 1"] = _file(workload, encoder, settings,
-                                                                 originals, folder)
+        entry["files"][f"{label}, sensitivities seed 1"] = _bits_at_target(
+            workload, encoder, settings, base_lam, FILE_LAM_FACTORS[name], originals, folder)
         ratio = np.log10(np.array(second) / np.array(first))
         entry[f"sensitivity_log10_ratio_seed_1_{label}"] = {
             "mean_abs": float(np.mean(np.abs(ratio))), "max_abs": float(np.max(np.abs(ratio)))}
         for key in (label, f"{label}, sensitivities seed 1"):
-            point = entry["files"][key]
-            print(f"{name:8s} {key:32s} {point['bytes']:>10,} bytes  "
-                  f"{point['bits_per_weight']:.4f} bits/weight  fidelity {point['fidelity']:.5f}",
+            found = entry["files"][key]
+            points = ", ".join(f"x{p['lam_factor']:g}: {p['bits_per_weight']:.4f} bits "
+                               f"{p['fidelity']:.5f}" for p in found["points"])
+            bits = found["bits_at_target"]
+            print(f"{name:8s} {key:32s} at target: "
+                  f"{'none' if bits is None else f'{bits:.4f}'} bits/weight ({points})",
                   flush=True)
     return entry
 

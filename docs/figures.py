@@ -326,6 +326,64 @@ def _any_size(results: Results) -> str:
             + results.provenance("any_size.json"))
 
 
+# -- calibration-speed.md -------------------------------------------------------------------------
+
+CALIBRATION_MODELS = {"digits": "digits CNN", "crnn": "EasyOCR CRNN", "craft": "EasyOCR CRAFT",
+                      "mobilenet_v2_shape": "MobileNetV2 shape (random init.)"}
+
+
+@block("calibration_speed.seconds")
+def _calibration_seconds(results: Results) -> str:
+    data = results.load("calibration_speed.json")
+    rows = []
+    for name, model in data["models"].items():
+        for label in ("earlier", "now"):
+            seconds = model["calibrations"][label]["seconds"]
+            rows.append([CALIBRATION_MODELS.get(name, name) if label == "earlier" else "",
+                         label, model["layers"] if label == "earlier" else "",
+                         f"{seconds['hessians']:.1f}", f"{seconds['sensitivities']:.1f}",
+                         f"{seconds['nonweights']:.1f}", f"{seconds['total']:.1f}",
+                         f"**{model['speedup']:.1f}×**" if label == "now" else ""])
+    return (table(["model", "calibration", "layers", "Hessians (s)", "sensitivities (s)",
+                   "non-weight grids (s)", "total (s)", "speed-up"], "llrrrrrr", rows)
+            + "\n\n" + results.provenance("calibration_speed.json"))
+
+
+@block("calibration_speed.agreement")
+def _calibration_agreement(results: Results) -> str:
+    data = results.load("calibration_speed.json")
+    rows = []
+    for name, model in data["models"].items():
+        seed = {label: model.get(f"sensitivity_log10_ratio_seed_1_{label}")
+                for label in ("earlier", "now")}
+        rows.append([CALIBRATION_MODELS.get(name, name),
+                     f"{model['hessian_max_relative_difference']:.1e}",
+                     f"{model['sensitivity_log10_ratio']['mean_abs']:.3f}",
+                     *(f"{seed[label]['mean_abs']:.3f}" if seed[label] else "–"
+                       for label in ("earlier", "now"))])
+    return table(["model", "Hessians: largest difference (relative to the largest entry)",
+                  "sensitivities, earlier vs now: mean abs. log10 ratio",
+                  "earlier, seed 0 vs seed 1", "now, seed 0 vs seed 1"], "lrrrr", rows)
+
+
+@block("calibration_speed.files")
+def _calibration_files(results: Results) -> str:
+    data = results.load("calibration_speed.json")
+    rows = []
+    for name, model in data["models"].items():
+        files = model.get("files")
+        if not files:
+            continue
+        for number, label in enumerate(("earlier", "earlier, sensitivities seed 1", "now",
+                                        "now, sensitivities seed 1")):
+            point = files[label]
+            rows.append([f"{CALIBRATION_MODELS.get(name, name)}, λ × {files['lam_factor']:g}"
+                         if number == 0 else "", label, f"{point['bytes']:,}",
+                         f"{point['bits_per_weight']:.4f}", f"{point['fidelity']:.5f}"])
+    return table(["model and λ", "calibration", "file (bytes)", "bits per coded weight",
+                  "fidelity"], "llrrr", rows)
+
+
 # -- ray.md ---------------------------------------------------------------------------------------
 
 RAY_CONFIGS = {"local": "in this process", "ray:1": "Ray, 1 worker", "ray:2": "Ray, 2 workers",

@@ -7,7 +7,9 @@ Supported layers and how their weights are seen as a ``(rows, columns)`` matrix:
 - ``Conv1D`` of GPT-style ``transformers`` models: its weight is stored ``(in, out)``; the matrix
   is its transpose, and the file keeps the stored layout.
 - ``nn.Conv1d`` / ``nn.Conv2d``: ``(out, in/groups · kernel)``; the inputs are the unfolded
-  (im2col) patches. A grouped or depthwise convolution gets one Hessian per group.
+  (im2col) patches. A grouped or depthwise convolution gets one Hessian per group. Stride-1
+  convolutions sum the same Gram from shifted copies of the input where that is cheaper
+  (:func:`convolution_gram_by_shifts`, :data:`CONVOLUTION_GRAMS`).
 - ``nn.Embedding``: an identity Hessian with each row (token) weighted by its smoothed frequency
   in the calibration data, since an embedding's output error for a token is that token's row error.
 - ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` (without ``proj_size``): each of their weight matrices
@@ -313,8 +315,9 @@ def convolution_gram_by_shifts(x, kernel, dilation, groups: int):
     reads. All blocks of one shift ``s = b − a`` share the sum over the whole input; each
     differs from it by the few rows and columns at the input's edges its patches never read.
     So every shift costs one product over the input (13 for a 3 × 3 kernel, its transposes
-    give the other 12) plus thin edge corrections, where the patches cost 81: about 5 times
-    fewer operations, and no copy of the input nine times over.
+    give the other 12) plus thin edge corrections, where the patches cost 81: on large maps
+    about 5 times fewer operations, and no copy of the input nine times over; on small maps
+    the edges and the blocks' own bookkeeping eat the gain (:func:`gram_costs`).
 
     The input is laid out flat, each row followed by a margin of zeros as wide as the kernel's
     reach and each image by as many zero rows, so that a shift is one offset into the flat
@@ -328,11 +331,10 @@ def convolution_gram_by_shifts(x, kernel, dilation, groups: int):
     padded_h, padded_w = height + reach_h, width + reach_w
     flat_size = batch * padded_h * padded_w
     largest_offset = reach_h * padded_w + reach_w
-    flat = x.new_zeros(groups, per_group, batch, padded_h, padded_w)
-    flat[..., :height, :width] = x.reshape(batch, groups, per_group, height,
-                                           width).permute(1, 2, 0, 3, 4)
-    flat = torch.cat([flat.reshape(groups, per_group, flat_size),
-                      x.new_zeros(groups, per_group, largest_offset)], dim=-1)
+    flat = x.new_zeros(groups, per_group, flat_size + largest_offset)
+    flat[..., :flat_size].view(groups, per_group, batch, padded_h, padded_w)[
+        ..., :height, :width] = x.reshape(batch, groups, per_group, height,
+                                          width).permute(1, 2, 0, 3, 4)
     offsets = [(i, j) for i in range(kernel_h) for j in range(kernel_w)]
     kernel_size = len(offsets)
     gram = x.new_zeros(groups, per_group, kernel_size, per_group, kernel_size)
@@ -397,13 +399,20 @@ MIN_SHIFT_SAVING = 1e9
 edge corrections of a 3 x 3 kernel are several hundred tensor operations, tens of milliseconds
 (the grouped layer of the digits CNN, 8 x 8 maps, took 4 times longer by shifts)."""
 
+BLOCK_COST = 1000
+"""What building one block of a shift's Gram costs (cloning, subtracting edges, adding corners:
+memory-bound passes over ``channels²`` values), in multiply–adds a channel pair: 512 channels on
+7 x 7 maps in batches of 4 took twice as long by shifts before this term."""
+
 
 def _shifts_are_cheaper(x, kernel, dilation, groups: int) -> bool:
     per_group = x.shape[1] // groups
     if per_group < MIN_SHIFT_CHANNELS:
         return False
     costs = gram_costs(x.shape[-2], x.shape[-1], kernel, dilation)
-    saving = x.shape[0] * groups * per_group ** 2 * (costs["unfold"] - costs["shifts"])
+    blocks = kernel[0] * kernel[1] * (kernel[0] * kernel[1] + 1) // 2
+    saving = groups * per_group ** 2 * (x.shape[0] * (costs["unfold"] - costs["shifts"])
+                                        - BLOCK_COST * blocks)
     return saving > MIN_SHIFT_SAVING
 
 

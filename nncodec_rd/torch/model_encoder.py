@@ -56,6 +56,18 @@ SENSITIVITY_ESTIMATORS = ("gradient", "perturbation")
 the default."""
 
 
+SENSITIVITY_PROBES = 4
+"""Gaussian probes (backward passes) a batch of the gradient estimator. Each probe's estimate of a
+small layer varies more than one perturbation did (a 2 x 16 output convolution of CRAFT: log10
+spread 0.19 over seeds with one probe, 0.10 with four, 0.12 by perturbation); four cost a
+quarter of the perturbation's time there."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:120]
+
+
 class _NotDifferentiable(Exception):
     """The model's output cannot be differentiated by its weights (the reason as the message)."""
 
@@ -152,18 +164,19 @@ class ModelEncoder:
 
         ``estimator`` (:data:`SENSITIVITY_ESTIMATORS`) says how ε / δ is measured:
 
-        - ``"gradient"`` (the default): every layer at once, from one backward pass a batch.
-          For noise of variance σ², the mean of ε is ``σ² ‖J‖²_F / M`` (``J`` the Jacobian of
-          the ``M`` outputs by the layer's weights) and that of δ is ``½ σ² Σ_r s_r tr(H)``
+        - ``"gradient"`` (the default): every layer at once, from one forward pass and
+          :data:`SENSITIVITY_PROBES` backward passes a batch. For noise of variance σ², the
+          mean of ε is ``σ² ‖J‖²_F / M`` (``J`` the Jacobian of the ``M`` outputs by the
+          layer's weights) and that of δ is ``½ σ² Σ_r s_r tr(H)``
           (:func:`~nncodec_rd.encoder.problem.expected_noise_distortion`); ``‖J‖²_F`` is the
-          mean of ``‖Jᵀ v‖²`` over Gaussian probes ``v`` of the output (Hutchinson), and one
-          probe a batch is one gradient. A model whose output autograd cannot differentiate
-          falls back to ``"perturbation"`` (and says so).
+          mean of ``‖Jᵀ v‖²`` over Gaussian probes ``v`` of the output (Hutchinson), one
+          gradient a probe. A model whose output autograd cannot differentiate falls back to
+          ``"perturbation"``, and so does each layer no gradient reaches (both say so).
         - ``"perturbation"``: one layer at a time, noise of ``relative_noise`` × the weights'
           RMS added and the batches run again: a forward pass per layer and batch.
 
-        Both measure the same ratio of means, each from one random draw a layer and batch
-        (``bench/calibration_speed.py`` compares them).
+        Both measure the same ratio of means from random draws (``bench/calibration_speed.py``
+        compares them and their files).
 
         The sensitivity is raised to ``exponent``: random noise is not the quantization error's
         direction, and trusting the measurement partly was best on all-MiniLM-L6-v2 (at mean
@@ -185,54 +198,76 @@ class ModelEncoder:
                                   f"each layer instead", final=True)
             if ratios is None:
                 ratios = self._sensitivities_by_perturbation(batches, relative_noise, seed)
+            missing = {index for index, ratio in enumerate(ratios) if ratio is None}
+            if missing:  # weights no gradient reached: perturbed one by one
+                self.progress(f"layer sensitivities: no gradient reached {len(missing)} "
+                              f"layer(s); measured by perturbing them", final=True)
+                again = self._sensitivities_by_perturbation(batches, relative_noise, seed,
+                                                            only=missing)
+                ratios = [again[index] if index in missing else ratio
+                          for index, ratio in enumerate(ratios)]
         finally:
             self.model.train(was_training)
         for layer, ratio in zip(self.layers, ratios):
-            if ratio > 0:
+            if ratio is not None and ratio > 0:
                 layer.sensitivity = ratio ** exponent
 
-    def _sensitivities_by_gradient(self, batches, seed: int) -> list[float]:
-        """ε / δ of every layer from one backward pass a batch (:meth:`measure_sensitivities`)."""
+    def _sensitivities_by_gradient(self, batches, seed: int,
+                                   probes: int = SENSITIVITY_PROBES) -> list[float | None]:
+        """ε / δ of every layer from backward passes (:meth:`measure_sensitivities`); None for
+        a layer no gradient reached (a weight used outside autograd, or not at all)."""
         weights = [self.model.get_parameter(layer.parameter) for layer in self.layers]
         wanted = {id(weight) for weight in weights}
         flags = [(parameter, parameter.requires_grad) for parameter in self.model.parameters()]
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # on the CPU: the same draws anywhere
         squares = np.zeros(len(weights))
+        reached = np.zeros(len(weights), dtype=bool)
         try:
             for parameter, _ in flags:  # gradients of the coded weights only
                 parameter.requires_grad_(id(parameter) in wanted)
-            with torch.enable_grad():
+            # cuDNN runs no RNN backward in eval mode; the native kernels do
+            with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
                 for number, batch in enumerate(batches, 1):
                     self.progress.step("sensitivity (gradient)", number, len(batches))
                     output = first_tensor(run_batch(self.model, batch))
                     if not output.requires_grad:
                         raise _NotDifferentiable("the model's output carries no gradient")
-                    probe = torch.randn(output.shape, generator=generator,
-                                        dtype=torch.float64).to(output.dtype)
-                    try:
-                        gradients = torch.autograd.grad((output * probe).sum(), weights,
-                                                        allow_unused=True)
-                    except RuntimeError as error:  # an operation autograd cannot go back through
-                        raise _NotDifferentiable(f"backward failed ({str(error)[:80]})") from None
-                    for index, gradient in enumerate(gradients):
-                        if gradient is not None:
-                            squares[index] += (float(gradient.double().pow(2).sum())
-                                               / output.numel())
+                    for number_of_probe in range(probes):
+                        probe = torch.randn(output.shape, generator=generator,
+                                            dtype=torch.float64).to(output.device, output.dtype)
+                        projection = (output * probe).sum()
+                        try:
+                            gradients = torch.autograd.grad(
+                                projection, weights, allow_unused=True,
+                                retain_graph=number_of_probe + 1 < probes)
+                        except RuntimeError as error:  # an operation autograd cannot undo
+                            raise _NotDifferentiable(
+                                f"backward failed ({_first_line(error)})") from None
+                        for index, gradient in enumerate(gradients):
+                            if gradient is not None:
+                                reached[index] = True
+                                squares[index] += (float(gradient.double().pow(2).sum())
+                                                   / output.numel())
         finally:
             for parameter, flag in flags:
                 parameter.requires_grad_(flag)
-        return [float(total / len(batches)) / expected_noise_distortion(layer.problem, 1.0)
-                for total, layer in zip(squares, self.layers)]
+        return [float(total / (len(batches) * probes))
+                / expected_noise_distortion(layer.problem, 1.0) if hit else None
+                for total, hit, layer in zip(squares, reached, self.layers)]
 
-    def _sensitivities_by_perturbation(self, batches, relative_noise: float,
-                                       seed: int) -> list[float]:
-        """ε / δ of every layer, one layer perturbed at a time (:meth:`measure_sensitivities`)."""
+    def _sensitivities_by_perturbation(self, batches, relative_noise: float, seed: int,
+                                       only=None) -> list[float | None]:
+        """ε / δ of every layer (of the indices ``only``, None for the others), one layer
+        perturbed at a time (:meth:`measure_sensitivities`)."""
         generator = np.random.default_rng(seed)
         ratios = []
         with torch.no_grad():
             reference = [first_tensor(run_batch(self.model, batch)).double()
                          for batch in batches]
             for number, layer in enumerate(self.layers, 1):
+                if only is not None and number - 1 not in only:
+                    ratios.append(None)
+                    continue
                 self.progress.step("sensitivity", number, len(self.layers), layer.parameter)
                 problem = layer.problem
                 rms = float(np.sqrt(np.mean(problem.weights ** 2))) or 1.0

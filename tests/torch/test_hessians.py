@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from nncodec_rd.torch import hessians as hessian_module  # noqa: E402
 from nncodec_rd.torch.hessians import (  # noqa: E402
     collect_hessians,
     convolution_gram_by_shifts,
@@ -227,8 +228,8 @@ def test_the_gram_by_shifts_equals_the_gram_of_the_unfolded_patches(data):
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
 @pytest.mark.parametrize("conv", ["2d", "1d"])
-def test_convolution_hessians_by_shifts_and_by_unfold_agree_through_the_hooks(conv,
-                                                                            padding_mode):
+def test_convolution_hessians_by_shifts_and_by_unfold_agree_through_the_hooks(conv, padding_mode,
+                                                                            monkeypatch):
     torch.manual_seed(1)
     if conv == "2d":
         layer = torch.nn.Conv2d(6, 4, (3, 2), padding=(1, 2), dilation=(1, 2), groups=2,
@@ -238,13 +239,24 @@ def test_convolution_hessians_by_shifts_and_by_unfold_agree_through_the_hooks(co
         layer = torch.nn.Conv1d(3, 5, 5, padding="same", padding_mode=padding_mode)
         batches = [torch.randn(2, 3, 11)]
     hessians = {}
+    calls = []
+    original = hessian_module.convolution_gram_by_shifts
+    monkeypatch.setattr(hessian_module, "convolution_gram_by_shifts",
+                        lambda *arguments: calls.append(1) or original(*arguments))
     for method in ("shifts", "unfold"):
-        collected = collect_hessians(layer, batches, find_layers(layer))
-        accumulator = collected.accumulators[""]
-        if method == "unfold":  # the same batches, through the patches
-            accumulator.total, accumulator.samples, accumulator.method = None, 0, "unfold"
-            for batch in batches:
-                accumulator.add(layer, (batch,))
-        hessians[method] = accumulator.hessian()[0]
+        collected = collect_hessians(layer, batches, find_layers(layer), convolution_gram=method)
+        hessians[method] = collected.accumulators[""].hessian()[0]
+    assert len(calls) == len(batches)  # the shifts' run took the shifts, the other not
     np.testing.assert_allclose(hessians["shifts"], hessians["unfold"], rtol=0,
                                atol=1e-5 * np.abs(hessians["unfold"]).max())
+
+
+def test_the_cheapest_gram_takes_the_shifts_only_where_they_save_work():
+    def takes_shifts(batch, channels, size, groups=1):
+        x = torch.zeros(batch, channels, size, size)
+        return hessian_module._shifts_are_cheaper(x, (3, 3), (1, 1), groups)
+
+    assert takes_shifts(2, 64, 58)        # large maps: 13 products instead of 81 blocks
+    assert not takes_shifts(4, 512, 9)    # 7 x 7 maps: the blocks' bookkeeping dominates
+    assert not takes_shifts(8, 96, 58, groups=96)  # depthwise: memory-bound either way
+    assert not takes_shifts(64, 32, 10, groups=4)  # the digits CNN's grouped layer

@@ -97,3 +97,28 @@ def test_an_unknown_estimator_is_refused():
     model = torch.nn.Linear(4, 2)
     with pytest.raises(EncoderError, match="unknown sensitivity estimator"):
         _encoder(model, [torch.randn(8, 4)], "finite-differences")
+
+
+def test_a_layer_no_gradient_reaches_is_measured_by_perturbation():
+    class HalfFrozen(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = torch.nn.Linear(6, 6, bias=False)
+            self.second = torch.nn.Linear(6, 3, bias=False)
+
+        def forward(self, x):
+            with torch.no_grad():  # autograd never sees the first layer
+                x = self.first(x)
+            return self.second(x)
+
+    torch.manual_seed(0)
+    model, batches = HalfFrozen(), [torch.randn(2048, 6)]
+    lines = []
+    encoder = ModelEncoder(model, batches, sensitivity=False, nonweights=False,
+                           progress=lines.append)
+    encoder.measure_sensitivities(batches, exponent=1.0)
+    assert any("no gradient reached 1 layer" in line for line in lines)
+    reference = _encoder(model, batches, "perturbation")
+    first, second = (layer.sensitivity for layer in encoder.layers)
+    assert first == reference.layers[0].sensitivity  # the same draw, the same estimator
+    assert second == pytest.approx(1 / 3, rel=0.15)  # the last layer: exactly 1 / rows
