@@ -376,12 +376,16 @@ def _calibration_files(results: Results) -> str:
             continue
         for number, label in enumerate(("earlier", "earlier, sensitivities seed 1", "now",
                                         "now, sensitivities seed 1")):
-            point = files[label]
-            rows.append([f"{CALIBRATION_MODELS.get(name, name)}, λ × {files['lam_factor']:g}"
-                         if number == 0 else "", label, f"{point['bytes']:,}",
-                         f"{point['bits_per_weight']:.4f}", f"{point['fidelity']:.5f}"])
-    return table(["model and λ", "calibration", "file (bytes)", "bits per coded weight",
-                  "fidelity"], "llrrr", rows)
+            found = files[label]
+            bits = found["bits_at_target"]
+            points = "; ".join(f"λ × {point['lam_factor']:g}: {point['bits_per_weight']:.3f}, "
+                               f"{point['fidelity']:.4f}" for point in
+                               sorted(found["points"], key=lambda point: point["lam_factor"]))
+            rows.append([f"{CALIBRATION_MODELS.get(name, name)} (target "
+                         f"{files['fidelity_target']:.4g})" if number == 0 else "", label,
+                         "–" if bits is None else f"**{bits:.3f}**", points])
+    return table(["model", "calibration", "bits per coded weight at the target",
+                  "files measured (bits per coded weight, fidelity)"], "llrl", rows)
 
 
 # -- ray.md ---------------------------------------------------------------------------------------
