@@ -37,6 +37,15 @@ def _encoder(model, batches, estimator, seed=0):
     return encoder
 
 
+def _measured_by_default(model, batches):
+    """(encoder with the default estimator's sensitivities, the progress lines it wrote)."""
+    lines = []
+    encoder = ModelEncoder(model, batches, sensitivity=False, nonweights=False,
+                           progress=lines.append)
+    encoder.measure_sensitivities(batches, exponent=1.0)
+    return encoder, lines
+
+
 def test_a_lone_linear_layer_has_sensitivity_one_over_its_outputs():
     # y = W x: noise N moves the mean squared output by σ² Σ‖x‖² / N_samples, and its layer
     # loss is ½ σ² · rows · tr(H) with H = 2/N Σ x xᵀ: the ratio is exactly 1 / rows.
@@ -85,10 +94,7 @@ def test_a_model_without_gradients_falls_back_to_perturbation_and_says_so():
 
     torch.manual_seed(0)
     model, batches = Detached(), [torch.randn(256, 4)]
-    lines = []
-    encoder = ModelEncoder(model, batches, sensitivity=False, nonweights=False,
-                           progress=lines.append)
-    encoder.measure_sensitivities(batches, exponent=1.0)
+    encoder, lines = _measured_by_default(model, batches)
     assert any("no gradient" in line and "perturbing" in line for line in lines)
     assert encoder.layers[0].sensitivity == pytest.approx(1 / 3, rel=0.2)
 
@@ -113,10 +119,7 @@ def test_a_layer_no_gradient_reaches_is_measured_by_perturbation():
 
     torch.manual_seed(0)
     model, batches = HalfFrozen(), [torch.randn(2048, 6)]
-    lines = []
-    encoder = ModelEncoder(model, batches, sensitivity=False, nonweights=False,
-                           progress=lines.append)
-    encoder.measure_sensitivities(batches, exponent=1.0)
+    encoder, lines = _measured_by_default(model, batches)
     assert any("no gradient reached 1 layer" in line for line in lines)
     reference = _encoder(model, batches, "perturbation")
     first, second = (layer.sensitivity for layer in encoder.layers)
