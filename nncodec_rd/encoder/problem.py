@@ -129,8 +129,8 @@ def expected_noise_distortion(problem: LayerProblem, variance: float) -> float:
     independent entries of ``variance``: ``½ σ² Σ_r s_r tr(H_g(r))``.
 
     >>> problem = LayerProblem(np.zeros((2, 3)), np.diag([1.0, 2.0, 3.0]))
-    >>> expected_noise_distortion(problem, 0.5)  # ½ · 0.5 · 2 rows · 6
-    1.5
+    >>> expected_noise_distortion(problem, 0.5)  # ½ · 0.5 · (2 rows · trace 6)
+    3.0
     """
     rows, columns = problem.weights.shape
     scale = np.ones(rows) if problem.row_scale is None else problem.row_scale

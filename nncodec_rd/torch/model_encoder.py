@@ -200,8 +200,11 @@ class ModelEncoder:
                 ratios = self._sensitivities_by_perturbation(batches, relative_noise, seed)
             missing = {index for index, ratio in enumerate(ratios) if ratio is None}
             if missing:  # weights no gradient reached: perturbed one by one
+                names = [self.layers[index].parameter for index in sorted(missing)]
                 self.progress(f"layer sensitivities: no gradient reached {len(missing)} "
-                              f"layer(s); measured by perturbing them", final=True)
+                              f"layer(s) ({', '.join(names[:3])}"
+                              f"{', ...' if len(names) > 3 else ''}); measured by perturbing "
+                              f"them", final=True)
                 again = self._sensitivities_by_perturbation(batches, relative_noise, seed,
                                                             only=missing)
                 ratios = [again[index] if index in missing else ratio
