@@ -27,12 +27,14 @@ only, its files would mean nothing.
 
     python bench/calibration_speed.py           # writes bench/results/calibration_speed.json
     python bench/calibration_speed.py --quick   # the digits CNN and the MobileNetV2 shape only
+    python bench/calibration_speed.py --models minilm --output bench/results/calibration_speed_minilm.json
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -67,7 +69,7 @@ CALIBRATIONS = {
 # The first λ factor (× the encoder's default λ) tried when bracketing each model's target: that
 # of the smallest cerwu file that met it in bench/results/<model>_rate_fidelity.json of
 # 2026-12-05; the grid choice is that benchmark's.
-FILE_LAM_FACTORS = {"digits": 16.0, "crnn": 64.0, "craft": 64.0}
+FILE_LAM_FACTORS = {"digits": 16.0, "crnn": 64.0, "craft": 64.0, "minilm": 2.0}
 
 
 def _mobilenet_v2_shape() -> nn.Module:
@@ -123,15 +125,19 @@ def mobilenet_workload(images: int = 32, batch_size: int = 16) -> Workload:
                                 f"{batch_size}")
 
 
-def _workloads(quick: bool) -> list:
-    from bench import digits_rate_fidelity
+MODELS = ("digits", "crnn", "craft", "mobilenet", "minilm")
+"""What ``--models`` may name; the CNN benchmarks and the MobileNetV2 shape by default, the
+transformer (all-MiniLM-L6-v2, whose λ unit and files the estimator moves too) on request."""
 
-    entries = [("digits", digits_rate_fidelity)]
-    if not quick:
-        from bench import craft_rate_fidelity, crnn_rate_fidelity
+DEFAULT_MODELS = MODELS[:4]
 
-        entries += [("crnn", crnn_rate_fidelity), ("craft", craft_rate_fidelity)]
-    return entries
+
+def _workload(name: str) -> tuple[Workload, str | None]:
+    """(the model's workload, its rate–fidelity benchmark's grid choice or None)."""
+    if name == "mobilenet":
+        return mobilenet_workload(), None
+    module = importlib.import_module(f"bench.{name}_rate_fidelity")
+    return module.build_workload(), getattr(module, "GRID_CHOICE", None)
 
 
 def _calibrate(workload: Workload, calibration: dict) -> tuple[ModelEncoder, dict]:
@@ -242,22 +248,28 @@ def run_model(name: str, workload: Workload, grid_choice: str | None, folder: st
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="the digits CNN and the MobileNetV2 shape only")
+                        help="the digits CNN and the MobileNetV2 shape only, nothing written")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated, of {', '.join(MODELS)} (default: "
+                             f"{','.join(DEFAULT_MODELS)})")
     parser.add_argument("--output", default=os.path.join(HERE, "results",
                                                          "calibration_speed.json"))
     arguments = parser.parse_args(argv)
-    report = {"command": "python bench/calibration_speed.py"
-                         + (" --quick" if arguments.quick else ""),
-              **run_info(), "machine": machine_description(),
+    names = ["digits", "mobilenet"] if arguments.quick else arguments.models.split(",")
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    command = "python bench/calibration_speed.py" + (" --quick" if arguments.quick else "")
+    if not arguments.quick and names != list(DEFAULT_MODELS):
+        command += f" --models {','.join(names)}"
+    report = {"command": command, **run_info(), "machine": machine_description(),
               "torch_threads": torch.get_num_threads(), "models": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        for name, module in _workloads(arguments.quick):
-            workload = module.build_workload()
-            report["models"][name] = run_model(name, workload,
-                                               getattr(module, "GRID_CHOICE", None), folder)
-        report["models"]["mobilenet_v2_shape"] = run_model(
-            "mobilenet", mobilenet_workload(), None, folder)
+        for name in names:
+            workload, grid_choice = _workload(name)
+            key = "mobilenet_v2_shape" if name == "mobilenet" else name
+            report["models"][key] = run_model(name, workload, grid_choice, folder)
     report["total_seconds"] = time.perf_counter() - started
     if not arguments.quick:
         os.makedirs(os.path.dirname(arguments.output), exist_ok=True)
