@@ -329,7 +329,8 @@ def _any_size(results: Results) -> str:
 # -- calibration-speed.md -------------------------------------------------------------------------
 
 CALIBRATION_MODELS = {"digits": "digits CNN", "crnn": "EasyOCR CRNN", "craft": "EasyOCR CRAFT",
-                      "mobilenet_v2_shape": "MobileNetV2 shape (random init.)"}
+                      "mobilenet_v2_shape": "MobileNetV2 shape (random init.)",
+                      "minilm": "all-MiniLM-L6-v2"}
 
 
 @block("calibration_speed.seconds")
@@ -367,8 +368,8 @@ def _calibration_agreement(results: Results) -> str:
 
 
 @block("calibration_speed.files")
-def _calibration_files(results: Results) -> str:
-    data = results.load("calibration_speed.json")
+def _calibration_files(results: Results, name: str = "calibration_speed.json") -> str:
+    data = results.load(name)
     rows = []
     for name, model in data["models"].items():
         files = model.get("files")
@@ -386,6 +387,12 @@ def _calibration_files(results: Results) -> str:
                          "–" if bits is None else f"**{bits:.3f}**", points])
     return table(["model", "calibration", "bits per coded weight at the target",
                   "files measured (bits per coded weight, fidelity)"], "llrl", rows)
+
+
+@block("calibration_speed.files_minilm")
+def _calibration_files_minilm(results: Results) -> str:
+    name = "calibration_speed_minilm.json"
+    return _calibration_files(results, name) + "\n\n" + results.provenance(name)
 
 
 # -- ray.md ---------------------------------------------------------------------------------------
