@@ -933,24 +933,12 @@ def _rate_fidelity_domain(results: Results) -> str:
             + results.provenance("minilm_rate_fidelity.json"))
 
 
-@block("rate_fidelity.craft")
-def _rate_fidelity_craft(results: Results) -> str:
-    return rate_fidelity_any_table(results, "craft_rate_fidelity.json")
-
-
-@block("rate_fidelity.craft_layers")
-def _rate_fidelity_craft_layers(results: Results) -> str:
-    return layers_text(results, "craft_rate_fidelity.json")
-
-
-@block("rate_fidelity.crnn")
-def _rate_fidelity_crnn(results: Results) -> str:
-    return rate_fidelity_any_table(results, "crnn_rate_fidelity.json")
-
-
-@block("rate_fidelity.crnn_layers")
-def _rate_fidelity_crnn_layers(results: Results) -> str:
-    return layers_text(results, "crnn_rate_fidelity.json")
+for _model in ("craft", "crnn"):  # the EasyOCR models: a table and what is coded, each
+    block(f"rate_fidelity.{_model}")(
+        lambda results, name=f"{_model}_rate_fidelity.json": rate_fidelity_any_table(results,
+                                                                                   name))
+    block(f"rate_fidelity.{_model}_layers")(
+        lambda results, name=f"{_model}_rate_fidelity.json": layers_text(results, name))
 
 
 @block("rate_fidelity.crnn_strings")

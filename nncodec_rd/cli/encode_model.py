@@ -13,7 +13,7 @@ import sys
 import time
 
 from .. import __version__
-from ..format.errors import EncoderError, InputMismatchError
+from ..format.errors import EncoderError, InputMismatchError, first_line
 from .common import (entropy_metadata_of, entropy_settings_of, parse_metadata,
                      quantizer_metadata_of, quantizer_settings_of)
 
@@ -50,10 +50,6 @@ def _on_sys_path(folder: str):
             sys.path.remove(folder)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else "")[:200]
-
 
 def _entry_point(spec: str, option: str):
     """The function named by ``module:function`` or ``path/to/file.py:function`` and the folder
@@ -80,7 +76,7 @@ def _entry_point(spec: str, option: str):
         except (Exception, SystemExit) as error:  # anything the user's module raises
             sys.modules.pop(name, None)
             raise EncoderError(f"{option} {spec!r}: running {module_name} raised "
-                               f"{type(error).__name__}: {_first_line(error)}") from None
+                               f"{type(error).__name__}: {first_line(error)}") from None
     else:
         if not all(part.isidentifier() for part in module_name.split(".")):
             raise EncoderError(usage)
@@ -95,10 +91,10 @@ def _entry_point(spec: str, option: str):
                                    f"name is imported with the current directory on the path; "
                                    f"or give a file: path/to/file.py:FUNCTION)") from None
             raise EncoderError(f"{option} {spec!r}: importing {module_name} raised "
-                               f"ModuleNotFoundError: {_first_line(error)}") from None
+                               f"ModuleNotFoundError: {first_line(error)}") from None
         except (Exception, SystemExit) as error:  # anything the user's module raises
             raise EncoderError(f"{option} {spec!r}: importing {module_name} raised "
-                               f"{type(error).__name__}: {_first_line(error)}") from None
+                               f"{type(error).__name__}: {first_line(error)}") from None
     value = module
     for part in attribute.split("."):
         if not hasattr(value, part):
@@ -118,7 +114,7 @@ def _call_entry_point(spec: str, option: str):
             return function()
     except (Exception, SystemExit) as error:  # anything the user's function raises
         raise EncoderError(f"{option} {spec!r} raised {type(error).__name__}: "
-                           f"{_first_line(error)}") from None
+                           f"{first_line(error)}") from None
 
 
 def _torch_encoder():

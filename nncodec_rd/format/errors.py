@@ -204,3 +204,14 @@ def error_for_code(code: ErrorCode, message: str, **kwargs) -> NrdError:
     if cls is FormatError or cls is CorruptStreamError:
         return cls(message, code=code, **kwargs)
     return cls(message, **kwargs)
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of ``error``'s message, at most ``limit`` characters: what a one-line
+    message quotes of an exception raised by code it called.
+
+    >>> first_line(ValueError("bad value\\nmore detail"))
+    'bad value'
+    """
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else "")[:limit]

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import torch
 
-from ..format.errors import EncoderError
+from ..format.errors import EncoderError, first_line
 
 
 def is_module(value) -> bool:
@@ -39,7 +39,7 @@ def check_batches(batches, source: str) -> list:
         batches = list(batches)
     except Exception as error:  # a user's iterator failing
         raise EncoderError(f"{source}: iterating its batches raised {type(error).__name__}: "
-                           f"{_first_line(error)}") from None
+                           f"{first_line(error)}") from None
     if not batches:
         raise EncoderError(f"{source} returned no calibration batches")
     return batches
@@ -66,7 +66,7 @@ def load_batches(path, batch_size: int = 32, dtype=None) -> list:
                 arrays = {name: archive[name] for name in archive.files}
         except Exception as error:  # zipfile, ValueError, OSError: a file that is not an .npz
             raise EncoderError(f"{path}: cannot read as .npz ({type(error).__name__}: "
-                               f"{_first_line(error)})") from None
+                               f"{first_line(error)})") from None
         if not arrays:
             raise EncoderError(f"{path}: holds no arrays")
         for name, array in arrays.items():
@@ -82,7 +82,7 @@ def load_batches(path, batch_size: int = 32, dtype=None) -> list:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for unreadable or unsafe files
             raise EncoderError(f"{path}: cannot load as a weights-only PyTorch file "
-                               f"({type(error).__name__}: {_first_line(error)})") from None
+                               f"({type(error).__name__}: {first_line(error)})") from None
         if isinstance(loaded, torch.Tensor):
             batches = _split(loaded, batch_size, path)
         elif isinstance(loaded, (list, tuple)):
@@ -110,7 +110,7 @@ def check_runs(model, batches, source: str) -> None:
             run_batch(model, batches[0])
     except Exception as error:  # the user's model rejecting the user's inputs
         raise EncoderError(f"the model cannot run the first calibration batch from {source} "
-                           f"({type(error).__name__}: {_first_line(error)})") from None
+                           f"({type(error).__name__}: {first_line(error)})") from None
     finally:
         model.train(was_training)
 
@@ -147,8 +147,3 @@ def _cast(batch, dtype):
 def _natural(name: str):
     return [(0, int(part), "") if part.isdigit() else (1, 0, part)
             for part in re.split(r"(\d+)", name)]
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else "")[:200]

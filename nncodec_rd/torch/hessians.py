@@ -340,6 +340,8 @@ def convolution_gram_by_shifts(x, kernel, dilation, groups: int):
     gram = x.new_zeros(groups, per_group, kernel_size, per_group, kernel_size)
     first = flat[..., :flat_size]
     grid = first.view(groups, per_group, batch, padded_h, padded_w)
+    edge_rows = _edge_indices(kernel_h, dilation_h, out_h, height)
+    edge_columns = _edge_indices(kernel_w, dilation_w, out_w, width)
     for shift_h in range(kernel_h):
         for shift_w in range(-(kernel_w - 1), kernel_w):
             if shift_h == 0 and shift_w < 0:
@@ -350,8 +352,6 @@ def convolution_gram_by_shifts(x, kernel, dilation, groups: int):
             whole = first @ second.transpose(1, 2)  # Σ_q x[q] x[q + s]ᵀ, over every q
             # What the input's edges add, by row, by column and by corner block: each a sum
             # over a slab of the grid, kept for the other offsets of this shift.
-            edge_rows = _edge_indices(kernel_h, dilation_h, out_h, height)
-            edge_columns = _edge_indices(kernel_w, dilation_w, out_w, width)
             by_row = torch.einsum("gcbyx,gdbyx->ygcd", grid[..., edge_rows, :width],
                                   shifted[..., edge_rows, :width])
             by_column = torch.einsum("gcbyx,gdbyx->xgcd", grid[..., :height, edge_columns],
@@ -410,9 +410,8 @@ def _shifts_are_cheaper(x, kernel, dilation, groups: int) -> bool:
     if per_group < MIN_SHIFT_CHANNELS:
         return False
     costs = gram_costs(x.shape[-2], x.shape[-1], kernel, dilation)
-    blocks = kernel[0] * kernel[1] * (kernel[0] * kernel[1] + 1) // 2
     saving = groups * per_group ** 2 * (x.shape[0] * (costs["unfold"] - costs["shifts"])
-                                        - BLOCK_COST * blocks)
+                                        - BLOCK_COST * costs["blocks"])
     return saving > MIN_SHIFT_SAVING
 
 
@@ -430,7 +429,8 @@ def _edge_indices(kernel: int, dilation: int, out: int, size: int) -> list[int]:
 def gram_costs(height: int, width: int, kernel, dilation) -> dict:
     """Multiply–adds per channel pair and image of the two ways to sum a stride-1
     convolution's Gram over an input of ``height × width`` (padding included):
-    ``{"unfold": …, "shifts": …}`` (:func:`convolution_gram_by_shifts`)."""
+    ``{"unfold": …, "shifts": …}`` (:func:`convolution_gram_by_shifts`), and ``"blocks"``, the
+    blocks the shifts build once a batch whatever its size."""
     (kernel_h, kernel_w), (dilation_h, dilation_w) = kernel, dilation
     reach_h, reach_w = (kernel_h - 1) * dilation_h, (kernel_w - 1) * dilation_w
     out_h, out_w = height - reach_h, width - reach_w
@@ -438,11 +438,12 @@ def gram_costs(height: int, width: int, kernel, dilation) -> dict:
     shifts = kernel_h * (2 * kernel_w - 1) - (kernel_w - 1)
     rows = len(_edge_indices(kernel_h, dilation_h, out_h, height))
     columns = len(_edge_indices(kernel_w, dilation_w, out_w, width))
-    # every pair of offsets takes a corner block of reach_h × reach_w at most
-    pairs = size * (size + 1) // 2
+    # every pair of offsets (a block) takes a corner block of reach_h × reach_w at most
+    blocks = size * (size + 1) // 2
     return {"unfold": size * size * out_h * out_w,
             "shifts": shifts * ((height + reach_h) * (width + reach_w) + rows * width
-                                + columns * height) + pairs * reach_h * reach_w}
+                                + columns * height) + blocks * reach_h * reach_w,
+            "blocks": blocks}
 
 
 def _explicit_padding(module) -> tuple:

@@ -21,7 +21,7 @@ from ..encoder.problem import expected_noise_distortion, layer_distortion
 from ..encoder.settings import QuantizerSettings
 from ..encoder.transform import TransformLayerResult
 from ..encoder.writer import NrdWriter
-from ..format.errors import EncoderError
+from ..format.errors import EncoderError, first_line
 from ..format.grids import RightMatrixTransform, UniformGrid
 from .hessians import (
     CONVOLUTION_GRAMS,
@@ -61,11 +61,6 @@ SENSITIVITY_PROBES = 4
 small layer varies more than one perturbation did (a 2 x 16 output convolution of CRAFT: log10
 spread 0.19 over seeds with one probe, 0.10 with four, 0.12 by perturbation); four cost a
 quarter of the perturbation's time there."""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:120]
 
 
 class _NotDifferentiable(Exception):
@@ -245,7 +240,7 @@ class ModelEncoder:
                                 retain_graph=number_of_probe + 1 < probes)
                         except RuntimeError as error:  # an operation autograd cannot undo
                             raise _NotDifferentiable(
-                                f"backward failed ({_first_line(error)})") from None
+                                f"backward failed ({first_line(error)})") from None
                         for index, gradient in enumerate(gradients):
                             if gradient is not None:
                                 reached[index] = True
