@@ -101,6 +101,9 @@ def curve_label(method: str, grid_choice: str) -> str:
 LEVERS = {
     "raw non-weights": "biases, norms and statistics stored raw (compress(nonweights=False))",
     "per-row rd": "a step per row where it pays (compress(per_channel=\"rd\"))",
+    "uniform embedding rows": "every token's embedding row weighted alike, not by its "
+                              "frequency in the calibration text "
+                              "(compress(embedding_smoothing=math.inf))",
 }
 """One change at a time against the library's defaults: curves of ``cerwu`` named
 ``cerwu [LEVER]``, in the same run as the default's (the lever table of docs/rate-fidelity.md);
@@ -129,6 +132,19 @@ def lever_applied(encoder: ModelEncoder, lever: str):
         finally:
             for layer, value in zip(encoder.layers, kept):
                 layer.per_channel = value
+    elif lever == "uniform embedding rows":
+        # The same as an encoder made with embedding_smoothing=math.inf: the row weights sum
+        # to 2 either way, so the measured sensitivities do not move.
+        embeddings = [layer for layer in encoder.layers if layer.kind == "embedding"]
+        kept = [layer.problem.row_scale for layer in embeddings]
+        for layer in embeddings:
+            rows = len(layer.problem.row_scale)
+            layer.problem.row_scale = np.full(rows, 2.0 / rows)
+        try:
+            yield
+        finally:
+            for layer, value in zip(embeddings, kept):
+                layer.problem.row_scale = value
     else:
         raise ValueError(f"unknown lever {lever!r}; choose from {', '.join(LEVERS)}")
 
@@ -161,6 +177,10 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
                                              for layer in encoder.layers):
             # per_channel="rd" tries only grouped layers: the files would be cerwu's own
             skipped_levers[lever] = "no grouped or depthwise layer: the files would be cerwu's"
+            continue
+        if lever == "uniform embedding rows" and not any(layer.kind == "embedding"
+                                                        for layer in encoder.layers):
+            skipped_levers[lever] = "no embedding: the files would be cerwu's"
             continue
         points = []
         sequential_base = None

@@ -74,7 +74,11 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     include:
         Optional predicate on module names: only those layers are quantized.
     embedding_smoothing:
-        Added to every token's count before embedding rows are weighted by frequency.
+        Added to every token's count before embedding rows are weighted by frequency; larger
+        values spread the bits over the rows more evenly, ``math.inf`` weighs every token
+        alike. Rows of tokens the calibration text never shows take coarse steps by default,
+        which costs fidelity on text of another domain (docs/rate-fidelity.md, "Text of
+        another domain than the calibration's", measures both).
     sensitivity:
         Weigh each layer's λ by how much its output error moves the model's output
         (:meth:`ModelEncoder.measure_sensitivities`); needs calibration data.

@@ -18,10 +18,17 @@ Supported layers and how their weights are seen as a ``(rows, columns)`` matrix:
   and ``(gates · hidden, hidden)`` for the recurrent weights, fed the hidden state the step
   before (the step after, in reverse). :class:`RecurrentHessianAccumulator` recomputes those
   inputs layer by layer from the module's own weights.
+
+Padding is not calibration data: a batch that is a mapping with a 2-D ``attention_mask`` (a
+tokenizer's output) counts only the positions that mask marks, in every input of shape
+``(batch, sequence, ...)`` (:func:`token_positions`, :func:`at_token_positions`). Sentences
+padded to the longest of a batch were otherwise half [PAD] on all-MiniLM-L6-v2's calibration,
+and the Hessians and token frequencies followed the padding.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,6 +105,51 @@ def parameter_name(module_name: str, attribute: str) -> str:
     return f"{module_name}.{attribute}" if module_name else attribute
 
 
+def token_positions(batch) -> torch.Tensor | None:
+    """The positions of a calibration batch that hold tokens: a mapping's 2-D
+    ``attention_mask`` as booleans (``False`` where it pads); None where every position counts
+    (no such mask, or nothing padded).
+
+    >>> token_positions({"input_ids": torch.ones(2, 3), "attention_mask": torch.tensor(
+    ...     [[1, 1, 1], [1, 1, 0]])}).tolist()
+    [[True, True, True], [True, True, False]]
+    >>> token_positions({"attention_mask": torch.ones(2, 3)}) is None
+    True
+    >>> token_positions(torch.ones(2, 3)) is None
+    True
+    """
+    if not (isinstance(batch, dict) or hasattr(batch, "keys")) or "attention_mask" not in batch:
+        return None
+    mask = batch["attention_mask"]
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return None
+    mask = mask.detach() != 0
+    return None if bool(mask.all()) else mask
+
+
+def at_token_positions(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """The rows of ``x`` at the token positions: ``x[positions]``, of shape ``(tokens, ...)``,
+    where ``x`` is ``(batch, sequence, ...)`` like ``positions`` (or ``(1, sequence, ...)``,
+    broadcast over the batch, as position ids are); otherwise ``x`` itself, since then its
+    positions cannot be told apart.
+
+    >>> positions = torch.tensor([[True, True], [True, False]])
+    >>> at_token_positions(torch.arange(4.).reshape(2, 2), positions).tolist()
+    [0.0, 1.0, 2.0]
+    >>> at_token_positions(torch.arange(2).reshape(1, 2), positions).tolist()
+    [0, 1, 0]
+    >>> at_token_positions(torch.ones(3, 2), positions).shape
+    torch.Size([3, 2])
+    """
+    if positions is None or x.dim() < 2 or x.shape[1] != positions.shape[1]:
+        return x
+    if x.shape[0] == 1 and positions.shape[0] > 1:
+        x = x.expand(positions.shape[0], *x.shape[1:])
+    elif x.shape[0] != positions.shape[0]:
+        return x
+    return x[positions.to(x.device)]
+
+
 def weight_matrix(weight: torch.Tensor, kind: str) -> np.ndarray:
     """A layer's weight tensor as a float64 ``(rows, columns)`` matrix (module docstring)."""
     weight = weight.detach().to(torch.float64).cpu()
@@ -126,11 +178,13 @@ class HessianAccumulator:
     token_counts: np.ndarray | None = None
     method: str = CONVOLUTION_GRAMS[0]  # how a convolution's Gram is summed
 
-    def add(self, module, inputs) -> None:
-        """Add one batch of the layer's inputs."""
+    def add(self, module, inputs, positions: torch.Tensor | None = None) -> None:
+        """Add one batch of the layer's inputs; of a Linear layer or an embedding only those
+        at the token ``positions`` (:func:`token_positions`; None: all)."""
         x = inputs[0] if isinstance(inputs, tuple) else inputs
         if self.kind == "embedding":
-            ids = x.detach().reshape(-1).cpu().numpy().astype(np.int64)
+            ids = at_token_positions(x.detach(), positions)
+            ids = ids.reshape(-1).cpu().numpy().astype(np.int64)
             ids = ids[(ids >= 0) & (ids < self.vocabulary)]
             counts = np.bincount(ids, minlength=self.vocabulary)
             self.token_counts = counts if self.token_counts is None else self.token_counts + counts
@@ -138,6 +192,7 @@ class HessianAccumulator:
             return
         x = x.detach()
         if self.kind in ("linear", "transposed_linear"):
+            x = at_token_positions(x, positions) if x.dim() > 2 else x
             patches = x.reshape(-1, x.shape[-1]).to(torch.float32)[None]  # (1, N, in)
             gram, samples = patches.transpose(1, 2) @ patches, patches.shape[1]
         else:
@@ -158,9 +213,15 @@ class HessianAccumulator:
     def hessian(self, smoothing: float = 1.0, attribute: str = "weight"
                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(Hessian, row scale): ``2/N Σ x xᵀ`` per group, or for an embedding (None, the
-        token frequencies ``2 (n_t + smoothing) / (N + smoothing · V)``). ``attribute``: the
-        layer's one weight (the signature of :meth:`RecurrentHessianAccumulator.hessian`)."""
+        token frequencies ``2 (n_t + smoothing) / (N + smoothing · V)``; ``smoothing=math.inf``
+        weighs every token alike, ``2 / V``). ``attribute``: the layer's one weight (the
+        signature of :meth:`RecurrentHessianAccumulator.hessian`)."""
         if self.kind == "embedding":
+            if not smoothing > 0:  # a token never seen would weigh nothing: no step fits it
+                raise EncoderError(f"embedding_smoothing must be positive (math.inf weighs "
+                                   f"every token alike), not {smoothing!r}")
+            if math.isinf(smoothing):
+                return None, np.full(self.vocabulary, 2.0 / self.vocabulary)
             counts = np.zeros(self.vocabulary) if self.token_counts is None else self.token_counts
             total = counts.sum() + smoothing * self.vocabulary
             return None, 2.0 * (counts + smoothing) / total
@@ -513,9 +574,19 @@ def first_tensor(output) -> torch.Tensor:
                        f"tensor to measure layer sensitivities on")
 
 
+def output_at_tokens(model, batch) -> torch.Tensor:
+    """The first tensor of ``model``'s output on ``batch`` (:func:`first_tensor`), with an
+    output of shape ``(batch, sequence, ...)`` kept only at the batch's token positions
+    (:func:`token_positions`): what layer sensitivities and output fidelity are measured on,
+    so that padding weighs nothing."""
+    output = first_tensor(run_batch(model, batch))
+    return at_token_positions(output, token_positions(batch)) if output.dim() > 2 else output
+
+
 def collect_hessians(model, batches, layers: dict, progress=None,
                      convolution_gram: str = CONVOLUTION_GRAMS[0]) -> CollectedHessians:
-    """Run ``batches`` through ``model`` (eval mode, no grad) and accumulate each layer's Hessian.
+    """Run ``batches`` through ``model`` (eval mode, no grad) and accumulate each layer's Hessian
+    (Linear layers and embeddings only at a batch's token positions, :func:`token_positions`).
 
     Parameters
     ----------
@@ -536,6 +607,7 @@ def collect_hessians(model, batches, layers: dict, progress=None,
     modules = dict(model.named_modules())
     collected = CollectedHessians(kinds=dict(layers))
     handles = []
+    batch_positions = [None]  # the token positions of the batch running (token_positions)
     for name, kind in layers.items():
         module = modules[name]
         if kind == RECURRENT:
@@ -554,13 +626,15 @@ def collect_hessians(model, batches, layers: dict, progress=None,
                 accumulator.add(module, inputs, keywords), with_kwargs=True))
             continue
         handles.append(module.register_forward_pre_hook(
-            lambda module, inputs, accumulator=accumulator: accumulator.add(module, inputs)))
+            lambda module, inputs, accumulator=accumulator:
+            accumulator.add(module, inputs, batch_positions[0])))
     was_training = model.training
     model.eval()
     total = len(batches) if hasattr(batches, "__len__") else None
     try:
         with torch.no_grad():
             for batch in batches:
+                batch_positions[0] = token_positions(batch)
                 run_batch(model, batch)
                 collected.batches += 1
                 if progress is not None:

@@ -27,10 +27,9 @@ from .hessians import (
     CONVOLUTION_GRAMS,
     collect_hessians,
     find_layers,
-    first_tensor,
     matrix_to_stored_layout,
+    output_at_tokens,
     parameter_name,
-    run_batch,
     weight_attributes,
 )
 from .layers import (
@@ -227,7 +226,7 @@ class ModelEncoder:
             with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
                 for number, batch in enumerate(batches, 1):
                     self.progress.step("sensitivity (gradient)", number, len(batches))
-                    output = first_tensor(run_batch(self.model, batch))
+                    output = output_at_tokens(self.model, batch)
                     if not output.requires_grad:
                         raise _NotDifferentiable("the model's output carries no gradient")
                     for number_of_probe in range(probes):
@@ -260,8 +259,7 @@ class ModelEncoder:
         generator = np.random.default_rng(seed)
         ratios = []
         with torch.no_grad():
-            reference = [first_tensor(run_batch(self.model, batch)).double()
-                         for batch in batches]
+            reference = [output_at_tokens(self.model, batch).double() for batch in batches]
             for number, layer in enumerate(self.layers, 1):
                 if only is not None and number - 1 not in only:
                     ratios.append(None)
@@ -277,8 +275,8 @@ class ModelEncoder:
                                                     layer.stored_shape, layer.kind)
                 weight.copy_(torch.from_numpy(np.ascontiguousarray(perturbed)).to(weight.dtype))
                 try:
-                    change = [float(torch.mean((first_tensor(run_batch(self.model, batch))
-                                                .double() - expected) ** 2))
+                    change = [float(torch.mean((output_at_tokens(self.model, batch).double()
+                                                - expected) ** 2))
                               for batch, expected in zip(batches, reference)]
                 finally:
                     weight.copy_(original)

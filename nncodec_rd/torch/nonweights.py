@@ -31,7 +31,7 @@ from ..encoder.entropy import EntropySettings
 from ..encoder.rans import frequency_table_bytes
 from ..encoder.writer import NrdWriter, encode_rans_tensor
 from ..format.grids import UniformGrid
-from .hessians import first_tensor, run_batch
+from .hessians import output_at_tokens
 from .layers import FORMAT_OF_TORCH_DTYPE
 from .state_dict import tensor_to_numpy
 
@@ -156,7 +156,7 @@ def plan_nonweights(model, batches, coded: set, progress=None, include=None) -> 
     model.eval()
     try:
         with torch.no_grad():
-            reference = [first_tensor(run_batch(model, batch)).double() for batch in batches]
+            reference = [output_at_tokens(model, batch).double() for batch in batches]
             power = float(np.mean([torch.mean(out ** 2) for out in reference])) or 1.0
             for role in sorted(set(plan.roles.values())):
                 keys = [key for key, other in plan.roles.items() if other == role]
@@ -173,7 +173,7 @@ def plan_nonweights(model, batches, coded: set, progress=None, include=None) -> 
                                 state[key].copy_(torch.from_numpy(
                                     (indices * np.float64(step)).astype(np.float32)))
                         change = float(np.mean([
-                            torch.mean((first_tensor(run_batch(model, batch)).double()
+                            torch.mean((output_at_tokens(model, batch).double()
                                         - expected) ** 2)
                             for batch, expected in zip(batches, reference)])) / power
                         plan.measured[role].append((bits, change))

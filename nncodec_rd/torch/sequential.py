@@ -53,8 +53,9 @@ from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_pa
 from .layers import (SEQUENTIAL_CODED_LAYER_TYPES, CompressionResult, LayerSummary, default_lam,
                      is_uncoded_weight, make_layer, reconstruction_of, write_layer)
 from .progress import Progress
-from .hessians import (HessianAccumulator, find_layers, first_tensor, matrix_to_stored_layout,
-                       parameter_name, run_batch, weight_matrix)
+from .hessians import (HessianAccumulator, at_token_positions, find_layers,
+                       matrix_to_stored_layout, output_at_tokens, parameter_name, run_batch,
+                       token_positions, weight_matrix)
 from .state_dict import tensor_to_numpy
 
 
@@ -204,6 +205,12 @@ class _BlockInput:
     hidden: torch.Tensor
     args: tuple
     kwargs: dict
+    positions: torch.Tensor | None = None  # the batch's token positions (token_positions)
+
+    def at_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A hidden state of this batch (``(batch, sequence, features)``) at its token
+        positions only: padding weighs nothing in a block's sensitivities."""
+        return at_token_positions(hidden, self.positions) if hidden.dim() > 2 else hidden
 
 
 def _detach(value):
@@ -248,6 +255,7 @@ class _SharedHessians:
         self.owner: dict[str, str] = {}  # layer -> layer whose accumulator it shares
         self._seen: list = []  # (layer, its input) in the first batch
         self._first_batch = True
+        self.positions = None  # the token positions of the batch running (token_positions)
         self._handles = []
         for name, kind in layers.items():
             module = modules[name]
@@ -273,7 +281,7 @@ class _SharedHessians:
                 self._seen.append((name, x))
         if name in self.owner:
             return  # its owner adds this input
-        self.accumulators[name].add(module, inputs)
+        self.accumulators[name].add(module, inputs, self.positions)
 
     def batch_done(self) -> None:
         if self._seen:
@@ -554,8 +562,9 @@ class SequentialEncoder:
         if before:
             hessians = collector.hessians(self.embedding_smoothing, before)
             layers = self._layers(modules, before, hessians)
-            self._sensitivities(layers, modules, lambda: [i.hidden for i in self._capture(
-                blocks[0], None, self.batches[:self.sensitivity_batches])])
+            self._sensitivities(layers, modules, lambda: [
+                i.at_tokens(i.hidden) for i in self._capture(
+                    blocks[0], None, self.batches[:self.sensitivity_batches])])
             self._outside_originals.update(
                 self._quantize_unit("before the stack", layers, modules, writer))
             inputs = self._capture(blocks[0], None)  # block 0 sees the quantized layers
@@ -705,12 +714,16 @@ class SequentialEncoder:
                 hidden = kwargs.pop("hidden_states")
             else:
                 raise EncoderError("block 0 was called without a hidden-state input")
-            captured.append(_BlockInput(hidden.detach(), _detach(args), _detach(kwargs)))
+            captured.append(_BlockInput(hidden.detach(), _detach(args), _detach(kwargs),
+                                        positions))
             raise _StopForward
 
         handle = block0.register_forward_pre_hook(stop, with_kwargs=True)
         try:
             for batch in self.batches if batches is None else batches:
+                positions = token_positions(batch)
+                if collector is not None:
+                    collector.positions = positions
                 try:
                     run_batch(self.model, batch)
                 except _StopForward:
@@ -760,6 +773,7 @@ class SequentialEncoder:
         try:
             with self._replaying(blocks, inputs):
                 for batch in self.batches:
+                    collector.positions = token_positions(batch)
                     run_batch(model, batch)
                     collector.batch_done()
         finally:
@@ -770,7 +784,7 @@ class SequentialEncoder:
 
         def outputs_after():
             with self._replaying(blocks, inputs):
-                return [first_tensor(run_batch(model, batch))
+                return [output_at_tokens(model, batch)
                         for batch in self.batches[:self.sensitivity_batches]]
 
         self._sensitivities(layers, modules, outputs_after)
@@ -854,6 +868,7 @@ class SequentialEncoder:
         started = time.perf_counter()
         try:
             for item in inputs:
+                collector.positions = item.positions
                 block(item.hidden, *item.args, **item.kwargs)
                 collector.batch_done()
         finally:
@@ -864,7 +879,7 @@ class SequentialEncoder:
         layers = self._layers(modules, layers_here, hessians)
         del hessians
         self._sensitivities(layers, modules, lambda: [
-            _hidden_of(block(i.hidden, *i.args, **i.kwargs))
+            i.at_tokens(_hidden_of(block(i.hidden, *i.args, **i.kwargs)))
             for i in inputs[:self.sensitivity_batches]])
         return modules, layers
 
@@ -981,7 +996,7 @@ class SequentialEncoder:
         pass and none of its quantization."""
         started = time.perf_counter()
         model = self.model
-        items = [_BlockInput(i.hidden, i.args, i.kwargs) for i in inputs]
+        items = [_BlockInput(i.hidden, i.args, i.kwargs, i.positions) for i in inputs]
         # Layers after the stack tied to one before it are not coded again.
         coded_before = {parameter_name(name, "weight") for name in before}
         after = {name: kind for name, kind in after.items()

@@ -260,3 +260,62 @@ def test_the_cheapest_gram_takes_the_shifts_only_where_they_save_work():
     assert not takes_shifts(4, 512, 9)    # 7 x 7 maps: the blocks' bookkeeping dominates
     assert not takes_shifts(8, 96, 58, groups=96)  # depthwise: memory-bound either way
     assert not takes_shifts(64, 32, 10, groups=4)  # the digits CNN's grouped layer
+
+
+class _TokenModel(torch.nn.Module):
+    """Tokens -> embedding (+ position embedding) -> Linear, position by position: a padded
+    position changes no other position's output."""
+
+    def __init__(self, vocabulary=20, width=6, length=8):
+        super().__init__()
+        self.tokens = torch.nn.Embedding(vocabulary, width)
+        self.positions = torch.nn.Embedding(length, width)
+        self.dense = torch.nn.Linear(width, width)
+
+    def forward(self, input_ids, attention_mask=None):
+        position_ids = torch.arange(input_ids.shape[1])[None]  # (1, sequence): broadcast
+        return self.dense(self.tokens(input_ids) + self.positions(position_ids))
+
+
+def test_padded_positions_are_no_calibration_data():
+    """A padded batch gives the Hessian and token counts of its sentences run one by one
+    without padding."""
+    torch.manual_seed(0)
+    model = _TokenModel()
+    sentences = [torch.tensor([3, 5, 7, 9, 2]), torch.tensor([4, 4, 1]), torch.tensor([8])]
+    padded = torch.zeros(3, 5, dtype=torch.long)
+    mask = torch.zeros(3, 5, dtype=torch.long)
+    for row, sentence in enumerate(sentences):
+        padded[row, :len(sentence)] = sentence
+        padded[row, len(sentence):] = 11 + row  # padding of any id: it must not count
+        mask[row, :len(sentence)] = 1
+    layers = find_layers(model)
+    together = collect_hessians(model, [{"input_ids": padded, "attention_mask": mask}], layers)
+    alone = collect_hessians(model, [{"input_ids": s[None]} for s in sentences], layers)
+    for name in ("tokens", "positions"):
+        np.testing.assert_array_equal(together.accumulators[name].token_counts,
+                                      alone.accumulators[name].token_counts)
+    assert together.accumulators["tokens"].token_counts[11:14].sum() == 0
+    assert together.accumulators["positions"].token_counts.tolist()[:5] == [3, 2, 2, 1, 1]
+    expected, _ = alone.accumulators["dense"].hessian()
+    hessian, _ = together.accumulators["dense"].hessian()
+    assert together.accumulators["dense"].samples == 9
+    np.testing.assert_allclose(hessian, expected, rtol=1e-5, atol=1e-6)
+    # Without a mask every position counts: the padding's ids and inputs are then data.
+    unmasked = collect_hessians(model, [{"input_ids": padded}], layers)
+    assert unmasked.accumulators["tokens"].token_counts[11:14].sum() == 6
+
+
+def test_embedding_smoothing_inf_weighs_every_token_alike_and_zero_is_refused():
+    model = _TokenModel()
+    batch = {"input_ids": torch.tensor([[3, 3, 5]])}
+    accumulator = collect_hessians(model, [batch], find_layers(model)).accumulators["tokens"]
+    _, smoothed = accumulator.hessian(1.0)
+    assert smoothed[3] == 3 * smoothed[5] / 2 == 3 * smoothed[0]  # (2 + 1) : (1 + 1) : (0 + 1)
+    _, uniform = accumulator.hessian(float("inf"))
+    np.testing.assert_array_equal(uniform, np.full(20, 2.0 / 20))
+    assert smoothed.sum() == pytest.approx(uniform.sum())  # the same total weight
+    from nncodec_rd.format.errors import EncoderError
+    for smoothing in (0.0, -1.0, float("nan")):
+        with pytest.raises(EncoderError, match="embedding_smoothing must be positive"):
+            accumulator.hessian(smoothing)

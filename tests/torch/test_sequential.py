@@ -377,3 +377,27 @@ def test_target_bpw_is_met_in_one_pass(tmp_path, monkeypatch, target_bpw):
     assert len({trial["lam"] for trial in outcome.lam_trials}) > 1  # chosen per unit
     with nncodec_rd.safe_open(tmp_path / "x.nrd") as handle:
         assert float(handle.metadata()["target_bpw"]) == target_bpw
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_what_padding_holds_changes_no_byte_of_the_file(tmp_path, sequential):
+    """Padded positions are no calibration data (Hessians, token counts, sensitivities): two
+    calibrations that differ only in the ids at padded positions write the same file. With
+    right padding and causal attention no token position sees them."""
+    model = llama_folder(tmp_path / "m")
+    lengths = torch.tensor([[16, 9], [5, 12]])
+    files = []
+    for seed in (1, 2):
+        generator = torch.Generator().manual_seed(seed)
+        batches = []
+        for batch, sentences in zip(token_batches(), lengths):
+            ids = batch["input_ids"].clone()
+            mask = (torch.arange(16)[None] < sentences[:, None]).long()
+            ids[mask == 0] = torch.randint(0, 128, (int((mask == 0).sum()),),
+                                           generator=generator)
+            batches.append({"input_ids": ids, "attention_mask": mask})
+        path = tmp_path / f"{seed}.nrd"
+        compress(model, batches, method="cerwu", path=path, progress=False,
+                 sequential=sequential)
+        files.append(path.read_bytes())
+    assert files[0] == files[1]
