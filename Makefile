@@ -91,14 +91,16 @@ bench-cold: setup out/demo/all-MiniLM-L6-v2.nrd
 # Rate-fidelity against NNCodec on the four benchmark models, NNCodec in each model's run
 # (docs/rate-fidelity.md): the digits CNN, EasyOCR's CRNN recogniser and CRAFT detector, and
 # all-MiniLM-L6-v2; every method, and cerwu with one lever changed at a time
-# (bench/rate_fidelity.py LEVERS). Each JSON records its run's wall time. Then the page's figures
-# are rendered from the four JSONs.
+# (bench/rate_fidelity.py LEVERS); then where MiniLM's calibration-domain gap comes from
+# (bench/domain_gap.py). Each JSON records its run's wall time. Then the page's figures are
+# rendered from the JSONs.
 bench-rd: $(VENV)/.demo-installed .venv-nncodec/bin/python
 	mkdir -p bench/results
 	$(PY) bench/digits_rate_fidelity.py
 	$(PY) bench/crnn_rate_fidelity.py
 	$(PY) bench/craft_rate_fidelity.py
 	$(PY) bench/minilm_rate_fidelity.py
+	$(PY) bench/domain_gap.py
 	$(PY) docs/figures.py --write
 
 # Per-layer grid choice (fixed vs rd) for rtn, optq and cerwu on both models (docs/grid-choice.md;

@@ -952,6 +952,48 @@ def _rate_fidelity_domain(results: Results) -> str:
             + results.provenance("minilm_rate_fidelity.json"))
 
 
+@block("domain_gap.parts")
+def _domain_gap_parts(results: Results) -> str:
+    """Per curve and λ: the gap with the whole file, the word embedding alone and all but the
+    embeddings decoded (bench/domain_gap.py)."""
+    data = results.load("domain_gap.json")
+    rows = []
+    for curve, entry in data["curves"].items():
+        for point in entry["points"]:
+            parts = point["parts"]
+            cells = [curve, f"λ × {point['lam_factor']:g}", f"{point['bits_per_weight']:.3f}"]
+            for part in ("all", "word embedding only", "all but the embeddings"):
+                figures = parts[part]
+                cells.append(f"{figures['cosine, documentation']:.4f} / "
+                             f"{figures['cosine, license text']:.4f} / {figures['gap']:.4f}")
+            ratio = parts["all but the embeddings"]["loss ratio"]
+            cells.append("-" if ratio is None else f"{ratio:.2f}")
+            rows.append(cells)
+    return (table(["curve", "λ", "bits/weight", "whole file", "word embedding only",
+                   "all but the embeddings", "loss ratio, all but the embeddings"],
+                  "llrrrrr", rows)
+            + "\n\n" + results.provenance("domain_gap.json"))
+
+
+@block("domain_gap.at_target")
+def _domain_gap_at_target(results: Results) -> str:
+    """Per curve: bits and gap where the whole file reaches the target on the documentation."""
+    data = results.load("domain_gap.json")
+    rows = []
+    for curve, entry in data["curves"].items():
+        target = entry["at_target"]
+        rows.append([curve] + (["not bracketed", "", ""] if target is None else [
+            f"{target['bits_per_weight']:.3f}", f"{target['cosine, license text']:.4f}",
+            f"{target['gap']:.4f}"]))
+    shares = data["unseen token share"]
+    return (table(["curve", "bits/weight at cosine 0.99 (documentation)",
+                   "cosine, license text", "gap"], "lrrr", rows)
+            + f"\n\nTokens whose id the 256 calibration sentences never show: "
+              f"{shares['documentation (held out)']:.1%} of the held-out documentation's, "
+              f"{shares['license text']:.1%} of the license text's. "
+            + results.provenance("domain_gap.json"))
+
+
 DOMAIN_CURVES = ("cerwu", "cerwu [uniform embedding rows]")
 """Our curves in the table of the other domain: the defaults, and the lever that weighs every
 embedding row alike."""
