@@ -27,11 +27,11 @@ def bundled_model_folder() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
-DEMO_LAM_FACTOR = 2.0
-"""The demo's λ in units of the default λ: near mean cosine 0.99 on all-MiniLM-L6-v2 (λ × 2 gave
-0.991 at 3.13 bits per weight in bench/results/minilm_rate_fidelity.json of 2026-12-05; the
-default λ's unit moved when the sensitivities came to be measured by backward passes, and 3 ×
-it gave 0.986)."""
+DEMO_LAM_FACTOR = 3.0
+"""The demo's λ in units of the default λ: near mean cosine 0.99 on all-MiniLM-L6-v2, between
+λ × 2 (0.9946 at 3.376 bits per weight) and λ × 4 (0.9879 at 2.846) in
+bench/results/minilm_rate_fidelity.json of 2026-12-05. The default λ's unit moves with the
+calibration: it is a median over the layers of sensitivity × curvature × step²."""
 
 
 def run_demo(output_folder: str, method: str = "cerwu",

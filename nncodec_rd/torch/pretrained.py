@@ -233,8 +233,9 @@ def split_held_out(texts: list[str], fraction: float = HELD_OUT_FRACTION
 
 def output_fidelity(model, reference: list, batches: list) -> float:
     """Mean cosine similarity between ``model``'s outputs on ``batches`` and ``reference`` (the
-    original model's): per token of the first output tensor (the last hidden state, or a
-    causal language model's logits), padding excluded.
+    original model's, from :func:`~nncodec_rd.torch.hessians.output_at_tokens`): per token of
+    the first output tensor (the last hidden state, or a causal language model's logits),
+    padding excluded.
 
     >>> model = torch.nn.Linear(3, 3)
     >>> batch = torch.ones(2, 3)
@@ -243,19 +244,15 @@ def output_fidelity(model, reference: list, batches: list) -> float:
     >>> round(output_fidelity(model, reference, [batch]), 6)
     1.0
     """
-    from .hessians import first_tensor, run_batch
+    from .hessians import output_at_tokens
 
     total = count = 0.0
     with torch.no_grad():
         for batch, expected in zip(batches, reference):
-            output = first_tensor(run_batch(model, batch)).float()
+            output = output_at_tokens(model, batch).float()
             cosine = torch.nn.functional.cosine_similarity(
                 output.reshape(-1, output.shape[-1]), expected.reshape(-1, output.shape[-1]),
                 dim=-1)
-            mask = batch.get("attention_mask") if isinstance(batch, dict) else None
-            if mask is not None and mask.numel() == cosine.numel():
-                keep = mask.reshape(-1).bool()
-                cosine = cosine[keep]
             total += float(cosine.double().sum())
             count += cosine.numel()
     return total / max(count, 1)
@@ -289,14 +286,14 @@ def _encode_to_fidelity(model_dir, path, encoder_of, model, settings, metadata, 
     ``path`` and only the chosen one is kept (as ``path``)."""
     from ..io.atomic import removed_on_termination
     from .checkpoint import empty_model
-    from .hessians import first_tensor, run_batch
+    from .hessians import output_at_tokens
 
     path = os.fspath(path)
     say = progress if callable(progress) else (
         (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda _: None))
     original = _float_model(model_dir, decoded=False)
     with torch.no_grad():
-        reference = [first_tensor(run_batch(original, batch)).float() for batch in held_batches]
+        reference = [output_at_tokens(original, batch).float() for batch in held_batches]
     del original
     folder, name = os.path.split(os.path.abspath(path))
     trials: list[dict] = []
