@@ -907,7 +907,8 @@ def _rate_fidelity_levers(results: Results) -> str:
     for name, label in RATE_FIDELITY_MODELS:
         for lever, why in skipped_levers(results.load(name)).items():
             notes.append(f"{label}, {lever}: {why}.")
-    return (table(["model", "target", *[title for _, title in LEVER_COLUMNS]], "llrrrrrr", rows)
+    return (table(["model", "target", *[title for _, title in LEVER_COLUMNS]],
+                  "ll" + "r" * len(LEVER_COLUMNS), rows)
             + "\n\n" + (" ".join(notes) + " " if notes else "")
             + " ".join(f"{label}: {results.provenance(name)}{sweep_note(results.load(name))}"
                        for name, label in RATE_FIDELITY_MODELS))
