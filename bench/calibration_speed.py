@@ -55,7 +55,7 @@ from bench.rate_fidelity import (  # noqa: E402
     machine_description,
     measure,
 )
-from bench.run_info import run_info  # noqa: E402
+from bench.run_info import run_info, write_results  # noqa: E402
 from nncodec_rd.encoder.settings import QuantizerSettings  # noqa: E402
 from nncodec_rd.torch.hessians import run_batch  # noqa: E402
 from nncodec_rd.torch.load import load_into, load_weights  # noqa: E402
@@ -272,10 +272,7 @@ def main(argv=None) -> int:
             report["models"][key] = run_model(name, workload, grid_choice, folder)
     report["total_seconds"] = time.perf_counter() - started
     if not arguments.quick:
-        os.makedirs(os.path.dirname(arguments.output), exist_ok=True)
-        with open(arguments.output, "w") as stream:
-            json.dump(report, stream, indent=1)
-        print(f"wrote {arguments.output}")
+        write_results(report, arguments.output)
     else:
         print(json.dumps({name: {"speedup": model["speedup"]}
                           for name, model in report["models"].items()}))

@@ -27,7 +27,6 @@ tokens the calibration never shows.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -45,7 +44,7 @@ from bench.rate_fidelity import (  # noqa: E402
     load_weights,
     machine_description,
 )
-from bench.run_info import run_info  # noqa: E402
+from bench.run_info import run_info, write_results  # noqa: E402
 from nncodec_rd.encoder.settings import QuantizerSettings  # noqa: E402
 from nncodec_rd.torch.model_encoder import ModelEncoder  # noqa: E402
 from nncodec_rd.torch.sentences import calibration_sentences, evaluation_sentences  # noqa: E402
@@ -179,10 +178,7 @@ def main(argv=None) -> int:
                       f"bits/weight, gap {target['gap']:.4f}", flush=True)
     report["total_seconds"] = time.perf_counter() - started
     if not arguments.quick:
-        os.makedirs(os.path.dirname(arguments.output), exist_ok=True)
-        with open(arguments.output, "w") as stream:
-            json.dump(report, stream, indent=1)
-        print(f"wrote {arguments.output}")
+        write_results(report, arguments.output)
     return 0
 
 

@@ -8,6 +8,7 @@ Every benchmark that writes a JSON to ``bench/results/`` puts ``**run_info()`` i
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 
@@ -33,3 +34,12 @@ def run_info() -> dict:
         commit = "unknown"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     return {"commit": commit, "date": date}
+
+
+def write_results(report: dict, path: str) -> None:
+    """Write a benchmark's ``report`` as the JSON ``path`` (its folder made if missing) and say
+    where it went."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as stream:
+        json.dump(report, stream, indent=1)
+    print(f"wrote {path}")

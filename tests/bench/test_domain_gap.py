@@ -23,3 +23,14 @@ def test_at_target_interpolates_bits_and_the_other_cosine_between_the_bracketing
 
 def test_at_target_is_none_without_a_bracket():
     assert at_target([point(4.0, 0.998, 0.996), point(3.0, 0.995, 0.985)]) is None
+
+
+def test_write_results_makes_the_folder_and_writes_the_report(tmp_path, capsys):
+    import json
+
+    from bench.run_info import write_results
+
+    path = tmp_path / "new" / "report.json"
+    write_results({"curves": {"cerwu": {"at_target": None}}}, str(path))
+    assert json.loads(path.read_text()) == {"curves": {"cerwu": {"at_target": None}}}
+    assert capsys.readouterr().out == f"wrote {path}\n"
