@@ -8,7 +8,8 @@ cosine minus the second, for the same file. Here each file is measured three mor
 rest of the model exact (original weights):
 
 - **word embedding only**: only ``embeddings.word_embeddings.weight`` decoded;
-- **all but the embeddings**: every decoded tensor but the three embeddings';
+- **all but the embeddings**: every decoded tensor but those of the embeddings module (the
+  three embeddings and their LayerNorm);
 - **all**: the whole decoded file (the rate–fidelity benchmark's figure).
 
 For each it records both cosines, the gap and the *loss ratio* ``(1 − cosine on license text)

@@ -20,10 +20,11 @@ Supported layers and how their weights are seen as a ``(rows, columns)`` matrix:
   inputs layer by layer from the module's own weights.
 
 Padding is not calibration data: a batch that is a mapping with a 2-D ``attention_mask`` (a
-tokenizer's output) counts only the positions that mask marks, in every input of shape
-``(batch, sequence, ...)`` (:func:`token_positions`, :func:`at_token_positions`). Sentences
-padded to the longest of a batch were otherwise half [PAD] on all-MiniLM-L6-v2's calibration,
-and the Hessians and token frequencies followed the padding.
+tokenizer's output) counts only the positions that mask marks, in the inputs of Linear layers
+and embeddings of shape ``(batch, sequence, ...)`` and in the model's output
+(:func:`token_positions`, :func:`at_token_positions`); convolutions and recurrent layers see
+every position. Sentences padded to the longest of a batch were otherwise half [PAD] on
+all-MiniLM-L6-v2's calibration, and the Hessians and token frequencies followed the padding.
 """
 
 from __future__ import annotations
@@ -105,10 +106,18 @@ def parameter_name(module_name: str, attribute: str) -> str:
     return f"{module_name}.{attribute}" if module_name else attribute
 
 
+SECOND_SEQUENCE_KEYS = ("decoder_input_ids", "decoder_inputs_embeds", "decoder_attention_mask",
+                        "labels")
+"""Keys of an encoder–decoder batch: its decoder runs on a second sequence, which the
+``attention_mask`` does not describe and whose tensors cannot be told from the encoder's by
+shape, so such a batch counts every position."""
+
+
 def token_positions(batch) -> torch.Tensor | None:
     """The positions of a calibration batch that hold tokens: a mapping's 2-D
     ``attention_mask`` as booleans (``False`` where it pads); None where every position counts
-    (no such mask, or nothing padded).
+    (no such mask, nothing padded, or an encoder–decoder batch: :data:`SECOND_SEQUENCE_KEYS`).
+    A mask that marks no token at all is refused (EncoderError): that batch holds no data.
 
     >>> token_positions({"input_ids": torch.ones(2, 3), "attention_mask": torch.tensor(
     ...     [[1, 1, 1], [1, 1, 0]])}).tolist()
@@ -123,15 +132,21 @@ def token_positions(batch) -> torch.Tensor | None:
     mask = batch["attention_mask"]
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         return None
+    if any(key in batch for key in SECOND_SEQUENCE_KEYS):
+        return None
     mask = mask.detach() != 0
+    if not bool(mask.any()):
+        raise EncoderError("a calibration batch's attention_mask marks no token: every "
+                           "position is padding")
     return None if bool(mask.all()) else mask
 
 
 def at_token_positions(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
     """The rows of ``x`` at the token positions: ``x[positions]``, of shape ``(tokens, ...)``,
-    where ``x`` is ``(batch, sequence, ...)`` like ``positions`` (or ``(1, sequence, ...)``,
-    broadcast over the batch, as position ids are); otherwise ``x`` itself, since then its
-    positions cannot be told apart.
+    where ``x`` is ``(batch, sequence, ...)`` like ``positions`` (or integer ids of shape
+    ``(1, sequence)``, broadcast over the batch, as position ids are); otherwise ``x`` itself,
+    since then its positions cannot be told apart. (A float ``(1, n, ...)`` input is no batch of
+    tokens: DeBERTa's relative-position rows, for one.)
 
     >>> positions = torch.tensor([[True, True], [True, False]])
     >>> at_token_positions(torch.arange(4.).reshape(2, 2), positions).tolist()
@@ -143,7 +158,7 @@ def at_token_positions(x: torch.Tensor, positions: torch.Tensor | None) -> torch
     """
     if positions is None or x.dim() < 2 or x.shape[1] != positions.shape[1]:
         return x
-    if x.shape[0] == 1 and positions.shape[0] > 1:
+    if x.shape[0] == 1 and positions.shape[0] > 1 and not x.is_floating_point():
         x = x.expand(positions.shape[0], *x.shape[1:])
     elif x.shape[0] != positions.shape[0]:
         return x
@@ -163,6 +178,21 @@ def matrix_to_stored_layout(matrix: np.ndarray, shape: tuple, kind: str) -> np.n
     if kind == "transposed_linear":
         return np.ascontiguousarray(matrix.T)
     return matrix.reshape(tuple(shape))
+
+
+def check_embedding_smoothing(smoothing: float) -> None:
+    """Refuse an ``embedding_smoothing`` that is not positive (EncoderError): a token never seen
+    would weigh nothing, and no step fits a row of weight 0.
+
+    >>> check_embedding_smoothing(math.inf)
+    >>> check_embedding_smoothing(0.0)
+    Traceback (most recent call last):
+    ...
+    nncodec_rd.format.errors.EncoderError: encoder_settings: embedding_smoothing must be positive ...
+    """
+    if not smoothing > 0:
+        raise EncoderError(f"embedding_smoothing must be positive (math.inf weighs every token "
+                           f"alike), not {smoothing!r}")
 
 
 @dataclass
@@ -217,9 +247,7 @@ class HessianAccumulator:
         weighs every token alike, ``2 / V``). ``attribute``: the layer's one weight (the
         signature of :meth:`RecurrentHessianAccumulator.hessian`)."""
         if self.kind == "embedding":
-            if not smoothing > 0:  # a token never seen would weigh nothing: no step fits it
-                raise EncoderError(f"embedding_smoothing must be positive (math.inf weighs "
-                                   f"every token alike), not {smoothing!r}")
+            check_embedding_smoothing(smoothing)
             if math.isinf(smoothing):
                 return None, np.full(self.vocabulary, 2.0 / self.vocabulary)
             counts = np.zeros(self.vocabulary) if self.token_counts is None else self.token_counts

@@ -25,6 +25,7 @@ from ..format.errors import EncoderError, first_line
 from ..format.grids import RightMatrixTransform, UniformGrid
 from .hessians import (
     CONVOLUTION_GRAMS,
+    check_embedding_smoothing,
     collect_hessians,
     find_layers,
     matrix_to_stored_layout,
@@ -79,6 +80,7 @@ class ModelEncoder:
                  sensitivity_estimator: str = SENSITIVITY_ESTIMATORS[0],
                  convolution_gram: str = CONVOLUTION_GRAMS[0],
                  nonweights: bool = True, progress=True, executor=None):
+        check_embedding_smoothing(embedding_smoothing)  # before any calibration work
         self.model = model
         self.progress = Progress(progress)
         # Where the layers are quantized (nncodec_rd.encoder.executor); the file is the same.

@@ -233,9 +233,10 @@ def split_held_out(texts: list[str], fraction: float = HELD_OUT_FRACTION
 
 def output_fidelity(model, reference: list, batches: list) -> float:
     """Mean cosine similarity between ``model``'s outputs on ``batches`` and ``reference`` (the
-    original model's, from :func:`~nncodec_rd.torch.hessians.output_at_tokens`): per token of
-    the first output tensor (the last hidden state, or a causal language model's logits),
-    padding excluded.
+    original model's first output tensors, whole or at the token positions as
+    :func:`~nncodec_rd.torch.hessians.output_at_tokens` gives them): per token of the first
+    output tensor (the last hidden state, or a causal language model's logits), padding
+    excluded.
 
     >>> model = torch.nn.Linear(3, 3)
     >>> batch = torch.ones(2, 3)
@@ -244,12 +245,17 @@ def output_fidelity(model, reference: list, batches: list) -> float:
     >>> round(output_fidelity(model, reference, [batch]), 6)
     1.0
     """
-    from .hessians import output_at_tokens
+    from .hessians import at_token_positions, first_tensor, run_batch, token_positions
 
     total = count = 0.0
     with torch.no_grad():
         for batch, expected in zip(batches, reference):
-            output = output_at_tokens(model, batch).float()
+            output = first_tensor(run_batch(model, batch)).float()
+            if output.dim() > 2:
+                positions = token_positions(batch)
+                if expected.shape == output.shape:  # a whole output: cut like ours
+                    expected = at_token_positions(expected, positions)
+                output = at_token_positions(output, positions)
             cosine = torch.nn.functional.cosine_similarity(
                 output.reshape(-1, output.shape[-1]), expected.reshape(-1, output.shape[-1]),
                 dim=-1)

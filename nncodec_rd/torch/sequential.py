@@ -53,9 +53,9 @@ from .checkpoint import CheckpointWeights, KeyMap, materialize, release, tied_pa
 from .layers import (SEQUENTIAL_CODED_LAYER_TYPES, CompressionResult, LayerSummary, default_lam,
                      is_uncoded_weight, make_layer, reconstruction_of, write_layer)
 from .progress import Progress
-from .hessians import (HessianAccumulator, at_token_positions, find_layers,
-                       matrix_to_stored_layout, output_at_tokens, parameter_name, run_batch,
-                       token_positions, weight_matrix)
+from .hessians import (HessianAccumulator, at_token_positions, check_embedding_smoothing,
+                       find_layers, matrix_to_stored_layout, output_at_tokens, parameter_name,
+                       run_batch, token_positions, weight_matrix)
 from .state_dict import tensor_to_numpy
 
 
@@ -197,6 +197,11 @@ def find_stack(model, override: str | None = None) -> tuple[str, torch.nn.Module
     return best
 
 
+CALIBRATION_RULES = 2
+"""What the calibration counts, in the journal's fingerprint: a run journaled under other rules
+(1: padded positions counted as calibration data) does not resume under these."""
+
+
 @dataclass
 class _BlockInput:
     """One calibration batch as block 0 receives it; ``hidden`` changes from block to block,
@@ -329,6 +334,7 @@ class SequentialEncoder:
                  embedding_smoothing: float = 1.0, sensitivity: bool = True,
                  sensitivity_batches: int = 1, sensitivity_exponent: float = 0.7,
                  progress=True, executor=None):
+        check_embedding_smoothing(embedding_smoothing)  # before any calibration work
         if calibration_batches is None:
             raise EncoderError("the sequential encoder needs calibration batches")
         self.model = model
@@ -626,7 +632,7 @@ class SequentialEncoder:
         digest = hashlib.sha256()
         digest.update(repr((replace(settings, lam=1.0), lam, self.stack_name, self.per_channel,
                             self.sensitivity, self.sensitivity_batches, self.sensitivity_exponent,
-                            self.embedding_smoothing)).encode())
+                            self.embedding_smoothing, CALIBRATION_RULES)).encode())
         digest.update(repr(sorted((str(k), hashlib.sha256(v if isinstance(v, bytes) else
                                                           repr(v).encode()).hexdigest())
                                   for k, v in metadata.items())).encode())

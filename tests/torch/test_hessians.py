@@ -319,3 +319,37 @@ def test_embedding_smoothing_inf_weighs_every_token_alike_and_zero_is_refused():
     for smoothing in (0.0, -1.0, float("nan")):
         with pytest.raises(EncoderError, match="embedding_smoothing must be positive"):
             accumulator.hessian(smoothing)
+
+
+def test_what_cannot_be_told_apart_is_not_masked_and_a_batch_of_padding_is_refused():
+    from nncodec_rd.format.errors import EncoderError
+    from nncodec_rd.torch.hessians import at_token_positions, token_positions
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # An encoder-decoder batch: the mask is the encoder's, the decoder's tensors look alike.
+    assert token_positions({"input_ids": mask, "attention_mask": mask,
+                            "decoder_input_ids": mask}) is None
+    positions = token_positions({"attention_mask": mask})
+    relative_rows = torch.ones(1, 3, 4)  # float (1, n, ...): no batch of tokens (DeBERTa)
+    assert at_token_positions(relative_rows, positions) is relative_rows
+    assert at_token_positions(torch.zeros(1, 3, dtype=torch.long), positions).shape == (3,)
+    with pytest.raises(EncoderError, match="marks no token"):
+        token_positions({"attention_mask": torch.zeros(2, 3)})
+
+
+def test_output_fidelity_takes_whole_or_token_references_alike():
+    from nncodec_rd.torch.hessians import first_tensor, output_at_tokens, run_batch
+    from nncodec_rd.torch.pretrained import output_fidelity
+
+    torch.manual_seed(0)
+    model, other = _TokenModel(), _TokenModel()
+    batch = {"input_ids": torch.tensor([[3, 5, 7], [4, 19, 19]]),
+             "attention_mask": torch.tensor([[1, 1, 1], [1, 0, 0]])}
+    with torch.no_grad():
+        whole = [first_tensor(run_batch(model, batch))]
+        tokens = [output_at_tokens(model, batch)]
+        expected = torch.nn.functional.cosine_similarity(
+            output_at_tokens(other, batch), tokens[0], dim=-1).mean()
+    assert output_fidelity(model, whole, [batch]) == pytest.approx(1.0)
+    assert output_fidelity(other, whole, [batch]) == pytest.approx(float(expected))
+    assert output_fidelity(other, tokens, [batch]) == pytest.approx(float(expected))

@@ -125,3 +125,18 @@ def test_a_layer_no_gradient_reaches_is_measured_by_perturbation():
     first, second = (layer.sensitivity for layer in encoder.layers)
     assert first == reference.layers[0].sensitivity  # the same draw, the same estimator
     assert second == pytest.approx(1 / 3, rel=0.15)  # the last layer: exactly 1 / rows
+
+
+@pytest.mark.parametrize("smoothing", [0.0, float("nan")])
+def test_a_bad_embedding_smoothing_is_refused_before_any_calibration(smoothing):
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4))
+    runs = []
+    model.register_forward_pre_hook(lambda module, inputs: runs.append(1))
+    with pytest.raises(EncoderError, match="embedding_smoothing must be positive"):
+        ModelEncoder(model, [torch.tensor([[1, 2, 3]])], embedding_smoothing=smoothing,
+                     progress=False)
+    assert runs == []  # refused before a calibration batch ran
+    from nncodec_rd.torch.sequential import SequentialEncoder
+    with pytest.raises(EncoderError, match="embedding_smoothing must be positive"):
+        SequentialEncoder(model, [torch.tensor([[1, 2, 3]])], embedding_smoothing=smoothing,
+                          progress=False)
