@@ -239,3 +239,19 @@ def test_the_quantizer_flags_come_from_the_settings_declaration(capsys):
     assert settings_from_flags(given) == {"grid_scale": 0.5, "act_order": False}
     assert settings_from_flags(argparse.Namespace(grid_scale=None, grid_choice="rd",
                                                   no_act_order=False)) == {"grid_choice": "rd"}
+
+
+def test_embedding_smoothing_reaches_the_encoder_and_a_bad_one_is_one_line(tmp_path, capsys):
+    import json
+
+    output = tmp_path / "m.nrd"
+    code, _, err = run(capsys, "encode", "--calibration", ENTRY_POINT, "--embedding-smoothing",
+                       "inf", "-o", output)
+    assert code == 0, err
+    with safe_open(output) as opened:
+        settings = json.loads(opened.metadata()["encoder_settings"])
+    assert settings["embedding_smoothing"] == "inf"  # JSON has no infinity
+    code, _, err = run(capsys, "encode", "--calibration", ENTRY_POINT, "--embedding-smoothing",
+                       "0", "-o", tmp_path / "bad.nrd")
+    assert code != 0 and "embedding_smoothing must be positive" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad.nrd").exists()

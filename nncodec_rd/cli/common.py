@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..decoder.reader import DEFAULT_MAX_HEADER_BYTES
 from ..format.errors import NrdError
@@ -114,3 +115,13 @@ def entropy_metadata_of(arguments) -> dict:
     return {"precision_bits": arguments.precision_bits,
             "choose_precision": not arguments.fixed_precision, "lane_count": arguments.lanes,
             "context_model": arguments.context}
+
+
+def json_number(value):
+    """``value`` for a file's JSON metadata: itself if None or finite, else its text
+    (``"inf"``): JSON has no infinity, and a strict reader refuses Python's ``Infinity``.
+
+    >>> json_number(1.0), json_number(float("inf")), json_number(None)
+    (1.0, 'inf', None)
+    """
+    return value if value is None or math.isfinite(value) else str(value)

@@ -11,7 +11,7 @@ import time
 
 from .. import __version__
 from ..format.errors import NrdError
-from .common import (entropy_metadata_of, entropy_settings_of, parse_metadata,
+from .common import (entropy_metadata_of, entropy_settings_of, json_number, parse_metadata,
                      quantizer_settings_of)
 from .encode_model import calibration_kind, encode_model, executor_of
 
@@ -42,6 +42,7 @@ def _encode_folder_with(arguments, executor) -> int:
         "target_fidelity": arguments.target_fidelity, "target_bpw": arguments.target_bpw,
         "per_row": arguments.per_row, "grid_choice": arguments.grid_choice,
         "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity,
+        "embedding_smoothing": json_number(arguments.embedding_smoothing),
         **entropy_metadata_of(arguments)}),
         "source": os.path.basename(os.path.normpath(arguments.input))}
     metadata.update(parse_metadata(arguments.metadata))
@@ -52,6 +53,7 @@ def _encode_folder_with(arguments, executor) -> int:
         arguments.input, arguments.output, method=arguments.method or "cerwu", lam=arguments.lam,
         calibration_text=arguments.calibration_text, stack=arguments.stack,
         per_channel=arguments.per_row, sensitivity=not arguments.no_sensitivity, metadata=metadata,
+        embedding_smoothing=arguments.embedding_smoothing,
         sequences=arguments.calibration_sequences, resume=arguments.resume,
         target_fidelity=arguments.target_fidelity, target_bpw=arguments.target_bpw,
         entropy=entropy_settings_of(arguments), executor=executor,
@@ -107,6 +109,7 @@ DATA_FREE_OPTIONS = (("step", "--step"), ("relative_step", "--relative-step"), (
 MODEL_OPTIONS = (("lam", "--lam"), ("target_bpw", "--target-bpw"), ("grid_scale", "--grid-scale"),
                  ("grid_choice", "--grid-choice"),
                  ("no_act_order", "--no-act-order"), ("no_sensitivity", "--no-sensitivity"),
+                 ("embedding_smoothing", "--embedding-smoothing"),
                  ("batch_size", "--batch-size"))
 """Options that need a model (argument name, flag); the quantizer's settings among them are
 those of ``command_line_flags`` (a test keeps both lists alike)."""
@@ -213,7 +216,8 @@ Inputs:
   dict, loaded before compressing. MODULE is a module name, imported with the current
   directory on the path, or a file: path/to/file.py:FUNCTION. --lam or --target-bpw set the
   size (default: steps of about RMS/16); --per-channel, --grid-scale, --grid-choice,
-  --no-act-order, --no-sensitivity tune the quantizer. Progress and a per-layer table go to stderr.
+  --no-act-order, --no-sensitivity, --embedding-smoothing tune the quantizer. Progress and a
+  per-layer table go to stderr.
 
 Examples:
   nncodec-rd encode model.safetensors -o model.nrd
@@ -301,6 +305,10 @@ def add_command(commands) -> None:
             with_model.add_argument(flag.flag, action="store_true", help=flag.help)
         else:
             with_model.add_argument(flag.flag, type=kind, choices=flag.choices, help=flag.help)
+    with_model.add_argument("--embedding-smoothing", type=float, default=None, metavar="COUNT",
+                            help="counts added to every token's before embedding rows are "
+                                 "weighted by frequency (default 1; inf: every row alike, "
+                                 "for text of another domain than the calibration's)")
     with_model.add_argument("--no-sensitivity", action="store_true",
                             help="one lambda for every layer, not weighted by how much each "
                                  "moves the model's output")

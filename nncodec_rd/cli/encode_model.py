@@ -14,7 +14,7 @@ import time
 
 from .. import __version__
 from ..format.errors import EncoderError, InputMismatchError, first_line
-from .common import (entropy_metadata_of, entropy_settings_of, parse_metadata,
+from .common import (entropy_metadata_of, entropy_settings_of, json_number, parse_metadata,
                      quantizer_metadata_of, quantizer_settings_of)
 
 BATCH_FILE_SUFFIXES = (".pt", ".pth", ".npz")
@@ -207,6 +207,7 @@ def _encode_model_with(arguments, executor) -> int:
         "method": method, "lam": arguments.lam, "target_bpw": arguments.target_bpw,
         "per_channel": arguments.per_row, **quantizer_metadata_of(quantizer),
         "sensitivity": not arguments.no_sensitivity,
+        "embedding_smoothing": json_number(arguments.embedding_smoothing),
         **entropy_metadata_of(arguments),
         "calibration": (os.path.basename(calibration) if kind == "file" else calibration),
         "model": arguments.model, "batch_size": arguments.batch_size})})
@@ -218,7 +219,9 @@ def _encode_model_with(arguments, executor) -> int:
                       target_bpw=arguments.target_bpw, path=arguments.output,
                       per_channel=arguments.per_row, entropy=settings, **quantizer,
                       sensitivity=not arguments.no_sensitivity, metadata=metadata, progress=True,
-                      executor=executor)
+                      executor=executor,
+                      **({} if arguments.embedding_smoothing is None  # compress()'s default
+                         else {"embedding_smoothing": arguments.embedding_smoothing}))
     print(f"wrote {arguments.output}: {result.size_bytes} bytes, {result.bits_per_weight:.3f} bits "
           f"per coded weight ({result.coded_weights} weights), method {result.method}, lambda "
           f"{result.lam:.4g}, in {time.perf_counter() - start:.2f} s", file=sys.stderr)

@@ -123,6 +123,7 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                         batch_size: int = 8, stack: str | None = None,
                         per_channel: bool = False, grid_choice: str = DEFAULT_GRID_CHOICE,
                         act_order: bool = True, sensitivity: bool = True,
+                        embedding_smoothing: float | None = None,
                         metadata: dict | None = None, progress=True,
                         resume: bool = False, target_bpw: float | None = None,
                         target_fidelity: float | None = None,
@@ -134,7 +135,8 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
 
     ``calibration_text``: a text file (one text per line) or a list of strings; None uses the
     bundled English sentences (domain text of your own calibrates better). The other options
-    are those of :func:`nncodec_rd.torch.compress_model.compress`.
+    are those of :func:`nncodec_rd.torch.compress_model.compress` (``embedding_smoothing``:
+    None for its default).
 
     The run keeps a journal in ``path + ".journal"`` (removed when the file is written):
     ``resume=True`` continues a run that was stopped (killed, out of memory, a power cut) after
@@ -200,7 +202,9 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     def encoder_of(model):
         return SequentialEncoder(model, batches, weights=weights, stack=stack,
                                  per_channel=per_channel, sensitivity=sensitivity,
-                                 progress=progress, executor=executor)
+                                 progress=progress, executor=executor,
+                                 **({} if embedding_smoothing is None
+                                    else {"embedding_smoothing": embedding_smoothing}))
 
     with opened_executor(executor) as executor:
         if target_fidelity is None:

@@ -270,3 +270,24 @@ def test_a_method_the_block_encoder_cannot_run_is_refused_before_any_work(tmp_pa
     with pytest.raises(EncoderError, match="'transform' cannot encode a model folder"):
         compress_pretrained(tmp_path / "absent", tmp_path / "m.nrd", method="transform")
     assert not (tmp_path / "m.nrd").exists()
+
+
+def test_embedding_smoothing_reaches_the_folder_encoder(tmp_path):
+    """inf weighs every token's row alike: another file than the default's; 0 is refused."""
+    source = tmp_path / "source"
+    model_folder(source)
+    from nncodec_rd.format.errors import EncoderError
+    from nncodec_rd.torch import compress_pretrained
+
+    files = {}
+    for smoothing in (None, float("inf")):
+        path = tmp_path / f"{smoothing}.nrd"
+        compress_pretrained(source, path, calibration_text=["the model is small"] * 3,
+                            sequences=2, sequence_length=8, progress=False,
+                            embedding_smoothing=smoothing)
+        files[smoothing] = nncodec_rd.load_file(path)["model.embed_tokens.weight"]
+    assert not np.array_equal(files[None], files[float("inf")])
+    with pytest.raises(EncoderError, match="embedding_smoothing must be positive"):
+        compress_pretrained(source, tmp_path / "bad.nrd", calibration_text=["the model"],
+                            progress=False, embedding_smoothing=0.0)
+    assert not (tmp_path / "bad.nrd").exists()
