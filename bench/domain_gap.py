@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # the repository root: `import bench.
 from bench.minilm_rate_fidelity import OTHER_DOMAIN_FIGURE, build_workload  # noqa: E402
 from bench.other_domain_text import license_sentences  # noqa: E402
 from bench.rate_fidelity import (  # noqa: E402
+    bracket,
     load_into,
     load_weights,
     machine_description,
@@ -72,22 +73,20 @@ TARGET = 0.99
 """The rate–fidelity benchmark's target: mean cosine on the documentation."""
 
 
-def at_target(points: list, part: str = "all") -> dict | None:
-    """Bits per weight, both cosines and the gap where ``part``'s cosine on the documentation
-    reaches :data:`TARGET`, each linear between the two files that bracket it (as
-    ``bench.rate_fidelity.interpolate_bits_at``); None if none do."""
-    ordered = sorted(points, key=lambda point: point["bits_per_weight"])
-    for lower, upper in zip(ordered, ordered[1:]):
-        low, high = lower["parts"][part], upper["parts"][part]
-        if low["cosine, documentation"] < TARGET <= high["cosine, documentation"]:
-            share = ((TARGET - low["cosine, documentation"])
-                     / (high["cosine, documentation"] - low["cosine, documentation"]))
-            other = low["cosine, license text"] + share * (high["cosine, license text"]
-                                                           - low["cosine, license text"])
-            return {"bits_per_weight": lower["bits_per_weight"] + share * (
-                        upper["bits_per_weight"] - lower["bits_per_weight"]),
-                    "cosine, license text": other, "gap": TARGET - other}
-    return None
+def at_target(points: list) -> dict | None:
+    """Bits per weight, the cosine on the license text and the gap where the whole file's
+    cosine on the documentation reaches :data:`TARGET`, each linear between the two files that
+    bracket it (``bench.rate_fidelity.bracket``); None if none do."""
+    found = bracket(points, TARGET, lambda point: point["parts"]["all"]["cosine, documentation"])
+    if found is None:
+        return None
+    lower, upper, share = found
+    low, high = lower["parts"]["all"], upper["parts"]["all"]
+    other = low["cosine, license text"] + share * (high["cosine, license text"]
+                                                   - low["cosine, license text"])
+    return {"bits_per_weight": lower["bits_per_weight"] + share * (
+                upper["bits_per_weight"] - lower["bits_per_weight"]),
+            "cosine, license text": other, "gap": TARGET - other}
 
 
 def unseen_share(tokenizer, calibration, text) -> float:

@@ -67,17 +67,33 @@ def measure(workload: Workload, model) -> tuple[float, dict]:
     return float(value), {}
 
 
-def interpolate_bits_at(points: list[dict], target: float) -> float | None:
-    """Bits per weight at fidelity ``target`` on a curve of ``{"bits_per_weight", "fidelity"}``
-    points, by linear interpolation between the two nearest points that bracket it (the smallest
-    rate that reaches the target); None if no point reaches it."""
+def bracket(points: list[dict], target: float, fidelity=lambda point: point["fidelity"]):
+    """``(lower, upper, share)``: the two neighbouring points of a curve (ordered by
+    ``"bits_per_weight"``) whose ``fidelity`` brackets ``target`` at the smallest rate, and how
+    far between them the target lies (0 at ``lower``, 1 at ``upper``); None if no two do (never
+    reached, or reached below the measured range: no extrapolation).
+
+    >>> curve = [{"bits_per_weight": 2.0, "fidelity": 0.9},
+    ...          {"bits_per_weight": 4.0, "fidelity": 1.0}]
+    >>> round(bracket(curve, 0.95)[2], 6)
+    0.5
+    """
     ordered = sorted(points, key=lambda point: point["bits_per_weight"])
     for lower, upper in zip(ordered, ordered[1:]):
-        if lower["fidelity"] < target <= upper["fidelity"]:
-            share = (target - lower["fidelity"]) / (upper["fidelity"] - lower["fidelity"])
-            return lower["bits_per_weight"] + share * (upper["bits_per_weight"]
-                                                       - lower["bits_per_weight"])
-    return None  # never reached, or reached below the measured range: no extrapolation
+        if fidelity(lower) < target <= fidelity(upper):
+            return lower, upper, (target - fidelity(lower)) / (fidelity(upper) - fidelity(lower))
+    return None
+
+
+def interpolate_bits_at(points: list[dict], target: float) -> float | None:
+    """Bits per weight at fidelity ``target`` on a curve of ``{"bits_per_weight", "fidelity"}``
+    points, linear between the two points that :func:`bracket` it; None if none do."""
+    found = bracket(points, target)
+    if found is None:
+        return None
+    lower, upper, share = found
+    return lower["bits_per_weight"] + share * (upper["bits_per_weight"]
+                                               - lower["bits_per_weight"])
 
 
 def _progress(message: str) -> None:

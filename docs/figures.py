@@ -1002,15 +1002,14 @@ embedding row alike."""
 
 def figure_at_target(points: list, target: float, figure: str) -> tuple | None:
     """(bits per weight, ``figure``) where the curve reaches fidelity ``target``, both linear
-    between the two files that bracket it (as ``interpolate_bits_at``); None if none do."""
-    ordered = sorted(points, key=lambda point: point["bits_per_weight"])
-    for lower, upper in zip(ordered, ordered[1:]):
-        if lower["fidelity"] < target <= upper["fidelity"]:
-            share = (target - lower["fidelity"]) / (upper["fidelity"] - lower["fidelity"])
-            return tuple(low + share * (high - low) for low, high in (
-                (lower["bits_per_weight"], upper["bits_per_weight"]),
-                (lower["figures"][figure], upper["figures"][figure])))
-    return None
+    between the two files that bracket it (``bench.rate_fidelity.bracket``); None if none do."""
+    found = bench_module("rate_fidelity").bracket(points, target)
+    if found is None:
+        return None
+    lower, upper, share = found
+    return tuple(low + share * (high - low) for low, high in (
+        (lower["bits_per_weight"], upper["bits_per_weight"]),
+        (lower["figures"][figure], upper["figures"][figure])))
 
 
 for _model in ("craft", "crnn"):  # the EasyOCR models: a table and what is coded, each
