@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Educational, spec-literal decoder for the .nrd format, version 1.0.
+"""Educational, spec-literal decoder for the .nrd format, version 1.1.
 
 Written from spec/nrd-format.md alone, in the manner of zstd's educational
 decoder: clarity over speed, one section of this file per section of the
@@ -9,7 +9,13 @@ it implements ("# spec §7.6").
     decode_file(data)          -> {name: (dtype_name, shape, element_bytes)}
     decode_indices(data, name) -> [index, ...]           (section 7)
 
-    python conformance/spec_literal_decoder.py INPUT.nrd OUTPUT.npz
+    python conformance/spec_literal_decoder.py [--spec-version 1.0|1.1] INPUT.nrd OUTPUT.npz
+
+By default it is a 1.1 decoder (spec §3.1: "a 1.1 decoder decodes both" 1.0
+and 1.1 files).  decode_file(..., spec_version="1.0") (or --spec-version 1.0)
+makes it a 1.0 decoder: bit 0 of required_features (§3.3) and grid_kind 3
+(UNIFORM_TRELLIS, §6.6) are then unknown, so a file that uses them is
+unsupported_feature, as a decoder written before 1.1 would report.
     python -m nncodec_rd.conformance.spec_literal_selftest    (its self-test, a file beside it)
 
 All decoding arithmetic uses Python integers (exact, spec §2.4) and, where the
@@ -306,12 +312,45 @@ def check_reserved(value, path, hdr):
 # =============================================================================
 
 # spec §3.1: "A decoder MUST reject a file whose major version it does not
-# implement (unsupported_version)."  "A 1.0 decoder MUST accept files of any
-# minor version 1.x" -- minor_version is therefore never checked.
+# implement (unsupported_version)."  "A 1.0 decoder MUST NOT check
+# minor_version: it MUST accept a file of any minor version 1.x (0 to 65535)"
+# -- minor_version is therefore never checked, by either version of this
+# decoder ("No step of section 4.8 looks at minor_version").
 SUPPORTED_MAJOR_VERSION = 1
 
-# spec §3.3: "Version 1.0 defines no bit" of required_features.
-KNOWN_REQUIRED_FEATURES = 0
+# spec §3.3 Required features:
+#   | bit | feature | since | meaning |
+#   | 0   | trellis | 1.1   | some tensor has grid_kind UNIFORM_TRELLIS (section 6.6) |
+# "Version 1.0 defines no bit: a 1.0 decoder rejects a file with bit 0 set."
+# "Bits 1 to 31 are not defined."
+FEATURE_TRELLIS = 1 << 0
+
+
+@dataclass(frozen=True)
+class SpecVersion:
+    """What a decoder of one version of the spec knows (spec §3.1: "This
+    document defines 1.1: version 1.0 and the additions of 1.1, each marked
+    "(1.1)" where it is defined")."""
+    name: str
+    known_required_features: int      # spec §3.3, §4.8 step 4
+    known_grid_kinds: frozenset       # spec §6 GridKind, §3.2
+
+
+# 1.0: no feature bit; GridKind UNIFORM (1) and CODEBOOK (2).
+SPEC_1_0 = SpecVersion("1.0", 0, frozenset({1, 2}))
+# 1.1: bit 0 (trellis); GridKind adds UNIFORM_TRELLIS (3), spec §6.6 "(1.1)".
+SPEC_1_1 = SpecVersion("1.1", FEATURE_TRELLIS, frozenset({1, 2, 3}))
+SPEC_VERSIONS = {"1.0": SPEC_1_0, "1.1": SPEC_1_1}
+DEFAULT_SPEC_VERSION = "1.1"
+
+
+def spec_version_of(spec_version):
+    """"1.0" / "1.1" (or a SpecVersion) -> SpecVersion."""
+    if isinstance(spec_version, SpecVersion):
+        return spec_version
+    if spec_version not in SPEC_VERSIONS:
+        raise ValueError(f"spec_version must be one of {sorted(SPEC_VERSIONS)}, not {spec_version!r}")
+    return SPEC_VERSIONS[spec_version]
 
 # spec §3.4: "Version 1.0 defines no extension type."
 KNOWN_EXTENSION_TYPES = frozenset()
@@ -322,7 +361,8 @@ def check_enum(value, enum, path, hdr):
     # define means the file uses a feature of a later minor version: the
     # decoder MUST reject the file with unsupported_feature".
     if value not in enum:
-        hdr.fail("unsupported_feature", path, f"value {value} is not defined in version 1.0")
+        hdr.fail("unsupported_feature", path,
+                 f"value {value} is not defined in version {hdr.version.name}")
 
 
 def check_extensions(exts, hdr):
@@ -369,6 +409,7 @@ class Header:
     data: bytes
     preamble: Preamble
     fields: dict                       # field path -> absolute byte offset
+    version: SpecVersion = SPEC_1_1    # the spec version this decoder implements
     metadata: list = field(default_factory=list)
     tensors: list = field(default_factory=list)
     extensions: list = field(default_factory=list)
@@ -377,8 +418,9 @@ class Header:
         raise SpecError(name, path, self.fields.get(path), detail)
 
 
-def read_preamble(data):
+def read_preamble(data, spec_version=DEFAULT_SPEC_VERSION):
     """spec §4.8 steps 1 to 8."""
+    version = spec_version_of(spec_version)
     # spec §4.8 step 1: "If the file has fewer than 32 bytes: if its first
     # min(length, 8) bytes equal the first min(length, 8) bytes of the magic
     # (an empty file included), truncated; else bad_magic."
@@ -399,10 +441,14 @@ def read_preamble(data):
         raise SpecError("unsupported_version", "preamble.major_version", 8,
                         f"major version {major}, this decoder implements 1")
     # spec §4.8 step 4: "required_features has a bit this decoder does not
-    # know: unsupported_feature."  (spec §3.3)
-    if features & ~KNOWN_REQUIRED_FEATURES:
+    # know: unsupported_feature."  spec §3.3: "A decoder MUST reject a file
+    # with any bit it does not know set (unsupported_feature, section 4.8
+    # step 4), so a decoder of an earlier version stops before the header."
+    # A 1.1 decoder knows bit 0; a 1.0 decoder knows none.
+    if features & ~version.known_required_features:
         raise SpecError("unsupported_feature", "preamble.required_features", 12,
-                        f"unknown required-feature bits 0x{features:08x}")
+                        f"required-feature bits 0x{features & ~version.known_required_features:08x} "
+                        f"are not known to a {version.name} decoder")
     # spec §4.8 step 5: "_reserved0 != 0: reserved_value."
     if reserved0 != 0:
         raise SpecError("reserved_value", "preamble._reserved0", 28,
@@ -424,7 +470,7 @@ def read_preamble(data):
     return pre
 
 
-def parse_header(data, pre):
+def parse_header(data, pre, spec_version=DEFAULT_SPEC_VERSION):
     """spec §4.8 step 9: "Parse the Header (sections 4.3 to 5.6), syntax only.
     While parsing, a decoder detects: regions overrun or not filled
     (header_size_mismatch at Header level, invalid_value inside a sized field,
@@ -440,7 +486,8 @@ def parse_header(data, pre):
     key lengths, dimensions, element_count, precision_bits, has_zero_point,
     enumerations, ...) is applied in step 10 (check_semantics)."""
     fields = {}
-    hdr = Header(data, pre, fields)
+    version = spec_version_of(spec_version)
+    hdr = Header(data, pre, fields, version)
     r = Reader(data, PREAMBLE_SIZE, PREAMBLE_SIZE + pre.header_size,
                "header_size_mismatch", "the Header", fields)
     # spec §4.3 Header: metadata, tensor_count, tensors, extensions.
@@ -448,7 +495,7 @@ def parse_header(data, pre):
     tensor_count = r.int("u32", "header.tensor_count")
     check_limit(tensor_count, LIMIT_TENSOR_COUNT, "header.tensor_count", r.pos - 4)
     for i in range(tensor_count):
-        hdr.tensors.append(parse_tensor_record(r, i))
+        hdr.tensors.append(parse_tensor_record(r, i, version))
     hdr.extensions = parse_extensions(r, "header.extensions")
     # spec §4.3: "The Header's structures MUST fill exactly header_size bytes
     # (header_size_mismatch if they end earlier or would run past it)."
@@ -534,12 +581,12 @@ def check_layout(hdr):
                         f"{len(data) - end} bytes follow the end of the last payload")
 
 
-def read_file_header(data):
+def read_file_header(data, spec_version=DEFAULT_SPEC_VERSION):
     """spec §4.8 Reading a file (procedure), steps 1 to 11: everything that
     must be checked before any tensor is decoded."""
     data = bytes(data)
-    pre = read_preamble(data)                 # steps 1-8
-    hdr = parse_header(data, pre)             # step 9
+    pre = read_preamble(data, spec_version)             # steps 1-8
+    hdr = parse_header(data, pre, spec_version)         # step 9
     check_semantics(hdr)                      # step 10
     check_layout(hdr)                         # step 11
     return hdr
@@ -638,7 +685,7 @@ class TensorRecord:
         return self.name.decode("utf-8")
 
 
-def parse_tensor_record(r, index):
+def parse_tensor_record(r, index, version=SPEC_1_1):
     """spec §5.2 TensorRecord (syntax only, spec §4.8 step 9)."""
     p = f"header.tensors[{index}]"
     # name: "string (u16 size)".  Its length limit is a step-10 rule (§4.9
@@ -660,7 +707,7 @@ def parse_tensor_record(r, index):
         rec.raw_payload = parse_payload_ref(body, f"{p}.body.payload")
         body.finish(f"{p}.body")
     elif coding == CODING_RANS:
-        rec.rans = parse_rans_body(body, f"{p}.body")
+        rec.rans = parse_rans_body(body, f"{p}.body", version)
         body.finish(f"{p}.body")
     else:
         # spec §5.3 "An unknown coding is unsupported_feature (its body is a

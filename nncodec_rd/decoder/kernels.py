@@ -18,7 +18,7 @@ from typing import NamedTuple, get_type_hints
 import numpy as np
 from numba import njit
 
-from ..format.constants import RANS_STATE_LOWER_BOUND, Limits
+from ..format.constants import RANS_STATE_LOWER_BOUND, TRELLIS_NEXT_STATE, Limits
 from ..format.errors import ErrorCode
 
 # Output kinds of the chunk kernels (what they write per element; ChunkTables.output_kind).
@@ -260,6 +260,32 @@ def uniform_values(steps, indices, zero_points) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         return (np.asarray(steps, np.float32)
                 * (np.asarray(indices, np.int64) - zero_points).astype(np.float32))
+
+
+_TRELLIS_NEXT = np.array(TRELLIS_NEXT_STATE, dtype=np.int8)
+
+
+def trellis_values(indices: np.ndarray, row_length: int, first_row: int, row_count: int,
+                   steps: np.ndarray, rows_per_group: int) -> np.ndarray:
+    """spec §6.6 for one chunk: the binary32 values of ``indices`` (the chunk's ``row_count``
+    rows of ``row_length`` indices, flat, from row ``first_row`` of the tensor). Each column's
+    state starts at 0 and follows its indices down the rows; a state of 0 or 1 takes quantizer
+    0 (``d = 2 q``), 2 or 3 quantizer 1 (``d = 2 q - sgn(q)``); ``value = RN32(step x f32(d))``.
+    Plain NumPy, a row at a time (the rows of a column depend on each other, the columns not).
+
+    >>> trellis_values(np.array([1, 1, -1, 0]), 1, 0, 4, np.float32([0.5]), 0).tolist()
+    [1.0, 0.5, -0.5, 0.0]
+    """
+    rows = np.asarray(indices, dtype=np.int64).reshape(row_count, row_length)
+    values = np.empty((row_count, row_length), dtype=np.float32)
+    state = np.zeros(row_length, dtype=np.int8)
+    for r in range(row_count):
+        q = rows[r]
+        d = 2 * q - np.where(state >= 2, np.sign(q), 0)  # |d| < 2^24: exact in binary32
+        group = (first_row + r) // rows_per_group if rows_per_group > 0 else 0
+        values[r] = np.float32(steps[group]) * d.astype(np.float32)
+        state = _TRELLIS_NEXT[state, q & 1]  # q & 1 is q mod 2 for negative q too
+    return values.reshape(-1)
 
 
 def float32_to_half_bits(values: np.ndarray, output_kind: int) -> np.ndarray:

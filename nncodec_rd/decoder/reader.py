@@ -22,6 +22,7 @@ from ..format.constants import (
     ContextModel,
     EscapeMode,
     GridKind,
+    UNIFORM_GRID_KINDS,
     TensorDtype,
     TransformKind,
 )
@@ -159,7 +160,9 @@ class ChunkDecoder:
         symbol_contexts = kernels.contexts_of_symbols(body.alphabet_size, body.index_offset,
                                                       int(body.context_model), body.context_count,
                                                       body.context_center, escape_symbol)
-        if body.grid_kind == GridKind.UNIFORM:
+        if body.grid_kind in UNIFORM_GRID_KINDS:
+            # A trellis grid reaches the kernels for its indices only (spec §6.6 is applied
+            # after them, _decode_chunks); as a uniform grid, so that no symbol is flagged.
             grid = body.grid
             steps = np.array(grid.steps, dtype=np.float32)
             zero_points = (np.array(grid.zero_points, dtype=np.int64) if grid.has_zero_point
@@ -172,8 +175,10 @@ class ChunkDecoder:
             steps, zero_points = np.zeros(1, np.float32), np.zeros(1, np.int64)
             codebook = np.array(body.grid.codebook_values, dtype=np.float32)
             codebook_first, rows_per_group, group_count = body.grid.first_index, 0, 1
+        grid_kind = (kernels.GRID_UNIFORM if body.grid_kind in UNIFORM_GRID_KINDS
+                     else kernels.GRID_CODEBOOK)
         value_table, invalid_symbols = kernels.build_value_table(
-            body.alphabet_size, body.index_offset, int(body.grid_kind), group_count, steps,
+            body.alphabet_size, body.index_offset, grid_kind, group_count, steps,
             zero_points, codebook, codebook_first, output_kind)
         if max_value_table_bytes is not None and value_table.nbytes > max_value_table_bytes:
             value_table = value_table[:0]
@@ -184,7 +189,7 @@ class ChunkDecoder:
         return cls(f"header.tensors[{position}].body.chunks", int(body.coded_row_length),
                    int(body.lane_count), int(body.precision_bits), int(body.context_model),
                    int(body.context_count), int(body.context_center), escape_symbol,
-                   int(body.index_offset), frequencies, symbol_contexts, int(body.grid_kind),
+                   int(body.index_offset), frequencies, symbol_contexts, grid_kind,
                    int(rows_per_group), steps, zero_points, codebook, int(codebook_first),
                    value_table, invalid_symbols, output_kind)
 
@@ -489,9 +494,10 @@ class NrdFile:
             chunks = body.chunk_count
             context = ContextModel(body.context_model).name.lower()
             precision = int(body.precision_bits)
-            if body.grid_kind == GridKind.UNIFORM:
-                grid = "uniform" + (f"/{body.grid.group_count} steps" if body.grid.group_count > 1
-                                    else f" step={body.grid.steps[0]:.4g}")
+            if body.grid_kind in UNIFORM_GRID_KINDS:
+                grid = ("trellis" if body.grid_kind == GridKind.UNIFORM_TRELLIS else "uniform") \
+                    + (f"/{body.grid.group_count} steps" if body.grid.group_count > 1
+                       else f" step={body.grid.steps[0]:.4g}")
                 if body.grid.has_zero_point:
                     grid += "+zp"
             else:
@@ -788,10 +794,18 @@ class NrdFile:
         first_rows = np.array([extents[k].first_row for k in selected], dtype=np.int64)
         counts = np.array([extents[k].symbol_count for k in selected], dtype=np.int64)
         out_starts = np.array([extents[k].first_symbol - base_symbol for k in selected], np.int64)
+        # spec §6.6: a trellis grid's values depend on the indices above them in the chunk, so
+        # its chunks are decoded to indices and the values made from those.
+        value_kind = output_kind
+        trellis = (body.grid_kind == GridKind.UNIFORM_TRELLIS
+                   and output_kind != kernels.OUTPUT_INDEX)
+        if trellis:
+            output_kind = kernels.OUTPUT_INDEX
+            self._reserve(record, total * 8, "the decoded indices and their values")
         decoder = self._chunk_decoder(record, position, output_kind)
         lo = (start_row - first_row) * row_length
         hi = (stop_row - first_row) * row_length
-        if destination is not None and (lo, hi) == (0, total):
+        if destination is not None and (lo, hi) == (0, total) and not trellis:
             out = destination  # the requested rows are whole chunks: decode in place
         else:
             self._reserve(record, total * (2 if output_kind in (kernels.OUTPUT_FLOAT16,
@@ -810,10 +824,32 @@ class NrdFile:
                 # way and chunks never reached: zero it rather than leave that mix (get_tensor).
                 destination[:] = 0
             raise
+        if trellis:
+            out = self._trellis_values(body, rows, out, first_rows, counts, out_starts,
+                                       value_kind)
         if destination is not None and out is not destination:
             destination[:] = out[lo:hi]
             return destination
         return out[lo:hi] if (lo, hi) != (0, total) else out
+
+    @staticmethod
+    def _trellis_values(body, rows: int, indices: np.ndarray, first_rows, counts, out_starts,
+                        output_kind: int) -> np.ndarray:
+        """spec §6.6 chunk by chunk (each starts its columns' states at 0), then §6.5: the
+        decoded chunks' ``indices`` as the output kind's words (float32, or binary16/bfloat16
+        patterns)."""
+        row_length = int(body.coded_row_length)
+        rows_per_group = min(int(body.grid.rows_per_group), max(rows, 1))
+        steps = np.asarray(body.grid.steps, dtype=np.float32)
+        values = np.empty(len(indices), dtype=np.float32)
+        for first_row, count, start in zip(first_rows, counts, out_starts):
+            chunk = slice(int(start), int(start) + int(count))
+            values[chunk] = kernels.trellis_values(
+                indices[chunk], row_length, int(first_row),
+                int(count) // row_length if row_length else 0, steps, rows_per_group)
+        if output_kind == kernels.OUTPUT_FLOAT32:
+            return values
+        return kernels.float32_to_half_bits(values, output_kind)
 
     # -- lifetime ----------------------------------------------------------------------------
 

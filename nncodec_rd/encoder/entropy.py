@@ -77,6 +77,16 @@ class EntropySettings:
             raise EncoderError(f"context_model must be iid, previous or auto, not "
                                f"{self.context_model!r}")
 
+    def rows_per_chunk(self, rows: int, coded_row_length: int) -> int:
+        """Rows per chunk of a tensor of ``rows`` x ``coded_row_length`` symbols (spec §7.1):
+        whole rows, about ``symbols_per_chunk`` symbols. The quantizer of a trellis grid asks
+        it too: the trellis state restarts at each chunk (spec §6.6).
+
+        >>> EntropySettings().rows_per_chunk(10_000, 384)
+        682
+        """
+        return max(1, min(rows, self.symbols_per_chunk // max(coded_row_length, 1)))
+
 
 def _integer(settings: EntropySettings, name: str) -> int:
     """The integer field ``name`` (any integer type, stored as int); EncoderError otherwise."""

@@ -252,9 +252,12 @@ def _grid_record(grid, rows: int) -> tuple[int, dict]:
         zero_points = [] if grid.zero_points is None else [int(z) for z in grid.zero_points]
         if zero_points and len(zero_points) != group_count:
             raise EncoderError(f"{len(zero_points)} zero points for {group_count} groups")
-        return GridKind.UNIFORM, dict(rows_per_group=grid.rows_per_group, group_count=group_count,
-                                      has_zero_point=1 if zero_points else 0,
-                                      steps=[float(s) for s in grid.steps], zero_points=zero_points)
+        if grid.trellis and zero_points:
+            raise EncoderError("a trellis grid has no zero points (spec §6.6)")
+        kind = GridKind.UNIFORM_TRELLIS if grid.trellis else GridKind.UNIFORM
+        return kind, dict(rows_per_group=grid.rows_per_group, group_count=group_count,
+                          has_zero_point=1 if zero_points else 0,
+                          steps=[float(s) for s in grid.steps], zero_points=zero_points)
     if isinstance(grid, CodebookGrid):
         if len(grid.values) == 0 or not np.all(np.isfinite(grid.values)):
             raise EncoderError("a codebook needs at least one value, all finite")
@@ -394,7 +397,7 @@ def encode_rans_tensor(name: str, indices: np.ndarray, grid, dtype, *,
                                f"{first} ... {first + size - 1}")
     index_offset, alphabet_size, escape = _choose_alphabet(flat, settings.max_alphabet_size)
     symbols = _symbols_of(flat, index_offset, alphabet_size, escape)
-    rows_per_chunk = max(1, min(geometry.rows, settings.symbols_per_chunk // max(coded_row_length, 1)))
+    rows_per_chunk = settings.rows_per_chunk(geometry.rows, coded_row_length)
     extents = chunk_extents(geometry.rows, coded_row_length, rows_per_chunk)
     model, context_count, center, contexts, frequencies, precision_bits = _plan_contexts(
         flat, symbols, extents, coded_row_length, settings, index_offset, context_center)
@@ -493,7 +496,8 @@ def check_written_head(head: bytes, file_size: int) -> None:
     try:
         preamble = parse_preamble(head, file_size=file_size)
         header = parse_header(head, preamble)
-        validate_header(header, preamble.header_size, planned, Report())
+        validate_header(header, preamble.header_size, planned, Report(),
+                        required_features=preamble.required_features)
     except NrdError as error:
         raise EncoderError(f"the file would break the spec ({error}); nothing was written") \
             from None

@@ -15,9 +15,23 @@ PREAMBLE_SIZE_BYTES = 32
 
 # spec §3: versioning
 FORMAT_MAJOR_VERSION = 1
-FORMAT_MINOR_VERSION = 0
-# spec §3.3: required-feature bits defined by this minor version (none in 1.0).
-KNOWN_REQUIRED_FEATURES = 0x00000000
+FORMAT_MINOR_VERSION = 1
+# spec §3.3: required-feature bits. 1.0 defines none; 1.1 defines bit 0.
+FEATURE_TRELLIS = 0x00000001  # spec §6.6: a tensor uses the UNIFORM_TRELLIS grid
+KNOWN_REQUIRED_FEATURES = FEATURE_TRELLIS
+# The minor version that defines each required-feature bit (spec §3.3).
+FEATURE_MINOR_VERSIONS = {FEATURE_TRELLIS: 1}
+
+
+def minor_version_for(required_features: int) -> int:
+    """The minor version a file is written with: the latest that defines one of its
+    ``required_features``, so a file using no feature of 1.1 stays a 1.0 file (spec §3.1).
+
+    >>> minor_version_for(0), minor_version_for(FEATURE_TRELLIS)
+    (0, 1)
+    """
+    return max((minor for bit, minor in FEATURE_MINOR_VERSIONS.items()
+                if required_features & bit), default=0)
 
 # spec §4.7: every payload starts at a multiple of this many bytes.
 PAYLOAD_ALIGNMENT_BYTES = 64
@@ -78,6 +92,14 @@ class GridKind(enum.IntEnum):
 
     UNIFORM = 1
     CODEBOOK = 2
+    UNIFORM_TRELLIS = 3  # format 1.1, spec §6.6
+
+
+# spec §6.1 and §6.6: the grid kinds whose `grid` is a UniformGrid.
+UNIFORM_GRID_KINDS = (GridKind.UNIFORM, GridKind.UNIFORM_TRELLIS)
+
+# spec §6.6: the next trellis state of a column, by its state and the parity of the index.
+TRELLIS_NEXT_STATE = ((0, 2), (2, 0), (1, 3), (3, 1))
 
 
 class TransformKind(enum.IntEnum):

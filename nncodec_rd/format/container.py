@@ -14,11 +14,14 @@ from construct import Container, ConstructError, ListContainer, StreamError
 from .checksum import crc32c
 from .constants import (
     FORMAT_MAJOR_VERSION,
+    FEATURE_TRELLIS,
     FORMAT_MINOR_VERSION,
     KNOWN_REQUIRED_FEATURES,
     MAGIC,
     PREAMBLE_SIZE_BYTES,
+    GridKind,
     Limits,
+    minor_version_for,
 )
 from .errors import (
     BadMagicError,
@@ -79,7 +82,8 @@ def _raise_parse_error(error: Exception, stream, header_end: int) -> None:
     raise FormatError(message, field=field, offset=offset, code=ErrorCode.INVALID_VALUE) from None
 
 
-def parse_preamble(buffer, file_size: int | None = None) -> Container:
+def parse_preamble(buffer, file_size: int | None = None, *,
+                   known_features: int = KNOWN_REQUIRED_FEATURES) -> Container:
     """Parse and check the 32-byte Preamble (spec §4.1-§4.3).
 
     Parameters
@@ -88,6 +92,10 @@ def parse_preamble(buffer, file_size: int | None = None) -> Container:
         The file's bytes (or at least its first 32), any bytes-like object.
     file_size:
         The whole file's size, to check that the header fits; defaults to ``len(buffer)``.
+    known_features:
+        The required-feature bits this reading accepts (spec §3.3): every bit this package
+        implements by default; 0 reads as a 1.0 decoder does, refusing a 1.1 file that needs
+        the trellis grid with ``unsupported_feature``.
 
     Raises
     ------
@@ -109,11 +117,13 @@ def parse_preamble(buffer, file_size: int | None = None) -> Container:
             f"format_version {preamble.major_version}.{preamble.minor_version}; this decoder "
             f"reads {FORMAT_MAJOR_VERSION}.x; upgrade nncodec-rd", field="preamble.major_version",
             offset=8)
-    unknown_features = preamble.required_features & ~KNOWN_REQUIRED_FEATURES
+    unknown_features = preamble.required_features & ~known_features
     if unknown_features:
+        reads = (f"{FORMAT_MAJOR_VERSION}.{FORMAT_MINOR_VERSION}"
+                 if known_features == KNOWN_REQUIRED_FEATURES else "1.0")
         raise UnsupportedFeatureError(
             f"required feature bits 0x{unknown_features:08x} are unknown to this decoder "
-            f"(format {FORMAT_MAJOR_VERSION}.{FORMAT_MINOR_VERSION}); upgrade nncodec-rd",
+            f"(format {reads}); upgrade nncodec-rd",
             field="preamble.required_features", offset=12)
     if preamble._reserved0 != 0:
         raise ReservedValueError(f"reserved field is {preamble._reserved0}, must be 0",
@@ -162,28 +172,45 @@ def parse_header(buffer, preamble: Container) -> Container:
     return header
 
 
-def read_container(buffer, *, collect: bool = False):
+def read_container(buffer, *, collect: bool = False,
+                   known_features: int = KNOWN_REQUIRED_FEATURES):
     """Parse, checksum and validate the whole container (spec §4.9 steps 1-11).
 
     Returns ``(preamble, header, errors)``: ``errors`` is empty unless ``collect`` is true, in which
     case semantic violations are gathered instead of raised (syntax errors are always raised:
-    nothing after them can be read).
+    nothing after them can be read). ``known_features``: as :func:`parse_preamble`'s.
     """
-    preamble = parse_preamble(buffer)
+    preamble = parse_preamble(buffer, known_features=known_features)
     check_header_checksum(buffer, preamble)
     header = parse_header(buffer, preamble)
     report = Report(collect=collect)
-    validate_header(header, preamble.header_size, buffer, report)
+    validate_header(header, preamble.header_size, buffer, report,
+                    required_features=preamble.required_features)
     return preamble, header, report.errors
 
 
-def build_container_head(header: dict, *, required_features: int = 0) -> bytes:
+def features_used(header: dict) -> int:
+    """The required-feature bits the tensors of ``header`` (a plain dict) use (spec §3.3)."""
+    features = 0
+    for record in header["tensors"]:
+        body = record.get("body")
+        if isinstance(body, dict) and body.get("grid_kind") == GridKind.UNIFORM_TRELLIS:
+            features |= FEATURE_TRELLIS
+    return features
+
+
+def build_container_head(header: dict, *, required_features: int | None = None) -> bytes:
     """Build the Preamble and Header bytes of a file whose header is ``header`` (a plain dict).
 
-    The header checksum and size are derived here, never set by the caller.
+    The header checksum and size are derived here, never set by the caller; so are the
+    required features (:func:`features_used`) and the minor version they need, unless
+    ``required_features`` is given (the conformance suite's invalid files).
     """
+    if required_features is None:
+        required_features = features_used(header)
     header_bytes = Header.build(header)
-    preamble = dict(major_version=FORMAT_MAJOR_VERSION, minor_version=FORMAT_MINOR_VERSION,
+    preamble = dict(major_version=FORMAT_MAJOR_VERSION,
+                    minor_version=minor_version_for(required_features),
                     required_features=required_features, header_size=len(header_bytes),
                     header_crc32c=0, _reserved0=0)
     head = Preamble.build(preamble)

@@ -13,7 +13,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class UniformGrid:
-    """spec §6.1: value = step[g] * (index - zero_point[g]) for the rows of group g.
+    """spec §6.1: value = step[g] * (index - zero_point[g]) for the rows of group g; with
+    ``trellis``, spec §6.6 (format 1.1): value = step[g] * d, d = 2 q or 2 q - sgn(q) by the
+    column's trellis state.
 
     Parameters
     ----------
@@ -24,11 +26,14 @@ class UniformGrid:
         Optional integer zero point per group (index of the value 0).
     rows_per_group:
         Rows sharing a step; 0 means one group for the whole tensor, 1 means a step per row.
+    trellis:
+        The UNIFORM_TRELLIS grid (spec §6.6): no zero points.
     """
 
     steps: np.ndarray
     zero_points: np.ndarray | None = None
     rows_per_group: int = 0
+    trellis: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "steps", np.atleast_1d(np.asarray(self.steps, dtype=np.float32)))

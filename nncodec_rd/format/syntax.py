@@ -482,7 +482,7 @@ _RANS_FIELDS = "<BIQBBBBBBiiI"  # transform_kind ... alphabet_size (spec §7.1)
 
 def _walk_grid(view: memoryview, position: int, end: int, kind) -> Container:
     grid = Container()
-    if kind == GridKind.UNIFORM:
+    if kind in (GridKind.UNIFORM, GridKind.UNIFORM_TRELLIS):  # spec §6.6: the same layout
         rows_per_group, groups, has_zero_point = _unpack("<QIB", view, position)
         if groups > Limits.MAX_GROUP_COUNT:
             raise _Irregular
@@ -638,9 +638,9 @@ Preamble = Struct(
     "magic" / Const(MAGIC) * "File signature, the 8 bytes 89 4E 52 44 0D 0A 1A 0A.",
     "major_version" / Int16ul * "Major format version; 1 for this specification.",
     "minor_version" / Int16ul
-    * "Minor format version; 0 for this specification. Never checked: a 1.0 decoder accepts any value (§3.1).",
+    * "Minor format version: 1 for a file that uses a feature of 1.1, else 0. Never checked: a decoder accepts any value (§3.1).",
     "required_features" / Int32ul
-    * "Bit set of features a decoder MUST implement to decode the file; none are defined in 1.0 (MUST be 0).",
+    * "Bit set of features a decoder MUST implement to decode the file (§3.3): bit 0, the trellis grid (1.1); no other bit is defined.",
     "header_size" / Int64ul * "Size in bytes of the Header that follows the Preamble.",
     "header_crc32c" / Int32ul
     * "CRC-32C of the Preamble's first 24 bytes followed by the Header's `header_size` bytes.",
@@ -722,7 +722,9 @@ CodebookGrid = Struct(
     "codebook_values" / NumberArray(this.codebook_size, Float32l) * "Reconstruction value of indices `first_index`, `first_index`+1, ...; finite.",
 )
 
-GRIDS = {GridKind.UNIFORM: UniformGrid, GridKind.CODEBOOK: CodebookGrid}
+# spec §6.6: a UNIFORM_TRELLIS grid has the UniformGrid's layout.
+GRIDS = {GridKind.UNIFORM: UniformGrid, GridKind.CODEBOOK: CodebookGrid,
+         GridKind.UNIFORM_TRELLIS: UniformGrid}
 
 # ---------------------------------------------------------------------------------------------
 # spec §7 rANS-coded tensors

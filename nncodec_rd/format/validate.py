@@ -20,6 +20,7 @@ from .constants import (
     PREAMBLE_SIZE_BYTES,
     EXTENSION_KNOWN_FLAGS,
     EXTENSION_FLAG_REQUIRED,
+    FEATURE_TRELLIS,
     RECONSTRUCTION_DTYPES,
     Coding,
     ContextModel,
@@ -164,15 +165,17 @@ def check_raw_body(record, path: str, report: Report) -> None:
                         path + ".body.payload.size", record._start))
 
 
-def check_uniform_grid(grid, rows: int, path: str, offset, report: Report) -> None:
-    """Group count matches the rows; steps finite and positive; zero points in index range."""
+def check_uniform_grid(grid, rows: int, path: str, offset, report: Report,
+                       allowed_zero_point_flags: tuple = (0, 1)) -> None:
+    """Group count matches the rows; steps finite and positive; zero points in index range.
+    A trellis grid allows ``has_zero_point`` 0 only (spec §6.6)."""
     expected_groups = group_count_for(rows, grid.rows_per_group)
     if grid.group_count != expected_groups:
         report(_invalid(f"group_count {grid.group_count} != {expected_groups} for {rows} rows and "
                         f"rows_per_group {grid.rows_per_group}", path + ".group_count", offset))
-    if grid.has_zero_point not in (0, 1):
-        report(_invalid(f"has_zero_point must be 0 or 1, not {grid.has_zero_point}",
-                        path + ".has_zero_point", offset))
+    if grid.has_zero_point not in allowed_zero_point_flags:
+        report(_invalid(f"has_zero_point must be {' or '.join(map(str, allowed_zero_point_flags))}"
+                        f", not {grid.has_zero_point}", path + ".has_zero_point", offset))
     for position, step in enumerate(grid.steps):
         if not (math.isfinite(step) and step > 0):
             report(_invalid(f"step {step} is not finite and positive", f"{path}.steps[{position}]",
@@ -319,7 +322,8 @@ def check_chunking(body, rows: int, path: str, report: Report) -> None:
                                   field=f"{path}.chunks[{position}].size", offset=offset))
 
 
-def check_rans_body(record, position: int, tensors, path: str, report: Report) -> None:
+def check_rans_body(record, position: int, tensors, path: str, report: Report,
+                    required_features: int) -> None:
     """All rules for a rANS-coded tensor record."""
     body = record.body
     offset = body._start
@@ -333,6 +337,13 @@ def check_rans_body(record, position: int, tensors, path: str, report: Report) -
                                        field=body_path + ".grid_kind", offset=offset))
     elif body.grid_kind == GridKind.UNIFORM:
         check_uniform_grid(body.grid, geometry.rows, body_path + ".grid", offset, report)
+    elif body.grid_kind == GridKind.UNIFORM_TRELLIS:
+        # spec §6.6: the file announces the feature, and the grid has no zero points.
+        if not required_features & FEATURE_TRELLIS:
+            report(_invalid("a UNIFORM_TRELLIS grid in a file without required_features bit 0",
+                            body_path + ".grid_kind", offset))
+        check_uniform_grid(body.grid, geometry.rows, body_path + ".grid", offset, report,
+                           allowed_zero_point_flags=(0,))
     else:
         check_codebook_grid(body.grid, body_path + ".grid", offset, report)
     check_transform(record, body, position, tensors, body_path, report)
@@ -342,7 +353,7 @@ def check_rans_body(record, position: int, tensors, path: str, report: Report) -
 
 
 def check_tensor_record(record, position: int, tensors, earlier_names: set,
-                        report: Report) -> None:
+                        report: Report, required_features: int) -> None:
     """All rules for one tensor record, in the order of spec §4.9."""
     path = f"header.tensors[{position}]"
     check_tensor_name(record, path, earlier_names, report)
@@ -359,7 +370,7 @@ def check_tensor_record(record, position: int, tensors, earlier_names: set,
     if record.coding == Coding.RAW:
         check_raw_body(record, path, report)
     else:
-        check_rans_body(record, position, tensors, path, report)
+        check_rans_body(record, position, tensors, path, report, required_features)
     check_metadata(record.metadata, path + ".metadata", record._start, report)
     check_extensions(record.extensions, path + ".extensions", report)
 
@@ -548,11 +559,14 @@ def check_layout(header, header_size: int, buffer, report: Report) -> None:
                            field="file", offset=previous_end, code=ErrorCode.TRAILING_BYTES))
 
 
-def validate_header(header, header_size: int, buffer, report: Report) -> None:
-    """spec §4.9 steps 10 and 11: every semantic rule of the header, then the payload layout."""
+def validate_header(header, header_size: int, buffer, report: Report, *,
+                    required_features: int) -> None:
+    """spec §4.9 steps 10 and 11: every semantic rule of the header, then the payload layout.
+    ``required_features`` is the preamble's (a trellis grid needs its bit, spec §6.6)."""
     check_metadata(header.metadata, "header.metadata", None, report)
     earlier_names: set = set()
     for position, record in enumerate(header.tensors):
-        check_tensor_record(record, position, header.tensors, earlier_names, report)
+        check_tensor_record(record, position, header.tensors, earlier_names, report,
+                            required_features)
     check_extensions(header.extensions, "header.extensions", report)
     check_layout(header, header_size, buffer, report)
