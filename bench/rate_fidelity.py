@@ -120,6 +120,8 @@ LEVERS = {
     "uniform embedding rows": "every token's embedding row weighted alike, not by its "
                               "frequency in the calibration text "
                               "(compress(embedding_smoothing=math.inf))",
+    "trellis": "trellis-coded quantization tried on every layer of one step, kept where it "
+               "lowers D/λ + R (format 1.1, compress(trellis=True))",
 }
 """One change at a time against the library's defaults: curves of ``cerwu`` named
 ``cerwu [LEVER]``, in the same run as the default's (the lever table of docs/rate-fidelity.md);
@@ -161,6 +163,8 @@ def lever_applied(encoder: ModelEncoder, lever: str):
         finally:
             for layer, value in zip(embeddings, kept):
                 layer.problem.row_scale = value
+    elif lever == "trellis":
+        yield  # a setting of the quantizer, not of the encoder: see run_ours
     else:
         raise ValueError(f"unknown lever {lever!r}; choose from {', '.join(LEVERS)}")
 
@@ -207,6 +211,7 @@ def run_ours(workload: Workload, folder: str, methods, lam_factors, *, sensitivi
             settings = QuantizerSettings(method=method, lam=lam, grid_scale=grid_scale,
                                          per_channel=channel_steps,
                                          grid_choice=grid_choice,
+                                         trellis=lever == "trellis",
                                          entropy=entropy or EntropySettings())
             if pipeline == "sequential":
                 # Its sensitivities are relative to each block's output, so its λ has other

@@ -301,7 +301,7 @@ def add_command(commands) -> None:
     with_model.add_argument("--batch-size", type=int,
                             help="rows per batch when a file holds a single tensor (default 32)")
     for _, flag, kind in command_line_flags():  # declared with the settings (encoder/settings.py)
-        if flag.negated:
+        if flag.negated or kind is bool:
             with_model.add_argument(flag.flag, action="store_true", help=flag.help)
         else:
             with_model.add_argument(flag.flag, type=kind, choices=flag.choices, help=flag.help)

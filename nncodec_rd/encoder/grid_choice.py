@@ -41,6 +41,7 @@ from ..format.errors import EncoderError
 from .obs import CHANNEL_STEP_CLASS_RATIO, lambda_rule_steps, quantize_on_grid
 from .problem import LayerProblem, LayerResult, row_distortions
 from .rate import RateModel
+from .trellis import quantize_trellis, trellis_applies
 
 if TYPE_CHECKING:  # annotations only: the settings module imports the methods, which import this
     from .settings import QuantizerSettings
@@ -218,8 +219,16 @@ def quantize_on_chosen_grid(problem: LayerProblem, settings: QuantizerSettings) 
     if settings.per_channel == "rd":
         return choose_channel_steps(problem, settings)
     if settings.quantization_method.resolved_grid_choice(settings.grid_choice) == "rd":
-        return quantize_layer_choosing_grid(problem, settings)
-    return quantize_on_grid(problem, settings, lambda_rule_steps(problem, settings))
+        result = quantize_layer_choosing_grid(problem, settings)
+    else:
+        result = quantize_on_grid(problem, settings, lambda_rule_steps(problem, settings))
+    if settings.trellis and trellis_applies(problem, settings):
+        # The same D/λ + R rule between the trellis grid and the grid chosen above.
+        candidate = quantize_trellis(problem, settings)
+        if objective_bits(candidate, settings.lam, settings) \
+                < objective_bits(result, settings.lam, settings):
+            return candidate
+    return result
 
 
 ROW_SCALE_EXPONENTS = (-2, -1, 0, 1, 2, 3, 4)

@@ -38,11 +38,16 @@ class LayerProblem:
         rows split evenly into groups; ``None`` means the identity (no calibration data).
     row_scale:
         Optional ``(rows,)`` weight of each row's loss (an embedding's token frequencies).
+    trellis_allowed:
+        Whether the rows and columns are those of the stored tensor, as a trellis grid needs
+        (spec §6.6: its state runs down the stored columns); False for a layer stored
+        transposed.
     """
 
     weights: np.ndarray
     hessian: np.ndarray | None = None
     row_scale: np.ndarray | None = None
+    trellis_allowed: bool = True
     cache: dict = field(default_factory=dict, repr=False, compare=False)  # λ-independent factors
 
     def __post_init__(self):
@@ -100,6 +105,11 @@ class LayerResult:
         The number of bins of a bounded grid, ``None`` if any index is allowed.
     grid:
         How the grid was chosen, in a few words (``grid_choice="rd"`` names the candidate).
+    trellis_levels:
+        ``None``, or for a trellis grid (spec §6.6) the level ``d`` of each index: the weights
+        are ``steps[0] * trellis_levels``.
+    trellis_rows_per_chunk:
+        The chunk height the trellis restarted at (the writer's must be the same).
     """
 
     indices: np.ndarray
@@ -111,10 +121,26 @@ class LayerResult:
     zero_points: np.ndarray | None = None
     bins: int | None = None
     grid: str = "λ rule"
+    trellis_levels: np.ndarray | None = None
+    trellis_rows_per_chunk: int | None = None
+
+    @property
+    def levels(self) -> np.ndarray:
+        """What the steps multiply: the trellis levels, or the indices."""
+        return self.indices if self.trellis_levels is None else self.trellis_levels
+
+    def dequantized(self, rows=slice(None)) -> np.ndarray:
+        """The decoded weights of ``rows`` (float32 steps times the levels, as float32)."""
+        steps = self.steps.astype(np.float32)
+        return self.levels[rows].astype(np.float32) * (
+            steps[rows, None] if len(steps) > 1 else steps[0])
 
     def stored_indices_and_grid(self):
         """The indices as the file stores them and their grid (steps, zero points)."""
         rows_per_group = 1 if len(self.steps) > 1 else 0
+        if self.trellis_levels is not None:
+            return self.indices, UniformGrid(self.steps, rows_per_group=rows_per_group,
+                                             trellis=True)
         if self.zero_points is None:
             return self.indices, UniformGrid(self.steps, rows_per_group=rows_per_group)
         shift = self.zero_points[:, None] if len(self.zero_points) > 1 else self.zero_points[0]

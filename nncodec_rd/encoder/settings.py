@@ -39,7 +39,7 @@ def command_line_flags() -> list[tuple[str, CommandLineFlag, type]]:
     command line takes, in declaration order.
 
     >>> [(name, flag.flag) for name, flag, _ in command_line_flags()]
-    [('grid_scale', '--grid-scale'), ('act_order', '--no-act-order'), ('grid_choice', '--grid-choice')]
+    [('grid_scale', '--grid-scale'), ('act_order', '--no-act-order'), ('grid_choice', '--grid-choice'), ('trellis', '--trellis')]
     """
     return [(item.name, item.metadata["flag"], type(item.default))
             for item in fields(QuantizerSettings) if "flag" in item.metadata]
@@ -100,6 +100,10 @@ class QuantizerSettings:
         default): ``"rd"`` except for ``rtn``, where it lost on the benchmarks.
     grid_bins:
         The odd numbers of bins ``"rd"`` tries for layers with one step.
+    trellis:
+        Also quantize each layer with one step onto a trellis grid (format 1.1, spec §6.6;
+        :mod:`nncodec_rd.encoder.trellis`) and keep whichever has the least ``D/λ + R``. A file
+        with a trellis layer needs a 1.1 decoder.
     grid_search_below_bits:
         ``"rd"`` searches only layers that the λ rule codes at fewer bits per weight than this.
     """
@@ -124,6 +128,9 @@ class QuantizerSettings:
                          "rate-distortion, several quantizations per layer; auto (default): rd "
                          "except for rtn", choices=GRID_CHOICES)})
     grid_bins: tuple = (3, 5, 7, 15, 31)
+    trellis: bool = field(default=False, metadata={"flag": CommandLineFlag(
+        "--trellis", "also try trellis-coded quantization (format 1.1: decoders before 1.1 "
+                     "refuse the file) on each layer and keep it where it lowers D/lambda + R")})
     grid_search_below_bits: float = 2.0
     quantization_method: QuantizationMethod | None = field(default=None, repr=False,
                                                            compare=False)

@@ -31,7 +31,7 @@ from .sequential import SequentialEncoder
 def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: float | None = None,
              target_bpw: float | None = None, target_metric=None, path=None,
              per_channel: bool | str = False, grid_scale: float = 1.0, act_order: bool = True,
-             grid_choice: str = DEFAULT_GRID_CHOICE,
+             grid_choice: str = DEFAULT_GRID_CHOICE, trellis: bool = False,
              entropy: EntropySettings | None = None, include=None,
              embedding_smoothing: float = 1.0, sensitivity: bool = True,
              nonweights: bool = True, metadata: dict | None = None,
@@ -67,6 +67,10 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         bounded number of bins with a zero point) by rate–distortion
         (:mod:`nncodec_rd.encoder.grid_choice`), at the cost of several quantizations of that
         layer; ``"auto"`` (the default) does so for every method but ``rtn``.
+    trellis:
+        Also try trellis-coded quantization (format 1.1, spec §6.6) on each layer with one
+        step and one Hessian, keeping it where it lowers ``D/λ + R``; a 1.0 decoder refuses a
+        file with a trellis layer (``unsupported_feature``).
     entropy:
         Entropy-coding settings (:class:`nncodec_rd.EntropySettings`); by default each tensor
         gets the probability precision up to 14 bits that codes it smallest, tables included
@@ -127,7 +131,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
     # Check the settings before the slow part (Hessians, sensitivities).
     checked = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
                                 per_channel=per_channel, grid_scale=grid_scale,
-                                act_order=act_order, grid_choice=grid_choice)
+                                act_order=act_order, grid_choice=grid_choice, trellis=trellis)
     if sequential and not checked.quantization_method.block_sequential:
         raise EncoderError(f"method {method!r} needs sequential=False")
     with opened_executor(executor) as executor:
@@ -136,6 +140,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
                 model, calibration_batches, method=method, lam=lam, target_bpw=target_bpw,
                 target_metric=target_metric, path=path, per_channel=per_channel,
                 grid_scale=grid_scale, act_order=act_order, grid_choice=grid_choice,
+                trellis=trellis,
                 entropy=entropy, include=include, embedding_smoothing=embedding_smoothing,
                 sensitivity=sensitivity, metadata=metadata, progress=progress, stack=stack,
                 executor=executor)
@@ -146,7 +151,7 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
         base = QuantizerSettings(method=method,
                                  lam=encoder.default_lam() if lam is None else lam,
                                  per_channel=per_channel, grid_scale=grid_scale,
-                                 act_order=act_order, grid_choice=grid_choice,
+                                 act_order=act_order, grid_choice=grid_choice, trellis=trellis,
                                  entropy=entropy or EntropySettings())
         path = os.fspath(path) if path is not None else None
         if target_bpw is not None:
@@ -183,7 +188,8 @@ def compress(model, calibration_batches=None, *, method: str = "cerwu", lam: flo
 
 
 def _compress_sequential(model, calibration_batches, *, method, lam, target_bpw, target_metric,
-                         path, per_channel, grid_scale, act_order, grid_choice, entropy, include,
+                         path, per_channel, grid_scale, act_order, grid_choice, trellis, entropy,
+                         include,
                          embedding_smoothing, sensitivity, metadata, progress, stack, executor):
     if target_metric is not None:
         raise EncoderError("target_metric needs sequential=False (each trial would repeat the "
@@ -195,7 +201,7 @@ def _compress_sequential(model, calibration_batches, *, method, lam, target_bpw,
                                 sensitivity=sensitivity, progress=progress, executor=executor)
     settings = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
                                  per_channel=per_channel, grid_scale=grid_scale,
-                                 act_order=act_order, grid_choice=grid_choice,
+                                 act_order=act_order, grid_choice=grid_choice, trellis=trellis,
                                  entropy=entropy or EntropySettings())
     return encoder.encode(settings, path, metadata, lam=lam, target_bpw=target_bpw)
 

@@ -20,6 +20,7 @@ from ..encoder.settings import QuantizerSettings
 from ..encoder.transform import TransformLayerResult
 from ..encoder.writer import NrdWriter
 from ..format.errors import EncoderError
+from ..format.layout import RowGeometry
 from .hessians import (
     matrix_to_stored_layout,
     weight_matrix,
@@ -165,7 +166,9 @@ def make_layer(name: str, parameter: str, weight: torch.Tensor, kind: str, hessi
     """A layer to quantize: its float64 weight matrix and Hessian, and how the file stores it
     (``weight``: the module's tensor named ``parameter``; ``dtype``: the stored dtype if not the
     weight's, such as a checkpoint's bfloat16)."""
-    problem = LayerProblem(weight_matrix(weight, kind), hessian, row_scale)
+    # A trellis grid (spec §6.6) needs the matrix's rows to be the stored tensor's.
+    problem = LayerProblem(weight_matrix(weight, kind), hessian, row_scale,
+                           trellis_allowed=kind != "transposed_linear")
     stored = FORMAT_OF_TORCH_DTYPE.get(dtype or weight.dtype)
     if stored is None:
         raise EncoderError(f"{parameter}: dtype {dtype or weight.dtype} cannot be coded "
@@ -184,6 +187,12 @@ def write_layer(writer: NrdWriter, key: str, layer: CodedLayer, result, seconds:
     """Add one quantized layer's indices to ``writer`` under ``key`` (in the stored layout);
     append its :class:`LayerSummary` to ``summaries`` unless None. Returns the payload bytes."""
     indices, grid = result.stored_indices_and_grid()
+    geometry = RowGeometry.of_shape(layer.stored_shape)
+    if grid.trellis and result.trellis_rows_per_chunk != settings.entropy.rows_per_chunk(
+            geometry.rows, geometry.row_length):
+        # spec §6.6: the states restart at each chunk; the quantizer must have seen the same.
+        raise EncoderError(f"{key}: quantized for a trellis of {result.trellis_rows_per_chunk} "
+                           f"rows per chunk, written with other chunks")
     if layer.kind == "transposed_linear":
         indices = np.ascontiguousarray(indices.T)
     indices = indices.reshape(layer.stored_shape)
@@ -201,8 +210,7 @@ def reconstruction_of(layer: CodedLayer, result) -> np.ndarray:
     """The dequantized weights of ``layer`` (float32, stored layout)."""
     if isinstance(result, TransformLayerResult):
         return result.reconstruction.reshape(layer.stored_shape)
-    steps = result.steps.astype(np.float32)
-    matrix = result.indices.astype(np.float32) * (steps[:, None] if len(steps) > 1 else steps[0])
+    matrix = result.dequantized()
     return matrix_to_stored_layout(matrix, layer.stored_shape, layer.kind) \
         if layer.kind == "transposed_linear" else matrix.reshape(layer.stored_shape)
 

@@ -937,10 +937,8 @@ class SequentialEncoder:
                 if control:
                     unit_payload += payload
                 self.coded_weights += layer.problem.weights.size
-                steps = result.steps.astype(np.float32)
                 self.sqnr.add_rows(self._file_name(layer.parameter), layer.problem.weights,
-                                   lambda rows: result.indices[rows].astype(np.float32)
-                                   * (steps[rows, None] if len(steps) > 1 else steps[0]))
+                                   result.dequantized)
                 self._written.add(layer.parameter)
                 self._quantized[layer.parameter] = layer.parameter
                 for alias in self.ties.get(layer.parameter, []):
