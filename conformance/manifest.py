@@ -17,6 +17,7 @@ import struct
 import tempfile
 from pathlib import Path
 
+from nncodec_rd.format.constants import FEATURE_TRELLIS, minor_version_for
 from nncodec_rd.format.errors import ErrorCode
 
 from . import spec_literal_decoder
@@ -42,6 +43,8 @@ SECTIONS_OF_FEATURE = {
     "transform:none": ("6.3",),
     "grid:uniform": ("6.1",),
     "grid:codebook": ("6.2",),
+    "grid:trellis": ("3.3", "6.1", "6.6"),
+    "required:trellis": ("3.3",),
     "transform:right_matrix": ("6.4",),
     "escape:last_symbol": ("7.5",),
     "metadata:any": ("5.5",),
@@ -138,8 +141,11 @@ def features_of(data: bytes, decoded) -> set[str]:
             found.add("payload:empty_last")
         if any(not payload for payload in payloads):
             found.add("payload:empty")
-    if struct.unpack_from("<H", data, 10)[0] > 0:
+    minor_version, required_features = struct.unpack_from("<HI", data, 10)
+    if minor_version > minor_version_for(required_features):
         found.add("version:later_minor")
+    if required_features & FEATURE_TRELLIS:
+        found.add("required:trellis")
     if header["metadata"]["entries"]:
         found.add("metadata:file")
     if header["extensions"]["extensions"]:
@@ -183,8 +189,8 @@ def features_of(data: bytes, decoded) -> set[str]:
         body = record["body"]
         found |= {"tensor:rans", f"reconstruct:{dtype}"}
         grid = body["grid"]
-        if body["grid_kind"] == 1:
-            found.add("grid:uniform")
+        if body["grid_kind"] in (1, 3):
+            found.add("grid:uniform" if body["grid_kind"] == 1 else "grid:trellis")
             if grid["has_zero_point"] and any(grid["zero_points"]):
                 found.add("grid:zero_point")
             if grid["rows_per_group"] >= 1 << 63:
@@ -255,7 +261,7 @@ def _section_key(section: str):
 # range, chunking, escape, metadata type, extension, and the edge cases.
 REQUIRED_FEATURES = {
     "grid:uniform", "grid:codebook", "grid:zero_point", "grid:groups", "grid:per_row",
-    "grid:rows_per_group_2^63_or_more",
+    "grid:rows_per_group_2^63_or_more", "grid:trellis", "required:trellis",
     "reconstruct:float32", "reconstruct:float16", "reconstruct:bfloat16",
     *(f"raw:{d}" for d in ("float32", "float16", "bfloat16", "float64", "int8", "uint8", "int16",
                            "int32", "int64", "bool", "uint16", "uint32", "uint64")),

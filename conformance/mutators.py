@@ -32,11 +32,12 @@ def _refs(header: dict):
 
 
 def assemble(header: dict, payloads: list[bytes], *, fix_offsets: bool = True,
-             fix_checksums: bool = True, required_features: int = 0) -> bytes:
+             fix_checksums: bool = True, required_features: int | None = None) -> bytes:
     """A file from a header dict and payloads, laid out canonically.
 
     With ``fix_offsets`` / ``fix_checksums`` the payload references are recomputed from the
-    payloads; without, whatever the dict says is written.
+    payloads; without, whatever the dict says is written. ``required_features``: ``None``
+    derives them from the header (a trellis grid sets bit 0), an int is written as it is.
     """
     header = copy.deepcopy(header)
     refs = list(_refs(header))

@@ -567,3 +567,29 @@ def _truncations() -> None:
 
 
 _truncations()
+
+
+# ---------------------------------------------------------------------------------------------
+# Format 1.1: the UNIFORM_TRELLIS grid (spec §6.6)
+# ---------------------------------------------------------------------------------------------
+
+def _trellis_file() -> bytes:
+    return written(lambda w: w.add_indices(
+        "t", laplace_indices((4, 6), 2.0, 44), UniformGrid(0.25, trellis=True), "float32"))
+
+
+@invalid("trellis_without_feature_bit", ErrorCode.INVALID_VALUE, ("6.6", "3.3", "4.9"),
+         "a UNIFORM_TRELLIS grid in a file whose required_features is 0")
+def _trellis_without_bit() -> bytes:
+    header, payloads = split_file(_trellis_file())
+    return assemble(header, payloads, required_features=0)
+
+
+@invalid("trellis_zero_point", ErrorCode.INVALID_VALUE, ("6.6",),
+         "a UNIFORM_TRELLIS grid with has_zero_point 1 (zero point 0)")
+def _trellis_zero_point() -> bytes:
+    def change(header, payloads):
+        grid = header["tensors"][0]["body"]["grid"]
+        grid.update(has_zero_point=1, zero_points=[0])
+    return mutate_header(_trellis_file(), change)
+

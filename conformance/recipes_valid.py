@@ -9,10 +9,11 @@ import struct
 
 import numpy as np
 
+from nncodec_rd.format.constants import FEATURE_TRELLIS
 from nncodec_rd.format.grids import CodebookGrid, RightMatrixTransform, UniformGrid
 
 from .annex_example import build_example
-from .mutators import mutate_header
+from .mutators import assemble, mutate_header, split_file
 from .recipes import escape_only_file, laplace_indices, patch, recipe_entropy, vector, written
 
 
@@ -359,4 +360,57 @@ def _small_model() -> bytes:
                       UniformGrid(0.02), "float16")
         w.add_raw("fc2.bias", rng.standard_normal(10).astype(np.float32))
     return written(populate, {"model_name": "mlp-32-10", "framework": "numpy"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Format 1.1: the UNIFORM_TRELLIS grid (spec §6.6)
+# ---------------------------------------------------------------------------------------------
+
+def _trellis_indices(shape, seed: int) -> np.ndarray:
+    """Laplacian indices with every small index in every column somewhere, negative odd ones
+    included (their parity is q mod 2 = 1, spec §6.6)."""
+    indices = laplace_indices(shape, 2.0, seed)
+    indices[:4, :4] = [[1, -3, 0, 2], [1, 3, -1, -2], [-1, 0, 5, -5], [0, 1, 1, 0]]
+    return indices
+
+
+@vector("trellis_float32_chunks", "UNIFORM_TRELLIS grid (1.1): 3 step groups over 23 rows, "
+        "chunks of 5 rows (the states restart at each), PREVIOUS_INDEX context, 3 lanes, "
+        "escapes, float32.")
+def _trellis_float32() -> bytes:
+    indices = _trellis_indices((23, 9), 40)
+    indices[7, 2] = 700  # escaped
+    settings = recipe_entropy(lane_count=3, context_model="previous", context_count=4,
+                              symbols_per_chunk=45, max_alphabet_size=32)
+    return written(lambda w: w.add_indices(
+        "trellis", indices, UniformGrid([0.5, 0.03125, 3.0], rows_per_group=8, trellis=True),
+        "float32", settings=settings))
+
+
+@vector("trellis_half_and_transform", "UNIFORM_TRELLIS grids (1.1) beside a UNIFORM one: "
+        "float16 and bfloat16 outputs, one step per row, and trellis coefficients of a "
+        "RIGHT_MATRIX transform.")
+def _trellis_half() -> bytes:
+    indices = _trellis_indices((6, 20), 41)
+    basis = np.random.default_rng(42).standard_normal((20, 7)).astype(np.float32)
+    steps = [2.0 ** -15, 0.37, 1.0 + 2.0 ** -8, 100.0, 7.25, 1.0 + 2.0 ** -9]
+
+    def populate(w):
+        w.add_indices("half", indices, UniformGrid(steps, rows_per_group=1, trellis=True),
+                      "float16", settings=recipe_entropy(lane_count=1, context_model="iid"))
+        w.add_indices("brain", indices, UniformGrid(0.1, trellis=True), "bfloat16",
+                      settings=recipe_entropy(lane_count=2, context_model="iid"))
+        w.add_indices("plain", indices, UniformGrid(0.1), "float32")
+        w.add_indices("projected", indices, UniformGrid(0.25, trellis=True), "float32",
+                      transform=RightMatrixTransform("basis"))
+        w.add_raw("basis", basis)
+    return written(populate)
+
+
+@vector("trellis_bit_unused", "required_features bit 0 (1.1) set in a file with no "
+        "UNIFORM_TRELLIS grid: allowed (spec §3.3); a 1.0 decoder refuses it all the same.")
+def _trellis_bit_unused() -> bytes:
+    header, payloads = split_file(written(lambda w: w.add_indices(
+        "w", laplace_indices((3, 5), 1.0, 43), UniformGrid(0.5), "float32")))
+    return assemble(header, payloads, required_features=FEATURE_TRELLIS)
 

@@ -889,9 +889,12 @@ def check_metadata_block(entries, hdr):
 # spec §6  Grids and reconstruction
 # =============================================================================
 
-# GridKind (spec §6, "unknown value: unsupported_feature")
-GRID_UNIFORM, GRID_CODEBOOK = 1, 2
-GRID_KINDS = {GRID_UNIFORM: "UNIFORM", GRID_CODEBOOK: "CODEBOOK"}
+# GridKind (spec §6, "unknown value: unsupported_feature").  Which of them a
+# decoder knows depends on its version (SpecVersion.known_grid_kinds, §3):
+# UNIFORM_TRELLIS is an addition of 1.1 (§6.6).
+GRID_UNIFORM, GRID_CODEBOOK, GRID_UNIFORM_TRELLIS = 1, 2, 3
+GRID_KINDS = {GRID_UNIFORM: "UNIFORM", GRID_CODEBOOK: "CODEBOOK",
+              GRID_UNIFORM_TRELLIS: "UNIFORM_TRELLIS"}
 
 MAX_INDEX = (1 << 23) - 1          # "+-(2^23 - 1)", spec §6.1, §6.2, §7.2, §9
 
@@ -924,9 +927,15 @@ def parse_uniform_grid(r, path):
     return UniformGrid(path, rows_per_group, group_count, has_zero_point, steps, zero_points)
 
 
-def check_uniform_grid(grid, rec, hdr):
+def check_uniform_grid(grid, rec, hdr, trellis=False):
     """spec §6.1: "These rules are checked in this order: group_count,
-    has_zero_point, the steps in order, the zero points in order." """
+    has_zero_point, the steps in order, the zero points in order."
+
+    With `trellis` (a UNIFORM_TRELLIS grid) the rules are those of §6.6: "Its
+    grid is a UniformGrid (section 6.1, same fields and rules) except that
+    has_zero_point MUST be 0 (invalid_value)" -- the has_zero_point rule
+    changes, in the same place of the order (§4.9 item 2.5: "the grid's
+    rules in the order of its fields")."""
     # "The rows are those of the coded symbols ... without a transform these
     # are the tensor's rows, with one they are the rows of the coefficient
     # matrix (section 6.4), which are the same in number."
@@ -940,8 +949,14 @@ def check_uniform_grid(grid, rec, hdr):
     if grid.group_count != expected:
         hdr.fail("invalid_value", f"{grid.path}.group_count",
                  f"group_count is {grid.group_count}, expected {expected}")
+    if trellis:
+        # spec §6.6 "has_zero_point MUST be 0 (invalid_value), so there are
+        # no zero points."
+        if grid.has_zero_point != 0:
+            hdr.fail("invalid_value", f"{grid.path}.has_zero_point",
+                     f"has_zero_point is {grid.has_zero_point}, MUST be 0 for UNIFORM_TRELLIS")
     # "has_zero_point MUST be 0 or 1" (invalid_value).
-    if grid.has_zero_point not in (0, 1):
+    elif grid.has_zero_point not in (0, 1):
         hdr.fail("invalid_value", f"{grid.path}.has_zero_point",
                  f"has_zero_point is {grid.has_zero_point}, MUST be 0 or 1")
     # "Every step MUST be finite and greater than zero (so +0.0 and -0.0 are
@@ -965,12 +980,24 @@ def uniform_value(grid, q, row):
     of the two numbers computed exactly, then rounded once to binary32.)"
     The second form is what is computed: step = (-1)^s m 2^e exactly, so the
     product is (-1)^s m d 2^e exactly, rounded once by round_exact()."""
-    # "if rows_per_group is 0 all rows form group 0; otherwise row r is in
-    # group floor(r / rows_per_group)."
-    g = 0 if grid.rows_per_group == 0 else row // grid.rows_per_group
+    g = group_of_row(grid, row)
     zp = grid.zero_points[g] if grid.has_zero_point else 0
     d = q - zp
-    sign, m, e = split_finite(grid.steps[g], BINARY32)      # sign is 0: step > 0
+    return step_times(grid.steps[g], d)
+
+
+def group_of_row(grid, row):
+    """spec §6.1: "if rows_per_group is 0 all rows form group 0; otherwise
+    row r is in group floor(r / rows_per_group)." (also §6.6: "Groups and
+    steps are those of section 6.1")"""
+    return 0 if grid.rows_per_group == 0 else row // grid.rows_per_group
+
+
+def step_times(step_bits, d):
+    """RN32( step x f32(d) ) for a binary32 step (bit pattern) and an integer
+    d with |d| < 2^24 (spec §6.1; §6.6 "the product is rounded once as in
+    section 6.1")."""
+    sign, m, e = split_finite(step_bits, BINARY32)          # sign is 0: step > 0
     prod_sign = sign ^ (1 if d < 0 else 0)
     # d = 0: +0.0 (f32(0) is +0, step is positive).
     return round_exact(prod_sign, m * abs(d), e, BINARY32)
@@ -1025,7 +1052,9 @@ def codebook_value(grid, q):
 
 
 def grid_value(rec, q, row):
-    """The binary32 value (bit pattern) of index q in row `row` (spec §6)."""
+    """The binary32 value (bit pattern) of index q in row `row` (spec §6.1,
+    §6.2).  A UNIFORM_TRELLIS value depends on more than q and its row: see
+    trellis_values (§6.6)."""
     grid = rec.rans.grid
     if rec.rans.grid_kind == GRID_UNIFORM:
         return uniform_value(grid, q, row)
@@ -1166,6 +1195,85 @@ def output_bytes(values, dtype):
     raise AssertionError("rANS dtype was checked in §5.3")
 
 
+# spec §6.6 UNIFORM_TRELLIS grid (1.1)
+#
+# "Its grid is a UniformGrid (section 6.1, same fields and rules) except that
+# has_zero_point MUST be 0 (invalid_value)": parsed by parse_uniform_grid,
+# checked by check_uniform_grid(trellis=True).  "The file MUST set bit 0 of
+# required_features (section 3.3); a UNIFORM_TRELLIS grid in a file without it
+# is invalid_value (checked right after grid_kind, before the grid's fields,
+# section 4.9)": check_rans_body.
+
+# "| t[c] | NEXT[t[c]][0] | NEXT[t[c]][1] |"
+TRELLIS_NEXT = (
+    (0, 2),     # t = 0
+    (2, 0),     # t = 1
+    (1, 3),     # t = 2
+    (3, 1),     # t = 3
+)
+
+
+def sgn(q):
+    """"sgn(q) is 1, 0 or -1 as q is positive, zero or negative" """
+    return 1 if q > 0 else (-1 if q < 0 else 0)
+
+
+def trellis_values(rec, indices):
+    """The binary32 values (bit patterns) of a UNIFORM_TRELLIS tensor's coded
+    symbols, in symbol order (spec §6.6):
+
+        "Each column c (0 <= c < coded_row_length) has a state t[c] in 0 ... 3.
+        Within one chunk (section 7.1), the symbols are visited in order; for
+        the symbol in row r and column c, with index q (after any escape,
+        section 7.5) in group g:
+
+            if t[c] <= 1:  d = 2 x q
+            else:          d = 2 x q - sgn(q)
+            value = RN32( steps[g] x f32(d) )
+            t[c]  = NEXT[t[c]][q mod 2]
+
+        Every state is 0 at the first row of each chunk, so chunks still
+        decode independently; within a chunk the state of column c is
+        carried from row to row, and columns do not affect each other."
+
+    The rows and columns are those of the coded symbols (§6.1, §7.1): symbol
+    i is in row floor(i / coded_row_length), column i mod coded_row_length;
+    with a RIGHT_MATRIX transform these are the coefficient matrix's (§6.4
+    takes these values as c[r, k])."""
+    body = rec.rans
+    grid = body.grid
+    K = body.coded_row_length
+    values = []
+    i = 0                                          # symbol index in the tensor (§7.1)
+    for k in range(body.chunk_count):
+        # spec §7.1 "chunk k holds rows k x rows_per_chunk up to (not
+        # including) min((k+1) x rows_per_chunk, rows)".
+        n_k = chunk_symbol_count(rec, k)
+        # "Every state is 0 at the first row of each chunk".  (A chunk has at
+        # least one row, so K <= n_k: these K states are no larger than the
+        # chunk's indices, already decoded.)
+        t = [0] * K
+        # "Within one chunk (section 7.1), the symbols are visited in order"
+        for _ in range(n_k):
+            r, c = i // K, i % K                   # "the symbol in row r and column c"
+            q = indices[i]                         # "index q (after any escape)"
+            g = group_of_row(grid, r)              # "in group g" (§6.1 groups)
+            if t[c] <= 1:
+                d = 2 * q                          # quantizer 0: even multiples of the step
+            else:
+                d = 2 * q - sgn(q)                 # quantizer 1: odd multiples, and 0
+            # "|d| <= 2^24 - 2 (section 9), so f32(d) is exact, and the
+            # product is rounded once as in section 6.1."
+            assert abs(d) <= (1 << 24) - 2
+            values.append(step_times(grid.steps[g], d))   # "value = RN32( steps[g] x f32(d) )"
+            # "t[c] = NEXT[t[c]][q mod 2]" -- "q mod 2 is 0 or 1 (section 2.4:
+            # -3 mod 2 = 1)"; Python's % is that non-negative remainder.
+            t[c] = TRELLIS_NEXT[t[c]][q % 2]
+            i += 1
+    assert i == len(indices)
+    return values
+
+
 def decode_tensor(hdr, index, cache):
     """spec §4.8 step 12 for one tensor: "To decode a tensor, in this order:
     verify the checksum of each of its payloads, in payload order
@@ -1199,10 +1307,15 @@ def decode_tensor(hdr, index, cache):
         # coefficients if there is a transform): symbol i is in row
         # floor(i / coded_row_length) (§6.1, §7.1).
         K = body.coded_row_length
-        coded = [grid_value(rec, q, i // K) for i, q in enumerate(indices)]
+        if body.grid_kind == GRID_UNIFORM_TRELLIS:
+            # spec §6.6: the value of an index depends on the indices before
+            # it in its column (and chunk).
+            coded = trellis_values(rec, indices)
+        else:
+            coded = [grid_value(rec, q, i // K) for i, q in enumerate(indices)]
         if body.transform_kind == TRANSFORM_NONE:
             # spec §6.3 "The tensor's element e is the value of the e-th
-            # decoded index".
+            # decoded index (section 6.1, 6.2 or 6.6)".
             result = coded
         else:
             result = right_matrix_values(rec, coded, t)
@@ -1226,7 +1339,7 @@ ESCAPE_MODES = {ESCAPE_NONE: "NONE", ESCAPE_LAST_SYMBOL: "LAST_SYMBOL"}
 class RansBody:
     path: str
     grid_kind: int
-    grid: object                  # UniformGrid, CodebookGrid, or None (unknown kind)
+    grid: object                  # UniformGrid (UNIFORM, UNIFORM_TRELLIS), CodebookGrid, or None (unknown kind)
     transform_kind: int
     transform_tensor: int
     coded_row_length: int
@@ -1245,19 +1358,22 @@ class RansBody:
     chunks: list                  # PayloadRef[chunk_count]
 
 
-def parse_rans_body(r, p):
+def parse_rans_body(r, p, version=SPEC_1_1):
     grid_kind = r.int("u8", f"{p}.grid_kind")
-    # grid: "u32 size, then UniformGrid or CodebookGrid, by grid_kind".
+    # grid: "u32 size, then UniformGrid or CodebookGrid or UniformGrid, by
+    # grid_kind" (§7.2; the second UniformGrid is UNIFORM_TRELLIS's, §6.6
+    # "Its grid is a UniformGrid").  A grid_kind the decoder's version does
+    # not know is skipped (§4.8 step 9), whatever its value.
     g = r.sized(f"{p}.grid")
-    if grid_kind == GRID_UNIFORM:
-        grid = parse_uniform_grid(g, f"{p}.grid")
-        g.finish(f"{p}.grid")
-    elif grid_kind == GRID_CODEBOOK:
-        grid = parse_codebook_grid(g, f"{p}.grid")
-        g.finish(f"{p}.grid")
-    else:
+    if grid_kind not in version.known_grid_kinds:
         grid = None                # unknown: unsupported_feature in step 10
         g.pos = g.end
+    elif grid_kind in (GRID_UNIFORM, GRID_UNIFORM_TRELLIS):
+        grid = parse_uniform_grid(g, f"{p}.grid")
+        g.finish(f"{p}.grid")
+    else:                          # GRID_CODEBOOK
+        grid = parse_codebook_grid(g, f"{p}.grid")
+        g.finish(f"{p}.grid")
     transform_kind = r.int("u8", f"{p}.transform_kind")
     transform_tensor = r.int("u32", f"{p}.transform_tensor")
     coded_row_length = r.int("u64", f"{p}.coded_row_length")
@@ -1306,8 +1422,9 @@ def direct_count(body):
 def check_rans_body(rec, hdr):
     """The rules of a RANS tensor record (spec §5.3, §6, §7) in the order of
     spec §4.9 item 2.5: "RANS, in the order of the RansBody fields: dtype is
-    a reconstruction dtype; grid_kind known, then the grid's rules in the
-    order of its fields (section 6.1 or 6.2); transform_kind known, then
+    a reconstruction dtype; grid_kind known, then for UNIFORM_TRELLIS
+    required_features bit 0 (section 6.6), then the grid's rules in the
+    order of its fields (section 6.1, 6.2 or 6.6); transform_kind known, then
     section 6.3 (NONE) or 6.4 (RIGHT_MATRIX: coded_row_length limit, then the
     reference); precision_bits; lane_count; context_model known, then
     context_count for it; escape_mode known; _reserved0; alphabet_size;
@@ -1325,9 +1442,20 @@ def check_rans_body(rec, hdr):
     # "grid_kind known" (spec §6 "GridKind (unknown value:
     # unsupported_feature)"), "then the grid's rules in the order of its
     # fields".
-    check_enum(body.grid_kind, GRID_KINDS, f"{p}.grid_kind", hdr)
+    check_enum(body.grid_kind, hdr.version.known_grid_kinds, f"{p}.grid_kind", hdr)
     if body.grid_kind == GRID_UNIFORM:
         check_uniform_grid(body.grid, rec, hdr)                     # §6.1
+    elif body.grid_kind == GRID_UNIFORM_TRELLIS:
+        # spec §4.9 item 2.5 "then for UNIFORM_TRELLIS required_features bit
+        # 0 (section 6.6)"; §6.6 "The file MUST set bit 0 of
+        # required_features (section 3.3); a UNIFORM_TRELLIS grid in a file
+        # without it is invalid_value (checked right after grid_kind, before
+        # the grid's fields, section 4.9)."  (§3.3: "A file with a
+        # UNIFORM_TRELLIS grid MUST set bit 0 (invalid_value, section 6.6)".)
+        if not hdr.preamble.required_features & FEATURE_TRELLIS:
+            hdr.fail("invalid_value", f"{p}.grid_kind",
+                     "UNIFORM_TRELLIS grid in a file whose required_features lacks bit 0")
+        check_uniform_grid(body.grid, rec, hdr, trellis=True)       # §6.6 (§6.1 rules)
     else:
         check_codebook_grid(body.grid, hdr)                         # §6.2
     # "transform_kind known" (spec §6.4 "TransformKind (unknown value:
@@ -1759,15 +1887,16 @@ def check_output_bound(hdr, rec, max_output_bytes):
                     f"{r.path} (max_output_bytes)", None)
 
 
-def decode_file(data, max_output_bytes=None):
-    """Decode every tensor of an .nrd file.
+def decode_file(data, max_output_bytes=None, spec_version=DEFAULT_SPEC_VERSION):
+    """Decode every tensor of an .nrd file, as a decoder of `spec_version`
+    ("1.1", the default, or "1.0": see the module's docstring).
 
     Returns an ordered dict: name -> (dtype_name, shape, element_bytes), in
     header order; element_bytes are the little-endian elements of §5.3 / §6.5.
     Raises SpecError on the first fault found.  With `max_output_bytes` (None:
     no bound) a tensor beyond it raises SpecError limit_exceeded before it is
     decoded (check_output_bound)."""
-    hdr = read_file_header(data)                 # spec §4.8 steps 1-11
+    hdr = read_file_header(data, spec_version)   # spec §4.8 steps 1-11
     cache = {}
     out = collections.OrderedDict()
     # spec §4.8 step 12, tensor by tensor in header order.
@@ -1791,14 +1920,15 @@ def _find_tensor(hdr, name):
     raise KeyError(f"no tensor named {name!r}")
 
 
-def decode_indices(data, name, trace=None):
+def decode_indices(data, name, trace=None, spec_version=DEFAULT_SPEC_VERSION):
     """The decoded indices (section 7) of the rANS-coded tensor `name`, in
     symbol order.  Checks the whole preamble, header and layout first (§1.3,
     §4.8 steps 1-11), then the tensor's payload checksums and its chunks
     (the first part of step 12).  A codebook index_out_of_range is reported
     (spec §6.2: "detected as soon as the index is decoded (section 7.6)");
-    the transform tensor is not decoded and nothing is reconstructed."""
-    hdr = read_file_header(data)
+    the transform tensor is not decoded and nothing is reconstructed (the
+    indices of a UNIFORM_TRELLIS tensor are those of §7, not its values)."""
+    hdr = read_file_header(data, spec_version)
     rec = _find_tensor(hdr, name)
     if rec.coding != CODING_RANS:
         raise ValueError(f"tensor {name!r} is not rANS-coded")
@@ -1830,14 +1960,25 @@ def _write_npz(tensors, path):
 
 
 def main(argv):
-    if len(argv) != 2:
-        print("usage: spec_literal_decoder.py INPUT.nrd OUTPUT.npz", file=sys.stderr)
+    usage = "usage: spec_literal_decoder.py [--spec-version 1.0|1.1] INPUT.nrd OUTPUT.npz"
+    argv = list(argv)
+    spec_version = DEFAULT_SPEC_VERSION
+    if argv and argv[0].startswith("--spec-version"):
+        if "=" in argv[0]:
+            spec_version = argv.pop(0).split("=", 1)[1]
+        elif len(argv) >= 2:
+            argv.pop(0)
+            spec_version = argv.pop(0)
+        else:
+            argv = []
+    if len(argv) != 2 or spec_version not in SPEC_VERSIONS:
+        print(usage, file=sys.stderr)
         return 2
     src, dst = argv
     with open(src, "rb") as fh:
         data = fh.read()
     try:
-        tensors = decode_file(data)
+        tensors = decode_file(data, spec_version=spec_version)
     except SpecError as exc:
         print(f"error {exc.code} {exc.name}: {exc}", file=sys.stderr)
         return 1

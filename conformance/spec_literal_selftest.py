@@ -21,10 +21,11 @@ import sys
 
 from .spec_literal_decoder import (BINARY32, CODING_RANS, CODING_RAW, CONTEXT_IID,
     CONTEXT_PREVIOUS_INDEX, DTYPES, DTYPE_BOOL, ERROR_CODES, ESCAPE_LAST_SYMBOL, ESCAPE_NONE,
-    GRID_CODEBOOK, GRID_UNIFORM, MAGIC, META_BOOL, META_BYTES, META_FLOAT64, META_INT64,
+    FEATURE_TRELLIS, GRID_CODEBOOK, GRID_UNIFORM, GRID_UNIFORM_TRELLIS, MAGIC, META_BOOL, META_BYTES, META_FLOAT64, META_INT64,
     META_STRING, STATE_LOW, SpecError, UniformGrid, bfloat16_bits, ceil_div, crc32c, decode_file,
     decode_indices, f32_from_bits, float16_bits, is_inf, is_nan, parse_header, read_file_header,
     read_preamble, rn32_of_f64, uniform_value)
+from .spec_literal_decoder import main as _decoder_main
 
 # Annex A, copied verbatim from spec/nrd-format.md.
 _ANNEX_A_HEX = """
@@ -319,8 +320,8 @@ def _patch(b, offset, new, fix_crc=True):
 _TALLY = [collections.Counter()]
 
 
-def _expect_error(data, name, label, fn=None):
-    _TALLY[0]["error cases"] += 1
+def _expect_error(data, name, label, fn=None, kind="error cases"):
+    _TALLY[0][kind] += 1
     try:
         (fn or decode_file)(data)
     except SpecError as exc:
@@ -450,7 +451,8 @@ def self_test():
     E(_patch(annex, 8, _u16(0)), "unsupported_version", "major 0")
     E(_patch(annex, 8, _u16(2), False), "unsupported_version", "major 2, stale crc (step 3 before 8)")
     assert decode_file(_patch(annex, 10, _u16(7)))["w"] == out["w"]      # §3.1 minor 1.x accepted
-    E(_patch(annex, 12, _u32(1)), "unsupported_feature", "required_features bit 0")
+    # (bit 0 is the trellis of 1.1, §3.3: bit 1 is the lowest bit no version defines)
+    E(_patch(annex, 12, _u32(2)), "unsupported_feature", "required_features bit 1")
     E(_patch(annex, 12, _u32(0x80000000)), "unsupported_feature", "required_features bit 31")
     E(_patch(annex, 28, _u32(1), False), "reserved_value", "preamble _reserved0")
     E(_patch(annex, 16, _u64((1 << 28) + 1), False), "limit_exceeded", "header_size > 2^28")
@@ -486,7 +488,7 @@ def self_test():
     E(_patch(annex, 43, _u8(14)), "unsupported_feature", "dtype 14")
     E(_patch(annex, 43, _u8(5)), "invalid_value", "RANS tensor of dtype INT8")
     E(_patch(annex, 61, _u8(2)), "unsupported_feature", "coding 2")
-    E(_patch(annex, 66, _u8(3)), "unsupported_feature", "grid_kind 3")
+    E(_patch(annex, 66, _u8(4)), "unsupported_feature", "grid_kind 4")   # 3 is UNIFORM_TRELLIS (1.1)
     E(_patch(annex, 88, _u8(2)), "unsupported_feature", "transform_kind 2")
     E(_patch(annex, 103, _u8(2)), "unsupported_feature", "context_model 2")
     E(_patch(annex, 105, _u8(2)), "unsupported_feature", "escape_mode 2")
@@ -952,7 +954,7 @@ def self_test():
     # ---- §4.8 step 9: only syntax and the listed counts; unknown values go on ------
     E(_patch(_patch(annex, 61, _u8(2)), 16, _u64(132)), "header_size_mismatch",
       "unknown coding, then the Header is one byte long")
-    E(_patch(_patch(annex, 66, _u8(3)), 115, _u32(65537)), "limit_exceeded",
+    E(_patch(_patch(annex, 66, _u8(4)), 115, _u32(65537)), "limit_exceeded",
       "unknown grid_kind, then alphabet_size 65537 (the parse goes on)")
     E(_patch(_patch(annex, 43, _u8(14)), 101, _u8(17)), "unsupported_feature",
       "unknown dtype before precision_bits 17 (a step-10 limit)")
@@ -1004,11 +1006,11 @@ def self_test():
       "invalid_value", "file metadata before the file's extensions")
     # 2.5 RANS, in the order of the RansBody fields (R(): Annex A's record).
     for kw, code, label in [
-        (dict(dtype=5, grid_kind=3), "invalid_value", "reconstruction dtype before grid_kind"),
+        (dict(dtype=5, grid_kind=4), "invalid_value", "reconstruction dtype before grid_kind"),
         (dict(grid=_uniform_grid([0.0]), transform_kind=2), "invalid_value", "grid rules before transform_kind"),
         (dict(grid=_uniform_grid([0.5, 0.5], 1), transform_kind=2), "invalid_value",
          "group_count before transform_kind"),
-        (dict(grid_kind=3, transform_kind=2, n=0), "unsupported_feature", "grid_kind before precision_bits"),
+        (dict(grid_kind=4, transform_kind=2, n=0), "unsupported_feature", "grid_kind before precision_bits"),
         (dict(transform_kind=2, n=17), "unsupported_feature", "transform_kind before precision_bits"),
         (dict(crl=5, transform_tensor=1), "invalid_value", "§6.3 coded_row_length before transform_tensor"),
         (dict(transform_tensor=1, n=17), "reserved_value", "§6.3 transform_tensor before precision_bits"),
@@ -1233,6 +1235,279 @@ def self_test():
     f, got = roundtrip([_rans_tensor(b"c", 1, (1, 3), ends, grid_kind=GRID_CODEBOOK, grid=cbig,
                                      offset=-(1 << 15), alphabet=65536, n=16, tables=[[1] * 65536])], "c", ends)
     assert got["c"][2] == _f32(0.0) + _f32(32768.0) + _f32(65535.0)
+
+    # =====================================================================
+    # 1.1: the UNIFORM_TRELLIS grid (§6.6), required_features bit 0 (§3.3),
+    # its place in the order of checks (§4.9 item 2.5), and this decoder's
+    # 1.0-only mode (spec_version="1.0", §3.1 / §4.8 step 4).
+    # =====================================================================
+    def E11(data, name, label, fn=None):
+        return _expect_error(data, name, label, fn, kind="1.1 error cases")
+    TR = GRID_UNIFORM_TRELLIS
+    assert TR == 3 and FEATURE_TRELLIS == 1
+
+    def trellis_model(indices, rows, K, rpc, steps, rows_per_group=0):
+        """§6.6 written another way (the form of VVC's dependent quantization):
+        d = sgn(q) (2|q| - (state >> 1)), next state = (32040 >> (4 state + 2 (q & 1))) & 3
+        (32040 = 0x7D28 packs the NEXT table two bits an entry); states are 0 at a
+        chunk's first row.  Returns binary32 patterns."""
+        out_, st = [], []
+        for r in range(rows):
+            if r % rpc == 0:
+                st = [0] * K
+            g = 0 if rows_per_group == 0 else r // rows_per_group
+            step = f32_from_bits(_bits_of_f32(steps[g]))
+            for c in range(K):
+                q = indices[r * K + c]
+                d = ((q > 0) - (q < 0)) * (2 * abs(q) - (st[c] >> 1))
+                out_.append(_bits_of_f32(step * d))      # exact in binary64, rounded once to binary32
+                st[c] = (32040 >> ((st[c] << 2) + ((q & 1) << 1))) & 3
+        return out_
+    # The model's packed table is §6.6's NEXT table.
+    assert [[(32040 >> ((t << 2) + (b << 1))) & 3 for b in (0, 1)] for t in range(4)] == \
+        [[0, 2], [2, 0], [1, 3], [3, 1]]
+
+    def enc(bits, dtype):
+        return b"".join({1: _u32(v), 2: _u16(float16_bits(v)), 3: _u16(bfloat16_bits(v))}[dtype]
+                        for v in bits)
+
+    def tbuild(tensors, features=FEATURE_TRELLIS, minor=1, **kw):
+        return _build(tensors, features=features, minor=minor, **kw)
+
+    # ---- §6.6 worked example: indices 1, 1, -1, 0, one group, step 0.5 -------------
+    # "has states 0, 2, 3, 1 before each index, so d is 2, 1, -1, 0 and the values
+    # 1.0, 0.5, -0.5, 0.0".
+    ex = [1, 1, -1, 0]
+    f = tbuild([_rans_tensor(b"x", 1, (4, 1), ex, grid_kind=TR, grid=_uniform_grid([0.5]))])
+    tally["encode/decode round trips"] += 1
+    assert decode_indices(f, "x") == ex                  # §7 gives indices; only values use the trellis
+    assert decode_file(f)["x"] == ("FLOAT32", (4, 1), _f32(1.0) + _f32(0.5) + _f32(-0.5) + _f32(0.0))
+    assert decode_file(f)["x"][2][12:16] == _u32(0)      # d = 0 is +0.0
+    assert trellis_model(ex, 4, 1, 4, [0.5]) == [_bits_of_f32(v) for v in (1.0, 0.5, -0.5, 0.0)]
+    # The same indices on the UNIFORM grid of §6.1 are step x q.
+    f_u = _build([_rans_tensor(b"x", 1, (4, 1), ex, grid=_uniform_grid([0.5]))])
+    assert decode_file(f_u)["x"][2] == _f32(0.5) + _f32(0.5) + _f32(-0.5) + _f32(0.0)
+    # FLOAT16 / BFLOAT16 output: the §6.6 value, then §6.5.
+    for dtype in (2, 3):
+        f = tbuild([_rans_tensor(b"x", dtype, (4, 1), ex, grid_kind=TR, grid=_uniform_grid([0.5]))])
+        assert decode_file(f)["x"][2] == enc([_bits_of_f32(v) for v in (1.0, 0.5, -0.5, 0.0)], dtype)
+    # Columns do not affect each other: the example beside another column, in 2 lanes.
+    ex2 = [1, 0, 1, 0, -1, 0, 0, 0]                      # column 0: the example; column 1: zeros
+    f = tbuild([_rans_tensor(b"x", 1, (4, 2), ex2, grid_kind=TR, grid=_uniform_grid([0.5]), L=2)])
+    assert decode_file(f)["x"][2] == b"".join(_f32(v) for v in (1.0, 0, 0.5, 0, -0.5, 0, 0.0, 0))
+
+    # ---- §6.6 negative odd indices: q mod 2 is 1 (§2.4: -3 mod 2 = 1) ------------
+    # Hand trace: t=0 q=-3 d=-6 -> t=2; q=-3 d=-5 -> t=3; q=-1 d=-1 -> t=1; q=2 d=4 -> t=2;
+    # q=0 d=0 -> t=1; q=-5 d=-10 -> t=0; q=-7 d=-14 -> t=2; q=-2 d=-3 -> t=1.
+    neg = [-3, -3, -1, 2, 0, -5, -7, -2]
+    want_d = [-6, -5, -1, 4, 0, -10, -14, -3]
+    f = tbuild([_rans_tensor(b"n", 1, (8, 1), neg, grid_kind=TR, grid=_uniform_grid([0.25]))])
+    assert decode_file(f)["n"][2] == b"".join(_f32(0.25 * d) for d in want_d)
+    assert trellis_model(neg, 8, 1, 8, [0.25]) == [_bits_of_f32(0.25 * d) for d in want_d]
+    # A remainder that keeps the sign (C's -3 % 2 == -1, read as "not 1", i.e. parity 0)
+    # would decode other values: the case tells the two apart.
+    st, c_rem = 0, []
+    for q in neg:
+        c_rem.append(2 * q if st <= 1 else 2 * q - ((q > 0) - (q < 0)))
+        st = [[0, 2], [2, 0], [1, 3], [3, 1]][st][1 if math.fmod(q, 2) == 1 else 0]
+    assert c_rem != want_d
+    # Escaped indices are the final q (§7.5), down to -(2^23 - 1) (odd): |d| = 2^24 - 2
+    # in quantizer 0 and 2^24 - 3 in quantizer 1 (§6.6 "|d| <= 2^24 - 2").
+    top = (1 << 23) - 1
+    big = [-top, -top, top, -top, 40, -41, 3, -1000001]
+    ekw = dict(grid_kind=TR, grid=_uniform_grid([1.0]), offset=-2, alphabet=6, n=8,
+               escape_mode=ESCAPE_LAST_SYMBOL, tables=[_flat_table(6, 8)])
+    f = tbuild([_rans_tensor(b"b", 1, (8, 1), big, **ekw)])
+    tally["encode/decode round trips"] += 1
+    assert decode_indices(f, "b") == big
+    # states before each index: 0, 2, 3, 1, 0, 0, 2, 3 (quantizer 1 at t = 2, 3)
+    d_big = [-(2 * top), -(2 * top) + 1, 2 * top - 1, -(2 * top), 80, -82, 5, -2000001]
+    assert d_big[0] == -((1 << 24) - 2) and d_big[1] == -((1 << 24) - 3)
+    assert decode_file(f)["b"][2] == b"".join(_f32(float(d)) for d in d_big)
+    assert trellis_model(big, 8, 1, 8, [1.0]) == [_bits_of_f32(float(d)) for d in d_big]
+
+    # ---- §6.6 state reset at the first row of each chunk (not at a group's) --------
+    ones = [1] * 8
+    # (4, 2), rows_per_chunk 2: each chunk's rows 0, 1 give d = 2, 1 in both columns.
+    for L in (1, 2, 3):
+        f = tbuild([_rans_tensor(b"r", 1, (4, 2), ones, grid_kind=TR, grid=_uniform_grid([0.5]),
+                                 rows_per_chunk=2, L=L)])
+        assert decode_file(f)["r"][2] == b"".join(_f32(v) for v in (1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.5, 0.5))
+    # One chunk of the same rows: no reset, d = 2, 1, 1, 2 (states 0, 2, 3, 1).
+    f = tbuild([_rans_tensor(b"r", 1, (4, 2), ones, grid_kind=TR, grid=_uniform_grid([0.5]))])
+    assert decode_file(f)["r"][2] == b"".join(_f32(v) for v in (1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0))
+    # rows_per_chunk 3 of 4 rows: chunk 1 (row 3) starts again at state 0.
+    f = tbuild([_rans_tensor(b"r", 1, (4, 2), ones, grid_kind=TR, grid=_uniform_grid([0.5]), rows_per_chunk=3)])
+    assert decode_file(f)["r"][2] == b"".join(_f32(v) for v in (1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0)[:6]
+                                                 + (1.0, 1.0))
+    # A group boundary inside a chunk changes the step, not the state: steps 1, 0.5, 0.25
+    # per row, indices 1, 1, 1 -> d = 2, 1, 1 -> 2.0, 0.5, 0.25.
+    f = tbuild([_rans_tensor(b"g", 1, (3, 1), [1, 1, 1], grid_kind=TR, grid=_uniform_grid([1.0, 0.5, 0.25], 1))])
+    assert decode_file(f)["g"][2] == _f32(2.0) + _f32(0.5) + _f32(0.25)
+    # Random indices against the model: lanes, chunks, groups, contexts, dtypes.
+    for shape, rpc, L, rpg, steps_, cm in [((7, 5), 3, 2, 2, [0.5, 0.1, 3.0, 1e-3], CONTEXT_IID),
+                                           ((9, 4), 1, 3, 0, [0.37], CONTEXT_IID),
+                                           ((6, 10), 4, 5, 5, [0.2, 7.5], CONTEXT_PREVIOUS_INDEX),
+                                           ((5, 3), 100, 32, 1, [1.0, 2.0, 0.5, 0.25, 1e-30], CONTEXT_IID)]:
+        rows_, K_ = shape[0], math.prod(shape[1:])
+        idx_t = [rng.randint(-8, 8) for _ in range(rows_ * K_)]
+        for dtype in (1, 2, 3):
+            extra = dict(tables=[_flat_table(17, 12)] * 3) if cm == CONTEXT_PREVIOUS_INDEX else {}
+            t = _rans_tensor(b"t", dtype, shape, idx_t, grid_kind=TR, grid=_uniform_grid(steps_, rpg),
+                             rows_per_chunk=rpc, L=L, context_model=cm, **extra)
+            f = tbuild([t])
+            tally["encode/decode round trips"] += 1
+            assert decode_indices(f, "t") == idx_t
+            want = trellis_model(idx_t, rows_, K_, rpc, steps_, rpg)
+            assert decode_file(f)["t"] == (DTYPES[dtype][0], shape, enc(want, dtype)), (shape, dtype)
+
+    # ---- §6.4 with §6.6 coefficients: states run down each coefficient column ---------
+    rows, K, cols = 5, 3, 2
+    cidx_t = [rng.choice([-3, -1, 0, 1, 2, 5]) for _ in range(rows * K)]
+    traw = b"".join(_f32(rng.uniform(-2, 2)) for _ in range(K * cols))
+    tv = [f32_from_bits(v) for v in struct.unpack(f"<{K * cols}I", traw)]
+    for dtype in (1, 2, 3):
+        for rpc in (5, 2):
+            a = _rans_tensor(b"a", dtype, (rows, cols), cidx_t, coded_row_length=K, transform_kind=1,
+                             transform_tensor=1, grid_kind=TR, grid=_uniform_grid([0.5, 0.125], 3),
+                             rows_per_chunk=rpc)
+            f = tbuild([a, _raw_tensor(b"T", 1, (K, cols), traw)])
+            tally["encode/decode round trips"] += 1
+            assert decode_indices(f, "a") == cidx_t
+            coef = [f32_from_bits(v) for v in trellis_model(cidx_t, rows, K, rpc, [0.5, 0.125], 3)]
+            want = []
+            for r in range(rows):
+                for j in range(cols):
+                    acc = 0.0
+                    for k in range(K):
+                        acc += coef[r * K + k] * tv[k * cols + j]
+                    want.append(_bits_of_f32(acc))
+            assert decode_file(f)["a"][2] == enc(want, dtype), (dtype, rpc)
+    # A trellis-coded transform tensor T (RANS, transform_kind NONE: allowed by §6.4).
+    tidx_t = [rng.randint(-3, 3) for _ in range(K * cols)]
+    T = _rans_tensor(b"T", 1, (K, cols), tidx_t, grid_kind=TR, grid=_uniform_grid([0.75]))
+    a = _rans_tensor(b"a", 1, (rows, cols), cidx_t, coded_row_length=K, transform_kind=1, transform_tensor=0)
+    got = decode_file(tbuild([T, a]))
+    tvals = [f32_from_bits(v) for v in trellis_model(tidx_t, K, cols, K, [0.75])]
+    assert got["T"][2] == b"".join(_u32(_bits_of_f32(v)) for v in tvals)
+    want = []
+    for r in range(rows):
+        for j in range(cols):
+            acc = 0.0
+            for k in range(K):
+                acc += (0.5 * cidx_t[r * K + k]) * tvals[k * cols + j]
+            want.append(_f32(acc))
+    assert got["a"][2] == b"".join(want)
+    # Annex A's record with the trellis grid: its indices, the trellis values.
+    R = _rans_record
+    assert decode_file(tbuild([R(grid_kind=TR)]))["w"][2] == \
+        enc(trellis_model(_ANNEX_A_INDICES, 3, 4, 3, [0.5]), 1)
+
+    # ---- §3.3 / §6.6 / §4.9 item 2.5: the missing bit 0 ------------------------------------
+    # "a UNIFORM_TRELLIS grid in a file without it is invalid_value (checked right after
+    # grid_kind, before the grid's fields)".
+    exc = E11(_build([R(grid_kind=TR)]), "invalid_value", "trellis grid, required_features 0")
+    assert exc.field.endswith(".grid_kind"), exc.field
+    E11(_patch(annex, 66, _u8(TR)), "invalid_value", "Annex A with grid_kind 3, bit 0 not set")
+    exc = E11(_build([R(grid_kind=TR)], features=0, minor=1), "invalid_value", "minor 1 does not stand for bit 0")
+    assert exc.field.endswith(".grid_kind")
+    exc = E11(_build([R(grid_kind=TR, grid=_uniform_grid([0.5, 0.5], 1))]), "invalid_value",
+              "missing bit before group_count")
+    assert exc.field.endswith(".grid_kind"), exc.field
+    exc = E11(tbuild([R(grid_kind=TR, grid=_uniform_grid([0.5, 0.5], 1))]), "invalid_value",
+              "bit set: group_count")
+    assert exc.field.endswith(".group_count"), exc.field
+    exc = E11(_build([R(grid_kind=TR, grid=_uniform_grid([0.5], 0, [1]))]), "invalid_value",
+              "missing bit before has_zero_point")
+    assert exc.field.endswith(".grid_kind"), exc.field
+    E11(_build([R(grid_kind=TR, transform_kind=2)]), "invalid_value", "missing bit before transform_kind")
+    E11(tbuild([R(grid_kind=TR, transform_kind=2)]), "unsupported_feature", "bit set: transform_kind 2")
+    E11(_build([R(grid_kind=TR, n=17)]), "invalid_value", "missing bit before precision_bits 17")
+    exc = E11(_build([R(grid_kind=TR, dtype=5)]), "invalid_value", "reconstruction dtype before the missing bit")
+    assert exc.field.endswith(".dtype"), exc.field
+    E11(_build([R(grid_kind=TR, dtype=99)]), "unsupported_feature", "unknown dtype (2.2) before the missing bit")
+    E11(_build([R(grid_kind=TR, shape=(1 << 21, 1 << 20))]), "limit_exceeded",
+        "element_count (2.3) before the missing bit")
+    E11(_build([R(grid_kind=TR, grid=_u64(0) + _u32((1 << 24) + 1) + _u8(0))]), "limit_exceeded",
+        "group_count 2^24+1 (step 9) before the missing bit (step 10)")
+    E11(_build([R(grid_kind=TR, tables=[[3, 9, 3, 1]], alphabet=65537)]), "limit_exceeded",
+        "alphabet_size 65537 (step 9) before the missing bit (step 10)")
+    E11(_build([R(grid_kind=TR)], meta=dup_meta), "duplicate_key", "file metadata (item 1) before the missing bit")
+    E11(_build([raw1(ext=_exts([(7, 1, b"")])), R(b"w", grid_kind=TR)]), "unsupported_feature",
+        "record 0's extensions before record 1's missing bit")
+    E11(_build([R(b"w", grid_kind=TR), _raw_tensor(b"a", 99, (1,), b"\0" * 4)]), "invalid_value",
+        "record 0's missing bit before record 1's dtype")
+    E11(_build([R(grid_kind=TR, meta=dup_meta)]), "invalid_value", "missing bit (2.5) before record metadata (2.6)")
+    # A trellis grid is a UniformGrid in step 9 (1.1): a short one is a step-9 fault.
+    E11(tbuild([R(grid_kind=TR, grid=_u64(0) + _u32(1) + _u8(0))]), "invalid_value", "trellis grid without its step")
+    # "a file MAY set bit 0 without using it"; minor_version is never checked.
+    assert decode_file(_patch(annex, 12, _u32(1)))["w"] == out["w"]
+    assert decode_file(_patch(_patch(annex, 12, _u32(1)), 10, _u16(1)))["w"] == out["w"]
+    assert decode_file(tbuild([R(grid_kind=TR)], minor=0))["w"] == decode_file(tbuild([R(grid_kind=TR)]))["w"]
+    E11(_patch(annex, 12, _u32(3)), "unsupported_feature", "bits 0 and 1")
+    E11(_patch(annex, 12, _u32(0xFFFFFFFE)), "unsupported_feature", "bits 1 to 31")
+    E11(tbuild([R(grid_kind=4)]), "unsupported_feature", "bit 0 set, grid_kind 4")
+
+    # ---- §6.6 has_zero_point MUST be 0 ------------------------------------------------------
+    zp1 = _uniform_grid([0.5], 0, [0])                     # has_zero_point 1, zero point 0
+    exc = E11(tbuild([R(grid_kind=TR, grid=zp1)]), "invalid_value", "trellis has_zero_point 1")
+    assert exc.field.endswith(".has_zero_point"), exc.field
+    assert "w" in decode_file(_build([R(grid=zp1)]))        # the same grid is valid for UNIFORM (§6.1)
+    E11(tbuild([R(grid_kind=TR, grid=zp1, transform_kind=2)]), "invalid_value",
+        "has_zero_point 1 (grid rule) before transform_kind 2")
+    E11(tbuild([R(grid_kind=TR, grid=_u64(0) + _u32(1) + _u8(2) + _f32(0.5) + _i32(0))]), "invalid_value",
+        "trellis has_zero_point 2")
+    exc = E11(tbuild([R(grid_kind=TR, grid=_uniform_grid([0.5, 0.5], 1, [0, 0]))]), "invalid_value",
+              "group_count before has_zero_point")
+    assert exc.field.endswith(".group_count"), exc.field
+    exc = E11(tbuild([R(grid_kind=TR, grid=_uniform_grid([0.0], 0, [0]))]), "invalid_value",
+              "has_zero_point before the steps")
+    assert exc.field.endswith(".has_zero_point"), exc.field
+    exc = E11(tbuild([R(grid_kind=TR, grid=_uniform_grid([0.0]))]), "invalid_value", "trellis step 0")
+    assert exc.field.endswith(".steps[0]"), exc.field
+    E11(tbuild([R(grid_kind=TR, grid=_u64(0) + _u32(1) + _u8(1) + _f32(0.5))]), "invalid_value",
+        "has_zero_point 1 without its zero points: the grid is short (step 9)")
+
+    # ---- the 1.0-only mode (spec_version="1.0"): bit 0 unknown ------------------------------
+    def v10(d):
+        return decode_file(d, spec_version="1.0")
+    f = tbuild([_rans_tensor(b"x", 1, (4, 1), ex, grid_kind=TR, grid=_uniform_grid([0.5]))])
+    exc = E11(f, "unsupported_feature", "1.0 decoder, trellis file", v10)
+    assert exc.field == "preamble.required_features", exc.field
+    E11(f, "unsupported_feature", "1.0 decoder, trellis file (indices)",
+        lambda d: decode_indices(d, "x", spec_version="1.0"))
+    E11(f, "unsupported_feature", "1.0 decoder, header only", lambda d: read_file_header(d, "1.0"))
+    E11(_patch(annex, 12, _u32(1)), "unsupported_feature", "1.0 decoder, bit 0 set and unused", v10)
+    assert v10(annex) == out                                 # a 1.0 file decodes the same in both modes
+    # grid_kind 3 without bit 0: unknown to a 1.0 decoder (§3.2), whose grid is skipped (§4.8
+    # step 9, even a grid too short for a UniformGrid); invalid_value to a 1.1 decoder.
+    E11(_patch(annex, 66, _u8(TR)), "unsupported_feature", "1.0 decoder, grid_kind 3 unknown", v10)
+    short = _build([R(grid_kind=TR, grid=_u64(0) + _u32(1) + _u8(0))])
+    E11(short, "unsupported_feature", "1.0 decoder, grid_kind 3 with a short grid: skipped", v10)
+    E11(short, "invalid_value", "1.1 decoder, grid_kind 3 with a short grid")
+    try:
+        decode_file(annex, spec_version="2.0")
+        raise AssertionError("spec_version 2.0 accepted")
+    except ValueError:
+        pass
+    # The command line: --spec-version 1.0 refuses the file, exit status 1 and no output.
+    import contextlib
+    import io
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "t.nrd"), os.path.join(tmp, "t.npz")
+        with open(src, "wb") as fh:
+            fh.write(f)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert _decoder_main(["--spec-version", "1.0", src, dst]) == 1
+            assert "unsupported_feature" in err.getvalue() and not os.path.exists(dst)
+            assert _decoder_main(["--spec-version=1.0", src, dst]) == 1 and not os.path.exists(dst)
+            assert _decoder_main(["--spec-version", "0.9", src, dst]) == 2
+            assert _decoder_main(["--spec-version", "1.1", src, dst]) == 0 and os.path.exists(dst)
+            os.remove(dst)
+            assert _decoder_main([src, dst]) == 0 and os.path.exists(dst)        # 1.1 by default
+        tally["1.1 error cases"] += 2
 
     # Error reporting contract.
     exc = E(_patch(annex, 119, b"\x03\x09\x03\x02"), "table_sum", "message")

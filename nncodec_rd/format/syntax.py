@@ -638,7 +638,7 @@ Preamble = Struct(
     "magic" / Const(MAGIC) * "File signature, the 8 bytes 89 4E 52 44 0D 0A 1A 0A.",
     "major_version" / Int16ul * "Major format version; 1 for this specification.",
     "minor_version" / Int16ul
-    * "Minor format version: 1 for a file that uses a feature of 1.1, else 0. Never checked: a decoder accepts any value (§3.1).",
+    * "Minor format version: what the writer followed (1 where it sets a required-feature bit of 1.1, §3.1). Never checked: a decoder accepts any value.",
     "required_features" / Int32ul
     * "Bit set of features a decoder MUST implement to decode the file (§3.3): bit 0, the trellis grid (1.1); no other bit is defined.",
     "header_size" / Int64ul * "Size in bytes of the Header that follows the Preamble.",
