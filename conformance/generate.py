@@ -61,7 +61,11 @@ def invalid_entry(recipe: Recipe, data: bytes) -> dict:
     return dict(name=recipe.name, version=recipe.version, file=recipe.file_name,
                 size_bytes=len(data), file_sha256=manifest.sha256(data),
                 description=recipe.description, error_code=int(recipe.error),
-                error_name=recipe.error.slug, sections=list(recipe.sections))
+                error_name=recipe.error.slug, sections=list(recipe.sections),
+                **({"earlier_versions": {version: {"error_code": int(code),
+                                                   "error_name": code.slug}
+                                         for version, code in recipe.earlier_errors}}
+                   if recipe.earlier_errors else {}))
 
 
 def frozen_differences(folder: Path, recipes: list[Recipe]) -> list[str]:

@@ -34,6 +34,8 @@ class Recipe:
     build: object  # () -> bytes
     error: ErrorCode | None = None  # invalid files: the code a decoder must report
     sections: tuple[str, ...] = ()  # invalid files: the spec sections whose rule is broken
+    # invalid files whose code differs for a decoder of an earlier format version ("1.0": code)
+    earlier_errors: tuple = ()
 
     @property
     def file_name(self) -> str:
@@ -53,10 +55,13 @@ def vector(name: str, description: str, version: int = 1):
 
 
 def invalid(name: str, error: ErrorCode, sections: tuple[str, ...], description: str,
-            version: int = 1):
-    """Register an invalid-file recipe; ``build`` is given the bytes of the base file."""
+            version: int = 1, earlier_errors: tuple = ()):
+    """Register an invalid-file recipe; ``build`` is given the bytes of the base file.
+    ``earlier_errors``: ``(("1.0", code), ...)`` where a decoder of an earlier format version
+    must report another code (a grid kind it does not know)."""
     def register(function):
-        INVALID.append(Recipe(name, version, description, function, error, sections))
+        INVALID.append(Recipe(name, version, description, function, error, sections,
+                              tuple(earlier_errors)))
         return function
     return register
 

@@ -579,7 +579,9 @@ def _trellis_file() -> bytes:
 
 
 @invalid("trellis_without_feature_bit", ErrorCode.INVALID_VALUE, ("6.6", "3.3", "4.9"),
-         "a UNIFORM_TRELLIS grid in a file whose required_features is 0")
+         "a UNIFORM_TRELLIS grid in a file whose required_features is 0 (a 1.0 decoder does "
+         "not know grid_kind 3: unsupported_feature)",
+         earlier_errors=(("1.0", ErrorCode.UNSUPPORTED_FEATURE),))
 def _trellis_without_bit() -> bytes:
     header, payloads = split_file(_trellis_file())
     return assemble(header, payloads, required_features=0)

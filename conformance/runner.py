@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from nncodec_rd.format.constants import FEATURE_TRELLIS, MAGIC
+from nncodec_rd.format.errors import ErrorCode
+
 from . import manifest
 
 # safetensors dtype names -> the format's dtype names (spec §5.2)
@@ -310,9 +313,30 @@ def judge_invalid(decoder, entry: dict, folder: Path, output_format: str, timeou
     return result
 
 
+FEATURES_OF_VERSION = {"1.0": 0, "1.1": FEATURE_TRELLIS}
+"""The required-feature bits a decoder of each format version knows (spec §3.3)."""
+
+
+def _needs_later_version(path: Path, version: str) -> bool:
+    """Whether the file at ``path`` sets a required-feature bit that ``version`` does not
+    define: a decoder of that version must refuse it (spec §4.8 step 4)."""
+    head = path.read_bytes()[:16]
+    if len(head) < 16 or head[:8] != MAGIC or struct.unpack_from("<H", head, 8)[0] != 1:
+        return False  # refused before step 4 whatever the version (spec §4.8 steps 1-3)
+    return bool(struct.unpack_from("<I", head, 12)[0] & ~FEATURES_OF_VERSION[version])
+
+
+def _as_refused(entry: dict) -> dict:
+    """The manifest entry of a file that a decoder of an earlier version must refuse."""
+    code = ErrorCode.UNSUPPORTED_FEATURE
+    return {**entry, "error_code": int(code), "error_name": code.slug,
+            "sections": sorted(set(entry["sections"]) | {"3.3", "4.8"})}
+
+
 def run_conformance(decoder, *, output_format: str = "npz", timeout_s: float = 60.0,
                     jobs: int | None = None, error_pattern: str | None = None,
-                    select: str | None = None, vectors_manifest: Path = manifest.VECTORS_MANIFEST,
+                    select: str | None = None, format_version: str = "1.1",
+                    vectors_manifest: Path = manifest.VECTORS_MANIFEST,
                     invalid_manifest: Path = manifest.INVALID_MANIFEST,
                     progress: Callable[[FileResult], None] | None = None) -> ConformanceReport:
     """Run ``decoder`` over every frozen vector and invalid file and judge each run.
@@ -333,6 +357,10 @@ def run_conformance(decoder, *, output_format: str = "npz", timeout_s: float = 6
         decoder writes to standard error; with it, invalid files must report the manifest's code.
     select:
         Optional regular expression: only files whose name matches are run.
+    format_version:
+        The format version the decoder implements: ``"1.1"`` (every file judged by its
+        manifest), or ``"1.0"``: a file that needs a feature of 1.1 (the trellis grid) must then
+        be refused with ``unsupported_feature``, valid vectors and invalid files alike.
 
     Returns
     -------
@@ -343,18 +371,31 @@ def run_conformance(decoder, *, output_format: str = "npz", timeout_s: float = 6
     if isinstance(decoder, str) and ("{input}" not in decoder or "{output}" not in decoder):
         raise ValueError("the decoder command needs the placeholders {input} and {output}, e.g. "
                          "'./mydecoder {input} {output}'")
+    if format_version not in FEATURES_OF_VERSION:
+        raise ValueError(f"format_version must be one of {', '.join(FEATURES_OF_VERSION)}, not "
+                         f"{format_version!r}")
     pattern = re.compile(error_pattern) if error_pattern else None
     chosen = re.compile(select) if select else None
     vectors, invalid = manifest.load(vectors_manifest), manifest.load(invalid_manifest)
     tasks = []
     for entry in vectors["vectors"]:
-        if chosen is None or chosen.search(entry["name"]):
+        if chosen is not None and not chosen.search(entry["name"]):
+            continue
+        if _needs_later_version(vectors_manifest.parent / entry["file"], format_version):
+            tasks.append(lambda e=_as_refused(entry): judge_invalid(
+                decoder, e, vectors_manifest.parent, output_format, timeout_s, pattern))
+        else:
             tasks.append(lambda e=entry: judge_valid(decoder, e, vectors_manifest.parent,
                                                      output_format, timeout_s))
     for entry in invalid["files"]:
-        if chosen is None or chosen.search(entry["name"]):
-            tasks.append(lambda e=entry: judge_invalid(decoder, e, invalid_manifest.parent,
-                                                       output_format, timeout_s, pattern))
+        if chosen is not None and not chosen.search(entry["name"]):
+            continue
+        if _needs_later_version(invalid_manifest.parent / entry["file"], format_version):
+            entry = _as_refused(entry)
+        elif format_version in entry.get("earlier_versions", {}):
+            entry = {**entry, **entry["earlier_versions"][format_version]}
+        tasks.append(lambda e=entry: judge_invalid(decoder, e, invalid_manifest.parent,
+                                                   output_format, timeout_s, pattern))
     report = ConformanceReport(decoder if isinstance(decoder, str) else
                                getattr(decoder, "__name__", repr(decoder)))
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:

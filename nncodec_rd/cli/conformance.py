@@ -24,6 +24,7 @@ def command_conformance_run(arguments) -> int:
         report = run_conformance(arguments.decoder, output_format=arguments.output_format,
                                  timeout_s=arguments.timeout, jobs=arguments.jobs,
                                  error_pattern=arguments.error_pattern, select=arguments.select,
+                                 format_version=arguments.format_version,
                                  progress=progress)
     except (ValueError, re.error) as error:
         print(f"nncodec-rd: error: {error}", file=sys.stderr)
@@ -73,6 +74,10 @@ def add_command(commands) -> None:
                      help="regular expression whose first group captures the error code or name "
                           "on the decoder's stderr; invalid files must then report the right one")
     run.add_argument("--select", metavar="REGEX", help="only files whose name matches")
+    run.add_argument("--format-version", choices=("1.0", "1.1"), default="1.1",
+                     help="the format version the decoder implements (default 1.1); with 1.0 "
+                          "every file that needs a feature of 1.1 must be refused with "
+                          "unsupported_feature")
     run.add_argument("--timeout", type=float, default=60.0, help="seconds per run (default 60)")
     run.add_argument("--jobs", type=int, default=None, help="runs at once (default: CPU count)")
     run.add_argument("--json", action="store_true", help="machine-readable report")

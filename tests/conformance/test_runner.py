@@ -153,3 +153,27 @@ def test_cli_fails_for_a_broken_decoder(tmp_path, capsys):
 def test_cli_rejects_a_command_without_placeholders(capsys):
     assert cli_main(["conformance", "run", "--decoder", "mydecoder"]) != 0
     assert "{input}" in capsys.readouterr().err
+
+
+def spec_literal_1_0(input_path, output_path):
+    """The spec-literal decoder reading as a 1.0 decoder (required-feature bit 0 unknown)."""
+    try:
+        tensors = spec_literal_decoder.decode_file(Path(input_path).read_bytes(),
+                                                   spec_version="1.0")
+    except spec_literal_decoder.SpecError as error:
+        return 1, f"error {error.code} {error.name}: {error}"
+    spec_literal_decoder._write_npz(tensors, output_path)
+    return 0, ""
+
+
+def test_a_1_0_decoder_conforms_as_1_0_and_fails_the_1_1_files():
+    as_1_0 = run_conformance(spec_literal_1_0, error_pattern=r"error (\d+) ", jobs=1,
+                             format_version="1.0", select="trellis|required|annex")
+    assert as_1_0.passed, as_1_0.render()
+    refused = [result for result in as_1_0.results if result.name.startswith("trellis")]
+    assert len(refused) == 5 and all(result.kind == "invalid" for result in refused)
+    as_1_1 = run_conformance(spec_literal_1_0, error_pattern=r"error (\d+) ", jobs=1,
+                             select="trellis")
+    assert {result.name for result in as_1_1.failures()} == {
+        "trellis_float32_chunks", "trellis_half_and_transform", "trellis_bit_unused",
+        "trellis_without_feature_bit", "trellis_zero_point"}
