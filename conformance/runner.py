@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from nncodec_rd.format.constants import FEATURE_TRELLIS, MAGIC
+from nncodec_rd.format.constants import FEATURE_TRELLIS, MAGIC, PREAMBLE_SIZE_BYTES
 from nncodec_rd.format.errors import ErrorCode
 
 from . import manifest
@@ -320,8 +320,8 @@ FEATURES_OF_VERSION = {"1.0": 0, "1.1": FEATURE_TRELLIS}
 def _needs_later_version(path: Path, version: str) -> bool:
     """Whether the file at ``path`` sets a required-feature bit that ``version`` does not
     define: a decoder of that version must refuse it (spec §4.8 step 4)."""
-    head = path.read_bytes()[:16]
-    if len(head) < 16 or head[:8] != MAGIC or struct.unpack_from("<H", head, 8)[0] != 1:
+    head = path.read_bytes()[:PREAMBLE_SIZE_BYTES]
+    if len(head) < PREAMBLE_SIZE_BYTES or head[:8] != MAGIC or struct.unpack_from("<H", head, 8)[0] != 1:
         return False  # refused before step 4 whatever the version (spec §4.8 steps 1-3)
     return bool(struct.unpack_from("<I", head, 12)[0] & ~FEATURES_OF_VERSION[version])
 

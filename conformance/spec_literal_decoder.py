@@ -931,10 +931,10 @@ def check_uniform_grid(grid, rec, hdr, trellis=False):
     """spec §6.1: "These rules are checked in this order: group_count,
     has_zero_point, the steps in order, the zero points in order."
 
-    With `trellis` (a UNIFORM_TRELLIS grid) the rules are those of §6.6: "Its
-    grid is a UniformGrid (section 6.1, same fields and rules) except that
-    has_zero_point MUST be 0 (invalid_value)" -- the has_zero_point rule
-    changes, in the same place of the order (§4.9 item 2.5: "the grid's
+    With `trellis` (a UNIFORM_TRELLIS grid) the rules are those of §6.6 rule
+    2: "the rules of section 6.1, in their order, except that has_zero_point
+    MUST be 0 (invalid_value; there are no zero points)" -- the has_zero_point
+    rule changes, in the same place of the order (§4.9 item 2.5: "the grid's
     rules in the order of its fields")."""
     # "The rows are those of the coded symbols ... without a transform these
     # are the tensor's rows, with one they are the rows of the coefficient
@@ -1197,12 +1197,12 @@ def output_bytes(values, dtype):
 
 # spec §6.6 UNIFORM_TRELLIS grid (1.1)
 #
-# "Its grid is a UniformGrid (section 6.1, same fields and rules) except that
-# has_zero_point MUST be 0 (invalid_value)": parsed by parse_uniform_grid,
-# checked by check_uniform_grid(trellis=True).  "The file MUST set bit 0 of
-# required_features (section 3.3); a UNIFORM_TRELLIS grid in a file without it
-# is invalid_value (checked right after grid_kind, before the grid's fields,
-# section 4.9)": check_rans_body.
+# "Its grid has the UniformGrid layout and is parsed as one in step 9 of
+# section 4.8, whatever the file's required_features": parse_uniform_grid.
+# Its rules, in step 10: "1. the file sets bit 0 of required_features (section
+# 3.3); otherwise invalid_value (reported on grid_kind)" (check_rans_body);
+# "2. the rules of section 6.1, in their order, except that has_zero_point
+# MUST be 0" (check_uniform_grid(trellis=True)).
 
 # "| t[c] | NEXT[t[c]][0] | NEXT[t[c]][1] |"
 TRELLIS_NEXT = (
@@ -1362,7 +1362,7 @@ def parse_rans_body(r, p, version=SPEC_1_1):
     grid_kind = r.int("u8", f"{p}.grid_kind")
     # grid: "u32 size, then UniformGrid or CodebookGrid or UniformGrid, by
     # grid_kind" (§7.2; the second UniformGrid is UNIFORM_TRELLIS's, §6.6
-    # "Its grid is a UniformGrid").  A grid_kind the decoder's version does
+    # "Its grid has the UniformGrid layout and is parsed as one in step 9").  A grid_kind the decoder's version does
     # not know is skipped (§4.8 step 9), whatever its value.
     g = r.sized(f"{p}.grid")
     if grid_kind not in version.known_grid_kinds:
@@ -1447,11 +1447,11 @@ def check_rans_body(rec, hdr):
         check_uniform_grid(body.grid, rec, hdr)                     # §6.1
     elif body.grid_kind == GRID_UNIFORM_TRELLIS:
         # spec §4.9 item 2.5 "then for UNIFORM_TRELLIS required_features bit
-        # 0 (section 6.6)"; §6.6 "The file MUST set bit 0 of
-        # required_features (section 3.3); a UNIFORM_TRELLIS grid in a file
-        # without it is invalid_value (checked right after grid_kind, before
-        # the grid's fields, section 4.9)."  (§3.3: "A file with a
-        # UNIFORM_TRELLIS grid MUST set bit 0 (invalid_value, section 6.6)".)
+        # 0 (section 6.6)"; §6.6 rule 1 "the file sets bit 0 of
+        # required_features (section 3.3); otherwise invalid_value (reported
+        # on grid_kind); a validator that goes on still applies the rules
+        # below".  (§3.3: "A file with a UNIFORM_TRELLIS grid MUST set bit 0
+        # (invalid_value, section 6.6)".)
         if not hdr.preamble.required_features & FEATURE_TRELLIS:
             hdr.fail("invalid_value", f"{p}.grid_kind",
                      "UNIFORM_TRELLIS grid in a file whose required_features lacks bit 0")

@@ -867,6 +867,7 @@ LEVER_COLUMNS = (("cerwu", "`cerwu`, defaults"),
                  ("cerwu [raw non-weights]", "non-weights raw instead"),
                  ("cerwu [per-row rd]", "with per-row steps by RD"),
                  ("cerwu [uniform embedding rows]", "embedding rows weighted alike"),
+                 ("cerwu [trellis]", "with the trellis grid (1.1)"),
                  ("optq", "`optq`: no rate-aware decisions"),
                  ("rtn", "`rtn`: no OBS update"),
                  ("NNCodec", "NNCodec 2.1.3"))
@@ -993,6 +994,30 @@ def _domain_gap_at_target(results: Results) -> str:
               f"{shares['documentation (held out)']:.1%} of the held-out documentation's, "
               f"{shares['license text']:.1%} of the license text's. "
             + results.provenance("domain_gap.json"))
+
+
+@block("trellis_layers")
+def _trellis_layers(results: Results) -> str:
+    """The trellis against cerwu on MiniLM's Linear layers: dB at equal rate, and the step factor
+    of least objective at each λ (bench/trellis_layers.py)."""
+    data = results.load("trellis_layers.json")
+    factor = data["trellis_step_factor"]
+    columns = (("optq-rd", "`optq-rd`"), (f"trellis x{factor:g}", f"trellis, Δ = {factor:g} × step"),
+               ("cerwu, trellis=True", "`cerwu`, `trellis=True` (each layer's choice)"))
+    rows = []
+    for row in data["db_against_cerwu_at_equal_rate"]:
+        rows.append([f"{row['bits_per_weight']:.1f}"] + [
+            "outside the sweep" if row.get(curve) is None else f"{row[curve]:+.2f} dB"
+            for curve, _ in columns])
+    best = ", ".join(f"{entry['cerwu_bits_per_weight']:.2f} → {entry['best_factor']:g}"
+                     for entry in data["objective_by_factor"])
+    return (table(["bits per weight", *[title for _, title in columns]], "l" + "r" * len(columns),
+                  rows)
+            + f"\n\nDistortion (the OBS loss summed over {len(data['layers'])} Linear layers, "
+              f"{data['weights']:,} weights) against `cerwu`'s at the same bits per weight, "
+              f"indices and tables counted; negative is less. The step factor of least "
+              f"`D/λ + R`, by `cerwu`'s bits per weight at each λ of the sweep: {best}. "
+            + results.provenance("trellis_layers.json"))
 
 
 DOMAIN_CURVES = ("cerwu", "cerwu [uniform embedding rows]")

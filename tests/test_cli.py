@@ -110,7 +110,7 @@ def test_even_bins_are_rejected_without_partial_output(tmp_path, model_file, cap
 def test_python_dash_m_and_version():
     result = subprocess.run([sys.executable, "-m", "nncodec_rd", "--version"], capture_output=True,
                             text=True, check=True)
-    assert "format 1.0" in result.stdout
+    assert "format 1.1" in result.stdout  # 1.0 and the trellis grid of 1.1
 
 
 def test_every_command_has_help_with_an_example():

@@ -220,7 +220,7 @@ def test_help_documents_the_combinations(capsys):
 
 
 def test_the_quantizer_flags_come_from_the_settings_declaration(capsys):
-    """--grid-scale, --grid-choice and --no-act-order are made from QuantizerSettings' fields:
+    """--grid-scale, --grid-choice, --no-act-order and --trellis are made from QuantizerSettings' fields:
     each is in the help, is one of the options that need a model, and reaches its setting."""
     import argparse
 
@@ -229,16 +229,17 @@ def test_the_quantizer_flags_come_from_the_settings_declaration(capsys):
     from nncodec_rd.encoder.settings import command_line_flags
 
     flags = {flag.flag: name for name, flag, _ in command_line_flags()}
-    assert set(flags) == {"--grid-scale", "--grid-choice", "--no-act-order"}
+    assert set(flags) == {"--grid-scale", "--grid-choice", "--no-act-order", "--trellis"}
     assert set(flags) <= {option for _, option in MODEL_OPTIONS}
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
     help_text = capsys.readouterr().out
     assert all(flag in help_text for flag in flags)
-    given = argparse.Namespace(grid_scale=0.5, grid_choice=None, no_act_order=True)
+    given = argparse.Namespace(grid_scale=0.5, grid_choice=None, no_act_order=True, trellis=None)
     assert settings_from_flags(given) == {"grid_scale": 0.5, "act_order": False}
     assert settings_from_flags(argparse.Namespace(grid_scale=None, grid_choice="rd",
-                                                  no_act_order=False)) == {"grid_choice": "rd"}
+                                                  no_act_order=False, trellis=True)) == {
+        "grid_choice": "rd", "trellis": True}
 
 
 def test_embedding_smoothing_reaches_the_encoder_and_a_bad_one_is_one_line(tmp_path, capsys):

@@ -42,6 +42,7 @@ def _encode_folder_with(arguments, executor) -> int:
         "target_fidelity": arguments.target_fidelity, "target_bpw": arguments.target_bpw,
         "per_row": arguments.per_row, "grid_choice": arguments.grid_choice,
         "act_order": not arguments.no_act_order, "sensitivity": not arguments.no_sensitivity,
+        "trellis": bool(arguments.trellis),
         "embedding_smoothing": json_number(arguments.embedding_smoothing),
         **entropy_metadata_of(arguments)}),
         "source": os.path.basename(os.path.normpath(arguments.input))}
@@ -107,7 +108,7 @@ def _encode_data_free(arguments) -> int:
 DATA_FREE_OPTIONS = (("step", "--step"), ("relative_step", "--relative-step"), ("bins", "--bins"),
                      ("quantize", "--quantize"))
 MODEL_OPTIONS = (("lam", "--lam"), ("target_bpw", "--target-bpw"), ("grid_scale", "--grid-scale"),
-                 ("grid_choice", "--grid-choice"),
+                 ("grid_choice", "--grid-choice"), ("trellis", "--trellis"),
                  ("no_act_order", "--no-act-order"), ("no_sensitivity", "--no-sensitivity"),
                  ("embedding_smoothing", "--embedding-smoothing"),
                  ("batch_size", "--batch-size"))
@@ -301,8 +302,10 @@ def add_command(commands) -> None:
     with_model.add_argument("--batch-size", type=int,
                             help="rows per batch when a file holds a single tensor (default 32)")
     for _, flag, kind in command_line_flags():  # declared with the settings (encoder/settings.py)
-        if flag.negated or kind is bool:
+        if flag.negated:
             with_model.add_argument(flag.flag, action="store_true", help=flag.help)
+        elif kind is bool:  # given: True; not given: None, so the declared default holds
+            with_model.add_argument(flag.flag, action="store_true", default=None, help=flag.help)
         else:
             with_model.add_argument(flag.flag, type=kind, choices=flag.choices, help=flag.help)
     with_model.add_argument("--embedding-smoothing", type=float, default=None, metavar="COUNT",

@@ -441,18 +441,21 @@ class NrdFile:
         return self._index[name]
 
     def _coded_record(self, name):
-        """The record of ``name``, which must be rANS-coded without a transform."""
+        """The record of ``name``, which must be rANS-coded without a transform, on a grid whose
+        values each index gives alone (not a trellis grid, spec §6.6)."""
         record = self._record(name)
-        if record.coding != Coding.RANS or record.body.transform_kind != TransformKind.NONE:
-            raise ValueError(f"{name!r} is not a rANS-coded tensor without a transform: its "
-                             "chunks alone do not give its values")
+        if (record.coding != Coding.RANS or record.body.transform_kind != TransformKind.NONE
+                or record.body.grid_kind == GridKind.UNIFORM_TRELLIS):
+            raise ValueError(f"{name!r} is not a rANS-coded tensor without a transform on a "
+                             "grid of independent values: its chunks' symbols alone do not "
+                             "give its values")
         return record
 
     def chunk_payloads(self, name) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A copy of the chunk payloads of the rANS-coded tensor ``name`` (without a transform),
         one after another, each checksum verified first (spec §8.3): ``(payload bytes, start of
         each chunk in them, size of each chunk)``, for a caller that keeps a tensor compressed in
-        memory. ``ValueError`` for a raw or transformed tensor."""
+        memory. ``ValueError`` for a raw or transformed tensor, or one on a trellis grid."""
         record, position = self._coded_record(name), self.position(name)
         offsets, sizes, _ = payload_columns(record.body.chunks)
         sizes = sizes.astype(np.int64)
@@ -470,7 +473,7 @@ class NrdFile:
     def chunk_decoder(self, name, max_value_table_bytes: int | None = None) -> "ChunkDecoder":
         """The decoding tables of the rANS-coded tensor ``name`` (without a transform) for its
         own dtype (see :meth:`ChunkDecoder.of_record`). ``ValueError`` for a raw or
-        transformed tensor."""
+        transformed tensor, or one on a trellis grid (spec §6.6: values need the states)."""
         record = self._coded_record(name)
         return ChunkDecoder.of_record(record, self.position(name),
                                       OUTPUT_KIND[TensorDtype(record.dtype)],

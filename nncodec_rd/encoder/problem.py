@@ -105,9 +105,9 @@ class LayerResult:
         The number of bins of a bounded grid, ``None`` if any index is allowed.
     grid:
         How the grid was chosen, in a few words (``grid_choice="rd"`` names the candidate).
-    trellis_levels:
-        ``None``, or for a trellis grid (spec §6.6) the level ``d`` of each index: the weights
-        are ``steps[0] * trellis_levels``.
+    trellis_offsets:
+        ``None``, or for a trellis grid (spec §6.6) ``d − 2q`` of each index (-1, 0 or 1, one
+        byte each): the weights are ``steps[0] * (2 * indices + trellis_offsets)``.
     trellis_rows_per_chunk:
         The chunk height the trellis restarted at (the writer's must be the same).
     """
@@ -121,24 +121,36 @@ class LayerResult:
     zero_points: np.ndarray | None = None
     bins: int | None = None
     grid: str = "λ rule"
-    trellis_levels: np.ndarray | None = None
+    trellis_offsets: np.ndarray | None = None
     trellis_rows_per_chunk: int | None = None
 
     @property
+    def trellis(self) -> bool:
+        """Whether the indices are on a trellis grid (spec §6.6)."""
+        return self.trellis_offsets is not None
+
+    def level_rows(self, rows=slice(None)) -> np.ndarray:
+        """What the steps multiply in ``rows``: the trellis levels ``d``, or the indices."""
+        if self.trellis_offsets is None:
+            return self.indices[rows]
+        return 2 * self.indices[rows] + self.trellis_offsets[rows]
+
+    @property
     def levels(self) -> np.ndarray:
-        """What the steps multiply: the trellis levels, or the indices."""
-        return self.indices if self.trellis_levels is None else self.trellis_levels
+        """:meth:`level_rows` of every row."""
+        return self.level_rows()
 
     def dequantized(self, rows=slice(None)) -> np.ndarray:
-        """The decoded weights of ``rows`` (float32 steps times the levels, as float32)."""
+        """The decoded weights of ``rows`` (float32 steps times the levels, as float32, the
+        product a decoder makes, spec §6.1 and §6.6)."""
         steps = self.steps.astype(np.float32)
-        return self.levels[rows].astype(np.float32) * (
+        return self.level_rows(rows).astype(np.float32) * (
             steps[rows, None] if len(steps) > 1 else steps[0])
 
     def stored_indices_and_grid(self):
         """The indices as the file stores them and their grid (steps, zero points)."""
         rows_per_group = 1 if len(self.steps) > 1 else 0
-        if self.trellis_levels is not None:
+        if self.trellis:
             return self.indices, UniformGrid(self.steps, rows_per_group=rows_per_group,
                                              trellis=True)
         if self.zero_points is None:

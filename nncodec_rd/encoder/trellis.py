@@ -8,8 +8,9 @@ states 2 and 3 ``d = 2q − sgn(q)`` (quantizer 1, the odd multiples and 0), and
 
 That direction is what lets the OBS sweep stay exact. The sweep quantizes a layer column by
 column; within one column the rows' losses are independent (each row's error is
-``(w_r − d_r)² / U_jj²`` plus its rate), so the best levels of a whole column, over all paths of
-the trellis, are found exactly by a Viterbi search over the rows, and the OBS update then moves
+``(w_r − d_r)² / U_jj²`` plus its rate), so the best levels of a whole column over the trellis's
+paths (each state trying the two levels of its quantizer around the target, the next one out
+and 0) are found by a Viterbi search over the rows, and the OBS update then moves
 the not-yet-quantized columns as for any other grid. Column order (``act_order``) is free, since
 the trellis does not run along it.
 
@@ -174,7 +175,8 @@ def quantize_trellis(problem: LayerProblem, settings) -> LayerResult:
     :data:`TRELLIS_STEP_FACTOR` × the λ rule's, with the Viterbi-per-column OBS sweep; the
     decisions weigh each index's bits under the coder's table, rebuilt between passes
     (``settings.max_passes``). The trellis restarts at each chunk of the writer's
-    ``settings.entropy``.
+    ``settings.entropy``. Rows are swept a block of whole chunks at a time: besides the indices,
+    the result keeps one byte per weight (``d − 2q``), and no other full-size array is made.
 
     >>> from nncodec_rd.encoder.settings import QuantizerSettings
     >>> rng = np.random.default_rng(0)
@@ -185,8 +187,7 @@ def quantize_trellis(problem: LayerProblem, settings) -> LayerResult:
     """
     rows, columns = problem.weights.shape
     one_step = float(lambda_rule_steps(problem, replace(settings, per_channel=False))[0])
-    step = np.float32(TRELLIS_STEP_FACTOR * one_step)
-    step = max(step, np.finfo(np.float32).tiny)
+    step = max(np.float32(TRELLIS_STEP_FACTOR * one_step), np.finfo(np.float32).tiny)
     factors, _ = _curvatures(problem, settings)
     if factors is None or not settings.quantization_method.error_feedback:
         upper, dead, order, update = np.eye(1), np.zeros(columns, bool), np.arange(columns), False
@@ -194,39 +195,67 @@ def quantize_trellis(problem: LayerProblem, settings) -> LayerResult:
     else:
         _, upper, dead, used_damping, order = factors[0]
         update = True
+    upper = np.ascontiguousarray(upper)
     row_scale = np.ones(rows) if problem.row_scale is None else problem.row_scale
     rate_weight = (settings.lam / (row_scale * float(step) ** 2)
                    if settings.quantization_method.rate_aware else np.zeros(rows))
     segment_rows = settings.entropy.rows_per_chunk(rows, columns)
     # Blocks of whole chunks: the same decisions as one block, with bounded work arrays.
     block_rows = max(1, CHUNK_ELEMENTS // max(columns, 1) // segment_rows) * segment_rows
-    indices = np.rint(problem.weights / (2.0 * float(step))).astype(np.int64)  # a first table
-    levels = np.empty_like(indices)
+    blocks = [slice(start, min(rows, start + block_rows)) for start in range(0, rows, block_rows)]
+    indices = np.empty((rows, columns), dtype=np.int64)
+    for part in blocks:  # a first table: every weight on quantizer 0's grid of step 2Δ
+        indices[part] = np.rint(problem.weights[part] / (2.0 * float(step)))
+    offsets = np.zeros((rows, columns), dtype=np.int8)  # d − 2q: -1, 0 or 1
     passes = 0
     for passes in range(1, settings.max_passes + 1):
         rate = RateModel.from_indices(indices, settings.entropy)
-        previous = indices
-        indices = np.empty_like(previous)
-        for start in range(0, rows, block_rows):
-            part = slice(start, min(rows, start + block_rows))
+        changed = 0
+        for part in blocks:
             target = (problem.weights[part] / float(step))[:, order]
             target[:, dead] = 0.0
             block_indices = np.zeros(target.shape, np.int64)
             block_levels = np.zeros(target.shape, np.int64)
-            _trellis_sweep(np.ascontiguousarray(target), np.ascontiguousarray(upper),
+            _trellis_sweep(np.ascontiguousarray(target), upper,
                            np.ascontiguousarray(rate_weight[part], dtype=np.float64),
                            np.ascontiguousarray(rate.cost_bits, np.float64),
                            np.int64(rate.first_index), float(rate.outside_bits),
                            np.int64(segment_rows), _NEXT, np.int64(settings.block_size),
                            update, block_indices, block_levels)
-            indices[part, order] = block_indices
-            levels[part, order] = block_levels
-        changed = int(np.count_nonzero(indices != previous))
+            swept = np.empty_like(block_indices)
+            swept[:, order] = block_indices
+            changed += int(np.count_nonzero(swept != indices[part]))
+            indices[part] = swept
+            offsets[part, order] = block_levels - 2 * block_indices
+            del target, block_indices, block_levels, swept
         if not settings.quantization_method.rate_aware or changed <= 1e-3 * indices.size:
             break
     steps = np.array([step], dtype=np.float32)
     final_rate = RateModel.from_indices(indices, settings.entropy)
-    return LayerResult(indices=indices, steps=steps, passes=passes, damping=used_damping,
-                       distortion=layer_distortion(problem, levels * float(steps[0])),
-                       rate_bits=final_rate.total_bits(indices), grid="trellis",
-                       trellis_rows_per_chunk=segment_rows, trellis_levels=levels)
+    result = LayerResult(indices=indices, steps=steps, passes=passes, damping=used_damping,
+                         distortion=0.0, rate_bits=final_rate.total_bits(indices),
+                         grid="trellis", trellis_offsets=offsets,
+                         trellis_rows_per_chunk=segment_rows)
+    result.distortion = layer_distortion(problem, _Dequantized(result))
+    return result
+
+
+class _Dequantized:
+    """A result's levels times its step, in float64 as the plain grids' distortion is measured
+    (:class:`nncodec_rd.encoder.obs._LazyReconstruction`), made a row range at a time for
+    :func:`layer_distortion`, or whole by ``np.asarray``."""
+
+    def __init__(self, result: LayerResult):
+        self.result = result
+        self.step = float(result.steps[0])
+        self.shape = result.indices.shape
+
+    def __getitem__(self, rows):
+        return self.result.level_rows(rows) * self.step
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[slice(None)]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __rsub__(self, other):
+        return other - np.asarray(self)

@@ -21,6 +21,8 @@ from .constants import (
     EXTENSION_KNOWN_FLAGS,
     EXTENSION_FLAG_REQUIRED,
     FEATURE_TRELLIS,
+    FORMAT_MAJOR_VERSION,
+    FORMAT_MINOR_VERSION,
     RECONSTRUCTION_DTYPES,
     Coding,
     ContextModel,
@@ -117,7 +119,8 @@ def check_extensions(extensions, path: str, report: Report) -> None:
         if extension.extension_flags & EXTENSION_FLAG_REQUIRED:
             report(UnsupportedFeatureError(
                 f"required extension type {extension.extension_type} is unknown to this decoder "
-                "(format 1.0); upgrade nncodec-rd", field=field, offset=extension._start))
+                f"(format {FORMAT_MAJOR_VERSION}.{FORMAT_MINOR_VERSION}); upgrade nncodec-rd",
+                field=field, offset=extension._start))
 
 
 # ---------------------------------------------------------------------------------------------

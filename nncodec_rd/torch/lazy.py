@@ -41,7 +41,7 @@ import torch
 
 from ..decoder import kernels
 from ..decoder.reader import OUTPUT_KIND, NrdFile, numba_threads, numpy_dtype
-from ..format.constants import Coding, TensorDtype, TransformKind
+from ..format.constants import Coding, GridKind, TensorDtype, TransformKind
 from ..format.errors import EncoderError
 from ..format.layout import RowGeometry, chunk_extents
 from ..format.validate import payload_columns
@@ -372,7 +372,10 @@ def _can_stay_compressed(handle: NrdFile, key: str, parameter) -> bool:
     record = handle.record(key)
     # A vector (a coded bias, a norm's scale) is decoded now: it is small, and a lazy one would
     # be decoded again beside its layer's weight at every forward.
+    # A trellis grid's values need each column's state from its chunk's first row (spec §6.6):
+    # such a tensor is decoded now, whole, like a transformed one.
     return (parameter.dim() >= 2 and record.coding == Coding.RANS and record.body.transform_kind == TransformKind.NONE
+            and record.body.grid_kind != GridKind.UNIFORM_TRELLIS
             and TensorDtype(record.dtype) in _TORCH_DTYPES
             and _TORCH_DTYPES[TensorDtype(record.dtype)] == parameter.dtype
             and tuple(int(d) for d in record.shape) == tuple(parameter.shape)

@@ -122,7 +122,7 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
                         calibration_text=None, sequences: int = 32, sequence_length: int = 256,
                         batch_size: int = 8, stack: str | None = None,
                         per_channel: bool = False, grid_choice: str = DEFAULT_GRID_CHOICE,
-                        act_order: bool = True, sensitivity: bool = True,
+                        act_order: bool = True, trellis: bool = False, sensitivity: bool = True,
                         embedding_smoothing: float | None = None,
                         metadata: dict | None = None, progress=True,
                         resume: bool = False, target_bpw: float | None = None,
@@ -196,7 +196,7 @@ def compress_pretrained(model_dir, path, *, method: str = "cerwu", lam: float | 
     metadata = {**archived, **(metadata or {})}
     settings = QuantizerSettings(method=method, lam=1.0 if lam is None else lam,
                                  per_channel=per_channel, act_order=act_order,
-                                 grid_choice=grid_choice,
+                                 grid_choice=grid_choice, trellis=trellis,
                                  entropy=EntropySettings() if entropy is None else entropy)
 
     def encoder_of(model):

@@ -101,4 +101,4 @@ def test_layers_the_trellis_cannot_code_are_left_alone():
     assert not trellis.trellis_applies(transposed, on)
     assert not trellis.trellis_applies(LayerProblem(weights, np.eye(6)),
                                        QuantizerSettings(method="rtn", lam=1e-4, trellis=True))
-    assert quantize_layer(transposed, on).trellis_levels is None
+    assert not quantize_layer(transposed, on).trellis
