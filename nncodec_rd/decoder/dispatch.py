@@ -35,7 +35,8 @@ logger = logging.getLogger("nncodec_rd")
 # Seconds a kernel takes to compile on the development machine (2 cores at 2.0 GHz, about
 # 1.5 s for a fast kernel: bench/results/cold_start.json), and what a typical model file needs
 # in all (the demo's MiniLM file: three kernels): what the message announces.
-COMPILE_SECONDS = {"decode_general_32": 3.5, "decode_general_16": 2.0, "right_matrix_rows": 1.0}
+COMPILE_SECONDS = {"decode_general_32": 3.5, "decode_general_16": 2.0, "right_matrix_rows": 1.0,
+                   "trellis_levels_rows": 1.0}
 FAST_COMPILE_SECONDS = 1.5
 TYPICAL_FILE_COMPILE_SECONDS = 6
 # The fast kernel by (PREVIOUS_INDEX model, escape symbol decodable).
@@ -50,7 +51,10 @@ OUTPUT_WIDTHS = (4, 2)
 # Every compiled signature, as (kernel, output width; None for the product kernel's one): what
 # warmup compiles, and what a decode may compile on first use.
 ALL_SIGNATURES = (*((kernel, width) for kernel in CHUNK_KERNELS for width in OUTPUT_WIDTHS),
-                  (kernels.right_matrix_rows, None))
+                  (kernels.right_matrix_rows, None), (kernels.trellis_levels_rows, None))
+# A chunk of more rows than this gets its trellis levels (spec §6.6) from the compiled kernel;
+# fewer are walked in NumPy, with no compile to wait for.
+TRELLIS_KERNEL_ROWS = 2048
 # Below this many symbols a tensor is not worth a thread.
 MIN_SYMBOLS_PER_THREAD = 1 << 16
 
@@ -284,6 +288,24 @@ def right_matrix_product(coefficients, matrix, output_kind, out_f32, out_u16,
         future.result()
 
 
+def trellis_levels(indices: np.ndarray, row_length: int, row_count: int) -> np.ndarray:
+    """spec §6.6's levels ``d`` of one chunk's indices (``row_count`` rows of ``row_length``,
+    flat): compiled for a chunk of more than :data:`TRELLIS_KERNEL_ROWS` rows, else walked in
+    NumPy (:mod:`~nncodec_rd.decoder.kernels`)."""
+    indices = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
+    if row_count <= TRELLIS_KERNEL_ROWS or row_length == 0:
+        return kernels.trellis_levels_walk(indices, row_length, row_count)
+    levels = np.empty(len(indices), dtype=np.int64)
+    call(kernels.trellis_levels_rows, indices, np.int64(row_length), kernels.TRELLIS_NEXT,
+         levels)
+    return levels
+
+
+def _empty_trellis_arguments() -> tuple:
+    """The trellis kernel's arguments with nothing to compute."""
+    return (np.zeros(0, np.int64), np.int64(1), kernels.TRELLIS_NEXT, np.zeros(0, np.int64))
+
+
 def _empty_arguments(width: int) -> tuple:
     """A chunk kernel's arguments (tables, batch, chunk numbers) with nothing to decode and
     output words of ``width`` bytes, built as every decode builds them."""
@@ -312,7 +334,10 @@ def warmup(progress=None) -> dict:
     timings = {}
     for kernel, width in ALL_SIGNATURES:
         name = signature_name(kernel, width)
-        arguments = _empty_product_arguments() if width is None else _empty_arguments(width)
+        if kernel is kernels.trellis_levels_rows:
+            arguments = _empty_trellis_arguments()
+        else:
+            arguments = _empty_product_arguments() if width is None else _empty_arguments(width)
         start = time.perf_counter()
         call(kernel, *arguments)
         timings[name] = time.perf_counter() - start

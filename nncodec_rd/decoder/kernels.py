@@ -262,17 +262,15 @@ def uniform_values(steps, indices, zero_points) -> np.ndarray:
                 * (np.asarray(indices, np.int64) - zero_points).astype(np.float32))
 
 
-_TRELLIS_NEXT = np.array(TRELLIS_NEXT_STATE, dtype=np.int8)
-
-TRELLIS_KERNEL_ROWS = 2048
-"""A chunk of more rows than this gets its trellis levels from the compiled kernel; fewer are
-walked in NumPy, a row at a time, with no compile to wait for."""
-
+TRELLIS_NEXT = np.array(TRELLIS_NEXT_STATE, dtype=np.int8)  # spec §6.6
 
 @_jit(nogil=True)
-def _trellis_levels_kernel(indices, row_length, next_state, levels):
-    """spec §6.6's levels ``d`` of one chunk (flat, row-major), element by element."""
-    state = np.zeros(row_length, dtype=np.int8)
+def trellis_levels_rows(indices, row_length, next_state, levels):
+    """spec §6.6's levels ``d`` of one chunk (flat, row-major), element by element: each
+    column's state starts at 0 and follows its indices down the rows; a state of 0 or 1 takes
+    quantizer 0 (``d = 2 q``), 2 or 3 quantizer 1 (``d = 2 q - sgn(q)``). The compiled kernel
+    for chunks of many rows (:func:`nncodec_rd.decoder.dispatch.trellis_levels`)."""
+    state = np.zeros(max(row_length, 1), dtype=np.int8)
     for i in range(len(indices)):
         column = i % row_length
         q = np.int64(indices[i])
@@ -283,41 +281,33 @@ def _trellis_levels_kernel(indices, row_length, next_state, levels):
         state[column] = next_state[state[column], q & 1]
 
 
-def trellis_levels(indices: np.ndarray, row_length: int, row_count: int) -> np.ndarray:
-    """spec §6.6 for one chunk: the level ``d`` of each of its ``row_count`` rows of
-    ``row_length`` indices (flat, int64). Each column's state starts at 0 and follows its indices
-    down the rows; a state of 0 or 1 takes quantizer 0 (``d = 2 q``), 2 or 3 quantizer 1
-    (``d = 2 q - sgn(q)``).
+def trellis_levels_walk(indices: np.ndarray, row_length: int, row_count: int) -> np.ndarray:
+    """:func:`trellis_levels_rows` in NumPy, a row at a time: nothing to compile, for chunks of
+    few rows.
 
-    >>> trellis_levels(np.array([1, 1, -1, 0]), 1, 4).tolist()
+    >>> trellis_levels_walk(np.array([1, 1, -1, 0]), 1, 4).tolist()
     [2, 1, -1, 0]
     """
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if row_count > TRELLIS_KERNEL_ROWS and row_length > 0:
-        levels = np.empty(len(indices), dtype=np.int64)
-        _trellis_levels_kernel(indices, np.int64(row_length), _TRELLIS_NEXT, levels)
-        return levels
-    rows = indices.reshape(row_count, row_length)
+    rows = np.asarray(indices, dtype=np.int64).reshape(row_count, row_length)
     levels = np.empty((row_count, row_length), dtype=np.int64)
     state = np.zeros(row_length, dtype=np.int8)
     for r in range(row_count):
         q = rows[r]
         levels[r] = 2 * q - np.where(state >= 2, np.sign(q), 0)
-        state = _TRELLIS_NEXT[state, q & 1]  # q & 1 is q mod 2 for negative q too
+        state = TRELLIS_NEXT[state, q & 1]  # q & 1 is q mod 2 for negative q too
     return levels.reshape(-1)
 
 
-def trellis_values(indices: np.ndarray, row_length: int, first_row: int, row_count: int,
+def trellis_values(levels: np.ndarray, row_length: int, first_row: int, row_count: int,
                    steps: np.ndarray, rows_per_group: int) -> np.ndarray:
-    """spec §6.6 for one chunk: the binary32 values of ``indices`` (the chunk's ``row_count``
-    rows of ``row_length`` indices, flat, from row ``first_row`` of the tensor):
-    ``RN32(step x f32(d))`` with the levels ``d`` of :func:`trellis_levels` (``|d| < 2^24``,
-    exact in binary32) and the step of each row's group.
+    """spec §6.6 for one chunk: the binary32 values of its ``levels`` (``row_count`` rows of
+    ``row_length``, flat, from row ``first_row`` of the tensor): ``RN32(step x f32(d))``
+    (``|d| < 2^24``, exact in binary32) with the step of each row's group.
 
-    >>> trellis_values(np.array([1, 1, -1, 0]), 1, 0, 4, np.float32([0.5]), 0).tolist()
+    >>> trellis_values(np.array([2, 1, -1, 0]), 1, 0, 4, np.float32([0.5]), 0).tolist()
     [1.0, 0.5, -0.5, 0.0]
     """
-    levels = trellis_levels(indices, row_length, row_count).astype(np.float32)
+    levels = np.asarray(levels).astype(np.float32)
     rows = np.arange(first_row, first_row + row_count)
     groups = rows // rows_per_group if rows_per_group > 0 else np.zeros(row_count, np.int64)
     row_steps = np.asarray(steps, dtype=np.float32)[groups]

@@ -847,9 +847,10 @@ class NrdFile:
         values = np.empty(len(indices), dtype=np.float32)
         for first_row, count, start in zip(first_rows, counts, out_starts):
             chunk = slice(int(start), int(start) + int(count))
-            values[chunk] = kernels.trellis_values(
-                indices[chunk], row_length, int(first_row),
-                int(count) // row_length if row_length else 0, steps, rows_per_group)
+            row_count = int(count) // row_length if row_length else 0
+            levels = dispatch.trellis_levels(indices[chunk], row_length, row_count)
+            values[chunk] = kernels.trellis_values(levels, row_length, int(first_row),
+                                                   row_count, steps, rows_per_group)
         if output_kind == kernels.OUTPUT_FLOAT32:
             return values
         return kernels.float32_to_half_bits(values, output_kind)

@@ -125,15 +125,15 @@ def test_a_trellis_grid_without_the_feature_bit_is_invalid(tmp_path):
 
 
 def test_the_compiled_kernel_and_the_numpy_walk_agree(monkeypatch):
-    from nncodec_rd.decoder import kernels
+    from nncodec_rd.decoder import dispatch, kernels
 
     rng = np.random.default_rng(7)
     for rows, columns in ((1, 1), (9, 1), (40, 3), (5, 17)):
         indices = rng.integers(-9, 10, size=rows * columns)
-        walked = kernels.trellis_levels(indices, columns, rows)
-        monkeypatch.setattr(kernels, "TRELLIS_KERNEL_ROWS", 0)
-        compiled = kernels.trellis_levels(indices, columns, rows)
-        monkeypatch.setattr(kernels, "TRELLIS_KERNEL_ROWS", 2048)
+        walked = kernels.trellis_levels_walk(indices, columns, rows)
+        monkeypatch.setattr(dispatch, "TRELLIS_KERNEL_ROWS", 0)
+        compiled = dispatch.trellis_levels(indices, columns, rows)
+        monkeypatch.undo()
         np.testing.assert_array_equal(compiled, walked)
         expected = spec_values(indices.reshape(rows, columns), rows, [1.0], 0)
         np.testing.assert_array_equal(walked.reshape(rows, columns).astype(np.float32), expected)
