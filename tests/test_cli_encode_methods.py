@@ -256,3 +256,23 @@ def test_embedding_smoothing_reaches_the_encoder_and_a_bad_one_is_one_line(tmp_p
                        "0", "-o", tmp_path / "bad.nrd")
     assert code != 0 and "embedding_smoothing must be positive" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad.nrd").exists()
+
+
+def test_trellis_flag_writes_a_1_1_file_only_when_given(tmp_path, capsys):
+    import json
+
+    paths = {}
+    for given in (False, True):
+        paths[given] = tmp_path / f"t{given}.nrd"
+        flags = ["--trellis"] if given else []
+        code, _, err = run(capsys, "encode", "--calibration", ENTRY_POINT, "--lam", "1e-7",
+                           *flags, "-o", paths[given])
+        assert code == 0, err
+    with safe_open(paths[False]) as plain, safe_open(paths[True]) as trellis:
+        assert plain.format_version == "1.0"
+        assert json.loads(plain.metadata()["encoder_settings"])["trellis"] is False
+        assert json.loads(trellis.metadata()["encoder_settings"])["trellis"] is True
+        grids = [trellis.info(name).grid for name in trellis.keys()]
+    assert any(grid.startswith("trellis") for grid in grids)
+    with safe_open(paths[True]) as trellis:
+        assert trellis.format_version == "1.1"
