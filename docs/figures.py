@@ -1006,6 +1006,8 @@ def _trellis_layers(results: Results) -> str:
                ("cerwu, trellis=True", "`cerwu`, `trellis=True` (each layer's choice)"))
     rows = []
     for row in data["db_against_cerwu_at_equal_rate"]:
+        if all(row.get(curve) is None for curve, _ in columns):
+            continue  # outside every curve of the sweep
         rows.append([f"{row['bits_per_weight']:.1f}"] + [
             "outside the sweep" if row.get(curve) is None else f"{row[curve]:+.2f} dB"
             for curve, _ in columns])
