@@ -46,7 +46,7 @@ INLINE = re.compile(r"<!--f:(?P<spec>[^>]*?)-->(?P<text>.*?)<!--/f-->")
 BLOCK = re.compile(r"(?P<open><!-- figures: (?P<key>[\w.-]+) -->\n)(?P<body>.*?)"
                    r"(?P<close><!-- /figures -->)", re.DOTALL)
 TOKEN = re.compile(r"(?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
-                   r"|(?P<path>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[[^\]]*\])*)")
+                   r'|(?P<path>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\["[^"]*"\]|\[[^\]]*\])*)')
 
 
 class FiguresError(Exception):
@@ -148,7 +148,10 @@ def resolve(data, path: str):
     """The value at ``path`` (see the module docstring) in ``data``; a list after ``[*]`` or
     ``[?field=value]``."""
     value = data
-    for name, bracket in re.findall(r"\.?([A-Za-z_]\w*)|\[([^\]]*)\]", path):
+    # a quoted key may hold brackets: ["cerwu [trellis]"]
+    for name, quoted, bracket in re.findall(r'\.?([A-Za-z_]\w*)|\[("[^"]*")\]|\[([^\]]*)\]',
+                                            path):
+        bracket = quoted or bracket
         try:
             value = _step(value, name, bracket)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
