@@ -181,8 +181,10 @@ def _row_ranges(index_range, rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 
-def _curvatures(problem: LayerProblem, settings: QuantizerSettings):
-    """Per group: (damped Hessian, U, dead mask, damping, order) and each weight's curvature.
+def layer_factors(problem: LayerProblem, settings: QuantizerSettings):
+    """``(factors, curvature)``: per Hessian group (damped Hessian, U, dead mask, damping, column
+    order), or None without a Hessian; and each weight's curvature. The sweeps of this module
+    and of :mod:`nncodec_rd.encoder.trellis` use them.
 
     They do not depend on λ, so they are kept on the problem for the next λ.
     """
@@ -258,7 +260,7 @@ def lambda_rule_steps(problem: LayerProblem, settings: QuantizerSettings) -> np.
     steps are rounded to :data:`CHANNEL_STEP_CLASS_RATIO` classes around the layer's one step:
     the folded rate ``μ`` depends on the step, and each distinct ``μ`` costs a Cholesky
     factorisation of ``H + μI``."""
-    curvature = _curvatures(problem, settings)[1]
+    curvature = layer_factors(problem, settings)[1]
     steps = choose_steps(problem, settings, curvature)
     if (len(steps) > 1 and problem.hessian is not None and settings.step is None
             and settings.quantization_method.folds_quadratic_rate):
@@ -283,7 +285,7 @@ def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: 
     model's head of 65 M weights needed about ten 500 MB copies at once).
     """
     rows, columns = problem.weights.shape
-    factors, _ = _curvatures(problem, settings)
+    factors, _ = layer_factors(problem, settings)
     steps = np.asarray(steps, dtype=np.float32).reshape(-1)
     row_steps = np.broadcast_to(steps.astype(np.float64), (rows,)) if len(steps) == 1 \
         else steps.astype(np.float64)

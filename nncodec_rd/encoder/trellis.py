@@ -28,7 +28,7 @@ import numpy as np
 
 from ..format.constants import TRELLIS_NEXT_STATE
 from .jit import cached_njit
-from .obs import _curvatures, lambda_rule_steps
+from .obs import lambda_rule_steps, layer_factors
 from .problem import CHUNK_ELEMENTS, LayerProblem, LayerResult, layer_distortion
 from .rate import RateModel
 
@@ -188,7 +188,7 @@ def quantize_trellis(problem: LayerProblem, settings) -> LayerResult:
     rows, columns = problem.weights.shape
     one_step = float(lambda_rule_steps(problem, replace(settings, per_channel=False))[0])
     step = max(np.float32(TRELLIS_STEP_FACTOR * one_step), np.finfo(np.float32).tiny)
-    factors, _ = _curvatures(problem, settings)
+    factors, _ = layer_factors(problem, settings)
     if factors is None or not settings.quantization_method.error_feedback:
         upper, dead, order, update = np.eye(1), np.zeros(columns, bool), np.arange(columns), False
         used_damping = settings.damping

@@ -113,7 +113,7 @@ def test_files_without_a_trellis_grid_stay_1_0(tmp_path):
 
 
 def test_a_trellis_grid_without_the_feature_bit_is_invalid(tmp_path):
-    from conformance.mutators import assemble, split_file
+    from nncodec_rd.conformance.mutators import assemble, split_file
 
     path = tmp_path / "t.nrd"
     write(path, np.ones((2, 2), np.int64), UniformGrid(0.5, trellis=True))
