@@ -205,3 +205,16 @@ def test_a_data_free_encode_reports_sqnr_and_warns_when_it_destroys_the_weights(
     expected = 10 * np.log10(np.sum(weights.astype(np.float64) ** 2)
                              / np.sum((weights.astype(np.float64) - decoded) ** 2))
     assert abs(overall - expected) < 0.05
+
+
+def test_validate_names_the_version_a_file_needs_of_its_decoder(capsys):
+    """1.0 for a file that uses nothing of 1.1 (whatever its minor_version says), 1.1 for one
+    with the trellis grid (spec §3.1, §6.6)."""
+    from pathlib import Path
+
+    vectors = Path(__file__).resolve().parents[1] / "conformance" / "vectors"
+    code, out, _ = run(capsys, "validate", vectors / "annex_a_example.v1.nrd",
+                       vectors / "later_minor_version.v1.nrd",
+                       vectors / "trellis_float32_chunks.v1.nrd")
+    assert code == 0
+    assert [line.rsplit(" ", 1)[1] for line in out.splitlines()] == ["1.0", "1.0", "1.1"]

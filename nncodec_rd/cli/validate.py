@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import json
 
-from .. import DEFAULT_MAX_OUTPUT_BYTES, FORMAT_VERSION
+from .. import DEFAULT_MAX_OUTPUT_BYTES
 from ..decoder.reader import DEFAULT_MAX_TRANSFORM_WORK
 from .common import EXIT_ERROR, add_max_header_bytes, byte_count
+
+
+def readable_version(path) -> str:
+    """The earliest format version whose decoders read the (conforming) file ``path``: 1.0
+    unless it sets a required-feature bit of a later minor version (spec §3.1, §3.3)."""
+    from ..format.constants import FORMAT_MAJOR_VERSION, minor_version_for
+    from ..format.container import parse_preamble
+
+    with open(path, "rb") as stream:
+        head = stream.read(32)
+    preamble = parse_preamble(head, file_size=1 << 62)
+    return f"{FORMAT_MAJOR_VERSION}.{minor_version_for(preamble.required_features)}"
 
 
 def command_validate(arguments) -> int:
@@ -19,11 +31,14 @@ def command_validate(arguments) -> int:
                                max_transform_work=arguments.max_transform_work,
                                max_header_bytes=arguments.max_header_bytes)
         failures += bool(errors)
-        reports.append({"file": path, "conforms": not errors, "errors": [
+        version = None if errors else readable_version(path)
+        reports.append({"file": path, "conforms": not errors, "version": version, "errors": [
             {"code": int(e.code), "name": e.code.slug, "field": e.field, "offset": e.offset,
              "message": e.message} for e in errors]})
         if not arguments.json:
-            print(f"{path}: {'conforms to .nrd ' + FORMAT_VERSION if not errors else 'does NOT conform'}"
+            # The version a conforming file needs of its decoder: 1.0 unless it uses the
+            # trellis grid of 1.1.
+            print(f"{path}: {'conforms to .nrd ' + version if not errors else 'does NOT conform'}"
                   + (f" ({len(errors)} faults)" if len(errors) > 1 else ""))
             for error in errors:
                 print(f"  {error}")
