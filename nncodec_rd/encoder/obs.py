@@ -45,8 +45,8 @@ from numba import prange
 
 from .jit import cached_njit
 from .linalg import cerwu_shifted_hessian, cerwu_target, factor_with_retries
-from .problem import (LayerProblem, LayerResult, blocks_within, is_large, layer_distortion,
-                      row_blocks)
+from .problem import (LayerProblem, LayerResult, LazyReconstruction, blocks_within, is_large,
+                      layer_distortion, row_blocks)
 from .rate import RateModel
 
 if TYPE_CHECKING:  # annotations only: the settings module imports the methods, which import this
@@ -368,7 +368,9 @@ def quantize_on_grid(problem: LayerProblem, settings: QuantizerSettings, steps: 
             if changed <= 1e-3 * indices.size:
                 break
         del sweeps
-    reconstruction = _LazyReconstruction(indices, row_steps.astype(np.float32).astype(np.float64))
+    reconstruction = LazyReconstruction(lambda rows: indices[rows],
+                                        row_steps.astype(np.float32).astype(np.float64),
+                                        indices.shape)
     final_rate = RateModel.from_indices(indices, settings.entropy)
     return LayerResult(indices=indices, steps=steps, passes=passes, damping=used_damping,
                        distortion=layer_distortion(problem, reconstruction),
@@ -399,25 +401,6 @@ def _variance(scaled: _ScaledRows, chunks: list[slice]) -> float:
 
 def _count_changed(indices: np.ndarray, previous: np.ndarray, chunks: list[slice]) -> int:
     return sum(int(np.count_nonzero(indices[part] != previous[part])) for part in chunks)
-
-
-class _LazyReconstruction:
-    """``indices * steps[:, None]`` made on demand, a row range at a time (what
-    :func:`layer_distortion` reads), or whole by ``np.asarray``."""
-
-    def __init__(self, indices: np.ndarray, row_steps: np.ndarray):
-        self.indices, self.row_steps = indices, row_steps
-        self.shape = indices.shape
-
-    def __getitem__(self, rows):
-        return self.indices[rows] * self.row_steps[rows][:, None]
-
-    def __array__(self, dtype=None, copy=None):
-        whole = self.indices * self.row_steps[:, None]
-        return whole if dtype is None else whole.astype(dtype)
-
-    def __rsub__(self, other):
-        return other - np.asarray(self)
 
 
 def _unpermute(indices: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -162,6 +162,29 @@ class LayerResult:
 
 
 
+class LazyReconstruction:
+    """A layer's decoded weights in float64, ``levels × row step`` (the levels of
+    :meth:`LayerResult.level_rows`: the indices, or a trellis grid's levels), made a row range
+    at a time (what :func:`layer_distortion` reads of a large layer), or whole by
+    ``np.asarray``.
+
+    ``level_rows(rows)`` gives the levels of a slice of rows; ``row_steps`` one step per row.
+    """
+
+    def __init__(self, level_rows, row_steps: np.ndarray, shape: tuple):
+        self.level_rows, self.row_steps, self.shape = level_rows, row_steps, shape
+
+    def __getitem__(self, rows):
+        return self.level_rows(rows) * self.row_steps[rows][:, None]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[slice(None)]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __rsub__(self, other):
+        return other - np.asarray(self)
+
+
 def expected_noise_distortion(problem: LayerProblem, variance: float) -> float:
     """The mean of :func:`layer_distortion` over reconstructions ``W + N`` whose noise ``N`` has
     independent entries of ``variance``: ``½ σ² Σ_r s_r tr(H_g(r))``.

@@ -29,7 +29,8 @@ import numpy as np
 from ..format.constants import TRELLIS_NEXT_STATE
 from .jit import cached_njit
 from .obs import lambda_rule_steps, layer_factors
-from .problem import CHUNK_ELEMENTS, LayerProblem, LayerResult, layer_distortion
+from .problem import (CHUNK_ELEMENTS, LayerProblem, LayerResult, LazyReconstruction,
+                      layer_distortion)
 from .rate import RateModel
 
 TRELLIS_STEP_FACTOR = 0.6
@@ -141,25 +142,6 @@ def _trellis_sweep(work, upper, rate_weight, cost_bits, first_index, outside_bit
             work[:, stop:] -= errors @ np.ascontiguousarray(upper[start:stop, stop:])
 
 
-def trellis_levels(indices: np.ndarray, segment_rows: int) -> np.ndarray:
-    """spec §6.6 on integers: the level ``d`` of each index of a ``(rows, columns)`` matrix whose
-    columns' states restart every ``segment_rows`` rows.
-
-    >>> trellis_levels(np.array([[1], [1], [-1], [0]]), 4).ravel().tolist()
-    [2, 1, -1, 0]
-    """
-    indices = np.asarray(indices, dtype=np.int64)
-    levels = np.empty_like(indices)
-    state = np.zeros(indices.shape[1], dtype=np.int64)
-    for r in range(indices.shape[0]):
-        if r % segment_rows == 0:
-            state[:] = 0
-        q = indices[r]
-        levels[r] = 2 * q - np.where(state >= 2, np.sign(q), 0)
-        state = _NEXT[state, q & 1]
-    return levels
-
-
 def trellis_applies(problem: LayerProblem, settings) -> bool:
     """Whether ``quantize_trellis`` can code this layer: one step, one Hessian for all rows (a
     grouped convolution's groups sweep their columns in orders of their own), rows in the
@@ -182,7 +164,7 @@ def quantize_trellis(problem: LayerProblem, settings) -> LayerResult:
     >>> rng = np.random.default_rng(0)
     >>> problem = LayerProblem(rng.normal(size=(8, 6)), np.eye(6))
     >>> result = quantize_trellis(problem, QuantizerSettings(method="optq-rd", lam=1e-3))
-    >>> bool(np.array_equal(result.levels, trellis_levels(result.indices, 8)))
+    >>> bool(np.all(np.abs(result.levels - 2 * result.indices) <= 1))  # d is 2q or 2q ± 1
     True
     """
     rows, columns = problem.weights.shape
@@ -236,26 +218,7 @@ def quantize_trellis(problem: LayerProblem, settings) -> LayerResult:
                          distortion=0.0, rate_bits=final_rate.total_bits(indices),
                          grid="trellis", trellis_offsets=offsets,
                          trellis_rows_per_chunk=segment_rows)
-    result.distortion = layer_distortion(problem, _Dequantized(result))
+    # float64 levels × step, as the plain grids' distortion is measured (obs.quantize_on_grid)
+    result.distortion = layer_distortion(problem, LazyReconstruction(
+        result.level_rows, np.full(rows, float(steps[0])), indices.shape))
     return result
-
-
-class _Dequantized:
-    """A result's levels times its step, in float64 as the plain grids' distortion is measured
-    (:class:`nncodec_rd.encoder.obs._LazyReconstruction`), made a row range at a time for
-    :func:`layer_distortion`, or whole by ``np.asarray``."""
-
-    def __init__(self, result: LayerResult):
-        self.result = result
-        self.step = float(result.steps[0])
-        self.shape = result.indices.shape
-
-    def __getitem__(self, rows):
-        return self.result.level_rows(rows) * self.step
-
-    def __array__(self, dtype=None, copy=None):
-        whole = self[slice(None)]
-        return whole if dtype is None else whole.astype(dtype)
-
-    def __rsub__(self, other):
-        return other - np.asarray(self)

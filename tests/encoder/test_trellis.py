@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nncodec_rd.decoder import kernels
 from nncodec_rd.encoder import trellis
 from nncodec_rd.encoder.grid_choice import objective_bits
 from nncodec_rd.encoder.methods import quantize_layer
@@ -18,6 +19,16 @@ from nncodec_rd.encoder.problem import LayerProblem
 from nncodec_rd.encoder.settings import QuantizerSettings
 
 NEXT = ((0, 2), (2, 0), (1, 3), (3, 1))
+
+
+def decoded_levels(indices: np.ndarray, segment_rows: int) -> np.ndarray:
+    """The levels the decoder makes of ``(rows, columns)`` indices in chunks of
+    ``segment_rows`` rows (spec §6.6, the reference decoder's NumPy walk)."""
+    rows, columns = indices.shape
+    return np.concatenate([
+        kernels.trellis_levels_walk(indices[start:start + segment_rows].ravel(), columns,
+                                    min(segment_rows, rows - start)).reshape(-1, columns)
+        for start in range(0, rows, segment_rows)])
 
 
 def brute_force_column(targets, rate_scale, bits, segment_rows):
@@ -55,8 +66,7 @@ def test_the_column_search_finds_the_least_cost_path(targets, scale, segment_row
                             np.zeros((rows, 4), np.int64), np.zeros((rows, 4), np.int64))
     bits = lambda q: cost_bits[q - first_index] if -3 <= q <= 3 else outside_bits  # noqa: E731
     found = sum((targets[r] - levels[r]) ** 2 + scale * bits(int(indices[r])) for r in range(rows))
-    np.testing.assert_array_equal(levels, trellis.trellis_levels(indices[:, None],
-                                                                 segment_rows).ravel())
+    np.testing.assert_array_equal(levels, decoded_levels(indices[:, None], segment_rows).ravel())
     assert found == pytest.approx(brute_force_column(targets, rate_scale, bits, segment_rows),
                                   rel=1e-9, abs=1e-9)
 
@@ -74,7 +84,7 @@ def test_trellis_is_kept_only_where_it_lowers_the_objective(method):
         assert objective_bits(chosen, lam, settings_) == pytest.approx(min(
             objective_bits(plain, lam, settings_), objective_bits(candidate, lam, settings_)))
         np.testing.assert_array_equal(candidate.levels,
-                                      trellis.trellis_levels(candidate.indices, 96))
+                                      decoded_levels(candidate.indices, 96))
 
 
 def test_trellis_wins_at_a_few_bits_per_weight():
